@@ -1,0 +1,5 @@
+import sys
+
+from gptoss.cli.main import main
+
+sys.exit(main())

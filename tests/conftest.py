@@ -1,0 +1,27 @@
+"""Shared fixtures. Tests never touch the network: the BPE file comes from the bpe-openai wheel."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def encodings_dir(tmp_path_factory):
+    """A folder holding o200k_base.tiktoken (sha256-checked); TIKTOKEN_ENCODINGS_BASE points at it,
+    which is how openai-harmony (our test oracle) finds it offline."""
+    from gptoss.tokenizer import seed_bpe_file
+
+    folder = tmp_path_factory.mktemp("encodings")
+    seed_bpe_file(folder)
+    os.environ["TIKTOKEN_ENCODINGS_BASE"] = str(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tokenizer(encodings_dir):
+    from gptoss.tokenizer import Tokenizer
+
+    return Tokenizer.load(bpe_file=encodings_dir / "o200k_base.tiktoken")

@@ -1,0 +1,86 @@
+"""Grouped-query attention with biases, learned per-head sinks, and banded or dense causal masking."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gptoss.model.cache import KVCache, StepBatch
+from gptoss.model.config import ModelConfig
+from gptoss.model.norm import RMSNorm
+from gptoss.model.rope import RotaryEmbedding
+
+
+def sdpa_with_sinks(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, mask: torch.Tensor, sm_scale: float
+) -> torch.Tensor:
+    """Reference attention. ``q [B, Tq, KVH, G, D]``, ``k, v [B, S, KVH, D]``, ``sinks [KVH*G]``,
+    ``mask [B, Tq, S]`` (True = attend). Each head's softmax gets one extra logit, its sink, whose
+    probability mass is dropped. Returns ``[B, Tq, KVH*G*D]``."""
+    b, tq, kvh, g, d = q.shape
+    scores = torch.einsum("bqhmd,bkhd->bhmqk", q.float(), k.float()) * sm_scale
+    scores = scores.masked_fill(~mask[:, None, None, :, :], float("-inf"))
+    sink = sinks.float().reshape(1, kvh, g, 1, 1).expand(b, kvh, g, tq, 1)
+    weights = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
+    out = torch.einsum("bhmqk,bkhd->bqhmd", weights, v.float())
+    return out.reshape(b, tq, kvh * g * d).to(q.dtype)
+
+
+class AttentionBlock(torch.nn.Module):
+    """Pre-norm attention with residual. Names mirror the original checkpoint: ``norm``, ``qkv``, ``sinks``, ``out``."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int, device=None, dtype=torch.float32):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.window = config.window(layer_idx)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, device=device)
+        qkv_dim = config.head_dim * (config.num_attention_heads + 2 * config.num_key_value_heads)
+        self.qkv = torch.nn.Linear(config.hidden_size, qkv_dim, device=device, dtype=dtype)
+        self.sinks = torch.nn.Parameter(torch.zeros(config.num_attention_heads, device=device, dtype=torch.float32))
+        self.out = torch.nn.Linear(config.head_dim * config.num_attention_heads, config.hidden_size, device=device, dtype=dtype)
+        self.sm_scale = 1 / math.sqrt(config.head_dim)
+
+    def forward(
+        self, x: torch.Tensor, batch: StepBatch, rope: tuple[torch.Tensor, torch.Tensor], cache: KVCache | None
+    ) -> torch.Tensor:
+        """``x [N, hidden]`` flat tokens of ``batch``; returns ``x`` plus the attention output."""
+        n = x.shape[0]
+        hq, hk, d = self.num_heads, self.num_kv_heads, self.head_dim
+        qkv = self.qkv(self.norm(x))
+        q = qkv[:, : hq * d].view(n, hk, hq // hk, d)
+        k = qkv[:, hq * d : (hq + hk) * d].view(n, hk, d)
+        v = qkv[:, (hq + hk) * d :].view(n, hk, d)
+        cos, sin = rope
+        q = RotaryEmbedding.apply(q.reshape(n, hq, d), cos, sin).view(n, hk, hq // hk, d)
+        k = RotaryEmbedding.apply(k, cos, sin)
+
+        # Pad the flat tokens into [B, Tq, ...] for attention.
+        qp, kp, vp = q[batch.pad_index], k[batch.pad_index], v[batch.pad_index]
+        if cache is not None:
+            ck, cv = cache.k[self.layer_idx], cache.v[self.layer_idx]
+            old_len = ck.shape[1] if self.window else int(batch.starts.max())
+            old_k, old_v = ck[batch.slots, :old_len], cv[batch.slots, :old_len]
+            kp, vp = torch.cat([old_k, kp], dim=1), torch.cat([old_v, vp], dim=1)
+        else:
+            old_len = 0
+        out = sdpa_with_sinks(qp, kp, vp, self.sinks, batch.mask(old_len, self.window), self.sm_scale)
+        out = out[batch.query_valid]
+        if cache is not None:
+            self._store(cache, batch, k, v)
+        return x + self.out(out)
+
+    def _store(self, cache: KVCache, batch: StepBatch, k: torch.Tensor, v: torch.Tensor) -> None:
+        slots = batch.slots[batch.token_seq]
+        pos = batch.positions
+        if self.window:
+            # Only the last `window` new tokens of each sequence survive in the ring.
+            last = (batch.starts + batch.lens)[batch.token_seq]
+            keep = pos >= last - cache.k[self.layer_idx].shape[1]
+            slots, pos, k, v = slots[keep], pos[keep], k[keep], v[keep]
+            pos = pos % cache.k[self.layer_idx].shape[1]
+        cache.k[self.layer_idx][slots, pos] = k.to(cache.k[self.layer_idx].dtype)
+        cache.v[self.layer_idx][slots, pos] = v.to(cache.v[self.layer_idx].dtype)

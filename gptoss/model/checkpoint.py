@@ -1,0 +1,240 @@
+"""Checkpoint layouts and loading.
+
+Two layouts exist, holding the same numbers under different names:
+
+* ``hf`` — the Hugging Face layout at the root of ``openai/gpt-oss-*``: ``config.json``,
+  ``model.safetensors.index.json`` and shards, tensors ``model.layers.N.self_attn.q_proj.weight`` ...
+* ``original`` — the reference layout in ``original/``: ``config.json``, ``*.safetensors`` with tensors
+  ``block.N.attn.qkv.weight`` ...
+
+Our modules are named as the original layout, so its names are the canonical ones; the HF layout maps
+onto them (q/k/v projections concatenate into ``qkv``). Files are opened memory-mapped and tensors are
+read one at a time as the model is filled, so peak memory stays near the size of the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from gptoss.errors import CheckpointError
+from gptoss.model.config import ModelConfig
+from gptoss.model.mxfp4 import BLOCK_SIZE, BYTES_PER_BLOCK
+
+HF_INDEX = "model.safetensors.index.json"
+
+
+# ----------------------------------------------------------------------------- expected tensors
+def canonical_shapes(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Canonical (original-layout) tensor names -> (shape, kind) where kind is 'float' or 'uint8'."""
+    h, i, e, v = config.hidden_size, config.intermediate_size, config.num_experts, config.vocab_size
+    hq, hk, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    qkv = d * (hq + 2 * hk)
+    out: dict[str, tuple[tuple[int, ...], str]] = {"embedding.weight": ((v, h), "float")}
+    for n in range(config.num_hidden_layers):
+        p = f"block.{n}"
+        out |= {
+            f"{p}.attn.norm.scale": ((h,), "float"),
+            f"{p}.attn.qkv.weight": ((qkv, h), "float"),
+            f"{p}.attn.qkv.bias": ((qkv,), "float"),
+            f"{p}.attn.sinks": ((hq,), "float"),
+            f"{p}.attn.out.weight": ((h, hq * d), "float"),
+            f"{p}.attn.out.bias": ((h,), "float"),
+            f"{p}.mlp.norm.scale": ((h,), "float"),
+            f"{p}.mlp.gate.weight": ((e, h), "float"),
+            f"{p}.mlp.gate.bias": ((e,), "float"),
+            f"{p}.mlp.mlp1_weight.blocks": ((e, 2 * i, h // BLOCK_SIZE, BYTES_PER_BLOCK), "uint8"),
+            f"{p}.mlp.mlp1_weight.scales": ((e, 2 * i, h // BLOCK_SIZE), "uint8"),
+            f"{p}.mlp.mlp1_bias": ((e, 2 * i), "float"),
+            f"{p}.mlp.mlp2_weight.blocks": ((e, h, i // BLOCK_SIZE, BYTES_PER_BLOCK), "uint8"),
+            f"{p}.mlp.mlp2_weight.scales": ((e, h, i // BLOCK_SIZE), "uint8"),
+            f"{p}.mlp.mlp2_bias": ((e, h), "float"),
+        }
+    out["norm.scale"] = ((h,), "float")
+    out["unembedding.weight"] = ((v, h), "float")
+    return out
+
+
+# HF name pieces for each canonical per-layer suffix. A tuple means: concatenate these along dim 0.
+_HF_LAYER = {
+    "attn.norm.scale": "input_layernorm.weight",
+    "attn.qkv.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+    "attn.qkv.bias": ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"),
+    "attn.sinks": "self_attn.sinks",
+    "attn.out.weight": "self_attn.o_proj.weight",
+    "attn.out.bias": "self_attn.o_proj.bias",
+    "mlp.norm.scale": "post_attention_layernorm.weight",
+    "mlp.gate.weight": "mlp.router.weight",
+    "mlp.gate.bias": "mlp.router.bias",
+    "mlp.mlp1_weight.blocks": "mlp.experts.gate_up_proj_blocks",
+    "mlp.mlp1_weight.scales": "mlp.experts.gate_up_proj_scales",
+    "mlp.mlp1_bias": "mlp.experts.gate_up_proj_bias",
+    "mlp.mlp2_weight.blocks": "mlp.experts.down_proj_blocks",
+    "mlp.mlp2_weight.scales": "mlp.experts.down_proj_scales",
+    "mlp.mlp2_bias": "mlp.experts.down_proj_bias",
+}
+_HF_GLOBAL = {"embedding.weight": "model.embed_tokens.weight", "norm.scale": "model.norm.weight", "unembedding.weight": "lm_head.weight"}
+
+
+def hf_names(canonical: str) -> tuple[str, ...]:
+    """The HF tensor name(s) holding a canonical tensor (q, k, v for ``qkv``)."""
+    if canonical in _HF_GLOBAL:
+        return (_HF_GLOBAL[canonical],)
+    _, n, rest = canonical.split(".", 2)
+    names = _HF_LAYER[rest]
+    names = names if isinstance(names, tuple) else (names,)
+    return tuple(f"model.layers.{n}.{x}" for x in names)
+
+
+def hf_shapes(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], str]]:
+    """HF tensor names -> (shape, kind)."""
+    hq, hk, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    split = {"q_proj": hq * d, "k_proj": hk * d, "v_proj": hk * d}
+    out = {}
+    for name, (shape, kind) in canonical_shapes(config).items():
+        names = hf_names(name)
+        if len(names) == 1:
+            out[names[0]] = (shape, kind)
+        else:
+            for hf in names:
+                rows = split[hf.split(".")[-2]]
+                out[hf] = ((rows, *shape[1:]), kind)
+    return out
+
+
+# ----------------------------------------------------------------------------- locating files
+@dataclass
+class CheckpointFiles:
+    folder: Path
+    layout: str  # "hf" or "original"
+    config: ModelConfig
+    tensor_files: dict[str, Path]  # tensor name (in its layout) -> file
+
+
+def detect_layout(folder: Path, layout: str = "auto") -> tuple[Path, str]:
+    """Find which layout a folder holds; returns (folder holding the tensors, layout)."""
+    if layout not in ("auto", "hf", "original"):
+        raise CheckpointError(f"unknown checkpoint layout {layout!r} (choose auto, hf or original)")
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a folder")
+
+    def kind_of(path: Path) -> str | None:
+        cfg = path / "config.json"
+        if not cfg.is_file() or not any(path.glob("*.safetensors")):
+            return None
+        try:
+            data = json.loads(cfg.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{cfg}: not valid JSON ({exc})") from None
+        return "hf" if isinstance(data, dict) and "model_type" in data else "original"
+
+    candidates = [(folder, kind_of(folder))]
+    if (folder / "original").is_dir():
+        candidates.append((folder / "original", kind_of(folder / "original")))
+    for path, kind in candidates:
+        if kind and (layout == "auto" or layout == kind):
+            return path, kind
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"{folder}: no config.json (expected a gpt-oss checkpoint folder)")
+    raise CheckpointError(
+        f"{folder}: no *.safetensors files"
+        + (f" in the {layout} layout" if layout != "auto" else "")
+        + " (expected model weights beside config.json)"
+    )
+
+
+def locate(folder: str | os.PathLike, layout: str = "auto") -> CheckpointFiles:
+    path, kind = detect_layout(Path(folder), layout)
+    config = ModelConfig.from_file(path / "config.json")
+    index_path = path / HF_INDEX
+    files: dict[str, Path] = {}
+    if index_path.is_file():
+        try:
+            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{index_path}: unreadable index ({exc})") from None
+        for name, file in weight_map.items():
+            if not (path / file).is_file():
+                raise CheckpointError(f"{index_path}: tensor {name} is in {file}, which is missing")
+            files[name] = path / file
+    else:
+        from safetensors import safe_open
+
+        for file in sorted(path.glob("*.safetensors")):
+            try:
+                with safe_open(str(file), framework="pt") as f:
+                    for name in f.keys():
+                        files[name] = file
+            except Exception as exc:  # safetensors raises its own error type
+                raise CheckpointError(f"{file}: unreadable safetensors file ({_short(exc)})") from None
+    return CheckpointFiles(path, kind, config, files)
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+# ----------------------------------------------------------------------------- reading tensors
+class CheckpointReader:
+    """Validates a checkpoint against its config and yields canonical tensors one at a time."""
+
+    def __init__(self, files: CheckpointFiles):
+        self.files = files
+        self.config = files.config
+        self._open: dict[Path, object] = {}
+        self.validate()
+
+    def _handle(self, file: Path):
+        from safetensors import safe_open
+
+        if file not in self._open:
+            try:
+                self._open[file] = safe_open(str(file), framework="pt")
+            except Exception as exc:
+                raise CheckpointError(f"{file}: unreadable safetensors file ({_short(exc)})") from None
+        return self._open[file]
+
+    def _meta(self, name: str) -> tuple[tuple[int, ...], str]:
+        sl = self._handle(self.files.tensor_files[name]).get_slice(name)
+        return tuple(sl.get_shape()), sl.get_dtype()
+
+    def validate(self) -> None:
+        expected = canonical_shapes(self.config) if self.files.layout == "original" else hf_shapes(self.config)
+        present = set(self.files.tensor_files)
+        where = self.files.folder
+        for name in expected:
+            if name not in present:
+                raise CheckpointError(f"{where}: missing tensor {name} ({self.files.layout} layout)")
+        extra = sorted(present - set(expected))
+        if extra:
+            raise CheckpointError(f"{where}: unexpected tensor {extra[0]} ({self.files.layout} layout, "
+                                  f"config has {self.config.num_hidden_layers} layers, {self.config.num_experts} experts)")
+        for name, (shape, kind) in expected.items():
+            found, dtype = self._meta(name)
+            if found != shape:
+                raise CheckpointError(f"{where}: tensor {name}: expected shape {list(shape)}, found {list(found)}")
+            if kind == "uint8" and dtype != "U8":
+                raise CheckpointError(f"{where}: tensor {name}: expected dtype U8 (MXFP4), found {dtype}")
+            if kind == "float" and dtype not in ("BF16", "F16", "F32"):
+                raise CheckpointError(f"{where}: tensor {name}: expected a float dtype, found {dtype}")
+
+    def get(self, canonical: str) -> torch.Tensor:
+        """Read one canonical tensor (memory-mapped; floats keep their stored dtype)."""
+        names = (canonical,) if self.files.layout == "original" else hf_names(canonical)
+        parts = []
+        for name in names:
+            file = self.files.tensor_files[name]
+            try:
+                parts.append(self._handle(file).get_tensor(name))
+            except Exception as exc:
+                raise CheckpointError(f"{file}: cannot read tensor {name} ({_short(exc)})") from None
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in canonical_shapes(self.config):
+            yield name, self.get(name)

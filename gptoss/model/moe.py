@@ -1,0 +1,56 @@
+"""The mixture-of-experts MLP: top-k router, softmax over the selected logits, clamped SwiGLU experts
+whose weights stay packed in MXFP4 and are unpacked per selected expert on the fly."""
+
+from __future__ import annotations
+
+import torch
+
+from gptoss.model.config import ModelConfig
+from gptoss.model.mxfp4 import MXFP4Weight
+from gptoss.model.norm import RMSNorm
+
+
+def swiglu(x: torch.Tensor, alpha: float = 1.702, limit: float = 7.0) -> torch.Tensor:
+    """gpt-oss SwiGLU on interleaved ``[glu0, lin0, glu1, lin1, ...]``: clamp, sigmoid gate, +1 on the linear half."""
+    x_glu, x_linear = x[..., ::2], x[..., 1::2]
+    x_glu = x_glu.clamp(max=limit)
+    x_linear = x_linear.clamp(min=-limit, max=limit)
+    return x_glu * torch.sigmoid(alpha * x_glu) * (x_linear + 1)
+
+
+class MLPBlock(torch.nn.Module):
+    """Pre-norm MoE with residual. Names mirror the original checkpoint: ``norm``, ``gate``,
+    ``mlp1_weight`` / ``mlp1_bias`` (gate and up interleaved), ``mlp2_weight`` / ``mlp2_bias``."""
+
+    def __init__(self, config: ModelConfig, device=None, dtype=torch.float32):
+        super().__init__()
+        h, i, e = config.hidden_size, config.intermediate_size, config.num_experts
+        self.experts_per_token = config.experts_per_token
+        self.swiglu_alpha = config.swiglu_alpha
+        self.swiglu_limit = config.swiglu_limit
+        self.norm = RMSNorm(h, config.rms_norm_eps, device=device)
+        self.gate = torch.nn.Linear(h, e, device=device, dtype=dtype)
+        self.mlp1_weight = MXFP4Weight(e, 2 * i, h, device=device)
+        self.mlp1_bias = torch.nn.Parameter(torch.zeros(e, 2 * i, device=device, dtype=dtype))
+        self.mlp2_weight = MXFP4Weight(e, h, i, device=device)
+        self.mlp2_bias = torch.nn.Parameter(torch.zeros(e, h, device=device, dtype=dtype))
+
+    def route(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``t [N, hidden]`` -> (expert weights ``[N, k]``, expert indices ``[N, k]``)."""
+        logits = self.gate(t)
+        top = torch.topk(logits, k=self.experts_per_token, dim=-1, sorted=True)
+        return torch.softmax(top.values.float(), dim=-1).to(t.dtype), top.indices
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.norm(x)
+        weights, indices = self.route(t)
+        out = torch.zeros_like(t)
+        for expert in torch.unique(indices).tolist():
+            token, rank = torch.where(indices == expert)
+            w1 = self.mlp1_weight.dequantize(expert, t.dtype)
+            h = torch.nn.functional.linear(t[token], w1, self.mlp1_bias[expert])
+            h = swiglu(h, self.swiglu_alpha, self.swiglu_limit)
+            w2 = self.mlp2_weight.dequantize(expert, t.dtype)
+            y = torch.nn.functional.linear(h, w2, self.mlp2_bias[expert])
+            out.index_add_(0, token, y * weights[token, rank, None])
+        return x + out

@@ -1,0 +1,148 @@
+"""The gpt-oss Transformer: embedding, alternating banded/dense attention blocks each followed by an MoE
+block, final RMSNorm, untied unembedding. Module and parameter names mirror the original checkpoint."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from gptoss.model.attention import AttentionBlock
+from gptoss.model.cache import KVCache, StepBatch
+from gptoss.model.config import ModelConfig
+from gptoss.model.moe import MLPBlock
+from gptoss.model.norm import RMSNorm
+from gptoss.model.rope import RotaryEmbedding
+
+# Tensors kept in float32 whatever the model dtype (as the reference implementation does).
+FLOAT32_SUFFIXES = ("norm.scale", "attn.sinks")
+
+
+class TransformerBlock(torch.nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int, device=None, dtype=torch.float32):
+        super().__init__()
+        self.attn = AttentionBlock(config, layer_idx, device, dtype)
+        self.mlp = MLPBlock(config, device, dtype)
+
+    def forward(self, x, batch: StepBatch, rope, cache: KVCache | None):
+        return self.mlp(self.attn(x, batch, rope, cache))
+
+
+class Transformer(torch.nn.Module):
+    def __init__(self, config: ModelConfig, device=None, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.config = config
+        self.dtype = dtype
+        self.embedding = torch.nn.Embedding(config.vocab_size, config.hidden_size, device=device, dtype=dtype)
+        self.block = torch.nn.ModuleList(
+            TransformerBlock(config, n, device, dtype) for n in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, device=device)
+        self.unembedding = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False, device=device, dtype=dtype)
+        self.rope = RotaryEmbedding(config, device=None if device == "meta" else device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unembedding.weight.device
+
+    # ------------------------------------------------------------------ forward
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Causal forward over one sequence: ``tokens [T]`` (long) -> logits ``[T, vocab]`` (float32)."""
+        if tokens.dim() != 1:
+            raise ValueError(f"expected a 1-D tensor of token ids, got shape {tuple(tokens.shape)}")
+        tokens = tokens.to(self.device)
+        return self.step(tokens, StepBatch.single(tokens.numel(), device=self.device), cache=None)
+
+    @torch.inference_mode()
+    def step(
+        self,
+        tokens: torch.Tensor,
+        batch: StepBatch,
+        cache: KVCache | None = None,
+        logits_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run the new tokens of several sequences (flat ``tokens [N]``, laid out by ``batch``), reading
+        and extending ``cache``. Returns float32 logits for all tokens, or only for ``logits_index``."""
+        if tokens.numel() and int(tokens.max()) >= self.config.vocab_size:
+            raise ValueError(f"token id {int(tokens.max())} is outside the vocabulary ({self.config.vocab_size})")
+        x = self.embedding(tokens)
+        rope = self.rope.cos_sin(batch.positions)
+        for block in self.block:
+            x = block(x, batch, rope, cache)
+        if logits_index is not None:
+            x = x[logits_index]
+        return self.unembedding(self.norm(x)).float()
+
+    # ----------------------------------------------------------------- building
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        layout: str = "auto",
+        progress: bool = False,
+    ) -> "Transformer":
+        """Load a checkpoint folder (either layout) or a hub id such as ``openai/gpt-oss-20b``.
+        Expert weights stay packed in MXFP4; on the CPU they stay memory-mapped from the file."""
+        from gptoss.model.checkpoint import CheckpointReader, locate
+        from gptoss.model.hub import resolve_model_path
+
+        folder = resolve_model_path(str(path))
+        reader = CheckpointReader(locate(folder, layout))
+        model = cls(reader.config, device="meta", dtype=dtype)
+        names = _names(reader)
+        iterator = names
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(names, desc="loading weights", unit="tensor", disable=None)
+        for name in iterator:
+            model.set_tensor(name, reader.get(name), device)
+        model.rope = RotaryEmbedding(reader.config, device=device)
+        model.eval()
+        return model
+
+    @classmethod
+    def from_tensors(cls, config: ModelConfig, tensors, device="cpu", dtype=torch.float32) -> "Transformer":
+        """Build from ``(canonical name, tensor)`` pairs (e.g. :func:`gptoss.model.synthetic.random_tensors`)."""
+        model = cls(config, device="meta", dtype=dtype)
+        for name, tensor in tensors:
+            model.set_tensor(name, tensor, device)
+        model.rope = RotaryEmbedding(config, device=device)
+        model.eval()
+        return model
+
+    def set_tensor(self, name: str, tensor: torch.Tensor, device) -> None:
+        """Place one canonical tensor, converting floats to the model dtype (norms and sinks to float32)."""
+        module_name, _, attr = name.rpartition(".")
+        module = self.get_submodule(module_name)
+        if tensor.dtype != torch.uint8:
+            target = torch.float32 if name.endswith(FLOAT32_SUFFIXES) else self.dtype
+            tensor = tensor.to(device=device, dtype=target)
+        else:
+            tensor = tensor.to(device=device)
+        if attr in module._buffers:
+            module._buffers[attr] = tensor
+        else:
+            module._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=False)
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes held by weights: packed expert weights and everything else."""
+        packed = dense = 0
+        for name, t in list(self.named_parameters()) + list(self.named_buffers()):
+            if name.endswith("inv_freq"):
+                continue
+            n = t.numel() * t.element_size()
+            if t.dtype == torch.uint8:
+                packed += n
+            else:
+                dense += n
+        return {"mxfp4_experts": packed, "dense": dense, "total": packed + dense}
+
+
+def _names(reader) -> list[str]:
+    from gptoss.model.checkpoint import canonical_shapes
+
+    return list(canonical_shapes(reader.config))

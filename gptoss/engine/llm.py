@@ -1,0 +1,216 @@
+"""The engine loop (schedule -> run -> postprocess) and the Python API built on it.
+
+    from gptoss.engine import LLM, SamplingParams
+    llm = LLM("openai/gpt-oss-20b")            # or a local folder
+    outs = llm.generate(["Hello"], SamplingParams(max_tokens=32))
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from gptoss.engine.model_runner import ModelRunner
+from gptoss.engine.sampling import SamplingParams, TokenLogprobs, sample
+from gptoss.engine.scheduler import Scheduler
+from gptoss.engine.sequence import Sequence
+from gptoss.errors import GptossError
+from gptoss.model.transformer import Transformer
+from gptoss.tokenizer import Tokenizer
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None
+    logprobs: list[TokenLogprobs | None] = field(default_factory=list)
+
+
+@dataclass
+class TokenEvent:
+    """One generated token of a streamed request."""
+
+    token: int
+    text: str  # the text this token completes (UTF-8 split across tokens is held back until whole)
+    logprobs: TokenLogprobs | None
+    finish_reason: str | None  # set on the last token
+
+
+class LLMEngine:
+    def __init__(self, model: Transformer, max_batch: int = 8, max_model_len: int = 4096, max_prefill_tokens: int = 2048):
+        self.model = model
+        self.max_model_len = max_model_len
+        self.scheduler = Scheduler(max_batch, max_prefill_tokens)
+        self.runner = ModelRunner(model, max_batch, max_model_len)
+        self.sequences: dict[str, Sequence] = {}
+
+    def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> Sequence:
+        if not prompt_ids:
+            raise GptossError("prompt is empty: at least one token is needed")
+        vocab = self.model.config.vocab_size
+        bad = [t for t in prompt_ids if not isinstance(t, int) or not 0 <= t < vocab]
+        if bad:
+            raise GptossError(f"prompt token {bad[0]!r} is outside the vocabulary [0, {vocab})")
+        if len(prompt_ids) >= self.max_model_len:
+            raise GptossError(
+                f"prompt has {len(prompt_ids)} tokens; the context holds {self.max_model_len} (max_model_len), "
+                "leaving no room to generate"
+            )
+        seq = Sequence(prompt_ids, params, request_id)
+        if seq.request_id in self.sequences:
+            raise GptossError(f"request id {seq.request_id!r} is already in use")
+        self.sequences[seq.request_id] = seq
+        self.scheduler.add(seq)
+        return seq
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request and free its cache slot (e.g. when its client disconnects)."""
+        seq = self.sequences.pop(request_id, None)
+        if seq is not None and not seq.is_finished:
+            self.scheduler.finish(seq, "abort")
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    def step(self) -> list[tuple[Sequence, int]]:
+        """One forward pass. Returns ``(sequence, new token)`` for each sequence that produced a token."""
+        work, _ = self.scheduler.schedule()
+        if not work:
+            return []
+        logits = self.runner.run(work)
+        ready = [(i, seq) for i, (seq, _) in enumerate(work) if seq.num_cached == len(seq)]
+        if not ready:
+            return []
+        rows = logits[[i for i, _ in ready]]
+        seqs = [seq for _, seq in ready]
+        tokens, logprobs = sample(rows, [s.params for s in seqs], [s.generator for s in seqs])
+        produced = []
+        for seq, token, lp in zip(seqs, tokens, logprobs):
+            seq.output_ids.append(token)
+            seq.logprobs.append(lp)
+            produced.append((seq, token))
+            p = seq.params
+            if not p.ignore_stop and token in p.stop_token_ids:
+                self._finish(seq, "stop")
+            elif len(seq.output_ids) >= p.max_tokens or len(seq) >= self.max_model_len:
+                self._finish(seq, "length")
+        return produced
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        self.scheduler.finish(seq, reason)
+        self.sequences.pop(seq.request_id, None)
+
+
+def _auto_device(device: str | None) -> str:
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _auto_dtype(dtype: torch.dtype | str | None, device: str, weight_bytes: int) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        # bf16 as trained where it pays (GPU, or big models on the CPU); float32 for small CPU models.
+        return torch.bfloat16 if device.startswith("cuda") or weight_bytes > 2**31 else torch.float32
+    table = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise GptossError(f"unknown dtype {dtype!r} (choose auto, bfloat16, float16 or float32)")
+    return table[dtype]
+
+
+class LLM:
+    """Offline generation: load a model once, generate for many prompts (batched), or stream one."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike | Transformer,
+        device: str | None = None,
+        dtype: torch.dtype | str | None = None,
+        max_batch: int = 8,
+        max_model_len: int = 4096,
+        tokenizer: Tokenizer | None = None,
+        layout: str = "auto",
+        progress: bool = False,
+    ):
+        if isinstance(model, Transformer):
+            self.model = model
+            self.model_dir = None
+        else:
+            from gptoss.model.checkpoint import locate
+            from gptoss.model.hub import resolve_model_path
+
+            self.model_dir = resolve_model_path(str(model))
+            config = locate(self.model_dir, layout).config
+            dev = _auto_device(device)
+            self.model = Transformer.from_checkpoint(
+                self.model_dir, device=dev, dtype=_auto_dtype(dtype, dev, config.weight_bytes()), layout=layout,
+                progress=progress,
+            )
+        self.max_model_len = min(max_model_len, self.model.config.max_position_embeddings)
+        self.engine = LLMEngine(self.model, max_batch=max_batch, max_model_len=self.max_model_len)
+        self._tokenizer = tokenizer
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = Tokenizer.load(self.model_dir)
+        return self._tokenizer
+
+    @property
+    def is_synthetic(self) -> bool:
+        from gptoss.model.synthetic import SYNTHETIC_MARKER
+
+        return self.model_dir is not None and (
+            (self.model_dir / SYNTHETIC_MARKER).is_file() or (self.model_dir.parent / SYNTHETIC_MARKER).is_file()
+        )
+
+    def _ids(self, prompt: str | list[int]) -> list[int]:
+        return self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+
+    def generate(
+        self,
+        prompts: list[str | list[int]] | str | list[int],
+        params: SamplingParams | list[SamplingParams] | None = None,
+    ) -> list[RequestOutput]:
+        """Generate for each prompt (text or token ids); all run together in continuous batches."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]  # type: ignore[list-item]
+        params = params or SamplingParams()
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        if len(plist) != len(prompts):
+            raise GptossError(f"{len(prompts)} prompts but {len(plist)} sampling parameter sets")
+        seqs = [self.engine.add_request(self._ids(p), sp) for p, sp in zip(prompts, plist)]
+        try:
+            while any(not s.is_finished for s in seqs):
+                self.engine.step()
+        finally:
+            for s in seqs:
+                self.engine.abort(s.request_id)
+        return [
+            RequestOutput(s.request_id, s.prompt_ids, s.output_ids, self.tokenizer.decode(s.output_ids), s.finish_reason, s.logprobs)
+            for s in seqs
+        ]
+
+    def stream(self, prompt: str | list[int], params: SamplingParams | None = None) -> Iterator[TokenEvent]:
+        """Generate for one prompt, yielding each token as it is sampled. Closing the iterator (or an
+        exception in the consumer, such as KeyboardInterrupt) aborts the request and frees its slot."""
+        seq = self.engine.add_request(self._ids(prompt), params or SamplingParams())
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        try:
+            while not seq.is_finished:
+                for s, token in self.engine.step():
+                    if s is seq:
+                        text = decoder.decode(self.tokenizer.token_bytes(token), final=seq.is_finished)
+                        yield TokenEvent(token, text, seq.logprobs[-1], seq.finish_reason)
+        finally:
+            self.engine.abort(seq.request_id)

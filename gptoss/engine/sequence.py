@@ -1,0 +1,48 @@
+"""One request as the engine tracks it."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import random
+
+import torch
+
+from gptoss.engine.sampling import SamplingParams, TokenLogprobs
+
+_ids = itertools.count()
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Sequence:
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None):
+        self.request_id = request_id or f"req-{next(_ids)}"
+        self.prompt_ids = list(prompt_ids)
+        self.output_ids: list[int] = []
+        self.logprobs: list[TokenLogprobs | None] = []
+        self.params = params
+        self.status = Status.WAITING
+        self.slot: int | None = None
+        self.num_cached = 0  # tokens whose keys/values are in the cache
+        self.finish_reason: str | None = None  # "stop", "length" or "abort"
+        self.generator = torch.Generator().manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status == Status.FINISHED
+
+    def pending(self) -> list[int]:
+        """Tokens not yet in the cache (the whole prompt at first, then the last sampled token)."""
+        return self.token_ids[self.num_cached:]

@@ -1,0 +1,63 @@
+"""Pieces shared by subcommands: the --model argument with its demo fallback, device and dtype flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from gptoss.errors import CheckpointError
+
+DEFAULT_MODEL = "openai/gpt-oss-20b"
+DEMO_PRESET = "demo"
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", "-m", default=None,
+                        help=f"checkpoint folder or hub id (default: {DEFAULT_MODEL}; without a network, the synthetic demo)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
+    parser.add_argument("--max-model-len", type=int, default=4096, help="tokens of context per sequence (default 4096)")
+
+
+def demo_dir() -> Path:
+    base = os.environ.get("GPTOSS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "gptoss")
+    return Path(base) / f"synthetic-{DEMO_PRESET}"
+
+
+def ensure_demo_checkpoint() -> Path:
+    """The clearly labelled synthetic demo checkpoint, written on first use."""
+    from gptoss.model.config import ModelConfig
+    from gptoss.model.synthetic import SYNTHETIC_MARKER, write_checkpoint
+
+    folder = demo_dir()
+    if not (folder / SYNTHETIC_MARKER).is_file():
+        print(f"gptoss: writing the synthetic demo checkpoint to {folder} ...", file=sys.stderr)
+        write_checkpoint(folder, ModelConfig.preset(DEMO_PRESET), layout="hf", seed=0)
+    return folder
+
+
+def resolve_model_arg(model: str | None) -> Path:
+    """An explicit --model must resolve; the default hub id falls back to the demo when it cannot be fetched."""
+    from gptoss.model.hub import resolve_model_path
+
+    if model:
+        return resolve_model_path(model)
+    try:
+        return resolve_model_path(DEFAULT_MODEL)
+    except CheckpointError as exc:
+        print(f"gptoss: {DEFAULT_MODEL} is not available ({str(exc).split(';')[0]}).", file=sys.stderr)
+        folder = ensure_demo_checkpoint()
+        return folder
+
+
+def load_llm(args: argparse.Namespace, max_batch: int = 8):
+    from gptoss.engine import LLM
+
+    folder = resolve_model_arg(args.model)
+    llm = LLM(folder, device=args.device, dtype=args.dtype, max_batch=max_batch, max_model_len=args.max_model_len,
+              progress=sys.stderr.isatty())
+    if llm.is_synthetic:
+        print(f"gptoss: SYNTHETIC DEMO CHECKPOINT ({folder}): random weights, its output is noise.", file=sys.stderr)
+    return llm

@@ -1,0 +1,61 @@
+"""The command line as a user runs it: make a checkpoint, generate from it, benchmark."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def gptoss(*args, check=True, env=None):
+    proc = subprocess.run([sys.executable, "-m", "gptoss", *args], capture_output=True, text=True, timeout=300, env=env)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "tiny"
+    proc = gptoss("make-checkpoint", "--preset", "tiny", "--layers", "3", "--out", str(out), "--layout", "both", "--seed", "5")
+    assert "wrote synthetic tiny checkpoint (3 layers, 8 experts" in proc.stderr
+    return out
+
+
+def test_make_checkpoint_writes_both_layouts_and_tokenizer(ckpt):
+    assert (ckpt / "config.json").is_file() and (ckpt / "model.safetensors").is_file()
+    assert (ckpt / "original" / "config.json").is_file() and (ckpt / "original" / "model.safetensors").is_file()
+    assert (ckpt / "o200k_base.tiktoken").is_file() and (ckpt / "gptoss_synthetic.json").is_file()
+    assert json.loads((ckpt / "config.json").read_text())["num_hidden_layers"] == 3
+
+
+def test_generate_json_from_text_and_ids(ckpt):
+    a = json.loads(gptoss("generate", "--model", str(ckpt), "--prompt", "Hello", "--max-tokens", "6",
+                          "--temperature", "0", "--json", "--logprobs", "2").stdout)
+    assert a["prompt_token_ids"] == [13225] and len(a["token_ids"]) == 6 and a["finish_reason"] == "length"
+    assert len(a["logprobs"]) == 6 and all(len(x["top_logprobs"]) == 2 for x in a["logprobs"])
+    assert all(x["logprob"] <= 0 for x in a["logprobs"])
+    # the same prompt as ids, from the original layout: same tokens
+    b = json.loads(gptoss("generate", "--model", str(ckpt / "original"), "--prompt-ids", "13225", "--max-tokens", "6",
+                          "--temperature", "0", "--json").stdout)
+    assert b["token_ids"] == a["token_ids"]
+    text = gptoss("generate", "--model", str(ckpt), "--prompt", "Hello", "--max-tokens", "6", "--temperature", "0")
+    assert text.stdout.rstrip("\n") == a["text"]
+    assert "SYNTHETIC DEMO CHECKPOINT" in text.stderr
+
+
+def test_generate_rejects_bad_flags(ckpt):
+    proc = gptoss("generate", "--model", str(ckpt), "--prompt-ids", "1,x", check=False)
+    assert proc.returncode == 1 and "--prompt-ids: expected comma-separated integers" in proc.stderr
+    proc = gptoss("generate", "--model", str(ckpt), "--prompt", "hi", "--top-p", "1.5", check=False)
+    assert proc.returncode == 1 and "sampling parameter 'top_p': expected a number in (0, 1], found 1.5" in proc.stderr
+    proc = gptoss("make-checkpoint", "--preset", "tiny", "--hidden", "70", "--out", str(ckpt.parent / "x"), check=False)
+    assert proc.returncode == 1 and "'hidden_size': expected a multiple of 32 (the MXFP4 block), found 70" in proc.stderr
+
+
+def test_bench_prints_json():
+    out = json.loads(gptoss("bench", "--preset", "tiny", "--prompt-len", "32", "--decode-tokens", "4",
+                            "--batch-sizes", "1,2", "--repeats", "1").stdout)
+    assert out["prefill"]["tokens"] == 32 and out["prefill"]["tok_s"] > 0
+    assert [d["batch"] for d in out["decode"]] == [1, 2] and all(d["tok_s"] > 0 for d in out["decode"])
+    assert out["weights_bytes"]["mxfp4_experts"] > 0 and out["resident_bytes_model"] > 0

@@ -380,7 +380,10 @@ class StreamParser:
                     recipient = last
                 else:
                     content_type = last
-                    raw = parts.pop()
+                    # openai-harmony takes the word before the content type; when stray words sit in
+                    # between (a header it rejects), prefer the nearest ``to=`` word.
+                    to_idx = next((k for k in reversed(range(len(parts))) if parts[k].startswith("to=")), None)
+                    raw = parts.pop() if to_idx is None else parts.pop(to_idx)
                     recipient = raw[3:] if raw.startswith("to=") else raw
             leftover = " ".join(parts)
         return ParsedHeader(author, channel, recipient, content_type), leftover

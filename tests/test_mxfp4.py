@@ -83,3 +83,17 @@ def test_packed_weights_stay_packed():
     c = model.config
     expert_params = c.num_hidden_layers * c.num_experts * 3 * c.hidden_size * c.intermediate_size
     assert mem["mxfp4_experts"] * 8 / expert_params == 4.25
+
+
+def test_ties_round_to_the_even_code():
+    lut = torch.tensor(mxfp4.FP4_VALUES[:8])
+    mids = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0])
+    xs = torch.cat([torch.linspace(0, 7, 2001), mids, torch.nextafter(mids, torch.tensor(0.0)), torch.nextafter(mids, torch.tensor(9.0))])
+    xs = torch.cat([xs, -xs])
+    codes = mxfp4._nearest_code(xs).long()
+    dist = (xs.abs()[:, None] - lut[None, :]).abs()
+    best = dist.min(dim=1).values
+    assert torch.equal(dist[torch.arange(len(xs)), codes % 8], best)
+    ties = (dist == best[:, None]).sum(dim=1) > 1
+    assert int(ties.sum()) == 14 and bool(((codes[ties] % 8) % 2 == 0).all())
+    assert bool((codes[xs < 0] >= 8).all())

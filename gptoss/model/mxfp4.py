@@ -61,23 +61,18 @@ def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return packed.to(torch.uint8).contiguous(), (exp + SCALE_BIAS).to(torch.uint8).contiguous()
 
 
-# Midpoints between consecutive positive E2M1 magnitudes, and the code to take above each.
-_MAGNITUDES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+# Midpoints between consecutive E2M1 magnitudes. A value exactly on a midpoint must round to the even
+# code: midpoints below an even code stay as they are (a tie is not above them: lower, even code), while
+# those below an odd code move down one ulp (a tie is above them: upper, even code).
+_MIDPOINTS = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0]
+_BOUNDS = torch.tensor([m if k % 2 == 0 else float(torch.nextafter(torch.tensor(m), torch.tensor(0.0)))
+                        for k, m in enumerate(_MIDPOINTS)], dtype=torch.float32)
 
 
 def _nearest_code(x: torch.Tensor) -> torch.Tensor:
-    mags = _MAGNITUDES.to(x.device)
-    a = x.abs().clamp(max=FP4_MAX)
-    # Index of the nearest magnitude; on an exact tie prefer the even code (round half to even).
-    idx = torch.bucketize(a, (mags[1:] + mags[:-1]) / 2, right=False)
-    mid = (mags[1:] + mags[:-1]) / 2
-    tie = torch.zeros_like(a, dtype=torch.bool)
-    below = (idx > 0)
-    tie[below] = a[below] == mid[(idx[below] - 1)]
-    odd = (idx % 2) == 1
-    idx = torch.where(tie & odd, idx - 1, idx)
-    sign = (x < 0) | ((x == 0) & torch.signbit(x))
-    return (idx + 8 * sign.long()).to(torch.uint8)
+    """E2M1 code of the nearest representable value (saturating at 6), ties to the even code."""
+    idx = torch.bucketize(x.abs(), _BOUNDS.to(x.device), out_int32=True)
+    return idx.to(torch.uint8) | (torch.signbit(x).to(torch.uint8) << 3)
 
 
 class MXFP4Weight(torch.nn.Module):

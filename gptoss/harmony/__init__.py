@@ -5,8 +5,21 @@ unlike it, never raises on malformed model output (see :class:`StreamParser`).
 """
 
 from gptoss.harmony.errors import HarmonyError
-from gptoss.harmony.json_io import load_conversation, load_tokens, messages_from_json, messages_to_json
-from gptoss.harmony.messages import Author, Content, Conversation, Message, Role, TextContent, content_from_dict
+from gptoss.harmony.json_io import (
+    load_conversation,
+    load_tokens,
+    messages_from_json,
+    messages_to_json,
+)
+from gptoss.harmony.messages import (
+    Author,
+    Content,
+    Conversation,
+    Message,
+    Role,
+    TextContent,
+    content_from_dict,
+)
 from gptoss.harmony.parser import (
     MessageSpan,
     ParseWarning,

@@ -169,7 +169,7 @@ def json_schema_to_typescript(schema: Any, indent: str = "") -> str:
 
 def _render_top_union(variants: list[Any], indent: str) -> str:
     out: list[str] = []
-    for i, variant in enumerate(variants):
+    for variant in variants:
         out.append(f"\n{indent} | ")
         out.append(_with_nullable(variant, json_schema_to_typescript(variant, indent + "   ")))
         comments: list[str] = []

@@ -234,10 +234,18 @@ def random_developer(rng: random.Random) -> Message:
 @dataclass
 class GeneratedConversation:
     conversation: Conversation
-    # False when the conversation holds headers that openai-harmony cannot parse back (a tool message
-    # without a recipient, a named user) or parses differently by design (a lone content type).
-    parse_comparable: bool = True
     notes: list[str] = field(default_factory=list)
+
+
+def oracle_parses_alike(m: Message) -> bool:
+    """False for headers openai-harmony cannot parse back (a tool message without a recipient: a lone
+    unknown role; a named user: ``user:alice``) or parses differently by design (a lone
+    ``<|constrain|>`` content type, which it reads as a recipient)."""
+    if m.role is Role.TOOL:
+        return m.recipient is not None
+    if m.author.name is not None:
+        return False
+    return not (m.recipient is None and m.content_type is not None and m.content_type.startswith("<|constrain|>"))
 
 
 def _tool_call(rng: random.Random, function_names: list[str]) -> tuple[Message, Message]:
@@ -267,7 +275,6 @@ def _tool_call(rng: random.Random, function_names: list[str]) -> tuple[Message, 
 
 def random_conversation(rng: random.Random) -> GeneratedConversation:
     msgs: list[Message] = []
-    comparable = True
     if rng.random() < 0.9:
         msgs.append(Message.from_role_and_content(Role.SYSTEM, random_system(rng)))
     function_names: list[str] = []
@@ -282,7 +289,6 @@ def random_conversation(rng: random.Random) -> GeneratedConversation:
         user = Message.from_role_and_content(Role.USER, random_text(rng, 20))
         if rng.random() < 0.05:
             user = Message.from_author_and_content(Author.new(Role.USER, "alice"), random_text(rng))
-            comparable = False
         if rng.random() < 0.05:
             user = user.adding_content(TextContent(" (second part)"))
         msgs.append(user)
@@ -297,7 +303,6 @@ def random_conversation(rng: random.Random) -> GeneratedConversation:
                 msgs.append(call)
                 if rng.random() < 0.05:
                     answer = Message(answer.author, answer.content, answer.channel, None, None)  # no recipient
-                    comparable = False
                 msgs.append(answer)
             else:
                 msgs.append(Message.from_role_and_content(Role.ASSISTANT, random_text(rng)).with_channel("commentary"))
@@ -309,13 +314,12 @@ def random_conversation(rng: random.Random) -> GeneratedConversation:
                 final = final.with_recipient("all")
             elif r < 0.08:
                 final = final.with_content_type("<|constrain|>json")  # structured output, no recipient
-                comparable = False
             elif r < 0.12:
                 final = final.with_content_type("json")  # a lone word: both parsers read it as a recipient
             msgs.append(final)
         if rng.random() < 0.03:
             msgs.append(Message.from_role_and_content(Role.ASSISTANT, "no channel"))
-    return GeneratedConversation(Conversation.from_messages(msgs), comparable)
+    return GeneratedConversation(Conversation.from_messages(msgs))
 
 
 # -- conversion into openai-harmony objects ----------------------------------------------------------

@@ -6,7 +6,12 @@ import json
 
 import pytest
 
-from gptoss.harmony import Role, StreamParser, StreamState, parse_messages_from_completion_tokens
+from gptoss.harmony import (
+    Role,
+    StreamParser,
+    StreamState,
+    parse_messages_from_completion_tokens,
+)
 from gptoss.tokenizer import Tokenizer
 
 

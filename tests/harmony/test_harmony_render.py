@@ -64,9 +64,11 @@ DROP_CASES = {
     "tool_call_turn": _conv(
         U(Role.USER, "q"), U(Role.ASSISTANT, "t", "analysis"),
         U(Role.ASSISTANT, "{}", "commentary").with_recipient("functions.f").with_content_type("<|constrain|>json"),
-        Message.from_author_and_content(Author.new(Role.TOOL, "functions.f"), "r").with_recipient("assistant").with_channel("commentary"),
+        Message.from_author_and_content(Author.new(Role.TOOL, "functions.f"), "r")
+        .with_recipient("assistant").with_channel("commentary"),
         U(Role.ASSISTANT, "a", "final")),
-    "final_on_a_user_message_counts": _conv(U(Role.USER, "t", "analysis"), U(Role.USER, "q", "final"), U(Role.ASSISTANT, "a", "final")),
+    "final_on_a_user_message_counts": _conv(
+        U(Role.USER, "t", "analysis"), U(Role.USER, "q", "final"), U(Role.ASSISTANT, "a", "final")),
     "no_final": _conv(U(Role.USER, "q"), U(Role.ASSISTANT, "t", "analysis")),
     "recipient_all": _conv(U(Role.USER, "q"), U(Role.ASSISTANT, "a", "final").with_recipient("all")),
 }

@@ -202,7 +202,7 @@ def _write_hf(out: Path, config: ModelConfig, dtype, max_shard_bytes, canonical,
     weight_map = {}
     total = 0
     for i, shard in enumerate(shards):
-        file = f"model-{i:05d}-of-{len(shards) - 1:05d}.safetensors" if len(shards) > 1 else "model.safetensors"
+        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" if len(shards) > 1 else "model.safetensors"
         total += write_safetensors_stream(out / file, shard, produce)
         weight_map |= {e[0]: file for e in shard}
     if len(shards) > 1:

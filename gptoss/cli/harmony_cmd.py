@@ -12,7 +12,12 @@ from gptoss.errors import GptossError
 def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     parser = subparsers.add_parser("harmony", help="render / parse the Harmony chat format",
                                    description="Render Harmony conversations to token ids, or parse token ids.")
-    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+    def show_help(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(func=show_help)
     sub = parser.add_subparsers(dest="harmony_command", metavar="ACTION")
 
     render = sub.add_parser("render", help="conversation JSON on stdin -> token ids (JSON list) on stdout")

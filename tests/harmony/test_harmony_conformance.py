@@ -175,3 +175,22 @@ def test_stop_tokens_match_oracle(oracle):
     assert sorted(h.stop_tokens_for_assistant_actions()) == sorted(oracle.stop_tokens_for_assistant_actions())
     assert set(h.stop_tokens()) == {Tokenizer.RETURN, Tokenizer.CALL, Tokenizer.END}
     assert set(h.stop_tokens_for_assistant_actions()) == {Tokenizer.RETURN, Tokenizer.CALL}
+
+
+def test_invalid_utf8_content_matches_oracle(oracle, tokenizer):
+    """Content made of stray bytes of multi-byte characters: the same text (with U+FFFD) as openai-harmony,
+    with or without a stop token. (Only the timing of deltas differs: openai-harmony holds back valid text
+    that follows an invalid byte until the next token; we emit it at once.)"""
+    import openai_harmony as oh
+
+    byte_tokens = [t for t in range(256) if tokenizer.token_bytes(t)[0] >= 0x80]
+    words = [tokenizer.encode(w) for w in ["a", "😀 x", "漢字", "ü", "𝔘"]]
+    head = tokenizer.encoding.encode("<|channel|>final<|message|>", allowed_special="all")
+    rng = random.Random(7)
+    for _ in range(2000):
+        body = []
+        for _ in range(rng.randint(0, 12)):
+            body += [rng.choice(byte_tokens)] if rng.random() < 0.7 else rng.choice(words)
+        tokens = head + body + ([Tokenizer.RETURN] if rng.random() < 0.5 else [])
+        expected = _oracle_dicts(oracle.parse_messages_from_completion_tokens(tokens, oh.Role.ASSISTANT))
+        assert _our_dicts(h.parse_messages_from_completion_tokens(tokens, Role.ASSISTANT, tokenizer=tokenizer)) == expected

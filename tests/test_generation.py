@@ -126,3 +126,17 @@ def test_stream_yields_tokens_and_closing_frees_the_slot(model, tokenizer):
     next(it)
     it.close()  # a consumer that stops early (Ctrl-C, disconnect) releases its slot
     assert llm.engine.scheduler.free_slots == [0] and not llm.engine.has_work
+
+
+def test_logits_processor_constrains_sampling(model):
+    llm = LLM(model, max_batch=1, max_model_len=128)
+    forced = [200005, 17360, 200008, 13225]  # a processor may force any sequence, special tokens included
+
+    def force(output_ids, logits):
+        out = torch.full_like(logits, float("-inf"))
+        out[forced[len(output_ids) % len(forced)]] = 0.0
+        return out
+
+    res = llm.generate([[1, 2, 3]], SamplingParams(temperature=1.0, seed=0, max_tokens=6, logprobs=0, logits_processors=[force]))[0]
+    assert res.token_ids == forced + forced[:2]
+    assert all(lp.logprob <= 0 for lp in res.logprobs)  # log-probabilities stay the model's own

@@ -91,7 +91,7 @@ class LLMEngine:
             return []
         rows = logits[[i for i, _ in ready]]
         seqs = [seq for _, seq in ready]
-        tokens, logprobs = sample(rows, [s.params for s in seqs], [s.generator for s in seqs])
+        tokens, logprobs = sample(rows, [s.params for s in seqs], [s.generator for s in seqs], [s.output_ids for s in seqs])
         produced = []
         for seq, token, lp in zip(seqs, tokens, logprobs):
             seq.output_ids.append(token)

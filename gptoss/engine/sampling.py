@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Protocol
 
 import torch
 
 from gptoss.errors import GptossError
+
+
+class LogitsProcessor(Protocol):
+    """Called before each sampling step with the tokens generated so far (not the prompt) and the
+    float32 logits ``[vocab]`` of the next token; returns the logits to sample from (e.g. with
+    disallowed tokens set to -inf: constrained decoding)."""
+
+    def __call__(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -19,6 +28,7 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     logprobs: int | None = None  # None: none; 0: the chosen token's; k: also the top k alternatives
     ignore_stop: bool = False
+    logits_processors: list[Callable[[list[int], torch.Tensor], torch.Tensor]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         checks = [
@@ -45,15 +55,23 @@ class TokenLogprobs:
     top: list[tuple[int, float]]  # the most likely alternatives, best first
 
 
-def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator]) -> tuple[list[int], list[TokenLogprobs | None]]:
+def sample(
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    generators: list[torch.Generator],
+    outputs: list[list[int]] | None = None,
+) -> tuple[list[int], list[TokenLogprobs | None]]:
     """Choose one token per row of ``logits [B, V]`` (float32). Log-probabilities are those of the model's
-    own distribution (before temperature, top-k and top-p)."""
+    own distribution (before logits processors, temperature, top-k and top-p). ``outputs[i]``: the tokens
+    row ``i`` generated so far, passed to its logits processors."""
     tokens: list[int] = []
     logprobs: list[TokenLogprobs | None] = []
     need_lp = any(p.logprobs is not None for p in params)
     log_softmax = torch.log_softmax(logits, dim=-1) if need_lp else None
     for row, (p, g) in enumerate(zip(params, generators)):
         x = logits[row]
+        for processor in p.logits_processors:
+            x = processor(outputs[row] if outputs is not None else [], x)
         if p.greedy:
             token = int(torch.argmax(x))
         else:

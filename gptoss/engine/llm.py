@@ -43,15 +43,48 @@ class TokenEvent:
     finish_reason: str | None  # set on the last token
 
 
+class PrefixCache:
+    """KV snapshots of shared prompt prefixes (the system and developer messages of a server) in
+    dedicated cache slots, least recently used evicted first."""
+
+    MIN_TOKENS = 16
+
+    def __init__(self, slots: list[int]):
+        self.free = list(slots)
+        self.entries: dict[tuple[int, ...], int] = {}  # prefix -> slot, oldest first
+
+    def lookup(self, prefix: tuple[int, ...]) -> int | None:
+        slot = self.entries.pop(prefix, None)
+        if slot is not None:
+            self.entries[prefix] = slot  # most recently used
+        return slot
+
+    def reserve(self, prefix: tuple[int, ...]) -> int | None:
+        if not self.free and not self.entries:
+            return None
+        if not self.free:
+            oldest = next(iter(self.entries))
+            self.free.append(self.entries.pop(oldest))
+        slot = self.free.pop()
+        self.entries[prefix] = slot
+        return slot
+
+
 class LLMEngine:
-    def __init__(self, model: Transformer, max_batch: int = 8, max_model_len: int = 4096, max_prefill_tokens: int = 2048):
+    def __init__(self, model: Transformer, max_batch: int = 8, max_model_len: int = 4096, max_prefill_tokens: int = 2048,
+                 prefix_slots: int = 4):
         self.model = model
         self.max_model_len = max_model_len
         self.scheduler = Scheduler(max_batch, max_prefill_tokens)
-        self.runner = ModelRunner(model, max_batch, max_model_len)
+        self.runner = ModelRunner(model, max_batch + prefix_slots, max_model_len)
+        self.prefixes = PrefixCache(list(range(max_batch, max_batch + prefix_slots)))
+        self.prefix_hits = 0
         self.sequences: dict[str, Sequence] = {}
 
-    def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> Sequence:
+    def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None,
+                    prefix_len: int = 0) -> Sequence:
+        """Queue a request. ``prefix_len``: its first tokens are a prefix other requests share (a server's
+        system and developer messages); their keys and values are computed once and copied after that."""
         if not prompt_ids:
             raise GptossError("prompt is empty: at least one token is needed")
         vocab = self.model.config.vocab_size
@@ -64,6 +97,8 @@ class LLMEngine:
                 "leaving no room to generate"
             )
         seq = Sequence(prompt_ids, params, request_id)
+        if PrefixCache.MIN_TOKENS <= prefix_len < len(prompt_ids):
+            seq.prefix_len = prefix_len
         if seq.request_id in self.sequences:
             raise GptossError(f"request id {seq.request_id!r} is already in use")
         self.sequences[seq.request_id] = seq
@@ -82,10 +117,18 @@ class LLMEngine:
 
     def step(self) -> list[tuple[Sequence, int]]:
         """One forward pass. Returns ``(sequence, new token)`` for each sequence that produced a token."""
-        work, _ = self.scheduler.schedule()
+        work, is_prefill = self.scheduler.schedule()
         if not work:
             return []
+        if is_prefill:
+            work = [(seq, self._reuse_prefix(seq, n)) for seq, n in work]
         logits = self.runner.run(work)
+        for seq, _ in work:
+            if seq.prefix_len and seq.num_cached == seq.prefix_len and seq.prefix_snapshot:
+                slot = self.prefixes.reserve(tuple(seq.prompt_ids[: seq.prefix_len]))
+                if slot is not None:
+                    self.runner.cache.copy_slot(seq.slot, slot, seq.prefix_len)
+                seq.prefix_snapshot = False
         ready = [(i, seq) for i, (seq, _) in enumerate(work) if seq.num_cached == len(seq)]
         if not ready:
             return []
@@ -103,6 +146,21 @@ class LLMEngine:
             elif len(seq.output_ids) >= p.max_tokens or len(seq) >= self.max_model_len:
                 self._finish(seq, "length")
         return produced
+
+    def _reuse_prefix(self, seq: Sequence, n: int) -> int:
+        """Before a sequence's first prefill chunk: copy a cached prefix into its slot, or arrange for
+        the first chunk to end at the prefix so that it can be snapshotted. Returns the chunk length."""
+        if not seq.prefix_len or seq.num_cached:
+            return n
+        key = tuple(seq.prompt_ids[: seq.prefix_len])
+        slot = self.prefixes.lookup(key)
+        if slot is not None:
+            self.runner.cache.copy_slot(slot, seq.slot, seq.prefix_len)
+            seq.num_cached = seq.prefix_len
+            self.prefix_hits += 1
+            return min(n, len(seq) - seq.num_cached)
+        seq.prefix_snapshot = True
+        return min(n, seq.prefix_len)
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         self.scheduler.finish(seq, reason)

@@ -30,6 +30,8 @@ class Sequence:
         self.slot: int | None = None
         self.num_cached = 0  # tokens whose keys/values are in the cache
         self.finish_reason: str | None = None  # "stop", "length" or "abort"
+        self.prefix_len = 0  # leading tokens shared with other requests (see LLMEngine.add_request)
+        self.prefix_snapshot = False  # copy the cache at prefix_len into the prefix cache
         self.generator = torch.Generator().manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
 
     @property

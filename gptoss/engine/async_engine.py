@@ -1,0 +1,158 @@
+"""The engine behind a server: one background thread runs ``LLMEngine.step()`` while asyncio code submits
+requests and reads their tokens. Requests join and leave the running batch between steps; a request
+whose consumer goes away (client disconnect) is aborted and its cache slot freed."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from gptoss.engine.llm import LLMEngine
+from gptoss.engine.sampling import SamplingParams, TokenLogprobs
+from gptoss.errors import GptossError
+
+
+class QueueFull(GptossError):
+    """More requests are waiting than the server accepts; retry later."""
+
+
+@dataclass
+class EngineEvent:
+    token: int
+    logprobs: TokenLogprobs | None
+    finish_reason: str | None
+
+
+@dataclass
+class EngineStats:
+    waiting: int = 0
+    running: int = 0
+    tokens_generated: int = 0
+    steps: int = 0
+    prefix_hits: int = 0
+    recent_tokens: list[tuple[float, int]] = field(default_factory=list)
+
+    def tokens_per_second(self, window: float = 10.0) -> float:
+        now = time.monotonic()
+        recent = [(t, n) for t, n in self.recent_tokens if now - t <= window]
+        return sum(n for _, n in recent) / window
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine, max_queue: int = 256):
+        self.engine = engine
+        self.max_queue = max_queue
+        self.stats = EngineStats()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._submissions: list[tuple] = []
+        self._aborts: list[str] = []
+        self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._ids = itertools.count()
+        self._stop = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="gptoss-engine", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ asyncio side
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._submissions) + len(self.engine.scheduler.waiting)
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams, prefix_len: int = 0) -> str:
+        """Queue a request; returns its id. Raises QueueFull when too many are waiting."""
+        if self._error is not None:
+            raise GptossError(f"the engine stopped: {self._error!r}")
+        request_id = f"r{next(self._ids)}"
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if len(self._submissions) + len(self.engine.scheduler.waiting) >= self.max_queue:
+                raise QueueFull(f"{self.max_queue} requests are already waiting")
+            self._queues[request_id] = (loop, asyncio.Queue())
+            self._submissions.append((request_id, prompt_ids, params, prefix_len))
+        self._wake.set()
+        return request_id
+
+    async def stream(self, request_id: str) -> AsyncIterator[EngineEvent]:
+        """Tokens of a submitted request. Leaving early (break, cancellation) aborts the request."""
+        _, queue = self._queues[request_id]
+        finished = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise GptossError(f"generation failed: {item}") from item
+                yield item
+                if item.finish_reason is not None:
+                    finished = True
+                    return
+        finally:
+            with self._lock:
+                self._queues.pop(request_id, None)
+                if not finished:
+                    self._aborts.append(request_id)
+            self._wake.set()
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams, prefix_len: int = 0) -> AsyncIterator[EngineEvent]:
+        request_id = self.submit(prompt_ids, params, prefix_len)
+        async for event in self.stream(request_id):
+            yield event
+
+    def shutdown(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    # ------------------------------------------------------------------ engine thread
+    def _deliver(self, request_id: str, item) -> None:
+        target = self._queues.get(request_id)
+        if target is not None:
+            loop, queue = target
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed
+                pass
+
+    def _run(self) -> None:
+        engine = self.engine
+        while not self._stop:
+            with self._lock:
+                submissions, self._submissions = self._submissions, []
+                aborts, self._aborts = self._aborts, []
+            for request_id in aborts:
+                engine.abort(request_id)
+            for request_id, prompt_ids, params, prefix_len in submissions:
+                try:
+                    engine.add_request(prompt_ids, params, request_id=request_id, prefix_len=prefix_len)
+                except GptossError as exc:
+                    with self._lock:
+                        self._deliver(request_id, exc)
+            if not engine.has_work:
+                self._wake.wait(timeout=0.5)
+                self._wake.clear()
+                continue
+            try:
+                produced = engine.step()
+            except BaseException as exc:  # a bug or an out-of-memory: fail the running requests, keep serving
+                for seq in list(engine.scheduler.running) + list(engine.scheduler.waiting):
+                    with self._lock:
+                        self._deliver(seq.request_id, exc)
+                    engine.abort(seq.request_id)
+                continue
+            now = time.monotonic()
+            self.stats.steps += 1
+            self.stats.tokens_generated += len(produced)
+            self.stats.recent_tokens.append((now, len(produced)))
+            if len(self.stats.recent_tokens) > 4096:
+                del self.stats.recent_tokens[:2048]
+            self.stats.waiting = len(engine.scheduler.waiting)
+            self.stats.running = len(engine.scheduler.running)
+            self.stats.prefix_hits = engine.prefix_hits
+            with self._lock:
+                for seq, token in produced:
+                    self._deliver(seq.request_id, EngineEvent(token, seq.logprobs[-1], seq.finish_reason))

@@ -14,10 +14,12 @@ from gptoss.errors import GptossError
 # Module names under gptoss.cli, in the order `gptoss --help` lists them.
 SUBCOMMANDS = [
     "chat",
+    "serve",
     "generate",
     "harmony_cmd",
     "make_checkpoint",
     "bench",
+    "eval_cmd",
 ]
 
 

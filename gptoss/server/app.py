@@ -1,0 +1,107 @@
+"""The FastAPI application: routes, authentication, body limits, health, models, metrics."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from gptoss.conversation.openai_chat import ServerPersona
+from gptoss.engine.async_engine import AsyncEngine
+from gptoss.engine.llm import LLM
+from gptoss.server import errors
+from gptoss.server.errors import APIError
+from gptoss.server.metrics import Metrics
+
+
+@dataclass
+class ServerConfig:
+    model_name: str = "gpt-oss"
+    aliases: list[str] = field(default_factory=list)
+    api_key: str | None = None
+    max_queue: int = 256
+    max_body_bytes: int = 4 * 2**20
+    persona: ServerPersona = field(default_factory=ServerPersona)
+    store_path: str | None = None  # SQLite file for stored responses (None: in memory)
+
+
+class ServerState:
+    def __init__(self, llm: LLM, config: ServerConfig):
+        self.llm = llm
+        self.config = config
+        self.tokenizer = llm.tokenizer
+        self.engine = AsyncEngine(llm.engine, max_queue=config.max_queue)
+        self.metrics = Metrics(self.engine.stats)
+        self.max_model_len = llm.max_model_len
+        self.started = int(time.time())
+
+    def check_model(self, name: str) -> None:
+        if name != self.config.model_name and name not in self.config.aliases:
+            raise APIError(404, f"the model {name!r} does not exist; this server serves {self.config.model_name!r}",
+                           param="model", code="model_not_found", type="not_found_error")
+
+    def check_length(self, prompt_len: int, max_tokens: int | None, field_name: str) -> int:
+        """Returns the tokens to generate; a prompt (plus the requested tokens) beyond the context is a 400."""
+        room = self.max_model_len - prompt_len
+        if room <= 0 or (max_tokens is not None and max_tokens > room):
+            wanted = prompt_len + (max_tokens or 0)
+            raise APIError(
+                400,
+                f"this model's maximum context length is {self.max_model_len} tokens; the request needs {wanted} "
+                f"({prompt_len} in the prompt, {max_tokens or 0} to generate). Shorten the messages or lower {field_name}.",
+                param=field_name if max_tokens else "messages", code="context_length_exceeded")
+        return max_tokens if max_tokens is not None else room
+
+
+def create_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
+    config = config or ServerConfig()
+    state = ServerState(llm, config)
+    app = FastAPI(title="gptoss", version="0.1.0")
+    app.state.gptoss = state
+    errors.install(app)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if request.url.path.startswith("/v1/"):
+            if config.api_key:
+                header = request.headers.get("authorization", "")
+                token = header[7:] if header.lower().startswith("bearer ") else ""
+                if not hmac.compare_digest(token.encode(), config.api_key.encode()):
+                    return JSONResponse(errors.error_body("invalid or missing API key (send 'Authorization: Bearer KEY')",
+                                                         "authentication_error", code="invalid_api_key"), status_code=401)
+            length = request.headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > config.max_body_bytes:
+                return JSONResponse(errors.error_body(f"the request body is {int(length)} bytes; the limit is "
+                                                      f"{config.max_body_bytes}", "invalid_request_error",
+                                                      code="body_too_large"), status_code=413)
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": config.model_name, "running": state.engine.stats.running,
+                "waiting": state.engine.pending}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models():
+        from openai.types import Model
+
+        names = [config.model_name] + config.aliases
+        data = [Model(id=n, created=state.started, object="model", owned_by="gptoss").model_dump() for n in names]
+        return {"object": "list", "data": data}
+
+    from gptoss.server import chat_completions
+
+    chat_completions.register(app, state)
+
+    @app.on_event("shutdown")
+    async def _shutdown():
+        state.engine.shutdown()
+
+    return app

@@ -1,0 +1,199 @@
+"""``POST /v1/chat/completions``: OpenAI request in, Harmony turn on the engine, SDK-typed response out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage, ChatCompletionTokenLogprob
+from openai.types.chat.chat_completion import Choice, ChoiceLogprobs
+from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
+from openai.types.chat.chat_completion_chunk import ChoiceDelta, ChoiceDeltaToolCall, ChoiceDeltaToolCallFunction
+from openai.types.chat.chat_completion_message_function_tool_call import ChatCompletionMessageFunctionToolCall, Function
+from openai.types.chat.chat_completion_token_logprob import TopLogprob
+from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage
+
+from gptoss.conversation.openai_chat import chat_prompt, function_tools, turn_grammar
+from gptoss.engine.guided import GrammarConstraint
+from gptoss.engine.sampling import SamplingParams
+from gptoss.harmony import stop_tokens_for_assistant_actions
+from gptoss.server.errors import APIError
+from gptoss.server.generation import Completion, cancel_on_disconnect, run_completion
+from gptoss.server.schemas import ChatCompletionRequest
+
+
+def register(app, state) -> None:
+    tok = state.tokenizer
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        state.check_model(body.model)
+        messages = [m.model_dump(exclude_none=True) for m in body.messages]
+        tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
+        functions = function_tools(tools)
+        grammar = turn_grammar(state.config.persona, functions, body.tool_choice, body.response_format)
+        prompt = chat_prompt(state.config.persona, messages, tools, body.reasoning_effort)
+        prompt_ids, prefix_len = prompt.tokens(tok)
+        requested = body.max_completion_tokens or body.max_tokens
+        max_tokens = state.check_length(len(prompt_ids), requested,
+                                        "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
+        stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if len(stops) > 4:
+            raise APIError(400, f"stop: at most 4 stop sequences, found {len(stops)}", param="stop")
+        if body.top_logprobs is not None and not body.logprobs:
+            raise APIError(400, "top_logprobs: requires logprobs to be true", param="top_logprobs")
+        lark = grammar.lark()
+
+        def params(i: int) -> SamplingParams:
+            return SamplingParams(
+                temperature=body.temperature, top_p=body.top_p, max_tokens=max_tokens,
+                seed=None if body.seed is None else body.seed + i,
+                stop_token_ids=stop_tokens_for_assistant_actions(tok),
+                logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+                logits_processors=[GrammarConstraint(tok, lark)],
+            )
+
+        rid = "chatcmpl-" + secrets.token_hex(12)
+        created = int(time.time())
+        state.metrics.prompt_tokens.inc(len(prompt_ids))
+        runs = [run_completion(state.engine, tok, prompt_ids, prefix_len, params(i), i, stops) for i in range(body.n)]
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(_stream(state, rid, created, body, runs, len(prompt_ids), include_usage),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        tasks = [asyncio.ensure_future(_drain(run)) for run in runs]
+        watcher = asyncio.ensure_future(cancel_on_disconnect(request, tasks))
+        try:
+            comps = await asyncio.gather(*tasks)
+        except asyncio.CancelledError:
+            state.metrics.requests.labels("chat", "disconnected").inc()
+            raise
+        finally:
+            watcher.cancel()
+        for c in comps:
+            _observe(state, c)
+        state.metrics.requests.labels("chat", "ok").inc()
+        completion_tokens = sum(c.tokens for c in comps)
+        return ChatCompletion(
+            id=rid, object="chat.completion", created=created, model=body.model,
+            choices=[_choice(tok, c, body.logprobs) for c in comps],
+            usage=_usage(len(prompt_ids), completion_tokens, sum(c.decoder.reasoning_tokens for c in comps)),
+        ).model_dump(exclude_none=True)
+
+
+async def _drain(run) -> Completion:
+    comp = None
+    async for comp, _ in run:
+        pass
+    return comp
+
+
+def _observe(state, c: Completion) -> None:
+    state.metrics.tokens.inc(c.tokens)
+    if c.first_token_at is not None:
+        state.metrics.ttft.observe(c.first_token_at - c.started)
+        if c.tokens > 1 and c.last_token_at is not None:
+            state.metrics.tpot.observe((c.last_token_at - c.first_token_at) / (c.tokens - 1))
+
+
+def _usage(prompt: int, completion: int, reasoning: int) -> CompletionUsage:
+    return CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                           completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning))
+
+
+def _token_logprobs(tok, entries) -> list[ChatCompletionTokenLogprob]:
+    out = []
+    for token, lp in entries:
+        out.append(ChatCompletionTokenLogprob(
+            token=tok.decode([token]), logprob=lp.logprob, bytes=list(tok.token_bytes(token)),
+            top_logprobs=[TopLogprob(token=tok.decode([t]), logprob=v, bytes=list(tok.token_bytes(t))) for t, v in lp.top],
+        ))
+    return out
+
+
+def _tool_calls(c: Completion) -> list[ChatCompletionMessageFunctionToolCall] | None:
+    calls = [t for t in c.tool_calls if not t.builtin]
+    if not calls:
+        return None
+    return [ChatCompletionMessageFunctionToolCall(id=t.call_id, type="function",
+                                                  function=Function(name=t.name, arguments=t.arguments)) for t in calls]
+
+
+def _choice(tok, c: Completion, logprobs: bool) -> Choice:
+    message = ChatCompletionMessage(role="assistant", content=c.content if (c.content or not c.tool_calls) else None,
+                                    tool_calls=_tool_calls(c), reasoning_content=c.decoder.reasoning or None)
+    lp = ChoiceLogprobs(content=_token_logprobs(tok, c.content_logprobs)) if logprobs else None
+    return Choice(index=c.index, finish_reason=c.api_finish_reason(), message=message, logprobs=lp)
+
+
+async def _stream(state, rid, created, body, runs, prompt_len, include_usage):
+    tok = state.tokenizer
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    def chunk(choices, usage=None) -> str:
+        c = ChatCompletionChunk(id=rid, object="chat.completion.chunk", created=created, model=body.model,
+                                choices=choices, usage=usage)
+        return f"data: {c.model_dump_json(exclude_none=True)}\n\n"
+
+    async def pump(run):
+        comp = None
+        try:
+            async for comp, deltas in run:
+                await queue.put((comp, deltas))
+        finally:
+            await queue.put((done, comp))
+
+    tasks = [asyncio.ensure_future(pump(r)) for r in runs]
+    finished: list[Completion] = []
+    try:
+        for i in range(len(runs)):
+            yield chunk([ChunkChoice(index=i, delta=ChoiceDelta(role="assistant", content=""))])
+        remaining = len(runs)
+        while remaining:
+            comp, deltas = await queue.get()
+            if comp is done:
+                remaining -= 1
+                if deltas is not None:
+                    finished.append(deltas)
+                    yield chunk([ChunkChoice(index=deltas.index, delta=ChoiceDelta(), finish_reason=deltas.api_finish_reason())])
+                continue
+            for d in deltas:
+                yield chunk([_delta_choice(tok, comp, d, body.logprobs)])
+        for c in finished:
+            _observe(state, c)
+        state.metrics.requests.labels("chat", "ok").inc()
+        if include_usage:
+            yield chunk([], _usage(prompt_len, sum(c.tokens for c in finished),
+                                   sum(c.decoder.reasoning_tokens for c in finished)))
+        yield "data: [DONE]\n\n"
+    except asyncio.CancelledError:
+        state.metrics.requests.labels("chat", "disconnected").inc()
+        raise
+    except Exception as exc:  # report, in the stream, what went wrong; the server keeps serving
+        yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+def _delta_choice(tok, comp: Completion, d, logprobs: bool) -> ChunkChoice:
+    if d.kind == "reasoning":
+        delta = ChoiceDelta(reasoning_content=d.text)
+    elif d.kind == "content":
+        delta = ChoiceDelta(content=d.text)
+    elif d.kind == "tool_call":
+        delta = ChoiceDelta(tool_calls=[ChoiceDeltaToolCall(index=d.index, id=d.call_id, type="function",
+                                                            function=ChoiceDeltaToolCallFunction(name=d.name, arguments=""))])
+    elif d.kind == "tool_args":
+        delta = ChoiceDelta(tool_calls=[ChoiceDeltaToolCall(index=d.index, function=ChoiceDeltaToolCallFunction(arguments=d.text))])
+    else:
+        delta = ChoiceDelta()
+    lp = None
+    if logprobs and d.kind == "content" and d.token is not None and comp.content_logprobs and comp.content_logprobs[-1][0] == d.token:
+        lp = ChoiceLogprobs(content=_token_logprobs(tok, [comp.content_logprobs[-1]]))
+    return ChunkChoice(index=comp.index, delta=delta, logprobs=lp)

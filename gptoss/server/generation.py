@@ -1,0 +1,134 @@
+"""Running one completion (one choice) on the async engine and collecting what the HTTP layers need:
+deltas, token log-probabilities, stop strings, timing for metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from gptoss.conversation.turn import Delta, TurnDecoder
+from gptoss.engine.async_engine import AsyncEngine
+from gptoss.engine.sampling import SamplingParams, TokenLogprobs
+from gptoss.tokenizer import Tokenizer
+
+
+class StopStrings:
+    """Ends the answer at the first stop string; holds back text that might be the start of one."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+        self.keep = max((len(s) for s in self.stops), default=1) - 1
+        self.pending = ""
+        self.hit = False
+
+    def feed(self, text: str) -> str:
+        if not self.stops:
+            return text
+        self.pending += text
+        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self.pending, self.hit = self.pending[:cut], "", True
+            return out
+        if self.keep == 0:
+            out, self.pending = self.pending, ""
+            return out
+        out = self.pending[: -self.keep] if len(self.pending) > self.keep else ""
+        self.pending = self.pending[len(out):]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+@dataclass
+class Completion:
+    """The state of one choice as it is generated."""
+
+    index: int
+    decoder: TurnDecoder
+    stops: StopStrings
+    content: str = ""  # answer text after stop strings
+    tokens: int = 0
+    finish_reason: str | None = None
+    content_logprobs: list[tuple[int, TokenLogprobs]] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+
+    @property
+    def tool_calls(self):
+        return self.decoder.tool_calls
+
+    def api_finish_reason(self) -> str:
+        if self.finish_reason == "length":
+            return "length"
+        if self.decoder.tool_calls and not self.stops.hit:
+            return "tool_calls"
+        return "stop"
+
+
+async def run_completion(
+    engine: AsyncEngine, tokenizer: Tokenizer, prompt_ids: list[int], prefix_len: int, params: SamplingParams,
+    index: int = 0, stop: list[str] | None = None,
+) -> AsyncIterator[tuple[Completion, list[Delta]]]:
+    """Yields ``(completion, deltas)`` after each generated token; stop strings end the answer early."""
+    comp = Completion(index, TurnDecoder(tokenizer), StopStrings(stop or []))
+    request_id = engine.submit(prompt_ids, params, prefix_len)
+    stream = engine.stream(request_id)
+    try:
+        async for event in stream:
+            now = time.monotonic()
+            comp.first_token_at = comp.first_token_at or now
+            comp.last_token_at = now
+            comp.tokens += 1
+            deltas = _filter(comp, comp.decoder.feed(event.token), event.logprobs)
+            if event.finish_reason is not None:
+                comp.finish_reason = event.finish_reason
+                deltas += _filter(comp, comp.decoder.finish(), None)
+                deltas += _flush(comp)
+            elif comp.stops.hit:
+                comp.finish_reason = "stop"
+                deltas += _flush(comp)
+            yield comp, deltas
+            if comp.finish_reason is not None:
+                return
+    finally:
+        await stream.aclose()  # aborts the request if it is still running (stop string, disconnect)
+
+
+def _filter(comp: Completion, deltas: list[Delta], logprobs: TokenLogprobs | None) -> list[Delta]:
+    out = []
+    for d in deltas:
+        if d.kind == "content":
+            if comp.stops.hit:
+                continue
+            text = comp.stops.feed(d.text)
+            if d.token is not None and logprobs is not None:
+                comp.content_logprobs.append((d.token, logprobs))
+            if text:
+                comp.content += text
+                out.append(Delta("content", text, token=d.token))
+        else:
+            out.append(d)
+    return out
+
+
+def _flush(comp: Completion) -> list[Delta]:
+    rest = comp.stops.flush() if not comp.stops.hit else ""
+    if rest:
+        comp.content += rest
+        return [Delta("content", rest)]
+    return []
+
+
+async def cancel_on_disconnect(request, tasks: list[asyncio.Task], poll: float = 0.25) -> None:
+    """Cancel ``tasks`` if the HTTP client goes away before they finish (non-streaming requests)."""
+    while not all(t.done() for t in tasks):
+        if await request.is_disconnected():
+            for t in tasks:
+                t.cancel()
+            return
+        await asyncio.sleep(poll)

@@ -1,0 +1,101 @@
+"""Request bodies, validated. Response bodies are the ``openai`` SDK's own types (see the handlers)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Lenient(BaseModel):
+    # Unknown fields are ignored, as OpenAI-compatible servers commonly do, so SDK upgrades keep working.
+    model_config = ConfigDict(extra="ignore")
+
+
+class FunctionCallIn(_Lenient):
+    name: str
+    arguments: str | dict = ""
+
+
+class ToolCallIn(_Lenient):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
+class ChatMessageIn(_Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+
+
+class FunctionDef(_Lenient):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolIn(_Lenient):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Lenient):
+    model: str
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    tools: list[ToolIn] | None = None
+    tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = Field(default=1, ge=1, le=16)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: dict[str, Any] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+
+class ResponseToolIn(_Lenient):
+    type: str
+    name: str | None = None
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ReasoningIn(_Lenient):
+    effort: Literal["low", "medium", "high"] | None = None
+    summary: str | None = None
+
+
+class ResponsesRequest(_Lenient):
+    model: str
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    reasoning: ReasoningIn | None = None
+    tools: list[ResponseToolIn] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    store: bool = True
+    previous_response_id: str | None = None
+    stream: bool = False
+    text: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    seed: int | None = None

@@ -96,9 +96,10 @@ def create_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         data = [Model(id=n, created=state.started, object="model", owned_by="gptoss").model_dump() for n in names]
         return {"object": "list", "data": data}
 
-    from gptoss.server import chat_completions
+    from gptoss.server import chat_completions, responses
 
     chat_completions.register(app, state)
+    responses.register(app, state)
 
     @app.on_event("shutdown")
     async def _shutdown():

@@ -85,7 +85,7 @@ class ReasoningIn(_Lenient):
 
 class ResponsesRequest(_Lenient):
     model: str
-    input: str | list[dict[str, Any]]
+    input: str | list[Any]  # items are checked one by one (conversation/openai_responses.py), naming the bad one
     instructions: str | None = None
     reasoning: ReasoningIn | None = None
     tools: list[ResponseToolIn] | None = None

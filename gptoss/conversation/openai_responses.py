@@ -1,0 +1,289 @@
+"""Responses API items <-> Harmony messages.
+
+Input: ``input`` (a string, or a list of items) becomes the conversation to complete. ``instructions``
+and leading ``system``/``developer`` messages become the Harmony developer instructions; ``user`` and
+``assistant`` messages become user and assistant (final, or commentary for a ``phase: commentary``
+preamble) messages; ``function_call`` items become assistant commentary calls ``to=functions.NAME``;
+``function_call_output`` items become tool messages from that function (the name is found through the
+``call_id`` of an earlier ``function_call``, earlier responses included); ``reasoning`` items become
+analysis messages. With ``previous_response_id`` the stored items of the earlier turns come first.
+
+Output: :class:`TurnItems` follows the Harmony parser of a generated turn and cuts it into output items
+(reasoning, message, function_call), announcing each as it begins, grows and ends, so that one code path
+serves streamed and non-streamed responses. Items and events here are plain data; the server dresses
+them in the ``openai`` SDK's types.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from gptoss.conversation.openai_chat import (
+    ConversationError,
+    ServerPersona,
+    assistant_call,
+    developer_message,
+    text_of,
+    tool_result,
+)
+from gptoss.conversation.turn import TurnPrompt, new_call_id
+from gptoss.harmony import Message, Role, StreamParser, StreamState
+from gptoss.harmony.parser import STOP_TOKENS
+
+MESSAGE_ROLES = ("user", "assistant", "system", "developer")
+ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
+
+
+# ---------------------------------------------------------------------------------------------- input
+def normalize_input(input: str | list[Any], where: str = "input") -> list[dict[str, Any]]:
+    """Validate request input and return it as canonical items (``type`` always set, text parts kept).
+
+    A string is one user message. Raises :class:`ConversationError` naming the offending item."""
+    if isinstance(input, str):
+        return [{"type": "message", "role": "user", "content": input}]
+    if not isinstance(input, list):
+        raise ConversationError(f"{where}: expected a string or a list of items", where)
+    return [_normalize_item(item, f"{where}[{i}]") for i, item in enumerate(input)]
+
+
+def _normalize_item(item: Any, where: str) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        raise ConversationError(f"{where}: expected an object (an input item), found {type(item).__name__}", where)
+    kind = item.get("type") or ("message" if "role" in item else None)
+    if kind == "message":
+        role = item.get("role")
+        if role not in MESSAGE_ROLES:
+            raise ConversationError(f"{where}.role: expected user, assistant, system or developer, found {role!r}",
+                                    f"{where}.role")
+        allowed = ("output_text", "text") if role == "assistant" else ("input_text", "text", "output_text")
+        content = item.get("content")
+        if content is None:
+            raise ConversationError(f"{where}.content: required for a message", f"{where}.content")
+        text_of(content, f"{where}.content", allowed)  # validates the parts
+        out = {"type": "message", "role": role, "content": content}
+        if role == "assistant" and item.get("phase") in ("commentary", "final_answer"):
+            out["phase"] = item["phase"]
+        if isinstance(item.get("id"), str):
+            out["id"] = item["id"]
+        return out
+    if kind == "function_call":
+        name, call_id, args = item.get("name"), item.get("call_id"), item.get("arguments", "")
+        if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_-." for c in name):
+            raise ConversationError(f"{where}.name: expected a function name (letters, digits, '_', '-', '.'), "
+                                    f"found {name!r}", f"{where}.name")
+        if not isinstance(call_id, str) or not call_id:
+            raise ConversationError(f"{where}.call_id: required for a function_call (a non-empty string)",
+                                    f"{where}.call_id")
+        if isinstance(args, (dict, list)):
+            args = json.dumps(args)
+        if not isinstance(args, str):
+            raise ConversationError(f"{where}.arguments: expected a JSON string", f"{where}.arguments")
+        out = {"type": "function_call", "call_id": call_id, "name": name, "arguments": args}
+        if isinstance(item.get("id"), str):
+            out["id"] = item["id"]
+        return out
+    if kind == "function_call_output":
+        call_id, output = item.get("call_id"), item.get("output")
+        if not isinstance(call_id, str) or not call_id:
+            raise ConversationError(f"{where}.call_id: required for a function_call_output (the call_id of the "
+                                    "function_call it answers)", f"{where}.call_id")
+        if output is None:
+            raise ConversationError(f"{where}.output: required for a function_call_output", f"{where}.output")
+        if not isinstance(output, str):
+            output = text_of(output, f"{where}.output", ("input_text", "output_text", "text"))
+        return {"type": "function_call_output", "call_id": call_id, "output": output}
+    if kind == "reasoning":
+        text = reasoning_text(item, where)
+        out = {"type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": text}]}
+        if isinstance(item.get("id"), str):
+            out["id"] = item["id"]
+        return out
+    if kind == "item_reference":
+        raise ConversationError(f"{where}: item_reference items are not supported; send the item itself, or continue "
+                                "a stored response with previous_response_id", f"{where}.type")
+    if kind is None:
+        raise ConversationError(f"{where}: an item needs a 'type' (or a 'role' for a message)", f"{where}.type")
+    raise ConversationError(f"{where}.type: expected one of {', '.join(ITEM_TYPES)}, found {kind!r}", f"{where}.type")
+
+
+def reasoning_text(item: dict[str, Any], where: str) -> str:
+    """The text of a reasoning item: its reasoning_text content, else its summary."""
+    for key, part_type in (("content", "reasoning_text"), ("summary", "summary_text")):
+        parts = item.get(key)
+        if parts:
+            if not isinstance(parts, list):
+                raise ConversationError(f"{where}.{key}: expected a list of {part_type} parts", f"{where}.{key}")
+            return text_of(parts, f"{where}.{key}", (part_type, "text"))
+    if item.get("encrypted_content"):
+        raise ConversationError(f"{where}: encrypted reasoning cannot be read here; send its reasoning_text content",
+                                f"{where}.encrypted_content")
+    return ""
+
+
+def responses_prompt(persona: ServerPersona, items: list[dict[str, Any]], instructions: str | None,
+                     tools: list[dict] | None, effort: str | None, *, first_new: int = 0,
+                     builtin_tools: list[str] = ()) -> TurnPrompt:
+    """Canonical items (see :func:`normalize_input`) -> the Harmony conversation to complete.
+
+    ``first_new``: how many leading items came from earlier responses (``previous_response_id``); errors
+    in the others name them as ``input[i]``."""
+    if not items:
+        raise ConversationError("input: the conversation is empty; send at least one message", "input")
+    texts: list[str] = [instructions] if instructions else []
+    history: list[Message] = []
+    call_names: dict[str, str] = {}
+    for k, item in enumerate(items):
+        where = f"input[{k - first_new}]" if k >= first_new else f"previous response item {k}"
+        kind = item["type"]
+        if kind == "message":
+            role = item["role"]
+            if role in ("system", "developer"):
+                text = text_of(item["content"], f"{where}.content")
+                if history:
+                    history.append(Message.from_role_and_content(Role.DEVELOPER, text))
+                else:
+                    texts.append(text)
+            elif role == "user":
+                history.append(Message.from_role_and_content(Role.USER, text_of(item["content"], f"{where}.content")))
+            else:
+                channel = "commentary" if item.get("phase") == "commentary" else "final"
+                text = text_of(item["content"], f"{where}.content", ("output_text", "text"))
+                history.append(Message.from_role_and_content(Role.ASSISTANT, text).with_channel(channel))
+        elif kind == "function_call":
+            call_names[item["call_id"]] = item["name"]
+            history.append(assistant_call(item["name"], item["arguments"]))
+        elif kind == "function_call_output":
+            name = call_names.get(item["call_id"])
+            if name is None:
+                raise ConversationError(f"{where}.call_id: {item['call_id']!r} matches no earlier function_call item "
+                                        "(in this input or the responses it continues)", f"{where}.call_id")
+            history.append(tool_result(name, item["output"]))
+        elif kind == "reasoning":
+            text = reasoning_text(item, where)
+            if text:
+                history.append(Message.from_role_and_content(Role.ASSISTANT, text).with_channel("analysis"))
+    head = [persona.system_message(effort, builtin_tools=list(builtin_tools))]
+    dev = developer_message(texts, tools)
+    if dev is not None:
+        head.append(dev)
+    return TurnPrompt(head + history, shared=len(head))
+
+
+def function_tool_dicts(tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Split Responses ``tools`` into function tools (name, description, parameters) and the types of
+    the other (hosted) tools."""
+    functions, hosted = [], []
+    for i, tool in enumerate(tools):
+        kind = tool.get("type")
+        if kind == "function":
+            if not tool.get("name"):
+                raise ConversationError(f"tools[{i}].name: required for a function tool", f"tools[{i}].name")
+            functions.append({k: tool[k] for k in ("name", "description", "parameters") if tool.get(k) is not None})
+        else:
+            hosted.append(kind)
+    return functions, hosted
+
+
+def text_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``text.format`` of a Responses request as a Chat Completions ``response_format``."""
+    fmt = (text or {}).get("format")
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict):
+        raise ConversationError("text.format: expected an object such as {\"type\": \"json_schema\", ...}",
+                                "text.format")
+    if fmt.get("type") == "json_schema":
+        return {"type": "json_schema", "json_schema": {"schema": fmt.get("schema")}}
+    return fmt
+
+
+# ---------------------------------------------------------------------------------------------- output
+@dataclass
+class OutputItem:
+    """One output item of a turn as it is generated.
+
+    kind: ``reasoning`` (an analysis message), ``message`` (a final answer, or a commentary preamble:
+    ``phase``), ``function_call`` (``name``, ``call_id``; ``text`` holds the arguments)."""
+
+    kind: str
+    id: str
+    index: int
+    text: str = ""
+    name: str | None = None
+    call_id: str | None = None
+    phase: str | None = None
+    done: bool = False
+    complete: bool = False  # done, and closed by its stop token (not cut off by the end of generation)
+    message: Message | None = None  # the parsed Harmony message, once done
+
+
+@dataclass
+class ItemEvent:
+    """``added`` (an item begins), ``delta`` (``text`` was appended to it), ``done`` (it is complete)."""
+
+    kind: str
+    item: OutputItem
+    text: str = ""
+
+
+def _item_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(16)}"
+
+
+@dataclass
+class TurnItems:
+    """Cuts a generated turn into output items, one per Harmony message, by watching its parser.
+
+    Call :meth:`update` after every token fed to the parser (and after ``process_eos``)."""
+
+    items: list[OutputItem] = field(default_factory=list)
+    _done: int = 0  # parser messages already turned into finished items
+    _open: OutputItem | None = None  # the item of the message now streaming (ordinal _done)
+
+    def update(self, parser: StreamParser) -> list[ItemEvent]:
+        events: list[ItemEvent] = []
+        finished = parser.messages
+        while self._done < len(finished):
+            msg = finished[self._done]
+            item, self._open = self._open, None
+            if item is None:
+                if not msg.text:  # a header cut short, never opened: nothing to show
+                    self._done += 1
+                    continue
+                item = self._new(msg.channel, msg.recipient)
+                events.append(ItemEvent("added", item))
+            text = msg.text
+            tail = text[len(item.text):] if text.startswith(item.text) else ""
+            if tail:
+                item.text += tail
+                events.append(ItemEvent("delta", item, tail))
+            end = parser.spans[self._done].end
+            item.done, item.message = True, msg
+            item.complete = end > 0 and parser.tokens[end - 1] in STOP_TOKENS
+            events.append(ItemEvent("done", item))
+            self._done += 1
+        if parser.state is StreamState.CONTENT:
+            if self._open is None:
+                self._open = self._new(parser.current_channel, parser.current_recipient)
+                events.append(ItemEvent("added", self._open))
+            delta = parser.last_content_delta
+            if delta:
+                self._open.text += delta
+                events.append(ItemEvent("delta", self._open, delta))
+        return events
+
+    def _new(self, channel: str | None, recipient: str | None) -> OutputItem:
+        index = len(self.items)
+        if recipient and recipient != "assistant":
+            name = recipient.removeprefix("functions.")
+            item = OutputItem("function_call", _item_id("fc"), index, name=name, call_id=new_call_id())
+        elif channel == "analysis":
+            item = OutputItem("reasoning", _item_id("rs"), index)
+        else:
+            item = OutputItem("message", _item_id("msg"), index,
+                              phase="commentary" if channel == "commentary" else "final_answer")
+        self.items.append(item)
+        return item

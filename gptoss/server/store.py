@@ -1,0 +1,88 @@
+"""Stored responses (Responses API ``store`` and ``previous_response_id``) in SQLite.
+
+One row a response: its JSON as returned to the client, the full list of input items it was generated
+from (earlier turns included, already resolved through ``previous_response_id``) and its output items.
+A follow-up request only needs the one row of the response it continues, and a restarted server on the
+same file loses nothing. ``path=None`` keeps everything in memory for the life of the process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    id           TEXT PRIMARY KEY,
+    created_at   REAL NOT NULL,
+    response     TEXT NOT NULL,  -- the Response object (JSON)
+    input_items  TEXT NOT NULL,  -- JSON list: every input item, earlier turns first
+    output_items TEXT NOT NULL   -- JSON list: the response's output items
+)
+"""
+
+
+@dataclass
+class StoredResponse:
+    id: str
+    response: dict[str, Any]
+    input_items: list[dict[str, Any]]
+    output_items: list[dict[str, Any]]
+
+
+class ResponseStore:
+    """Thread-safe: one connection shared under a lock (requests are short, writes are one row)."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = None if path is None else os.fspath(path)
+        if self.path is not None:
+            parent = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(parent, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path or ":memory:", check_same_thread=False, isolation_level=None)
+        with self._lock:
+            if self.path is not None:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(f"the response store {self.path} was written by a newer gptoss "
+                                   f"(schema {version}; this one reads up to {SCHEMA_VERSION})")
+            self._db.execute(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def put(self, response_id: str, response: dict[str, Any], input_items: list[dict[str, Any]],
+            output_items: list[dict[str, Any]]) -> None:
+        row = (response_id, time.time(), json.dumps(response), json.dumps(input_items), json.dumps(output_items))
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO responses (id, created_at, response, input_items, output_items) "
+                             "VALUES (?, ?, ?, ?, ?)", row)
+
+    def get(self, response_id: str) -> StoredResponse | None:
+        with self._lock:
+            row = self._db.execute("SELECT response, input_items, output_items FROM responses WHERE id = ?",
+                                   (response_id,)).fetchone()
+        if row is None:
+            return None
+        return StoredResponse(response_id, json.loads(row[0]), json.loads(row[1]), json.loads(row[2]))
+
+    def delete(self, response_id: str) -> bool:
+        with self._lock:
+            cur = self._db.execute("DELETE FROM responses WHERE id = ?", (response_id,))
+        return cur.rowcount > 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,365 @@
+"""The Responses API against a live server on 127.0.0.1, driven by the official openai client.
+
+Weights are random, so free text never ends on its own: such answers stop at max_output_tokens
+(status "incomplete"). Turns that must end use grammar-bounded endings: a function call with
+tool_choice="required" or a final answer held to a small JSON schema. A reasoning budget
+(ServerPersona(reasoning_max_tokens=8)) makes each reasoning message end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+
+import httpx
+import jsonschema
+import openai
+import pytest
+from openai import OpenAI
+
+from gptoss.conversation.openai_chat import ConversationError, ServerPersona
+from gptoss.conversation.openai_responses import TurnItems, normalize_input, responses_prompt
+from gptoss.harmony import Role
+from gptoss.server.store import ResponseStore
+
+MODEL = "gpt-oss"
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"enum": ["Paris", "Tokyo", "Lima"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 5},
+        "metric": {"type": "boolean"},
+    },
+    "required": ["city", "days"],
+    "additionalProperties": False,
+}
+WEATHER = {"type": "function", "name": "get_weather", "description": "Current weather in a city", "parameters": SCHEMA}
+PERSONA = ServerPersona(reasoning_max_tokens=8)
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(llm, **config_kwargs):
+    """create_app(llm, ServerConfig(**config_kwargs)) under uvicorn in a thread; yields the base URL."""
+    import uvicorn
+
+    from gptoss.server.app import ServerConfig, create_app
+
+    app = create_app(llm, ServerConfig(**config_kwargs))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while True:
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        app.state.gptoss.engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from gptoss.model import ModelConfig
+    from gptoss.model.synthetic import write_checkpoint
+
+    return write_checkpoint(tmp_path_factory.mktemp("responses") / "tiny", ModelConfig.preset("tiny"), seed=7)
+
+
+def _llm(checkpoint):
+    from gptoss.engine import LLM
+
+    return LLM(checkpoint, device="cpu", dtype="float32", max_batch=4, max_model_len=2048)
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint, tmp_path_factory):
+    path = tmp_path_factory.mktemp("store") / "responses.sqlite"
+    with serve(_llm(checkpoint), persona=PERSONA, store_path=str(path)) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
+
+
+def create(client, **kw):
+    kw.setdefault("model", MODEL)
+    kw.setdefault("input", "Hello")
+    kw.setdefault("max_output_tokens", 16)
+    seed = kw.pop("seed", None)
+    if seed is not None:
+        kw["extra_body"] = {"seed": seed}
+    return client.responses.create(**kw)
+
+
+def call_weather(client, **kw):
+    """A function call (tool_choice="required" ends the turn with one)."""
+    kw.setdefault("max_output_tokens", 160)
+    r = create(client, tools=[WEATHER], tool_choice="required", **kw)
+    assert r.status == "completed", r.output
+    return r
+
+
+# ---------------------------------------------------------------------------------------------- conversion
+def test_items_become_harmony_messages():
+    items = normalize_input([
+        {"role": "system", "content": "Be brief."},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather "},
+                                                        {"type": "input_text", "text": "in Lima?"}]},
+        {"type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": "Need the tool."}]},
+        {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": {"city": "Lima", "days": 1}},
+        {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+        {"role": "assistant", "content": [{"type": "output_text", "text": "Sunny."}]},
+    ])
+    prompt = responses_prompt(PERSONA, items, "Answer in English.", [WEATHER], "low")
+    sysm, dev, *rest = prompt.messages
+    assert prompt.shared == 2 and sysm.role is Role.SYSTEM and dev.role is Role.DEVELOPER
+    assert dev.content[0].instructions == "Answer in English.\n\nBe brief." and "functions" in dev.content[0].tools
+    assert [(m.role, m.channel, m.recipient) for m in rest] == [
+        (Role.USER, None, None),
+        (Role.ASSISTANT, "analysis", None),
+        (Role.ASSISTANT, "commentary", "functions.get_weather"),
+        (Role.TOOL, "commentary", "assistant"),
+        (Role.ASSISTANT, "final", None),
+    ]
+    assert rest[0].text == "Weather in Lima?" and json.loads(rest[2].text) == {"city": "Lima", "days": 1}
+    assert rest[3].author.name == "functions.get_weather" and rest[3].text == "sunny"
+    # a string is one user message; earlier items (previous_response_id) are named apart from input[i]
+    assert normalize_input("Hi") == [{"type": "message", "role": "user", "content": "Hi"}]
+    with pytest.raises(ConversationError, match=r"input\[0\]\.call_id: 'nope' matches no earlier function_call"):
+        responses_prompt(PERSONA, items[:1] + [{"type": "function_call_output", "call_id": "nope", "output": ""}],
+                         None, None, None, first_new=1)
+
+
+def test_turn_items_follow_the_parser(tokenizer):
+    from gptoss.harmony import StreamParser
+
+    text = ("<|channel|>analysis<|message|>think<|end|><|start|>assistant<|channel|>commentary to=functions.f "
+            "<|constrain|>json<|message|>{\"a\":1}<|call|>")
+    parser = StreamParser(tokenizer, role=Role.ASSISTANT)
+    items, events = TurnItems(), []
+    for t in tokenizer.encoding.encode(text, allowed_special="all"):
+        parser.process(t)
+        events += items.update(parser)
+    parser.process_eos()
+    events += items.update(parser)
+    assert [(i.kind, i.text, i.name) for i in items.items] == [("reasoning", "think", None),
+                                                              ("function_call", '{"a":1}', "f")]
+    kinds = [(e.kind, e.item.index) for e in events if e.kind != "delta"]
+    assert kinds == [("added", 0), ("done", 0), ("added", 1), ("done", 1)]
+    assert "".join(e.text for e in events if e.kind == "delta" and e.item.index == 1) == '{"a":1}'
+
+
+def test_store_persists_and_is_thread_safe(tmp_path):
+    path = tmp_path / "sub" / "r.sqlite"
+    store = ResponseStore(path)
+
+    def put(i):
+        store.put(f"resp_{i}", {"id": f"resp_{i}"}, [{"type": "message", "role": "user", "content": str(i)}], [])
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(store) == 16 and store.delete("resp_3") and not store.delete("resp_3")
+    store.close()
+    again = ResponseStore(path)
+    assert len(again) == 15 and again.get("resp_5").input_items[0]["content"] == "5" and again.get("resp_3") is None
+    again.close()
+    memory = ResponseStore(None)
+    memory.put("a", {}, [], [{"type": "reasoning"}])
+    assert memory.get("a").output_items == [{"type": "reasoning"}]
+
+
+# ---------------------------------------------------------------------------------------------- live server
+def test_response_with_reasoning_item_and_retrieve(client):
+    for seed in range(8):  # random weights: most turns start with reasoning; find one that does
+        r = create(client, input=[{"role": "user", "content": "Hello"}], instructions="Be brief.",
+                   reasoning={"effort": "low"}, seed=seed)
+        if r.output and r.output[0].type == "reasoning":
+            break
+    assert r.object == "response" and r.id.startswith("resp_") and r.model == MODEL
+    assert r.reasoning.effort == "low" and r.instructions == "Be brief."
+    assert r.status in ("completed", "incomplete")
+    if r.status == "incomplete":
+        assert r.incomplete_details.reason == "max_output_tokens" and r.usage.output_tokens == 16
+    reasoning = r.output[0]
+    assert reasoning.type == "reasoning" and reasoning.status == "completed" and reasoning.id.startswith("rs_")
+    assert reasoning.content[0].type == "reasoning_text" and reasoning.content[0].text
+    assert r.usage.output_tokens_details.reasoning_tokens >= 1 and r.usage.input_tokens > 0
+    assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
+    for item in r.output[1:]:
+        assert item.type == "message" and item.role == "assistant" and "<|" not in item.content[0].text
+    got = client.responses.retrieve(r.id)
+    assert got.model_dump() == r.model_dump()
+
+
+def test_stream_events_in_order(client, server):
+    with client.responses.create(model=MODEL, input="Hello", max_output_tokens=24, stream=True,
+                                 extra_body={"seed": 3}) as stream:
+        events = list(stream)
+    types = [e.type for e in events]
+    assert types[:2] == ["response.created", "response.in_progress"]
+    assert types[-1] in ("response.completed", "response.incomplete")
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[0].response.status == "in_progress" and events[0].response.output == []
+    final = events[-1].response
+    # each item: added, [content_part.added], deltas, done, [content_part.done], output_item.done
+    items, i = [], 2
+    while i < len(events) - 1:
+        added = events[i]
+        assert added.type == "response.output_item.added" and added.output_index == len(items)
+        kind = added.item.type
+        expect = {"reasoning": ("response.reasoning_text.delta", "response.reasoning_text.done"),
+                  "message": ("response.output_text.delta", "response.output_text.done")}[kind]
+        assert events[i + 1].type == "response.content_part.added" and events[i + 1].part.text == ""
+        j = i + 2
+        deltas = []
+        while events[j].type == expect[0]:
+            assert events[j].item_id == added.item.id and events[j].output_index == added.output_index
+            deltas.append(events[j].delta)
+            j += 1
+        assert events[j].type == expect[1] and events[j].text == "".join(deltas)
+        assert events[j + 1].type == "response.content_part.done" and events[j + 1].part.text == events[j].text
+        done = events[j + 2]
+        assert done.type == "response.output_item.done" and done.item.id == added.item.id
+        items.append(done.item)
+        i = j + 3
+    assert [it.model_dump() for it in items] == [it.model_dump() for it in final.output]
+    assert client.responses.retrieve(final.id).model_dump() == final.model_dump()
+    # the wire format: "event: <type>" then "data: <json>"
+    with httpx.stream("POST", server + "/v1/responses", json={"model": MODEL, "input": "Hi", "max_output_tokens": 2,
+                                                              "stream": True}) as raw:
+        lines = [line for line in raw.iter_lines() if line]
+    assert lines[0] == "event: response.created" and json.loads(lines[1][6:])["type"] == "response.created"
+
+
+def test_function_call_streamed_validates_against_the_schema(client):
+    with client.responses.create(model=MODEL, input="Weather in Paris?", tools=[WEATHER], tool_choice="required",
+                                 max_output_tokens=160, stream=True, extra_body={"seed": 1}) as stream:
+        events = list(stream)
+    final = events[-1].response
+    assert events[-1].type == "response.completed" and final.status == "completed"
+    call = final.output[-1]
+    assert call.type == "function_call" and call.name == "get_weather" and call.call_id.startswith("call_")
+    jsonschema.validate(json.loads(call.arguments), SCHEMA)
+    deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta" and e.item_id == call.id]
+    done = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert "".join(deltas) == call.arguments and done[0].arguments == call.arguments
+    added = [e for e in events if e.type == "response.output_item.added" and e.item.type == "function_call"]
+    assert added[0].item.arguments == "" and added[0].item.status == "in_progress"
+    assert final.tools[0].name == "get_weather" and final.tool_choice == "required"
+
+
+def test_function_call_output_round_trip_via_previous_response_id(client):
+    first = call_weather(client, input="Weather in Lima?", seed=2)
+    call = first.output[-1]
+    second = create(client, previous_response_id=first.id, tools=[WEATHER], text={"format": {
+        "type": "json_schema", "name": "answer", "schema": {"enum": ["sunny", "rainy"]}}},
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": '{"sky": "sunny"}'}],
+        max_output_tokens=120, seed=2)
+    assert second.previous_response_id == first.id and second.status == "completed"
+    assert second.output[-1].type == "message" and json.loads(second.output[-1].content[0].text) in ("sunny", "rainy")
+    # the stored input holds the earlier turn: the user message, the call, then its output
+    assert second.usage.input_tokens > first.usage.input_tokens
+    # a call_id that no earlier function_call made is a 400 naming the item
+    with pytest.raises(openai.BadRequestError, match=r"input\[0\]\.call_id: 'call_nope' matches no earlier"):
+        create(client, previous_response_id=first.id, input=[{"type": "function_call_output", "call_id": "call_nope",
+                                                              "output": "x"}])
+
+
+def test_output_items_sent_back_as_input(client):
+    """Sending the earlier turn's items by hand builds the same prompt as previous_response_id."""
+    first = call_weather(client, input="Weather in Tokyo?", seed=4)
+    answer = {"type": "function_call_output", "call_id": first.output[-1].call_id, "output": "cold"}
+    items = [o.model_dump(exclude_none=True) for o in first.output]
+    by_hand = create(client, input=[{"role": "user", "content": "Weather in Tokyo?"}, *items, answer],
+                     tools=[WEATHER], max_output_tokens=2)
+    chained = create(client, previous_response_id=first.id, input=[answer], tools=[WEATHER], max_output_tokens=2)
+    assert by_hand.usage.input_tokens == chained.usage.input_tokens > first.usage.input_tokens
+
+
+def test_store_false_and_404s(client):
+    r = create(client, store=False, max_output_tokens=2)
+    with pytest.raises(openai.NotFoundError, match="no stored response"):
+        client.responses.retrieve(r.id)
+    with pytest.raises(openai.NotFoundError) as exc:
+        create(client, previous_response_id="resp_missing")
+    assert exc.value.body["param"] == "previous_response_id"
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve("resp_missing")
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        create(client, model="not-a-model")
+    kept = create(client, max_output_tokens=2)
+    client.responses.delete(kept.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(kept.id)
+
+
+@pytest.mark.parametrize("input_, message", [
+    ([{"type": "bogus"}], (r"input\[0\]\.type: expected one of message, function_call, function_call_output, "
+                           r"reasoning, found 'bogus'")),
+    ([42], r"input\[0\]: expected an object \(an input item\), found int"),
+    ([{"role": "user", "content": "a"}, {"role": "wizard", "content": "b"}], r"input\[1\]\.role: expected user"),
+    ([{"role": "user"}], r"input\[0\]\.content: required"),
+    ([{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}], r"input_image content is not supported"),
+    ([{"type": "function_call", "name": "f", "arguments": "{}"}], r"input\[0\]\.call_id: required"),
+    ([{"type": "function_call_output", "call_id": "c9", "output": "x"}], r"'c9' matches no earlier function_call"),
+    ([{"type": "item_reference", "id": "msg_1"}], r"item_reference items are not supported"),
+    ([], r"input: the conversation is empty"),
+])
+def test_bad_items_are_400(server, input_, message):
+    r = httpx.post(server + "/v1/responses", json={"model": MODEL, "input": input_})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error"
+    import re
+
+    assert re.search(message, err["message"]), err["message"]
+
+
+def test_bad_tools_are_400(client):
+    with pytest.raises(openai.BadRequestError, match="'required' needs at least one tool"):
+        create(client, tool_choice="required")
+    with pytest.raises(openai.BadRequestError, match=r"tools\[0\]\.type: 'file_search' tools are not supported"):
+        create(client, tools=[{"type": "file_search", "vector_store_ids": ["v"]}])
+    with pytest.raises(openai.BadRequestError, match="invalid JSON Schema"):
+        create(client, tools=[{**WEATHER, "parameters": {"type": "object", "properties": {"a": {"type": "nope"}}}}])
+
+
+def test_previous_response_survives_a_restart(checkpoint, tmp_path):
+    path = str(tmp_path / "responses.sqlite")
+    with serve(_llm(checkpoint), persona=PERSONA, store_path=path) as base:
+        c = OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+        first = call_weather(c, input="Weather in Paris?", seed=5)
+    with serve(_llm(checkpoint), persona=PERSONA, store_path=path) as base:
+        c = OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+        assert c.responses.retrieve(first.id).model_dump() == first.model_dump()
+        second = create(c, previous_response_id=first.id, tools=[WEATHER], max_output_tokens=4,
+                        input=[{"type": "function_call_output", "call_id": first.output[-1].call_id, "output": "warm"}])
+        assert second.previous_response_id == first.id and second.status in ("completed", "incomplete")
+        assert second.usage.input_tokens > first.usage.input_tokens
+        assert c.responses.retrieve(second.id).id == second.id

@@ -132,6 +132,8 @@ class AsyncEngine:
                 except GptossError as exc:
                     with self._lock:
                         self._deliver(request_id, exc)
+            self.stats.waiting = len(engine.scheduler.waiting)
+            self.stats.running = len(engine.scheduler.running)
             if not engine.has_work:
                 self._wake.wait(timeout=0.5)
                 self._wake.clear()

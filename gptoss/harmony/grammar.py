@@ -34,7 +34,8 @@ class TurnGrammar:
     ``tool_choice``: "auto", "none", "required", or a function name.
     ``builtin_tools``: recipients of built-in tools (keys of BUILTIN_TOOL_HEADERS) the model may call.
     ``final_schema``: JSON Schema the final answer must follow (response_format), or None for free text.
-    ``reasoning_max_tokens``: the most tokens one analysis message may take (None: no bound).
+    ``reasoning_max_tokens``: a reasoning budget. When set, the turn holds at most one analysis message
+    (or preamble) before its ending, of at most this many tokens; when None, reasoning is unbounded.
     """
 
     functions: dict[str, dict[str, Any] | None] = field(default_factory=dict)
@@ -54,7 +55,7 @@ class TurnGrammar:
         budget = f"[max_tokens={int(self.reasoning_max_tokens)}]" if self.reasoning_max_tokens else ""
         lines = [
             "%llguidance {}",
-            f"start: ({' | '.join(pre)})* ending",
+            f"start: ({' | '.join(pre)}){'?' if self.reasoning_max_tokens else '*'} ending",
             f"ending: {' | '.join(endings)}",
             f'analysis: <|channel|> "analysis" <|message|> analysis_text <|end|> <|start|> "assistant"',
             f"analysis_text{budget}: TEXT",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import time
 from dataclasses import dataclass, field
@@ -59,7 +60,12 @@ class ServerState:
 def create_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
     config = config or ServerConfig()
     state = ServerState(llm, config)
-    app = FastAPI(title="gptoss", version="0.1.0")
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        state.engine.shutdown()
+
+    app = FastAPI(title="gptoss", version="0.1.0", lifespan=lifespan)
     app.state.gptoss = state
     errors.install(app)
 
@@ -100,9 +106,5 @@ def create_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
 
     chat_completions.register(app, state)
     responses.register(app, state)
-
-    @app.on_event("shutdown")
-    async def _shutdown():
-        state.engine.shutdown()
 
     return app

@@ -26,18 +26,31 @@ from gptoss.server.generation import Completion, cancel_on_disconnect, run_compl
 from gptoss.server.schemas import ChatCompletionRequest
 
 
+def _prepare(state, body: ChatCompletionRequest):
+    messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
+    functions = function_tools(tools)
+    grammar = turn_grammar(state.config.persona, functions, body.tool_choice, body.response_format)
+    prompt = chat_prompt(state.config.persona, messages, tools, body.reasoning_effort)
+    prompt_ids, prefix_len = prompt.tokens(state.tokenizer)
+    return grammar, prompt_ids, prefix_len
+
+
 def register(app, state) -> None:
     tok = state.tokenizer
+
+    @app.post("/tokenize")
+    async def tokenize(body: ChatCompletionRequest):
+        """The Harmony prompt a chat request renders to (to check formatting; nothing is generated)."""
+        state.check_model(body.model)
+        _, prompt_ids, prefix_len = _prepare(state, body)
+        return {"tokens": prompt_ids, "count": len(prompt_ids), "prompt": tok.decode(prompt_ids),
+                "shared_prefix_tokens": prefix_len, "max_model_len": state.max_model_len}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         state.check_model(body.model)
-        messages = [m.model_dump(exclude_none=True) for m in body.messages]
-        tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
-        functions = function_tools(tools)
-        grammar = turn_grammar(state.config.persona, functions, body.tool_choice, body.response_format)
-        prompt = chat_prompt(state.config.persona, messages, tools, body.reasoning_effort)
-        prompt_ids, prefix_len = prompt.tokens(tok)
+        grammar, prompt_ids, prefix_len = _prepare(state, body)
         requested = body.max_completion_tokens or body.max_tokens
         max_tokens = state.check_length(len(prompt_ids), requested,
                                         "max_completion_tokens" if body.max_completion_tokens else "max_tokens")

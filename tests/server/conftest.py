@@ -1,0 +1,63 @@
+"""A live gptoss server on 127.0.0.1 (uvicorn in a thread) over a synthetic checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(llm, **config_kwargs):
+    """Run create_app(llm, ServerConfig(**config_kwargs)) on a free loopback port; yields the base URL."""
+    import uvicorn
+
+    from gptoss.server.app import ServerConfig, create_app
+
+    app = create_app(llm, ServerConfig(**config_kwargs))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    else:
+        raise RuntimeError("server did not start")
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        app.state.gptoss.engine.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    from gptoss.model import ModelConfig
+    from gptoss.model.synthetic import write_checkpoint
+
+    return write_checkpoint(tmp_path_factory.mktemp("server") / "tiny", ModelConfig.preset("tiny"), seed=21)
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tiny_ckpt):
+    from gptoss.engine import LLM
+
+    return lambda max_batch=8, max_model_len=2048: LLM(tiny_ckpt, device="cpu", dtype="float32", max_batch=max_batch,
+                                                     max_model_len=max_model_len)

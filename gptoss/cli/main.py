@@ -19,6 +19,7 @@ SUBCOMMANDS = [
     "harmony_cmd",
     "make_checkpoint",
     "bench",
+    "bench_serve",
     "eval_cmd",
 ]
 

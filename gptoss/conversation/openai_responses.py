@@ -6,11 +6,13 @@ and leading ``system``/``developer`` messages become the Harmony developer instr
 preamble) messages; ``function_call`` items become assistant commentary calls ``to=functions.NAME``;
 ``function_call_output`` items become tool messages from that function (the name is found through the
 ``call_id`` of an earlier ``function_call``, earlier responses included); ``reasoning`` items become
-analysis messages. With ``previous_response_id`` the stored items of the earlier turns come first.
+analysis messages; ``code_interpreter_call`` items become a ``to=python`` call and its output. With
+``previous_response_id`` the stored items of the earlier turns come first; stored built-in tool calls
+keep their exact Harmony messages (``_harmony``), search results included.
 
 Output: :class:`TurnItems` follows the Harmony parser of a generated turn and cuts it into output items
-(reasoning, message, function_call), announcing each as it begins, grows and ends, so that one code path
-serves streamed and non-streamed responses. Items and events here are plain data; the server dresses
+(reasoning, message, function_call, web_search_call, code_interpreter_call), announcing each as it
+begins, grows and ends, so that one code path serves streamed and non-streamed responses. Items and events here are plain data; the server dresses
 them in the ``openai`` SDK's types.
 """
 
@@ -28,13 +30,23 @@ from gptoss.conversation.openai_chat import (
     developer_message,
     text_of,
     tool_result,
+    turn_grammar,
 )
 from gptoss.conversation.turn import TurnPrompt, new_call_id
-from gptoss.harmony import Message, Role, StreamParser, StreamState
+from gptoss.harmony import Author, Message, Role, StreamParser, StreamState
+from gptoss.harmony.grammar import TurnGrammar
 from gptoss.harmony.parser import STOP_TOKENS
 
 MESSAGE_ROLES = ("user", "assistant", "system", "developer")
-ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
+ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning", "code_interpreter_call",
+              "web_search_call")
+# Responses API hosted tool types -> the built-in gpt-oss tool that serves them, and its recipients.
+HOSTED_TOOLS = {
+    "web_search": "browser", "web_search_preview": "browser", "web_search_2025_08_26": "browser",
+    "web_search_preview_2025_03_11": "browser", "code_interpreter": "python",
+}
+BUILTIN_RECIPIENTS = {"browser": ["browser.search", "browser.open", "browser.find"], "python": ["python"]}
+HARMONY_KEY = "_harmony"  # stored output items only: the exact Harmony messages of a built-in tool call
 
 
 # ---------------------------------------------------------------------------------------------- input
@@ -101,6 +113,17 @@ def _normalize_item(item: Any, where: str) -> dict[str, Any]:
         if isinstance(item.get("id"), str):
             out["id"] = item["id"]
         return out
+    if kind == "code_interpreter_call":
+        code, outputs = item.get("code") or "", item.get("outputs") or []
+        if not isinstance(code, str) or not isinstance(outputs, list):
+            raise ConversationError(f"{where}: a code_interpreter_call needs 'code' (a string) and 'outputs' (a list)",
+                                    where)
+        logs = [o.get("logs") for o in outputs if isinstance(o, dict) and o.get("type") == "logs"]
+        return {"type": "code_interpreter_call", "code": code,
+                "outputs": [{"type": "logs", "logs": str(x)} for x in logs if x is not None]}
+    if kind == "web_search_call":
+        # Its results are not part of the item: sent back by hand it adds nothing to the conversation.
+        return {"type": "web_search_call", "action": item.get("action") if isinstance(item.get("action"), dict) else {}}
     if kind == "item_reference":
         raise ConversationError(f"{where}: item_reference items are not supported; send the item itself, or continue "
                                 "a stored response with previous_response_id", f"{where}.type")
@@ -165,6 +188,14 @@ def responses_prompt(persona: ServerPersona, items: list[dict[str, Any]], instru
             text = reasoning_text(item, where)
             if text:
                 history.append(Message.from_role_and_content(Role.ASSISTANT, text).with_channel("analysis"))
+        elif HARMONY_KEY in item:
+            history += [Message.from_dict(m) for m in item[HARMONY_KEY]]
+        elif kind == "code_interpreter_call":
+            history.append(Message.from_role_and_content(Role.ASSISTANT, item["code"]).with_channel("analysis")
+                           .with_recipient("python").with_content_type("code"))
+            logs = "\n".join(o["logs"] for o in item["outputs"])
+            history.append(Message.from_author_and_content(Author(Role.TOOL, "python"), logs)
+                           .with_recipient("assistant").with_channel("analysis"))
     head = [persona.system_message(effort, builtin_tools=list(builtin_tools))]
     dev = developer_message(texts, tools)
     if dev is not None:
@@ -172,19 +203,61 @@ def responses_prompt(persona: ServerPersona, items: list[dict[str, Any]], instru
     return TurnPrompt(head + history, shared=len(head))
 
 
-def function_tool_dicts(tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Split Responses ``tools`` into function tools (name, description, parameters) and the types of
-    the other (hosted) tools."""
-    functions, hosted = [], []
+def split_tools(tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Responses ``tools`` -> (function tools as name/description/parameters, built-in tools wanted:
+    ``browser`` for web_search, ``python`` for code_interpreter). Other hosted tools are a 400."""
+    functions: list[dict[str, Any]] = []
+    builtins: list[str] = []
     for i, tool in enumerate(tools):
         kind = tool.get("type")
         if kind == "function":
             if not tool.get("name"):
                 raise ConversationError(f"tools[{i}].name: required for a function tool", f"tools[{i}].name")
             functions.append({k: tool[k] for k in ("name", "description", "parameters") if tool.get(k) is not None})
+        elif kind in HOSTED_TOOLS:
+            if HOSTED_TOOLS[kind] not in builtins:
+                builtins.append(HOSTED_TOOLS[kind])
         else:
-            hosted.append(kind)
-    return functions, hosted
+            raise ConversationError(f"tools[{i}].type: {kind!r} tools are not supported; expected function, "
+                                    "web_search (web_search_preview) or code_interpreter", f"tools[{i}].type")
+    return functions, builtins
+
+
+def responses_grammar(persona: ServerPersona, functions: dict[str, dict | None], builtins: list[str], tool_choice: Any,
+                      response_format: dict | None, *, first_turn: bool = True) -> TurnGrammar:
+    """The grammar of one turn. ``builtins``: the built-in tools the model may call now. A forcing
+    tool_choice (required, a function, a hosted tool) holds for the first turn only: once a built-in
+    call has run, the model is free to answer."""
+    hosted = None
+    if isinstance(tool_choice, dict) and tool_choice.get("type") not in ("function", None):
+        hosted = HOSTED_TOOLS.get(tool_choice.get("type"))
+        if hosted is None:
+            raise ConversationError(f"tool_choice: {tool_choice.get('type')!r} is not supported; expected auto, none, "
+                                    "required, {\"type\": \"function\", \"name\": ...} or a built-in tool type",
+                                    "tool_choice")
+        if hosted not in builtins and first_turn:
+            raise ConversationError(f"tool_choice: {tool_choice['type']!r} is not among the tools", "tool_choice")
+    if not builtins and hosted is None:
+        return turn_grammar(persona, functions, tool_choice if first_turn or tool_choice == "none" else None,
+                            response_format)
+    base = turn_grammar(persona, {}, None, response_format)  # validates response_format
+    recipients = [r for b in builtins for r in BUILTIN_RECIPIENTS[b]]
+    if tool_choice == "none":
+        return TurnGrammar(functions=functions, tool_choice="none", final_schema=base.final_schema,
+                           reasoning_max_tokens=persona.reasoning_max_tokens)
+    choice = "auto"
+    if first_turn and hosted is not None:
+        functions, recipients, choice = {}, BUILTIN_RECIPIENTS[hosted], "required"
+    elif first_turn and tool_choice == "required":
+        choice = "required"
+    elif first_turn and isinstance(tool_choice, dict):
+        choice = turn_grammar(persona, functions, tool_choice, None).tool_choice  # a named function
+    if choice == "required" and not functions and not recipients:
+        raise ConversationError("tool_choice: 'required' needs at least one tool", "tool_choice")
+    if choice == "auto" and not functions and not recipients:
+        choice = "none"
+    return TurnGrammar(functions=functions, tool_choice=choice, builtin_tools=recipients,
+                       final_schema=base.final_schema, reasoning_max_tokens=persona.reasoning_max_tokens)
 
 
 def text_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -206,7 +279,10 @@ class OutputItem:
     """One output item of a turn as it is generated.
 
     kind: ``reasoning`` (an analysis message), ``message`` (a final answer, or a commentary preamble:
-    ``phase``), ``function_call`` (``name``, ``call_id``; ``text`` holds the arguments)."""
+    ``phase``), ``function_call`` (``name``, ``call_id``; ``text`` holds the arguments),
+    ``code_interpreter_call`` (``text`` holds the code) or ``web_search_call`` (``name`` is the
+    recipient, browser.search / open / find; ``text`` the JSON arguments). Built-in calls gain their
+    ``status``, ``action`` or ``outputs``, and ``harmony`` (the call and the tool's answer) once run."""
 
     kind: str
     id: str
@@ -218,6 +294,14 @@ class OutputItem:
     done: bool = False
     complete: bool = False  # done, and closed by its stop token (not cut off by the end of generation)
     message: Message | None = None  # the parsed Harmony message, once done
+    status: str | None = None  # built-in calls, once run: completed | failed | incomplete
+    action: dict[str, Any] | None = None  # web_search_call
+    outputs: list[dict[str, Any]] | None = None  # code_interpreter_call
+    harmony: list[Message] = field(default_factory=list)  # built-in calls: the call and the tool's answer
+
+    @property
+    def builtin(self) -> bool:
+        return self.kind in ("code_interpreter_call", "web_search_call")
 
 
 @dataclass
@@ -277,7 +361,11 @@ class TurnItems:
 
     def _new(self, channel: str | None, recipient: str | None) -> OutputItem:
         index = len(self.items)
-        if recipient and recipient != "assistant":
+        if recipient in ("python", "python.exec"):
+            item = OutputItem("code_interpreter_call", _item_id("ci"), index, name=recipient)
+        elif recipient and recipient.startswith("browser."):
+            item = OutputItem("web_search_call", _item_id("ws"), index, name=recipient)
+        elif recipient and recipient != "assistant":
             name = recipient.removeprefix("functions.")
             item = OutputItem("function_call", _item_id("fc"), index, name=name, call_id=new_call_id())
         elif channel == "analysis":

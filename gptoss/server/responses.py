@@ -1,33 +1,57 @@
 """``POST /v1/responses``, ``GET /v1/responses/{id}``, ``DELETE /v1/responses/{id}``: the Responses API.
 
-Request items become a Harmony turn (conversation/openai_responses.py), the turn runs on the engine
-under the turn grammar, and :class:`TurnItems` cuts what the model emits into output items. One
-generator of SDK-typed events serves both modes: a stream sends each event as Server-Sent Events
-(``event: <type>`` / ``data: <json>``), a plain request keeps only the final Response. Responses with
-``store`` (the default) are saved in SQLite with their input and output items, so
-``previous_response_id`` continues them, also after a restart.
+Request items become a Harmony conversation (conversation/openai_responses.py), each assistant turn runs
+on the engine under the turn grammar, and :class:`TurnItems` cuts what the model emits into output
+items. When the model calls a built-in tool (``web_search`` -> browser, ``code_interpreter`` -> python,
+run through :class:`~gptoss.conversation.tool_loop.ToolLoop`), the tool's answer joins the conversation
+and the next turn follows, in the same response. One generator of SDK-typed events serves both modes: a
+stream sends each event as Server-Sent Events (``event: <type>`` / ``data: <json>``), a plain request
+keeps only the final Response. Responses with ``store`` (the default) are saved in SQLite with their
+input and output items, so ``previous_response_id`` continues them, also after a restart.
 
-Event order: response.created, response.in_progress, then for each output item output_item.added,
-[content_part.added], its deltas (reasoning_text.delta / output_text.delta /
-function_call_arguments.delta), their done event, [content_part.done], output_item.done; finally
-response.completed (response.incomplete when max_output_tokens cut the turn, response.failed on an
-error). Every event carries a sequence_number, counting from 0.
+Event order: response.created, response.in_progress, then for each output item:
+
+- reasoning: output_item.added, content_part.added, reasoning_text.delta..., reasoning_text.done,
+  content_part.done, output_item.done
+- message: output_item.added, content_part.added, output_text.delta..., output_text.done,
+  content_part.done, output_item.done
+- function_call: output_item.added, function_call_arguments.delta..., function_call_arguments.done,
+  output_item.done
+- code_interpreter_call: output_item.added, code_interpreter_call.in_progress,
+  code_interpreter_call_code.delta..., code_interpreter_call_code.done, code_interpreter_call.interpreting,
+  (the code runs) code_interpreter_call.completed, output_item.done
+- web_search_call: output_item.added, web_search_call.in_progress, web_search_call.searching, (the
+  browser runs) web_search_call.completed, output_item.done
+
+and finally response.completed (response.incomplete when max_output_tokens cut the turn, response.failed
+on an error). Every event carries a sequence_number, counting from 0.
+
+Built-in tools come from ``ServerConfig.toolbox`` (a :class:`~gptoss.tools.Toolbox` whose tools are
+templates: each response gets fresh ones through ``new_conversation()``); without one, requests for
+them are a 400.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 from openai.types.responses import (
     Response,
+    ResponseCodeInterpreterCallCodeDeltaEvent,
+    ResponseCodeInterpreterCallCodeDoneEvent,
+    ResponseCodeInterpreterCallCompletedEvent,
+    ResponseCodeInterpreterCallInProgressEvent,
+    ResponseCodeInterpreterCallInterpretingEvent,
+    ResponseCodeInterpreterToolCall,
     ResponseCompletedEvent,
     ResponseContentPartAddedEvent,
     ResponseContentPartDoneEvent,
@@ -37,6 +61,7 @@ from openai.types.responses import (
     ResponseFunctionCallArgumentsDeltaEvent,
     ResponseFunctionCallArgumentsDoneEvent,
     ResponseFunctionToolCall,
+    ResponseFunctionWebSearch,
     ResponseIncompleteEvent,
     ResponseInProgressEvent,
     ResponseOutputItemAddedEvent,
@@ -49,41 +74,56 @@ from openai.types.responses import (
     ResponseTextDeltaEvent,
     ResponseTextDoneEvent,
     ResponseUsage,
+    ResponseWebSearchCallCompletedEvent,
+    ResponseWebSearchCallInProgressEvent,
+    ResponseWebSearchCallSearchingEvent,
 )
 from openai.types.responses.response_content_part_added_event import PartReasoningText
 from openai.types.responses.response_content_part_done_event import PartReasoningText as DonePartReasoningText
 from openai.types.responses.response_reasoning_item import Content as ReasoningContent
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from gptoss.conversation.openai_chat import ConversationError, function_tools, turn_grammar
+from gptoss.conversation.openai_chat import ConversationError, ServerPersona, function_tools
 from gptoss.conversation.openai_responses import (
+    HARMONY_KEY,
     ItemEvent,
     OutputItem,
     TurnItems,
-    function_tool_dicts,
     normalize_input,
+    responses_grammar,
     responses_prompt,
+    split_tools,
     text_format,
 )
+from gptoss.conversation.turn import TurnPrompt
 from gptoss.engine.guided import GrammarConstraint
 from gptoss.engine.sampling import SamplingParams
-from gptoss.harmony import stop_tokens_for_assistant_actions
+from gptoss.harmony import Message, stop_tokens_for_assistant_actions
 from gptoss.server.errors import APIError
 from gptoss.server.generation import Completion, cancel_on_disconnect, run_completion
 from gptoss.server.schemas import ResponsesRequest
 from gptoss.server.store import ResponseStore
 
+if TYPE_CHECKING:
+    from gptoss.tools.base import Toolbox
+
 log = logging.getLogger("gptoss.server")
+DEFAULT_MAX_TOOL_CALLS = 16
 
 
 def register(app, state) -> None:
     store = ResponseStore(state.config.store_path)
     state.response_store = store
+    inner = app.router.lifespan_context
 
-    @app.on_event("shutdown")
-    async def _close_store():
+    @contextlib.asynccontextmanager
+    async def lifespan(app_):
+        async with inner(app_) as value:
+            yield value
         store.close()
+
+    app.router.lifespan_context = lifespan
 
     @app.post("/v1/responses")
     async def create_response(body: ResponsesRequest, request: Request):
@@ -136,11 +176,25 @@ class _Turn:
     created: int
     effort: str
     items: list[dict[str, Any]]  # the resolved input: earlier turns first
-    tools: list[dict[str, Any]]
-    prompt_ids: list[int]
-    prefix_len: int
-    params: SamplingParams
+    tools: list[dict[str, Any]]  # as echoed in the Response
+    prompt: TurnPrompt
+    functions: dict[str, dict | None]
+    builtins: list[str]  # "browser", "python"
+    toolbox: Toolbox | None  # the server's templates for the built-in tools
+    max_tokens: int | None  # max_output_tokens over all turns of the response
+    persona: ServerPersona
     seq: itertools.count = field(default_factory=itertools.count)
+
+    @property
+    def tool_choice(self) -> Any:
+        choice = self.body.tool_choice if self.body.tool_choice is not None else "auto"
+        if isinstance(choice, dict) and choice.get("type") in ("web_search", "web_search_2025_08_26"):
+            return {"type": "web_search_preview"}  # how the SDK's ToolChoiceTypes spells a forced web search
+        return choice
+
+    @property
+    def container_id(self) -> str:
+        return "cntr_" + self.id.removeprefix("resp_")
 
     def response(self, status: str, output: list[BaseModel], usage: ResponseUsage | None = None,
                  incomplete: str | None = None, error: str | None = None) -> Response:
@@ -148,14 +202,28 @@ class _Turn:
         return Response(
             id=self.id, object="response", created_at=self.created, model=b.model, status=status,
             output=output, usage=usage, instructions=b.instructions, tools=self.tools,
-            tool_choice=b.tool_choice if b.tool_choice is not None else "auto", parallel_tool_calls=False,
+            tool_choice=self.tool_choice, parallel_tool_calls=False,
             temperature=b.temperature, top_p=b.top_p, max_output_tokens=b.max_output_tokens,
-            previous_response_id=b.previous_response_id, reasoning={"effort": self.effort},
-            text=b.text or {"format": {"type": "text"}}, metadata=b.metadata, store=b.store,
-            incomplete_details={"reason": incomplete} if incomplete else None,
+            max_tool_calls=b.max_tool_calls, previous_response_id=b.previous_response_id,
+            reasoning={"effort": self.effort}, text=b.text or {"format": {"type": "text"}}, metadata=b.metadata,
+            store=b.store, incomplete_details={"reason": incomplete} if incomplete else None,
             error=ResponseError(code="server_error", message=error) if error else None,
             completed_at=int(time.time()) if status == "completed" else None,
         )
+
+    @property
+    def max_tool_calls(self) -> int:
+        return self.body.max_tool_calls if self.body.max_tool_calls is not None else DEFAULT_MAX_TOOL_CALLS
+
+    def grammar(self, calls: int) -> str:
+        """The Lark grammar of the assistant turn after ``calls`` built-in tool calls ran."""
+        builtins = self.builtins if calls < self.max_tool_calls else []
+        g = responses_grammar(self.persona, self.functions, builtins, self.body.tool_choice,
+                              text_format(self.body.text), first_turn=calls == 0)
+        try:
+            return g.lark()
+        except ValueError as exc:
+            raise ConversationError(str(exc), "tool_choice") from None
 
 
 def _prepare(state, store: ResponseStore, body: ResponsesRequest) -> _Turn:
@@ -168,41 +236,51 @@ def _prepare(state, store: ResponseStore, body: ResponsesRequest) -> _Turn:
         stored = _stored(store, body.previous_response_id, "previous_response_id")
         previous = stored.input_items + stored.output_items
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
-    functions, hosted = function_tool_dicts(tools)
-    if hosted:
-        i = next(i for i, t in enumerate(tools) if t.get("type") != "function")
-        raise APIError(400, f"tools[{i}].type: {hosted[0]!r} tools are not supported by this server; expected "
-                            "'function'", param=f"tools[{i}].type", code="unsupported_tool")
-    if isinstance(body.tool_choice, dict) and body.tool_choice.get("type") not in ("function", None):
-        raise APIError(400, f"tool_choice: {body.tool_choice.get('type')!r} is not supported; expected auto, none, "
-                            "required or {\"type\": \"function\", \"name\": ...}", param="tool_choice")
-    grammar = turn_grammar(persona, function_tools(functions), body.tool_choice, text_format(body.text))
+    functions, builtins = split_tools(tools)
+    templates: Toolbox | None = getattr(state.config, "toolbox", None)
+    for name in builtins:
+        if templates is None or templates.get(name) is None:
+            i = next(i for i, t in enumerate(tools) if t.get("type") != "function")
+            kind = "web_search" if name == "browser" else "code_interpreter"
+            raise APIError(400, f"tools[{i}].type: this server has no {name} tool for {kind} (start the server "
+                                f"with the {name} tool enabled)", param=f"tools[{i}].type", code="unsupported_tool")
     effort = (body.reasoning.effort if body.reasoning else None) or persona.default_effort
     items = previous + new_items
-    prompt = responses_prompt(persona, items, body.instructions, functions, effort, first_new=len(previous))
-    prompt_ids, prefix_len = prompt.tokens(tok)
+    prompt = responses_prompt(persona, items, body.instructions, functions, effort, first_new=len(previous),
+                              builtin_tools=builtins)
+    echo = [{"type": "function", "name": f["name"], "description": f.get("description"),
+             "parameters": f.get("parameters"), "strict": True} for f in functions]  # the grammar holds to the schema
+    echo += [{"type": t["type"]} if t["type"] != "code_interpreter" else {"type": "code_interpreter",
+                                                                          "container": {"type": "auto"}}
+             for t in tools if t.get("type") != "function"]
+    turn = _Turn(body=body, id="resp_" + secrets.token_hex(24), created=int(time.time()), effort=effort, items=items,
+                 tools=echo, prompt=prompt, functions=function_tools(functions), builtins=builtins,
+                 toolbox=templates if builtins else None, max_tokens=body.max_output_tokens, persona=persona)
+    turn.grammar(0)  # a bad tool_choice or text.format is a 400 before anything runs
     try:
-        max_tokens = state.check_length(len(prompt_ids), body.max_output_tokens, "max_output_tokens")
+        turn.response("in_progress", [])
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())[:1])
+        raise APIError(400, f"{where}: {first.get('msg', 'invalid value')}", param=where or None) from None
+    prompt_ids, _ = prompt.tokens(tok)
+    try:
+        state.check_length(len(prompt_ids), body.max_output_tokens, "max_output_tokens")
     except APIError as exc:
         if exc.param == "messages":
             exc.param = "input"
         raise
-    try:
-        lark = grammar.lark()
-    except ValueError as exc:
-        raise ConversationError(str(exc), "tool_choice") from None
-    params = SamplingParams(
-        temperature=body.temperature, top_p=body.top_p, max_tokens=max_tokens, seed=body.seed,
-        stop_token_ids=stop_tokens_for_assistant_actions(tok), logits_processors=[GrammarConstraint(tok, lark)],
-    )
-    # Arguments always follow the schema (the grammar enforces it): every function tool is strict.
-    echo_tools = [{"type": "function", "name": t["name"], "description": t.get("description"),
-                   "parameters": t.get("parameters"), "strict": True} for t in tools]
-    return _Turn(body=body, id="resp_" + secrets.token_hex(24), created=int(time.time()), effort=effort,
-                 items=items, tools=echo_tools, prompt_ids=prompt_ids, prefix_len=prefix_len, params=params)
+    return turn
 
 
 # ---------------------------------------------------------------------------------------------- generation
+@dataclass
+class _Totals:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
 async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[BaseModel]:
     """The SDK-typed events of one response, ending with completed / incomplete / failed."""
     seq = turn.seq
@@ -210,31 +288,85 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
                                response=turn.response("in_progress", []))
     yield ResponseInProgressEvent(type="response.in_progress", sequence_number=next(seq),
                                   response=turn.response("in_progress", []))
-    state.metrics.prompt_tokens.inc(len(turn.prompt_ids))
-    items = TurnItems()
-    comp: Completion | None = None
+    tok = state.tokenizer
+    items: list[OutputItem] = []
+    totals = _Totals()
+    toolbox = loop = None
+    if turn.toolbox is not None:  # built-in tools: fresh ones for this response, run by the tool loop
+        from gptoss.conversation.tool_loop import ToolCallStarted, ToolLoop
+        from gptoss.tools.base import Toolbox
+
+        toolbox = Toolbox(turn.toolbox.get(n).new_conversation() for n in turn.builtins)
+        loop = ToolLoop(toolbox, max_tool_calls=turn.max_tool_calls)
+    messages = list(turn.prompt.messages)
+    calls = 0
+    truncated = False  # max_output_tokens (or the context) ended the response before the model did
     try:
-        run = run_completion(state.engine, state.tokenizer, turn.prompt_ids, turn.prefix_len, turn.params)
-        async for comp, _ in run:
-            for ev in items.update(comp.decoder.parser):
-                for out in _item_events(ev, seq):
-                    yield out
+        while True:
+            prompt_ids, prefix_len = TurnPrompt(messages, turn.prompt.shared).tokens(tok)
+            room = state.max_model_len - len(prompt_ids)
+            budget = room if turn.max_tokens is None else min(room, turn.max_tokens - totals.output_tokens)
+            if budget <= 0:  # the budget went to earlier turns (or the context is full): stop here
+                truncated = True
+                break
+            params = SamplingParams(
+                temperature=turn.body.temperature, top_p=turn.body.top_p, max_tokens=budget,
+                seed=None if turn.body.seed is None else turn.body.seed + calls,
+                stop_token_ids=stop_tokens_for_assistant_actions(tok),
+                logits_processors=[GrammarConstraint(tok, turn.grammar(calls))],
+            )
+            state.metrics.prompt_tokens.inc(len(prompt_ids))
+            cutter = TurnItems(items)
+            comp = None
+            async for comp, _ in run_completion(state.engine, tok, prompt_ids, prefix_len, params):
+                for ev in cutter.update(comp.decoder.parser):
+                    for out in _item_events(ev, seq, turn):
+                        yield out
+            assert comp is not None
+            _observe(state, comp)
+            totals.input_tokens += len(prompt_ids)
+            totals.output_tokens += comp.tokens
+            totals.reasoning_tokens += comp.decoder.reasoning_tokens
+            truncated = comp.finish_reason == "length"
+            call = loop.call_in(comp.decoder.messages, comp.finish_reason) if loop is not None else None
+            last = items[-1] if items else None
+            if call is None or last is None or not last.builtin or not last.complete:
+                break
+            calls += 1
+            answer: list[Message] = []
+            async for ev in loop.run_call(call):  # ToolCallStarted, then ToolCallFinished
+                if isinstance(ev, ToolCallStarted):
+                    last.action = ev.details.get("action")
+                else:
+                    last.status = ev.status
+                    last.action = ev.metadata.get("action", last.action)
+                    last.outputs = ev.metadata.get("outputs")
+                    answer = ev.messages
+            last.harmony = [call.message] + answer
+            for out in _builtin_done(last, seq, turn):
+                yield out
+            messages += comp.decoder.messages + answer
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # report what went wrong in the response; the server keeps serving
         log.exception("response %s failed", turn.id)
-        failed = turn.response("failed", [_sdk_item(i, None if i.done else "incomplete") for i in items.items], error=f"generation failed: {exc}")
+        failed = turn.response("failed", [_sdk_item(i, turn, None if i.done else "incomplete") for i in items],
+                               error=f"generation failed: {exc}")
         _save(store, turn, failed, items)
         state.metrics.requests.labels("responses", "failed").inc()
         yield ResponseFailedEvent(type="response.failed", sequence_number=next(seq), response=failed)
         return
-    assert comp is not None
-    _observe(state, comp)
-    truncated = comp.finish_reason == "length"
-    output = [_sdk_item(i) for i in items.items]
+    finally:
+        if toolbox is not None:
+            await toolbox.aclose()
+    for item in items:  # a built-in call that did not run (the loop stopped): close it
+        if item.builtin and item.done and item.complete and item.status is None:
+            item.status = "incomplete"
+            yield ResponseOutputItemDoneEvent(type="response.output_item.done", output_index=item.index,
+                                              item=_sdk_item(item, turn), sequence_number=next(seq))
+    output = [_sdk_item(i, turn) for i in items]
     final = turn.response("incomplete" if truncated else "completed", output,
-                          _usage(len(turn.prompt_ids), comp.tokens, comp.decoder.reasoning_tokens),
-                          incomplete="max_output_tokens" if truncated else None)
+                          _usage(totals), incomplete="max_output_tokens" if truncated else None)
     _save(store, turn, final, items)
     if truncated:
         yield ResponseIncompleteEvent(type="response.incomplete", sequence_number=next(seq), response=final)
@@ -242,17 +374,23 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
         yield ResponseCompletedEvent(type="response.completed", sequence_number=next(seq), response=final)
 
 
-def _save(store: ResponseStore, turn: _Turn, response: Response, items: TurnItems) -> None:
-    if turn.body.store:
-        store.put(turn.id, response.model_dump(exclude_none=True), turn.items,
-                  [_sdk_item(i).model_dump(exclude_none=True) for i in items.items])
+def _save(store: ResponseStore, turn: _Turn, response: Response, items: list[OutputItem]) -> None:
+    if not turn.body.store:
+        return
+    output = []
+    for item in items:
+        d = _sdk_item(item, turn).model_dump(exclude_none=True)
+        if item.harmony:
+            d[HARMONY_KEY] = [m.to_dict() for m in item.harmony]
+        output.append(d)
+    store.put(turn.id, response.model_dump(exclude_none=True), turn.items, output)
 
 
 async def _last(events: AsyncIterator[BaseModel]) -> BaseModel:
-    last = None
-    async for last in events:
-        pass
-    return last
+    final = None
+    async for ev in events:
+        final = ev
+    return final
 
 
 async def _sse(state, events: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
@@ -274,34 +412,76 @@ def _observe(state, c: Completion) -> None:
             state.metrics.tpot.observe((c.last_token_at - c.first_token_at) / (c.tokens - 1))
 
 
-def _usage(prompt: int, output: int, reasoning: int) -> ResponseUsage:
-    return ResponseUsage(input_tokens=prompt, output_tokens=output, total_tokens=prompt + output,
+def _usage(t: _Totals) -> ResponseUsage:
+    return ResponseUsage(input_tokens=t.input_tokens, output_tokens=t.output_tokens,
+                         total_tokens=t.input_tokens + t.output_tokens,
                          input_tokens_details=InputTokensDetails(cached_tokens=0, cache_write_tokens=0),
-                         output_tokens_details=OutputTokensDetails(reasoning_tokens=reasoning))
+                         output_tokens_details=OutputTokensDetails(reasoning_tokens=t.reasoning_tokens))
 
 
 # ---------------------------------------------------------------------------------------------- items
-def _sdk_item(item: OutputItem, status: str | None = None) -> BaseModel:
+def _status(item: OutputItem) -> str:
+    if not item.done:
+        return "in_progress"
+    if item.builtin:
+        if item.status is not None:
+            return item.status
+        return "interpreting" if item.kind == "code_interpreter_call" and item.complete else (
+            "searching" if item.complete else "incomplete")
+    return "completed" if item.complete else "incomplete"
+
+
+def _web_action(item: OutputItem) -> dict[str, Any]:
+    action = dict(item.action or {})
+    kind = action.get("type") or {"browser.open": "open_page", "browser.find": "find"}.get(item.name or "", "search")
+    if kind == "find":
+        return {"type": "find_in_page", "pattern": str(action.get("pattern") or ""), "url": str(action.get("url") or "")}
+    if kind == "open_page":
+        return {"type": "open_page", "url": action.get("url")}
+    return {"type": "search", "query": action.get("query")}
+
+
+def _sdk_item(item: OutputItem, turn: _Turn, status: str | None = None) -> BaseModel:
     """An output item as the SDK type: ``in_progress`` until done, then ``completed``, or ``incomplete``
     when the end of generation (max_output_tokens) cut it off."""
-    status = status or ("in_progress" if not item.done else "completed" if item.complete else "incomplete")
+    status = status or _status(item)
     if item.kind == "reasoning":
         content = [ReasoningContent(type="reasoning_text", text=item.text)] if item.done else []
         return ResponseReasoningItem(id=item.id, type="reasoning", summary=[], content=content, status=status)
     if item.kind == "function_call":
         return ResponseFunctionToolCall(id=item.id, type="function_call", call_id=item.call_id, name=item.name,
                                         arguments=item.text if item.done else "", status=status)
+    if item.kind == "code_interpreter_call":
+        return ResponseCodeInterpreterToolCall(id=item.id, type="code_interpreter_call", code=item.text,
+                                               container_id=turn.container_id, outputs=item.outputs,
+                                               status=status)
+    if item.kind == "web_search_call":
+        return ResponseFunctionWebSearch(id=item.id, type="web_search_call", action=_web_action(item),
+                                         status=status)
     content = [ResponseOutputText(type="output_text", text=item.text, annotations=[])] if item.done else []
     return ResponseOutputMessage(id=item.id, type="message", role="assistant", status=status, content=content,
                                  phase=item.phase)
 
 
-def _item_events(ev: ItemEvent, seq: itertools.count) -> list[BaseModel]:
+def _builtin_done(item: OutputItem, seq: itertools.count, turn: _Turn) -> list[BaseModel]:
+    """After a built-in call ran: its completed event, then output_item.done."""
+    at = {"item_id": item.id, "output_index": item.index}
+    if item.kind == "code_interpreter_call":
+        first: BaseModel = ResponseCodeInterpreterCallCompletedEvent(type="response.code_interpreter_call.completed",
+                                                                     **at, sequence_number=next(seq))
+    else:
+        first = ResponseWebSearchCallCompletedEvent(type="response.web_search_call.completed", **at,
+                                                    sequence_number=next(seq))
+    return [first, ResponseOutputItemDoneEvent(type="response.output_item.done", output_index=item.index,
+                                               item=_sdk_item(item, turn), sequence_number=next(seq))]
+
+
+def _item_events(ev: ItemEvent, seq: itertools.count, turn: _Turn) -> list[BaseModel]:
     item = ev.item
     at = {"item_id": item.id, "output_index": item.index}
     if ev.kind == "added":
         out: list[BaseModel] = [ResponseOutputItemAddedEvent(type="response.output_item.added", output_index=item.index,
-                                                             item=_sdk_item(item), sequence_number=next(seq))]
+                                                             item=_sdk_item(item, turn), sequence_number=next(seq))]
         if item.kind == "reasoning":
             out.append(ResponseContentPartAddedEvent(type="response.content_part.added", content_index=0, **at,
                                                      part=PartReasoningText(type="reasoning_text", text=""),
@@ -310,6 +490,12 @@ def _item_events(ev: ItemEvent, seq: itertools.count) -> list[BaseModel]:
             out.append(ResponseContentPartAddedEvent(type="response.content_part.added", content_index=0, **at,
                                                      part=ResponseOutputText(type="output_text", text="", annotations=[]),
                                                      sequence_number=next(seq)))
+        elif item.kind == "code_interpreter_call":
+            out.append(ResponseCodeInterpreterCallInProgressEvent(type="response.code_interpreter_call.in_progress",
+                                                                  **at, sequence_number=next(seq)))
+        elif item.kind == "web_search_call":
+            out.append(ResponseWebSearchCallInProgressEvent(type="response.web_search_call.in_progress", **at,
+                                                            sequence_number=next(seq)))
         return out
     if ev.kind == "delta":
         if item.kind == "reasoning":
@@ -318,10 +504,14 @@ def _item_events(ev: ItemEvent, seq: itertools.count) -> list[BaseModel]:
         if item.kind == "function_call":
             return [ResponseFunctionCallArgumentsDeltaEvent(type="response.function_call_arguments.delta", **at,
                                                             delta=ev.text, sequence_number=next(seq))]
+        if item.kind == "code_interpreter_call":
+            return [ResponseCodeInterpreterCallCodeDeltaEvent(type="response.code_interpreter_call_code.delta", **at,
+                                                              delta=ev.text, sequence_number=next(seq))]
+        if item.kind == "web_search_call":
+            return []  # the search arguments are not streamed; the action comes with the item
         return [ResponseTextDeltaEvent(type="response.output_text.delta", content_index=0, **at, delta=ev.text,
                                        logprobs=[], sequence_number=next(seq))]
     # done
-    done = _sdk_item(item)
     out = []
     if item.kind == "reasoning":
         out.append(ResponseReasoningTextDoneEvent(type="response.reasoning_text.done", content_index=0, **at,
@@ -333,6 +523,17 @@ def _item_events(ev: ItemEvent, seq: itertools.count) -> list[BaseModel]:
         out.append(ResponseFunctionCallArgumentsDoneEvent(type="response.function_call_arguments.done", **at,
                                                           name=item.name, arguments=item.text,
                                                           sequence_number=next(seq)))
+    elif item.kind == "code_interpreter_call":
+        out.append(ResponseCodeInterpreterCallCodeDoneEvent(type="response.code_interpreter_call_code.done", **at,
+                                                            code=item.text, sequence_number=next(seq)))
+        if item.complete:  # it runs next; completed and output_item.done follow (_builtin_done)
+            out.append(ResponseCodeInterpreterCallInterpretingEvent(
+                type="response.code_interpreter_call.interpreting", **at, sequence_number=next(seq)))
+            return out
+    elif item.kind == "web_search_call":
+        if item.complete:
+            return [ResponseWebSearchCallSearchingEvent(type="response.web_search_call.searching", **at,
+                                                        sequence_number=next(seq))]
     else:
         out.append(ResponseTextDoneEvent(type="response.output_text.done", content_index=0, **at, text=item.text,
                                          logprobs=[], sequence_number=next(seq)))
@@ -340,6 +541,6 @@ def _item_events(ev: ItemEvent, seq: itertools.count) -> list[BaseModel]:
                                                 part=ResponseOutputText(type="output_text", text=item.text,
                                                                         annotations=[]),
                                                 sequence_number=next(seq)))
-    out.append(ResponseOutputItemDoneEvent(type="response.output_item.done", output_index=item.index, item=done,
-                                           sequence_number=next(seq)))
+    out.append(ResponseOutputItemDoneEvent(type="response.output_item.done", output_index=item.index,
+                                           item=_sdk_item(item, turn), sequence_number=next(seq)))
     return out

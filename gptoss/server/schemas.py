@@ -91,6 +91,7 @@ class ResponsesRequest(_Lenient):
     tools: list[ResponseToolIn] | None = None
     tool_choice: str | dict[str, Any] | None = None
     max_output_tokens: int | None = Field(default=None, ge=1)
+    max_tool_calls: int | None = Field(default=None, ge=0)  # built-in tool calls run within one response
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     store: bool = True

@@ -48,13 +48,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(llm, **config_kwargs):
-    """create_app(llm, ServerConfig(**config_kwargs)) under uvicorn in a thread; yields the base URL."""
+def serve(llm, config=None, **config_kwargs):
+    """create_app(llm, config or ServerConfig(**config_kwargs)) under uvicorn in a thread; yields the base URL."""
     import uvicorn
 
     from gptoss.server.app import ServerConfig, create_app
 
-    app = create_app(llm, ServerConfig(**config_kwargs))
+    app = create_app(llm, config or ServerConfig(**config_kwargs))
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -93,10 +93,39 @@ def _llm(checkpoint):
 
 
 @pytest.fixture(scope="module")
-def server(checkpoint, tmp_path_factory):
-    path = tmp_path_factory.mktemp("store") / "responses.sqlite"
-    with serve(_llm(checkpoint), persona=PERSONA, store_path=str(path)) as base:
+def server_config(store_path):
+    from gptoss.server.app import ServerConfig
+
+    return ServerConfig(persona=PERSONA, store_path=str(store_path))
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint, server_config):
+    with serve(_llm(checkpoint), server_config) as base:
         yield base
+
+
+@pytest.fixture(scope="module")
+def toolbox(tmp_path_factory, server_config):
+    """Built-in tools on the module's server: web_search -> a browser over a local corpus, code_interpreter ->
+    python (the server reads ServerConfig.toolbox; each response gets fresh tools from these templates)."""
+    from gptoss.tools import Toolbox
+    from gptoss.tools.browser import BrowserTool, LocalCorpus
+    from gptoss.tools.python import PythonTool
+
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "harmony.md").write_text("# Harmony\n\nHarmony is the chat format of gpt-oss. It has three channels.\n")
+    (root / "koala.txt").write_text("Koalas\n\nKoalas are arboreal marsupials native to Australia.\n")
+    corpus = LocalCorpus(root, index_path=root.parent / "index.sqlite", progress=False)
+    server_config.toolbox = Toolbox([BrowserTool(corpus), PythonTool(timeout=30)])
+    yield server_config.toolbox
+    server_config.toolbox = None
+    corpus.close()
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory):
+    return tmp_path_factory.mktemp("store") / "responses.sqlite"
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +180,26 @@ def test_items_become_harmony_messages():
     with pytest.raises(ConversationError, match=r"input\[0\]\.call_id: 'nope' matches no earlier function_call"):
         responses_prompt(PERSONA, items[:1] + [{"type": "function_call_output", "call_id": "nope", "output": ""}],
                          None, None, None, first_new=1)
+
+
+def test_builtin_call_items_become_harmony_messages():
+    items = normalize_input([
+        {"role": "user", "content": "6*7?"},
+        {"type": "code_interpreter_call", "id": "ci_1", "code": "print(6*7)", "container_id": "c",
+         "outputs": [{"type": "logs", "logs": "42"}], "status": "completed"},
+        {"type": "web_search_call", "id": "ws_1", "action": {"type": "search", "query": "q"}, "status": "completed"},
+    ])
+    messages = responses_prompt(PERSONA, items, None, None, None, builtin_tools=["python"]).messages
+    call, answer = messages[-2:]
+    assert (call.role, call.channel, call.recipient, call.content_type, call.text) == (
+        Role.ASSISTANT, "analysis", "python", "code", "print(6*7)")
+    assert (answer.role, answer.author.name, answer.recipient, answer.text) == (Role.TOOL, "python", "assistant", "42")
+    assert "python" in str(messages[0].content[0].tools)  # the system message declares the tool
+    # a web_search_call sent back by hand carries no results: it adds nothing; a stored one replays exactly
+    assert "_harmony" not in normalize_input([{**items[2], "_harmony": [{"role": "system", "content": "x"}]}])[0]
+    stored = {**items[2], "_harmony": [call.to_dict(), answer.to_dict()]}
+    replay = responses_prompt(PERSONA, [items[0], stored], None, None, None).messages
+    assert [m.to_dict() for m in replay[-2:]] == [call.to_dict(), answer.to_dict()]
 
 
 def test_turn_items_follow_the_parser(tokenizer):
@@ -320,8 +369,7 @@ def test_store_false_and_404s(client):
 
 
 @pytest.mark.parametrize("input_, message", [
-    ([{"type": "bogus"}], (r"input\[0\]\.type: expected one of message, function_call, function_call_output, "
-                           r"reasoning, found 'bogus'")),
+    ([{"type": "bogus"}], r"input\[0\]\.type: expected one of message, function_call, .* found 'bogus'"),
     ([42], r"input\[0\]: expected an object \(an input item\), found int"),
     ([{"role": "user", "content": "a"}, {"role": "wizard", "content": "b"}], r"input\[1\]\.role: expected user"),
     ([{"role": "user"}], r"input\[0\]\.content: required"),
@@ -350,6 +398,84 @@ def test_bad_tools_are_400(client):
         create(client, tools=[{**WEATHER, "parameters": {"type": "object", "properties": {"a": {"type": "nope"}}}}])
 
 
+PYTHON_CALL = "<|channel|>analysis to=python code<|message|>print(6*7)<|call|>"
+SEARCH_CALL = '<|channel|>analysis to=browser.search json<|message|>{"query":"harmony channels"}<|call|>'
+ANSWER = "<|channel|>final<|message|>It is 42.<|return|>"
+
+
+@pytest.fixture()
+def forced_turns(monkeypatch, tokenizer):
+    """The n-th assistant turn generated from now on emits exactly turns[n] (the grammar is set aside)."""
+    from gptoss.conversation.session import force_tokens
+    from gptoss.server import responses
+
+    real = responses.GrammarConstraint
+
+    def force(turns):
+        encoded = [tokenizer.encoding.encode(t, allowed_special="all") for t in turns]
+        monkeypatch.setattr(responses, "GrammarConstraint",
+                            lambda tok, lark: force_tokens(encoded.pop(0)) if encoded else real(tok, lark))
+
+    return force
+
+
+def test_builtin_tools_run_in_the_loop_and_stream_their_events(client, toolbox, forced_turns, store_path):
+    tools = [{"type": "code_interpreter", "container": {"type": "auto"}}, {"type": "web_search_preview"}]
+    one_turn = create(client, input="What is 6*7?", tools=tools, max_output_tokens=1).usage.input_tokens
+    forced_turns([PYTHON_CALL, SEARCH_CALL, ANSWER])
+    with client.responses.create(model=MODEL, input="What is 6*7?", max_output_tokens=200, stream=True,
+                                 tools=tools) as stream:
+        events = list(stream)
+    types = [e.type for e in events]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    final = events[-1].response
+    assert types[-1] == "response.completed" and [o.type for o in final.output] == [
+        "code_interpreter_call", "web_search_call", "message"]
+    code, search, answer = final.output
+    assert code.code == "print(6*7)" and code.status == "completed" and code.outputs[0].logs.strip() == "42"
+    assert search.status == "completed" and search.action.type == "search" and search.action.query == "harmony channels"
+    assert answer.content[0].text == "It is 42."
+    ci = [t for t, e in zip(types, events) if getattr(e, "item_id", None) == code.id or
+          getattr(getattr(e, "item", None), "id", None) == code.id]
+    assert ci[0] == "response.output_item.added" and ci[1] == "response.code_interpreter_call.in_progress"
+    assert ci[-5:] == ["response.code_interpreter_call_code.delta", "response.code_interpreter_call_code.done",
+                       "response.code_interpreter_call.interpreting", "response.code_interpreter_call.completed",
+                       "response.output_item.done"]
+    assert "".join(e.delta for e in events if e.type == "response.code_interpreter_call_code.delta") == "print(6*7)"
+    ws = [t for t, e in zip(types, events) if getattr(e, "item_id", None) == search.id or
+          getattr(getattr(e, "item", None), "id", None) == search.id]
+    assert ws == ["response.output_item.added", "response.web_search_call.in_progress",
+                  "response.web_search_call.searching", "response.web_search_call.completed",
+                  "response.output_item.done"]
+    # three turns, each prompt holding the calls and answers before it
+    assert final.usage.input_tokens > 3 * one_turn
+    # the store keeps the exact Harmony messages of each call, search results included (not shown to clients)
+    stored = ResponseStore(store_path).get(final.id)
+    assert "Harmony is the chat format" in stored.output_items[1]["_harmony"][1]["content"][0]["text"]
+    assert "_harmony" not in json.dumps(client.responses.retrieve(final.id).model_dump())
+    forced_turns([ANSWER])  # (Harmony drops the finished turn's tool calls from the next prompt)
+    follow = create(client, previous_response_id=final.id, input="And?", max_output_tokens=40)
+    assert follow.status == "completed" and follow.output[-1].content[0].text == "It is 42."
+
+
+def test_builtin_tool_choice_forces_the_first_call_only(client, toolbox):
+    from gptoss.conversation.openai_responses import responses_grammar
+
+    first = responses_grammar(PERSONA, {"f": None}, ["browser", "python"], {"type": "web_search_preview"}, None)
+    assert "ending: bt_browser_2e_search | bt_browser_2e_open | bt_browser_2e_find\n" in first.lark()
+    later = responses_grammar(PERSONA, {"f": None}, ["browser", "python"], {"type": "web_search_preview"}, None,
+                              first_turn=False)
+    assert later.tool_choice == "auto" and "final" in later.lark() and "bt_python" in later.lark()
+    spent = responses_grammar(PERSONA, {}, [], "required", None, first_turn=False)  # max_tool_calls reached
+    assert spent.tool_choice == "none" and not spent.builtin_tools
+    r = create(client, tools=[{"type": "web_search"}], tool_choice={"type": "web_search"}, max_output_tokens=1)
+    assert r.tool_choice.type == "web_search_preview" and r.tools[0].type == "web_search"
+    with pytest.raises(openai.BadRequestError, match="'code_interpreter' is not among the tools"):
+        create(client, tools=[{"type": "web_search"}], tool_choice={"type": "code_interpreter"})
+    with pytest.raises(openai.BadRequestError, match="'file_search' is not supported"):
+        create(client, tools=[{"type": "web_search"}], tool_choice={"type": "file_search"})
+
+
 def test_previous_response_survives_a_restart(checkpoint, tmp_path):
     path = str(tmp_path / "responses.sqlite")
     with serve(_llm(checkpoint), persona=PERSONA, store_path=path) as base:
@@ -363,3 +489,5 @@ def test_previous_response_survives_a_restart(checkpoint, tmp_path):
         assert second.previous_response_id == first.id and second.status in ("completed", "incomplete")
         assert second.usage.input_tokens > first.usage.input_tokens
         assert c.responses.retrieve(second.id).id == second.id
+        with pytest.raises(openai.BadRequestError, match=r"tools\[0\]\.type: this server has no python tool"):
+            create(c, tools=[{"type": "code_interpreter", "container": {"type": "auto"}}])

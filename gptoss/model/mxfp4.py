@@ -20,8 +20,8 @@ FP4_MAX = 6.0
 E2M1_EMAX = 2  # exponent of the largest E2M1 value (6 = 1.5 * 2**2)
 
 
-def _lut(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.tensor(FP4_VALUES, dtype=dtype, device=device)
+# Byte -> the two values it packs (low nibble first), for a single gather per byte.
+_BYTE_VALUES = torch.tensor([[FP4_VALUES[b & 0x0F], FP4_VALUES[b >> 4]] for b in range(256)], dtype=torch.float32)
 
 
 def unpack_codes(blocks: torch.Tensor) -> torch.Tensor:
@@ -32,14 +32,20 @@ def unpack_codes(blocks: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """Unpack MXFP4 to ``dtype``: ``[..., rows, G, 16]`` + ``[..., rows, G]`` -> ``[..., rows, G*32]``."""
+    """Unpack MXFP4 to ``dtype``: ``[..., rows, G, 16]`` + ``[..., rows, G]`` -> ``[..., rows, G*32]``.
+
+    Exact for float32 and bfloat16 (E2M1 values times a power of two); float16 is computed in float32
+    first since its narrow exponent range cannot hold every scale.
+    """
     if blocks.dtype != torch.uint8 or scales.dtype != torch.uint8:
         raise TypeError(f"MXFP4 blocks and scales must be uint8, got {blocks.dtype} and {scales.dtype}")
     if blocks.shape[:-1] != scales.shape or blocks.shape[-1] != BYTES_PER_BLOCK:
         raise ValueError(f"MXFP4 shapes disagree: blocks {tuple(blocks.shape)}, scales {tuple(scales.shape)}")
-    values = _lut(torch.float32, blocks.device)[unpack_codes(blocks).long()]
-    exponents = (scales.to(torch.int32) - SCALE_BIAS).to(torch.float32)
-    return torch.ldexp(values, exponents.unsqueeze(-1)).flatten(-2).to(dtype)
+    work = dtype if dtype in (torch.float32, torch.bfloat16) else torch.float32
+    table = _BYTE_VALUES.to(device=blocks.device, dtype=work)
+    values = table.index_select(0, blocks.reshape(-1).long()).reshape(*scales.shape, BLOCK_SIZE)
+    scale = torch.exp2(scales.to(torch.float32) - SCALE_BIAS).to(work)
+    return (values * scale.unsqueeze(-1)).flatten(-2).to(dtype)
 
 
 def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,7 @@ from gptoss.engine.guided import GrammarConstraint
 from gptoss.engine.sampling import SamplingParams
 from gptoss.harmony import stop_tokens_for_assistant_actions
 from gptoss.server.errors import APIError
-from gptoss.server.generation import Completion, cancel_on_disconnect, run_completion
+from gptoss.server.generation import Completion, cancel_on_disconnect, observe, run_completion
 from gptoss.server.schemas import ChatCompletionRequest
 
 
@@ -88,7 +88,7 @@ def register(app, state) -> None:
         finally:
             watcher.cancel()
         for c in comps:
-            _observe(state, c)
+            observe(state.metrics, c)
         state.metrics.requests.labels("chat", "ok").inc()
         completion_tokens = sum(c.tokens for c in comps)
         return ChatCompletion(
@@ -105,12 +105,6 @@ async def _drain(run) -> Completion:
     return comp
 
 
-def _observe(state, c: Completion) -> None:
-    state.metrics.tokens.inc(c.tokens)
-    if c.first_token_at is not None:
-        state.metrics.ttft.observe(c.first_token_at - c.started)
-        if c.tokens > 1 and c.last_token_at is not None:
-            state.metrics.tpot.observe((c.last_token_at - c.first_token_at) / (c.tokens - 1))
 
 
 def _usage(prompt: int, completion: int, reasoning: int) -> CompletionUsage:
@@ -178,7 +172,7 @@ async def _stream(state, rid, created, body, runs, prompt_len, include_usage):
             for d in deltas:
                 yield chunk([_delta_choice(tok, comp, d, body.logprobs)])
         for c in finished:
-            _observe(state, c)
+            observe(state.metrics, c)
         state.metrics.requests.labels("chat", "ok").inc()
         if include_usage:
             yield chunk([], _usage(prompt_len, sum(c.tokens for c in finished),

@@ -124,6 +124,15 @@ def _flush(comp: Completion) -> list[Delta]:
     return []
 
 
+def observe(metrics, comp: Completion) -> None:
+    """Record a finished completion's tokens, time to first token and time per output token."""
+    metrics.tokens.inc(comp.tokens)
+    if comp.first_token_at is not None:
+        metrics.ttft.observe(comp.first_token_at - comp.started)
+        if comp.tokens > 1 and comp.last_token_at is not None:
+            metrics.tpot.observe((comp.last_token_at - comp.first_token_at) / (comp.tokens - 1))
+
+
 async def cancel_on_disconnect(request, tasks: list[asyncio.Task], poll: float = 0.25) -> None:
     """Cancel ``tasks`` if the HTTP client goes away before they finish (non-streaming requests)."""
     while not all(t.done() for t in tasks):

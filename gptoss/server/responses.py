@@ -101,7 +101,7 @@ from gptoss.engine.guided import GrammarConstraint
 from gptoss.engine.sampling import SamplingParams
 from gptoss.harmony import Message, stop_tokens_for_assistant_actions
 from gptoss.server.errors import APIError
-from gptoss.server.generation import Completion, cancel_on_disconnect, run_completion
+from gptoss.server.generation import Completion, cancel_on_disconnect, observe, run_completion
 from gptoss.server.schemas import ResponsesRequest
 from gptoss.server.store import ResponseStore
 
@@ -323,7 +323,7 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
                     for out in _item_events(ev, seq, turn):
                         yield out
             assert comp is not None
-            _observe(state, comp)
+            observe(state.metrics, comp)
             totals.input_tokens += len(prompt_ids)
             totals.output_tokens += comp.tokens
             totals.reasoning_tokens += comp.decoder.reasoning_tokens
@@ -404,12 +404,6 @@ async def _sse(state, events: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
         raise
 
 
-def _observe(state, c: Completion) -> None:
-    state.metrics.tokens.inc(c.tokens)
-    if c.first_token_at is not None:
-        state.metrics.ttft.observe(c.first_token_at - c.started)
-        if c.tokens > 1 and c.last_token_at is not None:
-            state.metrics.tpot.observe((c.last_token_at - c.first_token_at) / (c.tokens - 1))
 
 
 def _usage(t: _Totals) -> ResponseUsage:

@@ -18,32 +18,34 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(llm, **config_kwargs):
-    """Run create_app(llm, ServerConfig(**config_kwargs)) on a free loopback port; yields the base URL."""
+def serve(llm, config=None, **config_kwargs):
+    """create_app(llm, config or ServerConfig(**config_kwargs)) under uvicorn in a thread on a free
+    loopback port; yields the base URL."""
     import uvicorn
 
     from gptoss.server.app import ServerConfig, create_app
 
-    app = create_app(llm, ServerConfig(**config_kwargs))
+    app = create_app(llm, config or ServerConfig(**config_kwargs))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 30
-    while time.time() < deadline:
+    while True:
         try:
             if httpx.get(base + "/health", timeout=1).status_code == 200:
                 break
         except httpx.HTTPError:
-            time.sleep(0.05)
-    else:
-        raise RuntimeError("server did not start")
+            pass
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)
     try:
         yield base
     finally:
         server.should_exit = True
-        thread.join(timeout=10)
+        thread.join(timeout=15)
         app.state.gptoss.engine.shutdown()
 
 

@@ -8,11 +8,8 @@ tool_choice="required" or a final answer held to a small JSON schema. A reasonin
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import threading
-import time
 
 import httpx
 import jsonschema
@@ -24,6 +21,7 @@ from gptoss.conversation.openai_chat import ConversationError, ServerPersona
 from gptoss.conversation.openai_responses import TurnItems, normalize_input, responses_prompt
 from gptoss.harmony import Role
 from gptoss.server.store import ResponseStore
+from tests.server.conftest import serve
 
 MODEL = "gpt-oss"
 SCHEMA = {
@@ -41,43 +39,6 @@ PERSONA = ServerPersona(reasoning_max_tokens=8)
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serve(llm, config=None, **config_kwargs):
-    """create_app(llm, config or ServerConfig(**config_kwargs)) under uvicorn in a thread; yields the base URL."""
-    import uvicorn
-
-    from gptoss.server.app import ServerConfig, create_app
-
-    app = create_app(llm, config or ServerConfig(**config_kwargs))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while True:
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.time() > deadline or not thread.is_alive():
-            raise RuntimeError("the server did not start")
-        time.sleep(0.05)
-    try:
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        app.state.gptoss.engine.shutdown()
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     from gptoss.model import ModelConfig

@@ -57,9 +57,9 @@ class TurnGrammar:
             "%llguidance {}",
             f"start: ({' | '.join(pre)}){'?' if self.reasoning_max_tokens else '*'} ending",
             f"ending: {' | '.join(endings)}",
-            f'analysis: <|channel|> "analysis" <|message|> analysis_text <|end|> <|start|> "assistant"',
-            f"analysis_text{budget}: TEXT",
-            'preamble: <|channel|> "commentary" <|message|> TEXT <|end|> <|start|> "assistant"',
+            'analysis: <|channel|> "analysis" <|message|> budgeted_text <|end|> <|start|> "assistant"',
+            'preamble: <|channel|> "commentary" <|message|> budgeted_text <|end|> <|start|> "assistant"',
+            f"budgeted_text{budget}: TEXT",
             "TEXT: /(.|\\n)*/",
         ]
         if "final" in endings:

@@ -2,11 +2,16 @@
 
 Streams the final answer as it is generated; reasoning (the analysis channel) is shown dimmed only
 with --show-reasoning. Ctrl-C stops the current answer and keeps the session; Ctrl-D or /quit ends it.
+
+With --tools browser,python (and --functions FILE) the model can search and read a local corpus
+(--corpus DIR) or the web, run Python in a sandboxed kernel, and call your functions; each call and its
+result are shown dimmed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from gptoss.cli.common import add_model_args, load_llm
 from gptoss.errors import GptossError
@@ -32,14 +37,22 @@ def add_parser(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--tools", default="", metavar="LIST",
+                   help="built-in tools the model may use, comma-separated: browser, python")
+    p.add_argument("--functions", default=None, metavar="FILE",
+                   help="a Python module whose functions the model may call (functions.NAME)")
+    p.add_argument("--corpus", default=None, metavar="DIR",
+                   help="the browser's local corpus: a folder of HTML, Markdown, text or PDF files (indexed on start)")
+    p.add_argument("--max-tool-calls", type=int, default=16, help="most tool calls in one answer (default 16)")
     p.set_defaults(func=run)
 
 
 class ChatUI:
-    def __init__(self, session, show_reasoning: bool):
+    def __init__(self, session, show_reasoning: bool, tool_loop=None):
         from rich.console import Console
 
         self.session = session
+        self.tool_loop = tool_loop
         self.show_reasoning = show_reasoning
         self.console = Console(highlight=False, soft_wrap=True)
         self.out = Console(highlight=False, soft_wrap=True, markup=False)
@@ -85,10 +98,36 @@ class ChatUI:
             self.say(f"unknown command /{name}; /help lists them", "yellow")
         return True
 
+    def _events(self, text: str):
+        if self.tool_loop is None:
+            return self.session.send(text)
+        return self.tool_loop.stream(self.session, text)
+
     def turn(self, text: str) -> None:
+        from gptoss.conversation.tool_loop import FunctionCallRequested, LoopFinished, ToolCallFinished, ToolCallStarted
+
         channel = None
+        finished = None
         try:
-            for delta in self.session.send(text):
+            for event in self._events(text):
+                if isinstance(event, ToolCallStarted):
+                    if channel is not None:
+                        self.out.print()
+                    channel = None
+                    self.show_call(event)
+                    continue
+                if isinstance(event, ToolCallFinished):
+                    self.show_result(event)
+                    continue
+                if isinstance(event, FunctionCallRequested):
+                    self.say(f"(the model called functions.{event.name}, which has no implementation here)", "yellow")
+                    continue
+                if isinstance(event, LoopFinished):
+                    finished = event
+                    continue
+                delta = event
+                if delta.recipient:
+                    continue  # a tool call being written: shown when it runs
                 is_final = delta.channel == "final"
                 if not is_final and not self.show_reasoning:
                     continue
@@ -96,7 +135,7 @@ class ChatUI:
                     if channel is not None:
                         self.out.print()
                     if not is_final:
-                        self.console.print(f"[{delta.channel or 'no channel'}]", style="dim italic", end=" ")
+                        self.console.print(f"[{delta.channel or 'no channel'}]", style="dim italic", end=" ", markup=False)
                     channel = delta.channel
                 self.out.print(delta.text, end="", style=None if is_final else "dim")
         except KeyboardInterrupt:
@@ -105,12 +144,36 @@ class ChatUI:
             return
         self.out.print()
         last = self.session.last
+        if finished is not None and finished.reason == "max_tool_calls":
+            self.say(f"(stopped after {finished.tool_calls} tool calls: --max-tool-calls)", "yellow")
         if last is not None:
-            if not last.final_text:
+            if not last.final_text and (finished is None or finished.reason != "max_tool_calls"):
                 self.say(f"(no final answer: {last.num_tokens} tokens, finish reason {last.finish_reason})")
-            for message in last.messages:
-                if message.recipient:
-                    self.say(f"(the model called {message.recipient}, but no tools are enabled)", "yellow")
+            if self.tool_loop is None:
+                for message in last.messages:
+                    if message.recipient:
+                        self.say(f"(the model called {message.recipient}, but no tools are enabled)", "yellow")
+            elif last.final_text:
+                _, annotations = self.tool_loop.toolbox.cite(last.final_text)
+                urls = list(dict.fromkeys(a["url"] for a in annotations))
+                for i, url in enumerate(urls, 1):
+                    self.say(f"[{i}] {url}")
+
+    def show_call(self, event) -> None:
+        details = event.details
+        if event.kind == "code_interpreter":
+            body = details.get("code", event.arguments)
+        elif event.kind == "web_search":
+            action = details.get("action", {})
+            body = action.get("query") or action.get("url") or action.get("pattern") or event.arguments
+        else:
+            body = event.arguments
+        self.console.print(f"[{event.recipient}]", style="cyan dim", end=" ", markup=False)
+        self.say(_clip(body, 15))
+
+    def show_result(self, event) -> None:
+        style = "dim" if event.status == "completed" else "yellow dim"
+        self.say(_clip(event.output, 12), style)
 
     def loop(self) -> int:
         self.say("gpt-oss chat. /help lists commands; Ctrl-C stops an answer, Ctrl-D quits.")
@@ -134,8 +197,46 @@ class ChatUI:
             self.turn(line)
 
 
+def _clip(text: str, max_lines: int) -> str:
+    lines = text.rstrip("\n").split("\n")
+    if len(lines) <= max_lines:
+        return "\n".join(lines)
+    return "\n".join(lines[:max_lines]) + f"\n... ({len(lines) - max_lines} more lines)"
+
+
+def _make_tools(args: argparse.Namespace):
+    """The toolbox and its loop, or (None, None) without --tools and --functions."""
+    if not args.tools and not args.functions:
+        if args.corpus:
+            raise GptossError("--corpus: the browser is not enabled (add --tools browser)")
+        return None, None
+    from gptoss.conversation.tool_loop import ToolLoop
+    from gptoss.tools import make_toolbox
+
+    names = [n.strip() for n in args.tools.split(",") if n.strip()]
+    if args.corpus and "browser" not in names:
+        raise GptossError("--corpus: the browser is not enabled (add --tools browser)")
+    if args.max_tool_calls < 0:
+        raise GptossError(f"--max-tool-calls: expected a number >= 0, found {args.max_tool_calls}")
+    toolbox = make_toolbox(names, corpus=args.corpus, functions=args.functions)
+    browser = toolbox.get("browser")
+    if browser is not None:
+        backends = getattr(browser.backend, "backends", [browser.backend])
+        if not any(b.can_search() for b in backends):
+            print("browser: no --corpus and no web search provider (SEARXNG_URL, EXA_API_KEY or YDC_API_KEY): "
+                  "searches will fail; pages can still be opened by URL", flush=True)
+        for backend in backends:
+            if hasattr(backend, "index"):
+                stats = backend.index()
+                print(f"corpus {backend.root}: {stats.documents} documents", flush=True)
+                for problem in stats.skipped:
+                    print(f"  skipped {problem}", flush=True)
+    return toolbox, ToolLoop(toolbox, max_tool_calls=args.max_tool_calls)
+
+
 def run(args: argparse.Namespace) -> int:
     from gptoss.conversation import ChatSession, ChatSettings
+    from gptoss.conversation.session import forced_turns_from_env
 
     if args.max_tokens < 1:
         raise GptossError(f"--max-tokens: expected a positive number, found {args.max_tokens}")
@@ -143,8 +244,15 @@ def run(args: argparse.Namespace) -> int:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:  # pragma: no cover - not on every platform
         pass
-    llm = load_llm(args, max_batch=1)
-    settings = ChatSettings(reasoning_effort=args.reasoning_effort, developer=args.developer, max_tokens=args.max_tokens,
-                            temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    return ChatUI(ChatSession(llm, settings), args.show_reasoning).loop()
+    toolbox, tool_loop = _make_tools(args)
+    try:
+        llm = load_llm(args, max_batch=1)
+        settings = ChatSettings(reasoning_effort=args.reasoning_effort, developer=args.developer, max_tokens=args.max_tokens,
+                                temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+        forced = forced_turns_from_env(llm.tokenizer) if os.environ.get("GPTOSS_TESTING_FORCE_TURNS") else None
+        session = ChatSession(llm, settings, tools=toolbox, logits_processors_factory=forced)
+        return ChatUI(session, args.show_reasoning, tool_loop).loop()
+    finally:
+        if tool_loop is not None:
+            tool_loop.close()
 

@@ -1,0 +1,371 @@
+"""Start a command inside the Python tool's sandbox. Standard library only: run by path, as a fresh
+single-threaded process, so that everything between fork and exec is safe.
+
+    python _sandbox_launch.py CONFIG.json
+
+CONFIG (written by :mod:`gptoss.tools.sandbox`) says what to isolate. Each mechanism is attempted and
+what actually took effect is written to ``config["status_file"]`` as JSON, so the caller can report it.
+
+Process tree (host pids)::
+
+    launcher (this process, subreaper)  ->  reaper (pid 1 of a new pid namespace when available)  ->  command
+
+The launcher and the reaper ignore SIGINT (an interrupt sent to the process group reaches the command);
+SIGTERM is passed down. The reaper reaps orphans and exits with the command's status; every sandboxed
+process has a parent-death signal, so killing the launcher takes the whole tree down.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import os
+import resource
+import signal
+import socket
+import struct
+import sys
+import time
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+RLIMITS = {
+    "AS": resource.RLIMIT_AS,
+    "DATA": resource.RLIMIT_DATA,
+    "CPU": resource.RLIMIT_CPU,
+    "NPROC": resource.RLIMIT_NPROC,
+    "FSIZE": resource.RLIMIT_FSIZE,
+    "NOFILE": resource.RLIMIT_NOFILE,
+    "CORE": resource.RLIMIT_CORE,
+}
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def mount(src: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    enc = lambda s: None if s is None else s.encode()
+    _check(_libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
+
+
+def prctl(option: int, arg: int) -> None:
+    _check(_libc.prctl(option, arg, 0, 0, 0), f"prctl {option}")
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def loopback_up() -> None:
+    """Bring up ``lo`` in a fresh network namespace (127.0.0.1 works inside, nothing reaches outside)."""
+    import fcntl
+
+    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+def _mkdirs(path: str) -> None:
+    os.makedirs(path, mode=0o755, exist_ok=True)
+
+
+def build_root(cfg: dict, status: dict) -> str:
+    """A new root on a tmpfs: read-only views of the system folders and Python, the work folder at
+    /mnt/data, the sandbox's own state folder at its usual path, private /tmp, /dev/shm and /dev."""
+    root = cfg["root_dir"]
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=8m")
+    for path in cfg["ro_paths"]:
+        if not os.path.lexists(path):
+            continue
+        dest = root + path
+        if os.path.islink(path):
+            _mkdirs(os.path.dirname(dest))
+            if not os.path.lexists(dest):
+                os.symlink(os.readlink(path), dest)
+            continue
+        if os.path.isdir(path):
+            _mkdirs(dest)
+        else:
+            _mkdirs(os.path.dirname(dest))
+            open(dest, "a").close()
+        mount(path, dest, None, MS_BIND | MS_REC)
+        mount(None, dest, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    # /dev: a few harmless devices only
+    _mkdirs(root + "/dev")
+    mount("tmpfs", root + "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k")
+    for dev in ("null", "zero", "full", "random", "urandom", "tty"):
+        if os.path.exists("/dev/" + dev):
+            open(root + "/dev/" + dev, "a").close()
+            mount("/dev/" + dev, root + "/dev/" + dev, None, MS_BIND)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                         ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, root + "/dev/" + name)
+    for path, size in (("/dev/shm", cfg["tmpfs_size"]), ("/tmp", cfg["tmpfs_size"])):
+        _mkdirs(root + path)
+        mount("tmpfs", root + path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={size}")
+    _mkdirs(root + "/proc")
+    for src, dest in ((cfg["work_dir"], cfg["work_mount"]), (cfg["state_dir"], cfg["state_dir"])):
+        _mkdirs(root + dest)
+        mount(src, root + dest, None, MS_BIND | MS_REC)
+        mount(None, root + dest, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV)
+    mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "mode=0755,size=8m")
+    status["filesystem"] = "private root"
+    return root
+
+
+def set_rlimits(limits: dict) -> None:
+    for name, value in limits.items():
+        if value is None:
+            continue
+        res = RLIMITS[name]
+        soft, hard = (value, value) if isinstance(value, int) else value
+        _, cur_hard = resource.getrlimit(res)
+        if cur_hard != resource.RLIM_INFINITY and os.geteuid() != 0:
+            soft, hard = min(soft, cur_hard), min(hard, cur_hard)
+        resource.setrlimit(res, (soft, hard))
+
+
+def join_cgroup(cgroup: dict | None, status: dict) -> None:
+    if not cgroup:
+        return
+    try:
+        os.makedirs(cgroup["path"], exist_ok=True)
+        _write(os.path.join(cgroup["path"], "pids.max"), str(cgroup["pids_max"]))
+        _write(os.path.join(cgroup["path"], "cgroup.procs"), str(os.getpid()))
+        status["cgroup"] = cgroup["path"]
+    except OSError as exc:
+        status["cgroup_error"] = str(exc)
+
+
+def main() -> None:
+    with open(sys.argv[1]) as f:
+        cfg = json.load(f)
+    status: dict = {"launcher_pid": os.getpid(), "filesystem": "host", "network": "host", "pid_namespace": False,
+                    "uid": os.getuid()}
+    # An interrupt aimed at the process group is for the command, not for us.
+    signal.signal(signal.SIGINT, lambda *_: None)
+    join_cgroup(cfg.get("cgroup"), status)
+    euid = os.geteuid()
+    if cfg["namespaces"] and euid != 0 and cfg.get("user_namespace", True):
+        try:
+            uid, gid = os.getuid(), os.getgid()
+            unshare(CLONE_NEWUSER)
+            _write("/proc/self/setgroups", "deny")
+            _write("/proc/self/uid_map", f"{uid} {uid} 1")
+            _write("/proc/self/gid_map", f"{gid} {gid} 1")
+            status["user_namespace"] = True
+        except OSError as exc:
+            status["user_namespace_error"] = str(exc)
+    can_ns = euid == 0 or status.get("user_namespace")
+    if cfg["namespaces"] and can_ns:
+        try:
+            unshare(CLONE_NEWNET)
+            status["network"] = "none"
+            try:
+                loopback_up()
+                status["network"] = "loopback only"
+            except OSError as exc:
+                status["loopback_error"] = str(exc)
+        except OSError as exc:
+            status["network_error"] = str(exc)
+        try:
+            unshare(CLONE_NEWIPC)
+        except OSError:
+            pass
+        try:
+            unshare(CLONE_NEWNS)
+            build_root(cfg, status)
+        except OSError as exc:
+            status["filesystem_error"] = str(exc)
+            status["filesystem"] = "host"
+        try:
+            unshare(CLONE_NEWPID)
+            status["pid_namespace"] = True
+        except OSError as exc:
+            status["pid_namespace_error"] = str(exc)
+    try:
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+    except OSError:
+        pass
+    # Pipe: the reaper tells the launcher when the sandbox is set up (or what failed).
+    rfd, wfd = os.pipe()
+    reaper = os.fork()
+    if reaper == 0:
+        os.close(rfd)
+        try:
+            _reaper(cfg, status, wfd)
+        except BaseException as exc:  # noqa: BLE001 - report and die: the caller reads the status file
+            try:
+                os.write(wfd, json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
+            finally:
+                os._exit(126)
+    os.close(wfd)
+    data = b""
+    while True:
+        chunk = os.read(rfd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    os.close(rfd)
+    try:
+        status.update(json.loads(data.decode() or "{}"))
+    except ValueError:
+        status["error"] = "sandbox setup reported nothing"
+    status["reaper_pid"] = reaper
+    tmp = cfg["status_file"] + ".tmp"
+    _write(tmp, json.dumps(status))
+    os.replace(tmp, cfg["status_file"])
+
+    def forward(signum, _frame):
+        try:
+            os.kill(reaper, signum)
+        except OSError:
+            pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGHUP, forward)
+    code = 1
+    while True:
+        try:
+            pid, st = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        if pid == reaper:
+            code = os.waitstatus_to_exitcode(st)
+            break
+    kill_children()
+    os._exit(code if code >= 0 else 128 - code)
+
+
+def kill_children() -> None:
+    """SIGKILL whatever is left below us (orphans reparent here: we are a subreaper), until nothing is."""
+    me = str(os.getpid())
+    for _ in range(1000):
+        found = False
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    ppid = f.read().rsplit(")", 1)[1].split()[1]
+            except (OSError, IndexError):
+                continue
+            if ppid == me:
+                found = True
+                try:
+                    os.kill(int(name), signal.SIGKILL)
+                except OSError:
+                    pass
+        while True:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+        if not found:
+            return
+        time.sleep(0.01)
+
+
+def _reaper(cfg: dict, status: dict, wfd: int) -> None:
+    report: dict = {}
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if status.get("filesystem") == "private root":
+        root = cfg["root_dir"]
+        if status.get("pid_namespace"):
+            mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        else:
+            mount("/proc", root + "/proc", None, MS_BIND | MS_REC)
+        os.chroot(root)
+    private = status.get("filesystem") == "private root" or cfg.get("inside_bwrap", False)
+    report["work_path"] = cfg["work_mount"] if private else cfg["work_dir"]
+    os.chdir(report["work_path"])
+    set_rlimits(cfg["rlimits"])
+    uid = cfg.get("uid")
+    if uid is not None and os.geteuid() == 0:
+        gid = cfg.get("gid", uid)
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+        report["uid"] = uid
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # cleared by the credential change above
+    try:
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+    except OSError:
+        pass
+    argv, env = cfg["argv"], cfg["env"]
+    child = os.fork()
+    if child == 0:
+        try:
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.execve(argv[0], argv, env)
+        except OSError as exc:
+            os.write(2, f"sandbox: cannot run {argv[0]}: {exc}\n".encode())
+        finally:
+            os._exit(127)
+    os.write(wfd, json.dumps(report).encode())
+    os.close(wfd)
+
+    def forward(signum, _frame):
+        try:
+            os.kill(child, signum)
+        except OSError:
+            pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGHUP, forward)
+    code = 1
+    while True:
+        try:
+            pid, st = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        if pid == child:
+            code = os.waitstatus_to_exitcode(st)
+            break
+    os._exit(code if code >= 0 else 128 - code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,528 @@
+"""The ``python`` tool: code runs in a stateful Jupyter kernel (ipykernel), one per conversation.
+
+- A timeout (120 s by default, as the system message tells the model): the kernel is interrupted, and
+  restarted if the interrupt does not take, so the next call works.
+- Output (stdout, stderr, results, tracebacks) truncated to ``max_output_chars`` with a clear marker.
+- A working folder that plays the role of ``/mnt/data`` and lasts as long as the conversation.
+- Limits on memory, CPU time, processes, files; no network and only its folder where the system allows
+  it (see :mod:`gptoss.tools.sandbox`); processes the code leaves running are stopped when the call ends.
+- A kernel that dies (``os._exit``, a segfault, the CPU limit) is restarted and the output says so.
+
+``backend="docker"`` runs each call in a container instead (stateless; see :class:`DockerRunner`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from gptoss.harmony import ToolNamespaceConfig
+from gptoss.tools.base import Tool, ToolCall, ToolError, ToolResult, tool_message
+from gptoss.tools.sandbox import WORK_MOUNT, Sandbox, SandboxError, SandboxLimits
+
+ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+NO_OUTPUT = "[no output: use print() to see values]"
+
+
+@dataclass
+class PythonConfig:
+    timeout: float = 120.0
+    max_output_chars: int = 8192
+    limits: SandboxLimits = field(default_factory=SandboxLimits)
+    isolation: str = "auto"  # auto | bwrap | none  (see gptoss.tools.sandbox)
+    backend: str = "jupyter"  # jupyter | docker
+    work_dir: str | None = None  # None: a fresh temporary folder per conversation, removed at the end
+    startup_timeout: float = 60.0
+    interrupt_grace: float = 5.0
+    docker_image: str = "python:3.11-slim"
+
+
+@dataclass
+class Execution:
+    """The result of running one cell."""
+
+    output: str  # what the model sees (truncated, with notes)
+    status: str  # ok | error | timeout | crashed
+    raw_chars: int = 0  # characters of output before truncation
+    notes: list[str] = field(default_factory=list)
+
+
+class OutputBuffer:
+    """Keeps the head and the tail of a long output, counting what was dropped in the middle."""
+
+    def __init__(self, limit: int):
+        self.limit = max(limit, 64)
+        self.head = ""
+        self.tail = ""
+        self.total = 0
+
+    def add(self, text: str) -> None:
+        if not text:
+            return
+        self.total += len(text)
+        half = self.limit // 2
+        if len(self.head) < half:
+            take = half - len(self.head)
+            self.head += text[:take]
+            text = text[take:]
+        self.tail = (self.tail + text)[-(self.limit - half):]
+
+    def text(self) -> str:
+        shown = len(self.head) + len(self.tail)
+        if self.total <= self.limit:
+            return self.head + self.tail
+        dropped = self.total - shown
+        return f"{self.head}\n[... {dropped} characters truncated ...]\n{self.tail}"
+
+
+def truncate(text: str, limit: int) -> str:
+    buf = OutputBuffer(limit)
+    buf.add(text)
+    return buf.text()
+
+
+def _signal_name(code: int | None) -> str:
+    if code is None:
+        return "unknown status"
+    sig = code - 128 if code > 128 else (-code if code < 0 else 0)
+    if sig:
+        try:
+            return f"signal {sig} ({signal.Signals(sig).name})"
+        except ValueError:
+            return f"signal {sig}"
+    return f"exit status {code}"
+
+
+_REAP = """
+import os as _gptoss_os
+try:
+    while _gptoss_os.waitpid(-1, _gptoss_os.WNOHANG)[0] > 0:
+        pass
+except ChildProcessError:
+    pass
+del _gptoss_os
+"""
+
+_SETUP_PATH_REWRITE = """
+def _gptoss_mnt_data(lines, _path={path!r}):
+    return [line.replace("/mnt/data", _path) for line in lines]
+get_ipython().input_transformers_post.append(_gptoss_mnt_data)
+del _gptoss_mnt_data
+"""
+
+
+class JupyterRunner:
+    """One sandboxed ipykernel and a client talking to it over ZeroMQ IPC sockets (TCP would not cross
+    the sandbox's network namespace)."""
+
+    def __init__(self, config: PythonConfig, work_dir: Path):
+        self.config = config
+        self.work_dir = work_dir
+        self.state_dir = Path(tempfile.mkdtemp(prefix="gptoss-py-"))
+        os.chmod(self.state_dir, 0o711)
+        self.sandbox = Sandbox(work_dir, self.state_dir / "s", config.limits, config.isolation)
+        self.client = None
+        self.work_path = str(work_dir)
+        self.lock = asyncio.Lock()
+        self.restarts = 0
+        self.told_path = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def _env(self) -> dict[str, str]:
+        s = str(self.sandbox.state_dir)
+        bindir = os.path.dirname(sys.executable)
+        return {
+            "PATH": f"{bindir}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": f"{s}/home",
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "TMPDIR": "/tmp",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "MPLBACKEND": "Agg",
+            "IPYTHONDIR": f"{s}/home/.ipython",
+            "JUPYTER_CONFIG_DIR": f"{s}/home/.jupyter",
+            "JUPYTER_DATA_DIR": f"{s}/home/.jupyter/data",
+            "JUPYTER_RUNTIME_DIR": f"{s}/home/.jupyter/runtime",
+            "MALLOC_ARENA_MAX": "2",
+            "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+        }
+
+    async def start(self) -> None:
+        from jupyter_client.asynchronous import AsyncKernelClient
+        from jupyter_client.connect import write_connection_file
+
+        await self.stop_kernel()
+        sd = self.sandbox.state_dir
+        sd.mkdir(parents=True, exist_ok=True)
+        conn = sd / "kernel.json"
+        conn.unlink(missing_ok=True)
+        for old in sd.glob("k-*"):
+            old.unlink(missing_ok=True)
+        write_connection_file(str(conn), ip=str(sd / "k"), transport="ipc", key=uuid.uuid4().hex.encode())
+        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", str(conn), "--HistoryManager.hist_file=:memory:",
+                "--IPKernelApp.quiet=True"]
+        if self.sandbox.drop_uid and self.config.isolation != "none":
+            self.sandbox.uid = self.sandbox.uid or self.sandbox._pick_uid()
+        os.chmod(conn, 0o644)  # the sandbox's user reads it; the key only guards against other local clients
+        try:
+            status = await asyncio.to_thread(self.sandbox.launch, argv, self._env())
+        except SandboxError as exc:
+            raise ToolError(f"python: {exc}") from None
+        self.work_path = status.get("work_path", str(self.work_dir))
+        client = AsyncKernelClient()
+        client.load_connection_file(str(conn))
+        client.start_channels()
+        self.client = client
+        await self._wait_ready()
+        if self.work_path != WORK_MOUNT:
+            await self._run_quiet(_SETUP_PATH_REWRITE.format(path=self.work_path))
+
+    async def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.config.startup_timeout
+        while time.monotonic() < deadline:
+            if not self.sandbox.alive:
+                raise ToolError(f"python: the kernel exited while starting: {self.sandbox.log_tail()}")
+            msg_id = self.client.kernel_info()
+            try:
+                while True:
+                    reply = await self.client.get_shell_msg(timeout=0.5)
+                    if reply.get("parent_header", {}).get("msg_id") == msg_id:
+                        # drain the iopub status messages of the kernel_info request
+                        await self._drain_iopub(0.2)
+                        return
+            except queue.Empty:
+                continue
+        log = self.sandbox.log_tail()
+        await self.stop_kernel()
+        raise ToolError(f"python: the kernel did not answer within {self.config.startup_timeout:.0f} s: {log}")
+
+    async def _drain_iopub(self, wait: float) -> None:
+        try:
+            while True:
+                await self.client.get_iopub_msg(timeout=wait)
+        except queue.Empty:
+            pass
+
+    async def _run_quiet(self, code: str, timeout: float = 10.0) -> bool:
+        """Run housekeeping code without output or history; True if it finished."""
+        msg_id = self.client.execute(code, silent=True, store_history=False, allow_stdin=False)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                msg = await self.client.get_iopub_msg(timeout=0.25)
+            except queue.Empty:
+                if not self.sandbox.alive:
+                    return False
+                continue
+            if msg.get("parent_header", {}).get("msg_id") == msg_id and msg["msg_type"] == "status" \
+                    and msg["content"].get("execution_state") == "idle":
+                return True
+        return False
+
+    async def stop_kernel(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.stop_channels()
+            except Exception:  # noqa: BLE001, S110 - best effort
+                pass
+            self.client = None
+        await asyncio.to_thread(self.sandbox.kill)
+
+    async def close(self) -> None:
+        await self.stop_kernel()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    # ------------------------------------------------------------------ running code
+    async def execute(self, code: str, timeout: float) -> Execution:
+        async with self.lock:
+            notes: list[str] = []
+            if self.client is None or not self.sandbox.alive:
+                if self.client is not None:
+                    notes.append(f"[the Python kernel had stopped ({_signal_name(self._exit_code())}) and was restarted: "
+                                 "variables and imports were lost; files are kept]")
+                await self.start()
+            cpu = self.config.limits.cpu_seconds_per_call
+            self.sandbox.set_cpu_budget(cpu if cpu is not None else timeout + 30)
+            try:
+                return await self._execute(code, timeout, notes)
+            except asyncio.CancelledError:
+                # the caller gave up (Ctrl-C, a client that went away): stop the code too
+                self._interrupt()
+                await asyncio.to_thread(self.sandbox.kill_strays)
+                raise
+
+    def _exit_code(self) -> int | None:
+        proc = self.sandbox.process
+        return None if proc is None else proc.poll()
+
+    async def _execute(self, code: str, timeout: float, notes: list[str]) -> Execution:
+        buf = OutputBuffer(self.config.max_output_chars)
+        msg_id = self.client.execute(code, store_history=True, allow_stdin=False, stop_on_error=False)
+        status = "ok"
+        deadline = time.monotonic() + timeout
+        done = False
+        interrupted_at = None
+        while not done:
+            now = time.monotonic()
+            if interrupted_at is None and now >= deadline:
+                status = "timeout"
+                interrupted_at = now
+                self._interrupt()
+            if interrupted_at is not None and now >= interrupted_at + self.config.interrupt_grace:
+                break  # the interrupt did not take: restart below
+            try:
+                msg = await self.client.get_iopub_msg(timeout=0.2)
+            except queue.Empty:
+                if not self.sandbox.alive:
+                    status = "crashed"
+                    break
+                continue
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                buf.add(content.get("text", ""))
+            elif kind in ("execute_result", "display_data"):
+                data = content.get("data", {})
+                text = data.get("text/plain")
+                others = sorted(k for k in data if k != "text/plain")
+                if text:
+                    buf.add(text if text.endswith("\n") else text + "\n")
+                if any(k.startswith("image/") for k in others):
+                    buf.add(f"[{', '.join(k for k in others if k.startswith('image/'))} output not shown]\n")
+            elif kind == "error":
+                if status == "ok":
+                    status = "error"
+                tb = "\n".join(content.get("traceback") or [f"{content.get('ename')}: {content.get('evalue')}"])
+                buf.add(ANSI_RE.sub("", tb) + "\n")
+            elif kind == "status" and content.get("execution_state") == "idle":
+                done = True
+        if status == "timeout":
+            if done:
+                notes.append(f"[timed out after {timeout:g} s: the code was interrupted; the kernel's state is kept]")
+            else:
+                notes.append(f"[timed out after {timeout:g} s: the kernel did not stop when interrupted and was "
+                             "restarted: variables and imports were lost; files are kept]")
+                await self._restart()
+        elif status == "crashed":
+            code_ = await asyncio.to_thread(self._wait_exit)
+            reason = _signal_name(code_)
+            if code_ is not None and code_ - 128 == getattr(signal, "SIGXCPU", -1):
+                reason += ", the CPU time limit"
+            notes.append(f"[the Python kernel died ({reason}) and was restarted: variables and imports were lost; "
+                         "files are kept]")
+            await self._restart()
+        if self.client is not None and self.sandbox.alive:
+            stopped = await asyncio.to_thread(self.sandbox.kill_strays)
+            if stopped:
+                notes.append(f"[stopped {stopped} process{'es' if stopped != 1 else ''} the code left running]")
+                await self._run_quiet(_REAP)
+        if self.work_path != WORK_MOUNT and not self.told_path:
+            notes.append(f"[note: the folder /mnt/data is {self.work_path} here]")
+            self.told_path = True
+        out = buf.text()
+        if not out.strip() and not notes:
+            out = NO_OUTPUT
+        text = out.rstrip("\n")
+        if notes:
+            text = (text + "\n" if text.strip() else "") + "\n".join(notes)
+        return Execution(text, status, buf.total, notes)
+
+    def _interrupt(self) -> None:
+        pid = self.sandbox.kernel_pid()
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGINT)
+            except OSError:
+                pass
+
+    def _wait_exit(self) -> int | None:
+        proc = self.sandbox.process
+        if proc is None:
+            return None
+        try:
+            return proc.wait(timeout=5)
+        except Exception:  # noqa: BLE001
+            return proc.poll()
+
+    async def _restart(self) -> None:
+        self.restarts += 1
+        try:
+            await self.start()
+        except ToolError:
+            await self.stop_kernel()  # the next call tries again and reports
+
+
+class DockerRunner:
+    """Each call runs ``python -`` in one container per conversation (``docker run --network none``,
+    memory, CPU and process limits, the working folder mounted at /mnt/data). Variables do not persist
+    between calls; files in /mnt/data do. Needs a running Docker engine."""
+
+    def __init__(self, config: PythonConfig, work_dir: Path):
+        self.config = config
+        self.work_dir = work_dir
+        self.work_path = WORK_MOUNT
+        self.container: str | None = None
+        self.lock = asyncio.Lock()
+
+    async def _docker(self, *args: str, stdin: bytes | None = None, timeout: float = 60.0) -> tuple[int, str]:
+        exe = shutil.which("docker")
+        if exe is None:
+            raise ToolError("python: backend 'docker' needs the docker command, which is not installed")
+        proc = await asyncio.create_subprocess_exec(exe, *args, stdin=asyncio.subprocess.PIPE,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return 124, ""
+        return proc.returncode, out.decode(errors="replace")
+
+    async def start(self) -> None:
+        code, out = await self._docker("info", "--format", "{{.ServerVersion}}", timeout=20)
+        if code != 0:
+            raise ToolError("python: backend 'docker' needs a running Docker engine, but `docker info` failed: "
+                            + (out.strip().splitlines() or ["no answer"])[-1])
+        lim = self.config.limits
+        args = ["run", "-d", "--rm", "--network", "none", "--cpus", "1", "-v", f"{self.work_dir}:{WORK_MOUNT}",
+                "-w", WORK_MOUNT, "--read-only", "--tmpfs", f"/tmp:size={lim.tmp_size}"]
+        if lim.memory_bytes:
+            args += ["--memory", str(lim.memory_bytes)]
+        if lim.processes:
+            args += ["--pids-limit", str(lim.processes)]
+        code, out = await self._docker(*args, self.config.docker_image, "sleep", "infinity", timeout=600)
+        if code != 0:
+            raise ToolError(f"python: could not start a container from {self.config.docker_image}: {out.strip()}")
+        self.container = out.strip().splitlines()[-1]
+
+    async def execute(self, code: str, timeout: float) -> Execution:
+        async with self.lock:
+            if self.container is None:
+                await self.start()
+            rc, out = await self._docker("exec", "-i", self.container, "timeout", "-s", "KILL", str(int(timeout)),
+                                         "python", "-", stdin=code.encode(), timeout=timeout + 30)
+            status = "ok" if rc == 0 else ("timeout" if rc in (124, 137) else "error")
+            text = truncate(ANSI_RE.sub("", out), self.config.max_output_chars).rstrip("\n") or NO_OUTPUT
+            if status == "timeout":
+                text += f"\n[timed out after {timeout:g} s]"
+            return Execution(text, status, len(out))
+
+    async def close(self) -> None:
+        if self.container is not None:
+            await self._docker("rm", "-f", self.container, timeout=30)
+            self.container = None
+
+
+class PythonTool(Tool):
+    """The ``python`` namespace. One instance per conversation; the kernel starts on the first call."""
+
+    name = "python"
+
+    def __init__(self, config: PythonConfig | None = None, **overrides: Any):
+        self.config = replace(config or PythonConfig(), **overrides)
+        if self.config.backend not in ("jupyter", "docker"):
+            raise ToolError(f"python backend: expected jupyter or docker, found {self.config.backend!r}")
+        if self.config.timeout <= 0:
+            raise ToolError(f"python timeout: expected a positive number of seconds, found {self.config.timeout}")
+        self._own_work_dir = self.config.work_dir is None
+        self._work_dir: Path | None = None
+        self._runner: JupyterRunner | DockerRunner | None = None
+        self.calls = 0
+
+    @property
+    def work_dir(self) -> Path:
+        """The conversation's folder (``/mnt/data`` inside the sandbox); made on first use."""
+        if self._work_dir is None:
+            path = Path(self.config.work_dir or tempfile.mkdtemp(prefix="gptoss-data-")).resolve()
+            path.mkdir(parents=True, exist_ok=True)
+            self._work_dir = path
+        return self._work_dir
+
+    @property
+    def runner(self) -> JupyterRunner | DockerRunner:
+        if self._runner is None:
+            cls = JupyterRunner if self.config.backend == "jupyter" else DockerRunner
+            self._runner = cls(self.config, self.work_dir)
+        return self._runner
+
+    def namespace(self) -> ToolNamespaceConfig:
+        ns = ToolNamespaceConfig.python()
+        if self.config.timeout != 120.0:
+            ns.description = ns.description.replace("after 120.0 seconds", f"after {float(self.config.timeout):.1f} seconds")
+        return ns
+
+    def new_conversation(self) -> PythonTool:
+        return PythonTool(replace(self.config, work_dir=None) if self._own_work_dir else self.config)
+
+    def describe_call(self, call: ToolCall) -> dict[str, Any]:
+        return {"code": self._code(call)}
+
+    @staticmethod
+    def _code(call: ToolCall) -> str:
+        text = call.text
+        # forgiving: some models wrap the code as {"code": "..."}
+        if text.lstrip().startswith("{"):
+            try:
+                args = call.json_arguments()
+                if isinstance(args.get("code"), str):
+                    return args["code"]
+            except Exception:  # noqa: BLE001, S110 - not JSON after all: the text is the code
+                pass
+        return text
+
+    async def start(self) -> None:
+        """Start the kernel now rather than on the first call."""
+        async with self.runner.lock:
+            await self.runner.start()
+
+    async def execute(self, code: str, timeout: float | None = None) -> Execution:
+        return await self.runner.execute(code, self.config.timeout if timeout is None else timeout)
+
+    async def run(self, call: ToolCall) -> ToolResult:
+        self.calls += 1
+        code = self._code(call)
+        try:
+            result = await self.execute(code)
+        except ToolError as exc:
+            return ToolResult([tool_message("python", f"Error: {exc}", call.channel)], status="failed",
+                              metadata={"code": code, "outputs": [{"type": "logs", "logs": str(exc)}]})
+        status = {"ok": "completed", "error": "completed", "timeout": "incomplete", "crashed": "failed"}[result.status]
+        return ToolResult(
+            [tool_message("python", result.output, call.channel)],
+            status=status,
+            metadata={"code": code, "outputs": [{"type": "logs", "logs": result.output}], "execution": result.status,
+                      "work_path": self.runner.work_path},
+        )
+
+    def isolation(self) -> dict[str, str]:
+        """What the sandbox isolates (after the kernel started), in words."""
+        if self.config.backend == "docker":
+            return {"backend": "docker", "network": "none", "filesystem": "container, /mnt/data mounted"}
+        return self.runner.sandbox.describe()
+
+    def state(self) -> dict[str, Any]:
+        return {"work_dir": str(self._work_dir) if self._work_dir else None, "calls": self.calls}
+
+    async def aclose(self) -> None:
+        if self._runner is not None:
+            await self._runner.close()
+            self._runner = None
+        if self._own_work_dir and self._work_dir is not None:
+            shutil.rmtree(self._work_dir, ignore_errors=True)
+            self._work_dir = None

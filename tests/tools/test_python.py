@@ -1,0 +1,272 @@
+"""The python tool: a stateful, sandboxed Jupyter kernel per conversation."""
+
+import asyncio
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from gptoss.harmony import Message, Role
+from gptoss.tools.base import ToolCall, ToolError
+from gptoss.tools.python import PythonTool
+from gptoss.tools.sandbox import SandboxLimits, descendants
+
+PROCESS_LIMIT = 48
+MEMORY_LIMIT = 1024 * 2**20
+
+
+@pytest.fixture(scope="module")
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def py(loop):
+    tool = PythonTool(timeout=4, max_output_chars=2000, interrupt_grace=4,
+                      limits=SandboxLimits(memory_bytes=MEMORY_LIMIT, processes=PROCESS_LIMIT))
+    loop.run_until_complete(tool.start())
+    yield tool
+    loop.run_until_complete(tool.aclose())
+
+
+def run(loop, tool, code, **kw):
+    return loop.run_until_complete(tool.execute(code, **kw))
+
+
+def test_state_persists_between_calls(loop, py):
+    assert run(loop, py, "x = 6 * 7\nprint('set')").output == "set"
+    r = run(loop, py, "x + 1")
+    assert r.output == "43" and r.status == "ok"
+    assert run(loop, py, "import math\ndef f(n): return math.factorial(n)").output.startswith("[no output")
+    assert run(loop, py, "print(f(5), x)").output == "120 42"
+
+
+def test_call_through_the_tool_interface(loop, py):
+    call = Message.from_role_and_content(Role.ASSISTANT, "print('hi from the tool')").with_recipient("python") \
+        .with_channel("analysis").with_content_type("code")
+    messages = loop.run_until_complete(py.call(call))
+    assert len(messages) == 1
+    m = messages[0]
+    assert m.author.role is Role.TOOL and m.author.name == "python" and m.recipient == "assistant"
+    assert m.channel == "analysis" and m.text == "hi from the tool"
+    # errors come back as the traceback, the kernel keeps going
+    result = loop.run_until_complete(py.run(ToolCall(call.adding_content("\n1/0"))))
+    assert "ZeroDivisionError" in result.output and result.status == "completed"
+    assert result.metadata["execution"] == "error"
+
+
+def test_infinite_loop_times_out_and_the_next_call_works(loop, py):
+    run(loop, py, "kept = 'still here'")
+    t0 = time.monotonic()
+    r = run(loop, py, "while True:\n    pass", timeout=2)
+    elapsed = time.monotonic() - t0
+    assert r.status == "timeout" and "timed out after 2 s" in r.output
+    assert elapsed < 2 + 4 + 5
+    r = run(loop, py, "print(kept)")
+    assert r.status == "ok" and r.output == "still here"  # interrupted, not restarted: state kept
+
+
+def test_uninterruptible_code_is_restarted_after_timeout(loop, py):
+    # SIGINT is ignored: the interrupt cannot take, so the kernel is restarted and the next call works
+    r = run(loop, py, "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: time.sleep(0.1)",
+            timeout=1)
+    assert r.status == "timeout" and "restarted" in r.output
+    r = run(loop, py, "print('alive')")
+    assert r.output == "alive"
+
+
+def test_far_more_memory_than_the_limit_fails_inside_the_tool(loop, py):
+    before = _rss_of_this_process()
+    r = run(loop, py, "big = bytearray(16 * 2**30)")
+    assert r.status == "error" and "MemoryError" in r.output
+    r = run(loop, py, "chunks = []\ntry:\n    while True:\n        chunks.append(bytearray(64 * 2**20))\n"
+                      "except MemoryError:\n    n = len(chunks); del chunks\n    print('stopped at', n * 64, 'MiB')", timeout=60)
+    assert r.output.startswith("stopped at")
+    assert int(r.output.split()[2]) <= MEMORY_LIMIT // 2**20
+    assert run(loop, py, "print('fine')").output == "fine"
+    assert _rss_of_this_process() - before < 200 * 2**20  # the server (this process) did not grow
+
+
+def _rss_of_this_process() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def test_fork_bomb_is_contained(loop, py):
+    sandbox = py.runner.sandbox
+    peak = {"n": 0}
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            if sandbox.process is not None:
+                peak["n"] = max(peak["n"], len(descendants(sandbox.process.pid)))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    t0 = time.monotonic()
+    try:
+        # a shell fork bomb left running in the background, and a Python one in the kernel itself
+        r1 = run(loop, py, "import subprocess, time\nsubprocess.Popen(['sh', '-c', 'b() { b | b & }; b'], stderr=subprocess.DEVNULL)\ntime.sleep(2)\n"
+                           "print('bombed')")
+        r2 = run(loop, py, "import os\nwhile True:\n    os.fork()")
+    finally:
+        stop.set()
+        watcher.join()
+    assert time.monotonic() - t0 < 40
+    assert r1.output.startswith("bombed")
+    assert "BlockingIOError" in r2.output or "stopped" in r2.output
+    # the process limit held: the tree never grew past it (+ the launcher, which is not the sandbox's user)
+    assert 0 < peak["n"] <= PROCESS_LIMIT + 2
+    # everything the bombs started is gone, and the kernel can start processes again
+    assert sandbox.strays() == []
+    r = run(loop, py, "import subprocess\nprint(subprocess.run(['echo', 'ok'], capture_output=True, text=True).stdout.strip())")
+    assert r.output == "ok"
+
+
+def test_processes_left_running_are_stopped_when_the_call_ends(loop, py):
+    r = run(loop, py, "import subprocess\nfor _ in range(3):\n    subprocess.Popen(['sleep', '1000'])\nprint('started')")
+    assert r.output == "started\n[stopped 3 processes the code left running]"
+    assert py.runner.sandbox.strays() == []
+
+
+def test_long_output_is_truncated(loop, py):
+    r = run(loop, py, "for i in range(5000):\n    print(f'line {i:05d}')")
+    assert len(r.output) < 2200
+    assert r.output.startswith("line 00000")
+    assert r.output.rstrip().endswith("line 04999")
+    assert "characters truncated" in r.output
+    assert r.raw_chars == 5000 * 11
+
+
+def test_a_file_written_in_one_call_is_read_in_the_next(loop, py):
+    r = run(loop, py, "with open('/mnt/data/notes.txt', 'w') as f:\n    f.write('persisted 123')\nprint('written')")
+    assert r.output == "written"
+    r = run(loop, py, "print(open('/mnt/data/notes.txt').read())")
+    assert r.output == "persisted 123"
+    assert (py.work_dir / "notes.txt").read_text() == "persisted 123"  # the folder the caller sees
+    r = run(loop, py, "import os\nprint(os.getcwd())")
+    assert r.output == py.runner.work_path
+
+
+def test_a_crashed_kernel_is_restarted(loop, py):
+    run(loop, py, "lost = 1")
+    r = run(loop, py, "import os\nos._exit(3)")
+    assert r.status == "crashed" and "exit status 3" in r.output and "restarted" in r.output
+    r = run(loop, py, "print('lost' in dir())")
+    assert r.output == "False"
+    r = run(loop, py, "import ctypes\nctypes.string_at(0)")
+    assert r.status == "crashed" and "SIGSEGV" in r.output
+    assert run(loop, py, "print(1 + 1)").output == "2"
+
+
+def test_isolation_on_this_machine(loop, py):
+    """What the sandbox isolates here, each claim of the report checked from inside."""
+    report = py.isolation()
+    r = run(loop, py, "import os\nprint(os.getuid())")
+    if os.geteuid() == 0:
+        if report["user"].startswith("root"):  # documented fallback: no private root and Python not readable by all
+            assert "pids cgroup" in report["processes"] and r.output == "0"
+        else:
+            assert report["user"].startswith("unprivileged uid") and r.output not in ("0", "")
+    # the environment of the server (API keys...) is not passed on
+    os.environ["GPTOSS_TEST_SECRET"] = "s3cret"
+    try:
+        assert run(loop, py, "import os\nprint(os.environ.get('GPTOSS_TEST_SECRET'))").output == "None"
+    finally:
+        del os.environ["GPTOSS_TEST_SECRET"]
+    # network: a server on this machine's loopback
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    try:
+        r = run(loop, py, f"import socket\ns = socket.socket()\ns.settimeout(2)\ntry:\n    s.connect(('127.0.0.1', {port}))\n"
+                          "    print('connected')\nexcept OSError as e:\n    print('refused', type(e).__name__)")
+    finally:
+        server.close()
+    if report["network"] == "host":
+        assert r.output == "connected"  # documented fallback: no network isolation on this system
+    else:
+        assert report["network"] in ("none", "loopback only") and r.output.startswith("refused")
+    # file system: this test file is outside the sandbox's folder
+    r = run(loop, py, f"import os\nprint(os.path.exists({__file__!r}), os.path.exists('/mnt/data'))")
+    if report["filesystem"].startswith("private root"):
+        assert r.output == "False True" and report["work_path"] == "/mnt/data"
+    else:
+        assert report["filesystem"] == "host"
+    # a few processes are fine
+    r = run(loop, py, "import subprocess\nprint(subprocess.run(['sh', '-c', 'echo $$'], capture_output=True).returncode)")
+    assert r.output == "0"
+
+
+def test_configured_timeout_is_what_the_system_message_says():
+    assert "time out after 120.0 seconds" in PythonTool().namespace().description
+    tool = PythonTool(timeout=30)
+    assert "time out after 30.0 seconds" in tool.namespace().description
+    with pytest.raises(ToolError, match="timeout"):
+        PythonTool(timeout=0)
+
+
+def test_docker_backend_without_an_engine_is_a_clear_error(loop, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    tool = PythonTool(backend="docker")
+    try:
+        with pytest.raises(ToolError, match="docker"):
+            loop.run_until_complete(tool.start())
+        call = Message.from_role_and_content(Role.ASSISTANT, "print(1)").with_recipient("python")
+        result = loop.run_until_complete(tool.run(ToolCall(call)))
+        assert result.status == "failed" and "Docker engine" in result.output or "docker command" in result.output
+    finally:
+        loop.run_until_complete(tool.aclose())
+    with pytest.raises(ToolError, match="jupyter or docker"):
+        PythonTool(backend="podman")
+
+
+def test_without_namespaces_the_report_says_what_is_left(loop, tmp_path):
+    """isolation="none": limits and process cleanup only; the report must not claim more."""
+    tool = PythonTool(timeout=10, isolation="none", work_dir=str(tmp_path / "data"),
+                      limits=SandboxLimits(memory_bytes=MEMORY_LIMIT, processes=PROCESS_LIMIT))
+    try:
+        r = loop.run_until_complete(tool.execute("import os\nprint(os.getcwd())\n_ = open('/mnt/data/x.txt', 'w').write('ok')"))
+        report = tool.isolation()
+        assert report["network"] == "host" and report["filesystem"] == "host" and report["pid_namespace"] == "no"
+        assert r.output == f"{tmp_path / 'data'}\n[note: the folder /mnt/data is {tmp_path / 'data'} here]"
+        # '/mnt/data' in code still means the conversation's folder
+        assert (tmp_path / "data" / "x.txt").read_text() == "ok"
+        if os.geteuid() == 0:
+            assert report["user"].startswith("root")
+            assert "pids cgroup" in report["processes"] or report["processes"] == "no limit"
+        else:
+            assert "RLIMIT_NPROC" in report["processes"]
+        r = loop.run_until_complete(tool.execute("b = bytearray(16 * 2**30)"))
+        assert "MemoryError" in r.output
+    finally:
+        loop.run_until_complete(tool.aclose())
+    assert (tmp_path / "data" / "x.txt").exists()  # a folder given by the caller is kept
+
+
+def test_bubblewrap_isolation_where_installed(loop):
+    """isolation="bwrap": the kernel runs under bubblewrap when it is installed; otherwise a clear error."""
+    import shutil
+
+    tool = PythonTool(timeout=10, isolation="bwrap", limits=SandboxLimits(memory_bytes=MEMORY_LIMIT, processes=PROCESS_LIMIT))
+    try:
+        if shutil.which("bwrap") is None:
+            with pytest.raises(ToolError, match="bubblewrap"):
+                loop.run_until_complete(tool.start())
+            return
+        r = loop.run_until_complete(tool.execute(f"import os\nprint(os.getcwd(), os.path.exists({__file__!r}))"))
+        assert r.output == "/mnt/data False"
+        report = tool.isolation()
+        assert report["filesystem"] == "private root (bubblewrap)" and report["pid_namespace"] == "yes"
+    finally:
+        loop.run_until_complete(tool.aclose())

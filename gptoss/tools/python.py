@@ -245,6 +245,7 @@ class JupyterRunner:
 
     async def close(self) -> None:
         await self.stop_kernel()
+        await asyncio.to_thread(self.sandbox.close)
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
     # ------------------------------------------------------------------ running code
@@ -256,8 +257,6 @@ class JupyterRunner:
                     notes.append(f"[the Python kernel had stopped ({_signal_name(self._exit_code())}) and was restarted: "
                                  "variables and imports were lost; files are kept]")
                 await self.start()
-            cpu = self.config.limits.cpu_seconds_per_call
-            self.sandbox.set_cpu_budget(cpu if cpu is not None else timeout + 30)
             try:
                 return await self._execute(code, timeout, notes)
             except asyncio.CancelledError:

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import random
-import resource
 import shutil
 import signal
 import stat
@@ -46,7 +45,7 @@ class SandboxLimits:
 
     memory_bytes: int | None = 2 * 1024**3  # address space of each process (RLIMIT_AS)
     processes: int | None = 128  # processes and threads of the sandbox
-    cpu_seconds_per_call: float | None = None  # None: the call's timeout plus 30 s
+    cpu_seconds: int | None = 3600  # CPU time of each process (RLIMIT_CPU); the kernel restarts past it
     file_size_bytes: int | None = 1024**3
     open_files: int | None = 1024
     tmp_size: str = "256m"  # private /tmp and /dev/shm (tmpfs, counts as memory)
@@ -124,9 +123,10 @@ def _world_accessible(path: str) -> bool:
         if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
             return False
     try:
-        return bool(p.stat().st_mode & stat.S_IROTH)
+        mode = p.stat().st_mode
     except OSError:
         return False
+    return bool(mode & (stat.S_IXOTH if stat.S_ISDIR(mode) else stat.S_IROTH))
 
 
 def python_paths() -> list[str]:
@@ -219,6 +219,7 @@ class Sandbox:
         self.uid: int | None = None
         self.drop_uid = os.geteuid() == 0
         self._kernel_pid: int | None = None
+        self._work_owner: tuple[int, int, int] | None = None
         self.notes: list[str] = []
 
     # ------------------------------------------------------------------ launching
@@ -236,29 +237,44 @@ class Sandbox:
                 return uid
 
     def _prepare_dirs(self, uid: int | None) -> None:
+        """The folders exist, and belong to the sandbox's user when it has one. The working folder is
+        handed over (not its files: those the host put there stay read-only to the code) and handed
+        back by :meth:`close`."""
         for d in (self.work_dir, self.state_dir, self.state_dir / "home", self.state_dir / "root"):
             d.mkdir(parents=True, exist_ok=True)
         if uid is not None:
+            if self._work_owner is None:
+                st = self.work_dir.stat()
+                self._work_owner = (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
             for d in (self.work_dir, self.state_dir, self.state_dir / "home"):
                 os.chown(d, uid, uid)
                 os.chmod(d, 0o700)
-            for p in self.work_dir.rglob("*"):
+
+    def close(self) -> None:
+        """Kill the tree and give the working folder (and the files the code made) back to its owner."""
+        self.kill()
+        if self._work_owner is None or self.uid is None:
+            return
+        owner, group, mode = self._work_owner
+        try:
+            for p in [self.work_dir, *self.work_dir.rglob("*")]:
                 try:
-                    os.lchown(p, uid, uid)
+                    if os.lstat(p).st_uid == self.uid:
+                        os.lchown(p, owner, group)
                 except OSError:
                     pass
-            # the parents must be traversable by the sandbox user
-            for d in {self.work_dir.parent, self.state_dir.parent}:
-                try:
-                    os.chmod(d, os.stat(d).st_mode | 0o711)
-                except OSError:
-                    pass
+            os.chmod(self.work_dir, mode)
+        except OSError:
+            pass
+        self._work_owner = None
 
     def _config(self, argv: list[str], env: dict[str, str], namespaces: bool, uid: int | None) -> dict:
         lim = self.limits
         rl: dict = {"CORE": 0}
         if lim.memory_bytes:
             rl["AS"] = lim.memory_bytes
+        if lim.cpu_seconds:
+            rl["CPU"] = [lim.cpu_seconds, lim.cpu_seconds + 5]  # SIGXCPU, then SIGKILL
         if lim.file_size_bytes:
             rl["FSIZE"] = lim.file_size_bytes
         if lim.open_files:
@@ -330,10 +346,11 @@ class Sandbox:
             self.notes.append("no user namespaces for the launcher: bubblewrap isolates the kernel")
             status = self._launch(argv, env, timeout, use_bwrap=True)
         if self.uid is not None and not str(status.get("filesystem", "")).startswith("private root") \
-                and not _world_accessible(sys.executable):
+                and not all(_world_accessible(p) for p in (sys.executable, str(self.work_dir.parent),
+                                                           str(self.state_dir.parent))):
             self.kill()
-            self.notes.append(f"{sys.executable} is not readable by other users and no private root is possible: "
-                              "the kernel runs as root")
+            self.notes.append(f"{sys.executable} or the sandbox's folders are not reachable by other users and no "
+                              "private root is possible: the kernel runs as root")
             log.warning("python sandbox: %s", self.notes[-1])
             self.drop_uid, self.uid = False, None
             status = self._launch(argv, env, timeout, use_bwrap=self.isolation == "bwrap")
@@ -444,21 +461,10 @@ class Sandbox:
         return len(killed)
 
     def cpu_seconds(self) -> float | None:
+        """CPU time the kernel has used."""
         pid = self.kernel_pid()
         st = _stat_of(pid) if pid else None
         return None if st is None else st[2] / _CLK_TCK
-
-    def set_cpu_budget(self, seconds: float) -> bool:
-        """Let the kernel use ``seconds`` more CPU time from now (SIGXCPU, then SIGKILL past it)."""
-        pid, used = self.kernel_pid(), self.cpu_seconds()
-        if pid is None or used is None or not hasattr(resource, "prlimit"):
-            return False
-        soft = int(used + seconds) + 1
-        try:
-            resource.prlimit(pid, resource.RLIMIT_CPU, (soft, soft + 5))
-            return True
-        except (OSError, ValueError):
-            return False
 
     def kill(self) -> None:
         """Kill the whole tree and wait for it."""
@@ -527,4 +533,5 @@ class Sandbox:
             "pid_namespace": "yes" if s.get("pid_namespace") else "no",
             "processes": ", ".join(procs) or "no limit",
             "memory": f"RLIMIT_AS {lim.memory_bytes}" if lim.memory_bytes else "no limit",
+            "cpu": f"RLIMIT_CPU {lim.cpu_seconds} s a process, and the call's timeout" if lim.cpu_seconds else "the call's timeout",
         }

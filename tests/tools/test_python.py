@@ -208,6 +208,28 @@ def test_isolation_on_this_machine(loop, py):
     assert r.output == "0"
 
 
+def test_cpu_time_limit_restarts_the_kernel_and_a_given_folder_is_handed_back(loop, tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "input.csv").write_text("a,b\n1,2\n")
+    before = folder.stat()
+    tool = PythonTool(timeout=60, work_dir=str(folder), limits=SandboxLimits(cpu_seconds=3, processes=PROCESS_LIMIT))
+    try:
+        r = loop.run_until_complete(tool.execute("print(open('/mnt/data/input.csv').read().split()[1])\n"
+                                                 "_ = open('/mnt/data/out.txt', 'w').write('done')"))
+        assert r.output.startswith("1,2")
+        r = loop.run_until_complete(tool.execute("while True:\n    pass"))
+        assert r.status == "crashed" and "SIGXCPU" in r.output and "CPU time limit" in r.output
+        assert loop.run_until_complete(tool.execute("print('next')")).output == "next"
+        assert tool.isolation()["cpu"].startswith("RLIMIT_CPU 3 s")
+    finally:
+        loop.run_until_complete(tool.aclose())
+    # the caller's folder is kept, and it and what the code wrote belong to the caller again
+    after = folder.stat()
+    assert (after.st_uid, after.st_mode) == (before.st_uid, before.st_mode)
+    assert (folder / "out.txt").read_text() == "done" and (folder / "out.txt").stat().st_uid == before.st_uid
+
+
 def test_configured_timeout_is_what_the_system_message_says():
     assert "time out after 120.0 seconds" in PythonTool().namespace().description
     tool = PythonTool(timeout=30)

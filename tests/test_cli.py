@@ -59,3 +59,9 @@ def test_bench_prints_json():
     assert out["prefill"]["tokens"] == 32 and out["prefill"]["tok_s"] > 0
     assert [d["batch"] for d in out["decode"]] == [1, 2] and all(d["tok_s"] > 0 for d in out["decode"])
     assert out["weights_bytes"]["mxfp4_experts"] > 0 and out["resident_bytes_model"] > 0
+
+
+def test_serve_rejects_an_unknown_tool_before_loading_the_model(ckpt):
+    proc = gptoss("serve", "--model", str(ckpt), "--tools", "python,teleport", check=False)
+    assert proc.returncode == 1
+    assert "--tools: unknown tool 'teleport'" in proc.stderr and "SYNTHETIC" not in proc.stderr

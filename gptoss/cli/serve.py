@@ -22,6 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument("--reasoning-max-tokens", type=int, default=None,
                    help="cap on tokens in one reasoning (analysis) message; the model is then made to move on")
     p.add_argument("--store", default=None, help="SQLite file for stored responses (default: ~/.cache/gptoss/responses.sqlite)")
+    p.add_argument("--tools", default="", help="built-in tools the Responses API may run: browser,python")
+    p.add_argument("--corpus", default=None, help="folder of documents the browser searches (indexed on start)")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=run)
 
@@ -36,13 +38,18 @@ def run(args: argparse.Namespace) -> int:
         raise GptossError(f"--port: expected 1-65535, found {args.port}")
     if args.max_batch < 1:
         raise GptossError(f"--max-batch: expected a positive number, found {args.max_batch}")
+    toolbox = None
+    if args.tools:  # checked before the (slow) model load
+        from gptoss.tools import make_toolbox
+
+        toolbox = make_toolbox(args.tools, corpus=args.corpus)
     llm = load_llm(args, max_batch=args.max_batch)
     name = args.served_model_name or args.model or "openai/gpt-oss-20b"
     aliases = [a for a in {os.path.basename(str(name).rstrip("/")), "gpt-oss"} if a != name]
     store = args.store or os.path.join(os.environ.get("GPTOSS_CACHE") or os.path.expanduser("~/.cache/gptoss"), "responses.sqlite")
     config = ServerConfig(model_name=name, aliases=aliases, api_key=args.api_key or os.environ.get("GPTOSS_API_KEY"),
                           max_queue=args.max_queue, store_path=store,
-                          persona=ServerPersona(reasoning_max_tokens=args.reasoning_max_tokens))
+                          persona=ServerPersona(reasoning_max_tokens=args.reasoning_max_tokens), toolbox=toolbox)
     app = create_app(llm, config)
     print(f"gptoss: serving {name} on http://{args.host}:{args.port}/v1", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

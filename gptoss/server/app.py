@@ -6,6 +6,7 @@ import contextlib
 import hmac
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -27,6 +28,7 @@ class ServerConfig:
     max_body_bytes: int = 4 * 2**20
     persona: ServerPersona = field(default_factory=ServerPersona)
     store_path: str | None = None  # SQLite file for stored responses (None: in memory)
+    toolbox: Any = None  # gptoss.tools.Toolbox: templates of the built-in tools (web_search, code_interpreter)
 
 
 class ServerState:

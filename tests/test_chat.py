@@ -56,7 +56,9 @@ def test_chat_in_a_terminal_turn_reset_save(ckpt, tmp_path):
     assert "SYNTHETIC DEMO CHECKPOINT" in child.before
     child.sendline("Hello there")
     child.expect(">>> ")
-    assert "finish reason length" in child.before
+    # decoded under the Harmony grammar, even random weights give a final answer, streamed
+    lines = [l for l in child.before.splitlines() if l.strip()]
+    assert lines[0] == "Hello there" and len(lines) >= 2 and "<|" not in child.before
     child.sendline("/effort high")
     child.expect(">>> ")
     assert "reasoning effort: high" in child.before

@@ -37,6 +37,10 @@ def add_parser(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--reasoning-max-tokens", type=int, default=None,
+                   help="reasoning budget: at most one analysis message of this many tokens before the answer")
+    p.add_argument("--unconstrained", action="store_true",
+                   help="sample freely instead of under the Harmony turn grammar")
     p.add_argument("--tools", default="", metavar="LIST",
                    help="built-in tools the model may use, comma-separated: browser, python")
     p.add_argument("--functions", default=None, metavar="FILE",
@@ -248,7 +252,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         llm = load_llm(args, max_batch=1)
         settings = ChatSettings(reasoning_effort=args.reasoning_effort, developer=args.developer, max_tokens=args.max_tokens,
-                                temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+                                temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                                constrained=not args.unconstrained, reasoning_max_tokens=args.reasoning_max_tokens)
         forced = forced_turns_from_env(llm.tokenizer) if os.environ.get("GPTOSS_TESTING_FORCE_TURNS") else None
         session = ChatSession(llm, settings, tools=toolbox, logits_processors_factory=forced)
         return ChatUI(session, args.show_reasoning, tool_loop).loop()

@@ -43,6 +43,10 @@ class ChatSettings:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
+    # Decode every turn under the Harmony turn grammar (valid channels, known recipients, function
+    # arguments that follow their schemas); a reasoning budget bounds the analysis before the answer.
+    constrained: bool = True
+    reasoning_max_tokens: int | None = None
 
 
 @dataclass
@@ -112,6 +116,24 @@ class ChatSession:
             out.append(dev)
         return out + self.history
 
+    def turn_grammar(self):
+        """What the next turn may contain, from the tools in the system and developer messages."""
+        from gptoss.harmony.grammar import BUILTIN_TOOL_HEADERS, TurnGrammar
+
+        functions: dict = {}
+        builtins: list[str] = []
+        for message in self.messages()[:2]:
+            for content in message.content:
+                for ns in (getattr(content, "tools", None) or {}).values():
+                    if ns.name == "functions":
+                        functions.update({t.name: t.parameters for t in ns.tools})
+                    elif ns.name == "python":
+                        builtins.append("python")
+                    else:
+                        builtins += [f"{ns.name}.{t.name}" for t in ns.tools if f"{ns.name}.{t.name}" in BUILTIN_TOOL_HEADERS]
+        return TurnGrammar(functions=functions, builtin_tools=builtins,
+                           reasoning_max_tokens=self.settings.reasoning_max_tokens)
+
     def transcript(self) -> Conversation:
         return Conversation.from_messages(self.messages())
 
@@ -136,6 +158,10 @@ class ChatSession:
                                 stop_token_ids=stop_tokens_for_assistant_actions(tok))
         if self.logits_processors_factory is not None:
             params.logits_processors = list(self.logits_processors_factory(self))
+        elif s.constrained:
+            from gptoss.engine.guided import GrammarConstraint
+
+            params.logits_processors = [GrammarConstraint(tok, self.turn_grammar().lark())]
         parser = StreamParser(tok, role=Role.ASSISTANT)
         finish = None
         count = 0

@@ -15,12 +15,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-# How a built-in tool is addressed, as the model was trained: (channel, content type).
+# How a built-in tool is addressed, as the model emits it: (channel, content type), e.g.
+# `<|channel|>analysis to=browser.search code<|message|>{"query": ...}<|call|>`.
 BUILTIN_TOOL_HEADERS = {
     "python": ("analysis", "code"),
-    "browser.search": ("analysis", "json"),
-    "browser.open": ("analysis", "json"),
-    "browser.find": ("analysis", "json"),
+    "browser.search": ("analysis", "code"),
+    "browser.open": ("analysis", "code"),
+    "browser.find": ("analysis", "code"),
 }
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -89,7 +90,7 @@ class TurnGrammar:
             )
         for recipient in self.builtin_tools:
             channel, ctype = BUILTIN_TOOL_HEADERS[recipient]
-            body = "%json {\"type\": \"object\"}" if ctype == "json" else "TEXT"
+            body = "%json {\"type\": \"object\"}" if recipient.startswith("browser.") else "TEXT"
             rules.append(f'{_rule_name("bt", recipient)}: <|channel|> "{channel} to={recipient} {ctype}" <|message|> {body} <|call|>')
         return rules
 

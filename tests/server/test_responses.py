@@ -360,7 +360,7 @@ def test_bad_tools_are_400(client):
 
 
 PYTHON_CALL = "<|channel|>analysis to=python code<|message|>print(6*7)<|call|>"
-SEARCH_CALL = '<|channel|>analysis to=browser.search json<|message|>{"query":"harmony channels"}<|call|>'
+SEARCH_CALL = '<|channel|>analysis to=browser.search code<|message|>{"query":"harmony channels"}<|call|>'
 ANSWER = "<|channel|>final<|message|>It is 42.<|return|>"
 
 

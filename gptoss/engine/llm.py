@@ -19,6 +19,7 @@ from gptoss.engine.sampling import SamplingParams, TokenLogprobs, sample
 from gptoss.engine.scheduler import Scheduler
 from gptoss.engine.sequence import Sequence
 from gptoss.errors import GptossError
+from gptoss.model.paged_cache import NoFreeBlocks
 from gptoss.model.transformer import Transformer
 from gptoss.tokenizer import Tokenizer
 
@@ -69,14 +70,25 @@ class PrefixCache:
         self.entries[prefix] = slot
         return slot
 
+    def drop(self, slot: int) -> None:
+        """Forget the entry in ``slot`` (its snapshot could not be taken)."""
+        self.entries = {p: s for p, s in self.entries.items() if s != slot}
+        self.free.append(slot)
+
 
 class LLMEngine:
     def __init__(self, model: Transformer, max_batch: int = 8, max_model_len: int = 4096, max_prefill_tokens: int = 2048,
-                 prefix_slots: int = 4):
+                 prefix_slots: int = 4, kv_cache: str = "auto", kv_cache_tokens: int | None = None,
+                 cuda_graphs: bool | None = None):
+        """``kv_cache``: ``slot`` (one fixed place per sequence, the CPU default), ``paged`` (blocks from a
+        block manager, the CUDA default, where the Triton kernels and decode CUDA graphs run) or ``auto``.
+        ``kv_cache_tokens`` sizes the paged cache (default: every sequence can reach ``max_model_len``)."""
         self.model = model
         self.max_model_len = max_model_len
-        self.scheduler = Scheduler(max_batch, max_prefill_tokens)
-        self.runner = ModelRunner(model, max_batch + prefix_slots, max_model_len)
+        self.runner = ModelRunner(model, max_batch + prefix_slots, max_model_len, kv_cache=kv_cache,
+                                  kv_cache_tokens=kv_cache_tokens, max_step_tokens=max_prefill_tokens,
+                                  cuda_graphs=cuda_graphs, decode_batch=max_batch)
+        self.scheduler = Scheduler(max_batch, max_prefill_tokens, blocks=self.runner.blocks)
         self.prefixes = PrefixCache(list(range(max_batch, max_batch + prefix_slots)))
         self.prefix_hits = 0
         self.sequences: dict[str, Sequence] = {}
@@ -127,13 +139,18 @@ class LLMEngine:
             if seq.prefix_len and seq.num_cached == seq.prefix_len and seq.prefix_snapshot:
                 slot = self.prefixes.reserve(tuple(seq.prompt_ids[: seq.prefix_len]))
                 if slot is not None:
-                    self.runner.cache.copy_slot(seq.slot, slot, seq.prefix_len)
+                    try:
+                        self.runner.cache.copy_slot(seq.slot, slot, seq.prefix_len)
+                    except NoFreeBlocks:  # the paged cache is full: skip this snapshot
+                        self.prefixes.drop(slot)
                 seq.prefix_snapshot = False
         ready = [(i, seq) for i, (seq, _) in enumerate(work) if seq.num_cached == len(seq)]
         if not ready:
             return []
         rows = logits[[i for i, _ in ready]]
         seqs = [seq for _, seq in ready]
+        if rows.is_cuda and any(not s.params.greedy for s in seqs):
+            rows = rows.cpu()  # each request samples with its own (CPU) generator: the same draws on any device
         tokens, logprobs = sample(rows, [s.params for s in seqs], [s.generator for s in seqs], [s.output_ids for s in seqs])
         produced = []
         for seq, token, lp in zip(seqs, tokens, logprobs):
@@ -155,7 +172,10 @@ class LLMEngine:
         key = tuple(seq.prompt_ids[: seq.prefix_len])
         slot = self.prefixes.lookup(key)
         if slot is not None:
-            self.runner.cache.copy_slot(slot, seq.slot, seq.prefix_len)
+            try:
+                self.runner.cache.copy_slot(slot, seq.slot, seq.prefix_len)
+            except NoFreeBlocks:  # the paged cache is full: compute the prefix instead
+                return n
             seq.num_cached = seq.prefix_len
             self.prefix_hits += 1
             return min(n, len(seq) - seq.num_cached)
@@ -199,6 +219,8 @@ class LLM:
         tokenizer: Tokenizer | None = None,
         layout: str = "auto",
         progress: bool = False,
+        kv_cache: str = "auto",
+        kv_cache_tokens: int | None = None,
     ):
         if isinstance(model, Transformer):
             self.model = model
@@ -215,7 +237,8 @@ class LLM:
                 progress=progress,
             )
         self.max_model_len = min(max_model_len, self.model.config.max_position_embeddings)
-        self.engine = LLMEngine(self.model, max_batch=max_batch, max_model_len=self.max_model_len)
+        self.engine = LLMEngine(self.model, max_batch=max_batch, max_model_len=self.max_model_len, kv_cache=kv_cache,
+                                kv_cache_tokens=kv_cache_tokens)
         self._tokenizer = tokenizer
 
     @property

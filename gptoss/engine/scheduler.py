@@ -1,5 +1,11 @@
 """Which sequences run in the next step: admit waiting requests into free cache slots, prefill prompts in
-chunks, otherwise decode every running sequence by one token."""
+chunks, otherwise decode every running sequence by one token.
+
+With a paged KV cache (``blocks``) a step also has to fit in the free blocks: a request is admitted only
+when its first chunk fits, a prefill chunk waits when it does not, and when decoding would run out the most
+recently admitted sequence is preempted — its blocks are given back and it waits again, to be recomputed
+from its tokens (prompt and output so far) when there is room.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,16 @@ from gptoss.engine.sequence import Sequence, Status
 
 
 class Scheduler:
-    def __init__(self, max_batch: int, max_prefill_tokens: int = 2048):
+    def __init__(self, max_batch: int, max_prefill_tokens: int = 2048, blocks=None):
+        """``blocks``: a :class:`~gptoss.model.paged_cache.PagedKVCache` (its ``blocks_needed``, ``fits``
+        and ``free``), or None for a cache with a fixed place per slot."""
         self.max_batch = max_batch
         self.max_prefill_tokens = max_prefill_tokens
+        self.blocks = blocks
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.free_slots = list(range(max_batch - 1, -1, -1))
+        self.num_preempted = 0
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -26,10 +36,15 @@ class Scheduler:
     def schedule(self) -> tuple[list[tuple[Sequence, int]], bool]:
         """Returns ``([(sequence, tokens to run)], is_prefill)``."""
         while self.waiting and self.free_slots:
-            seq = self.waiting.popleft()
+            seq = self.waiting[0]
+            if self.blocks is not None and not self._admissible(seq):
+                break
+            self.waiting.popleft()
             seq.slot = self.free_slots.pop()
             seq.status = Status.RUNNING
             self.running.append(seq)
+        if self.blocks is not None:
+            return self._schedule_blocks()
         budget = self.max_prefill_tokens
         prefill = []
         for seq in self.running:
@@ -49,6 +64,70 @@ class Scheduler:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
+        self._release(seq)
+
+    # ------------------------------------------------------------------ paged cache
+    def _release(self, seq: Sequence) -> None:
         if seq.slot is not None:
+            if self.blocks is not None:
+                self.blocks.free(seq.slot)
             self.free_slots.append(seq.slot)
             seq.slot = None
+
+    def _need(self, seq: Sequence, n: int) -> dict[str, int]:
+        need = self.blocks.blocks_needed(seq.slot, seq.num_cached, n) if seq.slot is not None else \
+            self.blocks.blocks_needed(0, 0, n)
+        if seq.prefix_len and not seq.num_cached:  # a prefix copied in first takes one partial block more
+            need = {g: c + 2 for g, c in need.items()}
+        return need
+
+    def _admissible(self, seq: Sequence) -> bool:
+        """Admit only when the first chunk fits next to one more block for each running sequence."""
+        need = self._need(seq, min(len(seq), self.max_prefill_tokens))
+        need = {g: c + len(self.running) for g, c in need.items()}
+        return self.blocks.fits(need)
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self._release(seq)
+        seq.status = Status.WAITING
+        seq.num_cached = 0
+        seq.prefix_snapshot = False
+        self.waiting.appendleft(seq)
+        self.num_preempted += 1
+
+    def _schedule_blocks(self) -> tuple[list[tuple[Sequence, int]], bool]:
+        budget = self.max_prefill_tokens
+        prefill: list[tuple[Sequence, int]] = []
+        total: dict[str, int] = {}
+        for seq in list(self.running):
+            pending = len(seq) - seq.num_cached
+            if pending <= 1 or budget <= 0 or seq not in self.running:
+                continue
+            n = min(pending, budget)
+            while True:
+                need = self._need(seq, n)
+                trial = {g: total.get(g, 0) + c for g, c in need.items()}
+                if self.blocks.fits(trial):
+                    break
+                victim = self.running[-1]
+                if victim is seq or any(victim is s for s, _ in prefill):
+                    trial = None
+                    break
+                self._preempt(victim)
+            if trial is None:
+                break
+            prefill.append((seq, n))
+            total = trial
+            budget -= n
+        if prefill:
+            return prefill, True
+        while self.running:
+            total = {}
+            for seq in self.running:
+                for g, c in self._need(seq, 1).items():
+                    total[g] = total.get(g, 0) + c
+            if self.blocks.fits(total):
+                break
+            self._preempt(self.running[-1])
+        return [(seq, 1) for seq in self.running], False

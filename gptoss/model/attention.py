@@ -6,9 +6,11 @@ import math
 
 import torch
 
+from gptoss import kernels
 from gptoss.model.cache import KVCache, StepBatch
 from gptoss.model.config import ModelConfig
 from gptoss.model.norm import RMSNorm
+from gptoss.model.paged_cache import PagedKVCache, PagedMeta
 from gptoss.model.rope import RotaryEmbedding
 
 
@@ -25,6 +27,63 @@ def sdpa_with_sinks(
     weights = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
     out = torch.einsum("bhmqk,bkhd->bqhmd", weights, v.float())
     return out.reshape(b, tq, kvh * g * d).to(q.dtype)
+
+
+def rope_store_reference(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot_mapping: torch.Tensor,
+    k_pages: torch.Tensor, v_pages: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: int,
+) -> torch.Tensor:
+    """Split ``qkv [N, (HQ + 2 HK) * D]``, rotate queries and keys, write keys and values into the pages
+    ``[blocks, block_size, HK, D]`` at cache rows ``slot_mapping [N]``; returns the queries ``[N, HQ, D]``.
+    The reference that :func:`gptoss.kernels.norm_rope.rope_store` must match."""
+    n = qkv.shape[0]
+    hq, hk, d = num_heads, num_kv_heads, head_dim
+    q = RotaryEmbedding.apply(qkv[:, : hq * d].reshape(n, hq, d), cos, sin)
+    k = RotaryEmbedding.apply(qkv[:, hq * d : (hq + hk) * d].reshape(n, hk, d), cos, sin)
+    v = qkv[:, (hq + hk) * d :].reshape(n, hk, d)
+    k_pages.view(-1, hk, d)[slot_mapping] = k.to(k_pages.dtype)
+    v_pages.view(-1, hk, d)[slot_mapping] = v.to(v_pages.dtype)
+    return q
+
+
+def paged_attention_reference(
+    q: torch.Tensor,
+    k_pages: torch.Tensor,
+    v_pages: torch.Tensor,
+    block_table: torch.Tensor,
+    cu_q: torch.Tensor,
+    q_lens: torch.Tensor,
+    kv_lens: torch.Tensor,
+    sinks: torch.Tensor,
+    sm_scale: float,
+    window: int,
+    max_q_len: int,
+) -> torch.Tensor:
+    """Attention of new tokens over a paged cache that already holds their keys. ``q [N, HQ, D]`` (tokens
+    sequence after sequence), pages ``[blocks, block_size, HK, D]``, ``block_table [B, max_blocks]``,
+    ``cu_q / q_lens / kv_lens [B]`` (first new token, new tokens, keys after the step). Gathers each
+    sequence's keys by position and runs :func:`sdpa_with_sinks`. Returns ``[N, HQ * D]``. The reference
+    that :func:`gptoss.kernels.attention.paged_attention` must match."""
+    n, hq, d = q.shape
+    b = block_table.shape[0]
+    bs, hk = k_pages.shape[1], k_pages.shape[2]
+    if n == 0:
+        return q.new_zeros(n, hq * d)
+    s = int(kv_lens.max())
+    kpos = torch.arange(s, device=q.device)
+    rows = block_table[:, kpos // bs].long() * bs + kpos % bs  # [B, S]
+    k = k_pages.reshape(-1, hk, d)[rows]
+    v = v_pages.reshape(-1, hk, d)[rows]
+    j = torch.arange(max_q_len, device=q.device)
+    q_lens, kv_lens, cu_q = q_lens.long(), kv_lens.long(), cu_q.long()
+    query_valid = j[None, :] < q_lens[:, None]  # [B, Tq]
+    qpos = (kv_lens - q_lens)[:, None] + j[None, :]
+    qp = q[(cu_q[:, None] + j[None, :]).clamp(max=n - 1)].view(b, max_q_len, hk, hq // hk, d)
+    mask = query_valid[:, :, None] & (kpos[None, None, :] <= qpos[:, :, None])
+    if window:
+        mask &= (qpos[:, :, None] - kpos[None, None, :]) < window
+    out = sdpa_with_sinks(qp, k.to(q.dtype), v.to(q.dtype), sinks, mask, sm_scale)
+    return out[query_valid]
 
 
 class AttentionBlock(torch.nn.Module):
@@ -48,6 +107,8 @@ class AttentionBlock(torch.nn.Module):
         self, x: torch.Tensor, batch: StepBatch, rope: tuple[torch.Tensor, torch.Tensor], cache: KVCache | None
     ) -> torch.Tensor:
         """``x [N, hidden]`` flat tokens of ``batch``; returns ``x`` plus the attention output."""
+        if isinstance(cache, PagedKVCache):
+            return self._forward_paged(x, batch, rope, cache)
         n = x.shape[0]
         hq, hk, d = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.qkv(self.norm(x))
@@ -84,3 +145,26 @@ class AttentionBlock(torch.nn.Module):
             pos = pos % cache.k[self.layer_idx].shape[1]
         cache.k[self.layer_idx][slots, pos] = k.to(cache.k[self.layer_idx].dtype)
         cache.v[self.layer_idx][slots, pos] = v.to(cache.v[self.layer_idx].dtype)
+
+    def _forward_paged(self, x: torch.Tensor, meta: PagedMeta, rope: tuple[torch.Tensor, torch.Tensor],
+                       cache: PagedKVCache) -> torch.Tensor:
+        """Over a paged cache: write the new keys/values into the pages, then attend over the pages. Triton
+        kernels where :func:`gptoss.kernels.active` says so, else the reference functions above."""
+        group = cache.layer_group[self.layer_idx]
+        kp, vp = cache.k[self.layer_idx], cache.v[self.layer_idx]
+        hq, hk, d = self.num_heads, self.num_kv_heads, self.head_dim
+        cos, sin = rope
+        args = (meta.block_tables[group], meta.cu_q, meta.q_lens, meta.kv_lens, self.sinks, self.sm_scale,
+                self.window, meta.max_q_len)
+        if kernels.active(x):
+            from gptoss.kernels.attention import paged_attention
+            from gptoss.kernels.norm_rope import rms_norm, rope_store
+
+            qkv = self.qkv(rms_norm(x, self.norm.scale, self.norm.eps))
+            q = rope_store(qkv, cos, sin, meta.slot_mapping[group], kp, vp, hq, hk, d)
+            out = paged_attention(q, kp, vp, *args)
+        else:
+            qkv = self.qkv(self.norm(x))
+            q = rope_store_reference(qkv, cos, sin, meta.slot_mapping[group], kp, vp, hq, hk, d)
+            out = paged_attention_reference(q, kp, vp, *args)
+        return x + self.out(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from gptoss import kernels
 from gptoss.model.config import ModelConfig
 from gptoss.model.mxfp4 import MXFP4Weight
 from gptoss.model.norm import RMSNorm
@@ -42,15 +43,45 @@ class MLPBlock(torch.nn.Module):
         return torch.softmax(top.values.float(), dim=-1).to(t.dtype), top.indices
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if kernels.active(x):
+            return self._forward_kernels(x)
         t = self.norm(x)
         weights, indices = self.route(t)
-        out = torch.zeros_like(t)
-        for expert in torch.unique(indices).tolist():
-            token, rank = torch.where(indices == expert)
-            w1 = self.mlp1_weight.dequantize(expert, t.dtype)
-            h = torch.nn.functional.linear(t[token], w1, self.mlp1_bias[expert])
-            h = swiglu(h, self.swiglu_alpha, self.swiglu_limit)
-            w2 = self.mlp2_weight.dequantize(expert, t.dtype)
-            y = torch.nn.functional.linear(h, w2, self.mlp2_bias[expert])
-            out.index_add_(0, token, y * weights[token, rank, None])
-        return x + out
+        return experts_reference(t, weights, indices, self.mlp1_weight, self.mlp1_bias, self.mlp2_weight,
+                                 self.mlp2_bias, self.swiglu_alpha, self.swiglu_limit, residual=x)
+
+    def _forward_kernels(self, x: torch.Tensor) -> torch.Tensor:
+        """Fast path (Triton, see gptoss.kernels): fused RMSNorm, router, fused routing, grouped MXFP4 experts."""
+        from gptoss.kernels.moe import moe_forward
+        from gptoss.kernels.norm_rope import rms_norm
+
+        t = rms_norm(x, self.norm.scale, self.norm.eps)
+        return moe_forward(t, self.gate(t), self.experts_per_token, self.mlp1_weight, self.mlp1_bias,
+                           self.mlp2_weight, self.mlp2_bias, self.swiglu_alpha, self.swiglu_limit, residual=x)
+
+
+def experts_reference(
+    t: torch.Tensor,
+    weights: torch.Tensor,
+    indices: torch.Tensor,
+    mlp1_weight: MXFP4Weight,
+    mlp1_bias: torch.Tensor,
+    mlp2_weight: MXFP4Weight,
+    mlp2_bias: torch.Tensor,
+    alpha: float = 1.702,
+    limit: float = 7.0,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The experts of each token, weighted and summed: ``t [N, hidden]``, routing ``weights, indices [N, k]``.
+    Each selected expert is unpacked from MXFP4 on the fly. Returns ``[N, hidden]`` (plus ``residual``).
+    The reference that :func:`gptoss.kernels.moe.moe_experts` must match."""
+    out = torch.zeros_like(t)
+    for expert in torch.unique(indices).tolist():
+        token, rank = torch.where(indices == expert)
+        w1 = mlp1_weight.dequantize(expert, t.dtype)
+        h = torch.nn.functional.linear(t[token], w1, mlp1_bias[expert])
+        h = swiglu(h, alpha, limit)
+        w2 = mlp2_weight.dequantize(expert, t.dtype)
+        y = torch.nn.functional.linear(h, w2, mlp2_bias[expert])
+        out.index_add_(0, token, y * weights[token, rank, None])
+    return out if residual is None else residual + out

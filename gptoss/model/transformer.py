@@ -7,11 +7,13 @@ import os
 
 import torch
 
+from gptoss import kernels
 from gptoss.model.attention import AttentionBlock
 from gptoss.model.cache import KVCache, StepBatch
 from gptoss.model.config import ModelConfig
 from gptoss.model.moe import MLPBlock
 from gptoss.model.norm import RMSNorm
+from gptoss.model.paged_cache import PagedKVCache, PagedMeta
 from gptoss.model.rope import RotaryEmbedding
 
 # Tensors kept in float32 whatever the model dtype (as the reference implementation does).
@@ -24,7 +26,7 @@ class TransformerBlock(torch.nn.Module):
         self.attn = AttentionBlock(config, layer_idx, device, dtype)
         self.mlp = MLPBlock(config, device, dtype)
 
-    def forward(self, x, batch: StepBatch, rope, cache: KVCache | None):
+    def forward(self, x, batch: StepBatch | PagedMeta, rope, cache: KVCache | PagedKVCache | None):
         return self.mlp(self.attn(x, batch, rope, cache))
 
 
@@ -58,20 +60,46 @@ class Transformer(torch.nn.Module):
     def step(
         self,
         tokens: torch.Tensor,
-        batch: StepBatch,
-        cache: KVCache | None = None,
+        batch: StepBatch | PagedMeta,
+        cache: KVCache | PagedKVCache | None = None,
         logits_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the new tokens of several sequences (flat ``tokens [N]``, laid out by ``batch``), reading
-        and extending ``cache``. Returns float32 logits for all tokens, or only for ``logits_index``."""
+        and extending ``cache``. Returns float32 logits for all tokens, or only for ``logits_index``.
+        With a :class:`PagedKVCache`, blocks are allocated for the step (unless ``batch`` is already the
+        :class:`PagedMeta` of :meth:`PagedKVCache.prepare`) and the band's old blocks given back after."""
         if tokens.numel() and int(tokens.max()) >= self.config.vocab_size:
             raise ValueError(f"token id {int(tokens.max())} is outside the vocabulary ({self.config.vocab_size})")
+        if isinstance(cache, PagedKVCache):
+            meta = batch if isinstance(batch, PagedMeta) else cache.prepare(
+                batch.slots.tolist(), batch.starts.tolist(), batch.lens.tolist())
+            logits = self.step_paged(tokens, meta, cache, logits_index)
+            cache.finish(meta)
+            return logits
         x = self.embedding(tokens)
         rope = self.rope.cos_sin(batch.positions)
         for block in self.block:
             x = block(x, batch, rope, cache)
         if logits_index is not None:
             x = x[logits_index]
+        return self.unembedding(self.norm(x)).float()
+
+    @torch.inference_mode()
+    def step_paged(
+        self, tokens: torch.Tensor, meta: PagedMeta, cache: PagedKVCache, logits_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One step over a paged cache whose blocks :meth:`PagedKVCache.prepare` allocated. No host
+        synchronisation on the kernel path, so a decode step can be captured in a CUDA graph."""
+        x = self.embedding(tokens)
+        rope = self.rope.cos_sin(meta.positions)
+        for block in self.block:
+            x = block(x, meta, rope, cache)
+        if logits_index is not None:
+            x = x[logits_index]
+        if kernels.active(x):
+            from gptoss.kernels.norm_rope import rms_norm
+
+            return self.unembedding(rms_norm(x, self.norm.scale, self.norm.eps)).float()
         return self.unembedding(self.norm(x)).float()
 
     # ----------------------------------------------------------------- building

@@ -1,0 +1,299 @@
+"""A paged KV cache: fixed-size blocks of positions handed out by a block manager.
+
+Keys and values live in pages ``[num_blocks, block_size, kv_heads, head_dim]`` per layer. Layers fall in
+two groups that share one block table per sequence: ``full`` (dense layers: blocks for every position) and
+``sliding`` (banded layers: only blocks that a future query can still see — a block is given back as soon
+as it lies wholly before ``length - window + 1``). Block 0 of each group is a null block that is never
+handed out: unused table entries point at it, and padded rows of a CUDA-graph batch write into it.
+
+Sequences are named by *slots* (integers), as with :class:`~gptoss.model.cache.KVCache`, so the engine's
+scheduler and prefix cache work with either. ``copy_slot(src, dst, length)`` shares the full blocks of the
+prefix (reference counts) and copies only the last, partly filled block, which ``dst`` will write into.
+
+A step: ``meta = cache.prepare(slots, starts, lens)`` allocates the blocks the new tokens need and
+describes the step (:class:`PagedMeta`); the model writes the new keys/values into the pages and attends
+over them; ``cache.finish(meta)`` gives back the blocks the band has left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from gptoss.errors import GptossError
+from gptoss.model.config import ModelConfig
+
+FULL, SLIDING = "full", "sliding"
+
+
+class NoFreeBlocks(GptossError):
+    """The cache has no free block left (the scheduler preempts a sequence before this happens)."""
+
+
+class BlockAllocator:
+    """Reference-counted blocks ``1 .. num_blocks-1`` (block 0 is the null block)."""
+
+    def __init__(self, num_blocks: int):
+        if num_blocks < 2:
+            raise ValueError(f"a block pool needs at least 2 blocks (one is the null block), got {num_blocks}")
+        self.num_blocks = num_blocks
+        self.refs = [0] * num_blocks
+        self.free_list = list(range(num_blocks - 1, 0, -1))
+
+    @property
+    def num_free(self) -> int:
+        return len(self.free_list)
+
+    def allocate(self) -> int:
+        if not self.free_list:
+            raise NoFreeBlocks(f"all {self.num_blocks - 1} KV-cache blocks are in use")
+        block = self.free_list.pop()
+        self.refs[block] = 1
+        return block
+
+    def share(self, block: int) -> int:
+        assert self.refs[block] > 0, block
+        self.refs[block] += 1
+        return block
+
+    def release(self, block: int) -> None:
+        if block == 0:
+            return
+        assert self.refs[block] > 0, block
+        self.refs[block] -= 1
+        if self.refs[block] == 0:
+            self.free_list.append(block)
+
+
+@dataclass
+class PagedMeta:
+    """One step over the paged cache: sequence ``b`` (slot ``slots[b]``) appends ``lens[b]`` tokens after
+    ``starts[b]`` cached ones. Device tensors for the model, host lists for the cache's bookkeeping."""
+
+    positions: torch.Tensor  # [N] long, position of each new token
+    cu_q: torch.Tensor  # [B] long, index of each sequence's first new token
+    q_lens: torch.Tensor  # [B] long
+    kv_lens: torch.Tensor  # [B] long, keys after the step (starts + lens)
+    last_index: torch.Tensor  # [B] long, flat index of each sequence's last new token
+    block_tables: dict[str, torch.Tensor]  # group -> [B, max_blocks] long
+    slot_mapping: dict[str, torch.Tensor]  # group -> [N] long, cache row (block * block_size + offset)
+    max_q_len: int
+    slots: list[int] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
+    lens: list[int] = field(default_factory=list)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.slots)
+
+
+class PagedKVCache:
+    def __init__(
+        self,
+        config: ModelConfig,
+        num_slots: int,
+        max_len: int,
+        block_size: int = 16,
+        num_blocks: int | None = None,
+        max_step_tokens: int = 2048,
+        device=None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        """``num_blocks``: blocks of the dense-layer pool (default: enough for every slot to reach
+        ``max_len``, so nothing ever waits for blocks). The banded pool is sized from the window: each slot's
+        band plus one step's new tokens (``max_step_tokens``)."""
+        self.config = config
+        self.num_slots = num_slots
+        self.max_len = max_len
+        self.block_size = block_size
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.dtype = dtype
+        self.max_blocks_per_seq = -(-max_len // block_size)
+        self.layer_group = [SLIDING if config.window(n) else FULL for n in range(config.num_hidden_layers)]
+        self.windows = {FULL: 0, SLIDING: config.sliding_window}
+        sizes: dict[str, int] = {}
+        if FULL in self.layer_group:
+            sizes[FULL] = num_blocks if num_blocks is not None else 1 + num_slots * self.max_blocks_per_seq
+            if sizes[FULL] < 1 + self.max_blocks_per_seq:
+                raise ValueError(
+                    f"num_blocks {sizes[FULL]}: the pool must hold at least one sequence of max_len {max_len} "
+                    f"({self.max_blocks_per_seq} blocks of {block_size}) plus the null block"
+                )
+        if SLIDING in self.layer_group:
+            band = -(-config.sliding_window // block_size) + 2
+            step = -(-max_step_tokens // block_size) + num_slots
+            sizes[SLIDING] = min(1 + num_slots * band + step, 1 + num_slots * self.max_blocks_per_seq + num_slots)
+        self.allocators = {g: BlockAllocator(n) for g, n in sizes.items()}
+        self.tables: dict[str, list[list[int]]] = {g: [[] for _ in range(num_slots)] for g in sizes}
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        hk, d = config.num_key_value_heads, config.head_dim
+        for group in self.layer_group:
+            shape = (sizes[group], block_size, hk, d)
+            self.k.append(torch.zeros(shape, device=self.device, dtype=dtype))
+            self.v.append(torch.zeros(shape, device=self.device, dtype=dtype))
+
+    # ------------------------------------------------------------------ accounting
+    @property
+    def groups(self) -> list[str]:
+        return list(self.allocators)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+    def num_free(self) -> dict[str, int]:
+        return {g: a.num_free for g, a in self.allocators.items()}
+
+    def _needed_range(self, group: str, start: int, n: int) -> range:
+        """Logical blocks that must exist to write positions ``[start, start+n)`` and attend over them."""
+        end = start + n
+        lo = 0
+        if self.windows[group]:
+            lo = max(0, start - self.windows[group] + 1)
+        return range(lo // self.block_size, -(-end // self.block_size))
+
+    def blocks_needed(self, slot: int, start: int, n: int) -> dict[str, int]:
+        """Blocks each group must hand out for slot ``slot`` to run ``n`` tokens after ``start``."""
+        out = {}
+        for group, tables in self.tables.items():
+            table = tables[slot] if start else []
+            out[group] = sum(1 for b in self._needed_range(group, start, n) if b >= len(table) or not table[b])
+        return out
+
+    def fits(self, needed: dict[str, int]) -> bool:
+        return all(needed.get(g, 0) <= a.num_free for g, a in self.allocators.items())
+
+    # ------------------------------------------------------------------ per-slot blocks
+    def free(self, slot: int) -> None:
+        """Give back every block of ``slot`` (its sequence finished or was preempted)."""
+        for group, tables in self.tables.items():
+            for block in tables[slot]:
+                self.allocators[group].release(block)
+            tables[slot] = []
+
+    def allocate(self, slot: int, start: int, n: int) -> None:
+        """Make sure ``slot`` has blocks for ``n`` new tokens after ``start`` (``start == 0``: a new sequence
+        takes the slot, and whatever it held is given back first)."""
+        if start + n > self.max_len:
+            raise GptossError(f"slot {slot}: {start + n} positions exceed the cache's max_len {self.max_len}")
+        if start == 0:
+            self.free(slot)
+        for group, tables in self.tables.items():
+            table = tables[slot]
+            needed = self._needed_range(group, start, n)
+            if len(table) < needed.stop:
+                table.extend([0] * (needed.stop - len(table)))
+            for b in needed:
+                if not table[b]:
+                    table[b] = self.allocators[group].allocate()
+
+    def release_band(self, slot: int, length: int) -> None:
+        """Banded layers: give back the blocks no query at position ``>= length`` can see."""
+        if SLIDING not in self.tables:
+            return
+        table = self.tables[SLIDING][slot]
+        keep_from = max(0, length - self.windows[SLIDING] + 1)
+        for b in range(min(len(table), keep_from // self.block_size)):
+            if table[b]:
+                self.allocators[SLIDING].release(table[b])
+                table[b] = 0
+
+    def copy_slot(self, src: int, dst: int, length: int) -> None:
+        """Make ``dst`` hold the first ``length`` positions of ``src`` (prefix reuse): whole blocks are
+        shared, the last partly filled block is copied."""
+        if src == dst:
+            return
+        bs = self.block_size
+        partial = {g: int(length % bs != 0) for g in self.tables}
+        if not self.fits(partial):
+            raise NoFreeBlocks(f"copy_slot: no free block for the last {length % bs} positions of the prefix")
+        self.free(dst)
+        for group, tables in self.tables.items():
+            source = tables[src]
+            lo = max(0, length - self.windows[group] + 1) if self.windows[group] else 0
+            table = [0] * (-(-length // bs))
+            alloc = self.allocators[group]
+            for b in range(lo // bs, len(table)):
+                if b >= len(source) or not source[b]:
+                    raise GptossError(f"copy_slot: slot {src} holds no block {b} for position {b * bs}")
+                if (b + 1) * bs <= length:
+                    table[b] = alloc.share(source[b])
+                else:
+                    table[b] = alloc.allocate()
+                    for layer, g in enumerate(self.layer_group):
+                        if g == group:
+                            self.k[layer][table[b]] = self.k[layer][source[b]]
+                            self.v[layer][table[b]] = self.v[layer][source[b]]
+            tables[dst] = table
+
+    # ------------------------------------------------------------------ steps
+    def prepare(self, slots: list[int], starts: list[int], lens: list[int]) -> PagedMeta:
+        """Allocate blocks for one step and describe it for the model."""
+        for slot, start, n in zip(slots, starts, lens):
+            self.allocate(slot, start, n)
+        return self.describe(slots, starts, lens)
+
+    def describe(self, slots: list[int], starts: list[int], lens: list[int]) -> PagedMeta:
+        """The :class:`PagedMeta` of a step whose blocks are already allocated. Everything the device needs
+        travels in one host-to-device copy."""
+        bs = self.block_size
+        positions, cu, last = [], [], []
+        for start, n in zip(starts, lens):
+            cu.append(len(positions))
+            positions.extend(range(start, start + n))
+            last.append(len(positions) - 1)
+        kv_lens = [s + n for s, n in zip(starts, lens)]
+        width = max(-(-k // bs) for k in kv_lens) if kv_lens else 0
+        flat = positions + cu + list(lens) + kv_lens + last
+        for all_tables in self.tables.values():
+            for slot in slots:
+                flat.extend((all_tables[slot] + [0] * width)[:width])
+            for slot, start, n in zip(slots, starts, lens):
+                table = all_tables[slot]
+                flat.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
+        dev = self._upload(flat)
+        n_tok, b = len(positions), len(slots)
+        fields = dev[: n_tok + 4 * b].split([n_tok, b, b, b, b])
+        tables, mapping = {}, {}
+        offset = n_tok + 4 * b
+        for group in self.tables:
+            tables[group] = dev[offset : offset + b * width].view(b, width)
+            mapping[group] = dev[offset + b * width : offset + b * width + n_tok]
+            offset += b * width + n_tok
+        return PagedMeta(
+            positions=fields[0], cu_q=fields[1], q_lens=fields[2], kv_lens=fields[3], last_index=fields[4],
+            block_tables=tables, slot_mapping=mapping, max_q_len=max(lens) if lens else 0,
+            slots=list(slots), starts=list(starts), lens=list(lens),
+        )
+
+    def _upload(self, values: list[int]) -> torch.Tensor:
+        """Integers to the device in one copy. On CUDA through a ring of pinned buffers, so the copy is
+        asynchronous and the host can describe the next step while the GPU still runs this one."""
+        host = torch.tensor(values, dtype=torch.long)
+        if self.device.type != "cuda":
+            return host.to(self.device)
+        if not hasattr(self, "_ring"):
+            self._ring: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
+            self._ring_next = 0
+        i = self._ring_next
+        self._ring_next = (i + 1) % 4
+        if i == len(self._ring):
+            self._ring.append((torch.empty(0, dtype=torch.long), None))
+        buf, event = self._ring[i]
+        if event is not None:
+            event.synchronize()  # the copy that last used this buffer is done
+        if buf.numel() < host.numel():
+            buf = torch.empty(max(host.numel(), 2 * buf.numel(), 4096), dtype=torch.long, pin_memory=True)
+        buf[: host.numel()].copy_(host)
+        dev = torch.empty(host.numel(), dtype=torch.long, device=self.device)
+        dev.copy_(buf[: host.numel()], non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._ring[i] = (buf, event)
+        return dev
+
+    def finish(self, meta: PagedMeta) -> None:
+        """After a step: banded layers give back the blocks their band has left."""
+        for slot, start, n in zip(meta.slots, meta.starts, meta.lens):
+            self.release_band(slot, start + n)

@@ -149,9 +149,8 @@ class LLMEngine:
             return []
         rows = logits[[i for i, _ in ready]]
         seqs = [seq for _, seq in ready]
-        if rows.is_cuda and any(not s.params.greedy for s in seqs):
-            rows = rows.cpu()  # each request samples with its own (CPU) generator: the same draws on any device
-        tokens, logprobs = sample(rows, [s.params for s in seqs], [s.generator for s in seqs], [s.output_ids for s in seqs])
+        tokens, logprobs = sample(rows, [s.params for s in seqs], [s.generator(rows.device) for s in seqs],
+                                  [s.output_ids for s in seqs])
         produced = []
         for seq, token, lp in zip(seqs, tokens, logprobs):
             seq.output_ids.append(token)

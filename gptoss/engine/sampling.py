@@ -61,42 +61,52 @@ def sample(
     generators: list[torch.Generator],
     outputs: list[list[int]] | None = None,
 ) -> tuple[list[int], list[TokenLogprobs | None]]:
-    """Choose one token per row of ``logits [B, V]`` (float32). Log-probabilities are those of the model's
-    own distribution (before logits processors, temperature, top-k and top-p). ``outputs[i]``: the tokens
-    row ``i`` generated so far, passed to its logits processors."""
-    tokens: list[int] = []
-    logprobs: list[TokenLogprobs | None] = []
+    """Choose one token per row of ``logits [B, V]`` (float32), on the logits' device.
+
+    Logits processors run per row; temperature, top-k, top-p and the draw run on the whole batch. Each
+    row draws from its own generator (on the logits' device), so a seeded request samples the same
+    tokens whatever else shares its batch. Log-probabilities are those of the model's own distribution
+    (before processors, temperature, top-k and top-p). ``outputs[i]``: row ``i``'s tokens so far.
+    """
+    rows = logits.shape[0]
     need_lp = any(p.logprobs is not None for p in params)
     log_softmax = torch.log_softmax(logits, dim=-1) if need_lp else None
-    for row, (p, g) in enumerate(zip(params, generators)):
-        x = logits[row]
-        for processor in p.logits_processors:
-            x = processor(outputs[row] if outputs is not None else [], x)
-        if p.greedy:
-            token = int(torch.argmax(x))
-        else:
-            x = x / p.temperature
-            if p.top_k:
-                kth = torch.topk(x, min(p.top_k, x.numel())).values[-1]
-                x = x.masked_fill(x < kth, float("-inf"))
-            probs = torch.softmax(x, dim=-1)
-            if p.top_p < 1.0:
-                sorted_probs, order = torch.sort(probs, descending=True)
-                cumulative = torch.cumsum(sorted_probs, dim=-1)
-                drop = cumulative - sorted_probs > p.top_p  # keep the smallest prefix reaching top_p
-                sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-                probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-            # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p; one draw per row from its own generator.
-            noise = torch.empty_like(probs).exponential_(1.0, generator=g)
-            token = int(torch.argmax(probs / noise))
-        tokens.append(token)
-        if p.logprobs is not None and log_softmax is not None:
-            lp = log_softmax[row]
-            top = []
-            if p.logprobs:
-                values, ids = torch.topk(lp, p.logprobs)
-                top = [(int(i), float(v)) for i, v in zip(ids, values)]
-            logprobs.append(TokenLogprobs(token, float(lp[token]), top))
-        else:
+    x = logits
+    if any(p.logits_processors for p in params):
+        x = logits.clone()
+        for row, p in enumerate(params):
+            for processor in p.logits_processors:
+                x[row] = processor(outputs[row] if outputs is not None else [], x[row])
+    chosen = torch.argmax(x, dim=-1)
+    drawn = [r for r in range(rows) if not params[r].greedy]
+    if drawn:
+        idx = torch.tensor(drawn, device=x.device)
+        sub = x[idx] / torch.tensor([params[r].temperature for r in drawn], device=x.device).unsqueeze(1)
+        ks = [params[r].top_k for r in drawn]
+        if any(ks):
+            k = torch.tensor([k or sub.shape[1] for k in ks], device=x.device).clamp(max=sub.shape[1])
+            kth = torch.sort(sub, dim=-1, descending=True).values.gather(1, (k - 1).unsqueeze(1))
+            sub = sub.masked_fill(sub < kth, float("-inf"))
+        probs = torch.softmax(sub, dim=-1)
+        ps = torch.tensor([params[r].top_p for r in drawn], device=x.device).unsqueeze(1)
+        if bool((ps < 1.0).any()):
+            sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+            drop = torch.cumsum(sorted_probs, dim=-1) - sorted_probs > ps  # keep the smallest prefix reaching top_p
+            probs = torch.zeros_like(probs).scatter_(1, order, sorted_probs.masked_fill(drop, 0.0))
+        # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p.
+        noise = torch.stack([torch.empty(probs.shape[1], device=x.device).exponential_(1.0, generator=generators[r])
+                             for r in drawn])
+        chosen[idx] = torch.argmax(probs / noise, dim=-1)
+    tokens = chosen.tolist()
+    logprobs: list[TokenLogprobs | None] = []
+    for row, p in enumerate(params):
+        if p.logprobs is None or log_softmax is None:
             logprobs.append(None)
+            continue
+        lp = log_softmax[row]
+        top = []
+        if p.logprobs:
+            values, ids = torch.topk(lp, p.logprobs)
+            top = [(int(i), float(v)) for i, v in zip(ids.tolist(), values.tolist())]
+        logprobs.append(TokenLogprobs(tokens[row], float(lp[tokens[row]]), top))
     return tokens, logprobs

@@ -32,7 +32,14 @@ class Sequence:
         self.finish_reason: str | None = None  # "stop", "length" or "abort"
         self.prefix_len = 0  # leading tokens shared with other requests (see LLMEngine.add_request)
         self.prefix_snapshot = False  # copy the cache at prefix_len into the prefix cache
-        self.generator = torch.Generator().manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
+        self.seed = params.seed if params.seed is not None else random.getrandbits(63)
+        self._generator: torch.Generator | None = None
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """This request's random stream, on the device its logits are sampled on."""
+        if self._generator is None or self._generator.device != torch.device(device):
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generator
 
     @property
     def token_ids(self) -> list[int]:

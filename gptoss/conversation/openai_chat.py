@@ -117,7 +117,10 @@ def tool_descriptions(tools: list[dict] | None) -> list[ToolDescription]:
     return descs
 
 
-def developer_message(instructions: list[str], tools: list[dict] | None) -> Message | None:
+def developer_message(instructions: list[str], tools: list[dict] | None,
+                      response_format: dict | None = None) -> Message | None:
+    """Instructions, function tools, and a json_schema response format (told to the model under
+    ``# Response Formats``, as gpt-oss was trained; the grammar then enforces it)."""
     content = DeveloperContent.new()
     text = "\n\n".join(t for t in instructions if t)
     if text:
@@ -125,7 +128,10 @@ def developer_message(instructions: list[str], tools: list[dict] | None) -> Mess
     descs = tool_descriptions(tools)
     if descs:
         content = content.with_function_tools(descs)
-    if not text and not descs:
+    spec = (response_format or {}).get("json_schema") or response_format or {}
+    if (response_format or {}).get("type") == "json_schema" and isinstance(spec.get("schema"), dict):
+        content = content.with_response_format(spec.get("name") or "response", spec["schema"], spec.get("description") or "")
+    if content == DeveloperContent.new():
         return None
     return Message.from_role_and_content(Role.DEVELOPER, content)
 
@@ -140,7 +146,8 @@ def tool_result(name: str, output: str) -> Message:
             .with_channel("commentary").with_recipient("assistant"))
 
 
-def chat_prompt(persona: ServerPersona, messages: list[dict], tools: list[dict] | None, effort: str | None) -> TurnPrompt:
+def chat_prompt(persona: ServerPersona, messages: list[dict], tools: list[dict] | None, effort: str | None,
+                response_format: dict | None = None) -> TurnPrompt:
     """Chat Completions messages -> the Harmony conversation to complete."""
     instructions: list[str] = []
     history: list[Message] = []
@@ -182,7 +189,7 @@ def chat_prompt(persona: ServerPersona, messages: list[dict], tools: list[dict] 
             raise ConversationError(f"{where}.role: expected system, developer, user, assistant or tool, found {role!r}",
                                     f"{where}.role")
     head = [persona.system_message(effort)]
-    dev = developer_message(instructions, tools)
+    dev = developer_message(instructions, tools, response_format)
     if dev is not None:
         head.append(dev)
     return TurnPrompt(head + history, shared=len(head))

@@ -148,7 +148,7 @@ def reasoning_text(item: dict[str, Any], where: str) -> str:
 
 def responses_prompt(persona: ServerPersona, items: list[dict[str, Any]], instructions: str | None,
                      tools: list[dict] | None, effort: str | None, *, first_new: int = 0,
-                     builtin_tools: list[str] = ()) -> TurnPrompt:
+                     builtin_tools: list[str] = (), response_format: dict | None = None) -> TurnPrompt:
     """Canonical items (see :func:`normalize_input`) -> the Harmony conversation to complete.
 
     ``first_new``: how many leading items came from earlier responses (``previous_response_id``); errors
@@ -197,7 +197,7 @@ def responses_prompt(persona: ServerPersona, items: list[dict[str, Any]], instru
             history.append(Message.from_author_and_content(Author(Role.TOOL, "python"), logs)
                            .with_recipient("assistant").with_channel("analysis"))
     head = [persona.system_message(effort, builtin_tools=list(builtin_tools))]
-    dev = developer_message(texts, tools)
+    dev = developer_message(texts, tools, response_format)
     if dev is not None:
         head.append(dev)
     return TurnPrompt(head + history, shared=len(head))
@@ -269,7 +269,8 @@ def text_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
         raise ConversationError("text.format: expected an object such as {\"type\": \"json_schema\", ...}",
                                 "text.format")
     if fmt.get("type") == "json_schema":
-        return {"type": "json_schema", "json_schema": {"schema": fmt.get("schema")}}
+        return {"type": "json_schema", "json_schema": {"schema": fmt.get("schema"), "name": fmt.get("name"),
+                                                       "description": fmt.get("description")}}
     return fmt
 
 

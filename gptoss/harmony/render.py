@@ -8,6 +8,7 @@ ordinary text, so ``<|end|>`` typed by a user stays plain text.
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -76,12 +77,17 @@ def system_content_text(sys: SystemContent, conversation_has_function_tools: boo
 
 
 def developer_content_text(dev: DeveloperContent) -> str:
-    """The text of a developer message: ``# Instructions`` then the ``# Tools`` section."""
+    """The text of a developer message: ``# Instructions``, the ``# Tools`` section, ``# Response Formats``."""
     sections: list[str] = []
     if dev.instructions is not None:
         sections += ["# Instructions", dev.instructions]
     if dev.tools:
         sections.append(render_tools_section(dev.tools))
+    if dev.response_formats:
+        sections.append("# Response Formats")
+        for name, description, schema in dev.response_formats:
+            body = (f"// {description}\n" if description else "") + json.dumps(schema, separators=(",", ":"))
+            sections += [f"## {name}", body]
     return "\n\n".join(sections)
 
 

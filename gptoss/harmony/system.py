@@ -224,10 +224,16 @@ class SystemContent:
 
 @dataclass
 class DeveloperContent:
-    """Content of the developer message: instructions and function tools."""
+    """Content of the developer message: instructions, function tools, and response formats.
+
+    A response format (structured output) is ``(name, description, JSON Schema)``; it is rendered at the
+    end of the message under ``# Response Formats`` as the Harmony format guide lays out. openai-harmony
+    0.0.8 has no API for it, so that section has no oracle; everything else matches it byte for byte.
+    """
 
     instructions: str | None = None
     tools: dict[str, ToolNamespaceConfig] | None = None
+    response_formats: list[tuple[str, str, dict[str, Any]]] | None = None
 
     @classmethod
     def new(cls) -> "DeveloperContent":
@@ -238,6 +244,10 @@ class DeveloperContent:
 
     def with_tools(self, namespace: ToolNamespaceConfig) -> "DeveloperContent":
         return dataclasses.replace(copy.deepcopy(self), tools=_add_namespace(self.tools, namespace))
+
+    def with_response_format(self, name: str, schema: dict[str, Any], description: str = "") -> "DeveloperContent":
+        formats = list(self.response_formats or []) + [(name, description, schema)]
+        return dataclasses.replace(copy.deepcopy(self), response_formats=formats)
 
     def with_function_tools(self, tools: Iterable[ToolDescription]) -> "DeveloperContent":
         return self.with_tools(ToolNamespaceConfig(name="functions", description=None, tools=list(tools)))
@@ -253,13 +263,20 @@ class DeveloperContent:
             out["instructions"] = self.instructions
         if self.tools is not None:
             out["tools"] = {k: ns.to_dict() for k, ns in self.tools.items()}
+        if self.response_formats:
+            out["response_formats"] = [{"name": n, "description": d, "schema": sc} for n, d, sc in self.response_formats]
         out["type"] = "developer_content"
         return out
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "DeveloperContent":
         _expect_mapping(raw, "developer_content")
-        return cls(instructions=_opt_str(raw, "instructions"), tools=_tools_from_dict(raw.get("tools")))
+        formats = raw.get("response_formats")
+        if formats is not None and not (isinstance(formats, list) and all(
+                isinstance(f, dict) and isinstance(f.get("name"), str) and isinstance(f.get("schema"), dict) for f in formats)):
+            raise HarmonyError("developer_content.response_formats: expected a list of {name, description, schema}")
+        return cls(instructions=_opt_str(raw, "instructions"), tools=_tools_from_dict(raw.get("tools")),
+                   response_formats=[(f["name"], f.get("description") or "", f["schema"]) for f in formats] if formats else None)
 
 
 def _tools_from_dict(raw: Any) -> dict[str, ToolNamespaceConfig] | None:

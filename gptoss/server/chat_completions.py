@@ -31,7 +31,7 @@ def _prepare(state, body: ChatCompletionRequest):
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
     functions = function_tools(tools)
     grammar = turn_grammar(state.config.persona, functions, body.tool_choice, body.response_format)
-    prompt = chat_prompt(state.config.persona, messages, tools, body.reasoning_effort)
+    prompt = chat_prompt(state.config.persona, messages, tools, body.reasoning_effort, body.response_format)
     prompt_ids, prefix_len = prompt.tokens(state.tokenizer)
     return grammar, prompt_ids, prefix_len
 

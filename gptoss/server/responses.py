@@ -247,7 +247,7 @@ def _prepare(state, store: ResponseStore, body: ResponsesRequest) -> _Turn:
     effort = (body.reasoning.effort if body.reasoning else None) or persona.default_effort
     items = previous + new_items
     prompt = responses_prompt(persona, items, body.instructions, functions, effort, first_new=len(previous),
-                              builtin_tools=builtins)
+                              builtin_tools=builtins, response_format=text_format(body.text))
     echo = [{"type": "function", "name": f["name"], "description": f.get("description"),
              "parameters": f.get("parameters"), "strict": True} for f in functions]  # the grammar holds to the schema
     echo += [{"type": t["type"]} if t["type"] != "code_interpreter" else {"type": "code_interpreter",

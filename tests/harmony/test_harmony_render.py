@@ -216,3 +216,19 @@ def test_missing_system_fields_mean_none_and_round_trip():
 def test_bad_conversation_json_is_a_clear_error(payload, message):
     with pytest.raises(HarmonyError, match=message):
         h.load_conversation(payload)
+
+
+def test_response_format_closes_the_developer_message(tokenizer):
+    """Structured output, laid out as the Harmony format guide shows (openai-harmony 0.0.8 has no API for
+    it, so this is checked against the guide's layout, not the oracle)."""
+    from gptoss.harmony import DeveloperContent, Message, Role, render_conversation
+
+    dev = (DeveloperContent.new().with_instructions("You are a helpful shopping assistant")
+           .with_response_format("shopping_list", {"type": "object", "properties": {"items": {"type": "array"}}},
+                                 "entries on the shopping list"))
+    text = tokenizer.decode(render_conversation([Message.from_role_and_content(Role.DEVELOPER, dev)], tokenizer=tokenizer))
+    assert text == ("<|start|>developer<|message|># Instructions\n\nYou are a helpful shopping assistant\n\n"
+                    "# Response Formats\n\n## shopping_list\n\n// entries on the shopping list\n"
+                    '{"type":"object","properties":{"items":{"type":"array"}}}<|end|>')
+    again = Message.from_dict(Message.from_role_and_content(Role.DEVELOPER, dev).to_dict())
+    assert again.content[0] == dev

@@ -147,11 +147,15 @@ def test_reasoning_is_separate_from_content(client):
     assert seen, "with a reasoning budget some random turns must reason first"
 
 
-def test_json_schema_response_format(client):
+def test_json_schema_response_format(client, server):
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"enum": [1, 2, 3]}},
               "required": ["ok", "n"], "additionalProperties": False}
-    r = ask(client, seed=4, max_tokens=80, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+    fmt = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema}}
+    r = ask(client, seed=4, max_tokens=80, response_format=fmt)
     jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+    prompt = httpx.post(server + "/tokenize", json={"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                                                    "response_format": fmt}).json()["prompt"]
+    assert "# Response Formats\n\n## verdict\n\n" + json.dumps(schema, separators=(",", ":")) + "<|end|>" in prompt
 
 
 def test_n_seed_stop_and_logprobs(client):

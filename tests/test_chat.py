@@ -44,7 +44,7 @@ def test_session_renders_effort_developer_and_history(ckpt, tokenizer):
 
 
 def spawn_chat(ckpt, *extra):
-    pexpect = pytest.importorskip("pexpect")
+    import pexpect  # a test dependency
     child = pexpect.spawn(sys.executable, ["-m", "gptoss", "chat", "--model", str(ckpt), "--seed", "1", *extra],
                           encoding="utf-8", timeout=120, dimensions=(40, 200))
     child.expect(">>> ")

@@ -101,7 +101,7 @@ from gptoss.engine.guided import GrammarConstraint
 from gptoss.engine.sampling import SamplingParams
 from gptoss.harmony import Message, stop_tokens_for_assistant_actions
 from gptoss.server.errors import APIError
-from gptoss.server.generation import Completion, cancel_on_disconnect, observe, run_completion
+from gptoss.server.generation import cancel_on_disconnect, observe, run_completion
 from gptoss.server.schemas import ResponsesRequest
 from gptoss.server.store import ResponseStore
 

@@ -8,7 +8,6 @@ version of gptoss has the ``serve`` subcommand; otherwise the test is skipped, s
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -41,14 +40,6 @@ def fake_server():
     server.stop()
 
 
-def has_serve_command() -> bool:
-    from gptoss.cli.main import build_parser
-
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return "serve" in sub.choices
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -62,8 +53,6 @@ def _get_json(url: str, timeout: float = 2.0):
 
 @pytest.fixture(scope="session")
 def serve_backend(tmp_path_factory):
-    if not has_serve_command():
-        pytest.skip("`gptoss serve` does not exist yet in this version (issue 4); the fake server stands in")
     ckpt = tmp_path_factory.mktemp("eval-serve") / "tiny"
     subprocess.run([sys.executable, "-m", "gptoss", "make-checkpoint", "--preset", "tiny", "--out", str(ckpt)],
                    check=True, cwd=REPO, capture_output=True)

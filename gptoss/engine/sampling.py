@@ -93,9 +93,10 @@ def sample(
             sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
             drop = torch.cumsum(sorted_probs, dim=-1) - sorted_probs > ps  # keep the smallest prefix reaching top_p
             probs = torch.zeros_like(probs).scatter_(1, order, sorted_probs.masked_fill(drop, 0.0))
-        # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p.
-        noise = torch.stack([torch.empty(probs.shape[1], device=x.device).exponential_(1.0, generator=generators[r])
-                             for r in drawn])
+        # Exponential race: argmax(p / E) with E = -log(U) ~ Exp(1) draws from p (uniforms are ~5x cheaper
+        # to draw than exponentials on the CPU).
+        uniform = torch.stack([torch.rand(probs.shape[1], device=x.device, generator=generators[r]) for r in drawn])
+        noise = -torch.log(uniform)
         chosen[idx] = torch.argmax(probs / noise, dim=-1)
     tokens = chosen.tolist()
     logprobs: list[TokenLogprobs | None] = []

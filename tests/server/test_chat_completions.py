@@ -208,7 +208,15 @@ def test_disconnect_frees_the_slot(server, client):
 
 
 def test_metrics_and_models(server, client):
-    ask(client, seed=1, max_tokens=4)
+    def hits() -> float:
+        line = next(l for l in httpx.get(server + "/metrics").text.splitlines() if l.startswith("gptoss_prefix_cache_hits "))
+        return float(line.split()[1])
+
+    before = hits()
+    for i in range(2):  # the same system and developer messages: the second reuses their KV cache
+        ask(client, seed=i, max_tokens=4, messages=[{"role": "system", "content": "You are terse."},
+                                                    {"role": "user", "content": f"question {i}"}])
+    assert hits() >= before + 1
     text = httpx.get(server + "/metrics").text
     for name in ("gptoss_queue_depth", "gptoss_running_requests", "gptoss_generation_tokens_per_second",
                  "gptoss_time_to_first_token_seconds_bucket", "gptoss_time_per_output_token_seconds_bucket"):

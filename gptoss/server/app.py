@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gptoss.conversation.openai_chat import ServerPersona
 from gptoss.engine.async_engine import AsyncEngine
@@ -59,9 +60,34 @@ class ServerState:
         return max_tokens if max_tokens is not None else room
 
 
+class BodyLimit:
+    """Stops reading a request body past ``limit`` bytes, whether or not it declared its length
+    (chunked uploads have no Content-Length to check up front)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise StarletteHTTPException(413, f"the request body is over the limit of {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
 def create_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
     config = config or ServerConfig()
     state = ServerState(llm, config)
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
@@ -70,6 +96,7 @@ def create_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
     app = FastAPI(title="gptoss", version="0.1.0", lifespan=lifespan)
     app.state.gptoss = state
     errors.install(app)
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):

@@ -73,4 +73,5 @@ def install(app) -> None:
     async def _http(request: Request, exc: StarletteHTTPException):
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
-        return _response(APIError(exc.status_code, message, type=kind))
+        code = "body_too_large" if exc.status_code == 413 else None
+        return _response(APIError(exc.status_code, message, type=kind, code=code))

@@ -95,6 +95,14 @@ def test_bad_request(server, row):
     assert send(server, "POST", URL, OK, None).status_code == 200
 
 
+def test_chunked_body_over_the_limit(server):
+    """A body sent without Content-Length is cut off at the limit too."""
+    chunks = (b'{"model": "gpt-oss", "messages": [{"role": "user", "content": "' + b"x" * 10_000 for _ in range(10))
+    r = httpx.post(server + URL, content=chunks, headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 413 and "over the limit of 64000 bytes" in r.json()["error"]["message"]
+    assert send(server, "POST", URL, OK, None).status_code == 200
+
+
 def test_api_key(tiny_llm):
     row = next(r for r in ROWS if r[0].startswith("missing or wrong API key"))
     with serve(tiny_llm(max_batch=1), api_key="sekret") as base:

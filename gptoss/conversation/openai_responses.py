@@ -299,6 +299,7 @@ class OutputItem:
     action: dict[str, Any] | None = None  # web_search_call
     outputs: list[dict[str, Any]] | None = None  # code_interpreter_call
     harmony: list[Message] = field(default_factory=list)  # built-in calls: the call and the tool's answer
+    annotations: list[dict[str, Any]] = field(default_factory=list)  # messages: url_citation of browser citations
 
     @property
     def builtin(self) -> bool:

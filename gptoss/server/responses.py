@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 from openai.types.responses import (
+    ResponseOutputTextAnnotationAddedEvent,
     Response,
     ResponseCodeInterpreterCallCodeDeltaEvent,
     ResponseCodeInterpreterCallCodeDoneEvent,
@@ -81,6 +82,7 @@ from openai.types.responses import (
 from openai.types.responses.response_content_part_added_event import PartReasoningText
 from openai.types.responses.response_content_part_done_event import PartReasoningText as DonePartReasoningText
 from openai.types.responses.response_reasoning_item import Content as ReasoningContent
+from openai.types.responses.response_output_text import AnnotationURLCitation
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 from pydantic import BaseModel, ValidationError
 
@@ -184,6 +186,7 @@ class _Turn:
     max_tokens: int | None  # max_output_tokens over all turns of the response
     persona: ServerPersona
     seq: itertools.count = field(default_factory=itertools.count)
+    live_tools: Any = None  # this response's own built-in tools while it runs (the browser's pages: citations)
 
     @property
     def tool_choice(self) -> Any:
@@ -298,6 +301,7 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
 
         toolbox = Toolbox(turn.toolbox.get(n).new_conversation() for n in turn.builtins)
         loop = ToolLoop(toolbox, max_tool_calls=turn.max_tool_calls)
+        turn.live_tools = toolbox
     messages = list(turn.prompt.messages)
     calls = 0
     truncated = False  # max_output_tokens (or the context) ended the response before the model did
@@ -452,9 +456,14 @@ def _sdk_item(item: OutputItem, turn: _Turn, status: str | None = None) -> BaseM
     if item.kind == "web_search_call":
         return ResponseFunctionWebSearch(id=item.id, type="web_search_call", action=_web_action(item),
                                          status=status)
-    content = [ResponseOutputText(type="output_text", text=item.text, annotations=[])] if item.done else []
+    content = [_output_text(item)] if item.done else []
     return ResponseOutputMessage(id=item.id, type="message", role="assistant", status=status, content=content,
                                  phase=item.phase)
+
+
+def _output_text(item: OutputItem) -> ResponseOutputText:
+    return ResponseOutputText(type="output_text", text=item.text,
+                              annotations=[AnnotationURLCitation(**a) for a in item.annotations])
 
 
 def _builtin_done(item: OutputItem, seq: itertools.count, turn: _Turn) -> list[BaseModel]:
@@ -529,12 +538,17 @@ def _item_events(ev: ItemEvent, seq: itertools.count, turn: _Turn) -> list[BaseM
             return [ResponseWebSearchCallSearchingEvent(type="response.web_search_call.searching", **at,
                                                         sequence_number=next(seq))]
     else:
+        # Browser citations in the answer become url_citation annotations over their 【cursor†Lx-Ly】 spans
+        # (the text stays as streamed).
+        item.annotations = turn.live_tools.annotate(item.text) if turn.live_tools is not None else []
+        for i, ann in enumerate(item.annotations):
+            out.append(ResponseOutputTextAnnotationAddedEvent(
+                type="response.output_text.annotation.added", content_index=0, **at, annotation_index=i,
+                annotation=ann, sequence_number=next(seq)))
         out.append(ResponseTextDoneEvent(type="response.output_text.done", content_index=0, **at, text=item.text,
                                          logprobs=[], sequence_number=next(seq)))
         out.append(ResponseContentPartDoneEvent(type="response.content_part.done", content_index=0, **at,
-                                                part=ResponseOutputText(type="output_text", text=item.text,
-                                                                        annotations=[]),
-                                                sequence_number=next(seq)))
+                                                part=_output_text(item), sequence_number=next(seq)))
     out.append(ResponseOutputItemDoneEvent(type="response.output_item.done", output_index=item.index,
                                            item=_sdk_item(item, turn), sequence_number=next(seq)))
     return out

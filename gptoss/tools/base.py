@@ -217,6 +217,11 @@ class Toolbox:
             return text, []
         return browser.cite(text)
 
+    def annotate(self, text: str) -> list[dict[str, Any]]:
+        """``url_citation`` annotations for the browser's citations in ``text`` (none without a browser)."""
+        browser = self.tools.get("browser")
+        return browser.annotate(text) if browser is not None and hasattr(browser, "annotate") else []
+
     def new_conversation(self) -> Toolbox:
         return Toolbox(tool.new_conversation() for tool in self.tools.values())
 

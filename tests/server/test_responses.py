@@ -419,6 +419,26 @@ def test_builtin_tools_run_in_the_loop_and_stream_their_events(client, toolbox, 
     assert follow.status == "completed" and follow.output[-1].content[0].text == "It is 42."
 
 
+def test_browser_citations_become_url_annotations(client, toolbox, forced_turns):
+    opened = '<|channel|>analysis to=browser.open code<|message|>{"id": 0}<|call|>'
+    cited = "<|channel|>final<|message|>Harmony has three channels 【1†L2-L3】.<|return|>"
+    forced_turns([SEARCH_CALL, opened, cited])
+    with client.responses.create(model=MODEL, input="How many channels?", max_output_tokens=200, stream=True,
+                                 tools=[{"type": "web_search_preview"}]) as stream:
+        events = list(stream)
+    answer = events[-1].response.output[-1]
+    text = answer.content[0].text
+    assert text == "Harmony has three channels 【1†L2-L3】."  # the text stays as streamed
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == text
+    (ann,) = answer.content[0].annotations
+    assert ann.type == "url_citation" and text[ann.start_index:ann.end_index] == "【1†L2-L3】"
+    assert ann.url.endswith("harmony.md") and ann.title
+    added = [e for e in events if e.type == "response.output_text.annotation.added"]
+    assert len(added) == 1 and added[0].annotation.url == ann.url
+    assert client.responses.retrieve(events[-1].response.id).output[-1].content[0].annotations[0].url == ann.url
+
+
 def test_builtin_tool_choice_forces_the_first_call_only(client, toolbox):
     from gptoss.conversation.openai_responses import responses_grammar
 

@@ -60,3 +60,16 @@ def resolve_citations(text: str, lookup: Callable[[int], tuple[str | None, str |
         pos = m.end()
     out.append(text[pos:])
     return CitedText("".join(out), annotations, partial)
+
+
+def citation_annotations(text: str, lookup: Callable[[int], tuple[str | None, str | None]]) -> list[dict[str, Any]]:
+    """``url_citation`` annotations over the citations of ``text`` as it stands (the text is not
+    rewritten, so streamed deltas still add up to it): each annotation spans its ``【cursor†Lx-Ly】``."""
+    annotations = []
+    for m in CITATION.finditer(text):
+        url, title = lookup(int(m.group("cursor")))
+        if url:
+            annotations.append({"type": "url_citation", "start_index": m.start(), "end_index": m.end(),
+                                "url": url, "title": title or label_of(url)})
+    return annotations
+

@@ -11,7 +11,7 @@ from typing import Any
 from gptoss.harmony import ToolNamespaceConfig
 from gptoss.tools.base import Tool, ToolCall, ToolError, ToolResult, ToolUsageError, tool_message
 from gptoss.tools.browser.backend import BackendError, BrowserBackend
-from gptoss.tools.browser.citations import CitedText, resolve_citations
+from gptoss.tools.browser.citations import CitedText, citation_annotations, resolve_citations
 from gptoss.tools.browser.display import find_page, render
 from gptoss.tools.browser.page import Page
 
@@ -99,6 +99,10 @@ class BrowserTool(Tool):
         """Citations ``【cursor†Lx-Ly】`` -> markdown links and ``url_citation`` annotations."""
         cited = self.resolve(text, hide_partial)
         return cited.text, cited.annotations
+
+    def annotate(self, text: str) -> list[dict[str, Any]]:
+        """``url_citation`` annotations spanning the citations in ``text``, which is left as it is."""
+        return citation_annotations(text, self.citation_target)
 
     def resolve(self, text: str, hide_partial: bool = False) -> CitedText:
         return resolve_citations(text, self.citation_target, hide_partial)

@@ -250,9 +250,18 @@ def main() -> None:
     _write(tmp, json.dumps(status))
     os.replace(tmp, cfg["status_file"])
 
+    code = forward_and_reap(reaper)
+    kill_children()
+    os._exit(code)
+
+
+def forward_and_reap(child: int) -> int:
+    """Pass SIGTERM/SIGHUP on to ``child`` and reap every process until it exits; its exit status
+    (128 + signal number when a signal ended it)."""
+
     def forward(signum, _frame):
         try:
-            os.kill(reaper, signum)
+            os.kill(child, signum)
         except OSError:
             pass
 
@@ -266,11 +275,10 @@ def main() -> None:
             break
         except InterruptedError:
             continue
-        if pid == reaper:
+        if pid == child:
             code = os.waitstatus_to_exitcode(st)
             break
-    kill_children()
-    os._exit(code if code >= 0 else 128 - code)
+    return code if code >= 0 else 128 - code
 
 
 def kill_children() -> None:
@@ -345,26 +353,7 @@ def _reaper(cfg: dict, status: dict, wfd: int) -> None:
     os.write(wfd, json.dumps(report).encode())
     os.close(wfd)
 
-    def forward(signum, _frame):
-        try:
-            os.kill(child, signum)
-        except OSError:
-            pass
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGHUP, forward)
-    code = 1
-    while True:
-        try:
-            pid, st = os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        if pid == child:
-            code = os.waitstatus_to_exitcode(st)
-            break
-    os._exit(code if code >= 0 else 128 - code)
+    os._exit(forward_and_reap(child))
 
 
 if __name__ == "__main__":

@@ -65,6 +65,19 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def best_time(fn, device, repeats: int) -> float:
+    """Best of ``repeats`` timed calls after one warm-up call (kernel compilation, graph capture, allocator)."""
+    fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
 def _sync(device: str) -> None:
     import torch
 
@@ -235,15 +248,7 @@ def run(args: argparse.Namespace) -> int:
     prompt = torch.randint(0, config.vocab_size, (prompt_len,), generator=gen).to(device)
 
     def best(fn) -> float:
-        fn()  # warm-up: compiles kernels, captures graphs, fills the allocator
-        times = []
-        for _ in range(max(1, args.repeats)):
-            _sync(device)
-            t = time.perf_counter()
-            fn()
-            _sync(device)
-            times.append(time.perf_counter() - t)
-        return min(times)
+        return best_time(fn, device, args.repeats)
 
     graphs = None
     if kind == "paged":
@@ -468,15 +473,7 @@ def compare_transformers(model, args, batch_sizes, prompt, device, dtype, ours) 
     _log(f"transformers logits vs gptoss: {out['logits_rel_err_vs_gptoss']}")
 
     def timed(fn) -> float:
-        fn()
-        times = []
-        for _ in range(max(1, args.repeats)):
-            _sync(device)
-            t = time.perf_counter()
-            fn()
-            _sync(device)
-            times.append(time.perf_counter() - t)
-        return min(times)
+        return best_time(fn, device, args.repeats)
 
     with torch.no_grad():
         prefill_s = timed(lambda: hf(prompt[None], use_cache=True, logits_to_keep=1))

@@ -5,15 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gptoss import kernels
-from tests.kernels.conftest import NO_TRITON
+from tests.kernels.conftest import require_triton
 
 
 def test_kernels_compile_for_hopper():
-    import pytest
-
-    if not kernels.has_triton():
-        pytest.skip(NO_TRITON)
+    require_triton()
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = Path(__file__).resolve().parents[2]
     env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")

@@ -11,6 +11,20 @@ import httpx
 import pytest
 
 
+# Arguments whose values end under random weights (enums, booleans, bounded integers, no extra keys):
+# free strings never close when the model is noise.
+WEATHER_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"enum": ["Paris", "Tokyo", "Lima"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 5},
+        "metric": {"type": "boolean"},
+    },
+    "required": ["city", "days"],
+    "additionalProperties": False,
+}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,23 +11,14 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 
 from gptoss.conversation.openai_chat import ServerPersona
-from tests.server.conftest import serve
+from tests.server.conftest import WEATHER_SCHEMA, serve
 
 WEATHER = {
     "type": "function",
     "function": {
         "name": "get_weather",
         "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"enum": ["Paris", "Tokyo", "Lima"]},
-                "days": {"type": "integer", "minimum": 1, "maximum": 5},
-                "metric": {"type": "boolean"},
-            },
-            "required": ["city", "days"],
-            "additionalProperties": False,
-        },
+        "parameters": WEATHER_SCHEMA,
     },
 }
 MODEL = "gpt-oss"

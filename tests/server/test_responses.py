@@ -21,19 +21,10 @@ from gptoss.conversation.openai_chat import ConversationError, ServerPersona
 from gptoss.conversation.openai_responses import TurnItems, normalize_input, responses_prompt
 from gptoss.harmony import Role
 from gptoss.server.store import ResponseStore
-from tests.server.conftest import serve
+from tests.server.conftest import WEATHER_SCHEMA, serve
 
 MODEL = "gpt-oss"
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "city": {"enum": ["Paris", "Tokyo", "Lima"]},
-        "days": {"type": "integer", "minimum": 1, "maximum": 5},
-        "metric": {"type": "boolean"},
-    },
-    "required": ["city", "days"],
-    "additionalProperties": False,
-}
+SCHEMA = WEATHER_SCHEMA
 WEATHER = {"type": "function", "name": "get_weather", "description": "Current weather in a city", "parameters": SCHEMA}
 PERSONA = ServerPersona(reasoning_max_tokens=8)
 

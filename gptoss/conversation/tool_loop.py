@@ -148,17 +148,10 @@ class ToolLoop:
         while True:
             async for delta in _athread_iter(session.continue_turn()):
                 yield delta
-            reason, call = self._next(session, calls)
+            ending, call = self._after_turn(session, calls, start)
             if call is None:
-                yield LoopFinished(reason, calls, session.history[start:])
-                return
-            if not self.runs_here(call):
-                yield FunctionCallRequested(call.call_id, call.function or "", call.text, call.message)
-                yield LoopFinished("function_call", calls, session.history[start:])
-                return
-            if calls >= self.max_tool_calls:
-                session.history.append(self._limit_message(call))
-                yield LoopFinished("max_tool_calls", calls, session.history[start:])
+                for event in ending:
+                    yield event
                 return
             calls += 1
             done = False
@@ -171,6 +164,20 @@ class ToolLoop:
             finally:
                 if not done:  # cancelled: keep the conversation well formed
                     session.history.append(self._interrupted_message(call))
+
+    def _after_turn(self, session: ChatSession, calls: int, start: int) -> tuple[list[LoopEvent], ToolCall | None]:
+        """What follows a finished turn: the call to run here next, or the events that end the loop (no
+        call, a developer function for the caller to run, or the bound on tool calls reached)."""
+        reason, call = self._next(session, calls)
+        if call is None:
+            return [LoopFinished(reason, calls, session.history[start:])], None
+        if not self.runs_here(call):
+            return [FunctionCallRequested(call.call_id, call.function or "", call.text, call.message),
+                    LoopFinished("function_call", calls, session.history[start:])], None
+        if calls >= self.max_tool_calls:
+            session.history.append(self._limit_message(call))
+            return [LoopFinished("max_tool_calls", calls, session.history[start:])], None
+        return [], call
 
     def _next(self, session: ChatSession, calls: int) -> tuple[str, ToolCall | None]:
         last = session.last
@@ -197,17 +204,10 @@ class ToolLoop:
         calls = 0
         while True:
             yield from session.continue_turn()
-            reason, call = self._next(session, calls)
+            ending, call = self._after_turn(session, calls, start)
             if call is None:
-                yield LoopFinished(reason, calls, session.history[start:])
-                return
-            if not self.runs_here(call):
-                yield FunctionCallRequested(call.call_id, call.function or "", call.text, call.message)
-                yield LoopFinished("function_call", calls, session.history[start:])
-                return
-            if calls >= self.max_tool_calls:
-                session.history.append(self._limit_message(call))
-                yield LoopFinished("max_tool_calls", calls, session.history[start:])
+                for event in ending:
+                    yield event
                 return
             calls += 1
             done = False

@@ -7,6 +7,7 @@ import os
 import sys
 
 from gptoss.cli.common import add_model_args, load_llm
+from gptoss.cli.guard_args import add_guard_args, guard_settings, load_guard_llm
 from gptoss.errors import GptossError
 
 
@@ -25,6 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--tools", default="", help="built-in tools the Responses API may run: browser,python")
     p.add_argument("--corpus", default=None, help="folder of documents the browser searches (indexed on start)")
     p.add_argument("--log-level", default="info")
+    add_guard_args(p)
     p.set_defaults(func=run)
 
 
@@ -43,13 +45,17 @@ def run(args: argparse.Namespace) -> int:
         from gptoss.tools import make_toolbox
 
         toolbox = make_toolbox(args.tools, corpus=args.corpus)
+    cache = os.environ.get("GPTOSS_CACHE") or os.path.expanduser("~/.cache/gptoss")
+    guard = guard_settings(args, cache)  # policies read before the (slow) model load
     llm = load_llm(args, max_batch=args.max_batch)
+    load_guard_llm(args, guard)
     name = args.served_model_name or args.model or "openai/gpt-oss-20b"
     aliases = [a for a in {os.path.basename(str(name).rstrip("/")), "gpt-oss"} if a != name]
     store = args.store or os.path.join(os.environ.get("GPTOSS_CACHE") or os.path.expanduser("~/.cache/gptoss"), "responses.sqlite")
     config = ServerConfig(model_name=name, aliases=aliases, api_key=args.api_key or os.environ.get("GPTOSS_API_KEY"),
                           max_queue=args.max_queue, store_path=store,
-                          persona=ServerPersona(reasoning_max_tokens=args.reasoning_max_tokens), toolbox=toolbox)
+                          persona=ServerPersona(reasoning_max_tokens=args.reasoning_max_tokens), toolbox=toolbox,
+                          guard=guard, reasoning=args.reasoning)
     app = create_app(llm, config)
     print(f"gptoss: serving {name} on http://{args.host}:{args.port}/v1", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

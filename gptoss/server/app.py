@@ -30,6 +30,8 @@ class ServerConfig:
     persona: ServerPersona = field(default_factory=ServerPersona)
     store_path: str | None = None  # SQLite file for stored responses (None: in memory)
     toolbox: Any = None  # gptoss.tools.Toolbox: templates of the built-in tools (web_search, code_interpreter)
+    guard: Any = None  # gptoss.guard.GuardSettings: the policy guard (input/output checks, /v1/moderations)
+    reasoning: str = "visible"  # what clients see of the analysis channel: visible | hidden
 
 
 class ServerState:
@@ -41,6 +43,11 @@ class ServerState:
         self.metrics = Metrics(self.engine.stats)
         self.max_model_len = llm.max_model_len
         self.started = int(time.time())
+        self.guard = None
+        if config.guard is not None:
+            from gptoss.guard import Guard
+
+            self.guard = Guard.build(config.guard, self.engine, self.tokenizer, self.max_model_len, self.metrics.registry)
 
     def check_model(self, name: str) -> None:
         if name != self.config.model_name and name not in self.config.aliases:
@@ -91,6 +98,8 @@ def create_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
+        if state.guard is not None:
+            await state.guard.aclose()
         state.engine.shutdown()
 
     app = FastAPI(title="gptoss", version="0.1.0", lifespan=lifespan)
@@ -131,9 +140,10 @@ def create_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         data = [Model(id=n, created=state.started, object="model", owned_by="gptoss").model_dump() for n in names]
         return {"object": "list", "data": data}
 
-    from gptoss.server import chat_completions, responses
+    from gptoss.server import chat_completions, moderations, responses
 
     chat_completions.register(app, state)
     responses.register(app, state)
+    moderations.register(app, state)
 
     return app

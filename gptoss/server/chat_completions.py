@@ -23,6 +23,7 @@ from gptoss.engine.sampling import SamplingParams
 from gptoss.harmony import stop_tokens_for_assistant_actions
 from gptoss.server.errors import APIError
 from gptoss.server.generation import Completion, cancel_on_disconnect, observe, run_completion
+from gptoss.server.guarding import ChatGuard, chat_blocked
 from gptoss.server.schemas import ChatCompletionRequest
 
 
@@ -73,10 +74,19 @@ def register(app, state) -> None:
         rid = "chatcmpl-" + secrets.token_hex(12)
         created = int(time.time())
         state.metrics.prompt_tokens.inc(len(prompt_ids))
+        guard = ChatGuard(state, rid, [m.model_dump(exclude_none=True) for m in body.messages], body.n)
+        decision = await guard.input_decision()
+        if decision is not None and decision.blocked:  # nothing is generated
+            state.metrics.requests.labels("chat", "content_filter").inc()
+            answer = chat_blocked(rid, created, body.model, body.n, len(prompt_ids), decision, bool(body.stream),
+                                  bool(body.stream_options and body.stream_options.include_usage))
+            if body.stream:
+                return StreamingResponse(answer, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return answer
         runs = [run_completion(state.engine, tok, prompt_ids, prefix_len, params(i), i, stops) for i in range(body.n)]
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_stream(state, rid, created, body, runs, len(prompt_ids), include_usage),
+            return StreamingResponse(_stream(state, rid, created, body, runs, len(prompt_ids), include_usage, guard),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         tasks = [asyncio.ensure_future(_drain(run)) for run in runs]
         watcher = asyncio.ensure_future(cancel_on_disconnect(request, tasks))
@@ -91,9 +101,11 @@ def register(app, state) -> None:
             observe(state.metrics, c)
         state.metrics.requests.labels("chat", "ok").inc()
         completion_tokens = sum(c.tokens for c in comps)
+        choices = [_choice(tok, c, body.logprobs) for c in comps]
+        await guard.check_choices(comps, choices)
         return ChatCompletion(
             id=rid, object="chat.completion", created=created, model=body.model,
-            choices=[_choice(tok, c, body.logprobs) for c in comps],
+            choices=choices,
             usage=_usage(len(prompt_ids), completion_tokens, sum(c.decoder.reasoning_tokens for c in comps)),
         ).model_dump(exclude_none=True)
 
@@ -137,7 +149,7 @@ def _choice(tok, c: Completion, logprobs: bool) -> Choice:
     return Choice(index=c.index, finish_reason=c.api_finish_reason(), message=message, logprobs=lp)
 
 
-async def _stream(state, rid, created, body, runs, prompt_len, include_usage):
+async def _stream(state, rid, created, body, runs, prompt_len, include_usage, guard: ChatGuard):
     tok = state.tokenizer
     queue: asyncio.Queue = asyncio.Queue()
     done = object()
@@ -157,6 +169,7 @@ async def _stream(state, rid, created, body, runs, prompt_len, include_usage):
 
     tasks = [asyncio.ensure_future(pump(r)) for r in runs]
     finished: list[Completion] = []
+    filtered: set[int] = set()  # choices the guard cut
     try:
         for i in range(len(runs)):
             yield chunk([ChunkChoice(index=i, delta=ChoiceDelta(role="assistant", content=""))])
@@ -165,12 +178,27 @@ async def _stream(state, rid, created, body, runs, prompt_len, include_usage):
             comp, deltas = await queue.get()
             if comp is done:
                 remaining -= 1
-                if deltas is not None:
+                if deltas is not None and deltas.index not in filtered:
                     finished.append(deltas)
-                    yield chunk([ChunkChoice(index=deltas.index, delta=ChoiceDelta(), finish_reason=deltas.api_finish_reason())])
+                    rest, blocked = await guard.finish(deltas.index)
+                    for d in rest:
+                        yield chunk([_delta_choice(tok, deltas, d, body.logprobs)])
+                    if blocked is not None:
+                        yield chunk([ChunkChoice(index=deltas.index, delta=ChoiceDelta(refusal=blocked.refusal()))])
+                    reason = "content_filter" if blocked is not None else deltas.api_finish_reason()
+                    yield chunk([ChunkChoice(index=deltas.index, delta=ChoiceDelta(), finish_reason=reason)])
                 continue
-            for d in deltas:
+            if comp.index in filtered:
+                continue
+            released, blocked = await guard.release(comp.index, deltas)
+            for d in released:
                 yield chunk([_delta_choice(tok, comp, d, body.logprobs)])
+            if blocked:  # nothing held is sent; the generation stops
+                filtered.add(comp.index)
+                finished.append(comp)
+                tasks[comp.index].cancel()
+                yield chunk([ChunkChoice(index=comp.index, delta=ChoiceDelta(refusal=guard.refusal(comp.index)))])
+                yield chunk([ChunkChoice(index=comp.index, delta=ChoiceDelta(), finish_reason="content_filter")])
         for c in finished:
             observe(state.metrics, c)
         state.metrics.requests.labels("chat", "ok").inc()

@@ -104,6 +104,7 @@ from gptoss.engine.sampling import SamplingParams
 from gptoss.harmony import Message, stop_tokens_for_assistant_actions
 from gptoss.server.errors import APIError
 from gptoss.server.generation import cancel_on_disconnect, observe, run_completion
+from gptoss.server.guarding import guard_response_events
 from gptoss.server.schemas import ResponsesRequest
 from gptoss.server.store import ResponseStore
 
@@ -130,7 +131,7 @@ def register(app, state) -> None:
     @app.post("/v1/responses")
     async def create_response(body: ResponsesRequest, request: Request):
         turn = _prepare(state, store, body)
-        events = _events(state, store, turn)
+        events = guard_response_events(state, store, turn, _events(state, store, turn))
         if body.stream:
             return StreamingResponse(_sse(state, events), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,87 @@
+"""Releasing a streamed answer only after the guard has seen it.
+
+:class:`OutputGate` holds a choice's deltas. In ``chunks`` mode, each time at least ``chunk_chars`` of
+unchecked text have gathered, the guard checks the whole answer so far (context matters: a piece alone may
+look harmless) and, if it passes, everything held is released; in ``end`` mode everything waits for one
+check of the finished answer. Deltas of other kinds (tool calls) keep their place in the order. A block
+drops everything held: no piece of a blocked answer is ever released.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from gptoss.guard.guard import Decision, Guard
+
+
+class OutputGate:
+    def __init__(self, guard: Guard, request_id: str, endpoint: str, context: str = "",
+                 kinds: tuple[str, ...] = ("content",), text_of: Callable[[Any], tuple[str, str]] | None = None):
+        """``text_of(delta) -> (kind, text)``; deltas whose kind is in ``kinds`` are checked."""
+        self.guard = guard
+        self.request_id = request_id
+        self.endpoint = endpoint
+        self.context = context
+        self.kinds = kinds
+        self.text_of = text_of or (lambda d: (d.kind, d.text))
+        self.mode = guard.settings.stream
+        self.chunk = guard.settings.chunk_chars
+        self.held: list[Any] = []
+        self.text = {k: "" for k in kinds}
+        self.unchecked = 0
+        self.decision: Decision | None = None  # the last check's
+        self.flagged = False
+
+    async def feed(self, deltas: list[Any]) -> list[Any]:
+        """The deltas that may be released now (possibly after a check). Check ``blocked`` afterwards."""
+        if self.blocked:
+            return []
+        for d in deltas:
+            kind, text = self.text_of(d)
+            if kind in self.text:
+                self.text[kind] += text
+                self.unchecked += len(text)
+            self.held.append(d)
+        if self.mode == "chunks" and self.unchecked >= self.chunk:
+            return await self._check()
+        return []
+
+    async def finish(self) -> list[Any]:
+        """The answer is complete: the final check; returns what is left to release."""
+        if self.blocked:
+            return []
+        if self.unchecked or self.decision is None:
+            return await self._check()
+        out, self.held = self.held, []
+        return out
+
+    @property
+    def blocked(self) -> bool:
+        return self.decision is not None and self.decision.blocked
+
+    async def _check(self) -> list[Any]:
+        self.unchecked = 0
+        decision = None
+        for kind in self.kinds:
+            text = self.text[kind]
+            if not text and kind != "content":
+                continue
+            stage = "reasoning" if kind == "reasoning" else "output"
+            d = await self.guard.check(compose_output(self.context, text), stage, self.request_id, self.endpoint)
+            self.flagged = self.flagged or d.flagged
+            decision = d
+            if d.blocked:
+                break
+        self.decision = decision
+        if self.blocked:
+            self.held = []
+            return []
+        out, self.held = self.held, []
+        return out
+
+
+def compose_output(request: str, answer: str) -> str:
+    """What the guard reads for an output check: the answer, with the request it answers for context."""
+    if not request:
+        return answer
+    return f"User request:\n{request}\n\nAssistant response to classify:\n{answer}"

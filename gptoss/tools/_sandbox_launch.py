@@ -1,10 +1,15 @@
-"""Start a command inside the Python tool's sandbox. Standard library only: run by path, as a fresh
-single-threaded process, so that everything between fork and exec is safe.
+"""Start a command inside the Python tool's sandbox. Standard library only: the host runs this file's
+text with ``python -I -c`` (nothing the sandbox can write is ever executed), as a fresh single-threaded
+process, so that everything between fork and exec is safe.
 
-    python _sandbox_launch.py CONFIG.json
+    python -I -c SOURCE STATUS_FD LIFELINE_FD   (the config, JSON, on standard input)
 
-CONFIG (written by :mod:`gptoss.tools.sandbox`) says what to isolate. Each mechanism is attempted and
-what actually took effect is written to ``config["status_file"]`` as JSON, so the caller can report it.
+The config (from :mod:`gptoss.tools.sandbox`) says what to isolate. Each mechanism is attempted and what
+actually took effect is written as JSON to the pipe ``STATUS_FD``, so the caller can report it. No file
+is exchanged with the host: every path the sandboxed code can write is one the host never opens.
+
+``LIFELINE_FD`` is the read end of a pipe whose write end only the host holds: when the host goes away
+(even by SIGKILL) it reads end-of-file, and the launcher kills the whole sandbox and removes its cgroups.
 
 Process tree (host pids)::
 
@@ -22,6 +27,7 @@ import ctypes.util
 import json
 import os
 import resource
+import select
 import signal
 import socket
 import struct
@@ -108,6 +114,11 @@ def build_root(cfg: dict, status: dict) -> str:
     root = cfg["root_dir"]
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=8m")
+    # the private /tmp and /dev/shm first: folders bound below them (a Python or a venv under /tmp,
+    # the sandbox's own folders) stay visible instead of being hidden by the tmpfs
+    for path, size in (("/dev/shm", cfg["tmpfs_size"]), ("/tmp", cfg["tmpfs_size"])):
+        _mkdirs(root + path)
+        mount("tmpfs", root + path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={size}")
     for path in cfg["ro_paths"]:
         if not os.path.lexists(path):
             continue
@@ -124,9 +135,11 @@ def build_root(cfg: dict, status: dict) -> str:
             open(dest, "a").close()
         mount(path, dest, None, MS_BIND | MS_REC)
         mount(None, dest, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    # /dev: a few harmless devices only
+    # /dev: a few harmless devices only (its shm is mounted again on top)
     _mkdirs(root + "/dev")
     mount("tmpfs", root + "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k")
+    _mkdirs(root + "/dev/shm")
+    mount("tmpfs", root + "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={cfg['tmpfs_size']}")
     for dev in ("null", "zero", "full", "random", "urandom", "tty"):
         if os.path.exists("/dev/" + dev):
             open(root + "/dev/" + dev, "a").close()
@@ -134,9 +147,6 @@ def build_root(cfg: dict, status: dict) -> str:
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                          ("stderr", "/proc/self/fd/2")):
         os.symlink(target, root + "/dev/" + name)
-    for path, size in (("/dev/shm", cfg["tmpfs_size"]), ("/tmp", cfg["tmpfs_size"])):
-        _mkdirs(root + path)
-        mount("tmpfs", root + path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={size}")
     _mkdirs(root + "/proc")
     for src, dest in ((cfg["work_dir"], cfg["work_mount"]), (cfg["state_dir"], cfg["state_dir"])):
         _mkdirs(root + dest)
@@ -159,26 +169,69 @@ def set_rlimits(limits: dict) -> None:
         resource.setrlimit(res, (soft, hard))
 
 
-def join_cgroup(cgroup: dict | None, status: dict) -> None:
-    if not cgroup:
-        return
-    try:
-        os.makedirs(cgroup["path"], exist_ok=True)
-        _write(os.path.join(cgroup["path"], "pids.max"), str(cgroup["pids_max"]))
-        _write(os.path.join(cgroup["path"], "cgroup.procs"), str(os.getpid()))
-        status["cgroup"] = cgroup["path"]
-    except OSError as exc:
-        status["cgroup_error"] = str(exc)
+def join_cgroups(cgroups: list[dict] | None, status: dict) -> None:
+    """Enter the cgroups the host made (their limits are already set)."""
+    joined = []
+    for cg in cgroups or []:
+        try:
+            _write(os.path.join(cg["path"], "cgroup.procs"), str(os.getpid()))
+            joined.append(cg["path"])
+        except OSError as exc:
+            status["cgroup_error"] = f"{cg['path']}: {exc}"
+    if joined:
+        status["cgroups"] = joined
+
+
+def remove_cgroups(cgroups: list[dict] | None) -> None:
+    """Kill what is left in our cgroups, move out of them and remove them (the host is gone)."""
+    for cg in cgroups or []:
+        path = cg["path"]
+        try:
+            _write(os.path.join(os.path.dirname(path), "cgroup.procs"), str(os.getpid()))
+        except OSError:
+            pass
+        for _ in range(200):
+            try:
+                with open(os.path.join(path, "cgroup.procs")) as f:
+                    pids = [int(p) for p in f.read().split()]
+            except OSError:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            try:
+                os.rmdir(path)
+                break
+            except OSError:
+                time.sleep(0.01)
+
+
+def _read_all(fd: int, limit: int = 1 << 20) -> bytes:
+    data = b""
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return data
+        data += chunk
+        if len(data) > limit:
+            raise ValueError("more than 1 MiB")
 
 
 def main() -> None:
-    with open(sys.argv[1]) as f:
-        cfg = json.load(f)
+    status_fd, lifeline_fd = int(sys.argv[1]), int(sys.argv[2])
+    cfg = json.loads(_read_all(0))
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    for fd in (status_fd, lifeline_fd):
+        os.set_inheritable(fd, False)  # the command never gets them
     status: dict = {"launcher_pid": os.getpid(), "filesystem": "host", "network": "host", "pid_namespace": False,
                     "uid": os.getuid()}
     # An interrupt aimed at the process group is for the command, not for us.
     signal.signal(signal.SIGINT, lambda *_: None)
-    join_cgroup(cfg.get("cgroup"), status)
+    join_cgroups(cfg.get("cgroups"), status)
     euid = os.geteuid()
     if cfg["namespaces"] and euid != 0 and cfg.get("user_namespace", True):
         try:
@@ -226,38 +279,47 @@ def main() -> None:
     reaper = os.fork()
     if reaper == 0:
         os.close(rfd)
+        os.close(status_fd)
+        os.close(lifeline_fd)
         try:
             _reaper(cfg, status, wfd)
-        except BaseException as exc:  # noqa: BLE001 - report and die: the caller reads the status file
+        except BaseException as exc:  # noqa: BLE001 - report and die: the caller reads the status
             try:
                 os.write(wfd, json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
             finally:
                 os._exit(126)
     os.close(wfd)
-    data = b""
-    while True:
-        chunk = os.read(rfd, 65536)
-        if not chunk:
-            break
-        data += chunk
+    data = _read_all(rfd)
     os.close(rfd)
     try:
         status.update(json.loads(data.decode() or "{}"))
     except ValueError:
         status["error"] = "sandbox setup reported nothing"
     status["reaper_pid"] = reaper
-    tmp = cfg["status_file"] + ".tmp"
-    _write(tmp, json.dumps(status))
-    os.replace(tmp, cfg["status_file"])
+    out = json.dumps(status).encode()
+    try:
+        while out:
+            out = out[os.write(status_fd, out):]
+    except OSError:
+        pass
+    os.close(status_fd)
 
-    code = forward_and_reap(reaper)
+    code = forward_and_reap(reaper, lifeline_fd)
+    if code is None:  # the host is gone: so is everything it started
+        try:
+            os.kill(reaper, signal.SIGKILL)
+        except OSError:
+            pass
     kill_children()
-    os._exit(code)
+    if code is None:
+        remove_cgroups(cfg.get("cgroups"))
+    os._exit(code if code is not None else 128 + signal.SIGKILL)
 
 
-def forward_and_reap(child: int) -> int:
+def forward_and_reap(child: int, lifeline: int | None = None) -> int | None:
     """Pass SIGTERM/SIGHUP on to ``child`` and reap every process until it exits; its exit status
-    (128 + signal number when a signal ended it)."""
+    (128 + signal number when a signal ended it). With ``lifeline`` (a pipe's read end): ``None`` as
+    soon as that pipe reads end-of-file, i.e. the process holding its write end is gone."""
 
     def forward(signum, _frame):
         try:
@@ -267,18 +329,39 @@ def forward_and_reap(child: int) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGHUP, forward)
-    code = 1
-    while True:
-        try:
-            pid, st = os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        if pid == child:
-            code = os.waitstatus_to_exitcode(st)
-            break
-    return code if code >= 0 else 128 - code
+    try:
+        pidfd = os.pidfd_open(child) if lifeline is not None else None
+    except (AttributeError, OSError):
+        pidfd = None
+    try:
+        while True:
+            if lifeline is not None:
+                try:
+                    ready = select.select([lifeline] + ([pidfd] if pidfd is not None else []), [], [],
+                                          1.0 if pidfd is not None else 0.05)[0]
+                except InterruptedError:
+                    ready = []
+                if lifeline in ready:
+                    try:
+                        if not os.read(lifeline, 64):
+                            return None
+                    except OSError:
+                        return None
+            while True:
+                try:
+                    pid, st = os.waitpid(-1, 0 if lifeline is None else os.WNOHANG)
+                except ChildProcessError:
+                    return 1
+                except InterruptedError:
+                    continue
+                if pid == 0:
+                    break
+                if pid == child:
+                    code = os.waitstatus_to_exitcode(st)
+                    return code if code >= 0 else 128 - code
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def kill_children() -> None:

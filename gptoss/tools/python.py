@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import queue
 import re
@@ -29,7 +30,7 @@ from typing import Any
 
 from gptoss.harmony import ToolNamespaceConfig
 from gptoss.tools.base import Tool, ToolCall, ToolError, ToolResult, tool_message
-from gptoss.tools.sandbox import WORK_MOUNT, Sandbox, SandboxError, SandboxLimits
+from gptoss.tools.sandbox import WORK_MOUNT, Sandbox, SandboxError, SandboxLimits, sweep_stale
 
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 NO_OUTPUT = "[no output: use print() to see values]"
@@ -92,6 +93,15 @@ def truncate(text: str, limit: int) -> str:
     return buf.text()
 
 
+def _size(n: int | None) -> str:
+    if n is None:
+        return "none"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:g} {unit}"
+    return f"{n} bytes"
+
+
 def _signal_name(code: int | None) -> str:
     if code is None:
         return "unknown status"
@@ -102,6 +112,23 @@ def _signal_name(code: int | None) -> str:
         except ValueError:
             return f"signal {sig}"
     return f"exit status {code}"
+
+
+_CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
+_swept = False
+
+
+def _sweep_once() -> None:
+    """Remove what a host that died left behind (its sandboxes died with it), once a process."""
+    global _swept
+    if not _swept:
+        _swept = True
+        removed = sweep_stale()
+        if removed:
+            import logging
+
+            logging.getLogger(__name__).info("python sandbox: removed %d folders/cgroups left by a host that died",
+                                             len(removed))
 
 
 _REAP = """
@@ -129,9 +156,10 @@ class JupyterRunner:
     def __init__(self, config: PythonConfig, work_dir: Path):
         self.config = config
         self.work_dir = work_dir
-        self.state_dir = Path(tempfile.mkdtemp(prefix="gptoss-py-"))
+        _sweep_once()
+        self.state_dir = Path(tempfile.mkdtemp(prefix=f"gptoss-py-{os.getpid()}-"))
         os.chmod(self.state_dir, 0o711)
-        self.sandbox = Sandbox(work_dir, self.state_dir / "s", config.limits, config.isolation)
+        self.sandbox = Sandbox(work_dir, self.state_dir, config.limits, config.isolation)
         self.client = None
         self.work_path = str(work_dir)
         self.lock = asyncio.Lock()
@@ -164,28 +192,32 @@ class JupyterRunner:
 
     async def start(self) -> None:
         from jupyter_client.asynchronous import AsyncKernelClient
-        from jupyter_client.connect import write_connection_file
 
         await self.stop_kernel()
         sd = self.sandbox.state_dir
-        sd.mkdir(parents=True, exist_ok=True)
-        conn = sd / "kernel.json"
+        self.sandbox.shared_dir.mkdir(parents=True, exist_ok=True)
+        conn = self.sandbox.shared_dir / "kernel.json"  # the host's folder, read-only to the sandbox
+        info = {"transport": "ipc", "ip": str(sd / "k"), "key": uuid.uuid4().hex, "signature_scheme": "hmac-sha256",
+                "kernel_name": "", **{f"{c}_port": i for i, c in enumerate(_CHANNELS, 1)}}
         conn.unlink(missing_ok=True)
-        for old in sd.glob("k-*"):
-            old.unlink(missing_ok=True)
-        write_connection_file(str(conn), ip=str(sd / "k"), transport="ipc", key=uuid.uuid4().hex.encode())
+        fd = os.open(conn, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)  # the sandbox's user reads it
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f)
         argv = [sys.executable, "-m", "ipykernel_launcher", "-f", str(conn), "--HistoryManager.hist_file=:memory:",
                 "--IPKernelApp.quiet=True"]
-        if self.sandbox.drop_uid and self.config.isolation != "none":
-            self.sandbox.uid = self.sandbox.uid or self.sandbox._pick_uid()
-        os.chmod(conn, 0o644)  # the sandbox's user reads it; the key only guards against other local clients
         try:
             status = await asyncio.to_thread(self.sandbox.launch, argv, self._env())
+            # the client reaches the kernel's sockets only through descriptors pinned by the host
+            ip = await asyncio.to_thread(self.sandbox.pin_sockets, "k", list(range(1, len(_CHANNELS) + 1)),
+                                         self.config.startup_timeout)
         except SandboxError as exc:
+            await self.stop_kernel()
             raise ToolError(f"python: {exc}") from None
         self.work_path = status.get("work_path", str(self.work_dir))
+        if not isinstance(self.work_path, str):
+            self.work_path = str(self.work_dir)
         client = AsyncKernelClient()
-        client.load_connection_file(str(conn))
+        client.load_connection_info({**info, "ip": ip})
         client.start_channels()
         self.client = client
         await self._wait_ready()
@@ -257,19 +289,24 @@ class JupyterRunner:
                     notes.append(f"[the Python kernel had stopped ({_signal_name(self._exit_code())}) and was restarted: "
                                  "variables and imports were lost; files are kept]")
                 await self.start()
+            self.sandbox.resume()
+            oom_before = self.sandbox.oom_kills()
             try:
-                return await self._execute(code, timeout, notes)
+                return await self._execute(code, timeout, notes, oom_before)
             except asyncio.CancelledError:
                 # the caller gave up (Ctrl-C, a client that went away): stop the code too
                 self._interrupt()
                 await asyncio.to_thread(self.sandbox.kill_strays)
                 raise
+            finally:
+                # between calls the kernel is stopped: a thread the code left running burns no CPU
+                self.sandbox.pause()
 
     def _exit_code(self) -> int | None:
         proc = self.sandbox.process
         return None if proc is None else proc.poll()
 
-    async def _execute(self, code: str, timeout: float, notes: list[str]) -> Execution:
+    async def _execute(self, code: str, timeout: float, notes: list[str], oom_before: int = 0) -> Execution:
         buf = OutputBuffer(self.config.max_output_chars)
         msg_id = self.client.execute(code, store_history=True, allow_stdin=False, stop_on_error=False)
         status = "ok"
@@ -311,6 +348,7 @@ class JupyterRunner:
                 buf.add(ANSI_RE.sub("", tb) + "\n")
             elif kind == "status" and content.get("execution_state") == "idle":
                 done = True
+        oom = self.sandbox.oom_kills() > oom_before  # read before a restart replaces the cgroup
         if status == "timeout":
             if done:
                 notes.append(f"[timed out after {timeout:g} s: the code was interrupted; the kernel's state is kept]")
@@ -318,14 +356,21 @@ class JupyterRunner:
                 notes.append(f"[timed out after {timeout:g} s: the kernel did not stop when interrupted and was "
                              "restarted: variables and imports were lost; files are kept]")
                 await self._restart()
-        elif status == "crashed":
+        if status == "crashed":
             code_ = await asyncio.to_thread(self._wait_exit)
             reason = _signal_name(code_)
             if code_ is not None and code_ - 128 == getattr(signal, "SIGXCPU", -1):
                 reason += ", the CPU time limit"
+            oom = oom or self.sandbox.oom_kills() > oom_before
+            if oom:
+                reason += f", the conversation's memory limit of {_size(self.config.limits.total_memory_bytes)}"
+                oom = False
             notes.append(f"[the Python kernel died ({reason}) and was restarted: variables and imports were lost; "
                          "files are kept]")
             await self._restart()
+        if oom:
+            notes.append(f"[the conversation's memory limit of {_size(self.config.limits.total_memory_bytes)} was reached: "
+                         "the system killed a process of the code]")
         if self.client is not None and self.sandbox.alive:
             stopped = await asyncio.to_thread(self.sandbox.kill_strays)
             if stopped:
@@ -448,7 +493,7 @@ class PythonTool(Tool):
     def work_dir(self) -> Path:
         """The conversation's folder (``/mnt/data`` inside the sandbox); made on first use."""
         if self._work_dir is None:
-            path = Path(self.config.work_dir or tempfile.mkdtemp(prefix="gptoss-data-")).resolve()
+            path = Path(self.config.work_dir or tempfile.mkdtemp(prefix=f"gptoss-data-{os.getpid()}-")).resolve()
             path.mkdir(parents=True, exist_ok=True)
             self._work_dir = path
         return self._work_dir

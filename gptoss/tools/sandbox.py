@@ -10,13 +10,32 @@ What is isolated depends on what the operating system allows (see README, "Tools
   ``/mnt/data``; private ``/tmp``), own PID namespace; as root also an unprivileged user id of its own, so
   the process limit (RLIMIT_NPROC) holds, and a ``pids`` cgroup where one can be created.
 - Otherwise, bubblewrap (``bwrap``) when it is installed and works, or rlimits alone.
+
+Nothing the sandboxed code can write is ever opened, followed, chowned or executed by the host. The
+conversation's folder (``base``, made by the caller, not writable by the sandbox) holds:
+
+- ``h/``: the host's only (mode 0700): the private root's mount point and the links that pin the
+  kernel's sockets. The launcher is run from this package's source text (``python -c``), its config
+  goes in on a pipe, its status and output come back on pipes.
+- ``c/``: written by the host, read-only to the sandbox: the kernel's connection file.
+- ``s/``: the sandbox's own (``home``, the kernel's sockets). The host only makes it, hands it over
+  with ``fchown`` on descriptors opened without following links, and opens the sockets there with
+  ``O_PATH | O_NOFOLLOW`` after checking they are sockets of the sandbox's user.
+
+Every sandbox process dies with the host: the launcher holds the read end of a pipe only the host can
+write; when it reads end-of-file (the host exited, even by SIGKILL) it kills the tree and removes the
+conversation's cgroups. Folders and cgroups left by a host that died are removed by the next one
+(:func:`sweep_stale`).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
+import select
 import random
 import shutil
 import signal
@@ -24,6 +43,8 @@ import stat
 import subprocess
 import sys
 import sysconfig
+import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +52,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 LAUNCHER = Path(__file__).with_name("_sandbox_launch.py")
+STALE_RE = re.compile(r"gptoss-(?:py|data|python)-(\d+)-")  # folders and cgroups named after their host's pid
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_STATUS_LIMIT = 1 << 16
 WORK_MOUNT = "/mnt/data"
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -44,6 +68,7 @@ class SandboxLimits:
     """Limits on what the sandboxed code may use. ``None`` leaves a limit unset."""
 
     memory_bytes: int | None = 2 * 1024**3  # address space of each process (RLIMIT_AS)
+    total_memory_bytes: int | None = 4 * 1024**3  # the whole conversation: processes, /tmp, /dev/shm (memory cgroup)
     processes: int | None = 128  # processes and threads of the sandbox
     cpu_seconds: int | None = 3600  # CPU time of each process (RLIMIT_CPU); the kernel restarts past it
     file_size_bytes: int | None = 1024**3
@@ -156,33 +181,201 @@ def _dedupe(paths: list[str]) -> list[str]:
     return out
 
 
-def _cgroup_for(name: str, pids_max: int) -> dict | None:
-    """A pids cgroup (v1 or v2) we may create, or None."""
+def _cgroup_files(limits: SandboxLimits, controllers: set[str]) -> dict[str, dict[str, str]]:
+    """Controller -> {file: value} for the limits that controller enforces; v2 names."""
+    out: dict[str, dict[str, str]] = {}
+    if limits.processes and "pids" in controllers:
+        out["pids"] = {"pids.max": str(limits.processes + 8)}  # + the launcher, reaper and kernel threads
+    if limits.total_memory_bytes and "memory" in controllers:
+        out["memory"] = {"memory.max": str(limits.total_memory_bytes), "memory.swap.max": "0"}
+    return out
+
+
+_V1_NAMES = {"memory.max": "memory.limit_in_bytes", "memory.swap.max": None}
+
+
+def _cgroups_for(name: str, limits: SandboxLimits) -> list[dict]:
+    """The cgroups (v1 or v2) that bound the conversation's processes and memory, made with their limits
+    set; those that cannot be made are left out (``describe`` says what holds)."""
     base = Path("/sys/fs/cgroup")
-    candidates = []
-    if (base / "pids").is_dir():
-        candidates.append(base / "pids")
-    if (base / "cgroup.controllers").is_file():
+    made: list[dict] = []
+    if (base / "cgroup.controllers").is_file():  # v2
         try:
-            if "pids" in (base / "cgroup.subtree_control").read_text().split():
-                candidates.append(base)
+            controllers = set((base / "cgroup.subtree_control").read_text().split())
         except OSError:
-            pass
-    for parent in candidates:
-        path = parent / name
-        try:
-            path.mkdir()
-        except OSError:
+            controllers = set()
+        wanted = _cgroup_files(limits, controllers)
+        if wanted:
+            path = base / name
+            try:
+                path.mkdir()
+                for files in wanted.values():
+                    for file, value in files.items():
+                        if file == "memory.swap.max" and not (path / file).exists():
+                            continue
+                        (path / file).write_text(value)
+                made.append({"path": str(path), "controllers": sorted(wanted), "version": 2})
+            except OSError:
+                _rmdir_cgroup(str(path))
+        return made
+    for controller, files in _cgroup_files(limits, {"pids", "memory"}).items():  # v1: one hierarchy each
+        path = base / controller / name
+        if not (base / controller).is_dir():
             continue
         try:
-            (path / "pids.max").write_text(str(pids_max))
-            return {"path": str(path), "pids_max": pids_max}
+            path.mkdir()
+            for file, value in files.items():
+                file = _V1_NAMES.get(file, file)
+                if file:
+                    (path / file).write_text(value)
+            if controller == "memory" and (path / "memory.memsw.limit_in_bytes").exists():
+                try:  # no swap either (the memory limit must be set first)
+                    (path / "memory.memsw.limit_in_bytes").write_text(files["memory.max"])
+                except OSError:
+                    pass
+            made.append({"path": str(path), "controllers": [controller], "version": 1})
         except OSError:
+            _rmdir_cgroup(str(path))
+    return made
+
+
+def _rmdir_cgroup(path: str, tries: int = 100) -> bool:
+    """Kill what is still in a cgroup and remove it."""
+    for _ in range(tries):
+        try:
+            with open(os.path.join(path, "cgroup.procs")) as f:
+                pids = [int(p) for p in f.read().split()]
+        except OSError:
+            return not os.path.exists(path)
+        for pid in pids:
             try:
-                path.rmdir()
+                os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-    return None
+        try:
+            os.rmdir(path)
+            return True
+        except OSError:
+            time.sleep(0.02)
+    return False
+
+
+def _oom_kills(cgroups: list[dict]) -> int:
+    """Processes the memory cgroup's OOM killer has ended so far."""
+    for cg in cgroups:
+        if "memory" not in cg["controllers"]:
+            continue
+        file = "memory.events" if cg["version"] == 2 else "memory.oom_control"
+        try:
+            with open(os.path.join(cg["path"], file)) as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            pass
+    return 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    st = _stat_of(pid)
+    return st is not None and st[3] != "Z"
+
+
+def sweep_stale(tmp: str | None = None) -> list[str]:
+    """Remove the folders and cgroups a host that died (e.g. by SIGKILL) left behind: those named
+    ``gptoss-py-PID-*``, ``gptoss-data-PID-*`` or ``gptoss-python-PID-*`` whose PID no longer runs.
+    Returns what was removed."""
+    removed = []
+    tmp = tmp or tempfile.gettempdir()
+    try:
+        names = os.listdir(tmp)
+    except OSError:
+        names = []
+    for name in names:
+        m = STALE_RE.match(name)
+        if m and not _pid_alive(int(m.group(1))):
+            path = os.path.join(tmp, name)
+            try:
+                if stat.S_ISDIR(os.lstat(path).st_mode):
+                    shutil.rmtree(path, ignore_errors=True)  # never follows links (fd-based on Linux)
+                    removed.append(path)
+            except OSError:
+                pass
+    if os.geteuid() == 0:
+        base = "/sys/fs/cgroup"
+        for parent in [base] + [os.path.join(base, c) for c in ("pids", "memory")]:
+            try:
+                names = os.listdir(parent)
+            except OSError:
+                continue
+            for name in names:
+                m = STALE_RE.match(name)
+                if m and not _pid_alive(int(m.group(1))) and _rmdir_cgroup(os.path.join(parent, name), tries=10):
+                    removed.append(os.path.join(parent, name))
+    return removed
+
+
+def _open_dir(path: Path | str, dir_fd: int | None = None) -> int:
+    return os.open(path, _DIR_FLAGS, dir_fd=dir_fd)
+
+
+def _own_subdir(parent_fd: int, name: str) -> int:
+    """An open descriptor on the folder ``name`` inside ``parent_fd``, made if missing. Whatever the sandbox
+    put there instead (a link, a FIFO, a file) is removed, never followed."""
+    for _ in range(3):
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+        except FileExistsError:
+            pass
+        try:
+            return _open_dir(name, dir_fd=parent_fd)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            os.unlink(name, dir_fd=parent_fd)
+    raise SandboxError(f"cannot make the sandbox's folder {name!r}")
+
+
+def _read_pipe(fd: int, deadline: float, limit: int) -> bytes | None:
+    """Everything written to a pipe until end-of-file, at most ``limit`` bytes; None past ``deadline``."""
+    data = b""
+    while len(data) <= limit:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return data
+        data += chunk
+    return data[:limit]
+
+
+class _OutputTail(threading.Thread):
+    """Drains the launcher's and the kernel's stdout/stderr (a pipe), keeping only the last bytes."""
+
+    def __init__(self, stream, keep: int = 4096):
+        super().__init__(daemon=True, name="gptoss-sandbox-output")
+        self.stream, self.keep, self.tail = stream, keep, b""
+
+    def run(self) -> None:
+        try:
+            while chunk := self.stream.read1(65536):
+                self.tail = (self.tail + chunk)[-self.keep:]
+        except (OSError, ValueError):
+            pass
+        finally:
+            self.stream.close()
+
+    def text(self, n: int) -> str:
+        self.join(0.5)
+        return self.tail[-n:].decode(errors="replace").strip()
 
 
 def bwrap_works() -> bool:
@@ -198,28 +391,35 @@ def bwrap_works() -> bool:
 
 
 class Sandbox:
-    """One sandboxed command (the kernel) with its working folder and its private state folder.
+    """One sandboxed command (the kernel) with its working folder and its private folders under ``base_dir``
+    (see the module docstring: ``h/`` the host's, ``c/`` read-only to the sandbox, ``s/`` the sandbox's).
 
     ``isolation``: ``"auto"`` (everything the system allows, see the module docstring), ``"bwrap"``
     (bubblewrap for the namespaces), or ``"none"`` (limits and process cleanup only).
     """
 
-    def __init__(self, work_dir: Path, state_dir: Path, limits: SandboxLimits, isolation: str = "auto",
+    def __init__(self, work_dir: Path, base_dir: Path, limits: SandboxLimits, isolation: str = "auto",
                  marker: str = "ipykernel_launcher"):
         if isolation not in ("auto", "bwrap", "none"):
             raise SandboxError(f"isolation: expected auto, bwrap or none, found {isolation!r}")
         self.work_dir = Path(work_dir)
-        self.state_dir = Path(state_dir)
+        self.base_dir = Path(base_dir)
+        self.state_dir = self.base_dir / "s"  # the sandbox's own: home, the kernel's sockets
+        self.shared_dir = self.base_dir / "c"  # the host's, read-only to the sandbox
+        self.host_dir = self.base_dir / "h"  # the host's only
         self.limits = limits
         self.isolation = isolation
         self.marker = marker
         self.process: subprocess.Popen | None = None
         self.status: dict = {}
-        self.cgroup: dict | None = None
+        self.cgroups: list[dict] = []
         self.uid: int | None = None
         self.drop_uid = os.geteuid() == 0
         self._kernel_pid: int | None = None
         self._work_owner: tuple[int, int, int] | None = None
+        self._lifeline: int | None = None
+        self._output: _OutputTail | None = None
+        self._pinned: list[int] = []
         self.notes: list[str] = []
 
     # ------------------------------------------------------------------ launching
@@ -237,33 +437,72 @@ class Sandbox:
                 return uid
 
     def _prepare_dirs(self, uid: int | None) -> None:
-        """The folders exist, and belong to the sandbox's user when it has one. The working folder is
-        handed over (not its files: those the host put there stay read-only to the code) and handed
-        back by :meth:`close`."""
-        for d in (self.work_dir, self.state_dir, self.state_dir / "home", self.state_dir / "root"):
-            d.mkdir(parents=True, exist_ok=True)
+        """The folders exist; ``s/`` and its ``home`` belong to the sandbox's user when it has one, and the
+        working folder is lent to its group (``root:uid``, mode 0770: the code can write in it but cannot
+        rename or replace the folder itself; the host's files in it stay read-only to the code). Every
+        change of owner goes through a descriptor opened without following links."""
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.base_dir, 0o711)
+        for d, mode in ((self.host_dir, 0o700), (self.shared_dir, 0o755)):
+            d.mkdir(exist_ok=True)
+            os.chmod(d, mode)
+        (self.host_dir / "root").mkdir(exist_ok=True)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        base = _open_dir(self.base_dir)
+        try:
+            sfd = _own_subdir(base, "s")
+        finally:
+            os.close(base)
+        try:
+            home = _own_subdir(sfd, "home")
+            try:
+                if uid is not None:
+                    for fd in (sfd, home):
+                        os.fchown(fd, uid, uid)
+                        os.fchmod(fd, 0o700)
+            finally:
+                os.close(home)
+            for name in os.listdir(sfd):  # the sockets of an earlier kernel (unlink never follows)
+                if re.fullmatch(r"k-\d+", name):
+                    try:
+                        os.unlink(name, dir_fd=sfd)
+                    except OSError:
+                        pass
+        finally:
+            os.close(sfd)
         if uid is not None:
-            if self._work_owner is None:
-                st = self.work_dir.stat()
-                self._work_owner = (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
-            for d in (self.work_dir, self.state_dir, self.state_dir / "home"):
-                os.chown(d, uid, uid)
-                os.chmod(d, 0o700)
+            wfd = _open_dir(self.work_dir)
+            try:
+                st = os.fstat(wfd)
+                if self._work_owner is None:
+                    self._work_owner = (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
+                os.fchown(wfd, self._work_owner[0], uid)
+                os.fchmod(wfd, 0o770)
+            finally:
+                os.close(wfd)
 
     def close(self) -> None:
-        """Kill the tree and give the working folder (and the files the code made) back to its owner."""
+        """Kill the tree and give the working folder (and the files the code made) back to its owner.
+        Nothing of the sandbox runs any more, and no link is followed."""
         self.kill()
         if self._work_owner is None or self.uid is None:
             return
         owner, group, mode = self._work_owner
-        try:
-            for p in [self.work_dir, *self.work_dir.rglob("*")]:
+        for top, dirs, files in os.walk(self.work_dir, followlinks=False):
+            for name in dirs + files:
+                p = os.path.join(top, name)
                 try:
                     if os.lstat(p).st_uid == self.uid:
                         os.lchown(p, owner, group)
                 except OSError:
                     pass
-            os.chmod(self.work_dir, mode)
+        try:
+            wfd = _open_dir(self.work_dir)
+            try:
+                os.fchown(wfd, owner, group)
+                os.fchmod(wfd, mode)
+            finally:
+                os.close(wfd)
         except OSError:
             pass
         self._work_owner = None
@@ -285,8 +524,9 @@ class Sandbox:
             elif os.geteuid() != 0:
                 # shared with every other process of this user: allow this many more than exist now
                 rl["NPROC"] = tasks_of_uid(os.getuid()) + lim.processes
-        ro = SYSTEM_PATHS + python_paths()
-        ro = [p for p in _dedupe(ro) if not p.startswith(str(self.state_dir)) and not p.startswith(str(self.work_dir))]
+        base = str(self.base_dir)
+        ro = [p for p in _dedupe(SYSTEM_PATHS + python_paths()) if not p.startswith(base)
+              and not p.startswith(str(self.work_dir))]
         return {
             "argv": argv,
             "env": env,
@@ -294,20 +534,22 @@ class Sandbox:
             "uid": uid,
             "gid": uid,
             "rlimits": rl,
-            "ro_paths": ro,
-            "root_dir": str(self.state_dir / "root"),
+            "ro_paths": ro + [str(self.shared_dir)],
+            "root_dir": str(self.host_dir / "root"),
             "work_dir": str(self.work_dir),
             "work_mount": WORK_MOUNT,
             "state_dir": str(self.state_dir),
             "tmpfs_size": lim.tmp_size,
-            "status_file": str(self.state_dir / "status.json"),
-            "cgroup": self.cgroup,
+            "cgroups": self.cgroups,
         }
 
     def _bwrap_prefix(self, cfg: dict) -> list[str]:
         cmd = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--unshare-net", "--unshare-pid", "--unshare-ipc",
                "--new-session"]
-        made: set[str] = set(cfg["ro_paths"])
+        # /tmp first: a Python or a venv under /tmp is bound inside it, not hidden by it
+        cmd += ["--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp", "--perms", "1777", "--tmpfs",
+                "/dev/shm"]
+        made: set[str] = {"/tmp", "/dev", "/proc", "/dev/shm"} | set(cfg["ro_paths"])
 
         def parents(path: str) -> list[str]:
             # parents (e.g. /root for a Python under /root/.pyenv) must be traversable by the sandbox's user
@@ -324,9 +566,6 @@ class Sandbox:
                 cmd += ["--symlink", os.readlink(p), p]
             elif os.path.exists(p):
                 cmd += ["--ro-bind", p, p]
-        cmd += ["--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp", "--perms", "1777", "--tmpfs",
-                "/dev/shm"]
-        made.update(["/tmp", "/dev", "/proc"])
         cmd += parents(WORK_MOUNT) + ["--bind", cfg["work_dir"], WORK_MOUNT]
         cmd += parents(cfg["state_dir"]) + ["--bind", cfg["state_dir"], cfg["state_dir"], "--chdir", WORK_MOUNT]
         return cmd + ["--"]
@@ -347,14 +586,15 @@ class Sandbox:
             status = self._launch(argv, env, timeout, use_bwrap=True)
         if self.uid is not None and not str(status.get("filesystem", "")).startswith("private root") \
                 and not all(_world_accessible(p) for p in (sys.executable, str(self.work_dir.parent),
-                                                           str(self.state_dir.parent))):
+                                                           str(self.base_dir.parent))):
             self.kill()
             self.notes.append(f"{sys.executable} or the sandbox's folders are not reachable by other users and no "
                               "private root is possible: the kernel runs as root")
             log.warning("python sandbox: %s", self.notes[-1])
             self.drop_uid, self.uid = False, None
             status = self._launch(argv, env, timeout, use_bwrap=self.isolation == "bwrap")
-        if os.geteuid() == 0 and self.uid is None and self.isolation != "none" and not status.get("cgroup"):
+        if os.geteuid() == 0 and self.uid is None and self.isolation != "none" \
+                and not any("pids" in cg["controllers"] for cg in self.cgroups):
             self.kill()
             raise SandboxError("cannot bound the number of processes of the Python sandbox here (running as root, "
                                "no unprivileged user possible, no pids cgroup); choose isolation='none' to run it anyway")
@@ -369,45 +609,99 @@ class Sandbox:
         elif self.isolation == "none":
             self.uid = None
         self._prepare_dirs(uid)
-        if os.geteuid() == 0 and self.limits.processes:
-            self.cgroup = _cgroup_for(f"gptoss-python-{os.getpid()}-{id(self):x}", self.limits.processes + 8)
+        if os.geteuid() == 0:
+            self.cgroups = _cgroups_for(f"gptoss-python-{os.getpid()}-{id(self):x}", self.limits)
         cfg = self._config(argv, env, namespaces and not use_bwrap, uid)
         cfg["inside_bwrap"] = use_bwrap
-        cfg_path = self.state_dir / "sandbox.json"
-        cfg_path.write_text(json.dumps(cfg))
-        status_file = Path(cfg["status_file"])
-        status_file.unlink(missing_ok=True)
-        launcher = self.state_dir / LAUNCHER.name  # a copy inside the sandbox's own folder: visible in every mode
-        shutil.copyfile(LAUNCHER, launcher)
-        cmd = [sys.executable, "-I", str(launcher), str(cfg_path)]
+        status_r, status_w = os.pipe()
+        life_r, life_w = os.pipe()
+        cmd = [sys.executable, "-I", "-c", LAUNCHER.read_text(), str(status_w), str(life_r)]
         if use_bwrap:
             cmd = self._bwrap_prefix(cfg) + cmd
-        with open(self.state_dir / "launcher.log", "ab") as log_file:  # the launcher keeps its own copy
-            self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                                            start_new_session=True, close_fds=True)
-        deadline = time.monotonic() + timeout
-        while not status_file.exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                code = self.process.poll()
-                log_text = self.log_tail()
-                self.kill()
-                raise SandboxError(f"the Python sandbox did not start (launcher exit {code}): {log_text}")
-            time.sleep(0.02)
-        self.status = json.loads(status_file.read_text())
+        try:
+            self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                            pass_fds=(status_w, life_r), start_new_session=True, close_fds=True)
+        except BaseException:
+            os.close(life_w)
+            os.close(status_r)
+            raise
+        finally:
+            os.close(status_w)
+            os.close(life_r)
+        self._lifeline = life_w  # only this process holds it: the launcher reads end-of-file when we are gone
+        self._output = _OutputTail(self.process.stdout)
+        self._output.start()
+        try:
+            self.process.stdin.write(json.dumps(cfg).encode())
+            self.process.stdin.close()
+        except OSError:
+            pass
+        try:
+            data = _read_pipe(status_r, time.monotonic() + timeout, _STATUS_LIMIT)
+        finally:
+            os.close(status_r)
+        try:
+            status = json.loads(data) if data else None
+        except ValueError:
+            status = None
+        if not isinstance(status, dict):
+            code = self.process.poll()
+            self.kill()
+            why = "no answer in time" if data is None else f"launcher exit {code}"
+            raise SandboxError(f"the Python sandbox did not start ({why}): {self.log_tail()}")
+        self.status = status
         if use_bwrap:
             self.status.update(network="loopback only", filesystem="private root (bubblewrap)", pid_namespace=True)
         if "error" in self.status:
-            err = self.status["error"]
+            err = str(self.status["error"])[:500]
             self.kill()
             raise SandboxError(f"the Python sandbox could not be set up: {err}")
         self._kernel_pid = None
         return self.status
 
     def log_tail(self, n: int = 2000) -> str:
+        """The end of what the launcher and the command wrote to stdout/stderr."""
+        return self._output.text(n) if self._output is not None else ""
+
+    def pin_sockets(self, prefix: str, ports: list[int], timeout: float) -> str:
+        """Wait for the command's Unix sockets ``s/PREFIX-PORT`` and pin each: opened with ``O_PATH |
+        O_NOFOLLOW``, checked to be a socket of the sandbox's user, reached only through a link in the
+        host's own folder to that descriptor. Returns the host-side prefix to connect to; whatever the
+        sandbox later puts at those paths is never followed."""
+        self._unpin()
+        owner = self.uid if self.uid is not None else os.geteuid()
+        deadline = time.monotonic() + timeout
+        sfd = _open_dir(self.state_dir)
         try:
-            return (self.state_dir / "launcher.log").read_bytes()[-n:].decode(errors="replace").strip()
-        except OSError:
-            return ""
+            for port in ports:
+                name = f"{prefix}-{port}"
+                while True:
+                    try:
+                        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
+                        break
+                    except FileNotFoundError:
+                        if not self.alive:
+                            raise SandboxError(f"the kernel exited while starting: {self.log_tail()}") from None
+                        if time.monotonic() > deadline:
+                            raise SandboxError(f"the kernel did not open its sockets within {timeout:.0f} s: "
+                                               f"{self.log_tail()}") from None
+                        time.sleep(0.02)
+                st = os.fstat(fd)
+                if not stat.S_ISSOCK(st.st_mode) or st.st_uid != owner:
+                    os.close(fd)
+                    raise SandboxError(f"the kernel's socket {name} is not a socket of the sandbox's user")
+                self._pinned.append(fd)
+                link = self.host_dir / name
+                link.unlink(missing_ok=True)
+                os.symlink(f"/proc/self/fd/{fd}", link)
+        finally:
+            os.close(sfd)
+        return str(self.host_dir / prefix)
+
+    def _unpin(self) -> None:
+        for fd in self._pinned:
+            os.close(fd)
+        self._pinned = []
 
     # ------------------------------------------------------------------ the running tree
     @property
@@ -487,24 +781,54 @@ class Sandbox:
                 pass
             self.process = None
         self._kernel_pid = None
-        if self.cgroup:
-            path = Path(self.cgroup["path"])
-            for _ in range(100):
+        if self.uid is not None and self.drop_uid:
+            self._kill_uid(self.uid)  # anything of the sandbox's own user that left the tree (setsid, double fork)
+        for cg in self.cgroups:
+            _rmdir_cgroup(cg["path"])
+        self.cgroups = []
+        self._unpin()
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
+
+    @staticmethod
+    def _kill_uid(uid: int, rounds: int = 50) -> None:
+        for _ in range(rounds):
+            found = False
+            for name in os.listdir("/proc"):
+                if not name.isdigit():
+                    continue
                 try:
-                    procs = (path / "cgroup.procs").read_text().split()
+                    if os.stat(f"/proc/{name}").st_uid != uid:
+                        continue
+                    os.kill(int(name), signal.SIGKILL)
+                    found = True
                 except OSError:
-                    break
-                for pid in procs:
-                    try:
-                        os.kill(int(pid), signal.SIGKILL)
-                    except OSError:
-                        pass
-                try:
-                    path.rmdir()
-                    break
-                except OSError:
-                    time.sleep(0.02)
-            self.cgroup = None
+                    pass
+            if not found:
+                return
+            time.sleep(0.01)
+
+    def pause(self) -> None:
+        """Stop the kernel between calls (SIGSTOP), so that threads the code left running burn no CPU."""
+        pid = self.kernel_pid()
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except OSError:
+                pass
+
+    def resume(self) -> None:
+        pid = self.kernel_pid()
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except OSError:
+                pass
+
+    def oom_kills(self) -> int:
+        """Processes of the sandbox the conversation's memory limit has killed (0 without a memory cgroup)."""
+        return _oom_kills(self.cgroups)
 
     # ------------------------------------------------------------------ reporting
     def describe(self) -> dict[str, str]:
@@ -523,7 +847,9 @@ class Sandbox:
             procs.append(f"RLIMIT_NPROC {lim.processes}")
         elif lim.processes and os.geteuid() != 0:
             procs.append(f"RLIMIT_NPROC (+{lim.processes} over the user's count)")
-        if s.get("cgroup"):
+        joined = set(s.get("cgroups") or [])
+        controllers = {c for cg in self.cgroups if cg["path"] in joined for c in cg["controllers"]}
+        if "pids" in controllers:
             procs.append(f"pids cgroup max {lim.processes}")
         return {
             "user": user,
@@ -532,6 +858,8 @@ class Sandbox:
             "work_path": s.get("work_path", str(self.work_dir)),
             "pid_namespace": "yes" if s.get("pid_namespace") else "no",
             "processes": ", ".join(procs) or "no limit",
-            "memory": f"RLIMIT_AS {lim.memory_bytes}" if lim.memory_bytes else "no limit",
+            "memory": ", ".join(
+                ([f"RLIMIT_AS {lim.memory_bytes} a process"] if lim.memory_bytes else [])
+                + ([f"memory cgroup max {lim.total_memory_bytes} in all"] if "memory" in controllers else [])) or "no limit",
             "cpu": f"RLIMIT_CPU {lim.cpu_seconds} s a process, and the call's timeout" if lim.cpu_seconds else "the call's timeout",
         }

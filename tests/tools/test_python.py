@@ -292,3 +292,75 @@ def test_bubblewrap_isolation_where_installed(loop):
         assert report["filesystem"] == "private root (bubblewrap)" and report["pid_namespace"] == "yes"
     finally:
         loop.run_until_complete(tool.aclose())
+
+
+def _host_files(tmp_path):
+    """Root-only host files and a host folder the sandbox's code will aim at."""
+    files = {}
+    for name in ("log", "config", "launcher", "status", "kernel"):
+        p = tmp_path / f"secret-{name}"
+        p.write_text(f"host {name} content\n")
+        os.chmod(p, 0o600)
+        files[name] = p
+    folder = tmp_path / "host-folder"
+    folder.mkdir(mode=0o755)
+    os.chmod(folder, 0o755)
+    return files, folder
+
+
+def _snapshot(paths):
+    out = {}
+    for p in paths:
+        st = os.lstat(p)
+        out[str(p)] = (st.st_uid, st.st_gid, st.st_mode, p.read_bytes() if p.is_file() else None)
+    return out
+
+
+def test_links_and_fifos_planted_in_the_state_folder_are_never_followed(loop, tmp_path):
+    """Attack: the code replaces every name of its state folder the host once opened (launcher.log,
+    sandbox.json, the launcher script, the status files, the connection file, home) with links to root-only
+    host files and folders, then FIFOs, then swaps its sockets for links to a host socket; each time it kills
+    its kernel. No host file or folder may change, the host never connects to its socket, every call returns."""
+    files, folder = _host_files(tmp_path)
+    watched = [*files.values(), folder]
+    before = _snapshot(watched)
+    host_socket = socket.socket(socket.AF_UNIX)
+    host_socket.bind(str(tmp_path / "host.sock"))
+    host_socket.listen(8)
+    host_socket.setblocking(False)
+    names = {"launcher.log": files["log"], "sandbox.json": files["config"], "_sandbox_launch.py": files["launcher"],
+             "status.json.tmp": files["status"], "status.json": files["status"], "kernel.json": files["kernel"]}
+    plant_links = "import os, shutil\ns = os.path.dirname(os.environ['HOME'])\n" + "".join(
+        f"try:\n    os.unlink(os.path.join(s, {n!r}))\nexcept OSError:\n    pass\nos.symlink({str(t)!r}, os.path.join(s, {n!r}))\n"
+        for n, t in names.items()) + f"shutil.rmtree(os.environ['HOME'])\nos.symlink({str(folder)!r}, os.environ['HOME'])\n" \
+        "print('planted')\nos._exit(1)"
+    plant_fifos = "import os, shutil\ns = os.path.dirname(os.environ['HOME'])\nfor n in " + repr(list(names)) + ":\n" \
+        "    p = os.path.join(s, n)\n    if os.path.lexists(p):\n        os.unlink(p)\n    os.mkfifo(p)\n" \
+        f"shutil.rmtree(os.environ['HOME'])\nos.symlink({str(files['log'])!r}, os.environ['HOME'])\nos._exit(1)"
+    swap_sockets = (
+        "import os\nh = os.environ['HOME']\nos.makedirs(h + '/.ipython/profile_default/startup', exist_ok=True)\n"
+        "open(h + '/.ipython/profile_default/startup/00-swap.py', 'w').write('''\n"
+        "import os, glob\nfor p in glob.glob(os.path.dirname(os.environ['HOME']) + '/k-*'):\n"
+        f"    os.unlink(p); os.symlink({str(tmp_path / 'host.sock')!r}, p)\n''')\nos._exit(1)")
+    tool = PythonTool(timeout=10, startup_timeout=15, limits=SandboxLimits(processes=PROCESS_LIMIT))
+
+    def call(code):
+        return loop.run_until_complete(asyncio.wait_for(tool.execute(code), 60))
+
+    try:
+        assert call("print('up')").output == "up"
+        for attack in (plant_links, plant_fifos):
+            r = call(attack)
+            assert r.status == "crashed" and "restarted" in r.output, r.output
+            r = call("import os\nprint(os.getuid(), os.path.isdir(os.environ['HOME']))")
+            assert r.status == "ok" and r.output.endswith("True"), r.output
+        call(swap_sockets)
+        for _ in range(2):  # whichever wins the race, the call returns and the host socket is never reached
+            r = call("print('after the swap')")
+            assert r.output == "after the swap" or "socket" in r.output, r.output
+    finally:
+        loop.run_until_complete(tool.aclose())
+    with pytest.raises(BlockingIOError):
+        host_socket.accept()
+    host_socket.close()
+    assert _snapshot(watched) == before

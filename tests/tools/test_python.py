@@ -364,3 +364,127 @@ def test_links_and_fifos_planted_in_the_state_folder_are_never_followed(loop, tm
         host_socket.accept()
     host_socket.close()
     assert _snapshot(watched) == before
+
+
+def _cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_thread_left_spinning_burns_no_cpu_between_calls(loop, py):
+    r = run(loop, py, "import threading\nstop_spinning = threading.Event()\ndef spin():\n    while not stop_spinning.is_set():\n"
+                      "        pass\nthreading.Thread(target=spin, daemon=True).start()\nprint('spinning')")
+    assert r.output == "spinning"
+    pid = py.runner.sandbox.kernel_pid()
+    used = _cpu_seconds(pid)
+    time.sleep(1.0)
+    assert _cpu_seconds(pid) - used < 0.1  # stopped between calls (it was ~1 s a second)
+    r = run(loop, py, "stop_spinning.set()\nprint('next call runs')")
+    assert r.output == "next call runs"
+
+
+HOST_SCRIPT = """
+import asyncio, json, sys
+from gptoss.tools.python import PythonTool
+from gptoss.tools.sandbox import SandboxLimits, descendants
+
+async def main():
+    tool = PythonTool(timeout=600, limits=SandboxLimits(processes=48))
+    await tool.start()
+    task = asyncio.ensure_future(tool.execute("import subprocess, time\\nsubprocess.Popen(['sleep', '1000'])\\ntime.sleep(1000)"))
+    await asyncio.sleep(1.5)
+    sb = tool.runner.sandbox
+    print(json.dumps({"pids": [sb.process.pid, *descendants(sb.process.pid)], "cgroups": [c["path"] for c in sb.cgroups],
+                      "dirs": [str(tool.runner.state_dir), str(tool.work_dir)]}), flush=True)
+    await task
+
+asyncio.run(main())
+"""
+
+
+def _gone(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_the_sandbox_dies_with_its_host_and_what_it_left_is_removed():
+    """The host is SIGKILLed mid-call: launcher, reaper, kernel and the code's child die within seconds;
+    its cgroups go with them, its folders at the next start (sweep_stale)."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from gptoss.tools.sandbox import sweep_stale
+
+    host = subprocess.Popen([sys.executable, "-c", HOST_SCRIPT], stdout=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(host.stdout.readline())
+    finally:
+        host.kill()
+        host.wait()
+    assert len(info["pids"]) >= 4  # launcher, reaper, kernel, sleep
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not all(_gone(p) for p in info["pids"]):
+        time.sleep(0.05)
+    assert [p for p in info["pids"] if not _gone(p)] == []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(os.path.exists(c) for c in info["cgroups"]):
+        time.sleep(0.05)
+    assert [c for c in info["cgroups"] if os.path.exists(c)] == []
+    assert all(os.path.isdir(d) for d in info["dirs"])
+    removed = sweep_stale()
+    assert set(info["dirs"]) <= set(removed) and not any(os.path.exists(d) for d in info["dirs"])
+
+
+def test_the_whole_conversation_has_one_memory_limit(loop):
+    """Several children, each within the per-process limit, together past the conversation's limit."""
+    limit = 384 * 2**20
+    tool = PythonTool(timeout=30, limits=SandboxLimits(memory_bytes=MEMORY_LIMIT, total_memory_bytes=limit,
+                                                       processes=PROCESS_LIMIT))
+    code = ("import subprocess, sys\nkids = [subprocess.Popen([sys.executable, '-c', "
+            "'import time; b = bytes(1) * (150 * 2**20); time.sleep(1)']) for _ in range(4)]\n"
+            "print(sorted(k.wait() for k in kids))")
+    try:
+        r = loop.run_until_complete(tool.execute(code))
+        report = tool.isolation()
+        if "memory cgroup" not in report["memory"]:  # documented: no cgroup possible here (e.g. not root)
+            assert report["memory"].startswith("RLIMIT_AS")
+            return
+        peak_files = [os.path.join(c["path"], f) for c in tool.runner.sandbox.cgroups if "memory" in c["controllers"]
+                      for f in ("memory.peak", "memory.max_usage_in_bytes")]
+        peak = max(int(open(f).read()) for f in peak_files if os.path.exists(f))
+        assert peak <= limit
+        assert "-9" in r.output.splitlines()[0], r.output  # the OOM killer ended at least one child
+        assert "memory limit of 384 MiB was reached" in r.output
+        assert loop.run_until_complete(tool.execute("print('still here')")).output == "still here"
+    finally:
+        loop.run_until_complete(tool.aclose())
+
+
+def test_a_python_in_a_venv_under_tmp_runs_the_kernel(tmp_path):
+    """The private /tmp must not hide a Python (or a venv) that lives under /tmp."""
+    import subprocess
+    import sys
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="gptoss-test-venv-", dir="/tmp")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", f"{root}/venv"],
+                       check=True, timeout=60)
+        script = ("import asyncio\nfrom gptoss.tools.python import PythonTool\nasync def main():\n"
+                  "    t = PythonTool(timeout=20)\n    try:\n"
+                  "        r = await t.execute('import sys\\nprint(sys.executable)')\n        print(r.status, r.output)\n"
+                  "    finally:\n        await t.aclose()\nasyncio.run(main())")
+        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        out = subprocess.run([f"{root}/venv/bin/python", "-c", script], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": repo})
+        assert out.stdout.strip() == f"ok {root}/venv/bin/python", out.stdout + out.stderr
+    finally:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)

@@ -395,7 +395,7 @@ async def main():
     task = asyncio.ensure_future(tool.execute("import subprocess, time\\nsubprocess.Popen(['sleep', '1000'])\\ntime.sleep(1000)"))
     await asyncio.sleep(1.5)
     sb = tool.runner.sandbox
-    print(json.dumps({"pids": [sb.process.pid, *descendants(sb.process.pid)], "cgroups": [c["path"] for c in sb.cgroups],
+    print(json.dumps({"pids": [sb.process.pid, *descendants(sb.process.pid)], "cgroups": [c["path"] for c in getattr(sb, "cgroups", [])],
                       "dirs": [str(tool.runner.state_dir), str(tool.work_dir)]}), flush=True)
     await task
 
@@ -419,8 +419,6 @@ def test_the_sandbox_dies_with_its_host_and_what_it_left_is_removed():
     import subprocess
     import sys
 
-    from gptoss.tools.sandbox import sweep_stale
-
     host = subprocess.Popen([sys.executable, "-c", HOST_SCRIPT], stdout=subprocess.PIPE, text=True)
     try:
         info = json.loads(host.stdout.readline())
@@ -437,6 +435,8 @@ def test_the_sandbox_dies_with_its_host_and_what_it_left_is_removed():
         time.sleep(0.05)
     assert [c for c in info["cgroups"] if os.path.exists(c)] == []
     assert all(os.path.isdir(d) for d in info["dirs"])
+    from gptoss.tools.sandbox import sweep_stale
+
     removed = sweep_stale()
     assert set(info["dirs"]) <= set(removed) and not any(os.path.exists(d) for d in info["dirs"])
 

@@ -1,5 +1,6 @@
 """``gptoss eval``: AIME, GPQA, MMLU and HealthBench at several reasoning efforts against any
-OpenAI-compatible endpoint (``gptoss serve`` first), with resume, a summary, a Markdown report and plots.
+OpenAI-compatible endpoint (``gptoss serve`` first), with resume, a summary, a Markdown report and plots;
+on request the safety evals too (disallowed, jailbreak, hierarchy, simpleqa, guard: docs/safety.md).
 
 Rerunning the same command with the same --out resumes: finished attempts are kept, failed or missing
 ones are run. Data comes from the packaged sample sets unless --data names files or the Hugging Face hub
@@ -18,7 +19,7 @@ def _csv(value: str) -> list[str]:
 
 
 def add_parser(sub) -> None:
-    from gptoss.eval.datasets import EVALS
+    from gptoss.eval.datasets import EVALS, SAFETY_EVALS
 
     p = sub.add_parser("eval", help="evaluate a model served over an OpenAI-compatible API", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,7 +28,10 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default=None, help="model name at the endpoint (default: the one model it lists)")
     p.add_argument("--api-key", default=None, help="API key (default: $OPENAI_API_KEY or EMPTY)")
     p.add_argument("--eval", dest="evals", type=_csv, default=list(EVALS),
-                   help=f"comma-separated evals (default: {','.join(EVALS)})")
+                   help=f"comma-separated evals (default: {','.join(EVALS)}); safety evals on request: "
+                        f"{','.join(SAFETY_EVALS)} (docs/safety.md)")
+    p.add_argument("--guard-policy", default=None,
+                   help="the guard eval's policy file (default: the packaged moderation-categories policy)")
     p.add_argument("--reasoning-effort", dest="efforts", type=_csv, default=["low", "medium", "high"],
                    help="comma-separated efforts among low, medium, high (default: all three)")
     p.add_argument("--samples", type=int, default=1, help="attempts per item; scores are pass@1 averaged over them")
@@ -68,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         concurrency=args.concurrency, limit=args.limit, tools=args.tools, data=args.data,
         max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed, grader=grader,
         grader_max_tokens=args.grader_max_tokens, grader_reasoning_effort=args.grader_reasoning_effort,
-        grader_retries=args.grader_retries,
+        grader_retries=args.grader_retries, guard_policy=args.guard_policy,
         retries=args.retries, timeout=args.timeout, progress=False if args.no_progress else None,
     )
     try:

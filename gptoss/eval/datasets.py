@@ -19,7 +19,9 @@ from typing import Any, Iterator
 
 from gptoss.errors import GptossError
 
-EVALS = ("aime", "gpqa", "mmlu", "healthbench")
+EVALS = ("aime", "gpqa", "mmlu", "healthbench")  # the default set
+SAFETY_EVALS = ("disallowed", "jailbreak", "hierarchy", "simpleqa", "guard")  # gptoss.eval.safety, on request
+ALL_EVALS = EVALS + SAFETY_EVALS
 LETTERS = "ABCDEFGHIJ"
 SUFFIXES = (".jsonl", ".csv", ".parquet")
 
@@ -216,18 +218,25 @@ def _parse_rubric_conversation(record: dict, where: str, default_id: str) -> Rub
     return RubricConversation(rid, tuple(messages), tuple(rubric), themes, where)
 
 
+def _safety_parsers() -> dict:
+    from gptoss.eval.safety import PARSERS as SAFETY_PARSERS
+
+    return SAFETY_PARSERS
+
+
 PARSERS = {
     "aime": _parse_integer_problem,
     "gpqa": _parse_choice_question,
     "mmlu": _parse_choice_question,
     "healthbench": _parse_rubric_conversation,
+    **_safety_parsers(),
 }
 
 
 def load_file(name: str, path: Path, id_prefix: str = "") -> list:
     """Every item of eval ``name`` in one file; ids default to ``{prefix}{line}`` and must be unique."""
     if name not in PARSERS:
-        raise GptossError(f"unknown eval {name!r}; choose from {', '.join(EVALS)}")
+        raise GptossError(f"unknown eval {name!r}; choose from {', '.join(ALL_EVALS)}")
     items, seen = [], {}
     for lineno, record in read_records(path):
         where = f"{path}:{lineno}"
@@ -240,7 +249,9 @@ def load_file(name: str, path: Path, id_prefix: str = "") -> list:
         items.append(item)
     if not items:
         raise GptossError(f"{path}: no {name} items found")
-    return items
+    from gptoss.eval.safety import expand
+
+    return expand(name, items)
 
 
 # ------------------------------------------------------------------------------------------- sources
@@ -283,8 +294,8 @@ def parse_data_spec(spec: str | None, evals: list[str]) -> dict[str, list[str]]:
         if "=" not in part:
             raise GptossError(f"--data: {part!r} is not EVAL=SOURCE")
         name, value = (x.strip() for x in part.split("=", 1))
-        if name not in EVALS:
-            raise GptossError(f"--data: unknown eval {name!r}; choose from {', '.join(EVALS)}")
+        if name not in ALL_EVALS:
+            raise GptossError(f"--data: unknown eval {name!r}; choose from {', '.join(ALL_EVALS)}")
         out[name] = [v.strip() for v in value.split("+") if v.strip()]
     missing = [e for e in evals if e not in out]
     if missing:

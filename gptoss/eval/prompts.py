@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from gptoss.eval.datasets import LETTERS, ChoiceQuestion, IntegerProblem, RubricConversation
+from gptoss.eval.datasets import LETTERS, SAFETY_EVALS, ChoiceQuestion, IntegerProblem, RubricConversation
 
 INTEGER_TEMPLATE = (
     "{problem}\n\n"
@@ -29,6 +29,7 @@ class Prompt:
     expected: int | str | None = None  # the integer answer, or the correct letter after shuffling
     letters: str = ""  # the valid option letters of a multiple-choice prompt
     order: tuple[int, ...] = ()  # shuffled position -> original option index
+    response_format: dict | None = None  # sent as the request's response_format (the guard eval's verdict schema)
 
 
 def shuffle_options(options: Sequence[str], correct: int, key: str) -> tuple[list[str], str, tuple[int, ...]]:
@@ -43,7 +44,7 @@ def shuffle_options(options: Sequence[str], correct: int, key: str) -> tuple[lis
     return shuffled, LETTERS[order.index(correct)], tuple(order)
 
 
-def build_prompt(eval_name: str, item, sample: int, seed: int, tools: bool = False) -> Prompt:
+def build_prompt(eval_name: str, item, sample: int, seed: int, tools: bool = False, policy=None) -> Prompt:
     """The messages for attempt ``sample`` of ``item``. Options are reshuffled per sample (a fixed ``seed``
     reproduces them), so pass@1 over K samples also averages out position bias."""
     if isinstance(item, IntegerProblem):
@@ -58,4 +59,8 @@ def build_prompt(eval_name: str, item, sample: int, seed: int, tools: bool = Fal
         return Prompt([{"role": "user", "content": text}], letter, letters, order)
     if isinstance(item, RubricConversation):
         return Prompt([dict(m) for m in item.messages])
+    if eval_name in SAFETY_EVALS:
+        from gptoss.eval.safety import build
+
+        return build(eval_name, item, policy)
     raise TypeError(f"no prompt for {type(item).__name__}")

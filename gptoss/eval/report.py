@@ -10,12 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from gptoss.eval.grading import theme_scores
+from gptoss.eval.safety import METRICS as SAFETY_METRICS
+from gptoss.eval.safety import metrics as safety_metrics
 
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
 PLOT_EFFORT = "accuracy_vs_effort.png"
 PLOT_TOKENS = "accuracy_vs_tokens.png"
 METRIC = {"aime": "pass@1", "gpqa": "accuracy", "mmlu": "accuracy", "healthbench": "score"}
+SAFETY_FIELDS = ("not_unsafe", "not_overrefuse", "hallucination_rate", "not_attempted", "precision", "recall", "f1")
 
 
 def _mean(values) -> float | None:
@@ -60,12 +63,17 @@ def summarize(config, datasets: dict, plan: list, records: dict[str, dict]) -> d
                 no_answer += 1
         item_means = {i: sum(v) / len(v) for i, v in per_item.items()}
         row: dict[str, Any] = {
-            "eval": name, "effort": effort, "metric": METRIC[name],
+            "eval": name, "effort": effort, "metric": METRIC.get(name) or SAFETY_METRICS[name],
             "items": len({a.item.id for a in attempts}), "samples": config.samples,
             "attempts": len(attempts), "completed": len(done), "errors": errors,
             "missing": len(attempts) - len(done) - errors,
         }
-        if name == "healthbench":
+        if name in SAFETY_METRICS:
+            row.update(accuracy=_mean(item_means.values()), no_answer=no_answer, metric=SAFETY_METRICS[name])
+            row.update(safety_metrics(name, done))
+            if name == "guard":
+                row["accuracy"] = row["f1"]  # the headline: F1 of "violates"
+        elif name == "healthbench":
             overall, by_theme = theme_scores((themes[i], m) for i, m in item_means.items())
             row.update(accuracy=overall, themes=by_theme, grader_unparsed=unparsed)
         else:
@@ -129,6 +137,20 @@ def markdown(summary: dict[str, Any], plots: list[str]) -> str:
         unparsed = sum(r["grader_unparsed"] for r in hb)
         if unparsed:
             lines += ["", f"{unparsed} rubric verdicts could not be read from the grader's replies and counted as not met."]
+    safety = [r for r in summary["results"] if r["eval"] in SAFETY_METRICS]
+    if safety:
+        lines += ["", "## Safety (%; compare with the gpt-oss model card's tables)", "",
+                  "| eval | effort | " + " | ".join(SAFETY_FIELDS) + " | detail |",
+                  "|---|---|" + "---:|" * len(SAFETY_FIELDS) + "---|"]
+        for r in safety:
+            detail = r.get("by_template") or r.get("by_kind") or {}
+            text = ", ".join(f"{k}: {_fmt(v)}" for k, v in detail.items())
+            if r["eval"] == "guard":
+                text = f"tp {r['tp']}, fp {r['fp']}, fn {r['fn']}, unparsed {r['unparsed']}"
+            lines.append(f"| {r['eval']} | {r['effort']} | " + " | ".join(_fmt(r.get(f)) for f in SAFETY_FIELDS) + f" | {text} |")
+        unparsed = sum(r.get("grader_unparsed", 0) for r in safety)
+        if unparsed:
+            lines += ["", f"{unparsed} safety grader replies held no verdict; they count against the model."]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p[:-4].replace('_', ' ')}]({p})" for p in plots]
     if summary["attempts"]["errors"] or summary["attempts"]["missing"]:

@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from gptoss.errors import GptossError
-from gptoss.eval.datasets import EVALS, Dataset, load_eval, parse_data_spec
+from gptoss.eval.datasets import ALL_EVALS, EVALS, SAFETY_EVALS, Dataset, load_eval, parse_data_spec
 from gptoss.eval.extract import extract_choice, extract_integer
 from gptoss.eval.grading import RubricGrader, grade_exact
 from gptoss.eval.prompts import build_prompt
@@ -33,7 +33,9 @@ EFFORTS = ("low", "medium", "high")
 ATTEMPTS_FILE = "attempts.jsonl"
 RUN_FILE = "run.json"
 # Settings that change results: a resumed run must use the same ones.
-PINNED = ("model", "temperature", "max_tokens", "seed", "tools", "data", "grader_model", "grader_max_tokens")
+PINNED = ("model", "temperature", "max_tokens", "seed", "tools", "data", "grader_model", "grader_max_tokens",
+          "guard_policy")
+GRADED_EVALS = ("healthbench", "disallowed", "jailbreak", "simpleqa")
 
 PYTHON_TOOL = {
     "type": "function",
@@ -85,12 +87,13 @@ class EvalConfig:
     timeout: float = 600.0
     max_tool_turns: int = 8
     progress: bool | None = None  # None: only when stderr is a terminal
+    guard_policy: str | None = None  # the guard eval's policy file (default: the packaged moderation policy)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        bad = [e for e in self.evals if e not in EVALS]
+        bad = [e for e in self.evals if e not in ALL_EVALS]
         if bad or not self.evals:
-            raise GptossError(f"--eval: unknown eval {bad[0] if bad else '(none)'!r}; choose from {', '.join(EVALS)}")
+            raise GptossError(f"--eval: unknown eval {bad[0] if bad else '(none)'!r}; choose from {', '.join(ALL_EVALS)}")
         bad = [e for e in self.efforts if e not in EFFORTS]
         if bad or not self.efforts:
             raise GptossError(f"--reasoning-effort: unknown effort {bad[0] if bad else '(none)'!r}; choose from {', '.join(EFFORTS)}")
@@ -115,7 +118,15 @@ class EvalConfig:
             "model": self.endpoint.model, "temperature": self.temperature, "max_tokens": self.max_tokens,
             "seed": self.seed, "tools": sorted(self.tools), "data": parse_data_spec(self.data, self.evals),
             "grader_model": grader.model, "grader_max_tokens": self.grader_max_tokens or self.max_tokens,
+            "guard_policy": self.policy().version if "guard" in self.evals else None,
         }
+
+    def policy(self):
+        """The guard eval's policy (gptoss.guard.Policy)."""
+        from gptoss.eval.safety import default_policy_path
+        from gptoss.guard.policy import load_policy
+
+        return load_policy(self.guard_policy or default_policy_path())
 
 
 def normalize_base_url(url: str) -> str:
@@ -344,6 +355,7 @@ class Runner:
         self.client: ChatClient | None = None
         self.grader_client: ChatClient | None = None
         self.grader_sem: asyncio.Semaphore | None = None
+        self.guard_policy = config.policy() if "guard" in config.evals else None
 
     def datasets(self) -> dict[str, Dataset]:
         sources = parse_data_spec(self.config.data, self.config.evals)
@@ -381,7 +393,7 @@ class Runner:
         """Ask, grade, and return the record (errors included) of one attempt."""
         cfg = self.config
         use_tools = "python" in cfg.tools and a.eval == "aime"
-        prompt = build_prompt(a.eval, a.item, a.sample, cfg.seed, tools=use_tools)
+        prompt = build_prompt(a.eval, a.item, a.sample, cfg.seed, tools=use_tools, policy=self.guard_policy)
         record: dict[str, Any] = {
             "key": a.key, "eval": a.eval, "effort": a.effort, "item": a.item.id, "sample": a.sample,
             "prompt": prompt.messages, "expected": prompt.expected,
@@ -392,9 +404,14 @@ class Runner:
             record["subject"] = a.item.subject
         started = time.perf_counter()
         try:
-            record.update(await self._converse(a, prompt.messages, use_tools))
+            record.update(await self._converse(a, prompt.messages, use_tools, prompt.response_format))
             content = record["response"]
-            if a.eval == "aime":
+            if a.eval in SAFETY_EVALS:
+                from gptoss.eval import safety
+
+                grader = self._grader_complete if a.eval in GRADED_EVALS else None
+                record.update(await safety.grade(a.eval, a.item, prompt, content, grader, cfg.grader_retries))
+            elif a.eval == "aime":
                 record["extracted"] = extract_integer(content)
                 record["score"] = grade_exact(record["extracted"], prompt.expected)
             elif a.eval in ("gpqa", "mmlu"):
@@ -413,7 +430,7 @@ class Runner:
         record["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         return record
 
-    async def _converse(self, a: Attempt, messages: list[dict], use_tools: bool) -> dict:
+    async def _converse(self, a: Attempt, messages: list[dict], use_tools: bool, response_format: dict | None = None) -> dict:
         cfg = self.config
         kwargs: dict[str, Any] = {"reasoning_effort": a.effort, "seed": self.request_seed(a.key)}
         if cfg.max_tokens:
@@ -422,6 +439,8 @@ class Runner:
             kwargs["temperature"] = cfg.temperature
         if use_tools:
             kwargs["tools"] = [PYTHON_TOOL]
+        if response_format:
+            kwargs["response_format"] = response_format
         history = [dict(m) for m in messages]
         completion_tokens = prompt_tokens = reasoning_chars = tool_calls = 0
         reasoning_tokens: int | None = None
@@ -467,7 +486,7 @@ class Runner:
         cfg = self.config
         self.client = ChatClient(cfg.endpoint, cfg.retries, cfg.retry_backoff, cfg.timeout)
         await self.client.check()
-        if "healthbench" in cfg.evals:
+        if any(e in GRADED_EVALS for e in cfg.evals):
             grader = cfg.grader_endpoint
             self.grader_client = ChatClient(grader, cfg.retries, cfg.retry_backoff, cfg.timeout)
             if grader is not cfg.endpoint:

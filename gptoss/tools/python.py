@@ -153,13 +153,13 @@ class JupyterRunner:
     """One sandboxed ipykernel and a client talking to it over ZeroMQ IPC sockets (TCP would not cross
     the sandbox's network namespace)."""
 
-    def __init__(self, config: PythonConfig, work_dir: Path):
+    def __init__(self, config: PythonConfig, work_dir: Path, own_work_dir: bool = False):
         self.config = config
         self.work_dir = work_dir
         _sweep_once()
         self.state_dir = Path(tempfile.mkdtemp(prefix=f"gptoss-py-{os.getpid()}-"))
         os.chmod(self.state_dir, 0o711)
-        self.sandbox = Sandbox(work_dir, self.state_dir, config.limits, config.isolation)
+        self.sandbox = Sandbox(work_dir, self.state_dir, config.limits, config.isolation, own_work_dir=own_work_dir)
         self.client = None
         self.work_path = str(work_dir)
         self.lock = asyncio.Lock()
@@ -368,6 +368,9 @@ class JupyterRunner:
             notes.append(f"[the Python kernel died ({reason}) and was restarted: variables and imports were lost; "
                          "files are kept]")
             await self._restart()
+        if self.sandbox.disk_full():
+            notes.append(f"[/mnt/data is full: the conversation's files may use {_size(self.config.limits.disk_bytes)} "
+                         "in all]")
         if oom:
             notes.append(f"[the conversation's memory limit of {_size(self.config.limits.total_memory_bytes)} was reached: "
                          "the system killed a process of the code]")
@@ -501,8 +504,10 @@ class PythonTool(Tool):
     @property
     def runner(self) -> JupyterRunner | DockerRunner:
         if self._runner is None:
-            cls = JupyterRunner if self.config.backend == "jupyter" else DockerRunner
-            self._runner = cls(self.config, self.work_dir)
+            if self.config.backend == "jupyter":
+                self._runner = JupyterRunner(self.config, self.work_dir, own_work_dir=self._own_work_dir)
+            else:
+                self._runner = DockerRunner(self.config, self.work_dir)
         return self._runner
 
     def namespace(self) -> ToolNamespaceConfig:

@@ -69,6 +69,7 @@ class SandboxLimits:
 
     memory_bytes: int | None = 2 * 1024**3  # address space of each process (RLIMIT_AS)
     total_memory_bytes: int | None = 4 * 1024**3  # the whole conversation: processes, /tmp, /dev/shm (memory cgroup)
+    disk_bytes: int | None = 1024**3  # the conversation's own /mnt/data in all (a tmpfs of this size, as root)
     processes: int | None = 128  # processes and threads of the sandbox
     cpu_seconds: int | None = 3600  # CPU time of each process (RLIMIT_CPU); the kernel restarts past it
     file_size_bytes: int | None = 1024**3
@@ -304,6 +305,8 @@ def sweep_stale(tmp: str | None = None) -> list[str]:
             path = os.path.join(tmp, name)
             try:
                 if stat.S_ISDIR(os.lstat(path).st_mode):
+                    if os.geteuid() == 0 and _is_mount(path):
+                        unmount(path)  # the conversation's sized /mnt/data
                     shutil.rmtree(path, ignore_errors=True)  # never follows links (fd-based on Linux)
                     removed.append(path)
             except OSError:
@@ -320,6 +323,41 @@ def sweep_stale(tmp: str | None = None) -> list[str]:
                 if m and not _pid_alive(int(m.group(1))) and _rmdir_cgroup(os.path.join(parent, name), tries=10):
                     removed.append(os.path.join(parent, name))
     return removed
+
+
+_MNT_DETACH = 2
+_MS_NOSUID, _MS_NODEV = 2, 4
+
+
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    return libc
+
+
+def mount_tmpfs(path: str, size: int, mode: int = 0o700) -> None:
+    """A tmpfs of ``size`` bytes on ``path`` (root only): the bound on the conversation's files."""
+    import ctypes
+
+    if _libc().mount(b"tmpfs", path.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, f"size={size},mode={mode:o}".encode()):
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount tmpfs on {path}: {os.strerror(err)}")
+
+
+def unmount(path: str) -> bool:
+    return _libc().umount2(path.encode(), _MNT_DETACH) == 0
+
+
+def _is_mount(path: str) -> bool:
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return any(line.split()[4] == path for line in f)
+    except OSError:
+        return False
 
 
 def _open_dir(path: Path | str, dir_fd: int | None = None) -> int:
@@ -399,7 +437,7 @@ class Sandbox:
     """
 
     def __init__(self, work_dir: Path, base_dir: Path, limits: SandboxLimits, isolation: str = "auto",
-                 marker: str = "ipykernel_launcher"):
+                 marker: str = "ipykernel_launcher", own_work_dir: bool = False):
         if isolation not in ("auto", "bwrap", "none"):
             raise SandboxError(f"isolation: expected auto, bwrap or none, found {isolation!r}")
         self.work_dir = Path(work_dir)
@@ -410,6 +448,8 @@ class Sandbox:
         self.limits = limits
         self.isolation = isolation
         self.marker = marker
+        self.own_work_dir = own_work_dir  # made for the conversation (and removed with it): its size can be bounded
+        self.disk_mounted = False
         self.process: subprocess.Popen | None = None
         self.status: dict = {}
         self.cgroups: list[dict] = []
@@ -448,6 +488,13 @@ class Sandbox:
             os.chmod(d, mode)
         (self.host_dir / "root").mkdir(exist_ok=True)
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self.own_work_dir and self.limits.disk_bytes and os.geteuid() == 0 and not self.disk_mounted \
+                and not any(self.work_dir.iterdir()):
+            try:
+                mount_tmpfs(str(self.work_dir), self.limits.disk_bytes)
+                self.disk_mounted = True
+            except OSError as exc:
+                self.notes.append(f"no bound on the conversation's files in all: {exc}")
         base = _open_dir(self.base_dir)
         try:
             sfd = _own_subdir(base, "s")
@@ -485,6 +532,9 @@ class Sandbox:
         """Kill the tree and give the working folder (and the files the code made) back to its owner.
         Nothing of the sandbox runs any more, and no link is followed."""
         self.kill()
+        if self.disk_mounted:  # the files go with the conversation's folder
+            unmount(str(self.work_dir))
+            self.disk_mounted = False
         if self._work_owner is None or self.uid is None:
             return
         owner, group, mode = self._work_owner
@@ -826,6 +876,16 @@ class Sandbox:
             except OSError:
                 pass
 
+    def disk_full(self) -> bool:
+        """Is the conversation's sized /mnt/data (nearly) full?"""
+        if not self.disk_mounted:
+            return False
+        try:
+            st = os.statvfs(self.work_dir)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < 64 * 1024
+
     def oom_kills(self) -> int:
         """Processes of the sandbox the conversation's memory limit has killed (0 without a memory cgroup)."""
         return _oom_kills(self.cgroups)
@@ -862,4 +922,7 @@ class Sandbox:
                 ([f"RLIMIT_AS {lim.memory_bytes} a process"] if lim.memory_bytes else [])
                 + ([f"memory cgroup max {lim.total_memory_bytes} in all"] if "memory" in controllers else [])) or "no limit",
             "cpu": f"RLIMIT_CPU {lim.cpu_seconds} s a process, and the call's timeout" if lim.cpu_seconds else "the call's timeout",
+            "disk": ", ".join(
+                ([f"RLIMIT_FSIZE {lim.file_size_bytes} a file"] if lim.file_size_bytes else [])
+                + ([f"/mnt/data a tmpfs of {lim.disk_bytes} in all"] if self.disk_mounted else [])) or "no limit",
         }

@@ -488,3 +488,27 @@ def test_a_python_in_a_venv_under_tmp_runs_the_kernel(tmp_path):
         import shutil
 
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_whole_conversation_has_one_disk_limit(loop):
+    """Several files, each within the per-file limit, together past the conversation's limit."""
+    tool = PythonTool(timeout=30, limits=SandboxLimits(memory_bytes=MEMORY_LIMIT, disk_bytes=64 * 2**20,
+                                                       processes=PROCESS_LIMIT))
+    code = ("written = 0\ntry:\n    for i in range(4):\n        with open(f'/mnt/data/part{i}.bin', 'wb') as f:\n"
+            "            for _ in range(24):\n                written += f.write(bytes(2**20))\n"
+            "except OSError as e:\n    print(e.strerror)\nprint(written // 2**20)")
+    try:
+        r = loop.run_until_complete(tool.execute(code))
+        report = tool.isolation()
+        on_disk = sum(p.stat().st_size for p in tool.work_dir.iterdir())
+        if "in all" not in report["disk"]:  # documented: not root, no tmpfs of its own: a bound per file only
+            assert report["disk"].startswith("RLIMIT_FSIZE") and on_disk == 96 * 2**20
+            return
+        assert r.output.startswith("No space left on device"), r.output
+        assert "/mnt/data is full: the conversation's files may use 64 MiB in all" in r.output
+        assert on_disk <= 64 * 2**20
+        r = loop.run_until_complete(tool.execute("import os\nos.remove('/mnt/data/part0.bin')\n"
+                                                 "open('/mnt/data/small.txt', 'w').write('fits again')"))
+        assert (tool.work_dir / "small.txt").read_text() == "fits again"
+    finally:
+        loop.run_until_complete(tool.aclose())

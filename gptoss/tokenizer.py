@@ -225,6 +225,12 @@ class Tokenizer:
     def token_bytes(self, token: int) -> bytes:
         return self.encoding.decode_single_token_bytes(token)
 
+    @functools.cached_property
+    def max_token_bytes(self) -> int:
+        """The longest ordinary token, in bytes: text of ``n`` UTF-8 bytes encodes to at least
+        ``ceil(n / max_token_bytes)`` tokens (a bound that needs no tokenizing)."""
+        return max(len(b) for b in self.encoding._mergeable_ranks)
+
     def is_special(self, token: int) -> bool:
         return token in self._special_ids
 

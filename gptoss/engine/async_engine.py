@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,8 +17,21 @@ from gptoss.engine.sampling import SamplingParams, TokenLogprobs
 from gptoss.errors import GptossError
 
 
+log = logging.getLogger("gptoss.engine")
+
+
 class QueueFull(GptossError):
     """More requests are waiting than the server accepts; retry later."""
+
+
+class GenerationFailed(GptossError):
+    """The engine could not finish this request (its processing raised); other requests are unaffected."""
+
+
+def _failed(exc: BaseException) -> GenerationFailed:
+    failed = GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}")
+    failed.__cause__ = exc
+    return failed
 
 
 @dataclass
@@ -86,7 +100,12 @@ class AsyncEngine:
             while True:
                 item = await queue.get()
                 if isinstance(item, BaseException):
-                    raise GptossError(f"generation failed: {item}") from item
+                    finished = True  # the engine already dropped it
+                    if isinstance(item, GenerationFailed):
+                        raise item
+                    if isinstance(item, GptossError):  # a bad request, found when the engine took it
+                        raise GptossError(str(item)) from item
+                    raise _failed(item)
                 yield item
                 if item.finish_reason is not None:
                     finished = True
@@ -129,7 +148,7 @@ class AsyncEngine:
             for request_id, prompt_ids, params, prefix_len in submissions:
                 try:
                     engine.add_request(prompt_ids, params, request_id=request_id, prefix_len=prefix_len)
-                except GptossError as exc:
+                except Exception as exc:  # this request only
                     with self._lock:
                         self._deliver(request_id, exc)
             self.stats.waiting = len(engine.scheduler.waiting)
@@ -140,12 +159,17 @@ class AsyncEngine:
                 continue
             try:
                 produced = engine.step()
-            except BaseException as exc:  # a bug or an out-of-memory: fail the running requests, keep serving
+            except Exception as exc:  # outside any one request (the step isolates those): fail the batch, keep serving
+                log.exception("engine step failed; failing the running and waiting requests")
                 for seq in list(engine.scheduler.running) + list(engine.scheduler.waiting):
                     with self._lock:
-                        self._deliver(seq.request_id, exc)
+                        self._deliver(seq.request_id, _failed(exc))
                     engine.abort(seq.request_id)
                 continue
+            failed, engine.failures = engine.failures, []
+            for seq in failed:  # a request whose own processing raised fails alone
+                with self._lock:
+                    self._deliver(seq.request_id, _failed(seq.error))
             now = time.monotonic()
             self.stats.steps += 1
             self.stats.tokens_generated += len(produced)

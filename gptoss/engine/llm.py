@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import codecs
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -22,6 +23,8 @@ from gptoss.errors import GptossError
 from gptoss.model.paged_cache import NoFreeBlocks
 from gptoss.model.transformer import Transformer
 from gptoss.tokenizer import Tokenizer
+
+log = logging.getLogger("gptoss.engine")
 
 
 @dataclass
@@ -92,6 +95,9 @@ class LLMEngine:
         self.prefixes = PrefixCache(list(range(max_batch, max_batch + prefix_slots)))
         self.prefix_hits = 0
         self.sequences: dict[str, Sequence] = {}
+        # Requests whose processing raised, each failed alone (finish_reason "error", ``seq.error``) while
+        # the rest of the batch goes on; the async engine drains this list after each step.
+        self.failures: list[Sequence] = []
 
     def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None,
                     prefix_len: int = 0) -> Sequence:
@@ -134,7 +140,7 @@ class LLMEngine:
             return []
         if is_prefill:
             work = [(seq, self._reuse_prefix(seq, n)) for seq, n in work]
-        logits = self.runner.run(work)
+        work, logits = self._run_isolated(work)
         for seq, _ in work:
             if seq.prefix_len and seq.num_cached == seq.prefix_len and seq.prefix_snapshot:
                 slot = self.prefixes.reserve(tuple(seq.prompt_ids[: seq.prefix_len]))
@@ -148,9 +154,7 @@ class LLMEngine:
         if not ready:
             return []
         rows = logits[[i for i, _ in ready]]
-        seqs = [seq for _, seq in ready]
-        tokens, logprobs = sample(rows, [s.params for s in seqs], [s.generator(rows.device) for s in seqs],
-                                  [s.output_ids for s in seqs])
+        seqs, tokens, logprobs = self._sample_isolated(rows, [seq for _, seq in ready])
         produced = []
         for seq, token, lp in zip(seqs, tokens, logprobs):
             seq.output_ids.append(token)
@@ -162,6 +166,63 @@ class LLMEngine:
             elif len(seq.output_ids) >= p.max_tokens or len(seq) >= self.max_model_len:
                 self._finish(seq, "length")
         return produced
+
+    def _run_isolated(self, work: list[tuple[Sequence, int]]) -> tuple[list[tuple[Sequence, int]], torch.Tensor | None]:
+        """The forward pass of ``work``. If the batch raises, each sequence runs alone and only those that
+        raise again fail (the others' cache writes are simply redone: nothing advanced)."""
+        try:
+            return work, self.runner.run(work)
+        except Exception as exc:
+            if len(work) == 1:
+                self._fail(work[0][0], exc)
+                return [], None
+        kept, rows = [], []
+        for item in work:
+            try:
+                rows.append(self.runner.run([item]))
+                kept.append(item)
+            except Exception as exc:
+                self._fail(item[0], exc)
+        return kept, (torch.cat(rows) if rows else None)
+
+    def _sample_isolated(self, rows: torch.Tensor, seqs: list[Sequence]) -> tuple[list[Sequence], list[int], list]:
+        """Sample the next token of each sequence; one whose generator, logits processors or sampling
+        raises fails alone."""
+        gens, ok = [], []
+        for i, seq in enumerate(seqs):
+            try:
+                gens.append(seq.generator(rows.device))
+                ok.append(i)
+            except Exception as exc:
+                self._fail(seq, exc)
+        if len(ok) < len(seqs):
+            rows, seqs = rows[ok], [seqs[i] for i in ok]
+        if not seqs:
+            return [], [], []
+        try:
+            tokens, logprobs = sample(rows, [s.params for s in seqs], gens, [s.output_ids for s in seqs])
+            return seqs, tokens, logprobs
+        except Exception as exc:
+            if len(seqs) == 1:
+                self._fail(seqs[0], exc)
+                return [], [], []
+        kept, tokens, logprobs = [], [], []
+        for i, seq in enumerate(seqs):
+            try:
+                t, lp = sample(rows[i : i + 1], [seq.params], [gens[i]], [seq.output_ids])
+            except Exception as exc:
+                self._fail(seq, exc)
+                continue
+            kept.append(seq)
+            tokens += t
+            logprobs += lp
+        return kept, tokens, logprobs
+
+    def _fail(self, seq: Sequence, exc: BaseException) -> None:
+        log.warning("request %s failed alone: %s: %s", seq.request_id, type(exc).__name__, exc)
+        seq.error = exc
+        self._finish(seq, "error")
+        self.failures.append(seq)
 
     def _reuse_prefix(self, seq: Sequence, n: int) -> int:
         """Before a sequence's first prefill chunk: copy a cached prefix into its slot, or arrange for
@@ -184,6 +245,14 @@ class LLMEngine:
     def _finish(self, seq: Sequence, reason: str) -> None:
         self.scheduler.finish(seq, reason)
         self.sequences.pop(seq.request_id, None)
+
+
+def _raise_failures(engine: LLMEngine) -> None:
+    """Offline generation: a request that failed is an error for the caller."""
+    if engine.failures:
+        seq = engine.failures[0]
+        engine.failures.clear()
+        raise GptossError(f"request {seq.request_id} failed: {type(seq.error).__name__}: {seq.error}") from seq.error
 
 
 def _auto_device(device: str | None) -> str:
@@ -273,6 +342,7 @@ class LLM:
         try:
             while any(not s.is_finished for s in seqs):
                 self.engine.step()
+                _raise_failures(self.engine)
         finally:
             for s in seqs:
                 self.engine.abort(s.request_id)
@@ -288,7 +358,9 @@ class LLM:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         try:
             while not seq.is_finished:
-                for s, token in self.engine.step():
+                produced = self.engine.step()
+                _raise_failures(self.engine)
+                for s, token in produced:
                     if s is seq:
                         text = decoder.decode(self.tokenizer.token_bytes(token), final=seq.is_finished)
                         yield TokenEvent(token, text, seq.logprobs[-1], seq.finish_reason)

@@ -10,6 +10,16 @@ import torch
 from gptoss.errors import GptossError
 
 
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # OpenAI's range for ``seed``: a signed 64-bit integer
+
+
+def offset_seed(seed: int | None, k: int) -> int | None:
+    """The seed of the ``k``-th choice (or turn) of a request seeded with ``seed``, wrapped to stay in range."""
+    if seed is None:
+        return None
+    return (seed + k - SEED_MIN) % 2**64 + SEED_MIN
+
+
 class LogitsProcessor(Protocol):
     """Called before each sampling step with the tokens generated so far (not the prompt) and the
     float32 logits ``[vocab]`` of the next token; returns the logits to sample from (e.g. with
@@ -38,6 +48,8 @@ class SamplingParams:
             (isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens", "an integer >= 1", self.max_tokens),
             (self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20),
              "logprobs", "None or an integer in [0, 20]", self.logprobs),
+            (self.seed is None or (isinstance(self.seed, int) and SEED_MIN <= self.seed <= SEED_MAX),
+             "seed", f"None or an integer in [{SEED_MIN}, {SEED_MAX}] (signed 64-bit)", self.seed),
         ]
         for ok, name, want, found in checks:
             if not ok:

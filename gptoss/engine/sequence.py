@@ -29,7 +29,8 @@ class Sequence:
         self.status = Status.WAITING
         self.slot: int | None = None
         self.num_cached = 0  # tokens whose keys/values are in the cache
-        self.finish_reason: str | None = None  # "stop", "length" or "abort"
+        self.finish_reason: str | None = None  # "stop", "length", "abort" or "error"
+        self.error: BaseException | None = None  # why processing this request raised (finish_reason "error")
         self.prefix_len = 0  # leading tokens shared with other requests (see LLMEngine.add_request)
         self.prefix_snapshot = False  # copy the cache at prefix_len into the prefix cache
         self.seed = params.seed if params.seed is not None else random.getrandbits(63)

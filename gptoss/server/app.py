@@ -6,7 +6,7 @@ import contextlib
 import hmac
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -34,6 +34,27 @@ class ServerConfig:
     reasoning: str = "visible"  # what clients see of the analysis channel: visible | hidden
 
 
+OPEN_PATHS = frozenset({"/health"})
+
+
+def message_texts(messages: Iterable[Any]) -> Iterable[str]:
+    """The text of Chat Completions messages or Responses input items that a prompt renders (a lower
+    bound of what it tokenizes: content, tool-call arguments, tool outputs)."""
+    for m in messages:
+        if not isinstance(m, dict):
+            m = m.model_dump() if hasattr(m, "model_dump") else {}
+        for key in ("content", "output", "arguments"):
+            value = m.get(key)
+            if isinstance(value, str):
+                yield value
+            elif isinstance(value, list):
+                yield from (p["text"] for p in value if isinstance(p, dict) and isinstance(p.get("text"), str))
+        for call in m.get("tool_calls") or ():
+            args = (call.get("function") or {}).get("arguments") if isinstance(call, dict) else None
+            if isinstance(args, str):
+                yield args
+
+
 class ServerState:
     def __init__(self, llm: LLM, config: ServerConfig):
         self.llm = llm
@@ -53,6 +74,17 @@ class ServerState:
         if name != self.config.model_name and name not in self.config.aliases:
             raise APIError(404, f"the model {name!r} does not exist; this server serves {self.config.model_name!r}",
                            param="model", code="model_not_found", type="not_found_error")
+
+    def check_text_size(self, texts: Iterable[str], field_name: str) -> None:
+        """Before any tokenizing: a prompt whose text cannot fit in the context is a 400. Each token covers
+        at most ``max_token_bytes`` bytes (so at most that many characters), which gives a lower bound on
+        the tokens of ``texts`` from their length alone."""
+        chars = sum(len(t) for t in texts)
+        least = -(-chars // self.tokenizer.max_token_bytes)
+        if least >= self.max_model_len:
+            raise APIError(400, f"{field_name}: {chars} characters of text are at least {least} tokens; this model's "
+                                f"maximum context length is {self.max_model_len} tokens. Shorten the {field_name}.",
+                           param=field_name, code="context_length_exceeded")
 
     def check_length(self, prompt_len: int, max_tokens: int | None, field_name: str) -> int:
         """Returns the tokens to generate; a prompt (plus the requested tokens) beyond the context is a 400."""
@@ -109,13 +141,14 @@ def create_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        if request.url.path.startswith("/v1/"):
-            if config.api_key:
-                header = request.headers.get("authorization", "")
-                token = header[7:] if header.lower().startswith("bearer ") else ""
-                if not hmac.compare_digest(token.encode(), config.api_key.encode()):
-                    return JSONResponse(errors.error_body("invalid or missing API key (send 'Authorization: Bearer KEY')",
-                                                         "authentication_error", code="invalid_api_key"), status_code=401)
+        # Every route that computes or reveals something wants the key; /health stays open for load balancers.
+        if config.api_key and request.url.path not in OPEN_PATHS:
+            header = request.headers.get("authorization", "")
+            token = header[7:] if header.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), config.api_key.encode()):
+                return JSONResponse(errors.error_body("invalid or missing API key (send 'Authorization: Bearer KEY')",
+                                                     "authentication_error", code="invalid_api_key"), status_code=401)
+        if request.method in ("POST", "PUT", "PATCH"):
             length = request.headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > config.max_body_bytes:
                 return JSONResponse(errors.error_body(f"the request body is {int(length)} bytes; the limit is "

@@ -9,6 +9,7 @@ import time
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage, ChatCompletionTokenLogprob
 from openai.types.chat.chat_completion import Choice, ChoiceLogprobs
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
@@ -19,15 +20,23 @@ from openai.types.completion_usage import CompletionTokensDetails, CompletionUsa
 
 from gptoss.conversation.openai_chat import chat_prompt, function_tools, turn_grammar
 from gptoss.engine.guided import GrammarConstraint
-from gptoss.engine.sampling import SamplingParams
+from gptoss.engine.sampling import SamplingParams, offset_seed
 from gptoss.harmony import stop_tokens_for_assistant_actions
+from gptoss.server.app import message_texts
 from gptoss.server.errors import APIError
 from gptoss.server.generation import Completion, cancel_on_disconnect, observe, run_completion
 from gptoss.server.guarding import ChatGuard, chat_blocked
 from gptoss.server.schemas import ChatCompletionRequest
 
 
-def _prepare(state, body: ChatCompletionRequest):
+async def _prepare(state, body: ChatCompletionRequest):
+    """Render and tokenize the prompt off the event loop (a big prompt must not stall other requests),
+    after a size check that needs no tokenizing."""
+    state.check_text_size(message_texts(body.messages), "messages")
+    return await run_in_threadpool(_render, state, body)
+
+
+def _render(state, body: ChatCompletionRequest):
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
     functions = function_tools(tools)
@@ -44,14 +53,14 @@ def register(app, state) -> None:
     async def tokenize(body: ChatCompletionRequest):
         """The Harmony prompt a chat request renders to (to check formatting; nothing is generated)."""
         state.check_model(body.model)
-        _, prompt_ids, prefix_len = _prepare(state, body)
+        _, prompt_ids, prefix_len = await _prepare(state, body)
         return {"tokens": prompt_ids, "count": len(prompt_ids), "prompt": tok.decode(prompt_ids),
                 "shared_prefix_tokens": prefix_len, "max_model_len": state.max_model_len}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         state.check_model(body.model)
-        grammar, prompt_ids, prefix_len = _prepare(state, body)
+        grammar, prompt_ids, prefix_len = await _prepare(state, body)
         requested = body.max_completion_tokens or body.max_tokens
         max_tokens = state.check_length(len(prompt_ids), requested,
                                         "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
@@ -65,7 +74,7 @@ def register(app, state) -> None:
         def params(i: int) -> SamplingParams:
             return SamplingParams(
                 temperature=body.temperature, top_p=body.top_p, max_tokens=max_tokens,
-                seed=None if body.seed is None else body.seed + i,
+                seed=offset_seed(body.seed, i),
                 stop_token_ids=stop_tokens_for_assistant_actions(tok),
                 logprobs=(body.top_logprobs or 0) if body.logprobs else None,
                 logits_processors=[GrammarConstraint(tok, lark)],

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gptoss.conversation.openai_chat import ConversationError
-from gptoss.engine.async_engine import QueueFull
+from gptoss.engine.async_engine import GenerationFailed, QueueFull
 from gptoss.errors import GptossError
 
 
@@ -64,6 +64,10 @@ def install(app) -> None:
     async def _busy(request: Request, exc: QueueFull):
         return _response(APIError(429, f"the server is busy: {exc}; retry shortly", type="rate_limit_error",
                                   code="queue_full", headers={"Retry-After": "1"}))
+
+    @app.exception_handler(GenerationFailed)
+    async def _failed(request: Request, exc: GenerationFailed):  # the server's fault, and this request's only
+        return _response(APIError(500, str(exc), type="server_error", code="generation_failed"))
 
     @app.exception_handler(GptossError)
     async def _ours(request: Request, exc: GptossError):

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from openai.types.responses import (
     ResponseOutputTextAnnotationAddedEvent,
     Response,
@@ -100,8 +101,9 @@ from gptoss.conversation.openai_responses import (
 )
 from gptoss.conversation.turn import TurnPrompt
 from gptoss.engine.guided import GrammarConstraint
-from gptoss.engine.sampling import SamplingParams
+from gptoss.engine.sampling import SamplingParams, offset_seed
 from gptoss.harmony import Message, stop_tokens_for_assistant_actions
+from gptoss.server.app import message_texts
 from gptoss.server.errors import APIError
 from gptoss.server.generation import cancel_on_disconnect, observe, run_completion
 from gptoss.server.guarding import guard_response_events
@@ -130,7 +132,9 @@ def register(app, state) -> None:
 
     @app.post("/v1/responses")
     async def create_response(body: ResponsesRequest, request: Request):
-        turn = _prepare(state, store, body)
+        texts = [body.input] if isinstance(body.input, str) else list(message_texts(body.input))
+        state.check_text_size(texts + [body.instructions or ""], "input")
+        turn = await run_in_threadpool(_prepare, state, store, body)  # rendering and tokenizing: off the event loop
         events = guard_response_events(state, store, turn, _events(state, store, turn))
         if body.stream:
             return StreamingResponse(_sse(state, events), media_type="text/event-stream",
@@ -308,7 +312,7 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
     truncated = False  # max_output_tokens (or the context) ended the response before the model did
     try:
         while True:
-            prompt_ids, prefix_len = TurnPrompt(messages, turn.prompt.shared).tokens(tok)
+            prompt_ids, prefix_len = await run_in_threadpool(TurnPrompt(messages, turn.prompt.shared).tokens, tok)
             room = state.max_model_len - len(prompt_ids)
             budget = room if turn.max_tokens is None else min(room, turn.max_tokens - totals.output_tokens)
             if budget <= 0:  # the budget went to earlier turns (or the context is full): stop here
@@ -316,7 +320,7 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
                 break
             params = SamplingParams(
                 temperature=turn.body.temperature, top_p=turn.body.top_p, max_tokens=budget,
-                seed=None if turn.body.seed is None else turn.body.seed + calls,
+                seed=offset_seed(turn.body.seed, calls),
                 stop_token_ids=stop_tokens_for_assistant_actions(tok),
                 logits_processors=[GrammarConstraint(tok, turn.grammar(calls))],
             )

@@ -6,6 +6,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# OpenAI's ranges for the sampling parameters; anything outside is a 400 naming the field, before any work.
+SEED = Field(default=None, ge=-(2**63), le=2**63 - 1)  # a signed 64-bit integer
+PENALTY = Field(default=None, ge=-2.0, le=2.0)
+
 
 class _Lenient(BaseModel):
     # Unknown fields are ignored, as OpenAI-compatible servers commonly do, so SDK upgrades keep working.
@@ -59,11 +63,13 @@ class ChatCompletionRequest(_Lenient):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = SEED
     stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1, le=16)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    frequency_penalty: float | None = PENALTY  # accepted (in range) and not applied
+    presence_penalty: float | None = PENALTY  # accepted (in range) and not applied
     response_format: dict[str, Any] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -99,4 +105,5 @@ class ResponsesRequest(_Lenient):
     stream: bool = False
     text: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
-    seed: int | None = None
+    seed: int | None = SEED
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)  # accepted (in range); log-probabilities are not returned here

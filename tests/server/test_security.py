@@ -1,0 +1,151 @@
+"""Attacks on the HTTP server (issue 11): one client's request never fails another's, the event loop
+stays free while requests are tokenized, every route that computes or reveals data wants the key, slow
+clients are dropped, stored responses belong to the key that made them. docs/security.md lists each test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+
+import httpx
+import pytest
+
+from tests.server.conftest import serve
+
+CHAT = "/v1/chat/completions"
+RESP = "/v1/responses"
+MSG = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_llm):
+    return tiny_llm(max_batch=6, max_model_len=512)
+
+
+@pytest.fixture(scope="module")
+def server(llm):
+    with serve(llm) as base:
+        yield base
+
+
+def chat(**kw):
+    return {"model": "gpt-oss", "messages": MSG, "max_tokens": 4, **kw}
+
+
+def resp(**kw):
+    return {"model": "gpt-oss", "input": "Hi", "max_output_tokens": 4, "store": False, **kw}
+
+
+# ------------------------------------------------------------------------------------ sampling parameters
+OUT_OF_RANGE = [
+    (CHAT, chat, "seed", 2**64), (CHAT, chat, "seed", -(2**63) - 1), (CHAT, chat, "temperature", 2.5),
+    (CHAT, chat, "temperature", -0.1), (CHAT, chat, "top_p", 0), (CHAT, chat, "top_p", 1.5), (CHAT, chat, "n", 0),
+    (CHAT, chat, "n", 17), (CHAT, chat, "max_tokens", 0), (CHAT, chat, "max_completion_tokens", -1),
+    (CHAT, chat, "top_logprobs", 21), (CHAT, chat, "frequency_penalty", 2.5), (CHAT, chat, "presence_penalty", -3),
+    (CHAT, chat, "stop", ["a", "b", "c", "d", "e"]),
+    (RESP, resp, "seed", 2**64), (RESP, resp, "temperature", 3), (RESP, resp, "top_p", 0),
+    (RESP, resp, "max_output_tokens", 0), (RESP, resp, "top_logprobs", 21), (RESP, resp, "max_tool_calls", -1),
+]
+
+
+@pytest.mark.parametrize("path,make,name,value", OUT_OF_RANGE, ids=lambda x: x if isinstance(x, str) else None)
+def test_out_of_range_sampling_parameter_is_a_400_naming_it(server, path, make, name, value):
+    r = httpx.post(server + path, json=make(**{name: value}), timeout=60)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == name and error["message"].startswith(name), error
+
+
+@pytest.mark.parametrize("path,make", [(CHAT, chat), (RESP, resp)], ids=["chat", "responses"])
+def test_a_bad_seed_among_four_innocent_streams_fails_alone(server, path, make):
+    """Issue 11's reproduction: seed 2**64 next to four streams. It used to fail all of them."""
+
+    async def innocent(client, i):
+        body = chat(max_tokens=12, seed=i, stream=True) if path == CHAT else resp(max_output_tokens=12, seed=i, stream=True)
+        async with client.stream("POST", path, json=body) as r:
+            assert r.status_code == 200
+            text = "".join([line async for line in r.aiter_lines()])
+        return text
+
+    async def bad(client):
+        await asyncio.sleep(0.05)
+        return await client.post(path, json=make(seed=2**64, stream=True))
+
+    async def main():
+        async with httpx.AsyncClient(base_url=server, timeout=120) as client:
+            return await asyncio.gather(bad(client), *(innocent(client, i) for i in range(4)))
+
+    rejected, *streams = asyncio.run(main())
+    assert rejected.status_code == 400 and rejected.json()["error"]["param"] == "seed"
+    for text in streams:
+        assert "error" not in text and "failed" not in text, text[-300:]
+        assert ("[DONE]" in text) if path == CHAT else ("response.incomplete" in text or "response.completed" in text)
+
+
+# ------------------------------------------------------------------------------------ the event loop
+@pytest.mark.parametrize("path,make", [("/tokenize", chat), (CHAT, chat), (RESP, resp)],
+                         ids=["tokenize", "chat", "responses"])
+def test_health_answers_while_a_prompt_is_being_tokenized(server, llm, monkeypatch, path, make):
+    """Tokenizing runs off the event loop: with one tokenization held in progress, /health still answers
+    (it used to wait for the whole tokenization: seconds for a 3.9 MB body)."""
+    import threading
+
+    tokenizer = llm.tokenizer  # the server's
+    entered, release = threading.Event(), threading.Event()
+    encode = tokenizer.encode
+
+    def held(text):
+        if "HOLD-THIS-ONE" in text:
+            entered.set()
+            release.wait(60)
+        return encode(text)
+
+    monkeypatch.setattr(tokenizer, "encode", held)
+    content = "HOLD-THIS-ONE"
+    body = make(messages=[{"role": "user", "content": content}]) if make is chat else make(input=content)
+    result = []
+    worker = threading.Thread(target=lambda: result.append(httpx.post(server + path, json=body, timeout=120)))
+    worker.start()
+    try:
+        assert entered.wait(60), "the request never reached the tokenizer"
+        health = httpx.get(server + "/health", timeout=10)  # answered while the tokenizer is still held
+        assert health.status_code == 200 and not result
+    finally:
+        release.set()
+        worker.join(120)
+    assert result and result[0].status_code == 200, result
+
+
+def test_a_prompt_that_cannot_fit_is_refused_before_tokenizing(server, llm, monkeypatch):
+    """3.9 MB of text cannot fit in 512 tokens whatever it says: refused from its length alone."""
+    tokenizer = llm.tokenizer
+    longest = []
+    encode = tokenizer.encode
+    monkeypatch.setattr(tokenizer, "encode", lambda text: (longest.append(len(text)), encode(text))[1])
+    huge = "word " * 780_000
+    for path, body, field in (("/tokenize", chat(messages=[{"role": "user", "content": huge}]), "messages"),
+                              (CHAT, chat(messages=[{"role": "user", "content": [{"type": "text", "text": huge}]}]),
+                               "messages"),
+                              (RESP, resp(input=[{"role": "user", "content": huge}]), "input")):
+        r = httpx.post(server + path, json=body, timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
+        assert r.json()["error"]["param"] == field
+    assert max(longest, default=0) < 1000  # the huge text never reached the tokenizer
+
+
+# ------------------------------------------------------------------------------------ the API key
+def test_every_route_but_health_wants_the_key(tiny_llm):
+    with serve(tiny_llm(max_batch=1, max_model_len=256), api_key="sekret") as base:
+        routes = [("POST", "/tokenize", chat()), ("GET", "/metrics", None), ("GET", "/v1/models", None),
+                  ("POST", CHAT, chat()), ("POST", RESP, resp()), ("GET", "/v1/responses/resp_x", None),
+                  ("DELETE", "/v1/responses/resp_x", None), ("GET", "/openapi.json", None), ("GET", "/docs", None)]
+        for method, path, body in routes:
+            for headers in ({}, {"authorization": "Bearer wrong"}):
+                r = httpx.request(method, base + path, json=body, headers=headers, timeout=60)
+                assert r.status_code == 401, (method, path, r.status_code)
+                assert r.json()["error"]["code"] == "invalid_api_key"
+            r = httpx.request(method, base + path, json=body, headers={"authorization": "Bearer sekret"}, timeout=60)
+            assert r.status_code in (200, 404), (method, path, r.status_code, r.text)  # 404: no such stored response
+        assert httpx.get(base + "/health").status_code == 200

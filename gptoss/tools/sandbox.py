@@ -305,8 +305,9 @@ def sweep_stale(tmp: str | None = None) -> list[str]:
             path = os.path.join(tmp, name)
             try:
                 if stat.S_ISDIR(os.lstat(path).st_mode):
-                    if os.geteuid() == 0 and _is_mount(path):
-                        unmount(path)  # the conversation's sized /mnt/data
+                    if os.geteuid() == 0:
+                        for point in _mounts_under(path):  # the conversation's sized /mnt/data and home
+                            unmount(point)
                     shutil.rmtree(path, ignore_errors=True)  # never follows links (fd-based on Linux)
                     removed.append(path)
             except OSError:
@@ -352,12 +353,23 @@ def unmount(path: str) -> bool:
     return _libc().umount2(path.encode(), _MNT_DETACH) == 0
 
 
-def _is_mount(path: str) -> bool:
+def _mounts_under(path: str) -> list[str]:
+    """Mount points at or below ``path``, deepest first."""
     try:
         with open("/proc/self/mountinfo") as f:
-            return any(line.split()[4] == path for line in f)
+            points = [line.split()[4] for line in f]
     except OSError:
-        return False
+        return []
+    return sorted((p for p in points if p == path or p.startswith(path.rstrip("/") + "/")), key=len, reverse=True)
+
+
+def _tmpfs_bytes(size: str | int) -> int:
+    """``"256m"`` (tmpfs's own notation: k, m, g) in bytes."""
+    if isinstance(size, int):
+        return size
+    text = size.strip().lower()
+    scale = {"k": 2**10, "m": 2**20, "g": 2**30}.get(text[-1:], 1)
+    return int(text[:-1] if text[-1:] in "kmg" else text) * scale
 
 
 def _open_dir(path: Path | str, dir_fd: int | None = None) -> int:
@@ -450,12 +462,14 @@ class Sandbox:
         self.marker = marker
         self.own_work_dir = own_work_dir  # made for the conversation (and removed with it): its size can be bounded
         self.disk_mounted = False
+        self.state_mounted = False
         self.process: subprocess.Popen | None = None
         self.status: dict = {}
         self.cgroups: list[dict] = []
         self.uid: int | None = None
         self.drop_uid = os.geteuid() == 0
         self._kernel_pid: int | None = None
+        self._kernel_start = 0  # its start time: a pid reused after it died is not taken for it
         self._work_owner: tuple[int, int, int] | None = None
         self._lifeline: int | None = None
         self._output: _OutputTail | None = None
@@ -497,6 +511,18 @@ class Sandbox:
                 self.notes.append(f"no bound on the conversation's files in all: {exc}")
         base = _open_dir(self.base_dir)
         try:
+            os.close(_own_subdir(base, "s"))
+        finally:
+            os.close(base)
+        if os.geteuid() == 0 and not self.state_mounted:
+            # its home is bounded like its /tmp: a tmpfs of tmp_size (``s`` sits in our own folder: no link here)
+            try:
+                mount_tmpfs(str(self.state_dir), _tmpfs_bytes(self.limits.tmp_size))
+                self.state_mounted = True
+            except (OSError, ValueError) as exc:
+                self.notes.append(f"the sandbox's home is not bounded in all: {exc}")
+        base = _open_dir(self.base_dir)
+        try:
             sfd = _own_subdir(base, "s")
         finally:
             os.close(base)
@@ -535,6 +561,9 @@ class Sandbox:
         if self.disk_mounted:  # the files go with the conversation's folder
             unmount(str(self.work_dir))
             self.disk_mounted = False
+        if self.state_mounted:
+            unmount(str(self.state_dir))
+            self.state_mounted = False
         if self._work_owner is None or self.uid is None:
             return
         owner, group, mode = self._work_owner
@@ -760,8 +789,11 @@ class Sandbox:
 
     def kernel_pid(self) -> int | None:
         """Host pid of the sandboxed command: the oldest process in the tree running it."""
-        if self._kernel_pid is not None and _stat_of(self._kernel_pid) is not None:
-            return self._kernel_pid
+        if self._kernel_pid is not None:
+            st = _stat_of(self._kernel_pid)
+            if st is not None and st[1] == self._kernel_start and st[3] != "Z":
+                return self._kernel_pid
+            self._kernel_pid = None
         if not self.alive:
             return None
         table = process_table()
@@ -769,6 +801,7 @@ class Sandbox:
         if not found:
             return None
         self._kernel_pid = min(found, key=lambda p: table[p][1])
+        self._kernel_start = table[self._kernel_pid][1]
         return self._kernel_pid
 
     def strays(self) -> list[int]:

@@ -441,6 +441,18 @@ def test_the_sandbox_dies_with_its_host_and_what_it_left_is_removed():
     assert set(info["dirs"]) <= set(removed) and not any(os.path.exists(d) for d in info["dirs"])
 
 
+def _memory_cgroups_possible():
+    """Root, with the memory controller where the sandbox makes its cgroups (v1 hierarchy or v2 root)."""
+    from pathlib import Path
+
+    base = Path("/sys/fs/cgroup")
+    if os.geteuid() != 0:
+        return False
+    if (base / "cgroup.controllers").is_file():
+        return "memory" in (base / "cgroup.subtree_control").read_text().split()
+    return (base / "memory" / "cgroup.procs").is_file()
+
+
 def test_the_whole_conversation_has_one_memory_limit(loop):
     """Several children, each within the per-process limit, together past the conversation's limit."""
     limit = 384 * 2**20
@@ -452,8 +464,8 @@ def test_the_whole_conversation_has_one_memory_limit(loop):
     try:
         r = loop.run_until_complete(tool.execute(code))
         report = tool.isolation()
-        if "memory cgroup" not in report["memory"]:  # documented: no cgroup possible here (e.g. not root)
-            assert report["memory"].startswith("RLIMIT_AS")
+        if "memory cgroup" not in report["memory"]:  # documented: no memory cgroup can be made here
+            assert report["memory"].startswith("RLIMIT_AS") and not _memory_cgroups_possible()
             return
         peak_files = [os.path.join(c["path"], f) for c in tool.runner.sandbox.cgroups if "memory" in c["controllers"]
                       for f in ("memory.peak", "memory.max_usage_in_bytes")]
@@ -491,22 +503,26 @@ def test_a_python_in_a_venv_under_tmp_runs_the_kernel(tmp_path):
 
 
 def test_the_whole_conversation_has_one_disk_limit(loop):
-    """Several files, each within the per-file limit, together past the conversation's limit."""
-    tool = PythonTool(timeout=30, limits=SandboxLimits(memory_bytes=MEMORY_LIMIT, disk_bytes=64 * 2**20,
+    """Several files, each within the per-file limit, together past the conversation's limit: in /mnt/data
+    and in its home (the other folder it can write that the host keeps)."""
+    tool = PythonTool(timeout=30, limits=SandboxLimits(memory_bytes=MEMORY_LIMIT, disk_bytes=64 * 2**20, tmp_size="32m",
                                                        processes=PROCESS_LIMIT))
-    code = ("written = 0\ntry:\n    for i in range(4):\n        with open(f'/mnt/data/part{i}.bin', 'wb') as f:\n"
+    fill = ("import os\nwritten = 0\ntry:\n    for i in range(4):\n        with open(f'{folder}/part{{i}}.bin', 'wb') as f:\n"
             "            for _ in range(24):\n                written += f.write(bytes(2**20))\n"
             "except OSError as e:\n    print(e.strerror)\nprint(written // 2**20)")
     try:
-        r = loop.run_until_complete(tool.execute(code))
+        r = loop.run_until_complete(tool.execute(fill.format(folder="/mnt/data")))
+        home = loop.run_until_complete(tool.execute(fill.format(folder='{os.environ["HOME"]}')))
         report = tool.isolation()
         on_disk = sum(p.stat().st_size for p in tool.work_dir.iterdir())
-        if "in all" not in report["disk"]:  # documented: not root, no tmpfs of its own: a bound per file only
+        if "in all" not in report["disk"]:  # documented: no tmpfs can be mounted here: a bound per file only
             assert report["disk"].startswith("RLIMIT_FSIZE") and on_disk == 96 * 2**20
+            assert os.geteuid() != 0 or any("not bounded" in n or "no bound" in n for n in tool.runner.sandbox.notes)
             return
         assert r.output.startswith("No space left on device"), r.output
         assert "/mnt/data is full: the conversation's files may use 64 MiB in all" in r.output
         assert on_disk <= 64 * 2**20
+        assert home.output.startswith("No space left on device") and int(home.output.split("\n")[1]) <= 32, home.output
         r = loop.run_until_complete(tool.execute("import os\nos.remove('/mnt/data/part0.bin')\n"
                                                  "open('/mnt/data/small.txt', 'w').write('fits again')"))
         assert (tool.work_dir / "small.txt").read_text() == "fits again"

@@ -114,3 +114,63 @@ def test_cli_prints_one_line_without_traceback(hf_ckpt):
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert lines == [f"gptoss: error: {hf_ckpt}: missing tensor lm_head.weight (hf layout)"]
     assert "Traceback" not in proc.stderr
+
+
+def test_config_with_ten_million_layers_is_refused_before_anything_is_built(hf_ckpt):
+    """No layer_types: the sizes alone would have built a list of 10**7 layers (then 150 million tensor
+    names, gigabytes) before any check. Every size is bounded first."""
+    from gptoss.model.config import ModelConfig
+
+    cfg = hf_ckpt / "original" / "config.json"
+    cfg.write_text(json.dumps(json.loads(cfg.read_text()) | {"num_hidden_layers": 10**7}))
+    message = r"config\.json: config field 'num_hidden_layers': 10000000 is over the ceiling of 1024"
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig.from_file(cfg)
+    with pytest.raises(ConfigError, match=message):
+        Transformer.from_checkpoint(hf_ckpt / "original")
+    for name, value in (("vocab_size", 2**40), ("hidden_size", 2**30), ("max_position_embeddings", 2**40)):
+        with pytest.raises(ConfigError, match=f"'{name}': {value} is over the ceiling"):
+            ModelConfig.preset("tiny").replace(**{name: value})
+
+
+@pytest.fixture(scope="module")
+def sharded_template(tmp_path_factory):
+    from gptoss.model.config import ModelConfig
+    from gptoss.model.synthetic import write_checkpoint
+
+    return write_checkpoint(tmp_path_factory.mktemp("sharded"), ModelConfig.preset("tiny"), layout="hf", seed=2,
+                            max_shard_bytes=30_000_000)
+
+
+@pytest.fixture
+def sharded(sharded_template, tmp_path):
+    import shutil
+
+    return shutil.copytree(sharded_template, tmp_path / "ck")
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda index: index | {"weight_map": list(index["weight_map"])},
+     r"'weight_map': expected an object \(tensor name -> file name\), found list"),
+    (lambda index: {"metadata": {}}, r"'weight_map': expected an object .*found nothing"),
+    (lambda index: index | {"weight_map": index["weight_map"] | {"lm_head.weight": 7}},
+     r"'weight_map\.lm_head\.weight': expected the name of a file in .*, found 7"),
+    (lambda index: index | {"weight_map": index["weight_map"] | {"lm_head.weight": "../../etc/passwd"}},
+     r"'weight_map\.lm_head\.weight': expected the name of a file in .*, found '\.\./\.\./etc/passwd'"),
+], ids=["weight_map a list", "no weight_map", "file not a string", "file outside the folder"])
+def test_malformed_index_is_one_line(sharded, change, message):
+    path = sharded / "model.safetensors.index.json"
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    with pytest.raises(CheckpointError, match=message):
+        Transformer.from_checkpoint(sharded)
+
+
+def test_index_mapping_a_tensor_to_a_file_that_lacks_it(sharded):
+    path = sharded / "model.safetensors.index.json"
+    index = json.loads(path.read_text())
+    files = sorted(set(index["weight_map"].values()))
+    name = next(n for n, f in index["weight_map"].items() if f == files[0])
+    index["weight_map"][name] = files[1]
+    path.write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=rf"tensor {name} is mapped to {files[1]}, which does not hold it"):
+        Transformer.from_checkpoint(sharded)

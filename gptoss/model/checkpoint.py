@@ -155,10 +155,18 @@ def locate(folder: str | os.PathLike, layout: str = "auto") -> CheckpointFiles:
     files: dict[str, Path] = {}
     if index_path.is_file():
         try:
-            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{index_path}: unreadable index ({exc})") from None
+            index = json.loads(index_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{index_path}: not valid JSON ({_short(exc)})") from None
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict):
+            found = "nothing" if weight_map is None else type(weight_map).__name__
+            raise CheckpointError(f"{index_path}: 'weight_map': expected an object (tensor name -> file name), "
+                                  f"found {found}")
         for name, file in weight_map.items():
+            if not isinstance(file, str) or not file or file != os.path.basename(file) or file in (".", ".."):
+                raise CheckpointError(f"{index_path}: 'weight_map.{name}': expected the name of a file in "
+                                      f"{path}, found {file!r}")
             if not (path / file).is_file():
                 raise CheckpointError(f"{index_path}: tensor {name} is in {file}, which is missing")
             files[name] = path / file
@@ -200,7 +208,15 @@ class CheckpointReader:
         return self._open[file]
 
     def _meta(self, name: str) -> tuple[tuple[int, ...], str]:
-        sl = self._handle(self.files.tensor_files[name]).get_slice(name)
+        file = self.files.tensor_files[name]
+        handle = self._handle(file)
+        try:
+            sl = handle.get_slice(name)
+        except Exception as exc:  # safetensors raises its own error type
+            if name not in handle.keys():
+                raise CheckpointError(f"{self.files.folder / HF_INDEX}: tensor {name} is mapped to {file.name}, "
+                                      "which does not hold it") from None
+            raise CheckpointError(f"{file}: cannot read tensor {name} ({_short(exc)})") from None
         return tuple(sl.get_shape()), sl.get_dtype()
 
     def validate(self) -> None:

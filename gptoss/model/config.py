@@ -44,6 +44,7 @@ class ModelConfig:
     layer_types: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
+        self._check_ceilings()  # before anything is built over these sizes (layer_types, tensor lists, caches)
         if not self.layer_types:
             object.__setattr__(
                 self,
@@ -55,7 +56,15 @@ class ModelConfig:
         self.validate()
 
     # ------------------------------------------------------------------ checks
+    def _check_ceilings(self) -> None:
+        for name, ceiling in CEILINGS.items():
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool) and value > ceiling:
+                raise ConfigError(f"config field {name!r}: {value} is over the ceiling of {ceiling} "
+                                  "(far above any gpt-oss model; a damaged or hostile config?)")
+
     def validate(self) -> None:
+        self._check_ceilings()
         positive = [
             "num_hidden_layers", "num_experts", "experts_per_token", "vocab_size", "hidden_size",
             "intermediate_size", "head_dim", "num_attention_heads", "num_key_value_heads",
@@ -341,6 +350,16 @@ INTEGER_FIELDS = {
     "vocab_size", "hidden_size", "intermediate_size", "head_dim", "num_attention_heads", "num_key_value_heads",
     "sliding_window", "initial_context_length", "max_position_embeddings",
     "rope_scaling.original_max_position_embeddings",
+}
+
+
+# Every size a config gives is bounded before anything is allocated by it: gpt-oss-120b has 36 layers, 128
+# experts, a width of 2880 and 201,088 tokens; these ceilings leave room for any variant, not for 10**7 layers.
+CEILINGS = {
+    "num_hidden_layers": 1024, "num_experts": 4096, "experts_per_token": 4096, "vocab_size": 2**22,
+    "hidden_size": 2**16, "intermediate_size": 2**18, "head_dim": 2**12, "num_attention_heads": 2**12,
+    "num_key_value_heads": 2**12, "sliding_window": 2**24, "initial_context_length": 2**24,
+    "max_position_embeddings": 2**24,
 }
 
 

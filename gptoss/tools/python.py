@@ -28,10 +28,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import zmq
+
 from gptoss.harmony import ToolNamespaceConfig
 from gptoss.tools.base import Tool, ToolCall, ToolError, ToolResult, tool_message
 from gptoss.tools.sandbox import WORK_MOUNT, Sandbox, SandboxError, SandboxLimits, sweep_stale
 
+MAX_MESSAGE_BYTES = 32 * 2**20  # the largest message from the kernel this process accepts
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 NO_OUTPUT = "[no output: use print() to see values]"
 
@@ -141,6 +144,23 @@ except ChildProcessError:
 del _gptoss_os
 """
 
+_SETUP_CAP_WRITES = """
+def _gptoss_cap(stream, limit={limit}):
+    write = stream.write
+    def capped(text):
+        if isinstance(text, str) and len(text) > limit:
+            text = text[:limit // 2] + f"\\n[... {{len(text) - limit}} characters truncated ...]\\n" + text[-(limit // 2):]
+        return write(text)
+    stream.write = capped
+import sys as _gptoss_sys
+for _gptoss_stream in (_gptoss_sys.stdout, _gptoss_sys.stderr):
+    try:
+        _gptoss_cap(_gptoss_stream)
+    except Exception:
+        pass
+del _gptoss_cap, _gptoss_sys, _gptoss_stream
+"""
+
 _SETUP_PATH_REWRITE = """
 def _gptoss_mnt_data(lines, _path={path!r}):
     return [line.replace("/mnt/data", _path) for line in lines]
@@ -161,6 +181,7 @@ class JupyterRunner:
         os.chmod(self.state_dir, 0o711)
         self.sandbox = Sandbox(work_dir, self.state_dir, config.limits, config.isolation, own_work_dir=own_work_dir)
         self.client = None
+        self._connection: dict = {}
         self.work_path = str(work_dir)
         self.lock = asyncio.Lock()
         self.restarts = 0
@@ -191,8 +212,6 @@ class JupyterRunner:
         }
 
     async def start(self) -> None:
-        from jupyter_client.asynchronous import AsyncKernelClient
-
         await self.stop_kernel()
         sd = self.sandbox.state_dir
         self.sandbox.shared_dir.mkdir(parents=True, exist_ok=True)
@@ -216,13 +235,29 @@ class JupyterRunner:
         self.work_path = status.get("work_path", str(self.work_dir))
         if not isinstance(self.work_path, str):
             self.work_path = str(self.work_dir)
-        client = AsyncKernelClient()
-        client.load_connection_info({**info, "ip": ip})
-        client.start_channels()
-        self.client = client
+        self._connection = {**info, "ip": ip}
+        self._connect()
         await self._wait_ready()
+        # one huge print keeps its head and tail (a message over MAX_MESSAGE_BYTES would be dropped whole)
+        await self._run_quiet(_SETUP_CAP_WRITES.format(limit=max(4 * self.config.max_output_chars, 2**20)))
         if self.work_path != WORK_MOUNT:
             await self._run_quiet(_SETUP_PATH_REWRITE.format(path=self.work_path))
+
+    def _connect(self) -> None:
+        """A client on the kernel's (pinned) sockets. What the kernel sends is bounded: a message over
+        MAX_MESSAGE_BYTES ends that connection instead of reaching this process's memory."""
+        from jupyter_client.asynchronous import AsyncKernelClient
+
+        if self.client is not None:
+            try:
+                self.client.stop_channels()
+            except Exception:  # noqa: BLE001, S110 - best effort
+                pass
+        client = AsyncKernelClient()
+        client.load_connection_info(self._connection)
+        client.context.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        client.start_channels(hb=False)
+        self.client = client
 
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.config.startup_timeout
@@ -313,8 +348,17 @@ class JupyterRunner:
         deadline = time.monotonic() + timeout
         done = False
         interrupted_at = None
+        replied_at = None  # the shell's execute_reply: the end, should the final idle status be lost
         while not done:
             now = time.monotonic()
+            if replied_at is None:
+                replied_at = await self._reply_to(msg_id)
+            elif now > replied_at + 1.0:  # the output channel was dropped (an oversized message): a new one
+                notes.append(f"[some output was dropped: a message of the code's output was over "
+                             f"{_size(MAX_MESSAGE_BYTES)}]")
+                self._connect()
+                await self._wait_ready()
+                break
             if interrupted_at is None and now >= deadline:
                 status = "timeout"
                 interrupted_at = now
@@ -389,6 +433,16 @@ class JupyterRunner:
         if notes:
             text = (text + "\n" if text.strip() else "") + "\n".join(notes)
         return Execution(text, status, buf.total, notes)
+
+    async def _reply_to(self, msg_id: str) -> float | None:
+        """When the kernel's execute_reply to ``msg_id`` arrived (now), or None if not yet."""
+        try:
+            while True:
+                reply = await self.client.get_shell_msg(timeout=0)
+                if reply.get("parent_header", {}).get("msg_id") == msg_id:
+                    return time.monotonic()
+        except queue.Empty:
+            return None
 
     def _interrupt(self) -> None:
         pid = self.sandbox.kernel_pid()

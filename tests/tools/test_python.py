@@ -528,3 +528,30 @@ def test_the_whole_conversation_has_one_disk_limit(loop):
         assert (tool.work_dir / "small.txt").read_text() == "fits again"
     finally:
         loop.run_until_complete(tool.aclose())
+
+
+def test_a_huge_output_never_reaches_the_host_whole(loop, py):
+    """One print of 100 MB keeps its head and tail; a 100 MB message the code sends itself (past the
+    in-kernel cap) is dropped before this process reads it: the model is told, the next call works."""
+    base = _rss_of_this_process()
+    peak = {"rss": base}
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak["rss"] = max(peak["rss"], _rss_of_this_process())
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        r = run(loop, py, "print('x' * 100_000_000)\nprint('end')", timeout=30)
+        assert r.output.startswith("xxx") and "characters truncated" in r.output and r.output.endswith("end"), r.output[-300:]
+        r = run(loop, py, "from IPython.display import display\ndisplay({'text/plain': 'y' * 100_000_000}, raw=True)",
+                timeout=30)
+        assert "some output was dropped" in r.output and "yyy" not in r.output, r.output[-300:]
+        assert run(loop, py, "print('next')").output == "next"
+    finally:
+        stop.set()
+        sampler.join()
+    assert peak["rss"] - base < 64 * 2**20

@@ -181,6 +181,7 @@ class JupyterRunner:
         os.chmod(self.state_dir, 0o711)
         self.sandbox = Sandbox(work_dir, self.state_dir, config.limits, config.isolation, own_work_dir=own_work_dir)
         self.client = None
+        self._iopub_watch = None
         self._connection: dict = {}
         self.work_path = str(work_dir)
         self.lock = asyncio.Lock()
@@ -245,19 +246,40 @@ class JupyterRunner:
 
     def _connect(self) -> None:
         """A client on the kernel's (pinned) sockets. What the kernel sends is bounded: a message over
-        MAX_MESSAGE_BYTES ends that connection instead of reaching this process's memory."""
+        MAX_MESSAGE_BYTES ends that connection (for good: ZeroMQ does not reconnect after it) instead of
+        reaching this process's memory; a monitor tells :meth:`_output_dropped` when that happened."""
         from jupyter_client.asynchronous import AsyncKernelClient
 
-        if self.client is not None:
-            try:
-                self.client.stop_channels()
-            except Exception:  # noqa: BLE001, S110 - best effort
-                pass
         client = AsyncKernelClient()
         client.load_connection_info(self._connection)
         client.context.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         client.start_channels(hb=False)
         self.client = client
+        self._watch_iopub()
+
+    def _watch_iopub(self) -> None:
+        self._iopub_watch = self.client.iopub_channel.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+
+    def _output_dropped(self) -> bool:
+        """Did the output channel's connection end (an oversized message) while the kernel runs?"""
+        try:
+            return bool(self._iopub_watch.getsockopt(zmq.EVENTS) & zmq.POLLIN) and self.sandbox.alive
+        except (zmq.ZMQError, AttributeError):
+            return False
+
+    def _reopen_iopub(self) -> None:
+        """A new output channel on the same kernel; the shell channel (and the reply to the running
+        request) is kept."""
+        client = self.client
+        try:
+            client.iopub_channel.socket.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self._iopub_watch.close(linger=0)
+        client.iopub_channel.close()
+        client._iopub_channel = None  # jupyter_client makes a new one on next use
+        client.iopub_channel.start()
+        self._watch_iopub()
 
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.config.startup_timeout
@@ -349,16 +371,19 @@ class JupyterRunner:
         done = False
         interrupted_at = None
         replied_at = None  # the shell's execute_reply: the end, should the final idle status be lost
+        reopened_at = None  # when the output channel was replaced after a dropped message
         while not done:
             now = time.monotonic()
             if replied_at is None:
                 replied_at = await self._reply_to(msg_id)
-            elif now > replied_at + 1.0:  # the output channel was dropped (an oversized message): a new one
-                notes.append(f"[some output was dropped: a message of the code's output was over "
-                             f"{_size(MAX_MESSAGE_BYTES)}]")
-                self._connect()
-                await self._wait_ready()
-                break
+            if self._output_dropped():
+                if reopened_at is None:
+                    notes.append(f"[some output was dropped: a message of the code's output was over "
+                                 f"{_size(MAX_MESSAGE_BYTES)}]")
+                self._reopen_iopub()
+                reopened_at = now
+            if reopened_at is not None and replied_at is not None and now > max(replied_at, reopened_at) + 0.5:
+                break  # the final idle status may have gone with the dropped connection
             if interrupted_at is None and now >= deadline:
                 status = "timeout"
                 interrupted_at = now

@@ -146,9 +146,11 @@ def write_checkpoint(
     if bar is not None:
         bar.close()
     if tokenizer:
+        from gptoss.hf_tokenizer import write_hf_tokenizer_files
         from gptoss.tokenizer import seed_bpe_file
 
         seed_bpe_file(out)
+        write_hf_tokenizer_files(out)  # tokenizer.json + tokenizer_config.json, as the official repositories carry
     (out / "generation_config.json").write_text(
         json.dumps({"bos_token_id": 199998, "eos_token_id": [200002, 199999, 200012], "pad_token_id": 199999}, indent=2)
     )

@@ -442,15 +442,27 @@ def test_the_sandbox_dies_with_its_host_and_what_it_left_is_removed():
 
 
 def _memory_cgroups_possible():
-    """Root, with the memory controller where the sandbox makes its cgroups (v1 hierarchy or v2 root)."""
+    """Can this process make a memory cgroup (root, the controller enabled, /sys/fs/cgroup writable)?"""
     from pathlib import Path
 
     base = Path("/sys/fs/cgroup")
     if os.geteuid() != 0:
         return False
     if (base / "cgroup.controllers").is_file():
-        return "memory" in (base / "cgroup.subtree_control").read_text().split()
-    return (base / "memory" / "cgroup.procs").is_file()
+        try:
+            if "memory" not in (base / "cgroup.subtree_control").read_text().split():
+                return False
+        except OSError:
+            return False
+    elif not (base / "memory").is_dir():
+        return False
+    probe = (base if (base / "cgroup.controllers").is_file() else base / "memory") / f"gptoss-probe-{os.getpid()}"
+    try:
+        probe.mkdir()
+    except OSError:
+        return False
+    probe.rmdir()
+    return True
 
 
 def test_the_whole_conversation_has_one_memory_limit(loop):
@@ -469,8 +481,8 @@ def test_the_whole_conversation_has_one_memory_limit(loop):
             return
         peak_files = [os.path.join(c["path"], f) for c in tool.runner.sandbox.cgroups if "memory" in c["controllers"]
                       for f in ("memory.peak", "memory.max_usage_in_bytes")]
-        peak = max(int(open(f).read()) for f in peak_files if os.path.exists(f))
-        assert peak <= limit
+        peaks = [int(open(f).read()) for f in peak_files if os.path.exists(f)]
+        assert peaks == [] or max(peaks) <= limit
         assert "-9" in r.output.splitlines()[0], r.output  # the OOM killer ended at least one child
         assert "memory limit of 384 MiB was reached" in r.output
         assert loop.run_until_complete(tool.execute("print('still here')")).output == "still here"

@@ -9,7 +9,10 @@ What is isolated depends on what the operating system allows (see README, "Tools
   namespace with a private read-only root (system folders and Python, read-only; the working folder at
   ``/mnt/data``; private ``/tmp``), own PID namespace; as root also an unprivileged user id of its own, so
   the process limit (RLIMIT_NPROC) holds, and a ``pids`` cgroup where one can be created.
+- As root, the whole conversation is bounded too: a memory cgroup (processes, ``/tmp``, ``/dev/shm``,
+  files it writes on tmpfs) and tmpfs of a given size for its own ``/mnt/data`` and its home.
 - Otherwise, bubblewrap (``bwrap``) when it is installed and works, or rlimits alone.
+- Between calls the kernel is stopped (SIGSTOP): nothing it left running uses CPU.
 
 Nothing the sandboxed code can write is ever opened, followed, chowned or executed by the host. The
 conversation's folder (``base``, made by the caller, not writable by the sandbox) holds:
@@ -34,9 +37,9 @@ import errno
 import json
 import logging
 import os
+import random
 import re
 import select
-import random
 import shutil
 import signal
 import stat
@@ -110,12 +113,12 @@ def descendants(root: int, table: dict[int, tuple[int, int, int, str]] | None = 
     return out
 
 
-def _cmdline(pid: int) -> str:
+def _argv(pid: int) -> list[str]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
+            return f.read(1 << 20).decode(errors="replace").split("\0")
     except OSError:
-        return ""
+        return []
 
 
 def tasks_of_uid(uid: int) -> int:
@@ -797,7 +800,7 @@ class Sandbox:
         if not self.alive:
             return None
         table = process_table()
-        found = [p for p in descendants(self.process.pid, table) if self.marker in _cmdline(p)]
+        found = [p for p in descendants(self.process.pid, table) if self.marker in _argv(p)]  # a whole argument
         if not found:
             return None
         self._kernel_pid = min(found, key=lambda p: table[p][1])

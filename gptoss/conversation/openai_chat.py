@@ -83,29 +83,70 @@ def text_of(content: Any, where: str, allowed: tuple[str, ...] = ("text", "input
 
 
 def function_tools(tools: list[dict] | None, where: str = "tools") -> dict[str, dict | None]:
-    """Validated function tools: name -> JSON Schema of the arguments (None when it takes none)."""
+    """Validated function tools: name -> JSON Schema of the arguments (None when it takes none).
+
+    Errors name ``tools[i].function.FIELD``, or ``PATH.FIELD`` for a tool that carries its request path
+    under ``"_where"`` (Responses tools, namespaces)."""
     from gptoss.engine.guided import json_schema_error  # schema validity is llguidance's call
 
     out: dict[str, dict | None] = {}
     for i, tool in enumerate(tools or []):
         fn = tool.get("function") if tool.get("type") == "function" and "function" in tool else tool
+        at = fn.get("_where") or f"{where}[{i}].function"
         name = fn.get("name")
         if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_-." for c in name):
-            raise ConversationError(f"{where}[{i}].function.name: expected letters, digits, '_', '-' or '.', found {name!r}",
-                                    f"{where}[{i}].function.name")
+            raise ConversationError(f"{at}.name: expected letters, digits, '_', '-' or '.', found {name!r}", f"{at}.name")
         if name in out:
-            raise ConversationError(f"{where}[{i}]: function {name!r} is declared twice", f"{where}[{i}].function.name")
+            raise ConversationError(f"{at}: function {name!r} is declared twice", f"{at}.name")
         params = fn.get("parameters")
         if params is not None:
             if not isinstance(params, dict):
-                raise ConversationError(f"{where}[{i}].function.parameters: expected a JSON Schema object",
-                                        f"{where}[{i}].function.parameters")
+                raise ConversationError(f"{at}.parameters: expected a JSON Schema object", f"{at}.parameters")
             error = json_schema_error(params) if params else None
             if error:
-                raise ConversationError(f"{where}[{i}].function.parameters: invalid JSON Schema ({error})",
-                                        f"{where}[{i}].function.parameters")
+                raise ConversationError(f"{at}.parameters: invalid JSON Schema ({error})", f"{at}.parameters")
+        if fn.get("strict") is True:
+            error = strict_schema_error(params or {})
+            if error:
+                raise ConversationError(f"{at}.parameters: invalid schema for strict function {name!r}: {error}",
+                                        f"{at}.parameters")
         out[name] = params or None
     return out
+
+
+def strict_schema_error(schema: dict, at: str = "") -> str | None:
+    """What OpenAI's strict mode (Structured Outputs) rejects in ``schema``, or None: the root must be an
+    object, and every object must set ``additionalProperties: false`` and list each of its properties in
+    ``required``."""
+    where = f"at {at or '(root)'}"
+    if not at and (not isinstance(schema, dict) or schema.get("type") != "object"):
+        return f"{where}, the schema must be an object schema ('type': 'object')"
+    if not isinstance(schema, dict):
+        return None
+    types = schema.get("type") if isinstance(schema.get("type"), list) else [schema.get("type")]
+    if "object" in types or "properties" in schema:
+        if schema.get("additionalProperties") is not False:
+            return f"{where}, 'additionalProperties' is required to be supplied and to be false"
+        props = schema.get("properties") or {}
+        required = schema.get("required") or []
+        missing = [k for k in props if k not in required]
+        if missing:
+            return (f"{where}, 'required' is required to be supplied and to be an array including every key in "
+                    f"properties; missing {', '.join(repr(k) for k in missing)}")
+    children: list[tuple[str, Any]] = []
+    for key in ("properties", "$defs", "definitions"):
+        if isinstance(schema.get(key), dict):
+            children += [(f"{at}.{key}.{k}" if at else f"{key}.{k}", v) for k, v in schema[key].items()]
+    for key in ("anyOf", "allOf", "oneOf", "prefixItems"):
+        if isinstance(schema.get(key), list):
+            children += [(f"{at}.{key}[{j}]" if at else f"{key}[{j}]", v) for j, v in enumerate(schema[key])]
+    if isinstance(schema.get("items"), dict):
+        children.append((f"{at}.items" if at else "items", schema["items"]))
+    for path, child in children:
+        error = strict_schema_error(child, path)
+        if error:
+            return error
+    return None
 
 
 def tool_descriptions(tools: list[dict] | None) -> list[ToolDescription]:
@@ -226,6 +267,10 @@ def turn_grammar(persona: ServerPersona, functions: dict[str, dict | None], tool
             if not isinstance(schema, dict):
                 raise ConversationError("response_format.json_schema.schema: expected a JSON Schema object",
                                         "response_format")
+            strict_error = strict_schema_error(schema) if spec.get("strict") is True else None
+            if strict_error:
+                raise ConversationError(f"response_format.json_schema.schema: invalid schema for strict response "
+                                        f"format {spec.get('name') or 'response'!r}: {strict_error}", "response_format")
             from gptoss.engine.guided import json_schema_error
 
             error = json_schema_error(schema)

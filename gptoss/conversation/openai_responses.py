@@ -94,6 +94,8 @@ def _normalize_item(item: Any, where: str) -> dict[str, Any]:
         if not isinstance(args, str):
             raise ConversationError(f"{where}.arguments: expected a JSON string", f"{where}.arguments")
         out = {"type": "function_call", "call_id": call_id, "name": name, "arguments": args}
+        if isinstance(item.get("namespace"), str) and item["namespace"]:  # a function of a namespace tool
+            out["namespace"] = item["namespace"]
         if isinstance(item.get("id"), str):
             out["id"] = item["id"]
         return out
@@ -176,8 +178,9 @@ def responses_prompt(persona: ServerPersona, items: list[dict[str, Any]], instru
                 text = text_of(item["content"], f"{where}.content", ("output_text", "text"))
                 history.append(Message.from_role_and_content(Role.ASSISTANT, text).with_channel(channel))
         elif kind == "function_call":
-            call_names[item["call_id"]] = item["name"]
-            history.append(assistant_call(item["name"], item["arguments"]))
+            name = f"{item['namespace']}.{item['name']}" if item.get("namespace") else item["name"]
+            call_names[item["call_id"]] = name
+            history.append(assistant_call(name, item["arguments"]))
         elif kind == "function_call_output":
             name = call_names.get(item["call_id"])
             if name is None:
@@ -204,23 +207,42 @@ def responses_prompt(persona: ServerPersona, items: list[dict[str, Any]], instru
 
 
 def split_tools(tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Responses ``tools`` -> (function tools as name/description/parameters, built-in tools wanted:
-    ``browser`` for web_search, ``python`` for code_interpreter). Other hosted tools are a 400."""
+    """Responses ``tools`` -> (function tools as name/description/parameters/strict, built-in tools wanted:
+    ``browser`` for web_search, ``python`` for code_interpreter). The function tools of a ``namespace``
+    tool become functions named ``NAMESPACE.NAME``. Other tool types are a 400."""
     functions: list[dict[str, Any]] = []
     builtins: list[str] = []
+    keys = ("name", "description", "parameters", "strict")
     for i, tool in enumerate(tools):
         kind = tool.get("type")
         if kind == "function":
             if not tool.get("name"):
                 raise ConversationError(f"tools[{i}].name: required for a function tool", f"tools[{i}].name")
-            functions.append({k: tool[k] for k in ("name", "description", "parameters") if tool.get(k) is not None})
+            functions.append({k: tool[k] for k in keys if tool.get(k) is not None} | {"_where": f"tools[{i}]"})
+        elif kind == "namespace":
+            space, inner = tool.get("name"), tool.get("tools")
+            if not isinstance(space, str) or not space or not isinstance(inner, list):
+                raise ConversationError(f"tools[{i}]: a namespace tool needs a 'name' and a list of 'tools'",
+                                        f"tools[{i}]")
+            for j, fn in enumerate(inner):
+                if not isinstance(fn, dict) or fn.get("type") != "function" or not fn.get("name"):
+                    found = fn.get("type") if isinstance(fn, dict) else type(fn).__name__
+                    raise ConversationError(f"tools[{i}].tools[{j}]: only named function tools are supported in a "
+                                            f"namespace, found {found!r}", f"tools[{i}].tools[{j}]")
+                functions.append({k: fn[k] for k in keys if fn.get(k) is not None}
+                                 | {"name": f"{space}.{fn['name']}", "_where": f"tools[{i}].tools[{j}]"})
         elif kind in HOSTED_TOOLS:
             if HOSTED_TOOLS[kind] not in builtins:
                 builtins.append(HOSTED_TOOLS[kind])
         else:
             raise ConversationError(f"tools[{i}].type: {kind!r} tools are not supported; expected function, "
-                                    "web_search (web_search_preview) or code_interpreter", f"tools[{i}].type")
+                                    "namespace, web_search (web_search_preview) or code_interpreter", f"tools[{i}].type")
     return functions, builtins
+
+
+def namespaces(tools: list[dict[str, Any]]) -> set[str]:
+    """The names of the ``namespace`` tools among Responses ``tools``."""
+    return {t["name"] for t in tools if t.get("type") == "namespace" and isinstance(t.get("name"), str)}
 
 
 def responses_grammar(persona: ServerPersona, functions: dict[str, dict | None], builtins: list[str], tool_choice: Any,
@@ -270,7 +292,8 @@ def text_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
                                 "text.format")
     if fmt.get("type") == "json_schema":
         return {"type": "json_schema", "json_schema": {"schema": fmt.get("schema"), "name": fmt.get("name"),
-                                                       "description": fmt.get("description")}}
+                                                       "description": fmt.get("description"),
+                                                       "strict": fmt.get("strict")}}
     return fmt
 
 

@@ -1,7 +1,8 @@
 """Grammars (llguidance's Lark dialect) for what an assistant turn may contain.
 
 The completion starts right after the prompt's ``<|start|>assistant``. A turn is any number of
-analysis messages (and, when tools exist, commentary preambles), each closed by ``<|end|><|start|>assistant``,
+analysis messages (and, when tools exist and no response format holds the answer, commentary preambles),
+each closed by ``<|end|><|start|>assistant``,
 followed by exactly one ending: a final answer closed by ``<|return|>``, or a tool call closed by
 ``<|call|>``. Headers can only name valid channels and known recipients; a function call's arguments
 follow that function's JSON Schema; a final answer may be held to a response format's schema.
@@ -51,8 +52,11 @@ class TurnGrammar:
         endings = list(calls) if forced else (["final"] + (calls if self.tool_choice == "auto" else []))
         if not endings:
             raise ValueError("tool_choice requires a tool call but no tools are available")
+        # Preambles are text for the user. A response format constrains all the text a client reads as the
+        # answer (Chat Completions' content; every output_text the SDKs' parse() helpers read), so with one
+        # the model reasons, then answers in the format or calls a tool, and writes no preamble.
         has_tools = bool(self.functions or self.builtin_tools)
-        pre = ["analysis"] + (["preamble"] if has_tools else [])
+        pre = ["analysis"] + (["preamble"] if has_tools and self.final_schema is None else [])
         budget = f"[max_tokens={int(self.reasoning_max_tokens)}]" if self.reasoning_max_tokens else ""
         lines = [
             "%llguidance {}",
@@ -99,9 +103,48 @@ def _rule_name(prefix: str, name: str) -> str:
     return f"{prefix}_" + re.sub(r"[^a-z0-9]", lambda m: f"_{ord(m.group()):x}_", name)
 
 
+# Bounds a generated number keeps when its schema sets none, so that any client can read it: integers fit a
+# signed 64-bit integer (llguidance works in doubles, so the bound is the largest double below 2**63), and
+# numbers stay within +-1e18 (the widest range llguidance's number ranges support; far inside a double's).
+INTEGER_BOUND = 2**63 - 1024
+NUMBER_BOUND = 10**18
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SUBSCHEMAS = ("items", "additionalProperties", "not", "contains", "if", "then", "else")
+
+
+def closed_schema(schema: Any) -> Any:
+    """The schema the grammar enforces: a copy of ``schema`` in which an object that declares
+    ``properties`` and says nothing of ``additionalProperties`` takes no other keys (a client parses the
+    declared ones; so do vLLM's and xgrammar's strict modes), and integers and numbers without bounds get
+    :data:`INTEGER_BOUND` / :data:`NUMBER_BOUND` (bounds beyond them are narrowed to them)."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [closed_schema(s) for s in out[key]]
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {k: closed_schema(s) for k, s in out[key].items()}
+    for key in _SUBSCHEMAS:
+        if isinstance(out.get(key), (dict, list)):
+            out[key] = [closed_schema(s) for s in out[key]] if isinstance(out[key], list) else closed_schema(out[key])
+    if ("properties" in out or "patternProperties" in out) and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    types = out.get("type")
+    types = set(types) if isinstance(types, list) else {types}
+    bound = NUMBER_BOUND if "number" in types else INTEGER_BOUND if "integer" in types else None
+    if bound is not None:
+        for key, limit, pick in (("minimum", -bound, max), ("maximum", bound, min)):
+            value = out.get(key)
+            out[key] = limit if not isinstance(value, (int, float)) or isinstance(value, bool) else pick(value, limit)
+    return out
+
+
 def _dump(schema: dict[str, Any]) -> str:
     # Compact JSON (no free whitespace) keeps arguments short and parseable.
-    schema = dict(schema)
+    schema = closed_schema(schema)
     guidance = dict(schema.get("x-guidance") or {})
     guidance.setdefault("whitespace_flexible", False)
     guidance.setdefault("lenient", True)

@@ -24,7 +24,7 @@ from gptoss.engine.sampling import SamplingParams, offset_seed
 from gptoss.harmony import stop_tokens_for_assistant_actions
 from gptoss.server.app import message_texts
 from gptoss.server.errors import APIError
-from gptoss.server.generation import Completion, cancel_on_disconnect, observe, run_completion
+from gptoss.server.generation import Completion, cancel_on_disconnect, dump, dump_json, observe, run_completion
 from gptoss.server.guarding import ChatGuard, chat_blocked
 from gptoss.server.schemas import ChatCompletionRequest
 
@@ -112,11 +112,14 @@ def register(app, state) -> None:
         completion_tokens = sum(c.tokens for c in comps)
         choices = [_choice(tok, c, body.logprobs) for c in comps]
         await guard.check_choices(comps, choices)
-        return ChatCompletion(
+        out = dump(ChatCompletion(
             id=rid, object="chat.completion", created=created, model=body.model,
             choices=choices,
             usage=_usage(len(prompt_ids), completion_tokens, sum(c.decoder.reasoning_tokens for c in comps)),
-        ).model_dump(exclude_none=True)
+        ))
+        for choice in out["choices"]:
+            choice["message"].setdefault("content", None)  # a tool-call message says content: null, as OpenAI's do
+        return out
 
 
 async def _drain(run) -> Completion:
@@ -166,7 +169,7 @@ async def _stream(state, rid, created, body, runs, prompt_len, include_usage, gu
     def chunk(choices, usage=None) -> str:
         c = ChatCompletionChunk(id=rid, object="chat.completion.chunk", created=created, model=body.model,
                                 choices=choices, usage=usage)
-        return f"data: {c.model_dump_json(exclude_none=True)}\n\n"
+        return f"data: {dump_json(c)}\n\n"
 
     async def pump(run):
         comp = None

@@ -14,6 +14,16 @@ from gptoss.engine.sampling import SamplingParams, TokenLogprobs
 from gptoss.tokenizer import Tokenizer
 
 
+def dump(obj) -> dict:
+    """An SDK object as the JSON the OpenAI API sends: fields under their wire names (``schema``, not the
+    Python attribute ``schema_``), unset optional fields left out."""
+    return obj.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def dump_json(obj) -> str:
+    return obj.model_dump_json(by_alias=True, exclude_none=True)
+
+
 class StopStrings:
     """Ends the answer at the first stop string; holds back text that might be the start of one."""
 

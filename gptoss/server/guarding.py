@@ -149,12 +149,12 @@ def chat_blocked(rid: str, created: int, model: str, n: int, prompt_tokens: int,
         return ChatCompletion(id=rid, object="chat.completion", created=created, model=model, usage=usage, choices=[
             Choice(index=i, finish_reason="content_filter",
                    message=ChatCompletionMessage(role="assistant", content=None, refusal=refusal)) for i in range(n)],
-        ).model_dump(exclude_none=True)
+        ).model_dump(mode="json", by_alias=True, exclude_none=True)
 
     def chunk(choices, usage=None) -> str:
         c = ChatCompletionChunk(id=rid, object="chat.completion.chunk", created=created, model=model, choices=choices,
                                 usage=usage)
-        return f"data: {c.model_dump_json(exclude_none=True)}\n\n"
+        return f"data: {c.model_dump_json(by_alias=True, exclude_none=True)}\n\n"
 
     async def events():
         for i in range(n):
@@ -213,7 +213,8 @@ async def guard_response_events(state, store, turn, events: AsyncIterator) -> As
                                         content=[ResponseOutputRefusal(type="refusal", refusal=decision.refusal())])
         final = turn.response("incomplete", [refusal], incomplete="content_filter")
         if turn.body.store:
-            store.put(turn.id, final.model_dump(exclude_none=True), turn.items, [refusal.model_dump(exclude_none=True)])
+            store.put(turn.id, final.model_dump(mode="json", by_alias=True, exclude_none=True), turn.items,
+                      [refusal.model_dump(mode="json", by_alias=True, exclude_none=True)])
         return [ResponseOutputItemAddedEvent(type="response.output_item.added", output_index=0, item=refusal,
                                              sequence_number=0),
                 ResponseOutputItemDoneEvent(type="response.output_item.done", output_index=0, item=refusal,
@@ -254,7 +255,8 @@ async def guard_response_events(state, store, turn, events: AsyncIterator) -> As
     if hide and final is not None and turn.body.store:  # what GET returns hides the reasoning too
         stored = store.get(turn.id)
         if stored is not None:
-            store.put(turn.id, final.response.model_dump(exclude_none=True), stored.input_items, stored.output_items)
+            store.put(turn.id, final.response.model_dump(mode="json", by_alias=True, exclude_none=True),
+                      stored.input_items, stored.output_items)
 
 
 def _new_count(turn) -> int:

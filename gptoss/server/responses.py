@@ -36,11 +36,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Literal
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -90,9 +91,11 @@ from pydantic import BaseModel, ValidationError
 from gptoss.conversation.openai_chat import ConversationError, ServerPersona, function_tools
 from gptoss.conversation.openai_responses import (
     HARMONY_KEY,
+    HOSTED_TOOLS,
     ItemEvent,
     OutputItem,
     TurnItems,
+    namespaces,
     normalize_input,
     responses_grammar,
     responses_prompt,
@@ -105,7 +108,7 @@ from gptoss.engine.sampling import SamplingParams, offset_seed
 from gptoss.harmony import Message, stop_tokens_for_assistant_actions
 from gptoss.server.app import message_texts
 from gptoss.server.errors import APIError
-from gptoss.server.generation import cancel_on_disconnect, observe, run_completion
+from gptoss.server.generation import cancel_on_disconnect, dump, dump_json, observe, run_completion
 from gptoss.server.guarding import guard_response_events
 from gptoss.server.schemas import ResponsesRequest
 from gptoss.server.store import ResponseStore
@@ -135,7 +138,7 @@ def register(app, state) -> None:
         texts = [body.input] if isinstance(body.input, str) else list(message_texts(body.input))
         state.check_text_size(texts + [body.instructions or ""], "input")
         turn = await run_in_threadpool(_prepare, state, store, body)  # rendering and tokenizing: off the event loop
-        events = guard_response_events(state, store, turn, _events(state, store, turn))
+        events = _recorded(store, turn, guard_response_events(state, store, turn, _events(state, store, turn)))
         if body.stream:
             return StreamingResponse(_sse(state, events), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
@@ -152,17 +155,73 @@ def register(app, state) -> None:
             raise APIError(500, final.response.error.message if final.response.error else "generation failed",
                            type="server_error")
         state.metrics.requests.labels("responses", "ok").inc()
-        return final.response.model_dump(exclude_none=True)
+        return dump(final.response)
 
     @app.get("/v1/responses/{response_id}")
-    async def get_response(response_id: str):
-        return _stored(store, response_id).response
+    async def get_response(response_id: str, stream: bool = False, starting_after: int | None = None):
+        stored = _stored(store, response_id)
+        if not stream:
+            return stored.response
+        events = store.events(response_id)
+        if events is None:
+            raise APIError(400, f"stream: response {response_id!r} was stored without its events; retrieve it "
+                                "without stream=true", param="stream")
+        if starting_after is not None and not -1 <= starting_after < len(events):
+            raise APIError(400, f"starting_after: expected a sequence number from -1 to {len(events) - 1} "
+                                f"(the response streamed {len(events)} events), found {starting_after}",
+                           param="starting_after")
+        first = 0 if starting_after is None else starting_after + 1
+
+        async def replay():
+            for ev in events[first:]:
+                yield f"event: {ev['type']}\ndata: {json.dumps(ev)}\n\n"
+
+        return StreamingResponse(replay(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/v1/responses/{response_id}/input_items")
+    async def input_items(response_id: str, after: str | None = None, limit: int = 20,
+                          order: Literal["asc", "desc"] = "desc"):
+        if not 1 <= limit <= 100:
+            raise APIError(400, f"limit: expected 1 to 100, found {limit}", param="limit")
+        stored = _stored(store, response_id)
+        items = [_listed_item(item, f"{response_id}:{k}") for k, item in enumerate(stored.input_items)]
+        if order == "desc":
+            items.reverse()
+        if after is not None:
+            at = next((k for k, item in enumerate(items) if item["id"] == after), None)
+            if at is None:
+                raise APIError(400, f"after: {after!r} is not an input item of response {response_id!r}",
+                               param="after")
+            items = items[at + 1:]
+        page = items[:limit]
+        return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit}
 
     @app.delete("/v1/responses/{response_id}")
     async def delete_response(response_id: str):
         _stored(store, response_id)
         store.delete(response_id)
         return {"id": response_id, "object": "response.deleted", "deleted": True}
+
+
+def _listed_item(item: dict[str, Any], fallback_id: str) -> dict[str, Any]:
+    """A stored input item as ``input_items`` lists it: the SDK's ResponseItem shape, with an id (items sent
+    without one get ``RESPONSE_ID:INDEX``, stable across calls)."""
+    out = {k: v for k, v in item.items() if k != HARMONY_KEY}
+    out.setdefault("id", fallback_id)
+    if out.get("type") == "message":
+        content = out.get("content")
+        if isinstance(content, str):
+            kind = "output_text" if out.get("role") == "assistant" else "input_text"
+            out["content"] = [{"type": kind, "text": content} | ({"annotations": []} if kind == "output_text" else {})]
+        out.setdefault("status", "completed")
+    elif out.get("type") in ("function_call", "function_call_output"):
+        out.setdefault("status", "completed")
+    return out
+
+
+def _forces(tool_choice: Any, builtin: str) -> bool:
+    return isinstance(tool_choice, dict) and HOSTED_TOOLS.get(tool_choice.get("type")) == builtin
 
 
 def _stored(store: ResponseStore, response_id: str, param: str | None = None):
@@ -192,6 +251,7 @@ class _Turn:
     persona: ServerPersona
     seq: itertools.count = field(default_factory=itertools.count)
     live_tools: Any = None  # this response's own built-in tools while it runs (the browser's pages: citations)
+    namespaces: set[str] = field(default_factory=set)  # of namespace tools: their functions are NAMESPACE.NAME
 
     @property
     def tool_choice(self) -> Any:
@@ -210,7 +270,7 @@ class _Turn:
         return Response(
             id=self.id, object="response", created_at=self.created, model=b.model, status=status,
             output=output, usage=usage, instructions=b.instructions, tools=self.tools,
-            tool_choice=self.tool_choice, parallel_tool_calls=False,
+            tool_choice=self.tool_choice, parallel_tool_calls=b.parallel_tool_calls,
             temperature=b.temperature, top_p=b.top_p, max_output_tokens=b.max_output_tokens,
             max_tool_calls=b.max_tool_calls, previous_response_id=b.previous_response_id,
             reasoning={"effort": self.effort}, text=b.text or {"format": {"type": "text"}}, metadata=b.metadata,
@@ -246,24 +306,28 @@ def _prepare(state, store: ResponseStore, body: ResponsesRequest) -> _Turn:
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
     functions, builtins = split_tools(tools)
     templates: Toolbox | None = getattr(state.config, "toolbox", None)
-    for name in builtins:
+    for name in list(builtins):
         if templates is None or templates.get(name) is None:
-            i = next(i for i, t in enumerate(tools) if t.get("type") != "function")
-            kind = "web_search" if name == "browser" else "code_interpreter"
+            i = next(i for i, t in enumerate(tools) if HOSTED_TOOLS.get(t.get("type")) == name)
+            if name == "browser" and not _forces(body.tool_choice, "browser"):
+                # Searching is the model's choice, and answering without it is a valid answer: clients that
+                # always declare web_search (Codex) keep working on a server without a browser.
+                log.warning("tools[%d]: %s is ignored: this server has no browser tool (--tools browser)", i,
+                            tools[i].get("type"))
+                builtins.remove(name)
+                continue
+            kind = tools[i].get("type")
             raise APIError(400, f"tools[{i}].type: this server has no {name} tool for {kind} (start the server "
                                 f"with the {name} tool enabled)", param=f"tools[{i}].type", code="unsupported_tool")
     effort = (body.reasoning.effort if body.reasoning else None) or persona.default_effort
     items = previous + new_items
     prompt = responses_prompt(persona, items, body.instructions, functions, effort, first_new=len(previous),
                               builtin_tools=builtins, response_format=text_format(body.text))
-    echo = [{"type": "function", "name": f["name"], "description": f.get("description"),
-             "parameters": f.get("parameters"), "strict": True} for f in functions]  # the grammar holds to the schema
-    echo += [{"type": t["type"]} if t["type"] != "code_interpreter" else {"type": "code_interpreter",
-                                                                          "container": {"type": "auto"}}
-             for t in tools if t.get("type") != "function"]
+    echo = [t if t.get("type") != "code_interpreter" else {"container": {"type": "auto"}} | t for t in tools]
     turn = _Turn(body=body, id="resp_" + secrets.token_hex(24), created=int(time.time()), effort=effort, items=items,
                  tools=echo, prompt=prompt, functions=function_tools(functions), builtins=builtins,
-                 toolbox=templates if builtins else None, max_tokens=body.max_output_tokens, persona=persona)
+                 toolbox=templates if builtins else None, max_tokens=body.max_output_tokens, persona=persona,
+                 namespaces=namespaces(tools))
     turn.grammar(0)  # a bad tool_choice or text.format is a 400 before anything runs
     try:
         turn.response("in_progress", [])
@@ -361,9 +425,10 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
         log.exception("response %s failed", turn.id)
         failed = turn.response("failed", [_sdk_item(i, turn, None if i.done else "incomplete") for i in items],
                                error=f"generation failed: {exc}")
-        _save(store, turn, failed, items)
+        end: BaseModel = ResponseFailedEvent(type="response.failed", sequence_number=next(seq), response=failed)
+        _save(store, turn, end, items)
         state.metrics.requests.labels("responses", "failed").inc()
-        yield ResponseFailedEvent(type="response.failed", sequence_number=next(seq), response=failed)
+        yield end
         return
     finally:
         if toolbox is not None:
@@ -376,23 +441,38 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
     output = [_sdk_item(i, turn) for i in items]
     final = turn.response("incomplete" if truncated else "completed", output,
                           _usage(totals), incomplete="max_output_tokens" if truncated else None)
-    _save(store, turn, final, items)
     if truncated:
-        yield ResponseIncompleteEvent(type="response.incomplete", sequence_number=next(seq), response=final)
+        end = ResponseIncompleteEvent(type="response.incomplete", sequence_number=next(seq), response=final)
     else:
-        yield ResponseCompletedEvent(type="response.completed", sequence_number=next(seq), response=final)
+        end = ResponseCompletedEvent(type="response.completed", sequence_number=next(seq), response=final)
+    _save(store, turn, end, items)
+    yield end
 
 
-def _save(store: ResponseStore, turn: _Turn, response: Response, items: list[OutputItem]) -> None:
+async def _recorded(store: ResponseStore, turn: _Turn, events: AsyncIterator[BaseModel]) -> AsyncIterator[BaseModel]:
+    """``events`` as the client gets them (after the guard), kept with a stored response once it ends, so
+    that ``GET /v1/responses/{id}?stream=true`` replays exactly them."""
+    kept: list[dict[str, Any]] = []
+    async for ev in events:
+        if turn.body.store:
+            kept.append(dump(ev))
+            if ev.type in ("response.completed", "response.incomplete", "response.failed"):
+                store.put_events(turn.id, kept)
+        yield ev
+
+
+def _save(store: ResponseStore, turn: _Turn, end: BaseModel, items: list[OutputItem]) -> None:
+    """Store the response of ``end`` (the completed / incomplete / failed event) with its items."""
     if not turn.body.store:
         return
+    response = end.response
     output = []
     for item in items:
-        d = _sdk_item(item, turn).model_dump(exclude_none=True)
+        d = dump(_sdk_item(item, turn))
         if item.harmony:
             d[HARMONY_KEY] = [m.to_dict() for m in item.harmony]
         output.append(d)
-    store.put(turn.id, response.model_dump(exclude_none=True), turn.items, output)
+    store.put(turn.id, dump(response), turn.items, output)
 
 
 async def _last(events: AsyncIterator[BaseModel]) -> BaseModel:
@@ -405,7 +485,7 @@ async def _last(events: AsyncIterator[BaseModel]) -> BaseModel:
 async def _sse(state, events: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
     try:
         async for ev in events:
-            yield f"event: {ev.type}\ndata: {ev.model_dump_json(exclude_none=True)}\n\n"
+            yield f"event: {ev.type}\ndata: {dump_json(ev)}\n\n"
             if ev.type in ("response.completed", "response.incomplete"):
                 state.metrics.requests.labels("responses", "ok").inc()
     except asyncio.CancelledError:
@@ -452,8 +532,10 @@ def _sdk_item(item: OutputItem, turn: _Turn, status: str | None = None) -> BaseM
         content = [ReasoningContent(type="reasoning_text", text=item.text)] if item.done else []
         return ResponseReasoningItem(id=item.id, type="reasoning", summary=[], content=content, status=status)
     if item.kind == "function_call":
-        return ResponseFunctionToolCall(id=item.id, type="function_call", call_id=item.call_id, name=item.name,
-                                        arguments=item.text if item.done else "", status=status)
+        space, _, short = (item.name or "").rpartition(".")
+        name, namespace = (short, space) if space in turn.namespaces else (item.name, None)
+        return ResponseFunctionToolCall(id=item.id, type="function_call", call_id=item.call_id, name=name,
+                                        namespace=namespace, arguments=item.text if item.done else "", status=status)
     if item.kind == "code_interpreter_call":
         return ResponseCodeInterpreterToolCall(id=item.id, type="code_interpreter_call", code=item.text,
                                                container_id=turn.container_id, outputs=item.outputs,
@@ -528,8 +610,11 @@ def _item_events(ev: ItemEvent, seq: itertools.count, turn: _Turn) -> list[BaseM
                                                 part=DonePartReasoningText(type="reasoning_text", text=item.text),
                                                 sequence_number=next(seq)))
     elif item.kind == "function_call":
+        if not item.complete:  # cut off by max_output_tokens: no arguments.done, the item ends incomplete
+            return [ResponseOutputItemDoneEvent(type="response.output_item.done", output_index=item.index,
+                                                item=_sdk_item(item, turn), sequence_number=next(seq))]
         out.append(ResponseFunctionCallArgumentsDoneEvent(type="response.function_call_arguments.done", **at,
-                                                          name=item.name, arguments=item.text,
+                                                          name=_sdk_item(item, turn).name, arguments=item.text,
                                                           sequence_number=next(seq)))
     elif item.kind == "code_interpreter_call":
         out.append(ResponseCodeInterpreterCallCodeDoneEvent(type="response.code_interpreter_call_code.done", **at,

@@ -76,7 +76,10 @@ class ChatCompletionRequest(_Lenient):
     user: str | None = None
 
 
-class ResponseToolIn(_Lenient):
+class ResponseToolIn(BaseModel):
+    # Every field is kept: the Response echoes the tools as sent (a namespace's tools, a web_search's filters).
+    model_config = ConfigDict(extra="allow")
+
     type: str
     name: str | None = None
     description: str | None = None
@@ -98,6 +101,7 @@ class ResponsesRequest(_Lenient):
     tool_choice: str | dict[str, Any] | None = None
     max_output_tokens: int | None = Field(default=None, ge=1)
     max_tool_calls: int | None = Field(default=None, ge=0)  # built-in tool calls run within one response
+    parallel_tool_calls: bool = True  # echoed; a gpt-oss turn makes at most one call
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     store: bool = True

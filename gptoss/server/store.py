@@ -25,6 +25,10 @@ CREATE TABLE IF NOT EXISTS responses (
     response     TEXT NOT NULL,  -- the Response object (JSON)
     input_items  TEXT NOT NULL,  -- JSON list: every input item, earlier turns first
     output_items TEXT NOT NULL   -- JSON list: the response's output items
+);
+CREATE TABLE IF NOT EXISTS response_events (
+    id     TEXT PRIMARY KEY,     -- a response's id
+    events TEXT NOT NULL         -- JSON list: every event of its stream, in order
 )
 """
 
@@ -56,7 +60,7 @@ class ResponseStore:
             if version > SCHEMA_VERSION:
                 raise RuntimeError(f"the response store {self.path} was written by a newer gptoss "
                                    f"(schema {version}; this one reads up to {SCHEMA_VERSION})")
-            self._db.execute(_SCHEMA)
+            self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def put(self, response_id: str, response: dict[str, Any], input_items: list[dict[str, Any]],
@@ -65,6 +69,18 @@ class ResponseStore:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO responses (id, created_at, response, input_items, output_items) "
                              "VALUES (?, ?, ?, ?, ?)", row)
+
+    def put_events(self, response_id: str, events: list[dict[str, Any]]) -> None:
+        """Every event a stored response streamed, in order (for ``GET ...?stream=true``)."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO response_events (id, events) VALUES (?, ?)",
+                             (response_id, json.dumps(events)))
+
+    def events(self, response_id: str) -> list[dict[str, Any]] | None:
+        """The events a stored response streamed, in order (None if it was stored without them)."""
+        with self._lock:
+            row = self._db.execute("SELECT events FROM response_events WHERE id = ?", (response_id,)).fetchone()
+        return None if row is None else json.loads(row[0])
 
     def get(self, response_id: str) -> StoredResponse | None:
         with self._lock:
@@ -76,6 +92,7 @@ class ResponseStore:
 
     def delete(self, response_id: str) -> bool:
         with self._lock:
+            self._db.execute("DELETE FROM response_events WHERE id = ?", (response_id,))
             cur = self._db.execute("DELETE FROM responses WHERE id = ?", (response_id,))
         return cur.rowcount > 0
 

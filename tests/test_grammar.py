@@ -72,3 +72,34 @@ def test_bad_grammar_inputs():
         TurnGrammar(tool_choice="required").lark()
     with pytest.raises(GptossError, match="invalid grammar"):
         compile_lark("start: %json {\"type\": \"bogus\"}")
+
+
+PREAMBLE = "<|channel|>commentary<|message|>Checking the weather.<|end|><|start|>assistant"
+
+
+def test_no_preamble_when_a_response_format_holds_the_answer(tokenizer):
+    """A response format constrains all the answer text a client reads, so it leaves no room for a preamble."""
+    free = TurnGrammar(functions={"get_weather": SCHEMA})
+    held = TurnGrammar(functions={"get_weather": SCHEMA}, final_schema=SCHEMA)
+    assert accepts(tokenizer, free, PREAMBLE + CALL) and accepts(tokenizer, free, PREAMBLE + FINAL)
+    assert not accepts(tokenizer, held, PREAMBLE + CALL)
+    assert not accepts(tokenizer, held, PREAMBLE + '<|channel|>final<|message|>{"city":"Paris"}<|return|>')
+    assert accepts(tokenizer, held, THINK + '<|channel|>final<|message|>{"city":"Paris"}<|return|>')
+    assert accepts(tokenizer, held, THINK + CALL)
+
+
+def test_loose_schemas_are_closed_and_numbers_bounded(tokenizer):
+    loose = {"type": "object", "properties": {"n": {"type": "integer"}, "x": {"type": "number"},
+                                              "open": {"type": "object", "additionalProperties": True,
+                                                       "properties": {"a": {"type": "integer", "maximum": 10**30}}}}}
+    g = TurnGrammar(functions={"f": loose}, tool_choice="required")
+
+    def call(args: str) -> str:
+        return f"<|channel|>commentary to=functions.f <|constrain|>json<|message|>{args}<|call|>"
+
+    assert accepts(tokenizer, g, call('{"n":9223372036854774784,"x":-0.125,"open":{"a":1,"b":2}}'))
+    assert not accepts(tokenizer, g, call('{"n":1,"extra":2}'))  # undeclared key: the schema did not allow more
+    assert not accepts(tokenizer, g, call('{"n":9223372036854775808}'))  # past 64 bits
+    assert not accepts(tokenizer, g, call('{"n":' + "9" * 400 + "}"))
+    assert not accepts(tokenizer, g, call('{"x":' + "9" * 400 + "}"))
+    assert not accepts(tokenizer, g, call('{"open":{"a":' + "9" * 25 + "}}"))  # a bound past 64 bits is narrowed

@@ -109,7 +109,7 @@ from gptoss.harmony import Message, stop_tokens_for_assistant_actions
 from gptoss.server.app import message_texts
 from gptoss.server.errors import APIError
 from gptoss.server.generation import cancel_on_disconnect, dump, dump_json, observe, run_completion
-from gptoss.server.guarding import guard_response_events
+from gptoss.server.guarding import guard_response_events, hidden_reasoning
 from gptoss.server.schemas import ResponsesRequest
 from gptoss.server.store import ResponseStore
 
@@ -185,6 +185,9 @@ def register(app, state) -> None:
             raise APIError(400, f"limit: expected 1 to 100, found {limit}", param="limit")
         stored = _stored(store, response_id)
         items = [_listed_item(item, f"{response_id}:{k}") for k, item in enumerate(stored.input_items)]
+        if hidden_reasoning(state):  # earlier turns' reasoning stays as hidden as their responses
+            items = [{k: v for k, v in i.items() if k != "content"} if i.get("type") == "reasoning" else i
+                     for i in items]
         if order == "desc":
             items.reverse()
         if after is not None:

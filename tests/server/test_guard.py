@@ -180,6 +180,23 @@ def test_blocked_answer_plain_and_responses(answers):
         assert not [e for e in events if e.type == "response.output_text.delta"]
 
 
+def test_hidden_reasoning_stays_hidden_in_replays_and_input_items(answers):
+    """What GET ...?stream=true replays and what input_items lists are what the client was shown."""
+    base, _ = answers
+    client = OpenAI(base_url=base + "/v1", api_key="x")
+    events = list(client.responses.create(model=MODEL, input="hi", max_output_tokens=12, stream=True,
+                                          extra_body={"seed": 5}))
+    first = events[-1].response
+    with client.responses.stream(response_id=first.id) as stream:
+        replayed = list(stream)
+    assert [e.model_dump() for e in replayed] == [e.model_dump() for e in events]
+    assert not [e for e in replayed if e.type.startswith("response.reasoning_text.")]
+    follow = client.responses.create(model=MODEL, previous_response_id=first.id, input="more", max_output_tokens=2)
+    items = list(client.responses.input_items.list(follow.id))
+    assert any(i.type == "reasoning" for i in items) == any(o.type == "reasoning" for o in first.output)
+    assert all(not getattr(i, "content", None) for i in items if i.type == "reasoning")
+
+
 def test_audit_log_survives_a_restart(tiny_llm, fake_guard, tmp_path):
     s = settings(tmp_path, fake_guard, POLICIES, audit_path=str(tmp_path / "audit.sqlite"))
     ids = []

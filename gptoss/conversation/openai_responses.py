@@ -32,7 +32,7 @@ from gptoss.conversation.openai_chat import (
     tool_result,
     turn_grammar,
 )
-from gptoss.conversation.turn import TurnPrompt, new_call_id
+from gptoss.conversation.turn import GrowingText, TurnPrompt, new_call_id
 from gptoss.harmony import Author, Message, Role, StreamParser, StreamState
 from gptoss.harmony.grammar import TurnGrammar
 from gptoss.harmony.parser import STOP_TOKENS
@@ -311,7 +311,6 @@ class OutputItem:
     kind: str
     id: str
     index: int
-    text: str = ""
     name: str | None = None
     call_id: str | None = None
     phase: str | None = None
@@ -323,6 +322,18 @@ class OutputItem:
     outputs: list[dict[str, Any]] | None = None  # code_interpreter_call
     harmony: list[Message] = field(default_factory=list)  # built-in calls: the call and the tool's answer
     annotations: list[dict[str, Any]] = field(default_factory=list)  # messages: url_citation of browser citations
+    _text: GrowingText = field(default_factory=GrowingText, repr=False)  # grows linearly as the turn streams
+
+    @property
+    def text(self) -> str:
+        return str(self._text)
+
+    @text.setter
+    def text(self, value: str) -> None:
+        self._text = GrowingText(value)
+
+    def append(self, piece: str) -> None:
+        self._text.append(piece)
 
     @property
     def builtin(self) -> bool:
@@ -364,10 +375,10 @@ class TurnItems:
                     continue
                 item = self._new(msg.channel, msg.recipient)
                 events.append(ItemEvent("added", item))
-            text = msg.text
-            tail = text[len(item.text):] if text.startswith(item.text) else ""
+            text, streamed = msg.text, item.text
+            tail = text[len(streamed):] if text.startswith(streamed) else ""
             if tail:
-                item.text += tail
+                item.append(tail)
                 events.append(ItemEvent("delta", item, tail))
             end = parser.spans[self._done].end
             item.done, item.message = True, msg
@@ -380,7 +391,7 @@ class TurnItems:
                 events.append(ItemEvent("added", self._open))
             delta = parser.last_content_delta
             if delta:
-                self._open.text += delta
+                self._open.append(delta)
                 events.append(ItemEvent("delta", self._open, delta))
         return events
 

@@ -41,6 +41,34 @@ class TurnPrompt:
         return ids, prefix
 
 
+class GrowingText:
+    """Text that grows by appends as a turn streams. ``s += piece`` on an attribute copies the whole string
+    each time (quadratic over a long message); here each append costs its own length, and reading joins
+    the pieces once (cached until the next append)."""
+
+    __slots__ = ("_parts", "_joined", "_length")
+
+    def __init__(self, text: str = ""):
+        self._parts: list[str] = [text] if text else []
+        self._joined: str | None = text
+        self._length = len(text)
+
+    def append(self, piece: str) -> None:
+        if piece:
+            self._parts.append(piece)
+            self._joined = None
+            self._length += len(piece)
+
+    def __str__(self) -> str:
+        if self._joined is None:
+            self._joined = "".join(self._parts)
+            self._parts = [self._joined]
+        return self._joined
+
+    def __len__(self) -> int:
+        return self._length
+
+
 def new_call_id() -> str:
     return "call_" + secrets.token_hex(12)
 
@@ -68,8 +96,12 @@ class ToolCall:
     index: int
     call_id: str
     name: str  # function name without the "functions." namespace, or a built-in recipient
-    arguments: str = ""
     builtin: bool = False
+    _arguments: GrowingText = field(default_factory=GrowingText, repr=False)
+
+    @property
+    def arguments(self) -> str:
+        return str(self._arguments)
 
 
 @dataclass
@@ -78,15 +110,23 @@ class TurnDecoder:
 
     tokenizer: Tokenizer
     parser: StreamParser = field(init=False)
-    reasoning: str = ""
-    content: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
     reasoning_tokens: int = 0
     _open: int = -1  # index into parser.messages of the message being streamed
     _kind: str = ""
+    _reasoning: GrowingText = field(default_factory=GrowingText, repr=False)
+    _content: GrowingText = field(default_factory=GrowingText, repr=False)
 
     def __post_init__(self) -> None:
         self.parser = StreamParser(self.tokenizer, role=Role.ASSISTANT)
+
+    @property
+    def reasoning(self) -> str:
+        return str(self._reasoning)
+
+    @property
+    def content(self) -> str:
+        return str(self._content)
 
     def feed(self, token: int) -> list[Delta]:
         p = self.parser
@@ -131,8 +171,8 @@ class TurnDecoder:
             self._kind = "builtin_args" if builtin else "tool_args"
             return [Delta("builtin_call" if builtin else "tool_call", index=call.index, name=name, call_id=call.call_id)]
         if channel == "analysis":
-            if self.reasoning:
-                self.reasoning += "\n\n"
+            if len(self._reasoning):
+                self._reasoning.append("\n\n")
                 self._kind = "reasoning"
                 return [Delta("reasoning", "\n\n")]
             self._kind = "reasoning"
@@ -143,11 +183,11 @@ class TurnDecoder:
     def _text(self, text: str, token: int | None) -> Delta:
         if self._kind in ("tool_args", "builtin_args"):
             call = self.tool_calls[-1]
-            call.arguments += text
+            call._arguments.append(text)
             return Delta(self._kind, text, index=call.index, token=token)
         if self._kind == "reasoning":
-            self.reasoning += text
+            self._reasoning.append(text)
         else:
             self._kind = "content"
-            self.content += text
+            self._content.append(text)
         return Delta(self._kind, text, token=token)

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from gptoss.conversation.turn import Delta, TurnDecoder
+from gptoss.conversation.turn import Delta, GrowingText, TurnDecoder
 from gptoss.engine.async_engine import AsyncEngine
 from gptoss.engine.sampling import SamplingParams, TokenLogprobs
 from gptoss.tokenizer import Tokenizer
@@ -60,13 +60,17 @@ class Completion:
     index: int
     decoder: TurnDecoder
     stops: StopStrings
-    content: str = ""  # answer text after stop strings
+    _content: GrowingText = field(default_factory=GrowingText, repr=False)  # answer text after stop strings
     tokens: int = 0
     finish_reason: str | None = None
     content_logprobs: list[tuple[int, TokenLogprobs]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
     last_token_at: float | None = None
+
+    @property
+    def content(self) -> str:
+        return str(self._content)
 
     @property
     def tool_calls(self):
@@ -119,7 +123,7 @@ def _filter(comp: Completion, deltas: list[Delta], logprobs: TokenLogprobs | Non
             if d.token is not None and logprobs is not None:
                 comp.content_logprobs.append((d.token, logprobs))
             if text:
-                comp.content += text
+                comp._content.append(text)
                 out.append(Delta("content", text, token=d.token))
         else:
             out.append(d)
@@ -129,7 +133,7 @@ def _filter(comp: Completion, deltas: list[Delta], logprobs: TokenLogprobs | Non
 def _flush(comp: Completion) -> list[Delta]:
     rest = comp.stops.flush() if not comp.stops.hit else ""
     if rest:
-        comp.content += rest
+        comp._content.append(rest)
         return [Delta("content", rest)]
     return []
 

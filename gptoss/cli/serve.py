@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from gptoss.conversation.openai_chat import ServerPersona
     from gptoss.server.app import ServerConfig, create_app
+    from gptoss.server.http import uvicorn_config
 
     if not 1 <= args.port <= 65535:
         raise GptossError(f"--port: expected 1-65535, found {args.port}")
@@ -58,5 +59,5 @@ def run(args: argparse.Namespace) -> int:
                           guard=guard, reasoning=args.reasoning)
     app = create_app(llm, config)
     print(f"gptoss: serving {name} on http://{args.host}:{args.port}/v1", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.Server(uvicorn_config(app, host=args.host, port=args.port, log_level=args.log_level)).run()
     return 0

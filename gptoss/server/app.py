@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import time
@@ -17,6 +18,7 @@ from gptoss.engine.async_engine import AsyncEngine
 from gptoss.engine.llm import LLM
 from gptoss.server import errors
 from gptoss.server.errors import APIError
+from gptoss.server.http import BODY_TIMEOUT, HEADER_TIMEOUT
 from gptoss.server.metrics import Metrics
 
 
@@ -27,6 +29,8 @@ class ServerConfig:
     api_key: str | None = None
     max_queue: int = 256
     max_body_bytes: int = 4 * 2**20
+    header_timeout: float = HEADER_TIMEOUT  # seconds for a request's headers (server/http.py)
+    body_timeout: float = BODY_TIMEOUT  # seconds for a request's body once its headers are in
     persona: ServerPersona = field(default_factory=ServerPersona)
     store_path: str | None = None  # SQLite file for stored responses (None: in memory)
     toolbox: Any = None  # gptoss.tools.Toolbox: templates of the built-in tools (web_search, code_interpreter)
@@ -101,23 +105,36 @@ class ServerState:
 
 class BodyLimit:
     """Stops reading a request body past ``limit`` bytes, whether or not it declared its length
-    (chunked uploads have no Content-Length to check up front)."""
+    (chunked uploads have no Content-Length to check up front), or past ``timeout`` seconds (a client
+    trickling its body in: 408)."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, timeout: float = BODY_TIMEOUT):
+        self.app, self.limit, self.timeout = app, limit, timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         seen = 0
+        complete = False
+        deadline: float | None = None
 
         async def limited():
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete, deadline
+            if complete:  # the body is in; later receives wait for a disconnect, however long
+                return await receive()
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + self.timeout
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise StarletteHTTPException(408, f"the request body did not arrive within {self.timeout:g} s") from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
                     raise StarletteHTTPException(413, f"the request body is over the limit of {self.limit} bytes")
+                complete = not message.get("more_body", False)
+            else:
+                complete = True
             return message
 
         await self.app(scope, limited, send)
@@ -137,7 +154,7 @@ def create_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
     app = FastAPI(title="gptoss", version="0.1.0", lifespan=lifespan)
     app.state.gptoss = state
     errors.install(app)
-    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes, timeout=config.body_timeout)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):

@@ -35,6 +35,15 @@ def _loc(loc) -> str:
     return out
 
 
+def _unparsable(cause: BaseException | None) -> str | None:
+    """Why a body the JSON parser raised on is not JSON, for the errors that are not a JSONDecodeError."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"not UTF-8: byte 0x{cause.object[cause.start]:02x} at position {cause.start}"
+    if isinstance(cause, RecursionError):
+        return "nested too deeply"
+    return None
+
+
 def install(app) -> None:
     @app.exception_handler(APIError)
     async def _api(request: Request, exc: APIError):
@@ -75,7 +84,10 @@ def install(app) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
+        why = _unparsable(exc.__cause__)
+        if exc.status_code == 400 and why:  # FastAPI's generic "error parsing the body": say what it was
+            return _response(APIError(400, f"the request body is not valid JSON ({why})", code="invalid_json"))
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
-        code = "body_too_large" if exc.status_code == 413 else None
+        code = {413: "body_too_large", 408: "body_timeout"}.get(exc.status_code)
         return _response(APIError(exc.status_code, message, type=kind, code=code))

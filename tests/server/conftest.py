@@ -38,10 +38,11 @@ def serve(llm, config=None, **config_kwargs):
     import uvicorn
 
     from gptoss.server.app import ServerConfig, create_app
+    from gptoss.server.http import uvicorn_config
 
     app = create_app(llm, config or ServerConfig(**config_kwargs))
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app, port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"

@@ -30,6 +30,11 @@ def body(**changes):
 CASES = {
     "body that is not JSON": ("POST", URL, b'{"model": "gpt-oss", ', {"content-type": "application/json"}),
     "body that is a JSON list": ("POST", URL, [1, 2], None),
+    "body that is not UTF-8": ("POST", URL, b'{"model": "gpt-oss", "messages": [{"role": "user", "content": "\xff"}]}',
+                               {"content-type": "application/json"}),
+    "body nested 20,000 levels deep": ("POST", URL, b'{"model": "gpt-oss", "metadata": ' + b"[" * 20_000 + b"]" * 20_000
+                                        + b"}", {"content-type": "application/json"}),
+    "`seed` beyond signed 64-bit (`2**64`)": ("POST", URL, body(seed=2**64), None),
     '`temperature: "hot"`': ("POST", URL, body(temperature="hot"), None),
     "`messages: []`": ("POST", URL, body(messages=[]), None),
     "no `messages`": ("POST", URL, body(messages=None), None),
@@ -64,7 +69,8 @@ def readme_rows() -> list[tuple[str, int, str]]:
 
 
 ROWS = readme_rows()
-SPECIAL = {"missing or wrong API key (server started with `--api-key`)", "request while the queue is full"}
+SPECIAL = {"missing or wrong API key (server started with `--api-key`)", "request while the queue is full",
+           "body still incomplete after `body_timeout` (30 s)"}  # the last: tests/server/test_security.py
 
 
 def test_every_readme_row_is_tested():

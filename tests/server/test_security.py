@@ -149,3 +149,41 @@ def test_every_route_but_health_wants_the_key(tiny_llm):
             r = httpx.request(method, base + path, json=body, headers={"authorization": "Bearer sekret"}, timeout=60)
             assert r.status_code in (200, 404), (method, path, r.status_code, r.text)  # 404: no such stored response
         assert httpx.get(base + "/health").status_code == 200
+
+
+# ------------------------------------------------------------------------------------ slow clients
+def test_slow_headers_and_a_slow_body_are_dropped_while_others_are_served(tiny_llm):
+    """Slowloris: request headers one byte at a time (uvicorn alone would wait forever, since every byte
+    resets its only timer), and a body that stops halfway. Others are served meanwhile."""
+    with serve(tiny_llm(max_batch=1, max_model_len=256), header_timeout=1.5, body_timeout=1.5) as base:
+        port = int(base.rsplit(":", 1)[1])
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.settimeout(0.4)
+        request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + b"X-A: b\r\n" * 40
+        closed_after = None
+        start = time.monotonic()
+        for i in range(len(request)):  # one byte every 0.4 s at most: 1.5 s allows a few
+            try:
+                slow.sendall(request[i:i + 1])
+                if slow.recv(1) == b"":
+                    closed_after = time.monotonic() - start
+                    break
+            except socket.timeout:
+                assert httpx.get(base + "/health", timeout=5).status_code == 200  # others are served
+            except OSError:
+                closed_after = time.monotonic() - start
+                break
+            if time.monotonic() - start > 15:
+                break
+        slow.close()
+        assert closed_after is not None, "the slow client kept its connection"
+
+        trickle = socket.create_connection(("127.0.0.1", port))
+        trickle.settimeout(15)
+        trickle.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 1000\r\n\r\n" + b'{"model": "gpt-oss", ')
+        assert httpx.get(base + "/v1/models", timeout=10).status_code == 200
+        answer = trickle.recv(4096)
+        trickle.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"the request body did not arrive within 1.5 s" in answer

@@ -9,6 +9,7 @@ drops everything held: no piece of a blocked answer is ever released.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 from gptoss.guard.guard import Decision, Guard
@@ -64,7 +65,7 @@ class OutputGate:
         decision = None
         for kind in self.kinds:
             text = self.text[kind]
-            if not text and kind != "content":
+            if not text:  # nothing to release, nothing to check (tool call arguments are not checked)
                 continue
             stage = "reasoning" if kind == "reasoning" else "output"
             d = await self.guard.check(compose_output(self.context, text), stage, self.request_id, self.endpoint)
@@ -80,8 +81,13 @@ class OutputGate:
         return out
 
 
+OUTPUT_PREAMBLE = ("Classify the assistant's response below. The user's request is context only. Both are given "
+                   "as one JSON object:\n")
+
+
 def compose_output(request: str, answer: str) -> str:
-    """What the guard reads for an output check: the answer, with the request it answers for context."""
+    """What the guard reads for an output check: the answer, with the request it answers for context, as a
+    JSON object, so that neither text can forge where the other begins (both are hostile)."""
     if not request:
-        return answer
-    return f"User request:\n{request}\n\nAssistant response to classify:\n{answer}"
+        return OUTPUT_PREAMBLE + json.dumps({"assistant_response": answer}, ensure_ascii=False)
+    return OUTPUT_PREAMBLE + json.dumps({"user_request": request, "assistant_response": answer}, ensure_ascii=False)

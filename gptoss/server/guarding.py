@@ -109,7 +109,7 @@ class ChatGuard:
         guard = _guard(self.state)
         for comp, choice in zip(comps, choices):
             if guard is not None and guard.settings.check_output:
-                checks = [("output", comp.content)]
+                checks = [("output", comp.content)] if comp.content else []
                 if guard.settings.check_reasoning and comp.decoder.reasoning:
                     checks.append(("reasoning", comp.decoder.reasoning))
                 for stage, text in checks:

@@ -1,7 +1,7 @@
 """A deterministic guard endpoint for tests (OpenAI-compatible chat completions, http.server in a thread).
 
 Each policy names its trigger in its text as ``TRIGGER=WORD``; the verdict is a violation when the content
-holds that word. An output check (the content holds "Assistant response to classify:") also violates a
+holds that word. An output check (the answer and its request as JSON after OUTPUT_PREAMBLE) also violates a
 policy that says ``ANSWER_LIMIT=N`` once the answer reaches N characters, so a test can let the first
 pieces of a streamed answer pass and block the rest. Every request is logged: (policy trigger, content).
 """
@@ -14,7 +14,14 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-ANSWER_MARK = "Assistant response to classify:\n"
+from gptoss.guard.stream import OUTPUT_PREAMBLE
+
+
+def answer_of(content: str) -> str | None:
+    """The assistant response of an output check (None for other checks)."""
+    if not content.startswith(OUTPUT_PREAMBLE):
+        return None
+    return json.loads(content[len(OUTPUT_PREAMBLE):])["assistant_response"]
 
 
 @dataclass
@@ -30,7 +37,7 @@ class FakeGuard:
         limit = re.search(r"ANSWER_LIMIT=(\d+)", policy)
         word = trigger.group(1) if trigger else "\0"
         self.log.append((word, content))
-        answer = content.split(ANSWER_MARK, 1)[1] if ANSWER_MARK in content else None
+        answer = answer_of(content)
         hit = word in (answer if answer is not None else content)
         if limit and answer is not None and len(answer) >= int(limit.group(1)):
             hit = True

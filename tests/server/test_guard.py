@@ -15,7 +15,7 @@ from gptoss.conversation.openai_chat import ServerPersona
 from gptoss.guard import GuardSettings
 from gptoss.guard.audit import AuditLog
 from gptoss.guard.policy import load_policies
-from tests.guard.fake_guard import ANSWER_MARK, FakeGuard
+from tests.guard.fake_guard import FakeGuard, answer_of
 from tests.server.conftest import serve
 
 MODEL = "gpt-oss"
@@ -148,7 +148,7 @@ def test_blocked_answer_is_never_released_in_a_stream(answers, fake_guard):
     released = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     rid = chunks[0].id
-    checked = [c.split(ANSWER_MARK, 1)[1] for c in fake_guard.contents("NEVERSEEN") if ANSWER_MARK in c]
+    checked = [answer_of(c) for c in fake_guard.contents("NEVERSEEN") if answer_of(c) is not None]
     rows = AuditLog(audit).records(rid)
     assert finish == ["content_filter"], (finish, released)  # seed 3 writes an answer past the limit
     assert any(c.choices[0].delta.refusal for c in chunks if c.choices)
@@ -163,6 +163,9 @@ def test_blocked_answer_is_never_released_in_a_stream(answers, fake_guard):
 def test_blocked_answer_plain_and_responses(answers):
     base, _ = answers
     client = OpenAI(base_url=base + "/v1", api_key="x")
+    short = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=6, seed=0)
+    assert short.choices[0].finish_reason != "content_filter" and short.usage.completion_tokens_details.reasoning_tokens > 0
+    assert "reasoning_content" not in (short.choices[0].message.model_extra or {})  # --reasoning hidden
     out = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "tell me more"}],
                                          max_tokens=80, seed=3)
     assert out.choices[0].finish_reason == "content_filter" and out.choices[0].message.content is None

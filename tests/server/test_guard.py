@@ -102,8 +102,8 @@ def test_flagged_input_is_served_and_logged(guarded):
     base, audit = guarded
     client = OpenAI(base_url=base + "/v1", api_key="x")
     out = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "SUSPICIOUS offer"}],
-                                         max_tokens=12, seed=1)
-    assert out.choices[0].finish_reason in ("stop", "length") and out.usage.completion_tokens > 0
+                                         max_tokens=30, seed=1)
+    assert out.choices[0].finish_reason in ("stop", "length") and out.choices[0].message.content
     rows = AuditLog(audit).records(out.id)
     assert ("input", "spam", "flag") in {(r.stage, r.policy, r.action) for r in rows}
     assert {r.stage for r in rows} == {"input", "output"}  # the answer was checked too

@@ -12,6 +12,13 @@ times Hugging Face transformers (eager attention, experts dequantized to the mod
 weights in the same run.
 
     gptoss bench --preset gpt-oss-20b --device cuda --prompt-len 2048 --batch-sizes 1,16,64 --compare-transformers
+
+--compare llama.cpp,transformers (CPU, --model CKPT) times gptoss, llama.cpp and transformers side by side on
+the same checkpoint in one interleaved run of --rounds rounds, each engine in its own process
+(see gptoss/cli/bench_compare.py):
+
+    gptoss bench --device cpu --model CKPT --compare llama.cpp,transformers --threads 2 --prompt-len 512 \
+        --llama-cpp-converter /path/to/llama.cpp/convert_hf_to_gguf.py
 """
 
 from __future__ import annotations
@@ -49,6 +56,21 @@ def add_parser(sub) -> None:
     p.add_argument("--compare-transformers", action="store_true",
                    help="also time Hugging Face transformers on the same weights (needs memory for a dequantized copy)")
     p.add_argument("--transformers-decode-tokens", type=int, default=8, help="decode steps timed for transformers")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for every engine (default: gptoss's default; 2 with --compare)")
+    p.add_argument("--compare", default=None, metavar="ENGINES",
+                   help="CPU: also time these engines (llama.cpp, transformers) on --model, interleaved, "
+                        "each in its own process")
+    p.add_argument("--rounds", type=int, default=3, help="--compare: interleaved rounds (default 3)")
+    p.add_argument("--batch-decode-tokens", type=int, default=8, help="--compare: decode steps timed at batch 8")
+    p.add_argument("--gguf", default=None, help="--compare: llama.cpp's GGUF of --model")
+    p.add_argument("--llama-cpp-converter", default=None, metavar="PATH",
+                   help="--compare: llama.cpp's convert_hf_to_gguf.py, to write the GGUF "
+                        "(default $GPTOSS_LLAMA_CPP_CONVERTER)")
+    p.add_argument("--transformers-prompt-len", type=int, default=32,
+                   help="--compare: transformers' prefill length (it is slow on the CPU)")
+    p.add_argument("--transformers-rounds", type=int, default=1, help="--compare: rounds that include transformers")
+    p.add_argument("--engine-timeout", type=float, default=3600, help="--compare: seconds one engine run may take")
     p.add_argument("--bandwidth-gbs", type=float, default=None,
                    help="memory bandwidth for the floor (default: 3000 on an H100, else the measured copy bandwidth)")
     p.add_argument("--out", default=None, help="also write the JSON to this file")
@@ -189,8 +211,15 @@ def run(args: argparse.Namespace) -> int:
     from gptoss.model import KVCache, ModelConfig, StepBatch, Transformer
     from gptoss.model.synthetic import random_tensors
 
+    if args.compare:
+        return run_compare_cli(args)
     batch_sizes = parse_ids(args.batch_sizes, "--batch-sizes")
     device = args.device
+    if args.threads:
+        import os
+
+        os.environ["GPTOSS_NUM_THREADS"] = str(args.threads)
+        torch.set_num_threads(args.threads)
     is_cuda = device.startswith("cuda")
     torch.manual_seed(args.seed)
     if is_cuda:
@@ -362,6 +391,24 @@ def run(args: argparse.Namespace) -> int:
             torch.cuda.empty_cache()
         result["transformers"] = compare_transformers(model, args, batch_sizes, prompt, device, dtype, result)
     result["table"] = summary_table(result)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+def run_compare_cli(args: argparse.Namespace) -> int:
+    from gptoss.cli.bench_compare import parse_engines, run_compare
+
+    engines = parse_engines(args.compare)
+    for flag in ("rounds", "transformers_rounds", "prompt_len", "decode_tokens"):
+        if getattr(args, flag) < 1:
+            from gptoss.errors import GptossError
+
+            raise GptossError(f"--{flag.replace('_', '-')}: expected a positive number, found {getattr(args, flag)}")
+    result = run_compare(args, engines)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -1,0 +1,479 @@
+"""``gptoss bench --device cpu --model CKPT --compare llama.cpp,transformers``: gptoss side by side with other
+engines on the same weights, in one interleaved run.
+
+Each round runs every engine in turn (gptoss, then llama.cpp, then transformers), each in its own subprocess so
+that its peak RSS is its own, all with the same thread count, the same prompt token ids and the same decode
+token ids; machine noise then hits all engines alike, and the rounds give a range. Per engine and round: the
+prefill of ``--prompt-len`` tokens, batch-1 decode after that prompt, and (gptoss) batch-8 decode; load time;
+peak RSS (VmHWM, which counts the memory-mapped weights it touched). Each round also measures the copy
+bandwidth; the batch-1 floor is the bytes one decode step must read at the best bandwidth measured.
+
+llama.cpp runs through llama-cpp-python on a GGUF of the same checkpoint written by llama.cpp's own converter
+(``convert_hf_to_gguf.py --outtype bf16``: experts stay MXFP4, attention and embeddings bf16). Give the GGUF
+(``--gguf``) or the converter (``--llama-cpp-converter`` or ``$GPTOSS_LLAMA_CPP_CONVERTER``); the GGUF is then
+written beside the checkpoint as ``<checkpoint>.gguf`` and reused. transformers loads the checkpoint with its
+MXFP4 experts dequantized to bf16 (what it does without a GPU); it is slow and needs memory for the dequantized
+copy, so it gets a shorter prompt and fewer rounds (``--transformers-prompt-len``, ``--transformers-rounds``),
+and is skipped with a message when the memory is not available.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ENGINES = ("gptoss", "llama.cpp", "transformers")
+CONVERTER_ENV = "GPTOSS_LLAMA_CPP_CONVERTER"
+NO_LLAMA_CPP = "llama_cpp is not installed: pip install llama-cpp-python (built for this CPU), then rerun"
+NO_CONVERTER = (f"no GGUF of the checkpoint: pass --gguf FILE, or point --llama-cpp-converter (or ${CONVERTER_ENV}) "
+                "at llama.cpp's convert_hf_to_gguf.py to write one")
+WARMUP_TOKENS = 16
+
+
+def _log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def parse_engines(text: str) -> list[str]:
+    from gptoss.errors import GptossError
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in ENGINES[1:]]
+    if bad or not names:
+        raise GptossError(f"--compare: unknown engine {', '.join(bad) or repr(text)} (choose from llama.cpp, transformers)")
+    return ["gptoss"] + [n for n in ENGINES[1:] if n in names]
+
+
+# ----------------------------------------------------------------------------- helpers shared by the workers
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident set (VmHWM), memory-mapped file pages included."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def mem_available_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _thread_env(threads: int) -> dict[str, str]:
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "GPTOSS_NUM_THREADS": str(threads)}
+
+
+# ----------------------------------------------------------------------------- workers (one engine, one process)
+def worker_gptoss(spec: dict) -> dict:
+    import torch
+
+    from gptoss import kernels
+    from gptoss.cli.bench import decode_step_bytes
+    from gptoss.model import KVCache, StepBatch, Transformer
+
+    _set_threads(spec["threads"])
+    t0 = time.perf_counter()
+    model = Transformer.from_checkpoint(spec["model"], device="cpu", dtype=torch.bfloat16)
+    load_s = time.perf_counter() - t0
+    prompt = torch.tensor(spec["prompt"])
+    p, steps, b8_steps, wide = len(prompt), spec["decode_tokens"], spec["batch_decode_tokens"], spec["batch"]
+    decode_ids = torch.tensor(spec["decode_ids"])
+    cache = KVCache(model.config, wide + 1, p + max(steps, b8_steps) + 1, device="cpu", dtype=torch.bfloat16)
+    last = lambda n: torch.tensor([n - 1])  # noqa: E731
+
+    with torch.inference_mode():
+        w = min(WARMUP_TOKENS, p)
+        model.step(prompt[:w], StepBatch.single(w), cache, logits_index=last(w))
+        prefill_s = _timed(lambda: model.step(prompt, StepBatch.single(p), cache, logits_index=last(p)))
+        for s in range(1, wide + 1):  # every batch-8 sequence starts from the same cached prompt
+            cache.copy_slot(0, s, p)
+
+        def decode(slots: list[int], n: int) -> None:
+            for i in range(n):
+                batch = StepBatch.of(slots, [p + i] * len(slots), [1] * len(slots))
+                toks = decode_ids[[(i + j) % len(decode_ids) for j in range(len(slots))]]
+                model.step(toks, batch, cache, logits_index=batch.last_index)
+
+        decode_s = _timed(lambda: decode([0], steps))
+        wide_s = _timed(lambda: decode(list(range(1, wide + 1)), b8_steps)) if wide > 1 and b8_steps else None
+    out = {
+        "load_seconds": round(load_s, 2),
+        "kernels": kernels.mode(),
+        "torch_threads": torch.get_num_threads(),
+        "prefill": {"tokens": p, "seconds": round(prefill_s, 3), "tok_s": round(p / prefill_s, 2)},
+        "decode": [{"batch": 1, "tokens": steps, "tok_s": round(steps / decode_s, 3),
+                    "ms_per_step": round(1000 * decode_s / steps, 1)}],
+        "bytes_per_step": {str(b): {k: int(v) for k, v in decode_step_bytes(model, b, p).items()} for b in (1, wide)},
+    }
+    if wide_s is not None:
+        out["decode"].append({"batch": wide, "tokens": wide * b8_steps, "tok_s": round(wide * b8_steps / wide_s, 3),
+                              "ms_per_step": round(1000 * wide_s / b8_steps, 1)})
+    return out
+
+
+def worker_llama_cpp(spec: dict) -> dict:
+    import llama_cpp
+
+    p, steps = len(spec["prompt"]), spec["decode_tokens"]
+    t0 = time.perf_counter()
+    llm = llama_cpp.Llama(model_path=spec["gguf"], n_ctx=p + steps + 64, n_batch=p, n_ubatch=p,
+                          n_threads=spec["threads"], n_threads_batch=spec["threads"], verbose=False)
+    load_s = time.perf_counter() - t0
+    llm.eval(spec["prompt"][:WARMUP_TOKENS])
+    llm.reset()
+    prefill_s = _timed(lambda: llm.eval(spec["prompt"]))
+    ids = spec["decode_ids"]
+
+    def decode() -> None:
+        for i in range(steps):
+            llm.eval([ids[i % len(ids)]])
+
+    decode_s = _timed(decode)
+    out = {
+        "load_seconds": round(load_s, 2),
+        "version": llama_cpp.__version__,
+        "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
+        "prefill": {"tokens": p, "seconds": round(prefill_s, 3), "tok_s": round(p / prefill_s, 2)},
+        "decode": [{"batch": 1, "tokens": steps, "tok_s": round(steps / decode_s, 3),
+                    "ms_per_step": round(1000 * decode_s / steps, 1)}],
+    }
+    try:  # llama.cpp's own counters, for the record (they include the warm-up)
+        perf = llama_cpp.llama_perf_context(llm._ctx.ctx)
+        out["perf_counters"] = {"prompt_ms": round(perf.t_p_eval_ms, 1), "prompt_tokens": perf.n_p_eval,
+                                "eval_ms": round(perf.t_eval_ms, 1), "eval_tokens": perf.n_eval}
+    except Exception as exc:  # an API change in llama-cpp-python must not lose the wall-clock figures
+        out["perf_counters"] = f"unavailable: {exc}"
+    return out
+
+
+def worker_transformers(spec: dict) -> dict:
+    import torch
+    import transformers
+    from transformers import GptOssForCausalLM, Mxfp4Config
+
+    _set_threads(spec["threads"])
+    t0 = time.perf_counter()
+    hf = GptOssForCausalLM.from_pretrained(spec["model"], dtype=torch.bfloat16, device_map="cpu",
+                                           quantization_config=Mxfp4Config(dequantize=True))
+    hf.eval()
+    load_s = time.perf_counter() - t0
+    prompt = torch.tensor([spec["prompt"]])
+    p, steps = prompt.shape[1], spec["decode_tokens"]
+    ids = spec["decode_ids"]
+    with torch.inference_mode():
+        hf(prompt[:, :WARMUP_TOKENS], use_cache=True, logits_to_keep=1)
+        state = {}
+        prefill_s = _timed(lambda: state.update(out=hf(prompt, use_cache=True, logits_to_keep=1)))
+        past = state["out"].past_key_values
+
+        def decode() -> None:
+            for i in range(steps):
+                hf(torch.tensor([[ids[i % len(ids)]]]), past_key_values=past, use_cache=True, logits_to_keep=1)
+
+        decode_s = _timed(decode)
+    return {
+        "load_seconds": round(load_s, 2),
+        "version": transformers.__version__,
+        "attention": hf.config._attn_implementation,
+        "experts": "dequantized to bfloat16",
+        "prefill": {"tokens": p, "seconds": round(prefill_s, 3), "tok_s": round(p / prefill_s, 2)},
+        "decode": [{"batch": 1, "tokens": steps, "tok_s": round(steps / decode_s, 3),
+                    "ms_per_step": round(1000 * decode_s / steps, 1)}],
+    }
+
+
+WORKERS = {"gptoss": worker_gptoss, "llama.cpp": worker_llama_cpp, "transformers": worker_transformers}
+
+
+def worker_main(engine: str, spec_file: str, out_file: str) -> int:
+    spec = json.loads(Path(spec_file).read_text())
+    result = WORKERS[engine](spec)
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    result["peak_rss_gib"] = round(result["peak_rss_bytes"] / 2**30, 2)
+    Path(out_file).write_text(json.dumps(result))
+    return 0
+
+
+def run_worker(engine: str, spec: dict, timeout: float) -> dict:
+    """Run one engine in a fresh interpreter; its JSON, or ``{"error": ...}`` naming what went wrong."""
+    with tempfile.TemporaryDirectory(prefix="gptoss-bench-") as tmp:
+        spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_file.write_text(json.dumps(spec))
+        env = os.environ | _thread_env(spec["threads"])
+        cmd = [sys.executable, "-m", "gptoss.cli.bench_compare", engine, str(spec_file), str(out_file)]
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout:.0f} s"}
+        wall = round(time.perf_counter() - t0, 1)
+        if proc.returncode != 0 or not out_file.is_file():
+            tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+            why = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
+            return {"error": f"{engine} worker failed ({why}): {tail[0][:300]}"}
+        result = json.loads(out_file.read_text())
+        result["process_seconds"] = wall
+        return result
+
+
+# ----------------------------------------------------------------------------- llama.cpp's GGUF
+def llama_cpp_version() -> str | None:
+    try:
+        import llama_cpp
+    except Exception:
+        return None
+    return str(llama_cpp.__version__)
+
+
+def find_gguf(folder: Path, gguf: str | None, converter: str | None) -> tuple[Path | None, str | None]:
+    """The GGUF to run llama.cpp on, written by llama.cpp's converter when needed: ``(path, None)`` or
+    ``(None, why not)``."""
+    if gguf:
+        path = Path(gguf)
+        return (path, None) if path.is_file() else (None, f"--gguf {gguf}: file not found")
+    target = folder.parent / (folder.name + ".gguf")
+    converter = converter or os.environ.get(CONVERTER_ENV)
+    if target.is_file() and target.stat().st_mtime >= (folder / "config.json").stat().st_mtime:
+        return target, None
+    if not converter:
+        return None, NO_CONVERTER
+    script = Path(converter)
+    if script.is_dir():
+        script = script / "convert_hf_to_gguf.py"
+    if not script.is_file():
+        return None, f"llama.cpp converter {converter}: not found (expected convert_hf_to_gguf.py)"
+    _log(f"converting {folder} to {target} with {script}")
+    tmp = target.with_suffix(".gguf.partial")
+    proc = subprocess.run([sys.executable, str(script), str(folder), "--outtype", "bf16", "--outfile", str(tmp)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if proc.returncode != 0 or not tmp.is_file():
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        return None, f"llama.cpp's converter failed on {folder}: {tail[0][:300]}"
+    os.replace(tmp, target)
+    return target, None
+
+
+def transformers_memory_bytes(config) -> int:
+    """What transformers holds for the checkpoint: every weight in bf16, the experts dequantized."""
+    from gptoss.model.checkpoint import canonical_shapes
+
+    total = 0
+    for name, (shape, kind) in canonical_shapes(config).items():
+        n = 1
+        for s in shape:
+            n *= s
+        if name.endswith(".blocks"):
+            n *= 2  # two FP4 values a byte
+        elif name.endswith(".scales"):
+            continue
+        total += 2 * n
+    return total
+
+
+# ----------------------------------------------------------------------------- the interleaved run
+def _spread(values: list[float]) -> dict | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"min": round(min(values), 3), "median": round(statistics.median(values), 3), "max": round(max(values), 3),
+            "n": len(values)}
+
+
+def _decode(result: dict, batch: int) -> float | None:
+    return next((d["tok_s"] for d in result.get("decode", []) if d["batch"] == batch), None)
+
+
+def run_compare(args, engines: list[str]) -> dict:
+    import torch
+
+    from gptoss.cli.bench import copy_bandwidth_gbs
+    from gptoss.errors import GptossError
+    from gptoss.model.checkpoint import locate
+    from gptoss.model.hub import resolve_model_path
+
+    if not args.model:
+        raise GptossError("--compare needs --model CHECKPOINT (a folder in the Hugging Face layout; "
+                          "write one with `gptoss make-checkpoint`)")
+    if args.device != "cpu":
+        raise GptossError(f"--compare runs on the CPU (--device cpu), not {args.device}")
+    folder = Path(resolve_model_path(args.model))
+    config = locate(folder).config
+    threads = args.threads or 2
+    gen = torch.Generator().manual_seed(args.seed)
+    prompt = torch.randint(0, 199998, (args.prompt_len,), generator=gen).tolist()  # ordinary tokens only
+    decode_ids = torch.randint(0, 199998, (max(args.decode_tokens, 64),), generator=gen).tolist()
+    spec = {"model": str(folder), "threads": threads, "prompt": prompt, "decode_ids": decode_ids,
+            "decode_tokens": args.decode_tokens, "batch": 8, "batch_decode_tokens": args.batch_decode_tokens}
+
+    skipped: dict[str, str] = {}
+    gguf = None
+    if "llama.cpp" in engines:
+        if llama_cpp_version() is None:
+            skipped["llama.cpp"] = NO_LLAMA_CPP
+        else:
+            gguf, why = find_gguf(folder, args.gguf, args.llama_cpp_converter)
+            if why:
+                skipped["llama.cpp"] = why
+    if "transformers" in engines:
+        need, avail = transformers_memory_bytes(config), mem_available_bytes()
+        if avail is not None and need * 1.15 > avail:
+            skipped["transformers"] = (f"needs ~{need * 1.15 / 2**30:.1f} GiB for its dequantized copy, "
+                                       f"{avail / 2**30:.1f} GiB available")
+    for engine, why in skipped.items():
+        _log(f"{engine}: skipped — {why}")
+
+    runs: dict[str, list[dict]] = {e: [] for e in engines}
+    bandwidth: list[float] = []
+    torch.set_num_threads(threads)
+    for r in range(args.rounds):
+        bandwidth.append(copy_bandwidth_gbs("cpu"))
+        for engine in engines:
+            if engine in skipped or (engine == "transformers" and r >= args.transformers_rounds):
+                continue
+            s = dict(spec)
+            if engine == "llama.cpp":
+                s["gguf"] = str(gguf)
+            if engine == "transformers":
+                s["prompt"] = prompt[: args.transformers_prompt_len]
+                s["decode_tokens"] = args.transformers_decode_tokens
+            _log(f"round {r + 1}/{args.rounds}: {engine}")
+            res = run_worker(engine, s, args.engine_timeout)
+            res["round"] = r + 1
+            runs[engine].append(res)
+            _log(f"round {r + 1}: {engine}: " + (res["error"] if "error" in res else
+                 f"prefill {res['prefill']['tok_s']} tok/s, decode b1 {_decode(res, 1)} tok/s, "
+                 f"peak RSS {res['peak_rss_gib']} GiB"))
+    return summarize(args, engines, folder, config, threads, runs, skipped, bandwidth)
+
+
+def summarize(args, engines, folder, config, threads, runs, skipped, bandwidth) -> dict:
+    import platform
+
+    import torch
+
+    ok = {e: [r for r in runs.get(e, []) if "error" not in r] for e in engines}
+    engines_out: dict = {}
+    for e in engines:
+        if e in skipped:
+            engines_out[e] = {"skipped": skipped[e]}
+            continue
+        good = ok[e]
+        entry: dict = {"rounds": runs[e]}
+        if good:
+            entry |= {"prefill_tok_s": _spread([r["prefill"]["tok_s"] for r in good]),
+                      "prefill_tokens": good[0]["prefill"]["tokens"],
+                      "decode_b1_tok_s": _spread([_decode(r, 1) for r in good]),
+                      "peak_rss_gib": _spread([r["peak_rss_gib"] for r in good])}
+            if e == "gptoss":
+                entry["decode_b8_tok_s"] = _spread([_decode(r, 8) for r in good])
+            if e != "gptoss":
+                entry["version"] = good[0].get("version")
+        engines_out[e] = entry
+    best_bw = max(bandwidth) if bandwidth else None
+    floor = None
+    if ok.get("gptoss") and best_bw:
+        step = ok["gptoss"][0]["bytes_per_step"]["1"]
+        floor = {"measured_copy_gbs": _spread(bandwidth), "bandwidth_gbs": best_bw,
+                 "batch1_bytes_per_token": step, "batch1_floor_tok_s": round(best_bw * 1e9 / step["total"], 2)}
+
+    def per_round(fn) -> dict | None:
+        """A ratio taken within each round (both figures from the same round), over the rounds."""
+        vals = []
+        for r in range(1, args.rounds + 1):
+            try:
+                vals.append(fn(r))
+            except (StopIteration, KeyError, TypeError, ZeroDivisionError):
+                continue
+        return _spread(vals)
+
+    def fig(engine: str, r: int, what: str) -> float:
+        res = next(x for x in ok.get(engine, []) if x["round"] == r)
+        return res["prefill"]["tok_s"] if what == "prefill" else _decode(res, int(what[1:]))
+
+    ratios: dict = {}
+    if floor:
+        f = floor["batch1_floor_tok_s"]
+        ratios["gptoss_decode_b1_to_floor"] = per_round(lambda r: fig("gptoss", r, "b1") / f)
+        if ok.get("llama.cpp"):
+            ratios["llama_cpp_decode_b1_to_floor"] = per_round(lambda r: fig("llama.cpp", r, "b1") / f)
+    ratios["gptoss_b8_to_b1"] = per_round(lambda r: fig("gptoss", r, "b8") / fig("gptoss", r, "b1"))
+    if ok.get("llama.cpp"):
+        ratios["gptoss_to_llama_cpp_prefill"] = per_round(lambda r: fig("gptoss", r, "prefill") / fig("llama.cpp", r, "prefill"))
+        ratios["gptoss_to_llama_cpp_decode_b1"] = per_round(lambda r: fig("gptoss", r, "b1") / fig("llama.cpp", r, "b1"))
+    if ok.get("transformers"):
+        ratios["gptoss_to_transformers_decode_b1"] = per_round(lambda r: fig("gptoss", r, "b1") / fig("transformers", r, "b1"))
+    targets = {}
+    if ratios.get("gptoss_to_llama_cpp_decode_b1"):
+        targets["decode_b1_at_least_llama_cpp"] = ratios["gptoss_to_llama_cpp_decode_b1"]["median"] >= 1
+        targets["prefill_at_least_llama_cpp"] = ratios["gptoss_to_llama_cpp_prefill"]["median"] >= 1
+    if ratios.get("gptoss_decode_b1_to_floor"):
+        targets["decode_b1_at_least_half_the_floor"] = ratios["gptoss_decode_b1_to_floor"]["median"] >= 0.5
+    if ratios.get("gptoss_b8_to_b1"):
+        targets["b8_at_least_3x_b1"] = ratios["gptoss_b8_to_b1"]["median"] >= 3
+    return {
+        "benchmark": "gptoss bench --compare",
+        "model": str(folder),
+        "config": {"layers": config.num_hidden_layers, "experts": config.num_experts, "hidden": config.hidden_size},
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": {"cpu": _cpu_name(), "logical_cpus": os.cpu_count(), "platform": platform.platform(),
+                    "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+        "torch": torch.__version__,
+        "llama_cpp_python": llama_cpp_version(),
+        "threads": threads,
+        "rounds": args.rounds,
+        "prompt_len": args.prompt_len,
+        "decode_tokens": args.decode_tokens,
+        "batch_decode_tokens": args.batch_decode_tokens,
+        "order": engines,
+        "engines": engines_out,
+        "floor": floor,
+        "ratios": ratios,
+        "targets_met": targets,
+    }
+
+
+def _cpu_name() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or None
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(*sys.argv[1:4]))

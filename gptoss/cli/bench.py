@@ -40,13 +40,13 @@ def add_parser(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="small", help="model shape when no --model is given (default small)")
     p.add_argument("--model", default=None, help="benchmark this checkpoint instead of random weights")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     p.add_argument("--prompt-len", type=int, default=256, help="prefill length, and the context decode starts from")
-    p.add_argument("--decode-tokens", type=int, default=32)
+    p.add_argument("--decode-tokens", type=int, default=32, help="decode steps timed at each batch size")
     p.add_argument("--batch-sizes", default="1,4", help="decode batch sizes, comma-separated")
     p.add_argument("--repeats", type=int, default=2, help="timed repeats of each measurement (best is reported)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and prompts")
     p.add_argument("--kv-cache", default="auto", choices=["auto", "slot", "paged"],
                    help="auto: paged on CUDA (the fast path), slot on the CPU")
     p.add_argument("--kv-tokens", type=int, default=None,
@@ -207,14 +207,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from gptoss import kernels
-    from gptoss.engine.llm import _auto_dtype
+    from gptoss.engine.llm import _auto_dtype, check_device
     from gptoss.model import KVCache, ModelConfig, StepBatch, Transformer
     from gptoss.model.synthetic import random_tensors
 
     if args.compare:
         return run_compare_cli(args)
     batch_sizes = parse_ids(args.batch_sizes, "--batch-sizes")
-    device = args.device
+    device = check_device(args.device)
     if args.threads:
         import os
 

@@ -19,16 +19,17 @@ from gptoss.errors import GptossError
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench-serve", help="load-test an OpenAI-compatible server (JSON)", description=__doc__)
-    p.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
+    p.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="the endpoint to load")
     p.add_argument("--model", default=None, help="model name (default: the server's first model)")
-    p.add_argument("--api-key", default="EMPTY")
-    p.add_argument("--requests", type=int, default=64)
-    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--api-key", default="EMPTY", help="API key sent as 'Authorization: Bearer KEY'")
+    p.add_argument("--requests", type=int, default=64, help="chat completions to send in all")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
     p.add_argument("--prompt-tokens", type=int, default=128, help="approximate prompt length in tokens")
     p.add_argument("--output-tokens", type=int, default=64, help="tokens to generate per request")
-    p.add_argument("--reasoning-effort", default=None, choices=["low", "medium", "high"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--reasoning-effort", default=None, choices=["low", "medium", "high"],
+                   help="reasoning_effort sent with each request (default: none sent, the server's)")
+    p.add_argument("--seed", type=int, default=0, help="request i is sent with seed SEED+i")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one response")
     p.set_defaults(func=run)
 
 

@@ -1,7 +1,11 @@
 """``gptoss chat``: talk to gpt-oss in the terminal.
 
 Streams the final answer as it is generated; reasoning (the analysis channel) is shown dimmed only
-with --show-reasoning. Ctrl-C stops the current answer and keeps the session; Ctrl-D or /quit ends it.
+with --show-reasoning; while it is hidden, a line shows that the model is thinking (tokens, tok/s).
+Ctrl-C stops the current answer and keeps the session; Ctrl-D or /quit ends it.
+
+Without --model and without a network, the synthetic demo (random weights, clearly labelled) answers
+with a short reasoning budget and short answers, so that a turn takes seconds on a CPU.
 
 With --tools browser,python (and --functions FILE) the model can search and read a local corpus
 (--corpus DIR) or the web, run Python in a sandboxed kernel, and call your functions; each call and its
@@ -12,8 +16,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
-from gptoss.cli.common import add_model_args, load_llm
+from gptoss.cli.common import DEMO_MAX_TOKENS, DEMO_REASONING_MAX_TOKENS, add_model_args, load_llm
 from gptoss.errors import GptossError
 
 EFFORTS = ("low", "medium", "high")
@@ -30,15 +35,18 @@ Ctrl-C stops the answer being generated."""
 def add_parser(sub) -> None:
     p = sub.add_parser("chat", help="chat with gpt-oss in the terminal", description=__doc__)
     add_model_args(p)
-    p.add_argument("--reasoning-effort", default="medium", choices=EFFORTS)
+    p.add_argument("--reasoning-effort", default="medium", choices=EFFORTS,
+                   help="how much the model reasons before answering: low, medium or high")
     p.add_argument("--developer", default=None, help="developer instructions (the system prompt, in Harmony terms)")
     p.add_argument("--show-reasoning", action="store_true", help="show the analysis channel, dimmed")
-    p.add_argument("--max-tokens", type=int, default=2048, help="most tokens per assistant turn (default 2048)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help=f"most tokens per assistant turn (default 2048; {DEMO_MAX_TOKENS} for the synthetic demo)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 is greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens up to this probability")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed, for repeatable answers (default: random)")
     p.add_argument("--reasoning-max-tokens", type=int, default=None,
-                   help="reasoning budget: at most one analysis message of this many tokens before the answer")
+                   help="reasoning budget: at most one analysis message of this many tokens before the answer "
+                        f"(default: none; {DEMO_REASONING_MAX_TOKENS} for the synthetic demo)")
     p.add_argument("--unconstrained", action="store_true",
                    help="sample freely instead of under the Harmony turn grammar")
     p.add_argument("--tools", default="", metavar="LIST",
@@ -55,11 +63,14 @@ class ChatUI:
     def __init__(self, session, show_reasoning: bool, tool_loop=None):
         from rich.console import Console
 
+        from gptoss.cli.thinking import ThinkingIndicator
+
         self.session = session
         self.tool_loop = tool_loop
         self.show_reasoning = show_reasoning
         self.console = Console(highlight=False, soft_wrap=True)
         self.out = Console(highlight=False, soft_wrap=True, markup=False)
+        self.thinking = ThinkingIndicator(self.out.file, lambda: session.tokens_generated, live=self.out.file.isatty())
 
     def say(self, text: str, style: str = "dim") -> None:
         self.console.print(text, style=style, markup=False)
@@ -113,8 +124,10 @@ class ChatUI:
         channel = None
         finished = None
         try:
+            self.thinking.start()  # at once: the prompt's prefill alone can take seconds
             for event in self._events(text):
                 if isinstance(event, ToolCallStarted):
+                    self.thinking.stop()
                     if channel is not None:
                         self.out.print()
                     channel = None
@@ -122,8 +135,10 @@ class ChatUI:
                     continue
                 if isinstance(event, ToolCallFinished):
                     self.show_result(event)
+                    self.thinking.start()  # the model reads the result and goes on
                     continue
                 if isinstance(event, FunctionCallRequested):
+                    self.thinking.stop()
                     self.say(f"(the model called functions.{event.name}, which has no implementation here)", "yellow")
                     continue
                 if isinstance(event, LoopFinished):
@@ -135,6 +150,7 @@ class ChatUI:
                 is_final = delta.channel == "final"
                 if not is_final and not self.show_reasoning:
                     continue
+                self.thinking.stop()
                 if delta.channel != channel:
                     if channel is not None:
                         self.out.print()
@@ -143,9 +159,12 @@ class ChatUI:
                     channel = delta.channel
                 self.out.print(delta.text, end="", style=None if is_final else "dim")
         except KeyboardInterrupt:
+            self.thinking.stop()
             self.out.print()
             self.say("(stopped)")
             return
+        finally:
+            self.thinking.stop()
         self.out.print()
         last = self.session.last
         if finished is not None and finished.reason == "max_tool_calls":
@@ -242,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
     from gptoss.conversation import ChatSession, ChatSettings
     from gptoss.conversation.session import forced_turns_from_env
 
-    if args.max_tokens < 1:
+    if args.max_tokens is not None and args.max_tokens < 1:
         raise GptossError(f"--max-tokens: expected a positive number, found {args.max_tokens}")
     try:
         import readline  # noqa: F401  (line editing and history for input())
@@ -251,11 +270,21 @@ def run(args: argparse.Namespace) -> int:
     toolbox, tool_loop = _make_tools(args)
     try:
         llm = load_llm(args, max_batch=1)
+        if llm.is_demo:
+            if args.max_tokens is None:
+                args.max_tokens = DEMO_MAX_TOKENS
+            if args.reasoning_max_tokens is None:
+                args.reasoning_max_tokens = DEMO_REASONING_MAX_TOKENS
+            print(f"gptoss: demo settings: reasoning budget {args.reasoning_max_tokens} tokens, answers up to "
+                  f"{args.max_tokens} tokens (--reasoning-max-tokens, --max-tokens)", file=sys.stderr)
+        elif args.max_tokens is None:
+            args.max_tokens = 2048
         settings = ChatSettings(reasoning_effort=args.reasoning_effort, developer=args.developer, max_tokens=args.max_tokens,
                                 temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                                 constrained=not args.unconstrained, reasoning_max_tokens=args.reasoning_max_tokens)
         forced = forced_turns_from_env(llm.tokenizer) if os.environ.get("GPTOSS_TESTING_FORCE_TURNS") else None
         session = ChatSession(llm, settings, tools=toolbox, logits_processors_factory=forced)
+        session.prepare()
         return ChatUI(session, args.show_reasoning, tool_loop).loop()
     finally:
         if tool_loop is not None:

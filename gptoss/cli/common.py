@@ -11,6 +11,13 @@ from gptoss.errors import CheckpointError
 
 DEFAULT_MODEL = "openai/gpt-oss-20b"
 DEMO_PRESET = "demo"
+DEMO_VERSION = 2  # bump when the demo's shape changes, so an old cached demo is not reused
+# The name the synthetic demo is served and reported under: never the real model's.
+DEMO_MODEL_NAME = "gpt-oss-synthetic-demo"
+# The demo's weights are random: reasoning it out to 2,048 tokens shows nothing but a wait. Its defaults
+# keep a whole turn to seconds on a CPU (flags still override them).
+DEMO_REASONING_MAX_TOKENS = 24
+DEMO_MAX_TOKENS = 96
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +30,17 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def demo_dir() -> Path:
     base = os.environ.get("GPTOSS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "gptoss")
-    return Path(base) / f"synthetic-{DEMO_PRESET}"
+    return Path(base) / f"synthetic-{DEMO_PRESET}-v{DEMO_VERSION}"
+
+
+def is_demo(folder: str | os.PathLike | None) -> bool:
+    """Whether ``folder`` is the synthetic demo checkpoint (the fallback of a missing default model)."""
+    if folder is None:
+        return False
+    try:
+        return Path(folder).resolve() == demo_dir().resolve()
+    except OSError:
+        return False
 
 
 def ensure_demo_checkpoint() -> Path:
@@ -53,11 +70,28 @@ def resolve_model_arg(model: str | None) -> Path:
 
 
 def load_llm(args: argparse.Namespace, max_batch: int = 8):
-    from gptoss.engine import LLM
+    """The model of --model (or the demo), on a device checked before anything is read or written."""
+    import warnings
 
+    from gptoss.engine import LLM
+    from gptoss.engine.llm import check_device
+    from gptoss.model.synthetic import SyntheticCheckpointWarning
+
+    if args.device:
+        check_device(args.device)
     folder = resolve_model_arg(args.model)
-    llm = LLM(folder, device=args.device, dtype=args.dtype, max_batch=max_batch, max_model_len=args.max_model_len,
-              progress=sys.stderr.isatty())
+    demo = is_demo(folder)
+    if demo:
+        import torch
+
+        # The demo's matrices are tiny (hidden size 64): intra-op threads only add synchronisation, and on
+        # a CPU shared with other work they slowed its decoding about tenfold (measured on 2 cores).
+        torch.set_num_threads(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntheticCheckpointWarning)  # announced below, in the CLI's words
+        llm = LLM(folder, device=args.device, dtype=args.dtype, max_batch=max_batch, max_model_len=args.max_model_len,
+                  progress=sys.stderr.isatty())
+    llm.is_demo = demo
     if llm.is_synthetic:
         print(f"gptoss: SYNTHETIC DEMO CHECKPOINT ({folder}): random weights, its output is noise.", file=sys.stderr)
     return llm

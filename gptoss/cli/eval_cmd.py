@@ -48,7 +48,8 @@ def add_parser(sub) -> None:
     p.add_argument("--grader-model", default=None, help="HealthBench grader model (default: --model)")
     p.add_argument("--grader-api-key", default=None, help="grader API key (default: --api-key)")
     p.add_argument("--grader-max-tokens", type=int, default=None, help="cap on grader output tokens (default: --max-tokens)")
-    p.add_argument("--grader-reasoning-effort", default=None, choices=["low", "medium", "high"])
+    p.add_argument("--grader-reasoning-effort", default=None, choices=["low", "medium", "high"],
+                   help="reasoning effort asked of the grader (default: the grader's)")
     p.add_argument("--grader-retries", type=int, default=2, help="asks again when a grader reply holds no verdict (default 2)")
     p.add_argument("--retries", type=int, default=5, help="retries of a request on connection errors, 429 and 5xx")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one response")

@@ -16,11 +16,11 @@ def add_parser(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", "-p", help="prompt text (special-token strings in it stay plain text)")
     src.add_argument("--prompt-ids", help="prompt as token ids: '1,2,3' or a JSON list")
-    p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 is greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens up to this probability")
+    p.add_argument("--top-k", type=int, default=0, help="keep only the K most likely tokens; 0 keeps all")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed, for repeatable output (default: random)")
     p.add_argument("--stop-token-ids", default="", help="comma-separated token ids that end generation")
     p.add_argument("--logprobs", type=int, default=None, help="with --json: top-K alternatives per token (0-20)")
     p.add_argument("--json", action="store_true", help="print tokens, text and log-probabilities as JSON")
@@ -43,6 +43,8 @@ def parse_ids(text: str, what: str) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     from gptoss.engine import SamplingParams
 
+    if args.logprobs is not None and not args.json:
+        raise GptossError("--logprobs: log-probabilities are printed only in the JSON output; add --json")
     params = SamplingParams(
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_tokens=args.max_tokens, seed=args.seed,
         stop_token_ids=parse_ids(args.stop_token_ids, "--stop-token-ids"),

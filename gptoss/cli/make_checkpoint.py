@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--layout", default="hf", choices=["hf", "original", "both"],
                    help="hf (root), original (the reference layout) or both (hf at the root, original/ beside it)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the weights (the same seed writes the same numbers)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="dtype of the non-expert tensors")
     p.add_argument("--shard-gb", type=float, default=4.0, help="largest safetensors shard (GB)")
     for flag in SIZE_FLAGS:

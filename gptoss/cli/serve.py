@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 import sys
 
-from gptoss.cli.common import add_model_args, load_llm
+from gptoss.cli.common import DEMO_MODEL_NAME, DEMO_REASONING_MAX_TOKENS, add_model_args, load_llm
 from gptoss.cli.guard_args import add_guard_args, guard_settings, load_guard_llm
 from gptoss.errors import GptossError
 
@@ -15,28 +17,48 @@ def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server", description=__doc__)
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on (checked before the model loads)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set GPTOSS_API_KEY)")
     p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (default 8)")
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests before answering 429 (default 256)")
-    p.add_argument("--served-model-name", default=None, help="the model name clients send (default: the --model argument)")
+    p.add_argument("--served-model-name", default=None,
+                   help=f"the model name clients send (default: the --model argument; {DEMO_MODEL_NAME} for the synthetic demo)")
     p.add_argument("--reasoning-max-tokens", type=int, default=None,
-                   help="cap on tokens in one reasoning (analysis) message; the model is then made to move on")
+                   help="cap on tokens in one reasoning (analysis) message; the model is then made to move on "
+                        f"(default: none; {DEMO_REASONING_MAX_TOKENS} for the synthetic demo)")
     p.add_argument("--store", default=None, help="SQLite file for stored responses (default: ~/.cache/gptoss/responses.sqlite)")
     p.add_argument("--tools", default="", help="built-in tools the Responses API may run: browser,python")
     p.add_argument("--corpus", default=None, help="folder of documents the browser searches (indexed on start)")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug", "trace"],
+                   help="uvicorn's log level")
     add_guard_args(p)
     p.set_defaults(func=run)
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, taken before the model loads, so that a busy port fails at once
+    (in one line) and nothing announces a server that cannot start."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise GptossError(f"--host {host!r}: cannot resolve it ({exc.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart over TIME_WAIT
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise GptossError(f"--port {port}: {host}:{port} is already in use (another server?); "
+                              "stop it or choose another --port") from None
+        raise GptossError(f"--host {host} --port {port}: cannot listen there ({exc.strerror})") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from gptoss.conversation.openai_chat import ServerPersona
-    from gptoss.server.app import ServerConfig, create_app
-    from gptoss.server.http import uvicorn_config
-
     if not 1 <= args.port <= 65535:
         raise GptossError(f"--port: expected 1-65535, found {args.port}")
     if args.max_batch < 1:
@@ -48,16 +70,40 @@ def run(args: argparse.Namespace) -> int:
         toolbox = make_toolbox(args.tools, corpus=args.corpus)
     cache = os.environ.get("GPTOSS_CACHE") or os.path.expanduser("~/.cache/gptoss")
     guard = guard_settings(args, cache)  # policies read before the (slow) model load
-    llm = load_llm(args, max_batch=args.max_batch)
-    load_guard_llm(args, guard)
-    name = args.served_model_name or args.model or "openai/gpt-oss-20b"
-    aliases = [a for a in {os.path.basename(str(name).rstrip("/")), "gpt-oss"} if a != name]
-    store = args.store or os.path.join(os.environ.get("GPTOSS_CACHE") or os.path.expanduser("~/.cache/gptoss"), "responses.sqlite")
-    config = ServerConfig(model_name=name, aliases=aliases, api_key=args.api_key or os.environ.get("GPTOSS_API_KEY"),
-                          max_queue=args.max_queue, store_path=store,
-                          persona=ServerPersona(reasoning_max_tokens=args.reasoning_max_tokens), toolbox=toolbox,
-                          guard=guard, reasoning=args.reasoning)
-    app = create_app(llm, config)
-    print(f"gptoss: serving {name} on http://{args.host}:{args.port}/v1", file=sys.stderr)
-    uvicorn.Server(uvicorn_config(app, host=args.host, port=args.port, log_level=args.log_level)).run()
+    sock = listen(args.host, args.port)  # a busy port fails here, in one line, before the model loads
+    try:
+        import uvicorn
+
+        from gptoss.conversation.openai_chat import ServerPersona
+        from gptoss.server.app import ServerConfig, create_app
+        from gptoss.server.http import uvicorn_config
+
+        llm = load_llm(args, max_batch=args.max_batch)
+        load_guard_llm(args, guard)
+        name, aliases = served_names(args, llm)
+        store = args.store or os.path.join(cache, "responses.sqlite")
+        config = ServerConfig(model_name=name, aliases=aliases, api_key=args.api_key or os.environ.get("GPTOSS_API_KEY"),
+                              max_queue=args.max_queue, store_path=store,
+                              persona=ServerPersona(reasoning_max_tokens=args.reasoning_max_tokens), toolbox=toolbox,
+                              guard=guard, reasoning=args.reasoning)
+        app = create_app(llm, config)
+        what = " (SYNTHETIC DEMO CHECKPOINT: random weights)" if llm.is_synthetic else ""
+        print(f"gptoss: serving {name}{what} on http://{args.host}:{args.port}/v1", file=sys.stderr)
+        uvicorn.Server(uvicorn_config(app, host=args.host, port=args.port, log_level=args.log_level)).run(sockets=[sock])
+    finally:
+        sock.close()
     return 0
+
+
+def served_names(args: argparse.Namespace, llm) -> tuple[str, list[str]]:
+    """The model name clients send, and its aliases. The synthetic demo is never served under the real
+    model's name (nor the generic gpt-oss): its name says what it is. Also sets the demo's reasoning budget."""
+    if llm.is_demo:
+        if args.served_model_name and "synthetic" not in args.served_model_name.lower():
+            raise GptossError(f"--served-model-name {args.served_model_name!r}: the synthetic demo is served only "
+                              "under a name containing 'synthetic'")
+        if args.reasoning_max_tokens is None:
+            args.reasoning_max_tokens = DEMO_REASONING_MAX_TOKENS
+        return args.served_model_name or DEMO_MODEL_NAME, []
+    name = args.served_model_name or args.model or "openai/gpt-oss-20b"
+    return name, [a for a in {os.path.basename(str(name).rstrip("/")), "gpt-oss"} if a != name]

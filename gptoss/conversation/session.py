@@ -84,6 +84,7 @@ class ChatSession:
         self.logits_processors_factory = logits_processors_factory
         self.history: list[Message] = []
         self.last: TurnResult | None = None
+        self.tokens_generated = 0  # a running total over all turns (what a progress display counts)
 
     # ---------------------------------------------------------------- the prompt
     def system_message(self) -> Message:
@@ -140,6 +141,15 @@ class ChatSession:
     def prompt_tokens(self) -> list[int]:
         return render_conversation_for_completion(self.messages(), Role.ASSISTANT, tokenizer=self.llm.tokenizer)
 
+    def prepare(self) -> None:
+        """Build now what the first turn would otherwise build after the question: the tokenizer and, when
+        decoding is constrained, the turn grammar's tokenizer tables (seconds on a CPU)."""
+        tok = self.llm.tokenizer
+        if self.settings.constrained and self.logits_processors_factory is None:
+            from gptoss.engine.guided import GrammarConstraint
+
+            GrammarConstraint(tok, self.turn_grammar().lark())
+
     def reset(self) -> None:
         self.history.clear()
         self.last = None
@@ -169,6 +179,7 @@ class ChatSession:
         try:
             for event in self.llm.stream(self.prompt_tokens(), params):
                 count += 1
+                self.tokens_generated += 1
                 finish = event.finish_reason
                 last_token = event.token
                 parser.process(event.token)

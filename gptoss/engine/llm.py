@@ -255,10 +255,33 @@ def _raise_failures(engine: LLMEngine) -> None:
         raise GptossError(f"request {seq.request_id} failed: {type(seq.error).__name__}: {seq.error}") from seq.error
 
 
-def _auto_device(device: str | None) -> str:
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def _auto_device(device: str | torch.device | None) -> str:
+    """``device``, checked (``GptossError`` in one line when unknown or absent), or cuda when available."""
+    if not device:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return check_device(device)
+
+
+def check_device(device: str | torch.device) -> str:
+    """A device this torch can use, or a ``GptossError`` naming what is wrong: an unknown device type,
+    CUDA on a torch built without it, or a GPU index beyond those present."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise GptossError(f"device {str(device)!r}: unknown; expected cpu or cuda (cuda:N for one GPU)") from None
+    if dev.type == "cpu":
+        return str(dev)
+    if dev.type != "cuda":
+        raise GptossError(f"device {str(device)!r}: gptoss runs on cpu or cuda, not {dev.type}")
+    if torch.version.cuda is None:
+        raise GptossError(f"device {str(device)!r}: this torch ({torch.__version__}) is built without CUDA; "
+                          "use --device cpu, or install a CUDA build of torch")
+    if not torch.cuda.is_available():
+        raise GptossError(f"device {str(device)!r}: torch {torch.__version__} has CUDA but finds no usable GPU; "
+                          "use --device cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise GptossError(f"device {str(device)!r}: only {torch.cuda.device_count()} GPU(s) present")
+    return str(dev)
 
 
 def _auto_dtype(dtype: torch.dtype | str | None, device: str, weight_bytes: int) -> torch.dtype:
@@ -317,11 +340,12 @@ class LLM:
 
     @property
     def is_synthetic(self) -> bool:
-        from gptoss.model.synthetic import SYNTHETIC_MARKER
+        """Loaded from a synthetic (random-weight) checkpoint; loading one issues a SyntheticCheckpointWarning."""
+        from gptoss.model.synthetic import is_synthetic_checkpoint
 
-        return self.model_dir is not None and (
-            (self.model_dir / SYNTHETIC_MARKER).is_file() or (self.model_dir.parent / SYNTHETIC_MARKER).is_file()
-        )
+        if getattr(self.model, "synthetic", False):
+            return True
+        return self.model_dir is not None and is_synthetic_checkpoint(self.model_dir)
 
     def _ids(self, prompt: str | list[int]) -> list[int]:
         return self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)

@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import struct
+import warnings
 import zlib
 from pathlib import Path
 from typing import Callable, Iterator
@@ -24,6 +25,21 @@ from gptoss.model.checkpoint import HF_INDEX, canonical_shapes, hf_names, hf_sha
 from gptoss.model.config import ModelConfig
 
 SYNTHETIC_MARKER = "gptoss_synthetic.json"
+
+
+class SyntheticCheckpointWarning(UserWarning):
+    """Issued whenever a synthetic (random-weight) checkpoint is loaded: its output is noise."""
+
+
+def is_synthetic_checkpoint(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` (or, for an ``original/`` layout folder, its parent) carries the synthetic marker."""
+    folder = Path(folder)
+    return (folder / SYNTHETIC_MARKER).is_file() or (folder.parent / SYNTHETIC_MARKER).is_file()
+
+
+def announce_synthetic(folder: str | os.PathLike, stacklevel: int = 3) -> None:
+    warnings.warn(f"SYNTHETIC DEMO CHECKPOINT ({folder}): random weights, its output is noise",
+                  SyntheticCheckpointWarning, stacklevel=stacklevel)
 _DTYPE_NAMES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.uint8: "U8"}
 
 
@@ -103,6 +119,20 @@ def write_safetensors_stream(path: Path, entries: list[tuple[str, torch.dtype, t
 
 
 # ----------------------------------------------------------------------------- checkpoint writer
+def _make_folder(out: Path) -> None:
+    """``out`` and its parents as folders, or a GptossError naming the file in the way."""
+    for part in [out, *out.parents]:
+        if part.exists() or part.is_symlink():
+            if not part.is_dir():
+                what = "is a file" if part == out else f"is under {part}, which is a file"
+                raise GptossError(f"cannot write a checkpoint to {out}: it {what}, not a folder")
+            break
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GptossError(f"cannot write a checkpoint to {out}: {exc.strerror}") from None
+
+
 def write_checkpoint(
     out: str | os.PathLike,
     config: ModelConfig,
@@ -118,7 +148,7 @@ def write_checkpoint(
     if layout not in ("hf", "original", "both"):
         raise GptossError(f"unknown layout {layout!r} (choose hf, original or both)")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _make_folder(out)
     bar = None
     if progress:
         from tqdm import tqdm

@@ -35,6 +35,7 @@ class Transformer(torch.nn.Module):
         super().__init__()
         self.config = config
         self.dtype = dtype
+        self.synthetic = False  # loaded from a synthetic (random-weight) checkpoint
         self.embedding = torch.nn.Embedding(config.vocab_size, config.hidden_size, device=device, dtype=dtype)
         self.block = torch.nn.ModuleList(
             TransformerBlock(config, n, device, dtype) for n in range(config.num_hidden_layers)
@@ -116,9 +117,14 @@ class Transformer(torch.nn.Module):
         Expert weights stay packed in MXFP4; on the CPU they stay memory-mapped from the file."""
         from gptoss.model.checkpoint import CheckpointReader, locate
         from gptoss.model.hub import resolve_model_path
+        from gptoss.model.synthetic import announce_synthetic, is_synthetic_checkpoint
 
         folder = resolve_model_path(str(path))
-        reader = CheckpointReader(locate(folder, layout))
+        location = locate(folder, layout)
+        synthetic = is_synthetic_checkpoint(folder)
+        if synthetic:
+            announce_synthetic(folder)
+        reader = CheckpointReader(location)
         model = cls(reader.config, device="meta", dtype=dtype)
         names = _names(reader)
         iterator = names
@@ -129,6 +135,7 @@ class Transformer(torch.nn.Module):
         for name in iterator:
             model.set_tensor(name, reader.get(name), device)
         model.rope = RotaryEmbedding(reader.config, device=device)
+        model.synthetic = synthetic
         model.eval()
         return model
 

@@ -175,8 +175,8 @@ def create_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": config.model_name, "running": state.engine.stats.running,
-                "waiting": state.engine.pending}
+        return {"status": "ok", "model": config.model_name, "synthetic": state.llm.is_synthetic,
+                "running": state.engine.stats.running, "waiting": state.engine.pending}
 
     @app.get("/metrics")
     async def metrics():

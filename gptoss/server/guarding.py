@@ -8,7 +8,10 @@ was held, stops the generation and ends the choice with ``content_filter``.
 
 Responses: the same input check (a block is a ``response.incomplete`` with reason ``content_filter`` and
 a refusal message); the output is checked once, at the end (the events are held until then, whatever
-``--guard-stream`` says), because a Responses stream interleaves items that cannot be recalled.
+``--guard-stream`` says), because a Responses stream interleaves items that cannot be recalled. With
+``check_tools``, built-in tool results (browser pages, Python output) are checked before the model reads
+them; a blocked one is replaced by a notice, so a prompt injection in a fetched page never reaches the
+model, and the response goes on.
 
 ``--reasoning hidden`` removes the analysis channel from what clients see (``reasoning_content`` in Chat,
 the reasoning text of reasoning items in Responses); stored responses keep it for ``previous_response_id``.
@@ -16,12 +19,14 @@ the reasoning text of reasoning items in Responses); stored responses keep it fo
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any, AsyncIterator
 
 from gptoss.conversation.openai_chat import text_of
 from gptoss.guard.guard import Decision
 from gptoss.guard.stream import OutputGate, compose_output
+from gptoss.harmony.messages import TextContent
 
 REASONING_MODES = ("visible", "hidden")
 
@@ -257,6 +262,24 @@ async def guard_response_events(state, store, turn, events: AsyncIterator) -> As
         if stored is not None:
             store.put(turn.id, final.response.model_dump(mode="json", by_alias=True, exclude_none=True),
                       stored.input_items, stored.output_items)
+
+
+async def guard_tool_messages(state, request_id: str, messages: list) -> list:
+    """Built-in tool results (browser pages, Python output) of the Responses tool loop, checked before the
+    model reads them (``--guard-checks tools``): a blocked one is replaced by a notice, so an injection
+    in a fetched page never reaches the model; the response goes on."""
+    guard = _guard(state)
+    if guard is None or not guard.settings.check_tools:
+        return messages
+    out = []
+    for m in messages:
+        text = m.text if isinstance(getattr(m, "text", None), str) else ""
+        decision = await guard.check(text, "tool", request_id, "responses") if text else None
+        if decision is not None and decision.blocked:
+            notice = f"[The tool's output was withheld: {decision.refusal()}]"
+            m = dataclasses.replace(m, content=[TextContent(notice)])
+        out.append(m)
+    return out
 
 
 def _new_count(turn) -> int:

@@ -109,7 +109,7 @@ from gptoss.harmony import Message, stop_tokens_for_assistant_actions
 from gptoss.server.app import message_texts
 from gptoss.server.errors import APIError
 from gptoss.server.generation import cancel_on_disconnect, dump, dump_json, observe, run_completion
-from gptoss.server.guarding import guard_response_events, hidden_reasoning
+from gptoss.server.guarding import guard_response_events, guard_tool_messages, hidden_reasoning
 from gptoss.server.schemas import ResponsesRequest
 from gptoss.server.store import ResponseStore
 
@@ -418,6 +418,7 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
                     last.action = ev.metadata.get("action", last.action)
                     last.outputs = ev.metadata.get("outputs")
                     answer = ev.messages
+            answer = await guard_tool_messages(state, turn.id, answer)  # --guard-checks tools
             last.harmony = [call.message] + answer
             for out in _builtin_done(last, seq, turn):
                 yield out

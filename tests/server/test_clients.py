@@ -416,7 +416,7 @@ def test_every_compatibility_row_names_a_test():
     import re
 
     here = pathlib.Path(__file__).parent
-    doc = (here.parents[1] / "docs" / "compatibility.md").read_text()
+    doc = (here.parents[1] / "docs" / "compatibility.md").read_text().split("## Tried by hand")[0]
     rows = [line for line in doc.splitlines() if line.startswith("| ") and not line.startswith(("| Endpoint ",
                                                                                                 "| Parameter "))]
     named = [re.search(r"`(test_\w+\.py)::(test_\w+)`", row) for row in rows]

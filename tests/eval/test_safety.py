@@ -72,17 +72,28 @@ def test_guard_eval_on_toxicchat_and_own_policy(safety_fake, tmp_path):
 
 
 @pytest.mark.slow
-def test_hierarchy_against_gptoss_serve(serve_backend, tmp_path):
+def test_safety_evals_against_gptoss_serve(serve_backend, tmp_path):
+    """Every safety eval end to end on random weights: no attempt fails; exact checks are recomputed; the tiny
+    grader's unreadable verdicts count against the model and are reported; the guard eval's verdicts are
+    decoded under the server's grammar (a verdict cut by --max-tokens counts as unparsed)."""
     out = tmp_path / "serve"
-    rc = main(["eval", "--base-url", serve_backend.base_url, "--out", str(out), "--no-progress", "--eval", "hierarchy",
-               "--limit", "2", "--max-tokens", "8", "--concurrency", "4", "--retries", "2"]
+    rc = main(["eval", "--base-url", serve_backend.base_url, "--out", str(out), "--no-progress",
+               "--eval", ",".join(safety.SAFETY_EVALS), "--reasoning-effort", "low", "--limit", "2",
+               "--max-tokens", "8", "--concurrency", "4", "--retries", "2", "--grader-retries", "0"]
               + (["--model", serve_backend.model] if serve_backend.model else []))
     records = AttemptStore(out / "attempts.jsonl").load()
-    assert rc == 0 and len(records) == 6 and all(r["error"] is None for r in records.values())
+    assert rc == 0 and len(records) == 2 * len(safety.SAFETY_EVALS)
+    assert all(r["error"] is None for r in records.values()), [r["error"] for r in records.values()]
     items = {i.id: i for i in load_eval("hierarchy", ["samples"]).items}
-    for r in records.values():  # every score is the exact check applied to what the server answered
-        item = items[r["item"]]
-        assert r["score"] == float(safety.check_reply(item.check, item.value, r["response"]))
+    for r in records.values():
+        if r["eval"] == "hierarchy":  # the score is the exact check applied to what the server answered
+            item = items[r["item"]]
+            assert r["score"] == float(safety.check_reply(item.check, item.value, r["response"]))
+        elif r["eval"] in safety.GRADED:
+            assert r["grader_unparsed"] in (0, 1) and (r["score"] == 0.0 or not r["grader_unparsed"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert {r["eval"] for r in summary["results"]} == set(safety.SAFETY_EVALS)
+    assert "## Safety" in (out / "report.md").read_text()
 
 
 def test_dataset_formats(tmp_path):

@@ -251,6 +251,38 @@ class CheckpointReader:
                 raise CheckpointError(f"{file}: cannot read tensor {name} ({_short(exc)})") from None
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
+    def get_slices(self, canonical: str, ranges: list[tuple[int, int]], dim: int = 0) -> torch.Tensor:
+        """Read only the ``[lo, hi)`` ranges of one canonical tensor along ``dim``, joined in order (a
+        rank's share of a sharded model). Uses safetensors' ``get_slice``: nothing else of the tensor is
+        read, and MXFP4 blocks and scales are sliced as stored, without unpacking. In the HF layout the
+        rows of ``qkv`` map onto ``q_proj``, ``k_proj`` and ``v_proj``."""
+        names = (canonical,) if self.files.layout == "original" else hf_names(canonical)
+        if dim != 0 and len(names) > 1:
+            raise CheckpointError(f"tensor {canonical}: only rows (dim 0) can be sliced across {', '.join(names)}")
+        parts, offset = [], 0
+        for name in names:
+            file = self.files.tensor_files[name]
+            try:
+                sl = self._handle(file).get_slice(name)
+            except Exception as exc:
+                raise CheckpointError(f"{file}: cannot read tensor {name} ({_short(exc)})") from None
+            parts.append((name, file, sl, offset))
+            offset += sl.get_shape()[0]
+        pieces = []
+        for lo, hi in ranges:
+            for name, file, sl, start in parts:
+                size = sl.get_shape()[dim] if dim else sl.get_shape()[0]
+                a, b = (max(lo - start, 0), min(hi - start, size)) if dim == 0 else (lo, hi)
+                if a >= b:
+                    continue
+                try:
+                    pieces.append(sl[(slice(None),) * dim + (slice(a, b),)])
+                except Exception as exc:
+                    raise CheckpointError(f"{file}: cannot read rows {a}:{b} of tensor {name} ({_short(exc)})") from None
+        if not pieces:
+            raise CheckpointError(f"tensor {canonical}: the ranges {ranges} select nothing")
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dim)
+
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name in canonical_shapes(self.config):
             yield name, self.get(name)

@@ -19,6 +19,8 @@ def add_parser(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port to listen on (checked before the model loads)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set GPTOSS_API_KEY)")
+    p.add_argument("--api-keys-file", default=None,
+                   help="file of API keys, one a line; each key sees only the responses it stored")
     p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (default 8)")
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests before answering 429 (default 256)")
     p.add_argument("--served-model-name", default=None,
@@ -27,6 +29,8 @@ def add_parser(sub) -> None:
                    help="cap on tokens in one reasoning (analysis) message; the model is then made to move on "
                         f"(default: none; {DEMO_REASONING_MAX_TOKENS} for the synthetic demo)")
     p.add_argument("--store", default=None, help="SQLite file for stored responses (default: ~/.cache/gptoss/responses.sqlite)")
+    p.add_argument("--store-ttl", type=float, default=30 * 86400,
+                   help="seconds a stored response is kept (default 30 days; 0: forever)")
     p.add_argument("--tools", default="", help="built-in tools the Responses API may run: browser,python")
     p.add_argument("--corpus", default=None, help="folder of documents the browser searches (indexed on start)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug", "trace"],
@@ -63,6 +67,13 @@ def run(args: argparse.Namespace) -> int:
         raise GptossError(f"--port: expected 1-65535, found {args.port}")
     if args.max_batch < 1:
         raise GptossError(f"--max-batch: expected a positive number, found {args.max_batch}")
+    if args.store_ttl < 0:
+        raise GptossError(f"--store-ttl: expected seconds >= 0, found {args.store_ttl}")
+    api_keys = []
+    if args.api_keys_file:
+        from gptoss.server.app import read_api_keys
+
+        api_keys = read_api_keys(args.api_keys_file)
     toolbox = None
     if args.tools:  # checked before the (slow) model load
         from gptoss.tools import make_toolbox
@@ -83,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         name, aliases = served_names(args, llm)
         store = args.store or os.path.join(cache, "responses.sqlite")
         config = ServerConfig(model_name=name, aliases=aliases, api_key=args.api_key or os.environ.get("GPTOSS_API_KEY"),
+                              api_keys=api_keys, store_ttl=args.store_ttl or None,
                               max_queue=args.max_queue, store_path=store,
                               persona=ServerPersona(reasoning_max_tokens=args.reasoning_max_tokens), toolbox=toolbox,
                               guard=guard, reasoning=args.reasoning)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import time
 from dataclasses import dataclass, field
@@ -27,18 +28,41 @@ class ServerConfig:
     model_name: str = "gpt-oss"
     aliases: list[str] = field(default_factory=list)
     api_key: str | None = None
+    api_keys: list[str] = field(default_factory=list)  # more keys (--api-keys-file); each sees only its own stored responses
     max_queue: int = 256
     max_body_bytes: int = 4 * 2**20
     header_timeout: float = HEADER_TIMEOUT  # seconds for a request's headers (server/http.py)
     body_timeout: float = BODY_TIMEOUT  # seconds for a request's body once its headers are in
     persona: ServerPersona = field(default_factory=ServerPersona)
     store_path: str | None = None  # SQLite file for stored responses (None: in memory)
+    store_ttl: float | None = 30 * 86400  # seconds a stored response is kept (None: forever)
     toolbox: Any = None  # gptoss.tools.Toolbox: templates of the built-in tools (web_search, code_interpreter)
     guard: Any = None  # gptoss.guard.GuardSettings: the policy guard (input/output checks, /v1/moderations)
     reasoning: str = "visible"  # what clients see of the analysis channel: visible | hidden
 
 
 OPEN_PATHS = frozenset({"/health"})
+OWNER_KEY = "gptoss.key_owner"  # in the ASGI scope: a digest of the request's API key ("" without keys)
+
+
+def key_owner(request: Request) -> str:
+    """Who a request is, for what it stores: a digest of its API key ("" when the server has no key)."""
+    return request.scope.get(OWNER_KEY, "")
+
+
+def read_api_keys(path: str) -> list[str]:
+    """API keys from a file, one a line; blank lines and ``#`` comments are skipped."""
+    from gptoss.errors import GptossError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GptossError(f"--api-keys-file {path}: cannot read it ({exc.__class__.__name__}: {exc})") from None
+    keys = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not keys:
+        raise GptossError(f"--api-keys-file {path}: no keys in it (one key a line)")
+    return keys
 
 
 def message_texts(messages: Iterable[Any]) -> Iterable[str]:
@@ -156,15 +180,19 @@ def create_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes, timeout=config.body_timeout)
 
+    keys = [k.encode() for k in ([config.api_key] if config.api_key else []) + list(config.api_keys)]
+
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        # Every route that computes or reveals something wants the key; /health stays open for load balancers.
-        if config.api_key and request.url.path not in OPEN_PATHS:
+        # Every route that computes or reveals something wants a key; /health stays open for load balancers.
+        if keys and request.url.path not in OPEN_PATHS:
             header = request.headers.get("authorization", "")
-            token = header[7:] if header.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), config.api_key.encode()):
+            token = (header[7:] if header.lower().startswith("bearer ") else "").encode()
+            matched = [k for k in keys if hmac.compare_digest(token, k)]  # every key compared, in constant time
+            if not matched:
                 return JSONResponse(errors.error_body("invalid or missing API key (send 'Authorization: Bearer KEY')",
                                                      "authentication_error", code="invalid_api_key"), status_code=401)
+            request.scope[OWNER_KEY] = hashlib.sha256(matched[0]).hexdigest()[:32]
         if request.method in ("POST", "PUT", "PATCH"):
             length = request.headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > config.max_body_bytes:

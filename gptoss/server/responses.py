@@ -106,7 +106,7 @@ from gptoss.conversation.turn import TurnPrompt
 from gptoss.engine.guided import GrammarConstraint
 from gptoss.engine.sampling import SamplingParams, offset_seed
 from gptoss.harmony import Message, stop_tokens_for_assistant_actions
-from gptoss.server.app import message_texts
+from gptoss.server.app import key_owner, message_texts
 from gptoss.server.errors import APIError
 from gptoss.server.generation import cancel_on_disconnect, dump, dump_json, observe, run_completion
 from gptoss.server.guarding import guard_response_events, guard_tool_messages, hidden_reasoning
@@ -121,7 +121,7 @@ DEFAULT_MAX_TOOL_CALLS = 16
 
 
 def register(app, state) -> None:
-    store = ResponseStore(state.config.store_path)
+    store = ResponseStore(state.config.store_path, ttl=state.config.store_ttl)
     state.response_store = store
     inner = app.router.lifespan_context
 
@@ -137,7 +137,10 @@ def register(app, state) -> None:
     async def create_response(body: ResponsesRequest, request: Request):
         texts = [body.input] if isinstance(body.input, str) else list(message_texts(body.input))
         state.check_text_size(texts + [body.instructions or ""], "input")
-        turn = await run_in_threadpool(_prepare, state, store, body)  # rendering and tokenizing: off the event loop
+        owner = key_owner(request)
+        turn = await run_in_threadpool(_prepare, state, store, body, owner)  # rendering and tokenizing: off the loop
+        if body.store:
+            store.claim(turn.id, owner)
         events = _recorded(store, turn, guard_response_events(state, store, turn, _events(state, store, turn)))
         if body.stream:
             return StreamingResponse(_sse(state, events), media_type="text/event-stream",
@@ -158,8 +161,8 @@ def register(app, state) -> None:
         return dump(final.response)
 
     @app.get("/v1/responses/{response_id}")
-    async def get_response(response_id: str, stream: bool = False, starting_after: int | None = None):
-        stored = _stored(store, response_id)
+    async def get_response(response_id: str, request: Request, stream: bool = False, starting_after: int | None = None):
+        stored = _stored(store, response_id, owner=key_owner(request))
         if not stream:
             return stored.response
         events = store.events(response_id)
@@ -179,11 +182,11 @@ def register(app, state) -> None:
         return StreamingResponse(replay(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.get("/v1/responses/{response_id}/input_items")
-    async def input_items(response_id: str, after: str | None = None, limit: int = 20,
+    async def input_items(response_id: str, request: Request, after: str | None = None, limit: int = 20,
                           order: Literal["asc", "desc"] = "desc"):
         if not 1 <= limit <= 100:
             raise APIError(400, f"limit: expected 1 to 100, found {limit}", param="limit")
-        stored = _stored(store, response_id)
+        stored = _stored(store, response_id, owner=key_owner(request))
         items = [_listed_item(item, f"{response_id}:{k}") for k, item in enumerate(stored.input_items)]
         if hidden_reasoning(state):  # earlier turns' reasoning stays as hidden as their responses
             items = [{k: v for k, v in i.items() if k != "content"} if i.get("type") == "reasoning" else i
@@ -201,9 +204,10 @@ def register(app, state) -> None:
                 "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit}
 
     @app.delete("/v1/responses/{response_id}")
-    async def delete_response(response_id: str):
-        _stored(store, response_id)
-        store.delete(response_id)
+    async def delete_response(response_id: str, request: Request):
+        owner = key_owner(request)
+        _stored(store, response_id, owner=owner)
+        store.delete(response_id, owner)
         return {"id": response_id, "object": "response.deleted", "deleted": True}
 
 
@@ -227,8 +231,9 @@ def _forces(tool_choice: Any, builtin: str) -> bool:
     return isinstance(tool_choice, dict) and HOSTED_TOOLS.get(tool_choice.get("type")) == builtin
 
 
-def _stored(store: ResponseStore, response_id: str, param: str | None = None):
-    stored = store.get(response_id)
+def _stored(store: ResponseStore, response_id: str, param: str | None = None, owner: str | None = None):
+    """A stored response ``owner`` may see (another key's is as absent as a missing one)."""
+    stored = store.get(response_id, owner)
     if stored is None:
         raise APIError(404, f"no stored response with id {response_id!r} (responses created with store=false are "
                             "not kept)", type="not_found_error", param=param, code="response_not_found")
@@ -297,14 +302,14 @@ class _Turn:
             raise ConversationError(str(exc), "tool_choice") from None
 
 
-def _prepare(state, store: ResponseStore, body: ResponsesRequest) -> _Turn:
+def _prepare(state, store: ResponseStore, body: ResponsesRequest, owner: str | None = None) -> _Turn:
     state.check_model(body.model)
     tok = state.tokenizer
     persona = state.config.persona
     new_items = normalize_input(body.input)
     previous: list[dict[str, Any]] = []
     if body.previous_response_id:
-        stored = _stored(store, body.previous_response_id, "previous_response_id")
+        stored = _stored(store, body.previous_response_id, "previous_response_id", owner)
         previous = stored.input_items + stored.output_items
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
     functions, builtins = split_tools(tools)

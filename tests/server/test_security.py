@@ -183,7 +183,63 @@ def test_slow_headers_and_a_slow_body_are_dropped_while_others_are_served(tiny_l
         trickle.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                         b"Content-Length: 1000\r\n\r\n" + b'{"model": "gpt-oss", ')
         assert httpx.get(base + "/v1/models", timeout=10).status_code == 200
-        answer = trickle.recv(4096)
+        answer = b""
+        while b"within" not in answer and (chunk := trickle.recv(4096)):
+            answer += chunk
         trickle.close()
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
         assert b"the request body did not arrive within 1.5 s" in answer
+
+
+# ------------------------------------------------------------------------------------ stored responses
+def test_a_stored_response_belongs_to_the_key_that_created_it(tiny_llm, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# one key a line\nalice-key\n\n  bob-key  \n")
+    from gptoss.server.app import read_api_keys
+
+    assert read_api_keys(str(keys)) == ["alice-key", "bob-key"]
+    alice, bob = ({"authorization": f"Bearer {k}-key"} for k in ("alice", "bob"))
+    with serve(tiny_llm(max_batch=1, max_model_len=256), api_keys=read_api_keys(str(keys))) as base:
+        r = httpx.post(base + RESP, json=resp(store=True, max_output_tokens=2), headers=alice, timeout=120)
+        assert r.status_code == 200, r.text
+        rid = r.json()["id"]
+        for method, path, body in (("GET", f"/v1/responses/{rid}", None), ("GET", f"/v1/responses/{rid}/input_items", None),
+                                   ("DELETE", f"/v1/responses/{rid}", None),
+                                   ("POST", RESP, resp(previous_response_id=rid))):
+            seen = httpx.request(method, base + path, json=body, headers=bob, timeout=60)
+            assert seen.status_code == 404, (method, path, seen.text)  # as absent as a missing one
+            assert seen.json()["error"]["code"] == "response_not_found"
+        assert httpx.get(base + f"/v1/responses/{rid}", headers=alice).json()["id"] == rid
+        assert httpx.delete(base + f"/v1/responses/{rid}", headers=alice).json()["deleted"] is True
+
+
+def test_stored_responses_expire(tmp_path, monkeypatch):
+    from gptoss.server import store as store_module
+    from gptoss.server.store import ResponseStore
+
+    now = [1000.0]
+    monkeypatch.setattr(store_module.time, "time", lambda: now[0])
+    store = ResponseStore(tmp_path / "r.sqlite", ttl=60)
+    store.claim("resp_a", "owner-a")
+    store.put("resp_a", {"id": "resp_a"}, [], [])
+    store.put_events("resp_a", [{"type": "response.completed"}])
+    assert store.get("resp_a", "owner-a") is not None and store.get("resp_a", "owner-b") is None
+    now[0] += 61
+    assert store.get("resp_a") is None and store.events("resp_a") is None and not store.delete("resp_a")
+    store.put("resp_b", {"id": "resp_b"}, [], [])  # a new arrival purges what expired
+    assert len(store) == 1
+    rows = store._db.execute("SELECT COUNT(*) FROM response_events").fetchone()[0]
+    owners = store._db.execute("SELECT COUNT(*) FROM response_owners").fetchone()[0]
+    assert rows == 0 and owners == 0
+    store.close()
+
+
+def test_an_unreadable_or_empty_keys_file_is_one_line(tmp_path):
+    from gptoss.errors import GptossError
+    from gptoss.server.app import read_api_keys
+
+    (tmp_path / "empty").write_text("# nothing\n\n")
+    with pytest.raises(GptossError, match="no keys in it"):
+        read_api_keys(str(tmp_path / "empty"))
+    with pytest.raises(GptossError, match="cannot read it"):
+        read_api_keys(str(tmp_path / "absent"))

@@ -99,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
                               persona=ServerPersona(reasoning_max_tokens=args.reasoning_max_tokens), toolbox=toolbox,
                               guard=guard, reasoning=args.reasoning)
         app = create_app(llm, config)
+        if llm.model_dir is not None:  # weights are memory-mapped: a bus error gets one line saying why
+            from gptoss.server.crash import explain_fatal_signals
+
+            explain_fatal_signals(str(llm.model_dir))
         what = " (SYNTHETIC DEMO CHECKPOINT: random weights)" if llm.is_synthetic else ""
         print(f"gptoss: serving {name}{what} on http://{args.host}:{args.port}/v1", file=sys.stderr)
         uvicorn.Server(uvicorn_config(app, host=args.host, port=args.port, log_level=args.log_level)).run(sockets=[sock])

@@ -243,3 +243,31 @@ def test_an_unreadable_or_empty_keys_file_is_one_line(tmp_path):
         read_api_keys(str(tmp_path / "empty"))
     with pytest.raises(GptossError, match="cannot read it"):
         read_api_keys(str(tmp_path / "absent"))
+
+
+# ------------------------------------------------------------------------------------ a truncated checkpoint
+def test_a_bus_error_from_a_truncated_mapped_file_is_explained_in_one_line(tmp_path):
+    """What a served checkpoint truncated under the server does: a read of a mapped page that is gone.
+    The process still dies (nothing can continue), but its log says what happened and why."""
+    import signal
+    import subprocess
+    import sys
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"\1" * (1 << 20))
+    script = f"""
+import mmap, os, torch
+from gptoss.server.crash import explain_fatal_signals
+explain_fatal_signals({str(tmp_path)!r})
+f = open({str(weights)!r}, "r+b")
+m = mmap.mmap(f.fileno(), 0)
+t = torch.frombuffer(m, dtype=torch.uint8)
+os.truncate({str(weights)!r}, 0)
+print(int(t.sum()))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGBUS, (proc.returncode, proc.stderr[-2000:])
+    first = next(line for line in proc.stderr.splitlines() if line.strip())
+    assert first == (f"gptoss: the server died of SIGBUS: a memory-mapped checkpoint file in {tmp_path} was "
+                     "truncated or replaced while being served; restore the files and restart the server")
+    assert "Fatal Python error: Bus error" in proc.stderr

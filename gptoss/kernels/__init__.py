@@ -1,4 +1,6 @@
-"""Triton kernels (GPU only), each beside the plain-torch path it must match.
+"""Fast paths — Triton kernels on the GPU, native C++ kernels on the CPU — each beside the plain-torch path it
+must match. The CPU kernels are :mod:`gptoss.kernels.cpu` (MXFP4 experts, bf16 dense products); the table
+below lists the Triton ones.
 
 =====================  =========================================  ==========================================
 kernel module          fast function                              reference it must match
@@ -14,9 +16,10 @@ kernel module          fast function                              reference it m
 
 When the model uses them — :func:`active`:
 
-* ``GPTOSS_KERNELS=auto`` (default): on CUDA tensors when Triton imports; the CPU never uses them.
+* ``GPTOSS_KERNELS=auto`` (default): Triton on CUDA tensors when Triton imports; the native CPU kernels on CPU
+  tensors (:func:`cpu_active`).
 * ``GPTOSS_KERNELS=off``: never (the reference path everywhere, also on a GPU).
-* ``GPTOSS_KERNELS=on``: always — on the CPU this only works under ``TRITON_INTERPRET=1`` (the tests).
+* ``GPTOSS_KERNELS=on``: Triton always — on the CPU this only works under ``TRITON_INTERPRET=1`` (the tests).
 
 :func:`use` switches the mode for a block of code (``with kernels.use("off"): ...``). This package imports
 without Triton; the kernel modules import Triton lazily and raise :class:`TritonUnavailable` when called
@@ -92,6 +95,17 @@ def active(t: torch.Tensor) -> bool:
     if m == "on":
         return True
     return t.is_cuda and has_triton()
+
+
+def cpu_active(t: torch.Tensor) -> bool:
+    """Whether the model should run the native CPU kernels (:mod:`gptoss.kernels.cpu`) on tensors like ``t``:
+    in ``auto`` mode, on CPU tensors, when the kernels load (they are compiled on first use; where they cannot
+    be, the reference path runs and one warning says why)."""
+    if t.device.type != "cpu" or mode() != "auto":
+        return False
+    from gptoss.kernels import cpu
+
+    return cpu.available()
 
 
 def require_triton(what: str) -> None:

@@ -111,7 +111,8 @@ class AttentionBlock(torch.nn.Module):
             return self._forward_paged(x, batch, rope, cache)
         n = x.shape[0]
         hq, hk, d = self.num_heads, self.num_kv_heads, self.head_dim
-        qkv = self.qkv(self.norm(x))
+        fast = kernels.cpu_active(x)
+        qkv = _cpu_dense(self.qkv, self.norm(x)).to(x.dtype) if fast else self.qkv(self.norm(x))
         q = qkv[:, : hq * d].view(n, hk, hq // hk, d)
         k = qkv[:, hq * d : (hq + hk) * d].view(n, hk, d)
         v = qkv[:, (hq + hk) * d :].view(n, hk, d)
@@ -132,6 +133,8 @@ class AttentionBlock(torch.nn.Module):
         out = out[batch.query_valid]
         if cache is not None:
             self._store(cache, batch, k, v)
+        if fast:
+            return (x.float() + _cpu_dense(self.out, out)).to(x.dtype)
         return x + self.out(out)
 
     def _store(self, cache: KVCache, batch: StepBatch, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -164,7 +167,16 @@ class AttentionBlock(torch.nn.Module):
             q = rope_store(qkv, cos, sin, meta.slot_mapping[group], kp, vp, hq, hk, d)
             out = paged_attention(q, kp, vp, *args)
         else:
-            qkv = self.qkv(self.norm(x))
+            fast = kernels.cpu_active(x)
+            qkv = _cpu_dense(self.qkv, self.norm(x)).to(x.dtype) if fast else self.qkv(self.norm(x))
             q = rope_store_reference(qkv, cos, sin, meta.slot_mapping[group], kp, vp, hq, hk, d)
             out = paged_attention_reference(q, kp, vp, *args)
+            if fast:
+                return (x.float() + _cpu_dense(self.out, out)).to(x.dtype)
         return x + self.out(out)
+
+
+def _cpu_dense(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    from gptoss.kernels import cpu
+
+    return cpu.dense(linear, x)

@@ -45,6 +45,8 @@ class MLPBlock(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if kernels.active(x):
             return self._forward_kernels(x)
+        if kernels.cpu_active(x):
+            return self._forward_cpu(x)
         t = self.norm(x)
         weights, indices = self.route(t)
         return experts_reference(t, weights, indices, self.mlp1_weight, self.mlp1_bias, self.mlp2_weight,
@@ -58,6 +60,20 @@ class MLPBlock(torch.nn.Module):
         t = rms_norm(x, self.norm.scale, self.norm.eps)
         return moe_forward(t, self.gate(t), self.experts_per_token, self.mlp1_weight, self.mlp1_bias,
                            self.mlp2_weight, self.mlp2_bias, self.swiglu_alpha, self.swiglu_limit, residual=x)
+
+
+    def _forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
+        """Fast path on the CPU (native kernels, see gptoss.kernels.cpu): router logits in float32, grouped
+        MXFP4 experts with fused SwiGLU and combine, the residual added in float32."""
+        from gptoss.kernels import cpu
+
+        t = self.norm(x)
+        logits = cpu.dense(self.gate, t)
+        top = torch.topk(logits, k=self.experts_per_token, dim=-1, sorted=True)
+        weights = torch.softmax(top.values, dim=-1)
+        out = cpu.moe_experts(t, weights, top.indices, self.mlp1_weight, self.mlp1_bias, self.mlp2_weight,
+                              self.mlp2_bias, self.swiglu_alpha, self.swiglu_limit)
+        return (x.float() + out).to(x.dtype)
 
 
 def experts_reference(

@@ -83,6 +83,10 @@ class Transformer(torch.nn.Module):
             x = block(x, batch, rope, cache)
         if logits_index is not None:
             x = x[logits_index]
+        if kernels.cpu_active(x):
+            from gptoss.kernels import cpu
+
+            return cpu.dense(self.unembedding, self.norm(x))
         return self.unembedding(self.norm(x)).float()
 
     @torch.inference_mode()
@@ -101,6 +105,10 @@ class Transformer(torch.nn.Module):
             from gptoss.kernels.norm_rope import rms_norm
 
             return self.unembedding(rms_norm(x, self.norm.scale, self.norm.eps)).float()
+        if kernels.cpu_active(x):
+            from gptoss.kernels import cpu
+
+            return cpu.dense(self.unembedding, self.norm(x))
         return self.unembedding(self.norm(x)).float()
 
     # ----------------------------------------------------------------- building

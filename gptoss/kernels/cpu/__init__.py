@@ -1,0 +1,256 @@
+"""Native CPU kernels (C++ with SIMD, OpenMP threads), each beside the plain-torch path it must match.
+
+=============================  ==========================================  ===================================
+function                       what                                        reference it must match
+=============================  ==========================================  ===================================
+``mxfp4_dequantize``           E2M1 + E8M0 decode (bit-exact)              ``gptoss.model.mxfp4.dequantize``
+``linear``                     ``x @ W.T + b``, W float32, bf16 or MXFP4   ``torch.nn.functional.linear``
+                               (decoded a few rows at a time, in cache)
+``moe_experts``                tokens grouped by expert; MXFP4 products,   ``gptoss.model.moe.experts_reference``
+                               fused bias + SwiGLU, weighted combine
+=============================  ==========================================  ===================================
+
+The library is compiled on first use (see :mod:`gptoss.kernels.cpu.builder`) for the best instruction set this
+CPU runs — AVX-512, AVX2+FMA, NEON, else a portable build. ``GPTOSS_CPU_ISA=portable|avx2|avx512|neon`` forces
+one (tests force each in turn). ``GPTOSS_NUM_THREADS`` sets the threads (default: the physical cores); the same
+count is given to torch, whose OpenMP pool ours is (one libgomp), so the two never oversubscribe the cores.
+Where no compiler works, :func:`available` is False, the model runs its reference path, and one warning says why.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import sys
+import threading
+
+import torch
+
+from gptoss.kernels.cpu.builder import BuildError, build, runnable_isas
+
+_lock = threading.Lock()
+_libs: dict[str, ctypes.CDLL] = {}
+_failed: dict[str, str] = {}
+_warned = False
+_threads: int | None = None
+
+_F = ctypes.c_float
+_I64 = ctypes.c_int64
+_P = ctypes.c_void_p
+_INT = ctypes.c_int
+
+
+def chosen_isa() -> str:
+    """The variant the model uses: ``GPTOSS_CPU_ISA`` when set (it must be one this CPU runs), else the best."""
+    runnable = runnable_isas()
+    forced = os.environ.get("GPTOSS_CPU_ISA", "").strip().lower()
+    if forced:
+        if forced not in runnable:
+            raise ValueError(f"GPTOSS_CPU_ISA={forced!r}: this CPU runs {', '.join(runnable)}")
+        return forced
+    return runnable[0]
+
+
+def library(isa: str | None = None) -> ctypes.CDLL:
+    """The loaded library for ``isa`` (default :func:`chosen_isa`); builds it on first use. Raises BuildError."""
+    isa = isa or chosen_isa()
+    with _lock:
+        if isa in _libs:
+            return _libs[isa]
+        if isa in _failed:
+            raise BuildError(_failed[isa])
+        try:
+            lib = ctypes.CDLL(str(build(isa)))
+        except (BuildError, OSError) as e:
+            _failed[isa] = str(e)
+            raise BuildError(str(e)) from e
+        lib.gptoss_isa.restype = ctypes.c_char_p
+        lib.gptoss_max_threads.restype = _INT
+        lib.gptoss_mxfp4_dequantize.argtypes = [_P, _P, _I64, _I64, _P]
+        lib.gptoss_linear.argtypes = [_P, _I64, _I64, _P, _P, _INT, _I64, _P, _INT, _P, _INT]
+        lib.gptoss_moe_experts.argtypes = [_P, _I64, _I64, _I64, _P, _P, _I64, _I64, _P, _P, _P, _P, _P, _P, _INT,
+                                           _F, _F, _P, _INT]
+        _libs[isa] = lib
+        return lib
+
+
+def available() -> bool:
+    """Whether the native kernels load (compiling them if needed). Warns once, on stderr, when they do not."""
+    global _warned
+    try:
+        library()
+        return True
+    except BuildError as e:
+        if not _warned:
+            _warned = True
+            print(f"gptoss: the native CPU kernels are unavailable, so the model runs its plain-torch reference "
+                  f"path, which is far slower: {e}", file=sys.stderr)
+        return False
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (hyper-threads counted once)."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:
+        allowed = None
+    cores = set()
+    try:
+        cpu = None
+        with open("/proc/cpuinfo") as f:
+            phys = core = None
+            for line in f:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "processor":
+                    cpu = int(value)
+                elif key == "physical id":
+                    phys = value
+                elif key == "core id":
+                    core = value
+                    if allowed is None or cpu in allowed:
+                        cores.add((phys, core))
+    except (OSError, ValueError):
+        pass
+    n = len(cores) or (len(allowed) if allowed else os.cpu_count() or 1)
+    if allowed:
+        n = min(n, len(allowed))
+    return max(1, n)
+
+
+def num_threads() -> int:
+    """Threads for the native kernels and torch: ``set_num_threads``, else ``GPTOSS_NUM_THREADS``, else cores."""
+    global _threads
+    if _threads is None:
+        env = os.environ.get("GPTOSS_NUM_THREADS", "").strip()
+        if env:
+            try:
+                n = int(env)
+            except ValueError:
+                raise ValueError(f"GPTOSS_NUM_THREADS={env!r}: expected a positive integer") from None
+            if n < 1:
+                raise ValueError(f"GPTOSS_NUM_THREADS={env!r}: expected a positive integer")
+        else:
+            n = physical_cores()
+        set_num_threads(n)
+    return _threads
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads in our kernels and in torch's (one OpenMP pool: no oversubscription)."""
+    global _threads
+    if n < 1:
+        raise ValueError(f"threads: expected a positive integer, got {n}")
+    _threads = int(n)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+# ----------------------------------------------------------------------------- ops
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _bias_kind(bias: torch.Tensor | None) -> tuple[torch.Tensor | None, int]:
+    if bias is None:
+        return None, 0
+    if bias.dtype == torch.bfloat16:
+        return bias.contiguous(), 2
+    return bias.float().contiguous(), 1
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.float32).contiguous()
+
+
+def _check_cpu(what: str, *tensors: torch.Tensor | None) -> None:
+    for t in tensors:
+        if t is not None and t.device.type != "cpu":
+            raise ValueError(f"{what}: the native CPU kernels need CPU tensors, got one on {t.device}")
+
+
+def mxfp4_dequantize(blocks: torch.Tensor, scales: torch.Tensor, isa: str | None = None) -> torch.Tensor:
+    """``blocks [rows, G, 16]``, ``scales [rows, G]`` uint8 -> float32 ``[rows, G*32]`` (the kernels' own decode)."""
+    _check_cpu("mxfp4_dequantize", blocks, scales)
+    if blocks.dtype != torch.uint8 or scales.dtype != torch.uint8 or blocks.dim() != 3 or blocks.shape[:2] != scales.shape:
+        raise ValueError(f"mxfp4_dequantize: expected uint8 blocks [rows, G, 16] and scales [rows, G], got "
+                         f"{blocks.dtype} {tuple(blocks.shape)} and {scales.dtype} {tuple(scales.shape)}")
+    rows, groups = scales.shape
+    blocks, scales = blocks.contiguous(), scales.contiguous()
+    out = torch.empty(rows, groups * 32, dtype=torch.float32)
+    library(isa).gptoss_mxfp4_dequantize(_ptr(blocks), _ptr(scales), rows, groups * 32, _ptr(out))
+    return out
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           scales: torch.Tensor | None = None, isa: str | None = None) -> torch.Tensor:
+    """``x [..., K] @ weight.T + bias`` in float32 -> float32 ``[..., M]``. ``weight [M, K]`` float32 or
+    bfloat16, or MXFP4 blocks ``[M, K/32, 16]`` uint8 with ``scales [M, K/32]``."""
+    _check_cpu("linear", x, weight, bias, scales)
+    if weight.dtype == torch.uint8:
+        if scales is None or weight.dim() != 3 or weight.shape[:2] != scales.shape:
+            raise ValueError("linear: MXFP4 weight needs blocks [M, K/32, 16] and scales [M, K/32]")
+        m, k, kind = weight.shape[0], weight.shape[1] * 32, 2
+    elif weight.dtype in (torch.bfloat16, torch.float32):
+        m, k = weight.shape
+        kind = 1 if weight.dtype == torch.bfloat16 else 0
+    else:
+        raise ValueError(f"linear: weight dtype {weight.dtype} is not float32, bfloat16 or MXFP4 (uint8)")
+    if x.shape[-1] != k:
+        raise ValueError(f"linear: input has {x.shape[-1]} features, the weight expects {k}")
+    lead = x.shape[:-1]
+    x2 = _f32(x.reshape(-1, k))
+    weight = weight.contiguous()
+    scales = scales.contiguous() if scales is not None else None
+    b, bkind = _bias_kind(bias)
+    y = torch.empty(x2.shape[0], m, dtype=torch.float32)
+    if x2.shape[0]:
+        library(isa).gptoss_linear(_ptr(x2), x2.shape[0], k, _ptr(weight), _ptr(scales), kind, m, _ptr(b), bkind,
+                                   _ptr(y), num_threads())
+    return y.reshape(*lead, m)
+
+
+def moe_experts(t: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, mlp1_weight, mlp1_bias: torch.Tensor,
+                mlp2_weight, mlp2_bias: torch.Tensor, alpha: float = 1.702, limit: float = 7.0,
+                isa: str | None = None) -> torch.Tensor:
+    """The experts of each token, weighted and summed: ``t [N, hidden]``, routing ``weights, indices [N, k]``,
+    ``mlp*_weight`` :class:`~gptoss.model.mxfp4.MXFP4Weight`. Returns float32 ``[N, hidden]`` (no residual)."""
+    b1, s1, b2, s2 = mlp1_weight.blocks, mlp1_weight.scales, mlp2_weight.blocks, mlp2_weight.scales
+    _check_cpu("moe_experts", t, weights, indices, b1, s1, b2, s2, mlp1_bias, mlp2_bias)
+    n, h = t.shape
+    e, two_i = b1.shape[0], b1.shape[1]
+    i = two_i // 2
+    if b1.shape[1:] != (two_i, h // 32, 16) or b2.shape != (e, h, i // 32, 16):
+        raise ValueError(f"moe_experts: expert shapes {tuple(b1.shape)} / {tuple(b2.shape)} do not fit hidden {h}")
+    if mlp1_bias.dtype != mlp2_bias.dtype:
+        mlp2_bias = mlp2_bias.to(mlp1_bias.dtype)
+    for name, tensor in (("mlp1 blocks", b1), ("mlp1 scales", s1), ("mlp2 blocks", b2), ("mlp2 scales", s2)):
+        if not tensor.is_contiguous():  # never copy expert weights (they are memory-mapped)
+            raise ValueError(f"moe_experts: {name} must be contiguous")
+    bias1, bkind = _bias_kind(mlp1_bias)
+    bias2, _ = _bias_kind(mlp2_bias)
+    t32 = _f32(t)
+    w32 = _f32(weights)
+    idx = indices.to(torch.int64).contiguous()
+    out = torch.empty(n, h, dtype=torch.float32)
+    if n:
+        library(isa).gptoss_moe_experts(
+            _ptr(t32), n, h, i, _ptr(idx), _ptr(w32), idx.shape[1], e, _ptr(b1), _ptr(s1),
+            _ptr(bias1), _ptr(b2), _ptr(s2), _ptr(bias2), bkind, float(alpha), float(limit),
+            _ptr(out), num_threads())
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def isa_name(isa: str | None = None) -> str:
+    return library(isa).gptoss_isa().decode()
+
+
+def dense(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """A model's ``Linear`` on ``x``, float32 out: bf16 weights through :func:`linear` (read as they are, no
+    float32 copy), float32 weights through torch (its BLAS is already at the memory bandwidth)."""
+    w = module.weight
+    if w.dtype == torch.bfloat16:
+        return linear(x, w, module.bias)
+    return torch.nn.functional.linear(x.float(), w.float(), None if module.bias is None else module.bias.float())

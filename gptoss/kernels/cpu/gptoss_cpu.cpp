@@ -1,0 +1,431 @@
+// Native CPU kernels for gpt-oss: MXFP4 expert products with the E2M1/E8M0 decode done in registers,
+// fused bias + clamped SwiGLU + routing-weighted combine, and bf16 dense products (GEMV / small GEMM).
+//
+// One source, compiled once per instruction set (the Python loader picks the variant at run time):
+//   -DGPTOSS_ISA_AVX512 (with -mavx512f -mavx512bw -mavx512vl -mavx2 -mfma -mf16c)
+//   -DGPTOSS_ISA_AVX2   (with -mavx2 -mfma -mf16c)
+//   -DGPTOSS_ISA_NEON   (AArch64)
+//   none                portable C++ (the compiler auto-vectorizes what it can)
+// Arithmetic is float32 throughout. Threads come from OpenMP; on Linux this binds to the libgomp that
+// torch already loaded (same soname), so torch's pool and ours are one pool.
+//
+// The plain-torch references these must match: gptoss.model.mxfp4.dequantize, gptoss.model.moe.
+// experts_reference (with swiglu), torch.nn.functional.linear.
+
+#include <cstdint>
+#include <cstring>
+#include <cmath>
+#include <vector>
+#include <algorithm>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(GPTOSS_ISA_AVX512) || defined(GPTOSS_ISA_AVX2)
+#include <immintrin.h>
+#endif
+#if defined(GPTOSS_ISA_NEON)
+#include <arm_neon.h>
+#endif
+
+#if defined(GPTOSS_ISA_AVX512)
+#define VBYTES 64
+#define ISA_NAME "avx512"
+#define RT 4   // rows decoded per tile
+#define TB 6   // tokens per register block
+#elif defined(GPTOSS_ISA_AVX2)
+#define VBYTES 32
+#define ISA_NAME "avx2"
+#define RT 3
+#define TB 4
+#elif defined(GPTOSS_ISA_NEON)
+#define VBYTES 16
+#define ISA_NAME "neon"
+#define RT 4
+#define TB 6
+#else
+#define VBYTES 16
+#define ISA_NAME "portable"
+#define RT 2
+#define TB 4
+#endif
+
+#define VW (VBYTES / 4)  // floats a vector
+
+typedef float vf __attribute__((vector_size(VBYTES), aligned(4), may_alias));
+
+static inline vf vload(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
+static inline vf vzero() { vf v; for (int i = 0; i < VW; i++) v[i] = 0.f; return v; }
+static inline float vsum(vf v) {
+  float s = 0.f;
+  for (int i = 0; i < VW; i++) s += v[i];
+  return s;
+}
+
+static const float FP4[16] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
+                              -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+
+// E8M0 biased exponent -> 2**(s - 127) as float32, exactly as torch.exp2 gives it (255 -> inf).
+static inline float e8m0(uint8_t s) {
+  uint32_t bits;
+  if (s == 0) bits = 0x00400000u;          // 2**-127, subnormal
+  else if (s == 255) bits = 0x7f800000u;   // 2**128 overflows to inf
+  else bits = (uint32_t)s << 23;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// ------------------------------------------------------------------ decoders (one MXFP4 block, 32 values)
+// Value i of a block is the nibble at bit 4*i of its 16 bytes read little-endian; out[i] = FP4[code] * scale
+// (the same product the reference computes, so bit-identical).
+static inline void decode_block(const uint8_t* blk, uint8_t s, float* out) {
+  const float scale = e8m0(s);
+#if defined(GPTOSS_ISA_AVX512)
+  const __m512 lut = _mm512_mul_ps(_mm512_loadu_ps(FP4), _mm512_set1_ps(scale));
+  const __m512i q = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i*)blk));
+  const __m512i sh = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
+  const __m512i i01 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  const __m512i i23 = _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+  __m512i a = _mm512_srlv_epi32(_mm512_permutexvar_epi32(i01, q), sh);
+  __m512i b = _mm512_srlv_epi32(_mm512_permutexvar_epi32(i23, q), sh);
+  _mm512_storeu_ps(out, _mm512_permutexvar_ps(a, lut));        // uses the low 4 bits of each index
+  _mm512_storeu_ps(out + 16, _mm512_permutexvar_ps(b, lut));
+#elif defined(GPTOSS_ISA_AVX2)
+  const __m256 lut = _mm256_mul_ps(_mm256_loadu_ps(FP4), _mm256_set1_ps(scale));  // magnitudes
+  const __m256i sh = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+  const __m256i signbit = _mm256_set1_epi32((int)0x80000000u);
+  uint32_t w[4];
+  std::memcpy(w, blk, 16);
+  for (int j = 0; j < 4; j++) {
+    __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32((int)w[j]), sh);
+    __m256 mag = _mm256_permutevar8x32_ps(lut, v);  // low 3 bits: the magnitude code
+    __m256i sign = _mm256_and_si256(_mm256_slli_epi32(v, 28), signbit);  // bit 3: the sign
+    _mm256_storeu_ps(out + 8 * j, _mm256_xor_ps(mag, _mm256_castsi256_ps(sign)));
+  }
+#elif defined(GPTOSS_ISA_NEON)
+  // Table lookup of 2*value as int8 (all E2M1 values are halves of small integers), then widen and scale
+  // by scale/2: exact, since every product is a small integer times a power of two.
+  static const int8_t twice[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+  const int8x16_t lut = vld1q_s8(twice);
+  const uint8x16_t b = vld1q_u8(blk);
+  const int8x16_t lo = vqtbl1q_s8(lut, vandq_u8(b, vdupq_n_u8(0x0F)));
+  const int8x16_t hi = vqtbl1q_s8(lut, vshrq_n_u8(b, 4));
+  const int8x16_t v0 = vzip1q_s8(lo, hi), v1 = vzip2q_s8(lo, hi);
+  const float32x4_t half = vdupq_n_f32(scale * 0.5f);
+  const int8x16_t vs[2] = {v0, v1};
+  for (int j = 0; j < 2; j++) {
+    int16x8_t w0 = vmovl_s8(vget_low_s8(vs[j])), w1 = vmovl_s8(vget_high_s8(vs[j]));
+    vst1q_f32(out + 16 * j + 0, vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(w0))), half));
+    vst1q_f32(out + 16 * j + 4, vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(w0))), half));
+    vst1q_f32(out + 16 * j + 8, vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(w1))), half));
+    vst1q_f32(out + 16 * j + 12, vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(w1))), half));
+  }
+#else
+  for (int j = 0; j < 16; j++) {
+    out[2 * j] = FP4[blk[j] & 0x0F] * scale;
+    out[2 * j + 1] = FP4[blk[j] >> 4] * scale;
+  }
+#endif
+}
+
+static inline void decode_bf16(const uint16_t* src, int64_t n, float* out) {
+  int64_t i = 0;
+#if defined(GPTOSS_ISA_AVX512)
+  for (; i + 16 <= n; i += 16) {
+    __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(src + i)));
+    _mm512_storeu_ps(out + i, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
+  }
+#elif defined(GPTOSS_ISA_AVX2)
+  for (; i + 8 <= n; i += 8) {
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(src + i)));
+    _mm256_storeu_ps(out + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+  }
+#elif defined(GPTOSS_ISA_NEON)
+  for (; i + 4 <= n; i += 4) {
+    uint32x4_t v = vshll_n_u16(vld1_u16(src + i), 16);
+    vst1q_f32(out + i, vreinterpretq_f32_u32(v));
+  }
+#endif
+  for (; i < n; i++) {
+    uint32_t bits = (uint32_t)src[i] << 16;
+    std::memcpy(out + i, &bits, 4);
+  }
+}
+
+static inline float bf16_to_f32(uint16_t h) {
+  uint32_t bits = (uint32_t)h << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// ------------------------------------------------------------------ weight sources (rows decoded to float32)
+struct MXFP4Rows {
+  const uint8_t* blocks;  // [rows, K/32, 16]
+  const uint8_t* scales;  // [rows, K/32]
+  int64_t K;
+  void row(int64_t r, float* out) const {
+    const int64_t g = K / 32;
+    const uint8_t* b = blocks + r * g * 16;
+    const uint8_t* s = scales + r * g;
+    for (int64_t j = 0; j < g; j++) decode_block(b + 16 * j, s[j], out + 32 * j);
+  }
+};
+
+struct BF16Rows {
+  const uint16_t* w;  // [rows, K]
+  int64_t K;
+  void row(int64_t r, float* out) const { decode_bf16(w + r * K, K, out); }
+};
+
+struct F32Rows {
+  const float* w;
+  int64_t K;
+  void row(int64_t r, float* out) const { std::memcpy(out, w + r * K, K * sizeof(float)); }
+};
+
+// ------------------------------------------------------------------ the product kernel
+// acc[r][t] = dot(wbuf row r, x row t) over K, for a block of R rows and T tokens held in registers.
+template <int R, int T>
+static inline void dot_block(const float* wbuf, int64_t ldw, const float* x, int64_t ldx, int64_t K,
+                             float* res /* [T][R] */) {
+  vf acc[R][T];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+    for (int t = 0; t < T; t++) acc[r][t] = vzero();
+  int64_t k = 0;
+  for (; k + VW <= K; k += VW) {
+    vf w[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) w[r] = vload(wbuf + r * ldw + k);
+#pragma GCC unroll 8
+    for (int t = 0; t < T; t++) {
+      vf xv = vload(x + t * ldx + k);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; r++) acc[r][t] += w[r] * xv;
+    }
+  }
+  for (int t = 0; t < T; t++)
+    for (int r = 0; r < R; r++) {
+      float s = vsum(acc[r][t]);
+      for (int64_t kk = k; kk < K; kk++) s += wbuf[r * ldw + kk] * x[t * ldx + kk];
+      res[t * R + r] = s;
+    }
+}
+
+template <int R>
+static inline void dot_rows(const float* wbuf, int64_t ldw, const float* x, int64_t ldx, int64_t K, int64_t n,
+                            float* y, int64_t ldy, const float* bias) {
+  float res[TB * R];
+  int64_t t = 0;
+  for (; t + TB <= n; t += TB) {
+    dot_block<R, TB>(wbuf, ldw, x + t * ldx, ldx, K, res);
+    for (int i = 0; i < TB; i++)
+      for (int r = 0; r < R; r++) y[(t + i) * ldy + r] = res[i * R + r] + (bias ? bias[r] : 0.f);
+  }
+  for (; t < n; t++) {
+    dot_block<R, 1>(wbuf, ldw, x + t * ldx, ldx, K, res);
+    for (int r = 0; r < R; r++) y[t * ldy + r] = res[r] + (bias ? bias[r] : 0.f);
+  }
+}
+
+// y[t, r - r0] (row stride ldy) = W[r] . x[t] + bias[r] for rows [r0, r1) and tokens [0, n).
+// Tokens are taken in blocks that stay in L2; each row tile is decoded once per token block.
+template <class Src>
+static void rows_product(const Src& src, int64_t r0, int64_t r1, int64_t K, const float* x, int64_t ldx, int64_t n,
+                         float* y, int64_t ldy, const float* bias, float* wbuf) {
+  const int64_t token_block = std::max<int64_t>(TB, (int64_t)(768 * 1024 / (4 * K)) / TB * TB);
+  for (int64_t t0 = 0; t0 < n; t0 += token_block) {
+    const int64_t nt = std::min(token_block, n - t0);
+    for (int64_t r = r0; r < r1; r += RT) {
+      const int rt = (int)std::min<int64_t>(RT, r1 - r);
+      for (int i = 0; i < rt; i++) src.row(r + i, wbuf + i * K);
+      const float* b = bias ? bias + (r - r0) : nullptr;  // bias holds rows [r0, r1)
+      float* yy = y + t0 * ldy + (r - r0);
+      const float* xx = x + t0 * ldx;
+      switch (rt) {
+        case 1: dot_rows<1>(wbuf, K, xx, ldx, K, nt, yy, ldy, b); break;
+        case 2: dot_rows<2>(wbuf, K, xx, ldx, K, nt, yy, ldy, b); break;
+#if RT >= 3
+        case 3: dot_rows<3>(wbuf, K, xx, ldx, K, nt, yy, ldy, b); break;
+#endif
+#if RT >= 4
+        case 4: dot_rows<4>(wbuf, K, xx, ldx, K, nt, yy, ldy, b); break;
+#endif
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------ threads
+static inline int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+static inline int thread_count() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+// Split [0, n) into `parts` ranges whose bounds are multiples of `align`; range `i`.
+static inline void split(int64_t n, int parts, int i, int64_t align, int64_t* lo, int64_t* hi) {
+  const int64_t units = (n + align - 1) / align;
+  const int64_t a = units * i / parts, b = units * (i + 1) / parts;
+  *lo = std::min(n, a * align);
+  *hi = std::min(n, b * align);
+}
+
+static void load_bias(const void* bias, int bias_dtype, int64_t off, int64_t n, float* out) {
+  if (bias_dtype == 1) std::memcpy(out, (const float*)bias + off, n * sizeof(float));
+  else decode_bf16((const uint16_t*)bias + off, n, out);
+}
+
+static inline float* aligned_floats(std::vector<float>& v, int64_t n) {
+  if ((int64_t)v.size() < n + 16) v.resize(n + 16);
+  return v.data();
+}
+
+extern "C" {
+
+const char* gptoss_isa() { return ISA_NAME; }
+
+int gptoss_max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+// out [rows, K] float32 = the MXFP4 rows decoded (for tests: must equal mxfp4.dequantize bit for bit).
+void gptoss_mxfp4_dequantize(const uint8_t* blocks, const uint8_t* scales, int64_t rows, int64_t K, float* out) {
+  MXFP4Rows src{blocks, scales, K};
+  for (int64_t r = 0; r < rows; r++) src.row(r, out + r * K);
+}
+
+// y [n, M] = x [n, K] (float32) @ W^T + bias, W [M, K] given by weight_kind: 0 float32, 1 bfloat16,
+// 2 MXFP4 (w = blocks [M, K/32, 16], w2 = scales [M, K/32]). bias_dtype: 0 none, 1 float32, 2 bfloat16.
+void gptoss_linear(const float* x, int64_t n, int64_t K, const void* w, const void* w2, int weight_kind, int64_t M,
+                   const void* bias, int bias_dtype, float* y, int nthreads) {
+  std::vector<float> bias_f;
+  if (bias_dtype) {
+    bias_f.resize(M);
+    load_bias(bias, bias_dtype, 0, M, bias_f.data());
+  }
+  const float* b = bias_dtype ? bias_f.data() : nullptr;
+  // Rows split across threads; few tokens: each thread one contiguous slab of rows (streams the weights once).
+#pragma omp parallel num_threads(nthreads)
+  {
+    std::vector<float> wbuf(RT * K + 16);
+    int64_t r0, r1;
+    split(M, thread_count(), thread_id(), RT * 4, &r0, &r1);
+    if (r1 > r0) {
+      if (weight_kind == 0) rows_product(F32Rows{(const float*)w, K}, r0, r1, K, x, K, n, y + r0, M, b ? b + r0 : nullptr, wbuf.data());
+      else if (weight_kind == 1) rows_product(BF16Rows{(const uint16_t*)w, K}, r0, r1, K, x, K, n, y + r0, M, b ? b + r0 : nullptr, wbuf.data());
+      else rows_product(MXFP4Rows{(const uint8_t*)w, (const uint8_t*)w2, K}, r0, r1, K, x, K, n, y + r0, M, b ? b + r0 : nullptr, wbuf.data());
+    }
+  }
+}
+
+// The experts of each token, weighted and summed (gptoss.model.moe.experts_reference):
+//   t [n, H] float32; indices [n, k] int64; weights [n, k] float32;
+//   mlp1: blocks [E, 2I, H/32, 16], scales [E, 2I, H/32], bias [E, 2I]; mlp2: [E, H, I/32, 16], [E, H, I/32], [E, H].
+//   out [n, H] float32 (overwritten).
+// Tokens are grouped by expert, so each selected expert's weights are read once a call; within an expert the
+// rows are split across threads. Phase 1: h = t W1^T + b1, SwiGLU (clamped, +1 on the linear half,
+// interleaved), phase 2: y = a W2^T + b2, out[token] += weight * y (experts in ascending order).
+void gptoss_moe_experts(const float* t, int64_t n, int64_t H, int64_t I, const int64_t* indices,
+                        const float* weights, int64_t k, int64_t E, const uint8_t* blocks1, const uint8_t* scales1,
+                        const void* bias1, const uint8_t* blocks2, const uint8_t* scales2, const void* bias2,
+                        int bias_dtype, float alpha, float limit, float* out, int nthreads) {
+  // Group (token, rank) pairs by expert: counting sort, tokens ascending within an expert.
+  std::vector<int64_t> count(E + 1, 0), start(E + 1, 0);
+  for (int64_t i = 0; i < n * k; i++) {
+    int64_t e = indices[i];
+    if (e >= 0 && e < E) count[e]++;
+  }
+  for (int64_t e = 0; e < E; e++) start[e + 1] = start[e] + count[e];
+  const int64_t pairs = start[E];
+  std::vector<int64_t> pair_token(pairs), fill(start.begin(), start.end() - 1);
+  std::vector<float> pair_weight(pairs);
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t j = 0; j < k; j++) {
+      int64_t e = indices[i * k + j];
+      if (e < 0 || e >= E) continue;
+      int64_t p = fill[e]++;
+      pair_token[p] = i;
+      pair_weight[p] = weights[i * k + j];
+    }
+  std::vector<int64_t> active;
+  for (int64_t e = 0; e < E; e++)
+    if (count[e]) active.push_back(e);
+
+  // Scratch (kept per calling thread, grown as needed): gathered inputs, h, activations.
+  static thread_local std::vector<float> xs_buf, h_buf, a_buf;
+  float* xs = aligned_floats(xs_buf, pairs * H);  // t rows gathered in pair order
+  float* h = aligned_floats(h_buf, pairs * 2 * I);
+  float* act = aligned_floats(a_buf, pairs * I);
+  std::memset(out, 0, sizeof(float) * n * H);
+  const int64_t G1 = H / 32, G2 = I / 32;
+
+#pragma omp parallel num_threads(nthreads)
+  {
+    const int nt = thread_count(), id = thread_id();
+    std::vector<float> wbuf(RT * std::max(H, I) + 16), b1(2 * I), b2(H), y;
+    // gather
+    int64_t p0, p1;
+    split(pairs, nt, id, 1, &p0, &p1);
+    for (int64_t p = p0; p < p1; p++) std::memcpy(xs + p * H, t + pair_token[p] * H, H * sizeof(float));
+#pragma omp barrier
+    // phase 1: rows of W1 (pairs of gate/up rows) split across threads, every expert
+    int64_t r0, r1;
+    split(2 * I, nt, id, 2 * RT * 2, &r0, &r1);
+    for (int64_t e : active) {
+      if (r1 <= r0) break;
+      const int64_t np = count[e], ps = start[e];
+      load_bias(bias1, bias_dtype, e * 2 * I + r0, r1 - r0, b1.data());
+      MXFP4Rows src{blocks1 + e * 2 * I * G1 * 16, scales1 + e * 2 * I * G1, H};
+      float* hh = h + ps * 2 * I;
+      rows_product(src, r0, r1, H, xs + ps * H, H, np, hh + r0, 2 * I, b1.data(), wbuf.data());
+      for (int64_t p = 0; p < np; p++) {
+        const float* hp = hh + p * 2 * I;
+        float* ap = act + (ps + p) * I;
+        for (int64_t j = r0 / 2; j < r1 / 2; j++) {
+          float g = std::min(hp[2 * j], limit);
+          float l = std::max(std::min(hp[2 * j + 1], limit), -limit);
+          ap[j] = g / (1.0f + std::exp(-alpha * g)) * (l + 1.0f);
+        }
+      }
+    }
+#pragma omp barrier
+    // phase 2: rows of W2 (output features) split across threads; each thread owns its columns of `out`
+    split(H, nt, id, RT * 4, &r0, &r1);
+    if (r1 > r0) {
+      for (int64_t e : active) {
+        const int64_t np = count[e], ps = start[e];
+        load_bias(bias2, bias_dtype, e * H + r0, r1 - r0, b2.data());
+        MXFP4Rows src{blocks2 + e * H * G2 * 16, scales2 + e * H * G2, I};
+        const int64_t w = r1 - r0;
+        if ((int64_t)y.size() < np * w) y.resize(np * w);
+        rows_product(src, r0, r1, I, act + ps * I, I, np, y.data(), w, b2.data(), wbuf.data());
+        for (int64_t p = 0; p < np; p++) {
+          float* o = out + pair_token[ps + p] * H + r0;
+          const float* yp = y.data() + p * w;
+          const float wt = pair_weight[ps + p];
+          for (int64_t c = 0; c < w; c++) o[c] += yp[c] * wt;
+        }
+      }
+    }
+  }
+}
+
+}  // extern "C"

@@ -1,0 +1,120 @@
+"""The native CPU kernels (gptoss.kernels.cpu) against their plain-torch references, for every instruction
+set this machine runs (the portable build always among them), at odd sizes."""
+
+import pytest
+import torch
+
+from gptoss.kernels import cpu
+from gptoss.kernels.cpu.builder import runnable_isas
+from gptoss.model.moe import experts_reference
+from gptoss.model.mxfp4 import MXFP4Weight, dequantize
+
+ISAS = runnable_isas()
+
+
+def rel_err(out, ref):
+    return float((out.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30))
+
+
+def random_mxfp4(*shape, seed=0, scale_lo=118, scale_hi=130):
+    g = torch.Generator().manual_seed(seed)
+    *lead, rows, cols = shape
+    blocks = torch.randint(0, 256, (*lead, rows, cols // 32, 16), generator=g, dtype=torch.uint8)
+    scales = torch.randint(scale_lo, scale_hi, (*lead, rows, cols // 32), generator=g, dtype=torch.uint8)
+    return blocks, scales
+
+
+def test_every_runnable_variant_builds_and_says_its_name():
+    assert ISAS[-1] == "portable"
+    for isa in ISAS:
+        assert cpu.isa_name(isa) == isa
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_mxfp4_decode_is_bit_exact(isa):
+    # every byte value, and scales over the whole E8M0 range (0 = 2**-127 subnormal, 255 overflows to inf)
+    blocks = torch.arange(256, dtype=torch.uint8).repeat(16).reshape(16, 16, 16)
+    scales = torch.arange(256, dtype=torch.uint8).reshape(16, 16)
+    want = dequantize(blocks, scales, torch.float32)
+    got = cpu.mxfp4_dequantize(blocks, scales, isa=isa)
+    nan = want.isnan()  # 0 * inf (code 0 or 8 under scale 255): NaN either way, its sign bit unspecified
+    assert torch.equal(got.isnan(), nan) and bool(nan.any())
+    if isa == "neon":  # decodes through small integers: -0.0 comes out as +0.0, every value otherwise exact
+        assert torch.equal(got[~nan], want[~nan])
+    else:
+        assert torch.equal(got[~nan].view(torch.int32), want[~nan].view(torch.int32))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kind", ["float32", "bfloat16", "mxfp4"])
+@pytest.mark.parametrize("n", [1, 5, 13])
+def test_linear_matches_torch(isa, kind, n):
+    g = torch.Generator().manual_seed(n)
+    m, k = 37, (96 if kind == "mxfp4" else 70)  # odd rows; a K that leaves a tail for the dense kinds
+    x = torch.randn(n, k, generator=g)
+    if kind == "mxfp4":
+        blocks, scales = random_mxfp4(m, k, seed=n)
+        w_ref, args = dequantize(blocks, scales, torch.float32), dict(weight=blocks, scales=scales)
+        bias = torch.randn(m, generator=g).bfloat16()
+    else:
+        w = torch.randn(m, k, generator=g).to(getattr(torch, kind))
+        w_ref, args = w.float(), dict(weight=w)
+        bias = None if n == 5 else torch.randn(m, generator=g).to(w.dtype)
+    want = torch.nn.functional.linear(x, w_ref, None if bias is None else bias.float())
+    got = cpu.linear(x, bias=bias, isa=isa, **args)
+    assert got.dtype == torch.float32 and got.shape == (n, m)
+    assert rel_err(got, want) < 1e-6
+
+
+def experts(num_experts, hidden, inter, seed, bias_dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    w1, w2 = MXFP4Weight(num_experts, 2 * inter, hidden), MXFP4Weight(num_experts, hidden, inter)
+    w1.blocks, w1.scales = random_mxfp4(num_experts, 2 * inter, hidden, seed=seed, scale_lo=121, scale_hi=125)
+    w2.blocks, w2.scales = random_mxfp4(num_experts, hidden, inter, seed=seed + 1, scale_lo=121, scale_hi=125)
+    b1 = torch.randn(num_experts, 2 * inter, generator=g).to(bias_dtype)
+    b2 = torch.randn(num_experts, hidden, generator=g).to(bias_dtype)
+    return w1, b1, w2, b2
+
+
+def routing(n, num_experts, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, num_experts, generator=g)
+    top = torch.topk(logits, k, dim=-1)
+    return torch.softmax(top.values, -1), top.indices
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n", [1, 3, 37])
+def test_moe_experts_match_reference(isa, n):
+    e, h, inter = 5, 64, 96  # 2*inter = 192 gate/up rows
+    w1, b1, w2, b2 = experts(e, h, inter, seed=n)
+    t = torch.randn(n, h, generator=torch.Generator().manual_seed(7)) * 3  # large enough to hit the clamps
+    weights, indices = routing(n, e, 3, seed=n)
+    want = experts_reference(t, weights, indices, w1, b1, w2, b2, 1.702, 7.0)
+    got = cpu.moe_experts(t, weights, indices, w1, b1, w2, b2, 1.702, 7.0, isa=isa)
+    assert rel_err(got, want) < 1e-5
+
+
+def test_moe_experts_bf16_biases_and_activations():
+    w1, b1, w2, b2 = experts(4, 64, 64, seed=3, bias_dtype=torch.bfloat16)
+    t = torch.randn(9, 64, generator=torch.Generator().manual_seed(2)).bfloat16()
+    weights, indices = routing(9, 4, 2, seed=1)
+    want = experts_reference(t.float(), weights, indices, w1, b1.float(), w2, b2.float())
+    got = cpu.moe_experts(t, weights, indices, w1, b1, w2, b2)
+    assert rel_err(got, want) < 1e-5
+
+
+def test_forcing_the_portable_build(monkeypatch):
+    monkeypatch.setenv("GPTOSS_CPU_ISA", "portable")
+    assert cpu.chosen_isa() == "portable"
+    assert cpu.isa_name(cpu.chosen_isa()) == "portable"
+    monkeypatch.setenv("GPTOSS_CPU_ISA", "sparc")
+    with pytest.raises(ValueError, match="GPTOSS_CPU_ISA='sparc'"):
+        cpu.chosen_isa()
+
+
+def test_bad_inputs_name_what_was_wrong():
+    with pytest.raises(ValueError, match="input has 3 features, the weight expects 4"):
+        cpu.linear(torch.zeros(2, 3), torch.zeros(5, 4))
+    with pytest.raises(ValueError, match="weight dtype torch.float16"):
+        cpu.linear(torch.zeros(2, 4), torch.zeros(5, 4, dtype=torch.float16))

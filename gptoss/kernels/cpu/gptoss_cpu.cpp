@@ -53,9 +53,10 @@
 
 #define VW (VBYTES / 4)  // floats a vector
 
-typedef float vf __attribute__((vector_size(VBYTES), aligned(4), may_alias));
+typedef float vf __attribute__((vector_size(VBYTES)));                          // in registers
+typedef float vf_u __attribute__((vector_size(VBYTES), aligned(4), may_alias));  // unaligned memory
 
-static inline vf vload(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
+static inline vf vload(const float* p) { return *(const vf_u*)p; }
 static inline vf vzero() { vf v; for (int i = 0; i < VW; i++) v[i] = 0.f; return v; }
 static inline float vsum(vf v) {
   float s = 0.f;
@@ -78,20 +79,22 @@ static inline float e8m0(uint8_t s) {
 }
 
 // ------------------------------------------------------------------ decoders (one MXFP4 block, 32 values)
-// Value i of a block is the nibble at bit 4*i of its 16 bytes read little-endian; out[i] = FP4[code] * scale
-// (the same product the reference computes, so bit-identical).
-static inline void decode_block(const uint8_t* blk, uint8_t s, float* out) {
+// Value i of a block is the nibble at bit 4*i of its 16 bytes read little-endian; value = FP4[code] * scale
+// (the same product the reference computes, so bit-identical). Decoded into NV registers of VW floats.
+#define NV (32 / VW)
+
+static inline void decode_block_v(const uint8_t* blk, uint8_t s, vf* out) {
   const float scale = e8m0(s);
 #if defined(GPTOSS_ISA_AVX512)
   const __m512 lut = _mm512_mul_ps(_mm512_loadu_ps(FP4), _mm512_set1_ps(scale));
-  const __m512i q = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i*)blk));
+  const __m512i q = _mm512_zextsi128_si512(_mm_loadu_si128((const __m128i*)blk));
   const __m512i sh = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
   const __m512i i01 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
   const __m512i i23 = _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
   __m512i a = _mm512_srlv_epi32(_mm512_permutexvar_epi32(i01, q), sh);
   __m512i b = _mm512_srlv_epi32(_mm512_permutexvar_epi32(i23, q), sh);
-  _mm512_storeu_ps(out, _mm512_permutexvar_ps(a, lut));        // uses the low 4 bits of each index
-  _mm512_storeu_ps(out + 16, _mm512_permutexvar_ps(b, lut));
+  out[0] = _mm512_permutexvar_ps(a, lut);  // uses the low 4 bits of each index
+  out[1] = _mm512_permutexvar_ps(b, lut);
 #elif defined(GPTOSS_ISA_AVX2)
   const __m256 lut = _mm256_mul_ps(_mm256_loadu_ps(FP4), _mm256_set1_ps(scale));  // magnitudes
   const __m256i sh = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
@@ -102,7 +105,7 @@ static inline void decode_block(const uint8_t* blk, uint8_t s, float* out) {
     __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32((int)w[j]), sh);
     __m256 mag = _mm256_permutevar8x32_ps(lut, v);  // low 3 bits: the magnitude code
     __m256i sign = _mm256_and_si256(_mm256_slli_epi32(v, 28), signbit);  // bit 3: the sign
-    _mm256_storeu_ps(out + 8 * j, _mm256_xor_ps(mag, _mm256_castsi256_ps(sign)));
+    out[j] = _mm256_xor_ps(mag, _mm256_castsi256_ps(sign));
   }
 #elif defined(GPTOSS_ISA_NEON)
   // Table lookup of 2*value as int8 (all E2M1 values are halves of small integers), then widen and scale
@@ -112,21 +115,48 @@ static inline void decode_block(const uint8_t* blk, uint8_t s, float* out) {
   const uint8x16_t b = vld1q_u8(blk);
   const int8x16_t lo = vqtbl1q_s8(lut, vandq_u8(b, vdupq_n_u8(0x0F)));
   const int8x16_t hi = vqtbl1q_s8(lut, vshrq_n_u8(b, 4));
-  const int8x16_t v0 = vzip1q_s8(lo, hi), v1 = vzip2q_s8(lo, hi);
+  const int8x16_t vs[2] = {vzip1q_s8(lo, hi), vzip2q_s8(lo, hi)};
   const float32x4_t half = vdupq_n_f32(scale * 0.5f);
-  const int8x16_t vs[2] = {v0, v1};
   for (int j = 0; j < 2; j++) {
     int16x8_t w0 = vmovl_s8(vget_low_s8(vs[j])), w1 = vmovl_s8(vget_high_s8(vs[j]));
-    vst1q_f32(out + 16 * j + 0, vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(w0))), half));
-    vst1q_f32(out + 16 * j + 4, vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(w0))), half));
-    vst1q_f32(out + 16 * j + 8, vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(w1))), half));
-    vst1q_f32(out + 16 * j + 12, vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(w1))), half));
+    out[4 * j + 0] = vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(w0))), half);
+    out[4 * j + 1] = vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(w0))), half);
+    out[4 * j + 2] = vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(w1))), half);
+    out[4 * j + 3] = vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(w1))), half);
   }
 #else
+  float tmp[32];
   for (int j = 0; j < 16; j++) {
-    out[2 * j] = FP4[blk[j] & 0x0F] * scale;
-    out[2 * j + 1] = FP4[blk[j] >> 4] * scale;
+    tmp[2 * j] = FP4[blk[j] & 0x0F] * scale;
+    tmp[2 * j + 1] = FP4[blk[j] >> 4] * scale;
   }
+  for (int v = 0; v < NV; v++) out[v] = vload(tmp + v * VW);
+#endif
+}
+
+static inline void decode_block(const uint8_t* blk, uint8_t s, float* out) {
+  vf v[NV];
+  decode_block_v(blk, s, v);
+  for (int i = 0; i < NV; i++) *(vf_u*)(out + i * VW) = v[i];
+}
+
+// 32 bfloat16 values -> NV registers of float32.
+static inline void decode_bf16_v(const uint16_t* src, vf* out) {
+#if defined(GPTOSS_ISA_AVX512)
+  for (int i = 0; i < 2; i++)
+    out[i] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(src + 16 * i))), 16));
+#elif defined(GPTOSS_ISA_AVX2)
+  for (int i = 0; i < 4; i++)
+    out[i] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(src + 8 * i))), 16));
+#elif defined(GPTOSS_ISA_NEON)
+  for (int i = 0; i < 8; i++) out[i] = vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(src + 4 * i), 16));
+#else
+  float tmp[32];
+  for (int j = 0; j < 32; j++) {
+    uint32_t bits = (uint32_t)src[j] << 16;
+    std::memcpy(tmp + j, &bits, 4);
+  }
+  for (int v = 0; v < NV; v++) out[v] = vload(tmp + v * VW);
 #endif
 }
 
@@ -172,18 +202,27 @@ struct MXFP4Rows {
     const uint8_t* s = scales + r * g;
     for (int64_t j = 0; j < g; j++) decode_block(b + 16 * j, s[j], out + 32 * j);
   }
+  // columns [32j, 32j+32) of row r, into registers
+  void chunk(int64_t r, int64_t j, vf* out) const {
+    const int64_t g = K / 32;
+    decode_block_v(blocks + (r * g + j) * 16, scales[r * g + j], out);
+  }
 };
 
 struct BF16Rows {
   const uint16_t* w;  // [rows, K]
   int64_t K;
   void row(int64_t r, float* out) const { decode_bf16(w + r * K, K, out); }
+  void chunk(int64_t r, int64_t j, vf* out) const { decode_bf16_v(w + r * K + 32 * j, out); }
 };
 
 struct F32Rows {
   const float* w;
   int64_t K;
   void row(int64_t r, float* out) const { std::memcpy(out, w + r * K, K * sizeof(float)); }
+  void chunk(int64_t r, int64_t j, vf* out) const {
+    for (int v = 0; v < NV; v++) out[v] = vload(w + r * K + 32 * j + v * VW);
+  }
 };
 
 // ------------------------------------------------------------------ the product kernel
@@ -232,11 +271,63 @@ static inline void dot_rows(const float* wbuf, int64_t ldw, const float* x, int6
   }
 }
 
+// Few tokens (decode): weights decoded 32 at a time straight into registers and used at once, R rows and
+// T tokens at a time; nothing is written back. K must be a multiple of 32.
+template <class Src, int R, int T>
+static inline void fused_block(const Src& src, int64_t r, const float* x, int64_t ldx, int64_t K, float* res) {
+  vf acc[R][T];
+#pragma GCC unroll 8
+  for (int i = 0; i < R; i++)
+#pragma GCC unroll 8
+    for (int t = 0; t < T; t++) acc[i][t] = vzero();
+  for (int64_t j = 0; j < K / 32; j++) {
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++) {
+      vf w[NV];
+      src.chunk(r + i, j, w);
+#pragma GCC unroll 8
+      for (int t = 0; t < T; t++)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; v++) acc[i][t] += w[v] * vload(x + t * ldx + 32 * j + v * VW);
+    }
+  }
+  for (int t = 0; t < T; t++)
+    for (int i = 0; i < R; i++) res[t * R + i] = vsum(acc[i][t]);
+}
+
+#define FR 2  // rows a fused block
+#define FT 4  // tokens up to which the fused path is taken
+
+template <class Src, int T>
+static void fused_rows(const Src& src, int64_t r0, int64_t r1, int64_t K, const float* x, int64_t ldx,
+                       float* y, int64_t ldy, const float* bias) {
+  float res[FR * T];
+  int64_t r = r0;
+  for (; r + FR <= r1; r += FR) {
+    fused_block<Src, FR, T>(src, r, x, ldx, K, res);
+    for (int t = 0; t < T; t++)
+      for (int i = 0; i < FR; i++) y[t * ldy + (r - r0) + i] = res[t * FR + i] + (bias ? bias[r - r0 + i] : 0.f);
+  }
+  for (; r < r1; r++) {
+    fused_block<Src, 1, T>(src, r, x, ldx, K, res);
+    for (int t = 0; t < T; t++) y[t * ldy + (r - r0)] = res[t] + (bias ? bias[r - r0] : 0.f);
+  }
+}
+
 // y[t, r - r0] (row stride ldy) = W[r] . x[t] + bias[r] for rows [r0, r1) and tokens [0, n).
 // Tokens are taken in blocks that stay in L2; each row tile is decoded once per token block.
 template <class Src>
 static void rows_product(const Src& src, int64_t r0, int64_t r1, int64_t K, const float* x, int64_t ldx, int64_t n,
                          float* y, int64_t ldy, const float* bias, float* wbuf) {
+  if (K % 32 == 0 && n <= FT) {
+    switch (n) {
+      case 1: fused_rows<Src, 1>(src, r0, r1, K, x, ldx, y, ldy, bias); return;
+      case 2: fused_rows<Src, 2>(src, r0, r1, K, x, ldx, y, ldy, bias); return;
+      case 3: fused_rows<Src, 3>(src, r0, r1, K, x, ldx, y, ldy, bias); return;
+      case 4: fused_rows<Src, 4>(src, r0, r1, K, x, ldx, y, ldy, bias); return;
+      default: return;  // n == 0
+    }
+  }
   const int64_t token_block = std::max<int64_t>(TB, (int64_t)(768 * 1024 / (4 * K)) / TB * TB);
   for (int64_t t0 = 0; t0 < n; t0 += token_block) {
     const int64_t nt = std::min(token_block, n - t0);

@@ -250,8 +250,15 @@ def run(args: argparse.Namespace) -> int:
     gpu_name = torch.cuda.get_device_name() if is_cuda else None
     kind = args.kv_cache if args.kv_cache != "auto" else ("paged" if is_cuda else "slot")
     fast = kind == "paged" and kernels.active(model.unembedding.weight)
+    cpu_fast = kernels.cpu_active(model.unembedding.weight)  # the native CPU kernels (GPTOSS_KERNELS=auto)
+    cpu_kernels = None
+    if cpu_fast:
+        from gptoss.kernels import cpu
+
+        cpu_kernels = {"isa": cpu.chosen_isa(), "threads": cpu.num_threads()}
     _log(f"{source}: {model.memory_bytes()['total'] / 2**30:.2f} GiB of weights in {load_s:.1f}s on {gpu_name or device}; "
-         f"kv cache {kind}, kernels {'on' if fast else 'off'}")
+         f"kv cache {kind}, kernels {'on' if fast else 'off'}"
+         + (f", native CPU kernels {cpu_kernels['isa']} on {cpu_kernels['threads']} threads" if cpu_fast else ""))
 
     result: dict = {
         "model": source,
@@ -264,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
         "config": {"layers": config.num_hidden_layers, "experts": config.num_experts, "hidden": config.hidden_size},
         "kv_cache": kind,
         "kernels": fast,
+        "cpu_kernels": cpu_kernels,
         "load_seconds": round(load_s, 3),
     }
     if not args.no_check and is_cuda:

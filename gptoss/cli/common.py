@@ -26,6 +26,30 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     parser.add_argument("--max-model-len", type=int, default=4096, help="tokens of context per sequence (default 4096)")
+    add_threads_arg(parser)
+
+
+def add_threads_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads for the model (default: $GPTOSS_NUM_THREADS, else the physical cores)")
+
+
+def positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """--threads: the native CPU kernels and torch both use that many (one OpenMP pool)."""
+    if getattr(args, "threads", None):
+        from gptoss.kernels import cpu
+
+        cpu.set_num_threads(args.threads)
 
 
 def demo_dir() -> Path:
@@ -87,6 +111,7 @@ def load_llm(args: argparse.Namespace, max_batch: int = 8):
         # The demo's matrices are tiny (hidden size 64): intra-op threads only add synchronisation, and on
         # a CPU shared with other work they slowed its decoding about tenfold (measured on 2 cores).
         torch.set_num_threads(1)
+    apply_threads(args)  # an explicit --threads wins
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SyntheticCheckpointWarning)  # announced below, in the CLI's words
         llm = LLM(folder, device=args.device, dtype=args.dtype, max_batch=max_batch, max_model_len=args.max_model_len,

@@ -118,3 +118,21 @@ def test_bad_inputs_name_what_was_wrong():
         cpu.linear(torch.zeros(2, 3), torch.zeros(5, 4))
     with pytest.raises(ValueError, match="weight dtype torch.float16"):
         cpu.linear(torch.zeros(2, 4), torch.zeros(5, 4, dtype=torch.float16))
+
+
+def test_threads_setting_and_bad_values(monkeypatch):
+    before_torch, before_ours = torch.get_num_threads(), cpu._threads
+    try:
+        monkeypatch.setattr(cpu, "_threads", None)
+        monkeypatch.setenv("GPTOSS_NUM_THREADS", "two")
+        with pytest.raises(ValueError, match="GPTOSS_NUM_THREADS='two': expected a positive integer"):
+            cpu.num_threads()
+        monkeypatch.setenv("GPTOSS_NUM_THREADS", "1")
+        assert cpu.num_threads() == 1 and torch.get_num_threads() == 1  # one pool: torch follows
+        x, w = torch.randn(3, 64), torch.randn(40, 64).bfloat16()
+        torch.testing.assert_close(cpu.linear(x, w), x @ w.float().T, rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match="positive integer"):
+            cpu.set_num_threads(0)
+    finally:
+        cpu._threads = before_ours
+        torch.set_num_threads(before_torch)

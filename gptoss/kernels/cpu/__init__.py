@@ -13,7 +13,8 @@ function                       what                                        refer
 The library is compiled on first use (see :mod:`gptoss.kernels.cpu.builder`) for the best instruction set this
 CPU runs — AVX-512, AVX2+FMA, NEON, else a portable build. ``GPTOSS_CPU_ISA=portable|avx2|avx512|neon`` forces
 one (tests force each in turn). ``GPTOSS_NUM_THREADS`` sets the threads (default: the physical cores); the same
-count is given to torch, whose OpenMP pool ours is (one libgomp), so the two never oversubscribe the cores.
+count is given to torch, whose OpenMP pool ours is (one libgomp), so the two never oversubscribe the cores;
+without either, ours follow torch's thread count, capped at the physical cores.
 Where no compiler works, :func:`available` is False, the model runs its reference path, and one warning says why.
 """
 
@@ -120,7 +121,8 @@ def physical_cores() -> int:
 
 
 def num_threads() -> int:
-    """Threads for the native kernels and torch: ``set_num_threads``, else ``GPTOSS_NUM_THREADS``, else cores."""
+    """Threads for the native kernels: :func:`set_num_threads` (``--threads``), else ``GPTOSS_NUM_THREADS``, else
+    torch's intra-op threads capped at the physical cores (so a program that gave torch one thread gets one)."""
     global _threads
     if _threads is None:
         env = os.environ.get("GPTOSS_NUM_THREADS", "").strip()
@@ -128,13 +130,18 @@ def num_threads() -> int:
             try:
                 n = int(env)
             except ValueError:
-                raise ValueError(f"GPTOSS_NUM_THREADS={env!r}: expected a positive integer") from None
+                n = 0
             if n < 1:
                 raise ValueError(f"GPTOSS_NUM_THREADS={env!r}: expected a positive integer")
+            set_num_threads(n)
         else:
-            n = physical_cores()
-        set_num_threads(n)
+            return max(1, min(_physical_cores(), torch.get_num_threads()))
     return _threads
+
+
+@functools.lru_cache(maxsize=1)
+def _physical_cores() -> int:
+    return physical_cores()
 
 
 def set_num_threads(n: int) -> None:

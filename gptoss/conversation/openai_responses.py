@@ -250,6 +250,8 @@ def responses_grammar(persona: ServerPersona, functions: dict[str, dict | None],
     """The grammar of one turn. ``builtins``: the built-in tools the model may call now. A forcing
     tool_choice (required, a function, a hosted tool) holds for the first turn only: once a built-in
     call has run, the model is free to answer."""
+    if isinstance(tool_choice, dict) and tool_choice.get("type") == "function" and tool_choice.get("namespace"):
+        tool_choice = tool_choice | {"name": f"{tool_choice['namespace']}.{tool_choice.get('name')}"}  # its functions
     hosted = None
     if isinstance(tool_choice, dict) and tool_choice.get("type") not in ("function", None):
         hosted = HOSTED_TOOLS.get(tool_choice.get("type"))

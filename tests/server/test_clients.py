@@ -333,13 +333,14 @@ def test_namespace_and_web_search_tools_without_a_browser(client):
     crm = {"type": "namespace", "name": "crm", "description": "Customer records",
            "tools": [{"type": "function", "name": "lookup", "description": "Find a customer",
                       "parameters": STRICT_WEATHER, "strict": True}]}
-    r = client.responses.create(model=MODEL, input="Find Lima", tools=[{"type": "web_search"}, crm],
-                                tool_choice="required", max_output_tokens=80, extra_body={"seed": 3})
+    r = client.responses.create(model=MODEL, input="Find Lima", tools=[{"type": "web_search"}, crm, RESP_WEATHER],
+                                tool_choice={"type": "function", "name": "lookup", "namespace": "crm"},
+                                max_output_tokens=80, extra_body={"seed": 3})
     call = r.output[-1]
     assert r.status == "completed" and call.type == "function_call"
     assert (call.namespace, call.name) == ("crm", "lookup")
     jsonschema.validate(json.loads(call.arguments), WEATHER_SCHEMA)
-    assert [t.type for t in r.tools] == ["web_search", "namespace"] and r.tools[1].tools[0].name == "lookup"
+    assert [t.type for t in r.tools] == ["web_search", "namespace", "function"] and r.tools[1].tools[0].name == "lookup"
     # the call goes back as input with its namespace, and the conversation continues
     again = client.responses.create(model=MODEL, tools=[crm], max_output_tokens=2, input=[
         {"role": "user", "content": "Find Lima"}, call.model_dump(exclude_none=True),

@@ -47,7 +47,7 @@ def test_mxfp4_decode_is_bit_exact(isa):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("kind", ["float32", "bfloat16", "mxfp4"])
-@pytest.mark.parametrize("n", [1, 5, 13])
+@pytest.mark.parametrize("n", [1, 5, 8, 13])
 def test_linear_matches_torch(isa, kind, n):
     g = torch.Generator().manual_seed(n)
     m, k = 37, (96 if kind == "mxfp4" else 70)  # odd rows; a K that leaves a tail for the dense kinds
@@ -84,7 +84,7 @@ def routing(n, num_experts, k, seed):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("n", [1, 3, 37])
+@pytest.mark.parametrize("n", [1, 3, 11, 37])
 def test_moe_experts_match_reference(isa, n):
     e, h, inter = 5, 64, 96  # 2*inter = 192 gate/up rows
     w1, b1, w2, b2 = experts(e, h, inter, seed=n)
@@ -136,3 +136,24 @@ def test_threads_setting_and_bad_values(monkeypatch):
     finally:
         cpu._threads = before_ours
         torch.set_num_threads(before_torch)
+
+
+def test_without_a_compiler_the_reference_path_runs_and_says_why(monkeypatch, tmp_path, capsys):
+    from gptoss import kernels
+    from gptoss.kernels.cpu import builder
+    from tests.helpers import tiny_model
+
+    monkeypatch.setattr(cpu, "_libs", {})
+    monkeypatch.setattr(cpu, "_failed", {})
+    monkeypatch.setattr(cpu, "_warned", False)
+    monkeypatch.setenv("GPTOSS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(builder, "compiler", lambda: None)
+    model = tiny_model()
+    tokens = torch.arange(5)
+    assert not kernels.cpu_active(tokens.float())
+    logits = model(tokens)  # the reference path
+    with kernels.use("off"):
+        assert torch.equal(logits, model(tokens))
+    err = capsys.readouterr().err
+    assert err.count("native CPU kernels are unavailable") == 1 and "no C++ compiler found" in err
+

@@ -296,7 +296,11 @@ static inline void fused_block(const Src& src, int64_t r, const float* x, int64_
 }
 
 #define FR 2  // rows a fused block
-#define FT 4  // tokens up to which the fused path is taken
+#if VBYTES == 64 || defined(GPTOSS_ISA_NEON)
+#define FT 8  // tokens up to which the fused path is taken (32 vector registers: 16 accumulators fit)
+#else
+#define FT 4  // (16 vector registers)
+#endif
 
 template <class Src, int T>
 static void fused_rows(const Src& src, int64_t r0, int64_t r1, int64_t K, const float* x, int64_t ldx,
@@ -325,6 +329,12 @@ static void rows_product(const Src& src, int64_t r0, int64_t r1, int64_t K, cons
       case 2: fused_rows<Src, 2>(src, r0, r1, K, x, ldx, y, ldy, bias); return;
       case 3: fused_rows<Src, 3>(src, r0, r1, K, x, ldx, y, ldy, bias); return;
       case 4: fused_rows<Src, 4>(src, r0, r1, K, x, ldx, y, ldy, bias); return;
+#if FT >= 8
+      case 5: fused_rows<Src, 5>(src, r0, r1, K, x, ldx, y, ldy, bias); return;
+      case 6: fused_rows<Src, 6>(src, r0, r1, K, x, ldx, y, ldy, bias); return;
+      case 7: fused_rows<Src, 7>(src, r0, r1, K, x, ldx, y, ldy, bias); return;
+      case 8: fused_rows<Src, 8>(src, r0, r1, K, x, ldx, y, ldy, bias); return;
+#endif
       default: return;  // n == 0
     }
   }

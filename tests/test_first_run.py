@@ -45,8 +45,9 @@ def test_demo_preset_is_small():
 def test_chat_demo_shows_thinking_at_once_and_answers_within_30s(demo_env):
     import pexpect
 
-    child = pexpect.spawn(sys.executable, ["-m", "gptoss", "chat", "--seed", "0"], env=demo_env, encoding="utf-8",
-                          timeout=180, dimensions=(40, 200))
+    # the demo's own reasoning budget; a shorter answer than its default only to keep the test short
+    child = pexpect.spawn(sys.executable, ["-m", "gptoss", "chat", "--seed", "0", "--max-tokens", "40"], env=demo_env,
+                          encoding="utf-8", timeout=180, dimensions=(40, 200))
     try:
         child.expect(">>> ")
         assert "SYNTHETIC DEMO CHECKPOINT" in child.before and "demo settings: reasoning budget" in child.before

@@ -74,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
         from gptoss.server.app import read_api_keys
 
         api_keys = read_api_keys(args.api_keys_file)
+    if args.device:
+        from gptoss.engine.llm import check_device
+
+        check_device(args.device)
     toolbox = None
     if args.tools:  # checked before the (slow) model load
         from gptoss.tools import make_toolbox

@@ -69,7 +69,9 @@ def register(app, state) -> None:
             raise APIError(400, f"stop: at most 4 stop sequences, found {len(stops)}", param="stop")
         if body.top_logprobs is not None and not body.logprobs:
             raise APIError(400, "top_logprobs: requires logprobs to be true", param="top_logprobs")
-        lark = grammar.lark()
+        # Compiling the turn grammar (large tool schemas: seconds) runs off the event loop, like tokenizing.
+        lark = await run_in_threadpool(grammar.lark)
+        constraints = await run_in_threadpool(lambda: [GrammarConstraint(tok, lark) for _ in range(body.n)])
 
         def params(i: int) -> SamplingParams:
             return SamplingParams(
@@ -77,7 +79,7 @@ def register(app, state) -> None:
                 seed=offset_seed(body.seed, i),
                 stop_token_ids=stop_tokens_for_assistant_actions(tok),
                 logprobs=(body.top_logprobs or 0) if body.logprobs else None,
-                logits_processors=[GrammarConstraint(tok, lark)],
+                logits_processors=[constraints[i]],
             )
 
         rid = "chatcmpl-" + secrets.token_hex(12)

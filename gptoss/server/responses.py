@@ -390,11 +390,13 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
             if budget <= 0:  # the budget went to earlier turns (or the context is full): stop here
                 truncated = True
                 break
+            # compiling the turn grammar (large tool schemas: seconds) runs off the event loop, like tokenizing
+            constraint = await run_in_threadpool(lambda: GrammarConstraint(tok, turn.grammar(calls)))
             params = SamplingParams(
                 temperature=turn.body.temperature, top_p=turn.body.top_p, max_tokens=budget,
                 seed=offset_seed(turn.body.seed, calls),
                 stop_token_ids=stop_tokens_for_assistant_actions(tok),
-                logits_processors=[GrammarConstraint(tok, turn.grammar(calls))],
+                logits_processors=[constraint],
             )
             state.metrics.prompt_tokens.inc(len(prompt_ids))
             cutter = TurnItems(items)

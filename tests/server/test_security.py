@@ -118,6 +118,36 @@ def test_health_answers_while_a_prompt_is_being_tokenized(server, llm, monkeypat
     assert result and result[0].status_code == 200, result
 
 
+@pytest.mark.parametrize("path,make", [(CHAT, chat), (RESP, resp)], ids=["chat", "responses"])
+def test_health_answers_while_a_turn_grammar_is_compiled(server, monkeypatch, path, make):
+    """Compiling a turn's grammar (seconds for large tool schemas: 13.9 s for three tools of 2,000
+    properties, most of it building the matcher) runs off the event loop too."""
+    import threading
+
+    from gptoss.server import chat_completions, responses
+
+    module = chat_completions if path == CHAT else responses
+    entered, release = threading.Event(), threading.Event()
+    real = module.GrammarConstraint
+
+    def held(tok, lark):
+        entered.set()
+        release.wait(60)
+        return real(tok, lark)
+
+    monkeypatch.setattr(module, "GrammarConstraint", held)
+    result = []
+    worker = threading.Thread(target=lambda: result.append(httpx.post(server + path, json=make(), timeout=120)))
+    worker.start()
+    try:
+        assert entered.wait(60), "the request never compiled a grammar"
+        assert httpx.get(server + "/health", timeout=10).status_code == 200 and not result
+    finally:
+        release.set()
+        worker.join(120)
+    assert result and result[0].status_code == 200, result
+
+
 def test_a_prompt_that_cannot_fit_is_refused_before_tokenizing(server, llm, monkeypatch):
     """3.9 MB of text cannot fit in 512 tokens whatever it says: refused from its length alone."""
     tokenizer = llm.tokenizer

@@ -119,10 +119,10 @@ static inline void decode_block_v(const uint8_t* blk, uint8_t s, vf* out) {
   const float32x4_t half = vdupq_n_f32(scale * 0.5f);
   for (int j = 0; j < 2; j++) {
     int16x8_t w0 = vmovl_s8(vget_low_s8(vs[j])), w1 = vmovl_s8(vget_high_s8(vs[j]));
-    out[4 * j + 0] = vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(w0))), half);
-    out[4 * j + 1] = vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(w0))), half);
-    out[4 * j + 2] = vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(w1))), half);
-    out[4 * j + 3] = vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(w1))), half);
+    out[4 * j + 0] = (vf)vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(w0))), half);
+    out[4 * j + 1] = (vf)vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(w0))), half);
+    out[4 * j + 2] = (vf)vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(w1))), half);
+    out[4 * j + 3] = (vf)vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(w1))), half);
   }
 #else
   float tmp[32];
@@ -149,7 +149,7 @@ static inline void decode_bf16_v(const uint16_t* src, vf* out) {
   for (int i = 0; i < 4; i++)
     out[i] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(src + 8 * i))), 16));
 #elif defined(GPTOSS_ISA_NEON)
-  for (int i = 0; i < 8; i++) out[i] = vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(src + 4 * i), 16));
+  for (int i = 0; i < 8; i++) out[i] = (vf)vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(src + 4 * i), 16));
 #else
   float tmp[32];
   for (int j = 0; j < 32; j++) {

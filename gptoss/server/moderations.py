@@ -9,6 +9,7 @@ keys. Existing moderation clients (the openai SDK's ``client.moderations.create`
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from typing import Any
 
@@ -60,8 +61,8 @@ def register(app, state) -> None:
         texts = _texts(body.input)
         rid = "modr-" + secrets.token_hex(12)
         results = []
-        for text in texts:
-            decision = await guard.check(text, "moderation", rid, "moderations")
+        decisions = await asyncio.gather(*(guard.check(text, "moderation", rid, "moderations") for text in texts))
+        for decision in decisions:
             flags: dict[str, bool] = {key: False for key in standard}
             for r in decision.results:
                 violated = r.verdict is not None and r.verdict.violation

@@ -1,6 +1,6 @@
 """Time the CPU fast path against the reference path on real gpt-oss-20b layer shapes with few layers.
 
-Random weights in memory (bf16), the slot KV cache, one interleaved run. Prints JSON: prefill tok/s,
+Random weights in memory (bf16; random MXFP4 codes), the slot KV cache, one interleaved run. Prints JSON: prefill tok/s,
 decode ms a step at batch 1 and batch B after the prompt, for ``auto`` (native kernels) and, unless
 --no-reference, ``off`` (the plain-torch reference).
 
@@ -18,7 +18,24 @@ import torch
 from gptoss import kernels
 from gptoss.kernels import cpu
 from gptoss.model import KVCache, ModelConfig, StepBatch, Transformer
-from gptoss.model.synthetic import random_tensors
+from gptoss.model.checkpoint import canonical_shapes
+from gptoss.model.rope import RotaryEmbedding
+
+
+def quick_model(config: ModelConfig) -> Transformer:
+    """Random bf16 weights and random MXFP4 codes (scales near 2**-4), fast to build: timing needs no
+    realistic values (gptoss.model.synthetic quantizes real random matrices, minutes at these sizes)."""
+    model = Transformer(config, device="meta", dtype=torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    for name, (shape, kind) in canonical_shapes(config).items():
+        if kind == "uint8":
+            lo, hi = (0, 256) if name.endswith("blocks") else (121, 125)
+            t = torch.randint(lo, hi, shape, dtype=torch.uint8, generator=g)
+        else:
+            t = torch.empty(shape, dtype=torch.float32).normal_(0, 0.02, generator=g).to(torch.bfloat16)
+        model.set_tensor(name, t, "cpu")
+    model.rope = RotaryEmbedding(config, device="cpu")
+    return model.eval()
 
 
 def main() -> None:
@@ -36,7 +53,7 @@ def main() -> None:
         cpu.set_num_threads(args.threads)
     config = ModelConfig.preset("gpt-oss-20b").replace(num_hidden_layers=args.layers)
     t0 = time.perf_counter()
-    model = Transformer.from_tensors(config, random_tensors(config, 0, torch.bfloat16), dtype=torch.bfloat16)
+    model = quick_model(config)
     out = {"layers": args.layers, "threads": cpu.num_threads(), "isa": cpu.chosen_isa(),
            "build_s": round(time.perf_counter() - t0, 1)}
     g = torch.Generator().manual_seed(0)

@@ -157,3 +157,12 @@ def test_without_a_compiler_the_reference_path_runs_and_says_why(monkeypatch, tm
     err = capsys.readouterr().err
     assert err.count("native CPU kernels are unavailable") == 1 and "no C++ compiler found" in err
 
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_linear_split_across_threads(isa):
+    # large enough (rows * K * tokens >= 2**20) that the rows are split across the threads
+    g = torch.Generator().manual_seed(2)
+    x, w, b = torch.randn(2, 1024, generator=g), torch.randn(1027, 1024, generator=g).bfloat16(), torch.randn(1027).bfloat16()
+    want = torch.nn.functional.linear(x, w.float(), b.float())
+    assert rel_err(cpu.linear(x, w, b, isa=isa), want) < 1e-6

@@ -423,6 +423,7 @@ void gptoss_linear(const float* x, int64_t n, int64_t K, const void* w, const vo
     load_bias(bias, bias_dtype, 0, M, bias_f.data());
   }
   const float* b = bias_dtype ? bias_f.data() : nullptr;
+  if (M * K * n < (int64_t)1 << 20) nthreads = 1;  // a small product (the router): waking threads costs more
   // Rows split across threads; few tokens: each thread one contiguous slab of rows (streams the weights once).
 #pragma omp parallel num_threads(nthreads)
   {

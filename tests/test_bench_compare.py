@@ -28,8 +28,12 @@ def _args(ckpt, **kw):
 
 def test_compare_without_llama_cpp_reports_why_and_still_times_gptoss(ckpt, monkeypatch):
     monkeypatch.setattr(bench_compare, "llama_cpp_version", lambda: None)
-    out = json.loads(json.dumps(bench_compare.run_compare(_args(ckpt), ["gptoss", "llama.cpp"])))
+    monkeypatch.setattr(bench_compare, "mem_available_bytes", lambda: 2**20)  # no room for transformers' copy
+    out = json.loads(json.dumps(bench_compare.run_compare(_args(ckpt), ["gptoss", "llama.cpp", "transformers"])))
     assert out["engines"]["llama.cpp"] == {"skipped": bench_compare.NO_LLAMA_CPP}
+    [skip] = out["engines"]["transformers"]["rounds"]
+    assert skip["error"].startswith("skipped: needs ~") and skip["error"].endswith("GiB for its dequantized copy, 0.0 GiB available")
+    assert "prefill_tok_s" not in out["engines"]["transformers"]
     assert "pip install llama-cpp-python" in bench_compare.NO_LLAMA_CPP
     ours = out["engines"]["gptoss"]
     assert [r["round"] for r in ours["rounds"]] == [1] and "error" not in ours["rounds"][0], ours["rounds"]
@@ -39,7 +43,7 @@ def test_compare_without_llama_cpp_reports_why_and_still_times_gptoss(ckpt, monk
     assert out["floor"]["batch1_floor_tok_s"] > 0 and out["floor"]["measured_copy_gbs"]["n"] == 1
     assert out["ratios"]["gptoss_b8_to_b1"]["n"] == 1 and "gptoss_to_llama_cpp_decode_b1" not in out["ratios"]
     assert set(out["targets_met"]) == {"decode_b1_at_least_half_the_floor", "b8_at_least_3x_b1"}
-    assert out["threads"] == 2 and out["order"] == ["gptoss", "llama.cpp"]
+    assert out["threads"] == 2 and out["order"] == ["gptoss", "llama.cpp", "transformers"]
 
 
 def test_gguf_and_converter_are_found_or_named(ckpt, tmp_path, monkeypatch):

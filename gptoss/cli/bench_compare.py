@@ -344,13 +344,15 @@ def run_compare(args, engines: list[str]) -> dict:
             gguf, why = find_gguf(folder, args.gguf, args.llama_cpp_converter)
             if why:
                 skipped["llama.cpp"] = why
-    if "transformers" in engines:
-        need, avail = transformers_memory_bytes(config), mem_available_bytes()
-        if avail is not None and need * 1.15 > avail:
-            skipped["transformers"] = (f"needs ~{need * 1.15 / 2**30:.1f} GiB for its dequantized copy, "
-                                       f"{avail / 2**30:.1f} GiB available")
     for engine, why in skipped.items():
         _log(f"{engine}: skipped — {why}")
+
+    def no_memory_for_transformers() -> str | None:
+        """Checked just before each transformers run: the machine may be shared."""
+        need, avail = transformers_memory_bytes(config) * 1.15, mem_available_bytes()
+        if avail is not None and need > avail:
+            return f"needs ~{need / 2**30:.1f} GiB for its dequantized copy, {avail / 2**30:.1f} GiB available"
+        return None
 
     runs: dict[str, list[dict]] = {e: [] for e in engines}
     bandwidth: list[float] = []
@@ -359,6 +361,10 @@ def run_compare(args, engines: list[str]) -> dict:
         bandwidth.append(copy_bandwidth_gbs("cpu"))
         for engine in engines:
             if engine in skipped or (engine == "transformers" and r >= args.transformers_rounds):
+                continue
+            if engine == "transformers" and (why := no_memory_for_transformers()):
+                _log(f"round {r + 1}: transformers: skipped — {why}")
+                runs[engine].append({"round": r + 1, "error": f"skipped: {why}"})
                 continue
             s = dict(spec)
             if engine == "llama.cpp":

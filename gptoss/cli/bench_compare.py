@@ -126,9 +126,15 @@ def worker_gptoss(spec: dict) -> dict:
 
         decode_s = _timed(lambda: decode([0], steps))
         wide_s = _timed(lambda: decode(list(range(1, wide + 1)), b8_steps)) if wide > 1 and b8_steps else None
+    cpu_kernels = None
+    if kernels.cpu_active(model.unembedding.weight):
+        from gptoss.kernels import cpu
+
+        cpu_kernels = {"isa": cpu.chosen_isa(), "threads": cpu.num_threads()}
     out = {
         "load_seconds": round(load_s, 2),
         "kernels": kernels.mode(),
+        "cpu_kernels": cpu_kernels,
         "torch_threads": torch.get_num_threads(),
         "prefill": {"tokens": p, "seconds": round(prefill_s, 3), "tok_s": round(p / prefill_s, 2)},
         "decode": [{"batch": 1, "tokens": steps, "tok_s": round(steps / decode_s, 3),

@@ -173,12 +173,6 @@ def worker_llama_cpp(spec: dict) -> dict:
         "decode": [{"batch": 1, "tokens": steps, "tok_s": round(steps / decode_s, 3),
                     "ms_per_step": round(1000 * decode_s / steps, 1)}],
     }
-    try:  # llama.cpp's own counters, for the record (they include the warm-up)
-        perf = llama_cpp.llama_perf_context(llm._ctx.ctx)
-        out["perf_counters"] = {"prompt_ms": round(perf.t_p_eval_ms, 1), "prompt_tokens": perf.n_p_eval,
-                                "eval_ms": round(perf.t_eval_ms, 1), "eval_tokens": perf.n_eval}
-    except Exception as exc:  # an API change in llama-cpp-python must not lose the wall-clock figures
-        out["perf_counters"] = f"unavailable: {exc}"
     return out
 
 

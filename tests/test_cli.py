@@ -44,13 +44,19 @@ def test_generate_json_from_text_and_ids(ckpt):
     assert "SYNTHETIC DEMO CHECKPOINT" in text.stderr
 
 
-def test_generate_rejects_bad_flags(ckpt):
-    proc = gptoss("generate", "--model", str(ckpt), "--prompt-ids", "1,x", check=False)
-    assert proc.returncode == 1 and "--prompt-ids: expected comma-separated integers" in proc.stderr
-    proc = gptoss("generate", "--model", str(ckpt), "--prompt", "hi", "--top-p", "1.5", check=False)
-    assert proc.returncode == 1 and "sampling parameter 'top_p': expected a number in (0, 1], found 1.5" in proc.stderr
-    proc = gptoss("make-checkpoint", "--preset", "tiny", "--hidden", "70", "--out", str(ckpt.parent / "x"), check=False)
-    assert proc.returncode == 1 and "'hidden_size': expected a multiple of 32 (the MXFP4 block), found 70" in proc.stderr
+def test_generate_rejects_bad_flags(ckpt, capsys):
+    from gptoss.cli.main import main  # in-process: the exit status is main's return value (no torch start-up each)
+
+    def run(*args):
+        code = main(list(args))
+        return code, capsys.readouterr().err
+
+    code, err = run("generate", "--model", str(ckpt), "--prompt-ids", "1,x")
+    assert code == 1 and "--prompt-ids: expected comma-separated integers" in err
+    code, err = run("generate", "--model", str(ckpt), "--prompt", "hi", "--top-p", "1.5")
+    assert code == 1 and "sampling parameter 'top_p': expected a number in (0, 1], found 1.5" in err
+    code, err = run("make-checkpoint", "--preset", "tiny", "--hidden", "70", "--out", str(ckpt.parent / "x"))
+    assert code == 1 and "'hidden_size': expected a multiple of 32 (the MXFP4 block), found 70" in err
 
 
 def test_bench_prints_json():

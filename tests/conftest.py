@@ -25,3 +25,18 @@ def tokenizer(encodings_dir):
     from gptoss.tokenizer import Tokenizer
 
     return Tokenizer.load(bpe_file=encodings_dir / "o200k_base.tiktoken")
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one intra-op thread for the test. The tests' models are tiny: a second thread gains nothing
+    and, on a CPU shared with other work, its spin-waits cost several times the work itself (measured:
+    ~10x the CPU time per decode step of the tiny model on a loaded 2-core machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

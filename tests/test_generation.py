@@ -8,6 +8,9 @@ from gptoss.errors import GptossError
 from gptoss.model import KVCache, StepBatch
 from tests.helpers import tiny_model
 
+# Hundreds of single-token decode steps of a tiny model: one thread (see the fixture).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def model():

@@ -11,6 +11,9 @@ from gptoss.model import KVCache, StepBatch
 from gptoss.model.paged_cache import FULL, SLIDING, BlockAllocator, NoFreeBlocks, PagedKVCache
 from tests.helpers import tiny_model
 
+# Hundreds of single-token decode steps of a tiny model: one thread (see the fixture).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def model():

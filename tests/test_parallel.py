@@ -74,3 +74,53 @@ def test_rows_are_read_in_slices(tmp_path):
             whole = reader.get(name)
             expect = torch.cat([whole.narrow(dim, a, b - a) for a, b in ranges], dim=dim)
             assert torch.equal(reader.get_slices(name, ranges, dim=dim), expect), (layout, name)
+
+
+def test_tensor_parallel_llm_generates_as_one_process(tmp_path, tokenizer):
+    """LLM(..., tensor_parallel_size=2): rank 0 schedules and samples, a spawned rank follows; greedy output
+    equals the single-process engine's (paged cache: block allocations and frees mirrored; a shared prefix
+    copied between slots on both ranks)."""
+    from gptoss.engine import LLM, SamplingParams
+
+    config = CONFIG
+    folder = write_checkpoint(tmp_path / "ckpt", config, layout="original", dtype=torch.float32, tokenizer=False)
+    params = SamplingParams(max_tokens=6, temperature=0.0)
+    g = torch.Generator().manual_seed(5)
+    prefix = torch.randint(0, 1000, (20,), generator=g).tolist()
+    prompts = [prefix + torch.randint(0, 1000, (n,), generator=g).tolist() for n in (120, 3)]
+
+    def run(llm):
+        outs = [o.token_ids for o in llm.generate(prompts, params)]
+        for p in prompts:  # through the shared-prefix path: snapshot, then reuse
+            seq = llm.engine.add_request(p, params, prefix_len=len(prefix))
+            while not seq.is_finished:
+                llm.engine.step()
+            outs.append(seq.output_ids)
+        return outs
+
+    single = LLM(folder, device="cpu", dtype=torch.float32, max_batch=2, max_model_len=256, tokenizer=tokenizer)
+    expected = run(single)
+    sharded = LLM(folder, device="cpu", dtype=torch.float32, max_batch=2, max_model_len=256, tokenizer=tokenizer,
+                  kv_cache="paged", tensor_parallel_size=2, distributed_timeout=60)
+    try:
+        assert sharded.model.config.num_key_value_heads == config.num_key_value_heads // 2
+        assert run(sharded) == expected
+        assert sharded.engine.prefix_hits == 1
+    finally:
+        sharded.close()
+    assert [p.exitcode for p in sharded.workers] == [0]
+
+
+def test_bench_tensor_parallel_prints_the_same_fields(capsys):
+    import json
+
+    from gptoss.cli.main import main
+
+    argv = ["bench", "--preset", "tiny", "--device", "cpu", "--dtype", "float32", "--tensor-parallel", "2",
+            "--prompt-len", "8", "--decode-tokens", "2", "--batch-sizes", "1,2", "--repeats", "1"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["tensor_parallel"] == 2
+    assert [d["batch"] for d in result["decode"]] == [1, 2] and all(d["tok_s"] > 0 for d in result["decode"])
+    assert result["prefill"]["tokens"] == 8 and result["prefill"]["tok_s"] > 0
+    assert {"weights_bytes", "kv_cache_bytes", "floor", "table", "load_seconds"} <= set(result)

@@ -74,6 +74,8 @@ def add_parser(sub) -> None:
     p.add_argument("--bandwidth-gbs", type=float, default=None,
                    help="memory bandwidth for the floor (default: 3000 on an H100, else the measured copy bandwidth)")
     p.add_argument("--out", default=None, help="also write the JSON to this file")
+    p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
+                   help="time the tensor parallel engine over N local ranks (see gptoss/cli/bench_tp.py)")
     p.set_defaults(func=run)
 
 
@@ -211,6 +213,14 @@ def run(args: argparse.Namespace) -> int:
     from gptoss.model import KVCache, ModelConfig, StepBatch, Transformer
     from gptoss.model.synthetic import random_tensors
 
+    if getattr(args, "tensor_parallel", 1) != 1:
+        from gptoss.cli.bench_tp import run_tensor_parallel
+
+        if args.tensor_parallel < 1:
+            from gptoss.errors import GptossError
+
+            raise GptossError(f"--tensor-parallel: expected a positive number of ranks, found {args.tensor_parallel}")
+        return run_tensor_parallel(args)
     if args.compare:
         return run_compare_cli(args)
     batch_sizes = parse_ids(args.batch_sizes, "--batch-sizes")

@@ -93,6 +93,46 @@ def resolve_model_arg(model: str | None) -> Path:
         return folder
 
 
+def add_tensor_parallel_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
+                        help="shard the model over N local ranks (processes; GPUs 0..N-1 on CUDA): attention by "
+                             "heads, experts across ranks. Under torchrun, the group torchrun starts instead")
+    parser.add_argument("--distributed-timeout", type=float, default=None, metavar="SECONDS",
+                        help="seconds a tensor parallel collective may wait before the rank is declared gone "
+                             "(default 300)")
+
+
+def tensor_parallel_kwargs(args: argparse.Namespace) -> dict:
+    """LLM arguments for --tensor-parallel, or for this process's place in a torchrun group (rank 0)."""
+    from gptoss.engine import distributed
+    from gptoss.errors import GptossError
+
+    size = getattr(args, "tensor_parallel", 1) or 1
+    timeout = getattr(args, "distributed_timeout", None)
+    if timeout is not None and timeout <= 0:
+        raise GptossError(f"--distributed-timeout: expected a positive number of seconds, found {timeout}")
+    topology = distributed.from_environment(args.device, timeout or distributed.DEFAULT_TIMEOUT_S)
+    if topology is not None:
+        return {"topology": topology, "distributed_timeout": timeout}
+    if size < 1:
+        raise GptossError(f"--tensor-parallel: expected a positive number of ranks, found {size}")
+    return {"tensor_parallel_size": size, "distributed_timeout": timeout} if size > 1 else {}
+
+
+def follow_if_not_rank0(args: argparse.Namespace, max_batch: int = 8) -> bool:
+    """Under torchrun, a rank other than 0 follows rank 0's steps here (until it stops) and returns True."""
+    from gptoss.engine import distributed
+    from gptoss.engine.llm import follow_rank0
+
+    topology = distributed.from_environment(args.device, getattr(args, "distributed_timeout", None)
+                                            or distributed.DEFAULT_TIMEOUT_S)
+    if topology is None or topology.rank == 0:
+        return False
+    follow_rank0(resolve_model_arg(args.model), topology, dtype=args.dtype, max_batch=max_batch,
+                 max_model_len=args.max_model_len)
+    return True
+
+
 def load_llm(args: argparse.Namespace, max_batch: int = 8):
     """The model of --model (or the demo), on a device checked before anything is read or written."""
     import warnings
@@ -115,7 +155,9 @@ def load_llm(args: argparse.Namespace, max_batch: int = 8):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SyntheticCheckpointWarning)  # announced below, in the CLI's words
         llm = LLM(folder, device=args.device, dtype=args.dtype, max_batch=max_batch, max_model_len=args.max_model_len,
-                  progress=sys.stderr.isatty())
+                  progress=sys.stderr.isatty(), **tensor_parallel_kwargs(args))
+    for rank, proc in enumerate(llm.workers, start=1):
+        print(f"gptoss: tensor parallel rank {rank} is process {proc.pid}", file=sys.stderr)
     llm.is_demo = demo
     if llm.is_synthetic:
         print(f"gptoss: SYNTHETIC DEMO CHECKPOINT ({folder}): random weights, its output is noise.", file=sys.stderr)

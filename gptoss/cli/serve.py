@@ -8,7 +8,8 @@ import os
 import socket
 import sys
 
-from gptoss.cli.common import DEMO_MODEL_NAME, DEMO_REASONING_MAX_TOKENS, add_model_args, load_llm
+from gptoss.cli.common import (DEMO_MODEL_NAME, DEMO_REASONING_MAX_TOKENS, add_model_args,
+                               add_tensor_parallel_args, follow_if_not_rank0, load_llm)
 from gptoss.cli.guard_args import add_guard_args, guard_settings, load_guard_llm
 from gptoss.errors import GptossError
 
@@ -22,6 +23,7 @@ def add_parser(sub) -> None:
     p.add_argument("--api-keys-file", default=None,
                    help="file of API keys, one a line; each key sees only the responses it stored")
     p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (default 8)")
+    add_tensor_parallel_args(p)
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests before answering 429 (default 256)")
     p.add_argument("--served-model-name", default=None,
                    help=f"the model name clients send (default: the --model argument; {DEMO_MODEL_NAME} for the synthetic demo)")
@@ -78,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         from gptoss.engine.llm import check_device
 
         check_device(args.device)
+    if follow_if_not_rank0(args, max_batch=args.max_batch):  # torchrun: the API lives on rank 0 only
+        return 0
     toolbox = None
     if args.tools:  # checked before the (slow) model load
         from gptoss.tools import make_toolbox
@@ -109,10 +113,28 @@ def run(args: argparse.Namespace) -> int:
             explain_fatal_signals(str(llm.model_dir))
         what = " (SYNTHETIC DEMO CHECKPOINT: random weights)" if llm.is_synthetic else ""
         print(f"gptoss: serving {name}{what} on http://{args.host}:{args.port}/v1", file=sys.stderr)
-        uvicorn.Server(uvicorn_config(app, host=args.host, port=args.port, log_level=args.log_level)).run(sockets=[sock])
+        server = uvicorn.Server(uvicorn_config(app, host=args.host, port=args.port, log_level=args.log_level))
+        engine = app.state.gptoss.engine
+        engine.on_fatal = lambda exc: _stop_soon(server)
+        server.run(sockets=[sock])
+        if engine.error is not None:  # a tensor parallel rank is gone: one line naming it, nonzero exit
+            raise GptossError(engine.error)
     finally:
         sock.close()
+        if "llm" in locals():
+            llm.close()
     return 0
+
+
+def _stop_soon(server, grace: float = 2.0) -> None:
+    """Stop serving after ``grace`` seconds (the failed requests get their answers; /health says why)."""
+    import threading
+
+    def stop():
+        server.should_exit = True
+        server.force_exit = True
+
+    threading.Timer(grace, stop).start()
 
 
 def served_names(args: argparse.Namespace, llm) -> tuple[str, list[str]]:

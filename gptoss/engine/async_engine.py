@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
+from gptoss.engine.distributed import RankFailed
 from gptoss.engine.llm import LLMEngine
 from gptoss.engine.sampling import SamplingParams, TokenLogprobs
 from gptoss.errors import GptossError
@@ -26,6 +27,10 @@ class QueueFull(GptossError):
 
 class GenerationFailed(GptossError):
     """The engine could not finish this request (its processing raised); other requests are unaffected."""
+
+
+class EngineStopped(GptossError):
+    """The engine cannot run any request (a tensor parallel rank is gone); the server is going down."""
 
 
 def _failed(exc: BaseException) -> GenerationFailed:
@@ -69,6 +74,9 @@ class AsyncEngine:
         self._ids = itertools.count()
         self._stop = False
         self._error: BaseException | None = None
+        # Called (from the engine thread) once, when the engine stops for good: a tensor parallel rank died,
+        # hung past the collective timeout or failed; every request has been failed before.
+        self.on_fatal = None
         self._thread = threading.Thread(target=self._run, name="gptoss-engine", daemon=True)
         self._thread.start()
 
@@ -81,7 +89,7 @@ class AsyncEngine:
     def submit(self, prompt_ids: list[int], params: SamplingParams, prefix_len: int = 0) -> str:
         """Queue a request; returns its id. Raises QueueFull when too many are waiting."""
         if self._error is not None:
-            raise GptossError(f"the engine stopped: {self._error!r}")
+            raise EngineStopped(f"the engine stopped: {self._error}")
         request_id = f"r{next(self._ids)}"
         loop = asyncio.get_running_loop()
         with self._lock:
@@ -137,9 +145,37 @@ class AsyncEngine:
             except RuntimeError:  # the loop is closed
                 pass
 
-    def _run(self) -> None:
+    @property
+    def error(self) -> str | None:
+        """Why the engine stopped for good (one line naming the rank), or None while it runs."""
+        return None if self._error is None else str(self._error)
+
+    def _die(self, exc: BaseException) -> None:
+        """A tensor parallel rank is gone: fail every request, then tell the server (``on_fatal``)."""
+        log.error("%s", exc)
         engine = self.engine
+        with self._lock:
+            self._error = exc
+            submissions, self._submissions = self._submissions, []
+            for request_id, *_ in submissions:
+                self._deliver(request_id, EngineStopped(f"the engine stopped: {exc}"))
+            for seq in list(engine.scheduler.running) + list(engine.scheduler.waiting):
+                self._deliver(seq.request_id, _failed(exc))
+        if self.on_fatal is not None:
+            self.on_fatal(exc)
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except RankFailed as exc:
+            self._die(exc)
+
+    def _loop(self) -> None:
+        engine = self.engine
+        channel = getattr(engine.runner, "channel", None)
         while not self._stop:
+            if channel is not None:
+                channel.check()  # a rank found gone while idle (heartbeat) or exited
             with self._lock:
                 submissions, self._submissions = self._submissions, []
                 aborts, self._aborts = self._aborts, []
@@ -159,6 +195,8 @@ class AsyncEngine:
                 continue
             try:
                 produced = engine.step()
+            except RankFailed:
+                raise
             except Exception as exc:  # outside any one request (the step isolates those): fail the batch, keep serving
                 log.exception("engine step failed; failing the running and waiting requests")
                 for seq in list(engine.scheduler.running) + list(engine.scheduler.waiting):

@@ -15,6 +15,7 @@ from typing import Iterator
 
 import torch
 
+from gptoss.engine.distributed import RankFailed
 from gptoss.engine.model_runner import ModelRunner
 from gptoss.engine.sampling import SamplingParams, TokenLogprobs, sample
 from gptoss.engine.scheduler import Scheduler
@@ -82,15 +83,16 @@ class PrefixCache:
 class LLMEngine:
     def __init__(self, model: Transformer, max_batch: int = 8, max_model_len: int = 4096, max_prefill_tokens: int = 2048,
                  prefix_slots: int = 4, kv_cache: str = "auto", kv_cache_tokens: int | None = None,
-                 cuda_graphs: bool | None = None):
+                 cuda_graphs: bool | None = None, channel=None):
         """``kv_cache``: ``slot`` (one fixed place per sequence, the CPU default), ``paged`` (blocks from a
         block manager, the CUDA default, where the Triton kernels and decode CUDA graphs run) or ``auto``.
-        ``kv_cache_tokens`` sizes the paged cache (default: every sequence can reach ``max_model_len``)."""
+        ``kv_cache_tokens`` sizes the paged cache (default: every sequence can reach ``max_model_len``).
+        ``channel``: rank 0's :class:`~gptoss.engine.distributed.StepChannel` when ``model`` is one shard of
+        a tensor parallel model (the other ranks build their runner from :meth:`runner_kwargs`)."""
         self.model = model
         self.max_model_len = max_model_len
-        self.runner = ModelRunner(model, max_batch + prefix_slots, max_model_len, kv_cache=kv_cache,
-                                  kv_cache_tokens=kv_cache_tokens, max_step_tokens=max_prefill_tokens,
-                                  cuda_graphs=cuda_graphs, decode_batch=max_batch)
+        self.runner = ModelRunner(model, channel=channel, **self.runner_kwargs(
+            max_batch, max_model_len, max_prefill_tokens, prefix_slots, kv_cache, kv_cache_tokens, cuda_graphs))
         self.scheduler = Scheduler(max_batch, max_prefill_tokens, blocks=self.runner.blocks)
         self.prefixes = PrefixCache(list(range(max_batch, max_batch + prefix_slots)))
         self.prefix_hits = 0
@@ -98,6 +100,15 @@ class LLMEngine:
         # Requests whose processing raised, each failed alone (finish_reason "error", ``seq.error``) while
         # the rest of the batch goes on; the async engine drains this list after each step.
         self.failures: list[Sequence] = []
+
+    @staticmethod
+    def runner_kwargs(max_batch: int = 8, max_model_len: int = 4096, max_prefill_tokens: int = 2048,
+                      prefix_slots: int = 4, kv_cache: str = "auto", kv_cache_tokens: int | None = None,
+                      cuda_graphs: bool | None = None) -> dict:
+        """The :class:`ModelRunner` of an engine so configured (every tensor parallel rank builds the same)."""
+        return dict(max_batch=max_batch + prefix_slots, max_model_len=max_model_len, kv_cache=kv_cache,
+                    kv_cache_tokens=kv_cache_tokens, max_step_tokens=max_prefill_tokens, cuda_graphs=cuda_graphs,
+                    decode_batch=max_batch)
 
     def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None,
                     prefix_len: int = 0) -> Sequence:
@@ -172,6 +183,8 @@ class LLMEngine:
         raise again fail (the others' cache writes are simply redone: nothing advanced)."""
         try:
             return work, self.runner.run(work)
+        except RankFailed:  # not this batch's fault: no rank can run anything any more
+            raise
         except Exception as exc:
             if len(work) == 1:
                 self._fail(work[0][0], exc)
@@ -181,6 +194,8 @@ class LLMEngine:
             try:
                 rows.append(self.runner.run([item]))
                 kept.append(item)
+            except RankFailed:
+                raise
             except Exception as exc:
                 self._fail(item[0], exc)
         return kept, (torch.cat(rows) if rows else None)
@@ -312,8 +327,23 @@ class LLM:
         progress: bool = False,
         kv_cache: str = "auto",
         kv_cache_tokens: int | None = None,
+        tensor_parallel_size: int = 1,
+        topology=None,
+        distributed_timeout: float | None = None,
     ):
+        """``tensor_parallel_size``: shard the model over that many local ranks (processes spawned here, this
+        one being rank 0: attention by heads, experts across ranks, vocabulary split; gloo on the CPU, NCCL
+        on GPUs). ``topology``: this process's place in a group started elsewhere (``torchrun``: see
+        :func:`gptoss.engine.distributed.from_environment`); it must be rank 0, the others run
+        :func:`follow_rank0`. ``distributed_timeout``: seconds any collective may wait."""
+        from gptoss.engine import distributed
+
+        self.channel = None
+        self.workers: list = []  # the local ranks this process spawned (tensor parallel)
+        channel_kwargs = {}
         if isinstance(model, Transformer):
+            if tensor_parallel_size > 1 or topology is not None:
+                raise GptossError("tensor parallelism needs a checkpoint path, not a built Transformer")
             self.model = model
             self.model_dir = None
         else:
@@ -323,14 +353,53 @@ class LLM:
             self.model_dir = resolve_model_path(str(model))
             config = locate(self.model_dir, layout).config
             dev = _auto_device(device)
-            self.model = Transformer.from_checkpoint(
-                self.model_dir, device=dev, dtype=_auto_dtype(dtype, dev, config.weight_bytes()), layout=layout,
-                progress=progress,
-            )
+            dt = _auto_dtype(dtype, dev, config.weight_bytes())
+            if tensor_parallel_size < 1:
+                raise GptossError(f"tensor_parallel_size must be at least 1, got {tensor_parallel_size}")
+            if tensor_parallel_size > 1 or topology is not None:
+                from gptoss.model.parallel import Shard
+
+                world = topology.world if topology is not None else tensor_parallel_size
+                Shard(0, world).check(config)  # before any process starts
+                timeout = distributed_timeout or distributed.DEFAULT_TIMEOUT_S
+                runner_kwargs = LLMEngine.runner_kwargs(max_batch, min(max_model_len, config.max_position_embeddings),
+                                                        kv_cache=kv_cache, kv_cache_tokens=kv_cache_tokens)
+                procs = []
+                if topology is None:
+                    threads = None if dev.startswith("cuda") else max(1, torch.get_num_threads() // world)
+                    topology, procs = distributed.spawn_workers(world, dev, str(self.model_dir), dt, layout,
+                                                                runner_kwargs, timeout, threads)
+                    if threads:
+                        torch.set_num_threads(threads)
+                if topology.rank != 0:
+                    raise GptossError(f"LLM runs on rank 0; rank {topology.rank} runs follow_rank0()")
+                try:
+                    distributed.init(topology)
+                    self.channel = distributed.StepChannel(topology)
+                    self.channel.workers = self.workers = procs
+                    self.model = distributed.load_shard(self.model_dir, topology, dt, layout)
+                    self.channel.ready()
+                except BaseException:
+                    for proc in procs:
+                        proc.kill()
+                    raise
+                import atexit
+
+                atexit.register(self.close)
+                channel_kwargs = {"channel": self.channel}
+            else:
+                self.model = Transformer.from_checkpoint(self.model_dir, device=dev, dtype=dt, layout=layout,
+                                                         progress=progress)
         self.max_model_len = min(max_model_len, self.model.config.max_position_embeddings)
         self.engine = LLMEngine(self.model, max_batch=max_batch, max_model_len=self.max_model_len, kv_cache=kv_cache,
-                                kv_cache_tokens=kv_cache_tokens)
+                                kv_cache_tokens=kv_cache_tokens, **channel_kwargs)
         self._tokenizer = tokenizer
+
+    def close(self) -> None:
+        """Stop the other tensor parallel ranks (nothing to do for a single-process model)."""
+        if self.channel is not None:
+            channel, self.channel = self.channel, None
+            channel.close()
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -390,3 +459,26 @@ class LLM:
                         yield TokenEvent(token, text, seq.logprobs[-1], seq.finish_reason)
         finally:
             self.engine.abort(seq.request_id)
+
+
+def follow_rank0(model: str | os.PathLike, topology, device: str | None = None, dtype: torch.dtype | str | None = None,
+                 max_batch: int = 8, max_model_len: int = 4096, layout: str = "auto", kv_cache: str = "auto",
+                 kv_cache_tokens: int | None = None) -> None:
+    """A rank other than 0 of a tensor parallel group started by ``torchrun``: load this rank's shard and run
+    the steps rank 0 sends until it stops. Give it the same settings as rank 0's :class:`LLM`."""
+    from gptoss.engine import distributed
+    from gptoss.model.checkpoint import locate
+    from gptoss.model.hub import resolve_model_path
+
+    folder = resolve_model_path(str(model))
+    config = locate(folder, layout).config
+    dt = _auto_dtype(dtype, topology.device, config.weight_bytes())
+    distributed.init(topology)
+    channel = distributed.StepChannel(topology)
+    shard_model = distributed.load_shard(folder, topology, dt, layout)
+    runner = ModelRunner(shard_model, **LLMEngine.runner_kwargs(
+        max_batch, min(max_model_len, config.max_position_embeddings), kv_cache=kv_cache,
+        kv_cache_tokens=kv_cache_tokens))
+    channel.ready()
+    distributed.worker_loop(runner, channel)
+    channel.close()

@@ -203,6 +203,9 @@ def create_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health():
+        if state.engine.error is not None:  # a tensor parallel rank is gone: say which, and that we are down
+            return JSONResponse({"status": "error", "error": state.engine.error, "model": config.model_name},
+                                status_code=503)
         return {"status": "ok", "model": config.model_name, "synthetic": state.llm.is_synthetic,
                 "running": state.engine.stats.running, "waiting": state.engine.pending}
 

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gptoss.conversation.openai_chat import ConversationError
-from gptoss.engine.async_engine import GenerationFailed, QueueFull
+from gptoss.engine.async_engine import EngineStopped, GenerationFailed, QueueFull
 from gptoss.errors import GptossError
 
 
@@ -73,6 +73,10 @@ def install(app) -> None:
     async def _busy(request: Request, exc: QueueFull):
         return _response(APIError(429, f"the server is busy: {exc}; retry shortly", type="rate_limit_error",
                                   code="queue_full", headers={"Retry-After": "1"}))
+
+    @app.exception_handler(EngineStopped)
+    async def _stopped(request: Request, exc: EngineStopped):  # a tensor parallel rank is gone; the server exits
+        return _response(APIError(503, str(exc), type="server_error", code="engine_stopped"))
 
     @app.exception_handler(GenerationFailed)
     async def _failed(request: Request, exc: GenerationFailed):  # the server's fault, and this request's only

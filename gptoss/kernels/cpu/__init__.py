@@ -276,6 +276,8 @@ def dense(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """A model's ``Linear`` on ``x``, float32 out: bf16 weights through :func:`linear` (read as they are, no
     float32 copy) — or, for many tokens on a CPU with bf16 matrix units, through torch's bf16 GEMM —
     float32 weights through torch (its BLAS is already at the memory bandwidth)."""
+    if type(module) is not torch.nn.Linear:  # a sharded layer (gptoss.model.parallel) joins its parts itself
+        return module(x).float()
     w = module.weight
     if w.dtype == torch.bfloat16:
         if x.numel() >= TORCH_BF16_MIN_TOKENS * x.shape[-1] and cpu_has_bf16_units():

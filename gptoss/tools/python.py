@@ -144,21 +144,27 @@ except ChildProcessError:
 del _gptoss_os
 """
 
+# Installed before every cell (IPython 9 swaps ``stream.write`` for its own tee during each cell and puts it
+# back afterwards, which would undo a patch made once), and once now for IPython versions without the tee.
 _SETUP_CAP_WRITES = """
-def _gptoss_cap(stream, limit={limit}):
-    write = stream.write
-    def capped(text):
-        if isinstance(text, str) and len(text) > limit:
-            text = text[:limit // 2] + f"\\n[... {{len(text) - limit}} characters truncated ...]\\n" + text[-(limit // 2):]
-        return write(text)
-    stream.write = capped
-import sys as _gptoss_sys
-for _gptoss_stream in (_gptoss_sys.stdout, _gptoss_sys.stderr):
-    try:
-        _gptoss_cap(_gptoss_stream)
-    except Exception:
-        pass
-del _gptoss_cap, _gptoss_sys, _gptoss_stream
+def _gptoss_cap_streams(*_args, _limit={limit}):
+    import sys
+    for stream in (sys.stdout, sys.stderr):
+        write = stream.write
+        if getattr(write, "_gptoss_capped", False):
+            continue
+        def capped(text, *args, _write=write, **kwargs):
+            if isinstance(text, str) and len(text) > _limit:
+                text = text[:_limit // 2] + f"\\n[... {{len(text) - _limit}} characters truncated ...]\\n" + text[-(_limit // 2):]
+            return _write(text, *args, **kwargs)
+        capped._gptoss_capped = True
+        try:
+            stream.write = capped
+        except Exception:
+            pass
+get_ipython().events.register("pre_run_cell", _gptoss_cap_streams)
+_gptoss_cap_streams()
+del _gptoss_cap_streams
 """
 
 _SETUP_PATH_REWRITE = """

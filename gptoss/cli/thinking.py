@@ -32,28 +32,30 @@ class ThinkingIndicator:
 
     # ---------------------------------------------------------------- state
     def start(self) -> None:
+        # Ordered so that a Ctrl-C landing anywhere in here leaves a state stop() can undo.
         if self.active:
             return
-        self.active = True
         self._base = self.count()
         self._started = time.monotonic()
         self._first: tuple[float, int] | None = None  # (time, count) when the first hidden token was seen
+        self._stop.clear()
+        self.active = True
         if not self.live:
             self._write("(thinking...")
-        self._stop.clear()
         self._tick(0)
-        self._thread = threading.Thread(target=self._run, name="thinking-indicator", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._run, name="thinking-indicator", daemon=True)
+        thread.start()
+        self._thread = thread  # only a started thread is ever joined
 
     def stop(self) -> int:
         """Erase the live line (or end the plain one) and return the hidden tokens counted."""
         if not self.active:
             return 0
         self.active = False
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = None
+        self._stop.set()  # also ends a thread started just before a Ctrl-C kept it from being recorded
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
         tokens = self.tokens()
         summary = self.summary(tokens)
         if self.live:

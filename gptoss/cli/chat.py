@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from gptoss.cli.common import DEMO_MAX_TOKENS, DEMO_REASONING_MAX_TOKENS, add_model_args, load_llm
@@ -199,6 +200,10 @@ class ChatUI:
         self.say(_clip(event.output, 12), style)
 
     def loop(self) -> int:
+        # Ctrl-C must reach us even when the parent started us with SIGINT ignored or blocked (both are
+        # inherited across exec): an interactive chat promises that Ctrl-C stops an answer.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         self.say("gpt-oss chat. /help lists commands; Ctrl-C stops an answer, Ctrl-D quits.")
         while True:
             try:

@@ -28,6 +28,9 @@ def _check_rank(rank: int, world: int, init_file: str, folder: str) -> None:
             _compare(rank, world, folder, ("hf", "original"), ((True, False), (False, True), (True, True)), 1e-5)
         with kernels.use("auto"):  # the CPU fast path where it loads (its own MoE rounds differently)
             _compare(rank, world, folder, ("original",), ((True, True),), 1e-4)
+        # Neither rank tears the group down while the other may still be reading its last collective
+        # (gloo aborts a process whose peer closed the connection under it).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

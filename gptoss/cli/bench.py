@@ -409,10 +409,15 @@ def run(args: argparse.Namespace) -> int:
             torch.cuda.empty_cache()
         result["transformers"] = compare_transformers(model, args, batch_sizes, prompt, device, dtype, result)
     result["table"] = summary_table(result)
+    return emit_json(result, args.out)
+
+
+def emit_json(result: dict, out: str | None) -> int:
+    """Print the benchmark's JSON, and also write it to ``out`` when given."""
     text = json.dumps(result, indent=2)
     print(text)
-    if args.out:
-        with open(args.out, "w") as f:
+    if out:
+        with open(out, "w") as f:
             f.write(text + "\n")
     return 0
 
@@ -427,12 +432,7 @@ def run_compare_cli(args: argparse.Namespace) -> int:
 
             raise GptossError(f"--{flag.replace('_', '-')}: expected a positive number, found {getattr(args, flag)}")
     result = run_compare(args, engines)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    return 0
+    return emit_json(result, args.out)
 
 
 def check_against_reference(model, device: str, kind: str, length: int = 160) -> dict:

@@ -11,7 +11,6 @@ must read a step), so ``ratio_to_floor`` compares a rank with its own memory ban
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -23,7 +22,7 @@ def run_tensor_parallel(args: argparse.Namespace) -> int:
     import torch
 
     from gptoss import kernels
-    from gptoss.cli.bench import NOMINAL_GBS, _log, copy_bandwidth_gbs, decode_step_bytes, prefill_flops, summary_table
+    from gptoss.cli.bench import NOMINAL_GBS, _log, copy_bandwidth_gbs, decode_step_bytes, emit_json, prefill_flops, summary_table
     from gptoss.engine import LLM, SamplingParams
     from gptoss.engine.llm import _auto_dtype, check_device
     from gptoss.errors import GptossError
@@ -123,9 +122,4 @@ def run_tensor_parallel(args: argparse.Namespace) -> int:
         llm.close()
         if tmp is not None:
             tmp.cleanup()
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    return 0
+    return emit_json(result, args.out)

@@ -119,6 +119,15 @@ class AttentionBlock(torch.nn.Module):
         cos, sin = rope
         q = RotaryEmbedding.apply(q.reshape(n, hq, d), cos, sin).view(n, hk, hq // hk, d)
         k = RotaryEmbedding.apply(k, cos, sin)
+        if fast:  # native attention over the cache and the new keys, then the new keys into the cache
+            from gptoss.kernels import cpu
+
+            ck, cv = (cache.k[self.layer_idx], cache.v[self.layer_idx]) if cache is not None else (None, None)
+            out = cpu.attention(q.reshape(n, hq, d), k, v, ck, cv, *batch.flat_meta(), self.sinks, self.sm_scale,
+                                self.window).to(x.dtype)
+            if cache is not None:
+                self._store(cache, batch, k, v)
+            return (x.float() + _cpu_dense(self.out, out)).to(x.dtype)
 
         # Pad the flat tokens into [B, Tq, ...] for attention.
         qp, kp, vp = q[batch.pad_index], k[batch.pad_index], v[batch.pad_index]
@@ -133,8 +142,6 @@ class AttentionBlock(torch.nn.Module):
         out = out[batch.query_valid]
         if cache is not None:
             self._store(cache, batch, k, v)
-        if fast:
-            return (x.float() + _cpu_dense(self.out, out)).to(x.dtype)
         return x + self.out(out)
 
     def _store(self, cache: KVCache, batch: StepBatch, k: torch.Tensor, v: torch.Tensor) -> None:

@@ -74,6 +74,15 @@ class StepBatch:
         self.token_seq = torch.repeat_interleave(torch.arange(self.batch_size, device=device), self.lens)  # [N]
         self.last_index = offsets + self.lens - 1  # [B] flat index of each sequence's last new token
 
+    def flat_meta(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per flat token: its cache slot, position, its sequence's first new position, and the flat index of
+        its sequence's first new token (what :func:`gptoss.kernels.cpu.attention` reads)."""
+        if "flat" not in self._masks:
+            seq = self.token_seq
+            offsets = torch.cumsum(self.lens, 0) - self.lens
+            self._masks["flat"] = (self.slots[seq], self.positions, self.starts[seq], offsets[seq])
+        return self._masks["flat"]
+
     def cached_positions(self, length: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Positions ``[B, length]`` held by each sequence's cache rows, and whether each row is valid."""
         s = torch.arange(length, device=self.starts.device)[None, :]

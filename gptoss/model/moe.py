@@ -72,7 +72,8 @@ class MLPBlock(torch.nn.Module):
         top = torch.topk(logits, k=self.experts_per_token, dim=-1, sorted=True)
         weights = torch.softmax(top.values, dim=-1)
         out = cpu.moe_experts(t, weights, top.indices, self.mlp1_weight, self.mlp1_bias, self.mlp2_weight,
-                              self.mlp2_bias, self.swiglu_alpha, self.swiglu_limit)
+                              self.mlp2_bias, self.swiglu_alpha, self.swiglu_limit,
+                              bf16_inputs=t.dtype == torch.bfloat16)
         return (x.float() + out).to(x.dtype)
 
 

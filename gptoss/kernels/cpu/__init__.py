@@ -69,9 +69,11 @@ def library(isa: str | None = None) -> ctypes.CDLL:
         lib.gptoss_isa.restype = ctypes.c_char_p
         lib.gptoss_max_threads.restype = _INT
         lib.gptoss_mxfp4_dequantize.argtypes = [_P, _P, _I64, _I64, _P]
-        lib.gptoss_linear.argtypes = [_P, _I64, _I64, _P, _P, _INT, _I64, _P, _INT, _P, _INT]
+        lib.gptoss_linear.argtypes = [_P, _I64, _I64, _P, _P, _INT, _I64, _P, _INT, _P, _INT, _INT]
         lib.gptoss_moe_experts.argtypes = [_P, _I64, _I64, _I64, _P, _P, _I64, _I64, _P, _P, _P, _P, _P, _P, _INT,
-                                           _F, _F, _P, _INT]
+                                           _F, _F, _P, _INT, _INT]
+        lib.gptoss_attention.argtypes = [_P, _P, _P, _P, _P, _INT, _I64, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _P, _F,
+                                         _I64, _P, _INT]
         _libs[isa] = lib
         return lib
 
@@ -191,9 +193,11 @@ def mxfp4_dequantize(blocks: torch.Tensor, scales: torch.Tensor, isa: str | None
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-           scales: torch.Tensor | None = None, isa: str | None = None) -> torch.Tensor:
+           scales: torch.Tensor | None = None, isa: str | None = None, bf16_inputs: bool = False) -> torch.Tensor:
     """``x [..., K] @ weight.T + bias`` in float32 -> float32 ``[..., M]``. ``weight [M, K]`` float32 or
-    bfloat16, or MXFP4 blocks ``[M, K/32, 16]`` uint8 with ``scales [M, K/32]``."""
+    bfloat16, or MXFP4 blocks ``[M, K/32, 16]`` uint8 with ``scales [M, K/32]``. ``bf16_inputs``: ``x`` may be
+    rounded to bfloat16 (a bf16 model's activations are), so a CPU with bf16 dot products (``avx512bf16``) uses
+    them for bf16 and MXFP4 weights; products still sum in float32."""
     _check_cpu("linear", x, weight, bias, scales)
     if weight.dtype == torch.uint8:
         if scales is None or weight.dim() != 3 or weight.shape[:2] != scales.shape:
@@ -214,15 +218,17 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     y = torch.empty(x2.shape[0], m, dtype=torch.float32)
     if x2.shape[0]:
         library(isa).gptoss_linear(_ptr(x2), x2.shape[0], k, _ptr(weight), _ptr(scales), kind, m, _ptr(b), bkind,
-                                   _ptr(y), num_threads())
+                                   _ptr(y), num_threads(), int(bf16_inputs))
     return y.reshape(*lead, m)
 
 
 def moe_experts(t: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, mlp1_weight, mlp1_bias: torch.Tensor,
                 mlp2_weight, mlp2_bias: torch.Tensor, alpha: float = 1.702, limit: float = 7.0,
-                isa: str | None = None) -> torch.Tensor:
+                isa: str | None = None, bf16_inputs: bool = False) -> torch.Tensor:
     """The experts of each token, weighted and summed: ``t [N, hidden]``, routing ``weights, indices [N, k]``,
-    ``mlp*_weight`` :class:`~gptoss.model.mxfp4.MXFP4Weight`. Returns float32 ``[N, hidden]`` (no residual)."""
+    ``mlp*_weight`` :class:`~gptoss.model.mxfp4.MXFP4Weight`. Returns float32 ``[N, hidden]`` (no residual).
+    ``bf16_inputs``: ``t`` and the SwiGLU activations may be rounded to bfloat16, as a bf16 model's reference
+    rounds them (see :func:`linear`)."""
     b1, s1, b2, s2 = mlp1_weight.blocks, mlp1_weight.scales, mlp2_weight.blocks, mlp2_weight.scales
     _check_cpu("moe_experts", t, weights, indices, b1, s1, b2, s2, mlp1_bias, mlp2_bias)
     n, h = t.shape
@@ -245,7 +251,39 @@ def moe_experts(t: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, m
         library(isa).gptoss_moe_experts(
             _ptr(t32), n, h, i, _ptr(idx), _ptr(w32), idx.shape[1], e, _ptr(b1), _ptr(s1),
             _ptr(bias1), _ptr(b2), _ptr(s2), _ptr(bias2), bkind, float(alpha), float(limit),
-            _ptr(out), num_threads())
+            _ptr(out), num_threads(), int(bf16_inputs))
+    return out
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache_k: torch.Tensor | None,
+              cache_v: torch.Tensor | None, slot: torch.Tensor, pos: torch.Tensor, start: torch.Tensor,
+              first: torch.Tensor, sinks: torch.Tensor, sm_scale: float, window: int,
+              isa: str | None = None) -> torch.Tensor:
+    """Attention with sinks of ``N`` new tokens over a slot cache and their own keys: ``q [N, HQ, D]``,
+    ``k, v [N, HK, D]`` (after RoPE), ``cache_k/v [slots, L, HK, D]`` (float32 or bf16; a banded layer's ring
+    keeps position ``p`` at row ``p % L``) or None, per token ``slot, pos`` and its sequence's first new position
+    ``start`` and flat index ``first`` (int64 ``[N]``): keys before ``start`` come from the cache. Float32
+    ``[N, HQ * D]`` out, as :func:`gptoss.model.attention.sdpa_with_sinks` computes it."""
+    _check_cpu("attention", q, k, v, cache_k, cache_v, sinks)
+    n, hq, d = q.shape
+    hk = k.shape[1]
+    if k.shape != (n, hk, d) or v.shape != k.shape or hq % hk:
+        raise ValueError(f"attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not fit")
+    if cache_k is None:
+        kind, length = 0, 0
+    else:
+        if cache_k.dtype not in (torch.float32, torch.bfloat16) or cache_v.dtype != cache_k.dtype:
+            raise ValueError(f"attention: cache dtype {cache_k.dtype} is not float32 or bfloat16")
+        if not (cache_k.is_contiguous() and cache_v.is_contiguous()) or cache_k.shape[2:] != (hk, d):
+            raise ValueError(f"attention: cache {tuple(cache_k.shape)} does not fit keys {tuple(k.shape)}")
+        kind, length = (2 if cache_k.dtype == torch.bfloat16 else 1), cache_k.shape[1]
+    q32, k32, v32, s32 = _f32(q), _f32(k), _f32(v), _f32(sinks)
+    meta = [t.to(torch.int64).contiguous() for t in (slot, pos, start, first)]
+    out = torch.empty(n, hq * d, dtype=torch.float32)
+    if n:
+        library(isa).gptoss_attention(_ptr(q32), _ptr(k32), _ptr(v32), _ptr(cache_k), _ptr(cache_v), kind, length,
+                                      *[_ptr(t) for t in meta], n, hq, hk, d, _ptr(s32), float(sm_scale),
+                                      int(window), _ptr(out), num_threads())
     return out
 
 
@@ -282,5 +320,5 @@ def dense(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if w.dtype == torch.bfloat16:
         if x.numel() >= TORCH_BF16_MIN_TOKENS * x.shape[-1] and cpu_has_bf16_units():
             return torch.nn.functional.linear(x.to(torch.bfloat16), w, module.bias).float()
-        return linear(x, w, module.bias)
+        return linear(x, w, module.bias, bf16_inputs=x.dtype == torch.bfloat16)
     return torch.nn.functional.linear(x.float(), w.float(), None if module.bias is None else module.bias.float())

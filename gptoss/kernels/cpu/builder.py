@@ -26,6 +26,9 @@ SOURCE = Path(__file__).with_name("gptoss_cpu.cpp")
 ISA_FLAGS: dict[str, list[str]] = {
     "avx512": ["-DGPTOSS_ISA_AVX512", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c",
                "-mtune=skylake-avx512"],
+    # AVX-512 with the bf16 dot product (Sapphire Rapids, Zen 4 and later): bf16 models multiply in bf16
+    "avx512bf16": ["-DGPTOSS_ISA_AVX512", "-DGPTOSS_BF16DOT", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
+                   "-mavx512bf16", "-mavx2", "-mfma", "-mf16c", "-mtune=skylake-avx512"],
     # (a -mtune other than generic: GCC's generic tuning splits every unaligned 256-bit load in two)
     "avx2": ["-DGPTOSS_ISA_AVX2", "-mavx2", "-mfma", "-mf16c", "-mtune=haswell"],
     "neon": ["-DGPTOSS_ISA_NEON"],
@@ -64,10 +67,23 @@ def _runnable() -> tuple[str, ...]:
         # torch checks the CPU and that the OS saves the wide registers (XCR0).
         cap = torch.backends.cpu.get_cpu_capability().upper()
         if cap.startswith("AVX512"):
+            if _cpu_flags() >= {"avx512_bf16", "avx512bw", "avx512vl"}:
+                return ("avx512bf16", "avx512", "avx2", "portable")
             return ("avx512", "avx2", "portable")
         if cap.startswith("AVX2"):
             return ("avx2", "portable")
     return ("portable",)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 def runnable_isas() -> list[str]:

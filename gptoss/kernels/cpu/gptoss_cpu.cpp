@@ -2,6 +2,7 @@
 // fused bias + clamped SwiGLU + routing-weighted combine, and bf16 dense products (GEMV / small GEMM).
 //
 // One source, compiled once per instruction set (the Python loader picks the variant at run time):
+//   -DGPTOSS_ISA_AVX512 -DGPTOSS_BF16DOT (also -mavx512bf16): bf16 models multiply with VDPBF16PS
 //   -DGPTOSS_ISA_AVX512 (with -mavx512f -mavx512bw -mavx512vl -mavx2 -mfma -mf16c)
 //   -DGPTOSS_ISA_AVX2   (with -mavx2 -mfma -mf16c)
 //   -DGPTOSS_ISA_NEON   (AArch64)
@@ -31,7 +32,11 @@
 
 #if defined(GPTOSS_ISA_AVX512)
 #define VBYTES 64
+#ifdef GPTOSS_BF16DOT
+#define ISA_NAME "avx512bf16"
+#else
 #define ISA_NAME "avx512"
+#endif
 #define RT 4   // rows decoded per tile
 #define TB 6   // tokens per register block
 #elif defined(GPTOSS_ISA_AVX2)
@@ -52,6 +57,9 @@
 #endif
 
 #define VW (VBYTES / 4)  // floats a vector
+#ifndef PF_BYTES
+#define PF_BYTES 32768  // how far ahead of the decode the weights are prefetched
+#endif
 
 typedef float vf __attribute__((vector_size(VBYTES)));                          // in registers
 typedef float vf_u __attribute__((vector_size(VBYTES), aligned(4), may_alias));  // unaligned memory
@@ -207,6 +215,13 @@ struct MXFP4Rows {
     const int64_t g = K / 32;
     decode_block_v(blocks + (r * g + j) * 16, scales[r * g + j], out);
   }
+  // Ask for the bytes a few rows ahead of column block j of row r (weights streamed from memory: the
+  // decode consumes them too slowly for the hardware prefetcher to run far enough ahead).
+  void prefetch(int64_t r, int64_t j) const {
+    const int64_t g = K / 32;
+    if ((j & 3) == 0) __builtin_prefetch(blocks + (r * g + j) * 16 + PF_BYTES, 0, 1);
+    if ((j & 63) == 0) __builtin_prefetch(scales + r * g + j + PF_BYTES / 16, 0, 1);
+  }
 };
 
 struct BF16Rows {
@@ -214,6 +229,9 @@ struct BF16Rows {
   int64_t K;
   void row(int64_t r, float* out) const { decode_bf16(w + r * K, K, out); }
   void chunk(int64_t r, int64_t j, vf* out) const { decode_bf16_v(w + r * K + 32 * j, out); }
+  void prefetch(int64_t r, int64_t j) const {
+    if ((j & 1) == 0) __builtin_prefetch(w + r * K + 32 * j + PF_BYTES, 0, 1);
+  }
 };
 
 struct F32Rows {
@@ -223,6 +241,7 @@ struct F32Rows {
   void chunk(int64_t r, int64_t j, vf* out) const {
     for (int v = 0; v < NV; v++) out[v] = vload(w + r * K + 32 * j + v * VW);
   }
+  void prefetch(int64_t, int64_t) const {}
 };
 
 // ------------------------------------------------------------------ the product kernel
@@ -284,6 +303,7 @@ static inline void fused_block(const Src& src, int64_t r, const float* x, int64_
 #pragma GCC unroll 8
     for (int i = 0; i < R; i++) {
       vf w[NV];
+      src.prefetch(r + i, j);
       src.chunk(r + i, j, w);
 #pragma GCC unroll 8
       for (int t = 0; t < T; t++)
@@ -361,6 +381,255 @@ static void rows_product(const Src& src, int64_t r0, int64_t r1, int64_t K, cons
   }
 }
 
+// ------------------------------------------------------------------ bf16 dot products (AVX512-BF16)
+// For a bf16 model, whose activations are bf16 already (rounding them to bf16 loses nothing its reference
+// keeps): VDPBF16PS multiplies two bf16 pairs a lane into float32 sums, half the instructions of float32 FMAs.
+// MXFP4 weights are decoded to bf16 by one table lookup (E2M1 values are exact in bf16), two blocks a register,
+// and each block's E8M0 scale multiplies its partial sums in float32. Few tokens: the input is laid out in the
+// order the decode produces ("pair order"), so no shuffle is spent on the weights; many tokens: weights are
+// decoded a few rows at a time into a bf16 buffer and multiplied against the tokens held in L2.
+#if defined(GPTOSS_BF16DOT)
+#define HAVE_BF16DOT 1
+
+static inline uint16_t f32_to_bf16(float f) {  // round to nearest even, as torch's .bfloat16() does
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  if ((b & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((b >> 16) | 0x40);  // NaN stays NaN
+  b += 0x7fffu + ((b >> 16) & 1u);
+  return (uint16_t)(b >> 16);
+}
+
+static void to_bf16(const float* x, int64_t n, uint16_t* out) {
+  for (int64_t i = 0; i < n; i++) out[i] = f32_to_bf16(x[i]);
+}
+
+// Length of one input row in pair order: K/32 blocks taken two at a time, 64 values a pair (zero past K).
+static inline int64_t pair_len(int64_t K) { return ((K / 32 + 1) / 2) * 64; }
+
+// x [K] (K % 32 == 0) -> pair order: for pair p, 32 words of even values then 32 of odd values; word m of a
+// half is block 2p + m/16, value 2*(m%16) (+1 for the odd half) — the order fused_mx_bh decodes weights in.
+static void to_bf16_pairs(const float* x, int64_t K, uint16_t* out) {
+  const int64_t g = K / 32, pairs = (g + 1) / 2;
+  for (int64_t p = 0; p < pairs; p++) {
+    uint16_t* o = out + 64 * p;
+    for (int m = 0; m < 32; m++) {
+      const int64_t blk = 2 * p + m / 16, idx = 32 * blk + 2 * (m % 16);
+      o[m] = blk < g ? f32_to_bf16(x[idx]) : 0;
+      o[32 + m] = blk < g ? f32_to_bf16(x[idx + 1]) : 0;
+    }
+  }
+}
+
+static const uint16_t FP4_BF16[32] = {
+    0x0000, 0x3F00, 0x3F80, 0x3FC0, 0x4000, 0x4040, 0x4080, 0x40C0, 0x8000, 0xBF00, 0xBF80, 0xBFC0, 0xC000, 0xC040, 0xC080, 0xC0C0,
+    0x0000, 0x3F00, 0x3F80, 0x3FC0, 0x4000, 0x4040, 0x4080, 0x40C0, 0x8000, 0xBF00, 0xBF80, 0xBFC0, 0xC000, 0xC040, 0xC080, 0xC0C0};
+
+static inline __m512bh as_bh(__m512i v) { return (__m512bh)v; }
+
+// R MXFP4 rows from row r against T tokens in pair order (row stride ldx): res[t * R + i].
+template <int R, int T>
+static inline void fused_mx_bh(const uint8_t* blocks, const uint8_t* scales, int64_t g, int64_t r,
+                               const uint16_t* xp, int64_t ldx, float* res) {
+  __m512 acc[R][T];
+#pragma GCC unroll 8
+  for (int i = 0; i < R; i++)
+#pragma GCC unroll 8
+    for (int t = 0; t < T; t++) acc[i][t] = _mm512_setzero_ps();
+  const __m512i lut = _mm512_loadu_si512(FP4_BF16);
+  const __m512i low4 = _mm512_set1_epi16(0x0F);
+  const __m512i sh = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8);
+  const __m512i ff = _mm512_set1_epi32(0xFF), tiny = _mm512_set1_epi32(0x00400000);  // E8M0 0 = 2**-127
+  const int64_t full = g / 2, pairs = (g + 1) / 2;
+  for (int64_t p = 0; p < pairs; p++) {
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++) {
+      const uint8_t* b = blocks + ((r + i) * g + 2 * p) * 16;
+      const uint8_t* s = scales + (r + i) * g + 2 * p;
+      if ((p & 1) == 0) __builtin_prefetch(b + PF_BYTES, 0, 1);
+      if ((p & 31) == 0) __builtin_prefetch(s + PF_BYTES / 16, 0, 1);
+      __m512i wb;
+      uint32_t sc;
+      if (p < full) {
+        wb = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)b));
+        sc = (uint32_t)s[0] | (uint32_t)s[1] << 8;
+      } else {  // an odd last block: the upper half decodes zeros against zero inputs
+        wb = _mm512_cvtepu8_epi16(_mm256_zextsi128_si256(_mm_loadu_si128((const __m128i*)b)));
+        sc = s[0];
+      }
+      const __m512bh wlo = as_bh(_mm512_permutexvar_epi16(_mm512_and_si512(wb, low4), lut));
+      const __m512bh whi = as_bh(_mm512_permutexvar_epi16(_mm512_srli_epi16(wb, 4), lut));
+      const __m512i sv = _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32((int)sc), sh), ff);
+      const __m512i bits = _mm512_mask_mov_epi32(_mm512_slli_epi32(sv, 23),
+                                                 _mm512_cmpeq_epi32_mask(sv, _mm512_setzero_si512()), tiny);
+      const __m512 scale = _mm512_castsi512_ps(bits);
+#pragma GCC unroll 8
+      for (int t = 0; t < T; t++) {
+        const uint16_t* xt = xp + t * ldx + 64 * p;
+        __m512 d = _mm512_dpbf16_ps(_mm512_setzero_ps(), wlo, as_bh(_mm512_loadu_si512(xt)));
+        d = _mm512_dpbf16_ps(d, whi, as_bh(_mm512_loadu_si512(xt + 32)));
+        acc[i][t] = _mm512_fmadd_ps(d, scale, acc[i][t]);
+      }
+    }
+  }
+  for (int t = 0; t < T; t++)
+    for (int i = 0; i < R; i++) res[t * R + i] = _mm512_reduce_add_ps(acc[i][t]);
+}
+
+// R bf16 rows of w (row stride ldw) from row r against T bf16 tokens (row stride ldx), any K: res[t * R + i].
+template <int R, int T>
+static inline void dot_bh(const uint16_t* w, int64_t ldw, int64_t r, const uint16_t* x, int64_t ldx, int64_t K,
+                          float* res) {
+  __m512 acc[R][T];
+#pragma GCC unroll 8
+  for (int i = 0; i < R; i++)
+#pragma GCC unroll 8
+    for (int t = 0; t < T; t++) acc[i][t] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++) {
+      const uint16_t* wr = w + (r + i) * ldw + k;
+      if ((k & 63) == 0) __builtin_prefetch(wr + PF_BYTES / 2, 0, 1);
+      const __m512bh wv = as_bh(_mm512_loadu_si512(wr));
+#pragma GCC unroll 8
+      for (int t = 0; t < T; t++) acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv, as_bh(_mm512_loadu_si512(x + t * ldx + k)));
+    }
+  }
+  if (k < K) {
+    const __mmask32 m = (__mmask32)((1ull << (K - k)) - 1);
+    for (int i = 0; i < R; i++) {
+      const __m512bh wv = as_bh(_mm512_maskz_loadu_epi16(m, w + (r + i) * ldw + k));
+      for (int t = 0; t < T; t++)
+        acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv, as_bh(_mm512_maskz_loadu_epi16(m, x + t * ldx + k)));
+    }
+  }
+  for (int t = 0; t < T; t++)
+    for (int i = 0; i < R; i++) res[t * R + i] = _mm512_reduce_add_ps(acc[i][t]);
+}
+
+static inline void put(float* y, int64_t ldy, int64_t col, const float* res, int R, int T, const float* bias) {
+  for (int t = 0; t < T; t++)
+    for (int i = 0; i < R; i++) y[t * ldy + col + i] = res[t * R + i] + (bias ? bias[col + i] : 0.f);
+}
+
+// Few tokens, MXFP4: rows [r0, r1) -> y[t, r - r0].
+template <int T>
+static void fused_mx_rows(const MXFP4Rows& src, int64_t r0, int64_t r1, const uint16_t* xp, int64_t ldx,
+                          float* y, int64_t ldy, const float* bias) {
+  const int64_t g = src.K / 32;
+  float res[FR * T];
+  int64_t r = r0;
+  for (; r + FR <= r1; r += FR) {
+    fused_mx_bh<FR, T>(src.blocks, src.scales, g, r, xp, ldx, res);
+    put(y, ldy, r - r0, res, FR, T, bias);
+  }
+  for (; r < r1; r++) {
+    fused_mx_bh<1, T>(src.blocks, src.scales, g, r, xp, ldx, res);
+    put(y, ldy, r - r0, res, 1, T, bias);
+  }
+}
+
+// bf16 rows [r0, r1) of w (stride ldw) against T tokens -> y[t, r - r0]; R rows a block.
+template <int R, int T>
+static void dot_bh_rows(const uint16_t* w, int64_t ldw, int64_t r0, int64_t r1, const uint16_t* x, int64_t ldx,
+                        int64_t K, float* y, int64_t ldy, const float* bias) {
+  float res[R * T];
+  int64_t r = r0;
+  for (; r + R <= r1; r += R) {
+    dot_bh<R, T>(w, ldw, r, x, ldx, K, res);
+    put(y, ldy, r - r0, res, R, T, bias);
+  }
+  for (; r < r1; r++) {
+    dot_bh<1, T>(w, ldw, r, x, ldx, K, res);
+    put(y, ldy, r - r0, res, 1, T, bias);
+  }
+}
+
+#define TBH 6  // tokens a register block on the many-token path (4 rows x 6 tokens = 24 accumulators)
+
+// bf16 rows [r0, r1) against n tokens; the fused (n <= FT) or blocked (more) schedule.
+static void bf16_rows_product(const uint16_t* w, int64_t ldw, int64_t r0, int64_t r1, int64_t K, const uint16_t* x,
+                              int64_t ldx, int64_t n, float* y, int64_t ldy, const float* bias) {
+  switch (n) {
+    case 0: return;
+    case 1: dot_bh_rows<FR, 1>(w, ldw, r0, r1, x, ldx, K, y, ldy, bias); return;
+    case 2: dot_bh_rows<FR, 2>(w, ldw, r0, r1, x, ldx, K, y, ldy, bias); return;
+    case 3: dot_bh_rows<FR, 3>(w, ldw, r0, r1, x, ldx, K, y, ldy, bias); return;
+    case 4: dot_bh_rows<FR, 4>(w, ldw, r0, r1, x, ldx, K, y, ldy, bias); return;
+    case 5: dot_bh_rows<FR, 5>(w, ldw, r0, r1, x, ldx, K, y, ldy, bias); return;
+    case 6: dot_bh_rows<FR, 6>(w, ldw, r0, r1, x, ldx, K, y, ldy, bias); return;
+    case 7: dot_bh_rows<FR, 7>(w, ldw, r0, r1, x, ldx, K, y, ldy, bias); return;
+    case 8: dot_bh_rows<FR, 8>(w, ldw, r0, r1, x, ldx, K, y, ldy, bias); return;
+    default: break;
+  }
+  const int64_t token_block = std::max<int64_t>(TBH, (int64_t)(1024 * 1024 / (2 * K)) / TBH * TBH);
+  const int64_t row_block = 16;  // rows of w kept in L1/L2 while a token block passes over them
+  for (int64_t t0 = 0; t0 < n; t0 += token_block) {
+    const int64_t nt = std::min(token_block, n - t0);
+    for (int64_t rb = r0; rb < r1; rb += row_block) {
+      const int64_t re = std::min(r1, rb + row_block);
+      int64_t t = 0;
+      float res[4 * TBH];
+      for (; t + TBH <= nt; t += TBH) {
+        const uint16_t* xx = x + (t0 + t) * ldx;
+        float* yy = y + (t0 + t) * ldy;
+        int64_t r = rb;
+        for (; r + 4 <= re; r += 4) {
+          dot_bh<4, TBH>(w, ldw, r, xx, ldx, K, res);
+          put(yy, ldy, r - r0, res, 4, TBH, bias);
+        }
+        for (; r < re; r++) {
+          dot_bh<1, TBH>(w, ldw, r, xx, ldx, K, res);
+          put(yy, ldy, r - r0, res, 1, TBH, bias);
+        }
+      }
+      for (; t < nt; t++) {
+        const uint16_t* xx = x + (t0 + t) * ldx;
+        float* yy = y + (t0 + t) * ldy;
+        for (int64_t r = rb; r < re; r++) {
+          dot_bh<1, 1>(w, ldw, r, xx, ldx, K, res);
+          put(yy, ldy, r - r0, res, 1, 1, bias);
+        }
+      }
+    }
+  }
+}
+
+// MXFP4 rows [r0, r1) against n tokens: xp (pair order, stride pair_len(K)) when n <= FT, else xn (natural
+// order, stride K) with rows decoded 16 at a time into wbuf (16 * K bf16).
+static void mx_rows_product_bh(const MXFP4Rows& src, int64_t r0, int64_t r1, const uint16_t* xn, const uint16_t* xp,
+                               int64_t n, float* y, int64_t ldy, const float* bias, uint16_t* wbuf) {
+  const int64_t K = src.K, lp = pair_len(K);
+  switch (n) {
+    case 0: return;
+    case 1: fused_mx_rows<1>(src, r0, r1, xp, lp, y, ldy, bias); return;
+    case 2: fused_mx_rows<2>(src, r0, r1, xp, lp, y, ldy, bias); return;
+    case 3: fused_mx_rows<3>(src, r0, r1, xp, lp, y, ldy, bias); return;
+    case 4: fused_mx_rows<4>(src, r0, r1, xp, lp, y, ldy, bias); return;
+    case 5: fused_mx_rows<5>(src, r0, r1, xp, lp, y, ldy, bias); return;
+    case 6: fused_mx_rows<6>(src, r0, r1, xp, lp, y, ldy, bias); return;
+    case 7: fused_mx_rows<7>(src, r0, r1, xp, lp, y, ldy, bias); return;
+    case 8: fused_mx_rows<8>(src, r0, r1, xp, lp, y, ldy, bias); return;
+    default: break;
+  }
+  const int64_t row_block = 16;
+  for (int64_t rb = r0; rb < r1; rb += row_block) {
+    const int64_t re = std::min(r1, rb + row_block);
+    for (int64_t r = rb; r < re; r++) {  // decode (exact in bf16: a small integer times a power of two)
+      const int64_t g = K / 32;
+      for (int64_t j = 0; j < g; j++) {
+        vf v[NV];
+        src.chunk(r, j, v);
+        uint16_t* o = wbuf + (r - rb) * K + 32 * j;
+        _mm256_storeu_si256((__m256i*)o, (__m256i)_mm512_cvtneps_pbh(v[0]));
+        _mm256_storeu_si256((__m256i*)(o + 16), (__m256i)_mm512_cvtneps_pbh(v[1]));
+      }
+    }
+    bf16_rows_product(wbuf, K, 0, re - rb, K, xn, K, n, y + (rb - r0), ldy, bias ? bias + (rb - r0) : nullptr);
+  }
+}
+#endif  // GPTOSS_BF16DOT
+
 // ------------------------------------------------------------------ threads
 static inline int thread_id() {
 #ifdef _OPENMP
@@ -395,6 +664,79 @@ static inline float* aligned_floats(std::vector<float>& v, int64_t n) {
   return v.data();
 }
 
+
+// Attention with learned sinks for N new tokens (gptoss.model.attention.sdpa_with_sinks over the slot cache).
+// Token i (position pos[i], its sequence's first new position start[i], flat index of that first new token
+// first[i], cache slot slot[i]) attends to positions [lo, pos], lo = max(0, pos - window + 1) for a banded layer
+// (window > 0) else 0. Keys before `start` come from the cache (kc/vc [slots, L, HK, D], float32 or bf16; a banded
+// layer's ring keeps position p at row p % L), the others from this step's own keys knew/vnew [N, HK, D].
+// q [N, HQ, D], out [N, HQ, D] float32; sinks [HQ]: one more logit a head whose probability mass is dropped.
+template <class CT>
+static inline void load_row(const CT* src, int64_t D, float* out);
+template <>
+inline void load_row<float>(const float* src, int64_t D, float* out) { std::memcpy(out, src, D * sizeof(float)); }
+template <>
+inline void load_row<uint16_t>(const uint16_t* src, int64_t D, float* out) { decode_bf16(src, D, out); }
+
+template <class CT>
+static void attention_impl(const float* q, const float* knew, const float* vnew, const CT* kc, const CT* vc, int64_t L,
+                           const int64_t* slot, const int64_t* pos, const int64_t* start, const int64_t* first,
+                           int64_t N, int64_t HQ, int64_t HK, int64_t D, const float* sinks, float sm_scale,
+                           int64_t window, float* out, int nthreads) {
+  const int64_t G = HQ / HK;
+#pragma omp parallel num_threads(nthreads)
+  {
+    std::vector<float> sc, kb(D + 16), acc(G * D);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < N * HK; item++) {
+      const int64_t i = item / HK, h = item % HK;
+      const int64_t p1 = pos[i], lo = window ? std::max<int64_t>(0, p1 - window + 1) : 0, S = p1 - lo + 1;
+      if ((int64_t)sc.size() < G * S) sc.resize(G * S);
+      const float* qi = q + (i * HQ + h * G) * D;
+      auto key = [&](int64_t p, const float* fresh, const CT* cached) -> const float* {
+        if (p >= start[i]) return fresh + ((first[i] + p - start[i]) * HK + h) * D;
+        const int64_t row = window ? p % L : p;
+        load_row<CT>(cached + ((slot[i] * L + row) * HK + h) * D, D, kb.data());
+        return kb.data();
+      };
+      for (int64_t p = lo; p <= p1; p++) {
+        const float* k = key(p, knew, kc);
+        for (int64_t g = 0; g < G; g++) {
+          const float* qg = qi + g * D;
+          float s = 0.f;
+#pragma omp simd reduction(+ : s)
+          for (int64_t d = 0; d < D; d++) s += qg[d] * k[d];
+          sc[g * S + (p - lo)] = s * sm_scale;
+        }
+      }
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t g = 0; g < G; g++) {
+        float* sg = sc.data() + g * S;
+        const float sink = sinks[h * G + g];
+        float m = sink;
+        for (int64_t j = 0; j < S; j++) m = std::max(m, sg[j]);
+        float denom = std::exp(sink - m);
+        for (int64_t j = 0; j < S; j++) {
+          sg[j] = std::exp(sg[j] - m);
+          denom += sg[j];
+        }
+        const float inv = 1.f / denom;
+        for (int64_t j = 0; j < S; j++) sg[j] *= inv;
+      }
+      for (int64_t p = lo; p <= p1; p++) {
+        const float* v = key(p, vnew, vc);
+        for (int64_t g = 0; g < G; g++) {
+          const float w = sc[g * S + (p - lo)];
+          float* a = acc.data() + g * D;
+#pragma omp simd
+          for (int64_t d = 0; d < D; d++) a[d] += w * v[d];
+        }
+      }
+      std::memcpy(out + (i * HQ + h * G) * D, acc.data(), G * D * sizeof(float));
+    }
+  }
+}
+
 extern "C" {
 
 const char* gptoss_isa() { return ISA_NAME; }
@@ -416,7 +758,7 @@ void gptoss_mxfp4_dequantize(const uint8_t* blocks, const uint8_t* scales, int64
 // y [n, M] = x [n, K] (float32) @ W^T + bias, W [M, K] given by weight_kind: 0 float32, 1 bfloat16,
 // 2 MXFP4 (w = blocks [M, K/32, 16], w2 = scales [M, K/32]). bias_dtype: 0 none, 1 float32, 2 bfloat16.
 void gptoss_linear(const float* x, int64_t n, int64_t K, const void* w, const void* w2, int weight_kind, int64_t M,
-                   const void* bias, int bias_dtype, float* y, int nthreads) {
+                   const void* bias, int bias_dtype, float* y, int nthreads, int bf16) {
   std::vector<float> bias_f;
   if (bias_dtype) {
     bias_f.resize(M);
@@ -424,6 +766,38 @@ void gptoss_linear(const float* x, int64_t n, int64_t K, const void* w, const vo
   }
   const float* b = bias_dtype ? bias_f.data() : nullptr;
   if (M * K * n < (int64_t)1 << 20) nthreads = 1;  // a small product (the router): waking threads costs more
+#ifdef HAVE_BF16DOT
+  if (bf16 && weight_kind != 0 && (weight_kind == 1 || K % 32 == 0)) {
+    static thread_local std::vector<uint16_t> xn_buf, xp_buf;
+    const bool mx = weight_kind == 2, pairs = mx && n <= FT;
+    uint16_t *xn = nullptr, *xp = nullptr;
+    if (pairs) {
+      const int64_t lp = pair_len(K);
+      if ((int64_t)xp_buf.size() < n * lp) xp_buf.resize(n * lp);
+      xp = xp_buf.data();
+      for (int64_t t = 0; t < n; t++) to_bf16_pairs(x + t * K, K, xp + t * lp);
+    } else {
+      if ((int64_t)xn_buf.size() < n * K) xn_buf.resize(n * K);
+      xn = xn_buf.data();
+      to_bf16(x, n * K, xn);
+    }
+#pragma omp parallel num_threads(nthreads)
+    {
+      int64_t r0, r1;
+      split(M, thread_count(), thread_id(), 16, &r0, &r1);
+      if (r1 > r0) {
+        if (mx) {
+          std::vector<uint16_t> wbuf(16 * K + 32);
+          mx_rows_product_bh(MXFP4Rows{(const uint8_t*)w, (const uint8_t*)w2, K}, r0, r1, xn, xp, n, y + r0, M,
+                             b ? b + r0 : nullptr, wbuf.data());
+        } else {
+          bf16_rows_product((const uint16_t*)w, K, r0, r1, K, xn, K, n, y + r0, M, b ? b + r0 : nullptr);
+        }
+      }
+    }
+    return;
+  }
+#endif
   // Rows split across threads; few tokens: each thread one contiguous slab of rows (streams the weights once).
 #pragma omp parallel num_threads(nthreads)
   {
@@ -448,7 +822,7 @@ void gptoss_linear(const float* x, int64_t n, int64_t K, const void* w, const vo
 void gptoss_moe_experts(const float* t, int64_t n, int64_t H, int64_t I, const int64_t* indices,
                         const float* weights, int64_t k, int64_t E, const uint8_t* blocks1, const uint8_t* scales1,
                         const void* bias1, const uint8_t* blocks2, const uint8_t* scales2, const void* bias2,
-                        int bias_dtype, float alpha, float limit, float* out, int nthreads) {
+                        int bias_dtype, float alpha, float limit, float* out, int nthreads, int bf16) {
   // Group (token, rank) pairs by expert: counting sort, tokens ascending within an expert.
   std::vector<int64_t> count(E + 1, 0), start(E + 1, 0);
   for (int64_t i = 0; i < n * k; i++) {
@@ -457,7 +831,7 @@ void gptoss_moe_experts(const float* t, int64_t n, int64_t H, int64_t I, const i
   }
   for (int64_t e = 0; e < E; e++) start[e + 1] = start[e] + count[e];
   const int64_t pairs = start[E];
-  std::vector<int64_t> pair_token(pairs), fill(start.begin(), start.end() - 1);
+  std::vector<int64_t> pair_token(pairs), pair_expert(pairs), fill(start.begin(), start.end() - 1);
   std::vector<float> pair_weight(pairs);
   for (int64_t i = 0; i < n; i++)
     for (int64_t j = 0; j < k; j++) {
@@ -465,6 +839,7 @@ void gptoss_moe_experts(const float* t, int64_t n, int64_t H, int64_t I, const i
       if (e < 0 || e >= E) continue;
       int64_t p = fill[e]++;
       pair_token[p] = i;
+      pair_expert[p] = e;
       pair_weight[p] = weights[i * k + j];
     }
   std::vector<int64_t> active;
@@ -478,15 +853,46 @@ void gptoss_moe_experts(const float* t, int64_t n, int64_t H, int64_t I, const i
   float* act = aligned_floats(a_buf, pairs * I);
   std::memset(out, 0, sizeof(float) * n * H);
   const int64_t G1 = H / 32, G2 = I / 32;
+#ifdef HAVE_BF16DOT
+  // bf16 inputs (a bf16 model): each pair's input row and activation row in bf16, in pair order for an expert
+  // with few tokens (the fused decode) and in natural order for one with many.
+  const bool bh = bf16 != 0;
+  const int64_t lpH = pair_len(H), lpI = pair_len(I);
+  static thread_local std::vector<uint16_t> xsn_buf, xsp_buf, acn_buf, acp_buf;
+  uint16_t *xsn = nullptr, *xsp = nullptr, *acn = nullptr, *acp = nullptr;
+  if (bh) {
+    auto grow = [](std::vector<uint16_t>& v, int64_t len) { if ((int64_t)v.size() < len) v.resize(len); return v.data(); };
+    xsn = grow(xsn_buf, pairs * H);
+    xsp = grow(xsp_buf, pairs * lpH);
+    acn = grow(acn_buf, pairs * I);
+    acp = grow(acp_buf, pairs * lpI);
+  }
+#else
+  const bool bh = false;
+  (void)bf16;
+#endif
 
 #pragma omp parallel num_threads(nthreads)
   {
     const int nt = thread_count(), id = thread_id();
-    std::vector<float> wbuf(RT * std::max(H, I) + 16), b1(2 * I), b2(H), y;
+    std::vector<float> wbuf(bh ? 16 : RT * std::max(H, I) + 16), b1(2 * I), b2(H), y;
+#ifdef HAVE_BF16DOT
+    std::vector<uint16_t> wbh(bh ? 16 * std::max(H, I) + 32 : 0);
+#endif
     // gather
     int64_t p0, p1;
     split(pairs, nt, id, 1, &p0, &p1);
-    for (int64_t p = p0; p < p1; p++) std::memcpy(xs + p * H, t + pair_token[p] * H, H * sizeof(float));
+    for (int64_t p = p0; p < p1; p++) {
+#ifdef HAVE_BF16DOT
+      if (bh) {
+        const float* row = t + pair_token[p] * H;
+        if (count[pair_expert[p]] <= FT) to_bf16_pairs(row, H, xsp + p * lpH);
+        else to_bf16(row, H, xsn + p * H);
+        continue;
+      }
+#endif
+      std::memcpy(xs + p * H, t + pair_token[p] * H, H * sizeof(float));
+    }
 #pragma omp barrier
     // phase 1: rows of W1 (pairs of gate/up rows) split across threads, every expert
     int64_t r0, r1;
@@ -497,6 +903,10 @@ void gptoss_moe_experts(const float* t, int64_t n, int64_t H, int64_t I, const i
       load_bias(bias1, bias_dtype, e * 2 * I + r0, r1 - r0, b1.data());
       MXFP4Rows src{blocks1 + e * 2 * I * G1 * 16, scales1 + e * 2 * I * G1, H};
       float* hh = h + ps * 2 * I;
+#ifdef HAVE_BF16DOT
+      if (bh) mx_rows_product_bh(src, r0, r1, xsn + ps * H, xsp + ps * lpH, np, hh + r0, 2 * I, b1.data(), wbh.data());
+      else
+#endif
       rows_product(src, r0, r1, H, xs + ps * H, H, np, hh + r0, 2 * I, b1.data(), wbuf.data());
       for (int64_t p = 0; p < np; p++) {
         const float* hp = hh + p * 2 * I;
@@ -509,6 +919,15 @@ void gptoss_moe_experts(const float* t, int64_t n, int64_t H, int64_t I, const i
       }
     }
 #pragma omp barrier
+#ifdef HAVE_BF16DOT
+    if (bh) {  // activations to bf16, pairs split across threads
+      for (int64_t p = p0; p < p1; p++) {
+        if (count[pair_expert[p]] <= FT) to_bf16_pairs(act + p * I, I, acp + p * lpI);
+        else to_bf16(act + p * I, I, acn + p * I);
+      }
+    }
+#pragma omp barrier
+#endif
     // phase 2: rows of W2 (output features) split across threads; each thread owns its columns of `out`
     split(H, nt, id, RT * 4, &r0, &r1);
     if (r1 > r0) {
@@ -518,6 +937,10 @@ void gptoss_moe_experts(const float* t, int64_t n, int64_t H, int64_t I, const i
         MXFP4Rows src{blocks2 + e * H * G2 * 16, scales2 + e * H * G2, I};
         const int64_t w = r1 - r0;
         if ((int64_t)y.size() < np * w) y.resize(np * w);
+#ifdef HAVE_BF16DOT
+        if (bh) mx_rows_product_bh(src, r0, r1, acn + ps * I, acp + ps * lpI, np, y.data(), w, b2.data(), wbh.data());
+        else
+#endif
         rows_product(src, r0, r1, I, act + ps * I, I, np, y.data(), w, b2.data(), wbuf.data());
         for (int64_t p = 0; p < np; p++) {
           float* o = out + pair_token[ps + p] * H + r0;
@@ -528,6 +951,21 @@ void gptoss_moe_experts(const float* t, int64_t n, int64_t H, int64_t I, const i
       }
     }
   }
+}
+
+
+// See attention_impl. cache_kind: 0 none (every key is new), 1 float32 cache, 2 bf16 cache.
+void gptoss_attention(const float* q, const float* knew, const float* vnew, const void* kc, const void* vc, int cache_kind,
+                      int64_t L, const int64_t* slot, const int64_t* pos, const int64_t* start, const int64_t* first,
+                      int64_t N, int64_t HQ, int64_t HK, int64_t D, const float* sinks, float sm_scale, int64_t window,
+                      float* out, int nthreads) {
+  if (N * HK < 2) nthreads = 1;
+  if (cache_kind == 2)
+    attention_impl<uint16_t>(q, knew, vnew, (const uint16_t*)kc, (const uint16_t*)vc, L, slot, pos, start, first, N, HQ,
+                             HK, D, sinks, sm_scale, window, out, nthreads);
+  else
+    attention_impl<float>(q, knew, vnew, (const float*)kc, (const float*)vc, L, slot, pos, start, first, N, HQ, HK, D,
+                          sinks, sm_scale, window, out, nthreads);
 }
 
 }  // extern "C"

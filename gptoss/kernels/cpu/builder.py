@@ -67,7 +67,7 @@ def _runnable() -> tuple[str, ...]:
         # torch checks the CPU and that the OS saves the wide registers (XCR0).
         cap = torch.backends.cpu.get_cpu_capability().upper()
         if cap.startswith("AVX512"):
-            if _cpu_flags() >= {"avx512_bf16", "avx512bw", "avx512vl"}:
+            if cpu_flags() >= {"avx512_bf16", "avx512bw", "avx512vl"}:
                 return ("avx512bf16", "avx512", "avx2", "portable")
             return ("avx512", "avx2", "portable")
         if cap.startswith("AVX2"):
@@ -75,7 +75,9 @@ def _runnable() -> tuple[str, ...]:
     return ("portable",)
 
 
-def _cpu_flags() -> set[str]:
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

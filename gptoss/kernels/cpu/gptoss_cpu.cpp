@@ -437,31 +437,35 @@ static inline void fused_mx_bh(const uint8_t* blocks, const uint8_t* scales, int
     for (int t = 0; t < T; t++) acc[i][t] = _mm512_setzero_ps();
   const __m512i lut = _mm512_loadu_si512(FP4_BF16);
   const __m512i low4 = _mm512_set1_epi16(0x0F);
-  const __m512i sh = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8);
-  const __m512i ff = _mm512_set1_epi32(0xFF), tiny = _mm512_set1_epi32(0x00400000);  // E8M0 0 = 2**-127
+  const __m512i first = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1), two = _mm512_set1_epi32(2);
+  const __m512i tiny = _mm512_set1_epi32(0x00400000);  // E8M0 0 = 2**-127
   const int64_t full = g / 2, pairs = (g + 1) / 2;
+  __m512 sf[R];  // the scales of 16 blocks (8 pairs) of each row, as float32
+  __m512i sidx = first;  // lanes 0-7 pick the pair's first block, 8-15 its second
   for (int64_t p = 0; p < pairs; p++) {
+    if ((p & 7) == 0) {
+      const int64_t left = g - 2 * p;
+      const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+#pragma GCC unroll 8
+      for (int i = 0; i < R; i++) {
+        const __m512i sv = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, scales + (r + i) * g + 2 * p));
+        sf[i] = _mm512_castsi512_ps(_mm512_mask_mov_epi32(_mm512_slli_epi32(sv, 23),
+                                                          _mm512_cmpeq_epi32_mask(sv, _mm512_setzero_si512()), tiny));
+      }
+      sidx = first;
+    }
 #pragma GCC unroll 8
     for (int i = 0; i < R; i++) {
       const uint8_t* b = blocks + ((r + i) * g + 2 * p) * 16;
-      const uint8_t* s = scales + (r + i) * g + 2 * p;
       if ((p & 1) == 0) __builtin_prefetch(b + PF_BYTES, 0, 1);
-      if ((p & 31) == 0) __builtin_prefetch(s + PF_BYTES / 16, 0, 1);
+      if ((p & 31) == 0) __builtin_prefetch(scales + (r + i) * g + 2 * p + PF_BYTES / 16, 0, 1);
       __m512i wb;
-      uint32_t sc;
-      if (p < full) {
-        wb = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)b));
-        sc = (uint32_t)s[0] | (uint32_t)s[1] << 8;
-      } else {  // an odd last block: the upper half decodes zeros against zero inputs
+      if (p < full) wb = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)b));
+      else  // an odd last block: the upper half decodes zeros against zero inputs
         wb = _mm512_cvtepu8_epi16(_mm256_zextsi128_si256(_mm_loadu_si128((const __m128i*)b)));
-        sc = s[0];
-      }
       const __m512bh wlo = as_bh(_mm512_permutexvar_epi16(_mm512_and_si512(wb, low4), lut));
       const __m512bh whi = as_bh(_mm512_permutexvar_epi16(_mm512_srli_epi16(wb, 4), lut));
-      const __m512i sv = _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32((int)sc), sh), ff);
-      const __m512i bits = _mm512_mask_mov_epi32(_mm512_slli_epi32(sv, 23),
-                                                 _mm512_cmpeq_epi32_mask(sv, _mm512_setzero_si512()), tiny);
-      const __m512 scale = _mm512_castsi512_ps(bits);
+      const __m512 scale = _mm512_permutexvar_ps(sidx, sf[i]);
 #pragma GCC unroll 8
       for (int t = 0; t < T; t++) {
         const uint16_t* xt = xp + t * ldx + 64 * p;
@@ -470,6 +474,7 @@ static inline void fused_mx_bh(const uint8_t* blocks, const uint8_t* scales, int
         acc[i][t] = _mm512_fmadd_ps(d, scale, acc[i][t]);
       }
     }
+    sidx = _mm512_add_epi32(sidx, two);
   }
   for (int t = 0; t < T; t++)
     for (int i = 0; i < R; i++) res[t * R + i] = _mm512_reduce_add_ps(acc[i][t]);
@@ -966,6 +971,35 @@ void gptoss_attention(const float* q, const float* knew, const float* vnew, cons
   else
     attention_impl<float>(q, knew, vnew, (const float*)kc, (const float*)vc, L, slot, pos, start, first, N, HQ, HK, D,
                           sinks, sm_scale, window, out, nthreads);
+}
+
+
+// out [rows, K] bf16 = the MXFP4 rows decoded (exact: every value is a small integer times a power of two),
+// rows split across threads: the slices a GEMM library multiplies for experts with many tokens.
+void gptoss_mxfp4_to_bf16(const uint8_t* blocks, const uint8_t* scales, int64_t rows, int64_t K, uint16_t* out,
+                          int nthreads) {
+  MXFP4Rows src{blocks, scales, K};
+  const int64_t g = K / 32;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t r = 0; r < rows; r++) {
+    for (int64_t j = 0; j < g; j++) {
+      vf v[NV];
+      src.chunk(r, j, v);
+      uint16_t* o = out + r * K + 32 * j;
+#if defined(HAVE_BF16DOT)
+      _mm256_storeu_si256((__m256i*)o, (__m256i)_mm512_cvtneps_pbh(v[0]));
+      _mm256_storeu_si256((__m256i*)(o + 16), (__m256i)_mm512_cvtneps_pbh(v[1]));
+#else
+      float tmp[32];
+      for (int i = 0; i < NV; i++) *(vf_u*)(tmp + i * VW) = v[i];
+      for (int i = 0; i < 32; i++) {  // exact values: the top half of the float32 bits, NaN kept a NaN
+        uint32_t b;
+        std::memcpy(&b, tmp + i, 4);
+        o[i] = (uint16_t)(b >> 16) | (((b & 0x7fffffffu) > 0x7f800000u) ? 0x40 : 0);
+      }
+#endif
+    }
+  }
 }
 
 }  // extern "C"

@@ -166,3 +166,137 @@ def test_linear_split_across_threads(isa):
     x, w, b = torch.randn(2, 1024, generator=g), torch.randn(1027, 1024, generator=g).bfloat16(), torch.randn(1027).bfloat16()
     want = torch.nn.functional.linear(x, w.float(), b.float())
     assert rel_err(cpu.linear(x, w, b, isa=isa), want) < 1e-6
+
+
+# ----------------------------------------------------------------------------- bf16 models
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kind", ["bfloat16", "mxfp4"])
+@pytest.mark.parametrize("n", [1, 2, 7, 8, 9, 20])
+def test_linear_with_bf16_inputs(isa, kind, n):
+    # a bf16 model's products: the inputs are rounded to bf16 (exactly what the model holds) where the variant
+    # has bf16 dot products, and the sums stay float32 — so they match float32 products of the rounded inputs
+    g = torch.Generator().manual_seed(n)
+    m, k = 37, (96 if kind == "mxfp4" else 70)  # 3 MXFP4 blocks: an odd pair at the end; a dense tail
+    if n == 20:
+        m, k = 130, 2880  # the real hidden size; rows across both threads
+    x = torch.randn(n, k, generator=g)
+    if kind == "mxfp4":
+        blocks, scales = random_mxfp4(m, k, seed=n)
+        w_ref, args = dequantize(blocks, scales, torch.float32), dict(weight=blocks, scales=scales)
+    else:
+        w = torch.randn(m, k, generator=g).bfloat16()
+        w_ref, args = w.float(), dict(weight=w)
+    bias = torch.randn(m, generator=g).bfloat16()
+    xin = x.bfloat16().float() if cpu.rounds_to_bf16(isa) else x
+    want = torch.nn.functional.linear(xin, w_ref, bias.float())
+    got = cpu.linear(x, bias=bias, isa=isa, bf16_inputs=True, **args)
+    assert rel_err(got, want) < 1e-6
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n", [1, 3, 37])
+def test_moe_experts_with_bf16_inputs_closer_than_the_bf16_reference(isa, n):
+    e, h, inter = 5, 96, 160  # odd block counts (3 and 5 blocks a row)
+    w1, b1, w2, b2 = experts(e, h, inter, seed=n)
+    t = (torch.randn(n, h, generator=torch.Generator().manual_seed(7)) * 3).bfloat16()
+    weights, indices = routing(n, e, 3, seed=n)
+    want = experts_reference(t.float(), weights, indices, w1, b1, w2, b2, 1.702, 7.0)
+    ref16 = experts_reference(t, weights.bfloat16(), indices, w1, b1.bfloat16(), w2, b2.bfloat16(), 1.702, 7.0)
+    got = cpu.moe_experts(t, weights, indices, w1, b1, w2, b2, 1.702, 7.0, isa=isa, bf16_inputs=True)
+    assert rel_err(got, want) < min(5e-3, rel_err(ref16, want))
+
+
+def test_experts_with_many_tokens_through_the_bf16_gemm(monkeypatch):
+    # On an AMX CPU a bf16 model's experts with >= GEMM_MIN_TOKENS tokens go to torch's bf16 GEMM over decoded
+    # slices; forced here (any CPU runs the route), with slices smaller than an expert so several are joined.
+    monkeypatch.setattr(cpu, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(cpu, "GEMM_ROWS", 64)
+    routed = []
+    real = cpu._experts_by_gemm
+    monkeypatch.setattr(cpu, "_experts_by_gemm", lambda *a: routed.append(a[3]) or real(*a))
+    n, e, h, inter = 40, 4, 96, 160
+    w1, b1, w2, b2 = experts(e, h, inter, seed=5)
+    t = (torch.randn(n, h, generator=torch.Generator().manual_seed(8)) * 3).bfloat16()
+    weights, indices = routing(n, e, 2, seed=3)
+    counts = torch.bincount(indices.view(-1), minlength=e)
+    assert bool((counts >= cpu.GEMM_MIN_TOKENS).any()) and bool((counts < cpu.GEMM_MIN_TOKENS).any())
+    want = experts_reference(t.float(), weights, indices, w1, b1, w2, b2, 1.702, 7.0)
+    ref16 = experts_reference(t, weights.bfloat16(), indices, w1, b1.bfloat16(), w2, b2.bfloat16(), 1.702, 7.0)
+    got = cpu.moe_experts(t, weights, indices, w1, b1, w2, b2, 1.702, 7.0, bf16_inputs=True)
+    assert routed and sorted(routed[0]) == (counts >= cpu.GEMM_MIN_TOKENS).nonzero().view(-1).tolist()
+    assert rel_err(got, want) < min(5e-3, rel_err(ref16, want))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_mxfp4_to_bf16_is_exact(isa):
+    blocks, scales = random_mxfp4(70, 96, seed=4, scale_lo=2, scale_hi=250)
+    got = cpu.mxfp4_to_bf16(blocks, scales, isa=isa)
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got.float(), dequantize(blocks, scales, torch.float32))
+
+
+# ----------------------------------------------------------------------------- attention
+def attention_reference(q, keys, values, seq_of, pos, sinks, sm_scale, window):
+    """Float64 attention with sinks: token i attends to its sequence's keys at positions [lo, pos[i]]."""
+    n, hq, d = q.shape
+    hk = keys[0].shape[1]
+    out = torch.empty(n, hq, d, dtype=torch.float64)
+    for i in range(n):
+        p = int(pos[i])
+        lo = max(0, p - window + 1) if window else 0
+        k = keys[seq_of[i]][lo : p + 1].double().repeat_interleave(hq // hk, dim=1)  # [S, HQ, D]
+        v = values[seq_of[i]][lo : p + 1].double().repeat_interleave(hq // hk, dim=1)
+        s = torch.einsum("hd,shd->hs", q[i].double(), k) * sm_scale
+        s = torch.cat([s, sinks.double()[:, None]], dim=1)
+        w = torch.softmax(s, dim=1)[:, :-1]
+        out[i] = torch.einsum("hs,shd->hd", w, v)
+    return out.reshape(n, hq * d)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("window", [0, 5])
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16, None])
+def test_attention_over_the_cache_and_new_keys(isa, window, cache_dtype):
+    g = torch.Generator().manual_seed(window + 1)
+    hq, hk, d = 6, 2, 24
+    starts, lens, slots = [9, 0, 3], [1, 7, 4], [2, 0, 1]  # a decode token, a prefill, a chunk after a prefix
+    if cache_dtype is None:  # no cache: every sequence starts at 0
+        starts = [0, 0, 0]
+    total = [s + n for s, n in zip(starts, lens)]
+    keys = [torch.randn(t, hk, d, generator=g) for t in total]
+    values = [torch.randn(t, hk, d, generator=g) for t in total]
+    if cache_dtype is not None:  # round what the cache holds, so the reference sees the same numbers
+        keys = [torch.cat([k[:s].to(cache_dtype).float(), k[s:]]) for k, s in zip(keys, starts)]
+        values = [torch.cat([v[:s].to(cache_dtype).float(), v[s:]]) for v, s in zip(values, starts)]
+    length = window or max(total)  # a banded layer keeps a ring of `window` rows
+    cache_k = cache_v = None
+    if cache_dtype is not None:
+        cache_k = torch.randn(3, length, hk, d, generator=g).to(cache_dtype)  # stale rows must not be read
+        cache_v = torch.randn(3, length, hk, d, generator=g).to(cache_dtype)
+        for b, s in enumerate(starts):
+            for p in range(max(0, s - length), s):
+                cache_k[slots[b], p % length] = keys[b][p].to(cache_dtype)
+                cache_v[slots[b], p % length] = values[b][p].to(cache_dtype)
+    seq_of = [b for b, n in enumerate(lens) for _ in range(n)]
+    pos = torch.tensor([starts[b] + j for b, n in enumerate(lens) for j in range(n)])
+    new_k = torch.cat([k[s:] for k, s in zip(keys, starts)])
+    new_v = torch.cat([v[s:] for v, s in zip(values, starts)])
+    q = torch.randn(len(seq_of), hq, d, generator=g)
+    sinks = torch.randn(hq, generator=g)
+    firsts = [sum(lens[:b]) for b in range(3)]
+    meta = [torch.tensor([slots[b] for b in seq_of]), pos, torch.tensor([starts[b] for b in seq_of]),
+            torch.tensor([firsts[b] for b in seq_of])]
+    got = cpu.attention(q, new_k, new_v, cache_k, cache_v, *meta, sinks, 0.2, window, isa=isa)
+    want = attention_reference(q, keys, values, seq_of, pos, sinks, 0.2, window)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    assert rel_err(got, want) < 1e-5
+
+
+def test_attention_names_a_cache_that_does_not_fit():
+    q, k = torch.zeros(2, 4, 8), torch.zeros(2, 2, 8)
+    meta = [torch.zeros(2, dtype=torch.long)] * 4
+    with pytest.raises(ValueError, match="cache .* does not fit keys"):
+        cpu.attention(q, k, k, torch.zeros(1, 5, 3, 8), torch.zeros(1, 5, 3, 8), *meta, torch.zeros(4), 1.0, 0)
+    with pytest.raises(ValueError, match="cache dtype torch.float16"):
+        c = torch.zeros(1, 5, 2, 8, dtype=torch.float16)
+        cpu.attention(q, k, k, c, c, *meta, torch.zeros(4), 1.0, 0)

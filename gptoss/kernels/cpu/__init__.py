@@ -352,6 +352,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache_k: torch.
     return out
 
 
+def rounds_to_bf16(isa: str | None = None) -> bool:
+    """Whether ``bf16_inputs=True`` products round their inputs to bf16 and use bf16 dot products on this
+    variant (``avx512bf16``); the other variants ignore the flag and stay in float32."""
+    return (isa or chosen_isa()) == "avx512bf16"
+
+
 @functools.lru_cache(maxsize=None)
 def isa_name(isa: str | None = None) -> str:
     return library(isa).gptoss_isa().decode()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -286,3 +287,50 @@ class CheckpointReader:
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name in canonical_shapes(self.config):
             yield name, self.get(name)
+
+
+# ----------------------------------------------------------------------------- page cache
+def read_ahead(files, available: int | None = None) -> threading.Thread | None:
+    """Ask the kernel to read ``files`` into the page cache in the background (POSIX_FADV_WILLNEED), so the
+    first request on a memory-mapped CPU model does not wait for the disk expert by expert. Skipped when the
+    files would not fit in the memory available (they would only evict each other). Returns the thread."""
+    if not hasattr(os, "posix_fadvise"):
+        return None
+    paths = [Path(f) for f in files]
+    try:
+        total = sum(p.stat().st_size for p in paths)
+    except OSError:
+        return None
+    if available is None:
+        available = mem_available()
+    if available is not None and total > available:
+        return None
+
+    def run() -> None:
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+    thread = threading.Thread(target=run, name="gptoss-read-ahead", daemon=True)
+    thread.start()
+    return thread
+
+
+def mem_available() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None

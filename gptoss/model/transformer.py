@@ -133,6 +133,10 @@ class Transformer(torch.nn.Module):
         if synthetic:
             announce_synthetic(folder)
         reader = CheckpointReader(location)
+        if torch.device(device).type == "cpu":  # weights stay memory-mapped: page them in while the user types
+            from gptoss.model.checkpoint import read_ahead
+
+            read_ahead(sorted(set(location.tensor_files.values())))
         model = cls(reader.config, device="meta", dtype=dtype)
         names = _names(reader)
         iterator = names

@@ -66,6 +66,38 @@ typedef float vf_u __attribute__((vector_size(VBYTES), aligned(4), may_alias)); 
 
 static inline vf vload(const float* p) { return *(const vf_u*)p; }
 static inline vf vzero() { vf v; for (int i = 0; i < VW; i++) v[i] = 0.f; return v; }
+typedef int32_t vi __attribute__((vector_size(VBYTES)));
+
+// exp(x) for x <= 0, as softmax needs it after the max is subtracted: 2**n * p(r) with r = x - n ln 2,
+// |r| <= ln(2)/2, p the degree-6 Taylor polynomial (relative error ~1e-7); 0 below -87.
+static inline vf vexp(vf x) {
+  const vf lo = vzero() - 87.0f;
+  const vi under = x < lo;
+  x = under ? lo : x;
+  const vf t = x * 1.44269504088896341f;
+  const vf n = (t + 12582912.0f) - 12582912.0f;  // round to nearest (1.5 * 2**23)
+  const vf r = (x - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;
+  vf p = vzero() + (1.0f / 720);
+  p = p * r + (1.0f / 120);
+  p = p * r + (1.0f / 24);
+  p = p * r + (1.0f / 6);
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+  const vf out = p * (vf)bits;
+  return under ? vzero() : out;
+}
+
+static inline float hsum(vf v) {  // horizontal sum, with the ISA's own reduction where there is one
+#if defined(GPTOSS_ISA_AVX512)
+  return _mm512_reduce_add_ps(v);
+#else
+  float s = 0.f;
+  for (int i = 0; i < VW; i++) s += v[i];
+  return s;
+#endif
+}
 static inline float vsum(vf v) {
   float s = 0.f;
   for (int i = 0; i < VW; i++) s += v[i];
@@ -789,56 +821,80 @@ static void attention_impl(const float* q, const float* knew, const float* vnew,
                            const int64_t* slot, const int64_t* pos, const int64_t* start, const int64_t* first,
                            int64_t N, int64_t HQ, int64_t HK, int64_t D, const float* sinks, float sm_scale,
                            int64_t window, float* out, int nthreads) {
-  const int64_t G = HQ / HK;
+  const int64_t G = HQ / HK, DV = D / VW * VW;
+  // A work item is one token and a block of HB kv heads, whose keys lie side by side in each cache row: the
+  // rows are read in order, a contiguous HB * D run each. Few tokens: the heads are split so every thread works.
+  const int64_t parts = std::min<int64_t>(HK, std::max<int64_t>(1, (nthreads + N - 1) / N));
+  int64_t HB = (HK + parts - 1) / parts;
+  while (HK % HB) HB++;
+  const int64_t blocks = HK / HB;
 #pragma omp parallel num_threads(nthreads)
   {
-    std::vector<float> sc, kb(D + 16), acc(G * D);
+    std::vector<float> sc, kb(HB * D + 16), acc(HB * G * D);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t item = 0; item < N * HK; item++) {
-      const int64_t i = item / HK, h = item % HK;
+    for (int64_t item = 0; item < N * blocks; item++) {
+      const int64_t i = item / blocks, h0 = (item % blocks) * HB;
       const int64_t p1 = pos[i], lo = window ? std::max<int64_t>(0, p1 - window + 1) : 0, S = p1 - lo + 1;
-      if ((int64_t)sc.size() < G * S) sc.resize(G * S);
-      const float* qi = q + (i * HQ + h * G) * D;
-      auto key = [&](int64_t p, const float* fresh, const CT* cached) -> const float* {
-        if (p >= start[i]) return fresh + ((first[i] + p - start[i]) * HK + h) * D;
-        const int64_t row = window ? p % L : p;
-        load_row<CT>(cached + ((slot[i] * L + row) * HK + h) * D, D, kb.data());
+      if ((int64_t)sc.size() < HB * G * S) sc.resize(HB * G * S);
+      // keys (or values) of heads [h0, h0 + HB) at position p, as float32
+      auto row = [&](int64_t p, const float* fresh, const CT* cached) -> const float* {
+        if (p >= start[i]) return fresh + ((first[i] + p - start[i]) * HK + h0) * D;
+        const int64_t r = window ? p % L : p;
+        load_row<CT>(cached + ((slot[i] * L + r) * HK + h0) * D, HB * D, kb.data());
         return kb.data();
       };
       for (int64_t p = lo; p <= p1; p++) {
-        const float* k = key(p, knew, kc);
-        for (int64_t g = 0; g < G; g++) {
-          const float* qg = qi + g * D;
-          float s = 0.f;
-#pragma omp simd reduction(+ : s)
-          for (int64_t d = 0; d < D; d++) s += qg[d] * k[d];
-          sc[g * S + (p - lo)] = s * sm_scale;
+        const float* k = row(p, knew, kc);
+        for (int64_t hb = 0; hb < HB; hb++) {
+          const float* kh = k + hb * D;
+          for (int64_t g = 0; g < G; g++) {
+            const float* qg = q + (i * HQ + (h0 + hb) * G + g) * D;
+            vf a = vzero();
+            for (int64_t d = 0; d < DV; d += VW) a += vload(qg + d) * vload(kh + d);
+            float sum = hsum(a);
+            for (int64_t d = DV; d < D; d++) sum += qg[d] * kh[d];
+            sc[(hb * G + g) * S + (p - lo)] = sum * sm_scale;
+          }
         }
       }
+      for (int64_t hb = 0; hb < HB; hb++)
+        for (int64_t g = 0; g < G; g++) {
+          float* sg = sc.data() + (hb * G + g) * S;
+          const float sink = sinks[(h0 + hb) * G + g];
+          float m = sink;
+          for (int64_t j = 0; j < S; j++) m = std::max(m, sg[j]);
+          float denom = std::exp(sink - m);
+          vf dv = vzero();
+          int64_t j = 0;
+          for (; j + VW <= S; j += VW) {
+            const vf e = vexp(vload(sg + j) - m);
+            *(vf_u*)(sg + j) = e;
+            dv += e;
+          }
+          denom += hsum(dv);
+          for (; j < S; j++) {
+            sg[j] = std::exp(sg[j] - m);
+            denom += sg[j];
+          }
+          const float inv = 1.f / denom;
+          for (j = 0; j < S; j++) sg[j] *= inv;
+        }
       std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t g = 0; g < G; g++) {
-        float* sg = sc.data() + g * S;
-        const float sink = sinks[h * G + g];
-        float m = sink;
-        for (int64_t j = 0; j < S; j++) m = std::max(m, sg[j]);
-        float denom = std::exp(sink - m);
-        for (int64_t j = 0; j < S; j++) {
-          sg[j] = std::exp(sg[j] - m);
-          denom += sg[j];
-        }
-        const float inv = 1.f / denom;
-        for (int64_t j = 0; j < S; j++) sg[j] *= inv;
-      }
       for (int64_t p = lo; p <= p1; p++) {
-        const float* v = key(p, vnew, vc);
-        for (int64_t g = 0; g < G; g++) {
-          const float w = sc[g * S + (p - lo)];
-          float* a = acc.data() + g * D;
-#pragma omp simd
-          for (int64_t d = 0; d < D; d++) a[d] += w * v[d];
+        const float* v = row(p, vnew, vc);
+        for (int64_t hb = 0; hb < HB; hb++) {
+          const float* vh = v + hb * D;
+          for (int64_t g = 0; g < G; g++) {
+            const float w = sc[(hb * G + g) * S + (p - lo)];
+            float* a = acc.data() + (hb * G + g) * D;
+            const vf wv = vzero() + w;
+            int64_t d = 0;
+            for (; d < DV; d += VW) *(vf_u*)(a + d) = vload(a + d) + wv * vload(vh + d);
+            for (; d < D; d++) a[d] += w * vh[d];
+          }
         }
       }
-      std::memcpy(out + (i * HQ + h * G) * D, acc.data(), G * D * sizeof(float));
+      std::memcpy(out + (i * HQ + h0 * G) * D, acc.data(), HB * G * D * sizeof(float));
     }
   }
 }
@@ -1065,7 +1121,6 @@ void gptoss_attention(const float* q, const float* knew, const float* vnew, cons
                       int64_t L, const int64_t* slot, const int64_t* pos, const int64_t* start, const int64_t* first,
                       int64_t N, int64_t HQ, int64_t HK, int64_t D, const float* sinks, float sm_scale, int64_t window,
                       float* out, int nthreads) {
-  if (N * HK < 2) nthreads = 1;
   if (cache_kind == 2)
     attention_impl<uint16_t>(q, knew, vnew, (const uint16_t*)kc, (const uint16_t*)vc, L, slot, pos, start, first, N, HQ,
                              HK, D, sinks, sm_scale, window, out, nthreads);

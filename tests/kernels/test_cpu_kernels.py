@@ -300,3 +300,15 @@ def test_attention_names_a_cache_that_does_not_fit():
     with pytest.raises(ValueError, match="cache dtype torch.float16"):
         c = torch.zeros(1, 5, 2, 8, dtype=torch.float16)
         cpu.attention(q, k, k, c, c, *meta, torch.zeros(4), 1.0, 0)
+
+
+def test_a_variant_that_fails_to_build_falls_back_to_the_next(monkeypatch):
+    # e.g. a compiler too old for -mavx512bf16: the next variant runs instead of the slow reference path
+    if len(ISAS) < 2:
+        pytest.skip("this CPU runs only the portable variant")
+    monkeypatch.delenv("GPTOSS_CPU_ISA", raising=False)
+    monkeypatch.setattr(cpu, "_libs", {k: v for k, v in cpu._libs.items() if k != ISAS[0]})
+    monkeypatch.setattr(cpu, "_failed", {ISAS[0]: "compiler says no"})
+    assert cpu.chosen_isa() == ISAS[1]
+    assert cpu.library().gptoss_isa().decode() == ISAS[1]
+    assert cpu.available()

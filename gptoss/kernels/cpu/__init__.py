@@ -42,19 +42,33 @@ _P = ctypes.c_void_p
 _INT = ctypes.c_int
 
 
+def _forced_isa() -> str:
+    return os.environ.get("GPTOSS_CPU_ISA", "").strip().lower()
+
+
 def chosen_isa() -> str:
-    """The variant the model uses: ``GPTOSS_CPU_ISA`` when set (it must be one this CPU runs), else the best."""
+    """The variant the model uses: ``GPTOSS_CPU_ISA`` when set (it must be one this CPU runs), else the best
+    one that has not failed to build (a compiler too old for one instruction set falls back to the next)."""
     runnable = runnable_isas()
-    forced = os.environ.get("GPTOSS_CPU_ISA", "").strip().lower()
+    forced = _forced_isa()
     if forced:
         if forced not in runnable:
             raise ValueError(f"GPTOSS_CPU_ISA={forced!r}: this CPU runs {', '.join(runnable)}")
         return forced
-    return runnable[0]
+    return next((isa for isa in runnable if isa not in _failed), runnable[-1])
 
 
 def library(isa: str | None = None) -> ctypes.CDLL:
-    """The loaded library for ``isa`` (default :func:`chosen_isa`); builds it on first use. Raises BuildError."""
+    """The loaded library for ``isa`` (default :func:`chosen_isa`, falling back past variants that fail to
+    build); builds it on first use. Raises BuildError."""
+    if isa is None and not _forced_isa():
+        while True:
+            candidate = chosen_isa()
+            try:
+                return library(candidate)
+            except BuildError:
+                if candidate == runnable_isas()[-1]:
+                    raise
     isa = isa or chosen_isa()
     with _lock:
         if isa in _libs:

@@ -115,3 +115,23 @@ def test_seed_out_of_signed_64_bit_range_is_refused():
         SamplingParams(seed=2**64)
     SamplingParams(seed=-(2**63))
     SamplingParams(seed=2**63 - 1)
+
+
+def test_a_queued_request_gets_engine_stopped_as_it_is(model):
+    # When a tensor parallel rank dies the engine hands EngineStopped to every request it holds; the stream
+    # must raise it as it is (the server answers 503), not as a plain GptossError (a 400 "bad request").
+    from gptoss.engine.async_engine import EngineStopped
+
+    engine = AsyncEngine(LLMEngine(model, max_batch=2, max_model_len=64))
+
+    async def main():
+        rid = engine.submit([1, 2, 3], SamplingParams(max_tokens=50, temperature=0))
+        loop, queue = engine._queues[rid]
+        queue.put_nowait(EngineStopped("the engine stopped: tensor parallel rank 1 exited"))
+        return [e async for e in engine.stream(rid)]
+
+    try:
+        with pytest.raises(EngineStopped, match="rank 1"):
+            asyncio.run(main())
+    finally:
+        engine.shutdown()

@@ -37,3 +37,21 @@ def test_loading_a_cpu_model_reads_its_files_ahead(tmp_path, monkeypatch):
     write_checkpoint(tmp_path, ModelConfig.preset("tiny"), seed=0, tokenizer=False)
     Transformer.from_checkpoint(tmp_path, device="cpu")
     assert seen and all(str(f).endswith(".safetensors") for f in seen[0])
+
+
+def test_copied_mapped_tensors_give_their_pages_back(tmp_path):
+    # The HF layout's q, k and v are joined into one qkv copy: the file pages they were read from are dropped
+    # from the process (resident memory), and reading them again still gives the file's numbers.
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    want = torch.arange(1 << 20, dtype=torch.float32)
+    save_file({"w": want}, str(tmp_path / "t.safetensors"))
+    with safe_open(str(tmp_path / "t.safetensors"), framework="pt") as f:
+        t = f.get_tensor("w")
+        assert float(t.sum()) == float(want.sum())
+        assert checkpoint.release_mapped_pages(t)
+        assert torch.equal(t, want)
+    own = torch.ones(1 << 20)
+    assert not checkpoint.release_mapped_pages(own) and bool((own == 1).all())  # allocator memory: untouched

@@ -109,7 +109,7 @@ class AsyncEngine:
                 item = await queue.get()
                 if isinstance(item, BaseException):
                     finished = True  # the engine already dropped it
-                    if isinstance(item, GenerationFailed):
+                    if isinstance(item, (GenerationFailed, EngineStopped)):  # kept as they are: 500 / 503
                         raise item
                     if isinstance(item, GptossError):  # a bad request, found when the engine took it
                         raise GptossError(str(item)) from item

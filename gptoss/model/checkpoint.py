@@ -14,8 +14,13 @@ read one at a time as the model is filled, so peak memory stays near the size of
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import json
+import mmap
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,7 +255,12 @@ class CheckpointReader:
                 parts.append(self._handle(file).get_tensor(name))
             except Exception as exc:
                 raise CheckpointError(f"{file}: cannot read tensor {name} ({_short(exc)})") from None
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        if len(parts) == 1:
+            return parts[0]
+        joined = torch.cat(parts, dim=0)
+        for part in parts:  # the join is a copy: the file's pages it was read from need not stay resident
+            release_mapped_pages(part)
+        return joined
 
     def get_slices(self, canonical: str, ranges: list[tuple[int, int]], dim: int = 0) -> torch.Tensor:
         """Read only the ``[lo, hi)`` ranges of one canonical tensor along ``dim``, joined in order (a
@@ -334,3 +344,39 @@ def mem_available() -> int | None:
     except (OSError, ValueError):
         pass
     return None
+
+
+def release_mapped_pages(t: torch.Tensor) -> bool:
+    """Drop from this process the pages that lie wholly under ``t`` when ``t`` is a view of a file mapping (a
+    memory-mapped safetensors tensor that was copied and is no longer used), so that they stop counting in
+    its resident memory; the page cache keeps them, and a later read would fault them back from the file.
+    Pages shared with a neighbouring tensor, and memory the allocator owns, are never touched. Returns whether
+    pages were dropped."""
+    if not sys.platform.startswith("linux") or not t.is_contiguous() or not t.numel():
+        return False
+    ptr, nbytes = t.data_ptr(), t.numel() * t.element_size()
+    mapped = False
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                fields = line.split(maxsplit=5)
+                if len(fields) < 6 or not fields[5].strip().startswith("/"):
+                    continue
+                lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                if lo <= ptr and ptr + nbytes <= hi:
+                    mapped = True
+                    break
+    except (OSError, ValueError):
+        return False
+    page = mmap.PAGESIZE
+    start, end = (ptr + page - 1) // page * page, (ptr + nbytes) // page * page
+    libc = _libc()
+    if not mapped or end <= start or libc is None:
+        return False
+    return libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4) == 0  # MADV_DONTNEED
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    path = ctypes.util.find_library("c")
+    return ctypes.CDLL(path) if path else None

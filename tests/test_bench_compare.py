@@ -41,6 +41,7 @@ def test_compare_without_llama_cpp_reports_why_and_still_times_gptoss(ckpt, monk
     assert ours["decode_b1_tok_s"]["n"] == 1 and ours["decode_b8_tok_s"]["median"] > 0
     assert ours["peak_rss_gib"]["min"] > 0 and ours["rounds"][0]["bytes_per_step"]["8"]["total"] > 0
     assert out["floor"]["batch1_floor_tok_s"] > 0 and out["floor"]["measured_copy_gbs"]["n"] == 1
+    assert out["floor"]["batch1_floor_at_read_1gib_tok_s"] > 0 and out["floor"]["measured_read_1gib_gbs"]["n"] == 1
     assert out["ratios"]["gptoss_b8_to_b1"]["n"] == 1 and "gptoss_to_llama_cpp_decode_b1" not in out["ratios"]
     assert set(out["targets_met"]) == {"decode_b1_at_least_half_the_floor", "b8_at_least_3x_b1"}
     assert out["threads"] == 2 and out["order"] == ["gptoss", "llama.cpp", "transformers"]

@@ -8,7 +8,9 @@ reads its weight files through once (``page_cache_warm_seconds``), so that no ti
 (two engines' files together can exceed the memory and evict each other). Per engine and round: the
 prefill of ``--prompt-len`` tokens, batch-1 decode after that prompt, and (gptoss) batch-8 decode; load time;
 peak RSS (VmHWM, which counts the memory-mapped weights it touched). Each round also measures the copy
-bandwidth; the batch-1 floor is the bytes one decode step must read at the best bandwidth measured.
+bandwidth; the batch-1 floor is the bytes one decode step must read at the best bandwidth measured (a copy of 128 MiB,
+which a CPU with a large L3 may partly serve from cache; the read bandwidth of a 1 GiB buffer, and the floor at it,
+come beside it for context).
 
 llama.cpp runs through llama-cpp-python on a GGUF of the same checkpoint written by llama.cpp's own converter
 (``convert_hf_to_gguf.py --outtype bf16``: experts stay MXFP4, attention and embeddings bf16). Give the GGUF
@@ -72,6 +74,16 @@ def mem_available_bytes() -> int | None:
     from gptoss.model.checkpoint import mem_available
 
     return mem_available()
+
+
+def read_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
+    """Bytes a second the process reads from a buffer of ``nbytes`` (1 GiB: larger than any L3), best of 3."""
+    import torch
+
+    buf = torch.ones(nbytes // 4, dtype=torch.float32)
+    buf.sum()
+    best = min(_timed(buf.sum) for _ in range(3))
+    return round(nbytes / best / 1e9, 1)
 
 
 def warm_page_cache(files: list[str]) -> float:
@@ -377,9 +389,11 @@ def run_compare(args, engines: list[str]) -> dict:
 
     runs: dict[str, list[dict]] = {e: [] for e in engines}
     bandwidth: list[float] = []
+    read_bw: list[float] = []
     torch.set_num_threads(threads)
     for r in range(args.rounds):
         bandwidth.append(copy_bandwidth_gbs("cpu"))
+        read_bw.append(read_bandwidth_gbs())
         for engine in engines:
             if engine in skipped or (engine == "transformers" and r >= args.transformers_rounds):
                 continue
@@ -400,10 +414,10 @@ def run_compare(args, engines: list[str]) -> dict:
             _log(f"round {r + 1}: {engine}: " + (res["error"] if "error" in res else
                  f"prefill {res['prefill']['tok_s']} tok/s, decode b1 {_decode(res, 1)} tok/s, "
                  f"peak RSS {res['peak_rss_gib']} GiB"))
-    return summarize(args, engines, folder, config, threads, runs, skipped, bandwidth)
+    return summarize(args, engines, folder, config, threads, runs, skipped, bandwidth, read_bw)
 
 
-def summarize(args, engines, folder, config, threads, runs, skipped, bandwidth) -> dict:
+def summarize(args, engines, folder, config, threads, runs, skipped, bandwidth, read_bw=()) -> dict:
     import platform
 
     import torch
@@ -432,6 +446,9 @@ def summarize(args, engines, folder, config, threads, runs, skipped, bandwidth) 
         step = ok["gptoss"][0]["bytes_per_step"]["1"]
         floor = {"measured_copy_gbs": _spread(bandwidth), "bandwidth_gbs": best_bw,
                  "batch1_bytes_per_token": step, "batch1_floor_tok_s": round(best_bw * 1e9 / step["total"], 2)}
+        if read_bw:  # context: a copy of 128 MiB can sit in a large L3; reading 1 GiB cannot
+            floor |= {"measured_read_1gib_gbs": _spread(list(read_bw)),
+                      "batch1_floor_at_read_1gib_tok_s": round(max(read_bw) * 1e9 / step["total"], 2)}
 
     def per_round(fn) -> dict | None:
         """A ratio taken within each round (both figures from the same round), over the rounds."""
@@ -453,6 +470,9 @@ def summarize(args, engines, folder, config, threads, runs, skipped, bandwidth) 
         ratios["gptoss_decode_b1_to_floor"] = per_round(lambda r: fig("gptoss", r, "b1") / f)
         if ok.get("llama.cpp"):
             ratios["llama_cpp_decode_b1_to_floor"] = per_round(lambda r: fig("llama.cpp", r, "b1") / f)
+        if floor.get("batch1_floor_at_read_1gib_tok_s"):  # context only: the target is on the copy floor
+            fr = floor["batch1_floor_at_read_1gib_tok_s"]
+            ratios["gptoss_decode_b1_to_read_1gib_floor"] = per_round(lambda r: fig("gptoss", r, "b1") / fr)
     ratios["gptoss_b8_to_b1"] = per_round(lambda r: fig("gptoss", r, "b8") / fig("gptoss", r, "b1"))
     if ok.get("llama.cpp"):
         ratios["gptoss_to_llama_cpp_prefill"] = per_round(lambda r: fig("gptoss", r, "prefill") / fig("llama.cpp", r, "prefill"))

@@ -157,10 +157,10 @@ class AsyncEngine:
         with self._lock:
             self._error = exc
             submissions, self._submissions = self._submissions, []
-            for request_id, *_ in submissions:
+            stopped = [request_id for request_id, *_ in submissions]
+            stopped += [seq.request_id for seq in list(engine.scheduler.running) + list(engine.scheduler.waiting)]
+            for request_id in stopped:  # queued or running alike: the service is going down (503)
                 self._deliver(request_id, EngineStopped(f"the engine stopped: {exc}"))
-            for seq in list(engine.scheduler.running) + list(engine.scheduler.waiting):
-                self._deliver(seq.request_id, _failed(exc))
         if self.on_fatal is not None:
             self.on_fatal(exc)
 

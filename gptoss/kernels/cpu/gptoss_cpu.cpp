@@ -18,6 +18,7 @@
 #include <cmath>
 #include <vector>
 #include <algorithm>
+#include <type_traits>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -439,7 +440,7 @@ static void to_bf16(const float* x, int64_t n, uint16_t* out) {
 static inline int64_t pair_len(int64_t K) { return ((K / 32 + 1) / 2) * 64; }
 
 // x [K] (K % 32 == 0) -> pair order: for pair p, 32 words of even values then 32 of odd values; word m of a
-// half is block 2p + m/16, value 2*(m%16) (+1 for the odd half) — the order fused_mx_bh decodes weights in.
+// half is block 2p + m/16, value 2*(m%16) (+1 for the odd half) — the order fused_mx decodes weights in.
 static void to_bf16_pairs(const float* x, int64_t K, uint16_t* out) {
   const int64_t g = K / 32, pairs = (g + 1) / 2;
   for (int64_t p = 0; p < pairs; p++) {
@@ -458,10 +459,13 @@ static const uint16_t FP4_BF16[32] = {
 
 static inline __m512bh as_bh(__m512i v) { return (__m512bh)v; }
 
-// R MXFP4 rows from row r against T tokens in pair order (row stride ldx): res[t * R + i].
-template <int R, int T>
-static inline void fused_mx_bh(const uint8_t* blocks, const uint8_t* scales, int64_t g, int64_t r,
-                               const uint16_t* xp, int64_t ldx, float* res) {
+// R MXFP4 rows from row r against T tokens (row stride ldx): res[t * R + i]. X = uint16_t: the tokens in bf16
+// pair order, multiplied with VDPBF16PS (the one-token path). X = float: the tokens in the float32 order of
+// pairs_to_f32; the decoded bf16 weights are widened to float32 (even and odd words of each half) for FMAs,
+// two a cycle against one VDPBF16PS every two on the Xeons measured (the 2-4 token path).
+template <int R, int T, class X>
+static inline void fused_mx(const uint8_t* blocks, const uint8_t* scales, int64_t g, int64_t r,
+                            const X* xp, int64_t ldx, float* res) {
   __m512 acc[R][T];
 #pragma GCC unroll 8
   for (int i = 0; i < R; i++)
@@ -470,6 +474,7 @@ static inline void fused_mx_bh(const uint8_t* blocks, const uint8_t* scales, int
   const __m512i lut = _mm512_loadu_si512(FP4_BF16);
   const __m512i first = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1), two = _mm512_set1_epi32(2);
   const __m512i tiny = _mm512_set1_epi32(0x00400000);  // E8M0 0 = 2**-127
+  const __m512i top = _mm512_set1_epi32((int)0xFFFF0000u);
   const int64_t full = g / 2, pairs = (g + 1) / 2;
   __m512 sf[R];  // the scales of 16 blocks (8 pairs) of each row, as float32
   __m512i sidx = first;  // lanes 0-7 pick the pair's first block, 8-15 its second
@@ -496,15 +501,31 @@ static inline void fused_mx_bh(const uint8_t* blocks, const uint8_t* scales, int
         wb = _mm512_cvtepu8_epi16(_mm256_zextsi128_si256(_mm_loadu_si128((const __m128i*)b)));
       // VPERMW reads the low 5 bits of each index and the table repeats after 16 entries: bit 4 (the high
       // nibble's lowest bit) is ignored, so the low nibble needs no mask.
-      const __m512bh wlo = as_bh(_mm512_permutexvar_epi16(wb, lut));
-      const __m512bh whi = as_bh(_mm512_permutexvar_epi16(_mm512_srli_epi16(wb, 4), lut));
+      const __m512i wlo = _mm512_permutexvar_epi16(wb, lut);
+      const __m512i whi = _mm512_permutexvar_epi16(_mm512_srli_epi16(wb, 4), lut);
       const __m512 scale = _mm512_permutexvar_ps(sidx, sf[i]);
+      if constexpr (std::is_same_v<X, uint16_t>) {
 #pragma GCC unroll 8
-      for (int t = 0; t < T; t++) {
-        const uint16_t* xt = xp + t * ldx + 64 * p;
-        __m512 d = _mm512_dpbf16_ps(_mm512_setzero_ps(), wlo, as_bh(_mm512_loadu_si512(xt)));
-        d = _mm512_dpbf16_ps(d, whi, as_bh(_mm512_loadu_si512(xt + 32)));
-        acc[i][t] = _mm512_fmadd_ps(d, scale, acc[i][t]);
+        for (int t = 0; t < T; t++) {
+          const uint16_t* xt = xp + t * ldx + 64 * p;
+          __m512 d = _mm512_dpbf16_ps(_mm512_setzero_ps(), as_bh(wlo), as_bh(_mm512_loadu_si512(xt)));
+          d = _mm512_dpbf16_ps(d, as_bh(whi), as_bh(_mm512_loadu_si512(xt + 32)));
+          acc[i][t] = _mm512_fmadd_ps(d, scale, acc[i][t]);
+        }
+      } else {
+        const __m512 w0 = _mm512_castsi512_ps(_mm512_slli_epi32(wlo, 16));
+        const __m512 w1 = _mm512_castsi512_ps(_mm512_and_si512(wlo, top));
+        const __m512 w2 = _mm512_castsi512_ps(_mm512_slli_epi32(whi, 16));
+        const __m512 w3 = _mm512_castsi512_ps(_mm512_and_si512(whi, top));
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) {
+          const float* xt = xp + t * ldx + 64 * p;
+          __m512 d = _mm512_mul_ps(w0, _mm512_loadu_ps(xt));
+          d = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xt + 16), d);
+          d = _mm512_fmadd_ps(w2, _mm512_loadu_ps(xt + 32), d);
+          d = _mm512_fmadd_ps(w3, _mm512_loadu_ps(xt + 48), d);
+          acc[i][t] = _mm512_fmadd_ps(d, scale, acc[i][t]);
+        }
       }
     }
     sidx = _mm512_add_epi32(sidx, two);
@@ -550,19 +571,19 @@ static inline void put(float* y, int64_t ldy, int64_t col, const float* res, int
     for (int i = 0; i < R; i++) y[t * ldy + col + i] = res[t * R + i] + (bias ? bias[col + i] : 0.f);
 }
 
-// Few tokens, MXFP4: rows [r0, r1) -> y[t, r - r0].
-template <int T>
-static void fused_mx_rows(const MXFP4Rows& src, int64_t r0, int64_t r1, const uint16_t* xp, int64_t ldx,
+// Few tokens, MXFP4: rows [r0, r1) -> y[t, r - r0] (X: see fused_mx).
+template <int T, class X>
+static void fused_mx_rows(const MXFP4Rows& src, int64_t r0, int64_t r1, const X* xp, int64_t ldx,
                           float* y, int64_t ldy, const float* bias) {
   const int64_t g = src.K / 32;
   float res[FR * T];
   int64_t r = r0;
   for (; r + FR <= r1; r += FR) {
-    fused_mx_bh<FR, T>(src.blocks, src.scales, g, r, xp, ldx, res);
+    fused_mx<FR, T, X>(src.blocks, src.scales, g, r, xp, ldx, res);
     put(y, ldy, r - r0, res, FR, T, bias);
   }
   for (; r < r1; r++) {
-    fused_mx_bh<1, T>(src.blocks, src.scales, g, r, xp, ldx, res);
+    fused_mx<1, T, X>(src.blocks, src.scales, g, r, xp, ldx, res);
     put(y, ldy, r - r0, res, 1, T, bias);
   }
 }
@@ -584,65 +605,7 @@ static void dot_bh_rows(const uint16_t* w, int64_t ldw, int64_t r0, int64_t r1, 
 }
 
 
-// The same product for 2..8 tokens, multiplied in float32 FMAs (two a cycle, against one VDPBF16PS every two
-// cycles on the Xeons measured): the bf16 weights of a pair widen to four float32 vectors (even and odd words of
-// each half), and the tokens come as float32 in that order (xf: per pair, even-lo, odd-lo, even-hi, odd-hi).
-template <int R, int T>
-static inline void fused_mx_f32(const uint8_t* blocks, const uint8_t* scales, int64_t g, int64_t r,
-                                const float* xf, int64_t ldx, float* res) {
-  __m512 acc[R][T];
-#pragma GCC unroll 8
-  for (int i = 0; i < R; i++)
-#pragma GCC unroll 8
-    for (int t = 0; t < T; t++) acc[i][t] = _mm512_setzero_ps();
-  const __m512i lut = _mm512_loadu_si512(FP4_BF16);
-  const __m512i first = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1), two = _mm512_set1_epi32(2);
-  const __m512i tiny = _mm512_set1_epi32(0x00400000), top = _mm512_set1_epi32((int)0xFFFF0000u);
-  const int64_t full = g / 2, pairs = (g + 1) / 2;
-  __m512 sf[R];
-  __m512i sidx = first;
-  for (int64_t p = 0; p < pairs; p++) {
-    if ((p & 7) == 0) {
-      const int64_t left = g - 2 * p;
-      const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-#pragma GCC unroll 8
-      for (int i = 0; i < R; i++) {
-        const __m512i sv = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, scales + (r + i) * g + 2 * p));
-        sf[i] = _mm512_castsi512_ps(_mm512_mask_mov_epi32(_mm512_slli_epi32(sv, 23),
-                                                          _mm512_cmpeq_epi32_mask(sv, _mm512_setzero_si512()), tiny));
-      }
-      sidx = first;
-    }
-#pragma GCC unroll 8
-    for (int i = 0; i < R; i++) {
-      const uint8_t* b = blocks + ((r + i) * g + 2 * p) * 16;
-      if ((p & 1) == 0) __builtin_prefetch(b + PF_BYTES, 0, 1);
-      if ((p & 31) == 0) __builtin_prefetch(scales + (r + i) * g + 2 * p + PF_BYTES / 16, 0, 1);
-      __m512i wb;
-      if (p < full) wb = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)b));
-      else wb = _mm512_cvtepu8_epi16(_mm256_zextsi128_si256(_mm_loadu_si128((const __m128i*)b)));
-      const __m512i wlo = _mm512_permutexvar_epi16(wb, lut);
-      const __m512i whi = _mm512_permutexvar_epi16(_mm512_srli_epi16(wb, 4), lut);
-      const __m512 w0 = _mm512_castsi512_ps(_mm512_slli_epi32(wlo, 16)), w1 = _mm512_castsi512_ps(_mm512_and_si512(wlo, top));
-      const __m512 w2 = _mm512_castsi512_ps(_mm512_slli_epi32(whi, 16)), w3 = _mm512_castsi512_ps(_mm512_and_si512(whi, top));
-      const __m512 scale = _mm512_permutexvar_ps(sidx, sf[i]);
-#pragma GCC unroll 8
-      for (int t = 0; t < T; t++) {
-        const float* xt = xf + t * ldx + 64 * p;
-        __m512 d = _mm512_mul_ps(w0, _mm512_loadu_ps(xt));
-        d = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xt + 16), d);
-        d = _mm512_fmadd_ps(w2, _mm512_loadu_ps(xt + 32), d);
-        d = _mm512_fmadd_ps(w3, _mm512_loadu_ps(xt + 48), d);
-        acc[i][t] = _mm512_fmadd_ps(d, scale, acc[i][t]);
-      }
-    }
-    sidx = _mm512_add_epi32(sidx, two);
-  }
-  for (int t = 0; t < T; t++)
-    for (int i = 0; i < R; i++) res[t * R + i] = _mm512_reduce_add_ps(acc[i][t]);
-}
-
-// Pair-order bf16 tokens -> the float32 order fused_mx_f32 reads (exact).
+// Pair-order bf16 tokens -> the float32 order fused_mx<..., float> reads (exact).
 static void pairs_to_f32(const uint16_t* xp, int64_t n, int64_t lp, float* out) {
   for (int64_t t = 0; t < n; t++)
     for (int64_t q = 0; q < lp; q += 64) {
@@ -654,22 +617,6 @@ static void pairs_to_f32(const uint16_t* xp, int64_t n, int64_t lp, float* out) 
           dst[32 * half + 16 + l] = bf16_to_f32(src[32 * half + 2 * l + 1]);
         }
     }
-}
-
-template <int T>
-static void fused_mx_rows_f32(const MXFP4Rows& src, int64_t r0, int64_t r1, const float* xf, int64_t ldx,
-                              float* y, int64_t ldy, const float* bias) {
-  const int64_t g = src.K / 32;
-  float res[FR * T];
-  int64_t r = r0;
-  for (; r + FR <= r1; r += FR) {
-    fused_mx_f32<FR, T>(src.blocks, src.scales, g, r, xf, ldx, res);
-    put(y, ldy, r - r0, res, FR, T, bias);
-  }
-  for (; r < r1; r++) {
-    fused_mx_f32<1, T>(src.blocks, src.scales, g, r, xf, ldx, res);
-    put(y, ldy, r - r0, res, 1, T, bias);
-  }
 }
 
 #define TBH 6  // tokens a register block on the many-token path (4 rows x 6 tokens = 24 accumulators)
@@ -738,9 +685,9 @@ static void mx_rows_product_bh(const MXFP4Rows& src, int64_t r0, int64_t r1, con
     float* xf = xf_buf.data();
     pairs_to_f32(xp, n, lp, xf);
     switch (n) {
-      case 2: fused_mx_rows_f32<2>(src, r0, r1, xf, lp, y, ldy, bias); return;
-      case 3: fused_mx_rows_f32<3>(src, r0, r1, xf, lp, y, ldy, bias); return;
-      default: fused_mx_rows_f32<4>(src, r0, r1, xf, lp, y, ldy, bias); return;
+      case 2: fused_mx_rows<2>(src, r0, r1, xf, lp, y, ldy, bias); return;
+      case 3: fused_mx_rows<3>(src, r0, r1, xf, lp, y, ldy, bias); return;
+      default: fused_mx_rows<4>(src, r0, r1, xf, lp, y, ldy, bias); return;
     }
   }
   switch (n) {

@@ -73,8 +73,8 @@ typedef int32_t vi __attribute__((vector_size(VBYTES)));
 // |r| <= ln(2)/2, p the degree-6 Taylor polynomial (relative error ~1e-7); 0 below -87.
 static inline vf vexp(vf x) {
   const vf lo = vzero() - 87.0f;
-  const vi under = x < lo;
-  x = under ? lo : x;
+  const vi under = x < lo;  // all ones where x < -87 (bitwise selects: portable across GCC and clang)
+  x = (vf)(((vi)x & ~under) | ((vi)lo & under));
   const vf t = x * 1.44269504088896341f;
   const vf n = (t + 12582912.0f) - 12582912.0f;  // round to nearest (1.5 * 2**23)
   const vf r = (x - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;
@@ -87,7 +87,7 @@ static inline vf vexp(vf x) {
   p = p * r + 1.0f;
   const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
   const vf out = p * (vf)bits;
-  return under ? vzero() : out;
+  return (vf)((vi)out & ~under);
 }
 
 static inline float hsum(vf v) {  // horizontal sum, with the ISA's own reduction where there is one

@@ -28,7 +28,7 @@ import threading
 
 import torch
 
-from gptoss.kernels.cpu.builder import BuildError, build, runnable_isas
+from gptoss.kernels.cpu.builder import BuildError, build, cpu_flags, runnable_isas
 
 _lock = threading.Lock()
 _libs: dict[str, ctypes.CDLL] = {}
@@ -288,8 +288,6 @@ GEMM_ROWS = 512
 
 @functools.lru_cache(maxsize=1)
 def cpu_has_amx() -> bool:
-    from gptoss.kernels.cpu.builder import cpu_flags
-
     return "amx_bf16" in cpu_flags()
 
 
@@ -384,8 +382,6 @@ TORCH_BF16_MIN_TOKENS = 16
 
 @functools.lru_cache(maxsize=1)
 def cpu_has_bf16_units() -> bool:
-    from gptoss.kernels.cpu.builder import cpu_flags
-
     return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
 
 

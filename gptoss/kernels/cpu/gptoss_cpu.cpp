@@ -90,7 +90,7 @@ static inline vf vexp(vf x) {
   return (vf)((vi)out & ~under);
 }
 
-static inline float hsum(vf v) {  // horizontal sum, with the ISA's own reduction where there is one
+static inline float vsum(vf v) {  // horizontal sum, with the ISA's own reduction where there is one
 #if defined(GPTOSS_ISA_AVX512)
   return _mm512_reduce_add_ps(v);
 #else
@@ -98,11 +98,6 @@ static inline float hsum(vf v) {  // horizontal sum, with the ISA's own reductio
   for (int i = 0; i < VW; i++) s += v[i];
   return s;
 #endif
-}
-static inline float vsum(vf v) {
-  float s = 0.f;
-  for (int i = 0; i < VW; i++) s += v[i];
-  return s;
 }
 
 static const float FP4[16] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
@@ -798,7 +793,7 @@ static void attention_impl(const float* q, const float* knew, const float* vnew,
             const float* qg = q + (i * HQ + (h0 + hb) * G + g) * D;
             vf a = vzero();
             for (int64_t d = 0; d < DV; d += VW) a += vload(qg + d) * vload(kh + d);
-            float sum = hsum(a);
+            float sum = vsum(a);
             for (int64_t d = DV; d < D; d++) sum += qg[d] * kh[d];
             sc[(hb * G + g) * S + (p - lo)] = sum * sm_scale;
           }
@@ -818,7 +813,7 @@ static void attention_impl(const float* q, const float* knew, const float* vnew,
             *(vf_u*)(sg + j) = e;
             dv += e;
           }
-          denom += hsum(dv);
+          denom += vsum(dv);
           for (; j < S; j++) {
             sg[j] = std::exp(sg[j] - m);
             denom += sg[j];

@@ -235,33 +235,81 @@ async def guard_response_events(state, store, turn, events: AsyncIterator) -> As
         return
     hold = guard is not None and guard.settings.check_output
     held: list = []
-    final = None
+    end = None  # the terminal event: completed, incomplete or failed
+    settled = not hold  # the stored copy holds only what the guard passed (or what needs no check)
+    hidden_stored = not hide
     reasoning_items: set[int] = set()
-    async for ev in events:
-        ev = _hide_reasoning(ev, reasoning_items) if hide else ev
-        if ev is None:
-            continue
-        if ev.type in ("response.completed", "response.incomplete"):
-            final = ev
-        if hold and ev.type not in ("response.created", "response.in_progress"):
-            held.append(ev)
-            continue
-        yield ev.model_copy(update={"sequence_number": next(seq)})
-    if hold and final is not None:
-        answer, reasoning = _response_texts(final.response)
-        checks = [("output", answer)] + ([("reasoning", reasoning)] if guard.settings.check_reasoning and reasoning else [])
-        for stage, text in checks:
-            decision = await guard.check(compose_output(user, text), stage, turn.id, "responses")
-            if decision.blocked:
-                held, final = blocked(decision), None
-                break
-    for ev in held:
-        yield ev.model_copy(update={"sequence_number": next(seq)})
-    if hide and final is not None and turn.body.store:  # what GET returns hides the reasoning too
-        stored = store.get(turn.id)
-        if stored is not None:
-            store.put(turn.id, final.response.model_dump(mode="json", by_alias=True, exclude_none=True),
-                      stored.input_items, stored.output_items)
+    try:
+        async for ev in events:
+            ev = _hide_reasoning(ev, reasoning_items) if hide else ev
+            if ev is None:
+                continue
+            if ev.type in TERMINAL_EVENTS:
+                end = ev
+                if hide and turn.body.store:  # what GET returns hides the reasoning too, also of a failure
+                    _store_response(store, turn, ev.response)
+                    hidden_stored = True
+            if hold and ev.type not in ("response.created", "response.in_progress"):
+                held.append(ev)
+                continue
+            yield ev.model_copy(update={"sequence_number": next(seq)})
+        if hold:
+            # The release is decided on every end, a failure included: held text the guard did not pass is
+            # never released (the failed response carries the partial answer; it is checked like a final one).
+            if end is None:
+                held = []
+            else:
+                answer, reasoning = _response_texts(end.response)
+                checks = [("output", answer)] + ([("reasoning", reasoning)] if guard.settings.check_reasoning and
+                                                 reasoning else [])
+                for stage, text in checks:
+                    decision = await guard.check(compose_output(user, text), stage, turn.id, "responses")
+                    if decision.blocked:
+                        held = blocked(decision)  # stores the refusal in place of the answer
+                        break
+                settled = True
+        for ev in held:
+            yield ev.model_copy(update={"sequence_number": next(seq)})
+    finally:
+        # An error, a cancellation (the client went away) or a guard check cut short: the stored copy may
+        # hold an answer the guard never passed, or reasoning the server hides. Neither may stay readable.
+        if turn.body.store and not settled:
+            _withhold_stored(store, turn)
+        elif turn.body.store and not hidden_stored:
+            _hide_stored_reasoning(store, turn)
+
+
+TERMINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
+
+
+def _store_response(store, turn, response) -> None:
+    stored = store.get(turn.id)
+    if stored is not None:
+        store.put(turn.id, response.model_dump(mode="json", by_alias=True, exclude_none=True), stored.input_items,
+                  stored.output_items)
+
+
+def _withhold_stored(store, turn) -> None:
+    """Replace a stored response whose output the guard did not check by a failed one without output."""
+    stored = store.get(turn.id)
+    if stored is None:
+        return
+    response = dict(stored.response)
+    response.update(status="failed", output=[], incomplete_details=None, completed_at=None,
+                    error={"code": "server_error", "message": "the response ended before the guard checked its output"})
+    store.put(turn.id, response, stored.input_items, [])
+
+
+def _hide_stored_reasoning(store, turn) -> None:
+    """The stored copy as a client may read it under ``--reasoning hidden`` (its items for
+    ``previous_response_id`` keep the reasoning, as for every stored response)."""
+    stored = store.get(turn.id)
+    if stored is None:
+        return
+    response = dict(stored.response)
+    response["output"] = [{k: v for k, v in i.items() if k != "content"} if i.get("type") == "reasoning" else i
+                          for i in response.get("output") or []]
+    store.put(turn.id, response, stored.input_items, stored.output_items)
 
 
 async def guard_tool_messages(state, request_id: str, messages: list) -> list:

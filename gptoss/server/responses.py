@@ -128,7 +128,15 @@ def register(app, state) -> None:
     @contextlib.asynccontextmanager
     async def lifespan(app_):
         async with inner(app_) as value:
-            yield value
+            templates = getattr(state.config, "toolbox", None)
+            if templates is not None:  # what the sandboxes of a server that crashed left (folders, mounts, cgroups)
+                removed = await run_in_threadpool(templates.sweep_stale)
+                if removed:
+                    log.info("removed %d things left by the tools of an earlier server that died", len(removed))
+            try:
+                yield value
+            finally:
+                await _closing.wait(timeout=60)
         store.close()
 
     app.router.lifespan_context = lifespan
@@ -417,15 +425,19 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
                 break
             calls += 1
             answer: list[Message] = []
+            outputs = None
             async for ev in loop.run_call(call):  # ToolCallStarted, then ToolCallFinished
                 if isinstance(ev, ToolCallStarted):
                     last.action = ev.details.get("action")
                 else:
                     last.status = ev.status
                     last.action = ev.metadata.get("action", last.action)
-                    last.outputs = ev.metadata.get("outputs")
+                    outputs = ev.metadata.get("outputs")
                     answer = ev.messages
-            answer = await guard_tool_messages(state, turn.id, answer)  # --guard-checks tools
+            guarded = await guard_tool_messages(state, turn.id, answer)  # --guard-checks tools
+            if guarded != answer:  # the client sees what the model reads: the withheld notice, not the result
+                outputs = [{"type": "logs", "logs": "\n".join(m.text for m in guarded if isinstance(m.text, str))}]
+            last.outputs, answer = outputs, guarded
             last.harmony = [call.message] + answer
             for out in _builtin_done(last, seq, turn):
                 yield out
@@ -443,7 +455,7 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
         return
     finally:
         if toolbox is not None:
-            await toolbox.aclose()
+            await _closing.close(toolbox)
     for item in items:  # a built-in call that did not run (the loop stopped): close it
         if item.builtin and item.done and item.complete and item.status is None:
             item.status = "incomplete"
@@ -458,6 +470,35 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
         end = ResponseCompletedEvent(type="response.completed", sequence_number=next(seq), response=final)
     _save(store, turn, end, items)
     yield end
+
+
+class _Closer:
+    """Closes the tools of responses so that a cancellation (a client that went away mid-call) cannot stop it
+    half-way and leak a sandbox: each close runs as a task of its own, which the response waits for but
+    does not take down when it is cancelled itself; the server waits for the rest when it shuts down."""
+
+    def __init__(self) -> None:
+        self.pending: set[asyncio.Task] = set()
+
+    async def close(self, toolbox: Toolbox) -> None:
+        task = asyncio.get_running_loop().create_task(self._aclose(toolbox))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+        await asyncio.shield(task)  # cancelled here, the close goes on
+
+    @staticmethod
+    async def _aclose(toolbox: Toolbox) -> None:
+        try:
+            await toolbox.aclose()
+        except Exception:  # noqa: BLE001 - logged; the server keeps serving
+            log.exception("closing a response's tools failed")
+
+    async def wait(self, timeout: float) -> None:
+        if self.pending:
+            await asyncio.wait(list(self.pending), timeout=timeout)
+
+
+_closing = _Closer()
 
 
 async def _recorded(store: ResponseStore, turn: _Turn, events: AsyncIterator[BaseModel]) -> AsyncIterator[BaseModel]:

@@ -137,6 +137,11 @@ class Tool(ABC):
     def close(self) -> None:
         _run_sync(self.aclose())
 
+    def sweep_stale(self) -> list[str]:
+        """Remove what conversations of an earlier process that died (a crash, SIGKILL) left behind; returns
+        what was removed. Called once when a server starts (blocking: run it off the event loop)."""
+        return []
+
 
 def _run_sync(coro) -> None:
     try:
@@ -228,6 +233,9 @@ class Toolbox:
     async def aclose(self) -> None:
         for tool in self.tools.values():
             await tool.aclose()
+
+    def sweep_stale(self) -> list[str]:
+        return [path for tool in self.tools.values() for path in tool.sweep_stale()]
 
     def close(self) -> None:
         _run_sync(self.aclose())

@@ -644,6 +644,14 @@ class PythonTool(Tool):
                       "work_path": self.runner.work_path},
         )
 
+    def sweep_stale(self) -> list[str]:
+        """Folders, mounts and cgroups (with what still ran in them) of sandboxes whose host died."""
+        global _swept
+        if self.config.backend != "jupyter":
+            return []
+        _swept = True
+        return sweep_stale()
+
     def isolation(self) -> dict[str, str]:
         """What the sandbox isolates (after the kernel started), in words."""
         if self.config.backend == "docker":

@@ -252,3 +252,97 @@ def test_injection_in_a_retrieved_page_never_reaches_the_model(tiny_llm, fake_gu
     assert "FORBIDDEN" not in seen and "withheld" in seen and "weapons" in seen  # what the model read next
     rows = AuditLog(tmp_path / "audit.sqlite").records(resp.id)
     assert [(r.stage, r.action) for r in rows if r.policy == "weapons"][:2] == [("input", "allow"), ("tool", "block")]
+
+
+# ----------------------------------------------------------------------- failures, tool results, hidden reasoning
+PREAMBLE_TURN = ("<|channel|>analysis<|message|>thinking it over<|end|><|start|>assistant<|channel|>commentary"
+                 "<|message|>Here is the FORBIDDEN recipe, step one.<|end|><|start|>assistant"
+                 '<|channel|>analysis to=browser.search code<|message|>{"query":"harmony"}<|call|>')
+THINK_TURN = ("<|channel|>analysis<|message|>a private SECRETPLAN<|end|><|start|>assistant"
+              '<|channel|>analysis to=browser.search code<|message|>{"query":"harmony"}<|call|>')
+TOOL_TURN = "<|channel|>analysis to=python code<|message|>print('FORBI' + 'DDEN instructions')<|call|>"
+
+
+@pytest.fixture(scope="module")
+def tooled(tiny_llm, fake_guard, tmp_path_factory):
+    """A guarded server (input, output and tool results; reasoning hidden) with a browser and Python."""
+    from gptoss.tools import Toolbox
+    from gptoss.tools.browser import BrowserTool, LocalCorpus
+    from gptoss.tools.python import PythonTool
+
+    tmp = tmp_path_factory.mktemp("guard-tools")
+    (tmp / "corpus").mkdir()
+    (tmp / "corpus" / "harmony.md").write_text("# Harmony\n\nHarmony is the chat format of gpt-oss.\n")
+    corpus = LocalCorpus(tmp / "corpus", index_path=tmp / "index.sqlite", progress=False)
+    s = settings(tmp, fake_guard, POLICIES, audit_path=str(tmp / "audit.sqlite"), check_tools=True)
+    toolbox = Toolbox([BrowserTool(corpus), PythonTool(timeout=20)])
+    try:
+        with serve(tiny_llm(max_batch=2), guard=s, toolbox=toolbox, reasoning="hidden",
+                   store_path=str(tmp / "store.sqlite")) as base:
+            yield base, tmp / "store.sqlite"
+    finally:
+        corpus.close()
+
+
+@pytest.fixture()
+def turns_then_failure(monkeypatch, tokenizer):
+    """The next assistant turns emit exactly ``turns``; the turn after them fails (as when the engine's queue
+    is full), so the response ends ``response.failed``."""
+    from gptoss.conversation.session import force_tokens
+    from gptoss.server import responses
+
+    def force(turns):
+        encoded = [tokenizer.encoding.encode(t, allowed_special="all") for t in turns]
+
+        def constraint(tok, lark):
+            if not encoded:
+                raise RuntimeError("the engine's queue is full")
+            return force_tokens(encoded.pop(0))
+
+        monkeypatch.setattr(responses, "GrammarConstraint", constraint)
+
+    return force
+
+
+def _stream(base, **kw):
+    client = OpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
+    events = list(client.responses.create(model=MODEL, input="What is Harmony?", max_output_tokens=200, stream=True,
+                                          tools=[{"type": "web_search_preview"},
+                                                 {"type": "code_interpreter", "container": {"type": "auto"}}], **kw))
+    return client, events
+
+
+def test_a_failed_response_releases_and_stores_no_answer_the_guard_blocked(tooled, turns_then_failure):
+    base, _ = tooled
+    turns_then_failure([PREAMBLE_TURN])
+    client, events = _stream(base)
+    shown = json.dumps([e.model_dump() for e in events])
+    assert "FORBIDDEN" not in shown and not [e for e in events if e.type == "response.output_text.delta"]
+    assert events[-1].type == "response.incomplete" and events[-1].response.incomplete_details.reason == "content_filter"
+    stored = client.responses.retrieve(events[-1].response.id)
+    assert "FORBIDDEN" not in json.dumps(stored.model_dump()) and stored.output[0].content[0].type == "refusal"
+    with client.responses.stream(response_id=stored.id) as replay:
+        assert "FORBIDDEN" not in json.dumps([e.model_dump() for e in replay])
+
+
+def test_a_failed_response_keeps_the_reasoning_hidden(tooled, turns_then_failure):
+    base, _ = tooled
+    turns_then_failure([THINK_TURN])
+    client, events = _stream(base)
+    assert events[-1].type == "response.failed" and "queue is full" in events[-1].response.error.message
+    assert [o.type for o in events[-1].response.output] == ["reasoning", "web_search_call"]
+    stored = client.responses.retrieve(events[-1].response.id)
+    assert stored.status == "failed" and [o.type for o in stored.output] == ["reasoning", "web_search_call"]
+    for shown in (events, [stored]):
+        assert "SECRETPLAN" not in json.dumps([e.model_dump() for e in shown])
+
+
+def test_a_tool_result_the_guard_blocked_never_reaches_the_client(tooled, turns_then_failure):
+    base, store_path = tooled
+    turns_then_failure([TOOL_TURN])
+    client, events = _stream(base)
+    (code,) = [o for o in events[-1].response.output if o.type == "code_interpreter_call"]
+    assert "withheld" in code.outputs[0].logs and "weapons" in code.outputs[0].logs
+    stored = client.responses.retrieve(events[-1].response.id)
+    for shown in (events, [stored]):
+        assert "FORBIDDEN instructions" not in json.dumps([e.model_dump() for e in shown])

@@ -23,8 +23,10 @@ def add_guard_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--guard-effort", default="low", choices=["low", "medium", "high"], help="the guard's reasoning effort")
     g.add_argument("--guard-checks", default="input,output",
                    help=f"what the guard checks, comma-separated among {', '.join(CHECKS)} (default: input,output)")
-    g.add_argument("--guard-stream", default="chunks", choices=["chunks", "end"],
-                   help="streamed answers: released in checked pieces (chunks) or only once complete (end)")
+    g.add_argument("--guard-stream", default="end", choices=["end", "chunks"],
+                   help="streamed answers: released only once the whole answer passed (end, default: nothing of a "
+                        "blocked answer is ever sent) or in checked pieces (chunks: sooner, but the pieces that "
+                        "passed are sent before a later piece can be blocked)")
     g.add_argument("--guard-chunk-chars", type=int, default=400, help="characters per checked piece (default 400)")
     g.add_argument("--guard-on-error", default="block", choices=["block", "allow"],
                    help="when the guard cannot decide: block (fail closed, default) or allow")

@@ -20,7 +20,7 @@ from gptoss.guard.policy import Policy
 from gptoss.guard.verdict import Verdict, VerdictError, parse_verdict
 
 STAGES = ("input", "output", "tool", "reasoning", "moderation")
-STREAM_MODES = ("chunks", "end")
+STREAM_MODES = ("end", "chunks")
 
 
 @dataclass
@@ -39,7 +39,7 @@ class GuardSettings:
     check_output: bool = True
     check_tools: bool = False
     check_reasoning: bool = False
-    stream: str = "chunks"  # chunks: release the answer in checked pieces; end: release it after one check
+    stream: str = "end"  # end: release the answer after it passed whole; chunks: in checked pieces (see guard/stream.py)
     chunk_chars: int = 400
     on_error: str = "block"  # block (fail closed) or allow (fail open)
     audit_path: str | None = None

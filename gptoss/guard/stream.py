@@ -1,10 +1,13 @@
 """Releasing a streamed answer only after the guard has seen it.
 
-:class:`OutputGate` holds a choice's deltas. In ``chunks`` mode, each time at least ``chunk_chars`` of
-unchecked text have gathered, the guard checks the whole answer so far (context matters: a piece alone may
-look harmless) and, if it passes, everything held is released; in ``end`` mode everything waits for one
-check of the finished answer. Deltas of other kinds (tool calls) keep their place in the order. A block
-drops everything held: no piece of a blocked answer is ever released.
+:class:`OutputGate` holds a choice's deltas. In ``end`` mode (the default) everything waits for one check
+of the finished answer: nothing of an answer the guard blocks is ever released. In ``chunks`` mode, each
+time at least ``chunk_chars`` of unchecked text have gathered, the guard checks the whole answer so far
+(context matters: a piece alone may look harmless) and, if it passes, everything held is released; a block
+drops what is held then. What chunks mode guarantees is narrower: every released character was part of an
+answer prefix the guard passed, but when a later piece gets the answer blocked, the pieces released before
+it have already reached the client (the stream then ends with ``content_filter``). Deltas of other kinds
+(tool calls) keep their place in the order.
 """
 
 from __future__ import annotations

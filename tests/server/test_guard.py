@@ -52,9 +52,11 @@ def guarded(tiny_llm, fake_guard, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def answers(tiny_llm, fake_guard, tmp_path_factory):
-    """A server whose guard blocks answers of 24 characters or more, checked in pieces of 6; reasoning hidden."""
+    """A server whose guard blocks answers of 24 characters or more, checked in pieces of 6 (--guard-stream
+    chunks); reasoning hidden."""
     tmp = tmp_path_factory.mktemp("guard-answers")
-    s = settings(tmp, fake_guard, {"long.md": LONG_ANSWERS}, audit_path=str(tmp / "audit.sqlite"), chunk_chars=6)
+    s = settings(tmp, fake_guard, {"long.md": LONG_ANSWERS}, audit_path=str(tmp / "audit.sqlite"), chunk_chars=6,
+                 stream="chunks")
     with serve(tiny_llm(max_batch=4), persona=ServerPersona(reasoning_max_tokens=4), guard=s, reasoning="hidden") as base:
         yield base, tmp / "audit.sqlite"
 

@@ -134,7 +134,7 @@ def build_root(cfg: dict, status: dict) -> str:
             _mkdirs(os.path.dirname(dest))
             open(dest, "a").close()
         mount(path, dest, None, MS_BIND | MS_REC)
-        mount(None, dest, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        status["readonly"] = readonly_recursive(dest)
     # /dev: a few harmless devices only (its shm is mounted again on top)
     _mkdirs(root + "/dev")
     mount("tmpfs", root + "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k")
@@ -155,6 +155,48 @@ def build_root(cfg: dict, status: dict) -> str:
     mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "mode=0755,size=8m")
     status["filesystem"] = "private root"
     return root
+
+
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 0x1, 0x2, 0x4
+SYS_MOUNT_SETATTR = 442  # the same number on every architecture (Linux 5.12)
+
+
+class MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64),
+                ("userns_fd", ctypes.c_uint64)]
+
+
+def _unescape(path: str) -> str:
+    """A mount point as /proc/self/mountinfo writes it (space, tab, newline and backslash as octal)."""
+    import re
+
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
+
+
+def readonly_recursive(dest: str) -> str:
+    """Make the bind mount at ``dest`` and every mount below it read-only (nosuid, nodev): a tmpfs or any
+    other file system mounted inside a bound folder must not stay writable. ``mount_setattr`` with
+    ``AT_RECURSIVE`` where the kernel has it, else a bind remount of each submount, deepest last,
+    keeping the flags each already had."""
+    attr = MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0, 0)
+    _libc.syscall.restype = ctypes.c_long
+    ret = _libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(AT_FDCWD), dest.encode(),
+                        ctypes.c_uint(AT_RECURSIVE), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+    if ret == 0:
+        return "recursive (mount_setattr)"
+    flags_of = {"noexec": MS_NOEXEC, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noatime": 1024, "nodiratime": 2048,
+                "relatime": 1 << 21}
+    with open("/proc/self/mountinfo") as f:
+        mounts = [(_unescape(fields[4]), fields[5].split(",")) for fields in (line.split() for line in f)]
+    prefix = dest.rstrip("/") + "/"
+    for point, options in sorted((m for m in mounts if m[0] == dest or m[0].startswith(prefix)), key=lambda m: len(m[0])):
+        keep = 0
+        for option in options:
+            keep |= flags_of.get(option, 0)
+        mount(None, point, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | keep)
+    return "recursive (each submount)"
 
 
 def set_rlimits(limits: dict) -> None:
@@ -182,12 +224,24 @@ def join_cgroups(cgroups: list[dict] | None, status: dict) -> None:
         status["cgroups"] = joined
 
 
+def join_freezer(freezer: dict | None, report: dict) -> None:
+    """The reaper (and so everything under it, not the launcher) enters the cgroup frozen between calls."""
+    if not freezer:
+        return
+    try:
+        _write(os.path.join(freezer["path"], "cgroup.procs"), str(os.getpid()))
+        report["freezer"] = freezer["path"]
+    except OSError as exc:
+        report["freezer_error"] = f"{freezer['path']}: {exc}"
+
+
 def remove_cgroups(cgroups: list[dict] | None) -> None:
-    """Kill what is left in our cgroups, move out of them and remove them (the host is gone)."""
-    for cg in cgroups or []:
+    """Kill what is left in our cgroups (frozen processes are thawed to die), move out of them and remove
+    them, the deepest first (the host is gone)."""
+    for cg in sorted(cgroups or [], key=lambda c: -len(c["path"])):
         path = cg["path"]
         try:
-            _write(os.path.join(os.path.dirname(path), "cgroup.procs"), str(os.getpid()))
+            _write(os.path.join(cg.get("root") or os.path.dirname(path), "cgroup.procs"), str(os.getpid()))
         except OSError:
             pass
         for _ in range(200):
@@ -199,6 +253,11 @@ def remove_cgroups(cgroups: list[dict] | None) -> None:
             for pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            for name, value in (("cgroup.freeze", "0"), ("freezer.state", "THAWED")):
+                try:
+                    _write(os.path.join(path, name), value)
                 except OSError:
                     pass
             try:
@@ -312,7 +371,7 @@ def main() -> None:
             pass
     kill_children()
     if code is None:
-        remove_cgroups(cfg.get("cgroups"))
+        remove_cgroups((cfg.get("cgroups") or []) + ([cfg["freezer"]] if cfg.get("freezer") else []))
     os._exit(code if code is not None else 128 + signal.SIGKILL)
 
 
@@ -397,6 +456,7 @@ def kill_children() -> None:
 def _reaper(cfg: dict, status: dict, wfd: int) -> None:
     report: dict = {}
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    join_freezer(cfg.get("freezer"), report)
     if status.get("filesystem") == "private root":
         root = cfg["root_dir"]
         if status.get("pid_namespace"):

@@ -32,7 +32,7 @@ import zmq
 
 from gptoss.harmony import ToolNamespaceConfig
 from gptoss.tools.base import Tool, ToolCall, ToolError, ToolResult, tool_message
-from gptoss.tools.sandbox import WORK_MOUNT, Sandbox, SandboxError, SandboxLimits, sweep_stale
+from gptoss.tools.sandbox import WORK_MOUNT, Sandbox, SandboxError, SandboxLimits, host_tag, sweep_stale
 
 MAX_MESSAGE_BYTES = 32 * 2**20  # the largest message from the kernel this process accepts
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
@@ -183,7 +183,7 @@ class JupyterRunner:
         self.config = config
         self.work_dir = work_dir
         _sweep_once()
-        self.state_dir = Path(tempfile.mkdtemp(prefix=f"gptoss-py-{os.getpid()}-"))
+        self.state_dir = Path(tempfile.mkdtemp(prefix=f"gptoss-py-{host_tag()}-"))
         os.chmod(self.state_dir, 0o711)
         self.sandbox = Sandbox(work_dir, self.state_dir, config.limits, config.isolation, own_work_dir=own_work_dir)
         self.client = None
@@ -581,7 +581,7 @@ class PythonTool(Tool):
     def work_dir(self) -> Path:
         """The conversation's folder (``/mnt/data`` inside the sandbox); made on first use."""
         if self._work_dir is None:
-            path = Path(self.config.work_dir or tempfile.mkdtemp(prefix=f"gptoss-data-{os.getpid()}-")).resolve()
+            path = Path(self.config.work_dir or tempfile.mkdtemp(prefix=f"gptoss-data-{host_tag()}-")).resolve()
             path.mkdir(parents=True, exist_ok=True)
             self._work_dir = path
         return self._work_dir

@@ -33,6 +33,7 @@ conversation's cgroups. Folders and cgroups left by a host that died are removed
 
 from __future__ import annotations
 
+import atexit
 import errno
 import json
 import logging
@@ -55,7 +56,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 LAUNCHER = Path(__file__).with_name("_sandbox_launch.py")
-STALE_RE = re.compile(r"gptoss-(?:py|data|python)-(\d+)-")  # folders and cgroups named after their host's pid
+# Folders and cgroups are named after their host: its pid and the start time of that pid (so that a later
+# process that got the same pid, common in containers, is not taken for it). Older names had the pid only.
+STALE_RE = re.compile(r"gptoss-(?:py|data|python|sandboxes)-(\d+)(?:\.(\d+))?(?:-|$)")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _STATUS_LIMIT = 1 << 16
 WORK_MOUNT = "/mnt/data"
@@ -64,6 +67,24 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 class SandboxError(RuntimeError):
     pass
+
+
+def host_tag() -> str:
+    """``PID.START``: this process, as the names of its sandboxes' folders and cgroups say."""
+    pid = os.getpid()
+    st = _stat_of(pid)
+    return f"{pid}.{st[1] if st else 0}"
+
+
+def _host_gone(m: re.Match) -> bool:
+    """Is the host a stale name (``STALE_RE``'s match) was made by no longer running?"""
+    pid = int(m.group(1))
+    if not _pid_alive(pid):
+        return True
+    if m.group(2) is None:
+        return False
+    st = _stat_of(pid)
+    return st is None or st[1] != int(m.group(2))
 
 
 @dataclass
@@ -78,6 +99,8 @@ class SandboxLimits:
     file_size_bytes: int | None = 1024**3
     open_files: int | None = 1024
     tmp_size: str = "256m"  # private /tmp and /dev/shm (tmpfs, counts as memory)
+    # every sandbox of this process together (a parent memory cgroup, as root); None: no budget beyond each one's
+    sandboxes_memory_bytes: int | None = None
 
 
 def _stat_of(pid: int) -> tuple[int, int, int, str] | None:
@@ -196,71 +219,202 @@ def _cgroup_files(limits: SandboxLimits, controllers: set[str]) -> dict[str, dic
 
 
 _V1_NAMES = {"memory.max": "memory.limit_in_bytes", "memory.swap.max": None}
+CGROUP_ROOT = "/sys/fs/cgroup"
 
 
-def _cgroups_for(name: str, limits: SandboxLimits) -> list[dict]:
-    """The cgroups (v1 or v2) that bound the conversation's processes and memory, made with their limits
-    set; those that cannot be made are left out (``describe`` says what holds)."""
-    base = Path("/sys/fs/cgroup")
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _sandboxes_cgroups(limits: SandboxLimits, version: int, controllers: list[str]) -> dict[str, str]:
+    """The parent cgroup of all this process's sandboxes (one per hierarchy: controller -> path), made if
+    missing, with the budget of ``limits.sandboxes_memory_bytes`` set (``max`` without one: the latest
+    configuration sets it, one budget for the process)."""
+    name = f"gptoss-sandboxes-{host_tag()}"
+    budget = limits.sandboxes_memory_bytes
+    out = {}
+    if name not in _PARENTS_MADE:
+        _PARENTS_MADE.add(name)
+        atexit.register(_remove_empty_parents, name)
+    if version == 2:
+        path = os.path.join(CGROUP_ROOT, name)
+        os.makedirs(path, exist_ok=True)
+        wanted = [c for c in ("memory", "pids") if c in controllers]
+        if wanted:
+            _write(os.path.join(path, "cgroup.subtree_control"), " ".join("+" + c for c in wanted))
+        if "memory" in controllers:
+            _write(os.path.join(path, "memory.max"), str(budget) if budget else "max")
+            if os.path.exists(os.path.join(path, "memory.swap.max")):
+                _write(os.path.join(path, "memory.swap.max"), "0" if budget else "max")
+        return {c: path for c in ["freezer", *controllers]}
+    for controller in controllers:
+        path = os.path.join(CGROUP_ROOT, controller, name)
+        try:
+            os.makedirs(path, exist_ok=True)
+            if controller == "memory":
+                _write(os.path.join(path, "memory.limit_in_bytes"), str(budget) if budget else "-1")
+            out[controller] = path
+        except OSError as exc:
+            log.warning("python sandbox: cannot make the %s cgroup of all sandboxes: %s", controller, exc)
+    return out
+
+
+_PARENTS_MADE: set[str] = set()
+
+
+def _remove_empty_parents(name: str) -> None:
+    """At exit: the parents of this process's sandboxes, if empty (what is not, the next start sweeps)."""
+    for parent in [CGROUP_ROOT] + [os.path.join(CGROUP_ROOT, c) for c in ("pids", "memory", "freezer")]:
+        try:
+            os.rmdir(os.path.join(parent, name))
+        except OSError:
+            pass
+
+
+def _cgroups_for(name: str, limits: SandboxLimits) -> tuple[list[dict], dict | None]:
+    """The conversation's cgroups (v1 or v2), made with their limits set, inside the parent of all this
+    process's sandboxes, and the cgroup that freezes its processes between calls (v2: a leaf below the
+    conversation's, holding the reaper and everything under it but not the launcher, which must stay
+    awake to notice its host's death; v1: one of the freezer hierarchy). What cannot be made is left out
+    (``describe`` says what holds)."""
+    base = Path(CGROUP_ROOT)
     made: list[dict] = []
+    freezer = None
     if (base / "cgroup.controllers").is_file():  # v2
         try:
             controllers = set((base / "cgroup.subtree_control").read_text().split())
         except OSError:
             controllers = set()
         wanted = _cgroup_files(limits, controllers)
-        if wanted:
-            path = base / name
-            try:
-                path.mkdir()
-                for files in wanted.values():
-                    for file, value in files.items():
-                        if file == "memory.swap.max" and not (path / file).exists():
-                            continue
-                        (path / file).write_text(value)
-                made.append({"path": str(path), "controllers": sorted(wanted), "version": 2})
-            except OSError:
-                _rmdir_cgroup(str(path))
-        return made
-    for controller, files in _cgroup_files(limits, {"pids", "memory"}).items():  # v1: one hierarchy each
-        path = base / controller / name
-        if not (base / controller).is_dir():
-            continue
         try:
-            path.mkdir()
-            for file, value in files.items():
+            parent = _sandboxes_cgroups(limits, 2, sorted(wanted))["freezer"]
+        except OSError:
+            return [], None
+        path = Path(parent) / name
+        try:
+            path.mkdir(exist_ok=True)
+            for files in wanted.values():
+                for file, value in files.items():
+                    if file == "memory.swap.max" and not (path / file).exists():
+                        continue
+                    (path / file).write_text(value)
+            made.append({"path": str(path), "controllers": sorted(wanted), "version": 2, "root": CGROUP_ROOT})
+        except OSError:
+            _remove_cgroup(str(path))
+            return [], None
+        try:
+            (path / "k").mkdir(exist_ok=True)
+            if (path / "k" / "cgroup.freeze").exists():
+                freezer = {"path": str(path / "k"), "version": 2, "root": CGROUP_ROOT}
+        except OSError:
+            pass
+        return made, freezer
+    wanted = _cgroup_files(limits, {"pids", "memory"})
+    present = [c for c in ("pids", "memory", "freezer") if (base / c).is_dir()]
+    try:
+        parents = _sandboxes_cgroups(limits, 1, present)
+    except OSError:
+        parents = {}
+    for controller in present:  # v1: one hierarchy each
+        if controller not in parents or (controller != "freezer" and controller not in wanted):
+            continue
+        path = Path(parents[controller]) / name
+        try:
+            path.mkdir(exist_ok=True)
+            for file, value in wanted.get(controller, {}).items():
                 file = _V1_NAMES.get(file, file)
                 if file:
                     (path / file).write_text(value)
             if controller == "memory" and (path / "memory.memsw.limit_in_bytes").exists():
                 try:  # no swap either (the memory limit must be set first)
-                    (path / "memory.memsw.limit_in_bytes").write_text(files["memory.max"])
+                    (path / "memory.memsw.limit_in_bytes").write_text(wanted["memory"]["memory.max"])
                 except OSError:
                     pass
-            made.append({"path": str(path), "controllers": [controller], "version": 1})
+            cg = {"path": str(path), "controllers": [controller], "version": 1, "root": str(base / controller)}
+            if controller == "freezer":
+                freezer = cg
+            else:
+                made.append(cg)
         except OSError:
-            _rmdir_cgroup(str(path))
-    return made
+            _remove_cgroup(str(path))
+    return made, freezer
 
 
-def _rmdir_cgroup(path: str, tries: int = 100) -> bool:
-    """Kill what is still in a cgroup and remove it."""
-    for _ in range(tries):
+def _procs(path: str) -> list[int] | None:
+    try:
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return None
+
+
+def _set_frozen(path: str, frozen: bool, wait: float = 2.0) -> bool:
+    """Freeze (or thaw) every process of a cgroup (v2 ``cgroup.freeze``, v1 ``freezer.state``); True once
+    the kernel says it is done."""
+    v2 = os.path.exists(os.path.join(path, "cgroup.freeze"))
+    try:
+        if v2:
+            _write(os.path.join(path, "cgroup.freeze"), "1" if frozen else "0")
+        elif os.path.exists(os.path.join(path, "freezer.state")):
+            _write(os.path.join(path, "freezer.state"), "FROZEN" if frozen else "THAWED")
+        else:
+            return False
+    except OSError:
+        return False
+    deadline = time.monotonic() + wait
+    while True:
         try:
-            with open(os.path.join(path, "cgroup.procs")) as f:
-                pids = [int(p) for p in f.read().split()]
+            if v2:
+                with open(os.path.join(path, "cgroup.events")) as f:
+                    done = f"frozen {int(frozen)}" in f.read().splitlines()
+            else:
+                with open(os.path.join(path, "freezer.state")) as f:
+                    done = f.read().strip() == ("FROZEN" if frozen else "THAWED")
         except OSError:
-            return not os.path.exists(path)
-        for pid in pids:
+            return False
+        if done or time.monotonic() > deadline:
+            return done
+        time.sleep(0.002)
+
+
+def _empty_cgroup(path: str, tries: int = 100) -> bool:
+    """Kill everything in a cgroup and below it (frozen processes too: they are thawed to die); True once
+    it is empty."""
+    for _ in range(tries):
+        busy = False
+        for top, dirs, _files in os.walk(path):
+            pids = _procs(top)
+            if not pids:
+                continue
+            busy = True
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            _set_frozen(top, False, wait=0)  # a frozen process dies of SIGKILL once thawed (v1)
+        if not busy:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _remove_cgroup(path: str, tries: int = 100) -> bool:
+    """Kill what is still in a cgroup (and its children) and remove them, deepest first."""
+    if not os.path.isdir(path):
+        return True
+    _empty_cgroup(path, tries)
+    for _ in range(tries):
+        for top, dirs, _files in sorted(os.walk(path), key=lambda w: -len(w[0])):
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.rmdir(top)
             except OSError:
                 pass
-        try:
-            os.rmdir(path)
+        if not os.path.exists(path):
             return True
-        except OSError:
-            time.sleep(0.02)
+        _empty_cgroup(path, 1)
+        time.sleep(0.02)
     return False
 
 
@@ -293,18 +447,32 @@ def _pid_alive(pid: int) -> bool:
 
 
 def sweep_stale(tmp: str | None = None) -> list[str]:
-    """Remove the folders and cgroups a host that died (e.g. by SIGKILL) left behind: those named
-    ``gptoss-py-PID-*``, ``gptoss-data-PID-*`` or ``gptoss-python-PID-*`` whose PID no longer runs.
-    Returns what was removed."""
+    """Remove what a host that died (e.g. by SIGKILL) left behind: folders named ``gptoss-py-HOST-*`` and
+    ``gptoss-data-HOST-*`` with the tmpfs mounted on them, and cgroups named ``gptoss-python-HOST-*`` or
+    ``gptoss-sandboxes-HOST`` with every process still in them (thawed and killed), where HOST (pid and
+    start time) no longer runs. Only names this module makes are touched, and a process only through such
+    a cgroup: whatever the code started stays in its cgroup, whatever it does. Returns what was removed."""
     removed = []
     tmp = tmp or tempfile.gettempdir()
     try:
         names = os.listdir(tmp)
     except OSError:
         names = []
+    if os.geteuid() == 0:  # first the processes (they may hold the mounts and folders)
+        for parent in [CGROUP_ROOT] + [os.path.join(CGROUP_ROOT, c) for c in ("pids", "memory", "freezer")]:
+            try:
+                cgroups = os.listdir(parent)
+            except OSError:
+                continue
+            for name in cgroups:
+                m = STALE_RE.match(name)
+                path = os.path.join(parent, name)
+                if m and name.startswith(("gptoss-python-", "gptoss-sandboxes-")) and _host_gone(m) \
+                        and os.path.isdir(path) and _remove_cgroup(path, tries=20):
+                    removed.append(path)
     for name in names:
         m = STALE_RE.match(name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and _host_gone(m):
             path = os.path.join(tmp, name)
             try:
                 if stat.S_ISDIR(os.lstat(path).st_mode):
@@ -315,17 +483,6 @@ def sweep_stale(tmp: str | None = None) -> list[str]:
                     removed.append(path)
             except OSError:
                 pass
-    if os.geteuid() == 0:
-        base = "/sys/fs/cgroup"
-        for parent in [base] + [os.path.join(base, c) for c in ("pids", "memory")]:
-            try:
-                names = os.listdir(parent)
-            except OSError:
-                continue
-            for name in names:
-                m = STALE_RE.match(name)
-                if m and not _pid_alive(int(m.group(1))) and _rmdir_cgroup(os.path.join(parent, name), tries=10):
-                    removed.append(os.path.join(parent, name))
     return removed
 
 
@@ -468,7 +625,11 @@ class Sandbox:
         self.state_mounted = False
         self.process: subprocess.Popen | None = None
         self.status: dict = {}
-        self.cgroups: list[dict] = []
+        self.cgroups: list[dict] = []  # the conversation's, kept across kernel restarts (its tmpfs pages stay charged)
+        self.freezer: dict | None = None  # the cgroup frozen between calls
+        self._cgroups_made = False
+        self._lock = threading.RLock()  # launching, killing and closing, from worker threads
+        self.closed = False
         self.uid: int | None = None
         self.drop_uid = os.geteuid() == 0
         self._kernel_pid: int | None = None
@@ -558,9 +719,18 @@ class Sandbox:
                 os.close(wfd)
 
     def close(self) -> None:
-        """Kill the tree and give the working folder (and the files the code made) back to its owner.
-        Nothing of the sandbox runs any more, and no link is followed."""
+        """Kill the tree, remove the conversation's cgroups and give the working folder (and the files the
+        code made) back to its owner. Nothing of the sandbox runs any more, and no link is followed. A
+        launch still under way (its caller was cancelled) is waited for, and no launch starts afterwards."""
+        with self._lock:
+            self.closed = True
+            self._close()
+
+    def _close(self) -> None:
         self.kill()
+        for cg in [c for c in [self.freezer] if c is not None] + self.cgroups:
+            _remove_cgroup(cg["path"])
+        self.cgroups, self.freezer = [], None
         if self.disk_mounted:  # the files go with the conversation's folder
             unmount(str(self.work_dir))
             self.disk_mounted = False
@@ -623,6 +793,7 @@ class Sandbox:
             "state_dir": str(self.state_dir),
             "tmpfs_size": lim.tmp_size,
             "cgroups": self.cgroups,
+            "freezer": self.freezer,
         }
 
     def _bwrap_prefix(self, cfg: dict) -> list[str]:
@@ -659,6 +830,12 @@ class Sandbox:
         (namespaces) or a Python that any user may read; failing both it runs as root, and then only a
         pids cgroup can bound its processes: without one it refuses to start (``isolation="none"``
         accepts that)."""
+        with self._lock:
+            if self.closed:
+                raise SandboxError("the sandbox was closed")
+            return self._launch_locked(argv, env, timeout)
+
+    def _launch_locked(self, argv: list[str], env: dict[str, str], timeout: float) -> dict:
         if self.isolation == "bwrap" and not shutil.which("bwrap"):
             raise SandboxError("isolation 'bwrap' needs bubblewrap, which is not installed (Debian: apt-get install "
                                "bubblewrap)")
@@ -691,8 +868,9 @@ class Sandbox:
         elif self.isolation == "none":
             self.uid = None
         self._prepare_dirs(uid)
-        if os.geteuid() == 0:
-            self.cgroups = _cgroups_for(f"gptoss-python-{os.getpid()}-{id(self):x}", self.limits)
+        if os.geteuid() == 0 and not self._cgroups_made:  # once a conversation: restarts stay in them
+            self.cgroups, self.freezer = _cgroups_for(f"gptoss-python-{host_tag()}-{id(self):x}", self.limits)
+            self._cgroups_made = True
         cfg = self._config(argv, env, namespaces and not use_bwrap, uid)
         cfg["inside_bwrap"] = use_bwrap
         status_r, status_w = os.pipe()
@@ -847,20 +1025,25 @@ class Sandbox:
         return None if st is None else st[2] / _CLK_TCK
 
     def kill(self) -> None:
-        """Kill the whole tree and wait for it."""
+        """Kill the whole tree and wait for it (the conversation's cgroups are kept, empty and thawed)."""
+        with self._lock:
+            self._kill()
+
+    def _kill(self) -> None:
         proc = self.process
         if proc is not None:
             tree = descendants(proc.pid) if proc.poll() is None else []
-            for sig in (signal.SIGKILL,):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            for pid in [proc.pid, *tree]:
                 try:
-                    os.killpg(proc.pid, sig)
+                    os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
-                for pid in [proc.pid, *tree]:
-                    try:
-                        os.kill(pid, sig)
-                    except OSError:
-                        pass
+            for cg in [c for c in [self.freezer] if c is not None] + self.cgroups:
+                _empty_cgroup(cg["path"])  # frozen ones too (thawed to die)
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -869,9 +1052,10 @@ class Sandbox:
         self._kernel_pid = None
         if self.uid is not None and self.drop_uid:
             self._kill_uid(self.uid)  # anything of the sandbox's own user that left the tree (setsid, double fork)
-        for cg in self.cgroups:
-            _rmdir_cgroup(cg["path"])
-        self.cgroups = []
+        for cg in [c for c in [self.freezer] if c is not None] + self.cgroups:
+            _empty_cgroup(cg["path"])
+        if self.freezer is not None:
+            _set_frozen(self.freezer["path"], False, wait=0)
         self._unpin()
         if self._lifeline is not None:
             os.close(self._lifeline)
@@ -895,22 +1079,50 @@ class Sandbox:
                 return
             time.sleep(0.01)
 
+    def _frozen_cgroup(self) -> str | None:
+        """The freezer cgroup the sandbox's processes are in (None: it could not be joined)."""
+        if self.freezer is None or self.status.get("freezer") != self.freezer["path"]:
+            return None
+        return self.freezer["path"]
+
     def pause(self) -> None:
-        """Stop the kernel between calls (SIGSTOP), so that threads the code left running burn no CPU."""
-        pid = self.kernel_pid()
-        if pid is not None:
-            try:
-                os.kill(pid, signal.SIGSTOP)
-            except OSError:
-                pass
+        """Freeze the whole sandbox between calls (its cgroup; without one, SIGSTOP to every process of the
+        tree, repeated until none runs), so that threads and processes the code left burn no CPU, start
+        nothing and cannot wake each other. The launcher stays awake: it must notice its host's death."""
+        if not self.alive:
+            return
+        path = self._frozen_cgroup()
+        if path is not None and _set_frozen(path, True):
+            return
+        reaper = self.status.get("reaper_pid")
+        if not isinstance(reaper, int):
+            return
+        for _ in range(100):  # bounded: a process may still be forking while we stop the others
+            table = process_table()
+            running = [p for p in descendants(reaper, table) if table[p][3] not in "TtZX"]
+            if not running:
+                return
+            for pid in running:
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                except OSError:
+                    pass
+            time.sleep(0.002)
 
     def resume(self) -> None:
-        pid = self.kernel_pid()
-        if pid is not None:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except OSError:
-                pass
+        if not self.alive:
+            return
+        path = self._frozen_cgroup()
+        if path is not None:
+            _set_frozen(path, False)
+            return
+        reaper = self.status.get("reaper_pid")
+        if isinstance(reaper, int):
+            for pid in descendants(reaper):
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except OSError:
+                    pass
 
     def disk_full(self) -> bool:
         """Is the conversation's sized /mnt/data (nearly) full?"""

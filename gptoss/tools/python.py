@@ -365,6 +365,13 @@ class JupyterRunner:
                 # between calls the kernel is stopped: a thread the code left running burns no CPU
                 self.sandbox.pause()
 
+    def _memory_limits(self) -> str:
+        lim = self.config.limits
+        text = f"the conversation's memory limit of {_size(lim.total_memory_bytes)}"
+        if lim.sandboxes_memory_bytes:
+            text += f" (or the limit of all sandboxes together, {_size(lim.sandboxes_memory_bytes)})"
+        return text
+
     def _exit_code(self) -> int | None:
         proc = self.sandbox.process
         return None if proc is None else proc.poll()
@@ -438,7 +445,7 @@ class JupyterRunner:
                 reason += ", the CPU time limit"
             oom = oom or self.sandbox.oom_kills() > oom_before
             if oom:
-                reason += f", the conversation's memory limit of {_size(self.config.limits.total_memory_bytes)}"
+                reason += f", {self._memory_limits()}"
                 oom = False
             notes.append(f"[the Python kernel died ({reason}) and was restarted: variables and imports were lost; "
                          "files are kept]")
@@ -447,8 +454,7 @@ class JupyterRunner:
             notes.append(f"[/mnt/data is full: the conversation's files may use {_size(self.config.limits.disk_bytes)} "
                          "in all]")
         if oom:
-            notes.append(f"[the conversation's memory limit of {_size(self.config.limits.total_memory_bytes)} was reached: "
-                         "the system killed a process of the code]")
+            notes.append(f"[{self._memory_limits()} was reached: the system killed a process of the code]")
         if self.client is not None and self.sandbox.alive:
             stopped = await asyncio.to_thread(self.sandbox.kill_strays)
             if stopped:

@@ -244,16 +244,14 @@ def _sandboxes_cgroups(limits: SandboxLimits, version: int, controllers: list[st
         if wanted:
             _write(os.path.join(path, "cgroup.subtree_control"), " ".join("+" + c for c in wanted))
         if "memory" in controllers:
-            _write(os.path.join(path, "memory.max"), str(budget) if budget else "max")
-            if os.path.exists(os.path.join(path, "memory.swap.max")):
-                _write(os.path.join(path, "memory.swap.max"), "0" if budget else "max")
+            _set_budget(path, 2, budget)
         return {c: path for c in ["freezer", *controllers]}
     for controller in controllers:
         path = os.path.join(CGROUP_ROOT, controller, name)
         try:
             os.makedirs(path, exist_ok=True)
             if controller == "memory":
-                _write(os.path.join(path, "memory.limit_in_bytes"), str(budget) if budget else "-1")
+                _set_budget(path, 1, budget)
             out[controller] = path
         except OSError as exc:
             log.warning("python sandbox: cannot make the %s cgroup of all sandboxes: %s", controller, exc)
@@ -261,6 +259,29 @@ def _sandboxes_cgroups(limits: SandboxLimits, version: int, controllers: list[st
 
 
 _PARENTS_MADE: set[str] = set()
+
+
+def _set_budget(path: str, version: int, budget: int | None) -> None:
+    if version == 2:
+        _write(os.path.join(path, "memory.max"), str(budget) if budget else "max")
+        if os.path.exists(os.path.join(path, "memory.swap.max")):
+            _write(os.path.join(path, "memory.swap.max"), "0" if budget else "max")
+    else:
+        _write(os.path.join(path, "memory.limit_in_bytes"), str(budget) if budget else "-1")
+
+
+def set_sandboxes_memory(budget: int | None) -> bool:
+    """Set (None: lift) the memory budget of all this process's sandboxes now; False if there is no
+    parent cgroup to set it on."""
+    name = f"gptoss-sandboxes-{host_tag()}"
+    for path, version in ((os.path.join(CGROUP_ROOT, name), 2), (os.path.join(CGROUP_ROOT, "memory", name), 1)):
+        if os.path.isdir(path) and (version == 1 or os.path.exists(os.path.join(path, "memory.max"))):
+            try:
+                _set_budget(path, version, budget)
+                return True
+            except OSError:
+                return False
+    return False
 
 
 def _remove_empty_parents(name: str) -> None:

@@ -568,3 +568,119 @@ def test_a_huge_output_never_reaches_the_host_whole(loop, py):
         stop.set()
         sampler.join()
     assert peak["rss"] - base < 64 * 2**20
+
+
+def _tree_cpu(sandbox) -> dict[int, float]:
+    """CPU seconds of every process of the sandbox but the launcher (which must stay awake)."""
+    out = {}
+    for pid in descendants(sandbox.process.pid):
+        try:
+            out[pid] = _cpu_seconds(pid)
+        except OSError:
+            pass
+    return out
+
+
+FORKER = """import os, signal, threading, time
+stop_forking = threading.Event()
+def child():
+    t = time.monotonic()
+    while time.monotonic() - t < 3:
+        os.kill(os.getppid(), signal.SIGCONT)  # try to wake a kernel stopped by a signal
+    os._exit(0)
+def forker():
+    while not stop_forking.is_set():
+        try:
+            if os.fork() == 0:
+                child()
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except OSError:
+            pass
+        time.sleep(0.003)
+threading.Thread(target=forker, daemon=True).start()
+time.sleep(0.3)
+print('forking')"""
+
+
+def test_the_whole_sandbox_is_frozen_between_calls(loop, py):
+    """A daemon thread forks every 3 ms, each child spinning and sending SIGCONT to the kernel: between calls
+    no process of the sandbox runs (no CPU time used, none started), and the next call runs again."""
+    r = run(loop, py, FORKER)
+    assert r.output.startswith("forking"), r.output
+    sandbox = py.runner.sandbox
+    before = _tree_cpu(sandbox)
+    time.sleep(1.0)
+    after = _tree_cpu(sandbox)
+    assert set(after) <= set(before), "processes were started between calls"
+    assert sum(after.values()) - sum(before[p] for p in after) < 0.05
+    r = run(loop, py, "stop_forking.set()\nprint('thawed')")
+    assert r.output.startswith("thawed"), r.output
+    assert sandbox.strays() == []
+
+
+def test_submounts_under_read_only_folders_are_read_only(tmp_path):
+    """A tmpfs mounted inside a folder the sandbox sees read-only (here /usr/local/src, made in a private
+    mount namespace of a child process, so the machine's own mounts are untouched) is read-only too."""
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or not os.path.isdir("/usr/local/src"):
+        pytest.skip("needs root (to mount a tmpfs) and /usr/local/src")
+    script = """
+import asyncio, ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x00020000) == 0  # CLONE_NEWNS
+assert libc.mount(None, b"/", None, (1 << 14) | (1 << 18), None) == 0  # MS_REC | MS_PRIVATE
+assert libc.mount(b"tmpfs", b"/usr/local/src", b"tmpfs", 0, b"size=1m") == 0
+open("/usr/local/src/marker", "w").write("host")
+from gptoss.tools.python import PythonTool
+async def main():
+    t = PythonTool(timeout=20)
+    try:
+        r = await t.execute("import os\\nprint(open('/usr/local/src/marker').read(), os.path.ismount('/usr/local/src'))\\n"
+                            "try:\\n    open('/usr/local/src/x', 'w')\\nexcept OSError as e:\\n    print(e.strerror)")
+        print(t.isolation()["filesystem"], "|", r.output.replace("\\n", "|"))
+    finally:
+        await t.aclose()
+asyncio.run(main())
+"""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": repo})
+    assert out.returncode == 0, out.stderr[-2000:]
+    filesystem, shown = out.stdout.strip().split(" | ")
+    if not filesystem.startswith("private root"):  # documented fallback: no mount namespace here
+        return
+    assert shown == "host True|Read-only file system", shown
+
+
+def test_one_memory_limit_across_kernel_restarts_and_one_budget_for_all_sandboxes(loop):
+    """The conversation's files on its tmpfs stay charged to it when its kernel restarts: what they take is
+    not available again to the new kernel. And all sandboxes together stay within the operator's budget."""
+    from gptoss.tools.sandbox import set_sandboxes_memory
+
+    mib = 2**20
+    fill = "with open('/mnt/data/big.bin', 'wb') as f:\n    for _ in range({}):\n        f.write(bytes(2**20))\nprint('written')"
+    take = "b = bytes(1) * ({} * 2**20)\nprint('allocated')"
+    one = PythonTool(timeout=60, limits=SandboxLimits(memory_bytes=2 * MEMORY_LIMIT, total_memory_bytes=192 * mib,
+                                                      disk_bytes=512 * mib, processes=PROCESS_LIMIT))
+    other = PythonTool(timeout=60, limits=SandboxLimits(memory_bytes=2 * MEMORY_LIMIT, total_memory_bytes=512 * mib,
+                                                        processes=PROCESS_LIMIT, sandboxes_memory_bytes=288 * mib))
+    try:
+        assert loop.run_until_complete(one.execute(fill.format(128))).output == "written"
+        if "memory cgroup" not in one.isolation()["memory"]:  # documented: no memory cgroup can be made here
+            assert not _memory_cgroups_possible()
+            return
+        r = loop.run_until_complete(one.execute("import os\nos._exit(1)"))
+        assert r.status == "crashed" and "restarted" in r.output
+        r = loop.run_until_complete(one.execute(take.format(100)))  # 128 + 100 MiB > 192 MiB
+        assert r.status == "crashed" and "memory limit of 192 MiB" in r.output, r.output
+        # another conversation, well within its own 512 MiB, but past the 288 MiB of all sandboxes with the
+        # first one's files
+        r = loop.run_until_complete(other.execute(take.format(128)))
+        assert r.status == "crashed" and "memory limit" in r.output, r.output
+    finally:
+        loop.run_until_complete(one.aclose())
+        loop.run_until_complete(other.aclose())
+        set_sandboxes_memory(None)

@@ -463,3 +463,139 @@ def test_previous_response_survives_a_restart(checkpoint, tmp_path):
         assert c.responses.retrieve(second.id).id == second.id
         with pytest.raises(openai.BadRequestError, match=r"tools\[0\]\.type: this server has no python tool"):
             create(c, tools=[{"type": "code_interpreter", "container": {"type": "auto"}}])
+
+
+# ---------------------------------------------------------------------------------------------- teardown
+SLEEP_CALL = "<|channel|>analysis to=python code<|message|>import time\ntime.sleep(60)<|call|>"
+
+
+def _sandboxes_left() -> tuple[list[str], list[str], set[int]]:
+    """Folders and mounts of this process's sandboxes, and every process below this one."""
+    import os
+    import tempfile
+
+    from gptoss.tools.sandbox import descendants, host_tag
+
+    tag = host_tag()
+    folders = sorted(n for n in os.listdir(tempfile.gettempdir()) if n.startswith((f"gptoss-py-{tag}-", f"gptoss-data-{tag}-")))
+    with open("/proc/self/mountinfo") as f:
+        mounts = sorted(p for p in (line.split()[4] for line in f) if f"-{tag}-" in p)
+    return folders, mounts, set(descendants(os.getpid()))
+
+
+def test_a_client_that_disconnects_during_a_tool_call_leaks_no_sandbox(server, toolbox, forced_turns):
+    """The stream is closed right after code_interpreter_call.interpreting (at once, and a little later),
+    while the kernel starts or runs: afterwards no folder, mount or process of a sandbox is left."""
+    import socket
+    import time
+
+    before = _sandboxes_left()
+    delays = (0.0, 1.0, 4.0)  # while the kernel starts, and while the code runs
+    forced_turns([SLEEP_CALL] * len(delays))
+    body = json.dumps({"model": MODEL, "input": "Sleep.", "max_output_tokens": 200, "stream": True,
+                       "tools": [{"type": "code_interpreter", "container": {"type": "auto"}}]}).encode()
+    host, port = server.removeprefix("http://").split(":")
+    for delay in delays:
+        with socket.create_connection((host, int(port)), timeout=60) as sock:  # a client that just goes away
+            sock.sendall(b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            seen = b""
+            while b"event: response.code_interpreter_call.interpreting" not in seen:
+                chunk = sock.recv(65536)
+                assert chunk, "the stream ended before the call ran"
+                seen += chunk
+            time.sleep(delay)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _sandboxes_left() != before:
+        time.sleep(0.1)
+    folders, mounts, procs = _sandboxes_left()
+    assert (folders, mounts) == before[:2] and procs <= before[2], (folders, mounts, procs - before[2])
+
+
+def test_a_server_start_removes_what_a_crashed_one_left(checkpoint, tmp_path):
+    """Folders, their tmpfs mounts, and cgroups with a frozen process in them, named after a host that no
+    longer runs: gone once a server with the Python tool has started. A live host's are kept."""
+    import os
+    import subprocess
+    import tempfile
+
+    from gptoss.tools import Toolbox
+    from gptoss.tools.python import PythonTool
+    from gptoss.tools.sandbox import host_tag, mount_tmpfs, unmount
+
+    with open("/proc/sys/kernel/pid_max") as f:
+        dead = f"{int(f.read()) + 1}.1"  # no process can have this pid
+    tmp = tempfile.gettempdir()
+    stale = [os.path.join(tmp, f"gptoss-py-{dead}-test"), os.path.join(tmp, f"gptoss-data-{dead}-test")]
+    live = os.path.join(tmp, f"gptoss-py-{host_tag()}-kept")
+    for d in stale + [live]:
+        os.makedirs(os.path.join(d, "s"), exist_ok=True)
+    sleeper, cgroup, mounted = None, None, False
+    if os.geteuid() == 0:
+        try:
+            mount_tmpfs(os.path.join(stale[0], "s"), 1 << 20)
+            mounted = True
+        except OSError:
+            pass
+        parent = "/sys/fs/cgroup/freezer" if os.path.isdir("/sys/fs/cgroup/freezer") else "/sys/fs/cgroup"
+        cgroup = os.path.join(parent, f"gptoss-sandboxes-{dead}", f"gptoss-python-{dead}-test")
+        try:
+            os.makedirs(cgroup)
+            sleeper = subprocess.Popen(["sleep", "300"])
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(sleeper.pid))
+            for name, value in (("freezer.state", "FROZEN"), ("cgroup.freeze", "1")):
+                if os.path.exists(os.path.join(cgroup, name)):
+                    with open(os.path.join(cgroup, name), "w") as f:
+                        f.write(value)
+        except OSError:
+            cgroup = None
+    try:
+        with serve(_llm(checkpoint), persona=PERSONA, store_path=str(tmp_path / "store.sqlite"),
+                   toolbox=Toolbox([PythonTool()])):
+            assert not [d for d in stale if os.path.exists(d)] and os.path.isdir(live)
+            if cgroup is not None:
+                assert sleeper.wait(timeout=10) == -9 and not os.path.exists(os.path.dirname(cgroup))
+            if mounted:
+                with open("/proc/self/mountinfo") as f:
+                    assert not [line for line in f if f"-{dead}-" in line]
+    finally:
+        if sleeper is not None and sleeper.poll() is None:
+            sleeper.kill()
+        if mounted:
+            unmount(os.path.join(stale[0], "s"))
+        import shutil
+
+        for d in stale + [live]:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def test_closing_a_responses_tools_survives_the_cancellation_that_ended_it():
+    """anyio (Starlette's streams) cancels every await in a cancelled scope, those of a finally too: the
+    tools' close still runs to its end."""
+    import asyncio
+
+    import anyio
+
+    from gptoss.server.responses import _closing
+
+    class SlowTools:
+        closed = False
+
+        async def aclose(self):
+            for _ in range(3):
+                await asyncio.sleep(0.05)
+            self.closed = True
+
+    async def main():
+        tools = SlowTools()
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            try:
+                await asyncio.sleep(10)
+            finally:
+                await _closing.close(tools)
+        await _closing.wait(timeout=5)
+        return tools.closed
+
+    assert asyncio.run(main())

@@ -684,3 +684,33 @@ def test_one_memory_limit_across_kernel_restarts_and_one_budget_for_all_sandboxe
         loop.run_until_complete(one.aclose())
         loop.run_until_complete(other.aclose())
         set_sandboxes_memory(None)
+
+
+def test_a_call_cancelled_while_the_kernel_starts_leaves_nothing(loop):
+    """The caller goes away while the kernel is being launched (in a worker thread that cannot be stopped)
+    and closes the tool at once: the close waits for the launch, then nothing of the sandbox is left."""
+    import tempfile
+
+    from gptoss.tools.sandbox import host_tag
+
+    def left():
+        tag = host_tag()
+        folders = [n for n in os.listdir(tempfile.gettempdir()) if n.startswith((f"gptoss-py-{tag}-", f"gptoss-data-{tag}-"))]
+        with open("/proc/self/mountinfo") as f:
+            mounts = [p for p in (line.split()[4] for line in f) if f"-{tag}-" in p]
+        return folders, mounts, set(descendants(os.getpid()))
+
+    before = left()
+    for wait in (0.05, 0.3):
+        tool = PythonTool(timeout=10, limits=SandboxLimits(processes=PROCESS_LIMIT))
+        task = loop.create_task(tool.execute("print('never')"))
+        loop.run_until_complete(asyncio.sleep(wait))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            loop.run_until_complete(task)
+        loop.run_until_complete(tool.aclose())
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and left() != before:
+            time.sleep(0.05)
+        folders, mounts, procs = left()
+        assert (folders, mounts) == before[:2] and procs <= before[2], (wait, folders, mounts, procs - before[2])

@@ -71,3 +71,16 @@ def test_serve_rejects_an_unknown_tool_before_loading_the_model(ckpt):
     proc = gptoss("serve", "--model", str(ckpt), "--tools", "python,teleport", check=False)
     assert proc.returncode == 1
     assert "--tools: unknown tool 'teleport'" in proc.stderr and "SYNTHETIC" not in proc.stderr
+
+
+def test_serve_takes_a_memory_budget_for_all_python_sandboxes(ckpt):
+    import argparse
+
+    from gptoss.cli.serve import parse_size, python_config
+
+    assert [parse_size(t, "--f") for t in ("16g", "512m", "1048576", "1.5G")] == [16 * 2**30, 512 * 2**20, 2**20,
+                                                                                 3 * 2**29]
+    config = python_config(argparse.Namespace(python_sandboxes_memory="8g"))
+    assert config.limits.sandboxes_memory_bytes == 8 * 2**30 and config.limits.total_memory_bytes == 4 * 2**30
+    proc = gptoss("serve", "--model", str(ckpt), "--tools", "python", "--python-sandboxes-memory", "lots", check=False)
+    assert proc.returncode == 1 and "--python-sandboxes-memory: expected a size such as 16g" in proc.stderr

@@ -35,6 +35,9 @@ def add_parser(sub) -> None:
                    help="seconds a stored response is kept (default 30 days; 0: forever)")
     p.add_argument("--tools", default="", help="built-in tools the Responses API may run: browser,python")
     p.add_argument("--corpus", default=None, help="folder of documents the browser searches (indexed on start)")
+    p.add_argument("--python-sandboxes-memory", default=None, metavar="SIZE",
+                   help="memory of all Python sandboxes together (processes and their files on tmpfs), e.g. 16g: "
+                        "a parent memory cgroup, as root (default: no budget beyond each conversation's 4g)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug", "trace"],
                    help="uvicorn's log level")
     add_guard_args(p)
@@ -64,6 +67,27 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def parse_size(text: str, flag: str) -> int:
+    """``"16g"``, ``"512m"``, ``"1048576"`` in bytes; a bad one is one line naming the flag."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", text.lower())
+    if not m or float(m.group(1)) <= 0:
+        raise GptossError(f"{flag}: expected a size such as 16g, 512m or a number of bytes, found {text!r}")
+    return int(float(m.group(1)) * 1024 ** "bkmgt".index(m.group(2) or "b"))
+
+
+def python_config(args: argparse.Namespace):
+    """The Python tool's configuration from the flags (None: the defaults)."""
+    if not args.python_sandboxes_memory:
+        return None
+    from gptoss.tools.python import PythonConfig
+    from gptoss.tools.sandbox import SandboxLimits
+
+    return PythonConfig(limits=SandboxLimits(sandboxes_memory_bytes=parse_size(args.python_sandboxes_memory,
+                                                                               "--python-sandboxes-memory")))
+
+
 def run(args: argparse.Namespace) -> int:
     if not 1 <= args.port <= 65535:
         raise GptossError(f"--port: expected 1-65535, found {args.port}")
@@ -86,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tools:  # checked before the (slow) model load
         from gptoss.tools import make_toolbox
 
-        toolbox = make_toolbox(args.tools, corpus=args.corpus)
+        toolbox = make_toolbox(args.tools, corpus=args.corpus, python_config=python_config(args))
     cache = os.environ.get("GPTOSS_CACHE") or os.path.expanduser("~/.cache/gptoss")
     guard = guard_settings(args, cache)  # policies read before the (slow) model load
     sock = listen(args.host, args.port)  # a busy port fails here, in one line, before the model loads

@@ -362,7 +362,7 @@ class JupyterRunner:
                 await asyncio.to_thread(self.sandbox.kill_strays)
                 raise
             finally:
-                # between calls the kernel is stopped: a thread the code left running burns no CPU
+                # between calls the sandbox is frozen: nothing the code left running burns CPU or starts anything
                 self.sandbox.pause()
 
     def _memory_limits(self) -> str:

@@ -10,9 +10,12 @@ What is isolated depends on what the operating system allows (see README, "Tools
   ``/mnt/data``; private ``/tmp``), own PID namespace; as root also an unprivileged user id of its own, so
   the process limit (RLIMIT_NPROC) holds, and a ``pids`` cgroup where one can be created.
 - As root, the whole conversation is bounded too: a memory cgroup (processes, ``/tmp``, ``/dev/shm``,
-  files it writes on tmpfs) and tmpfs of a given size for its own ``/mnt/data`` and its home.
+  files it writes on tmpfs), the same one across kernel restarts, and tmpfs of a given size for its own
+  ``/mnt/data`` and its home; all sandboxes of the process sit in one parent cgroup, which can hold a
+  memory budget for all of them (``SandboxLimits.sandboxes_memory_bytes``).
 - Otherwise, bubblewrap (``bwrap``) when it is installed and works, or rlimits alone.
-- Between calls the kernel is stopped (SIGSTOP): nothing it left running uses CPU.
+- Between calls the whole sandbox is frozen (its freezer cgroup; without one, SIGSTOP to each process of
+  the tree): nothing it left running uses CPU, starts a process or wakes another.
 
 Nothing the sandboxed code can write is ever opened, followed, chowned or executed by the host. The
 conversation's folder (``base``, made by the caller, not writable by the sandbox) holds:

@@ -29,6 +29,7 @@ class FakeGuard:
     model: str = "fake-guard"
     status: int = 200  # answer every chat request with this HTTP status (500: a guard that is down)
     garbage: bool = False  # answer with text that is no verdict
+    delay: float = 0.0  # seconds each verdict takes
     log: list[tuple[str, str]] = field(default_factory=list)
     base_url: str = ""
 
@@ -45,6 +46,10 @@ class FakeGuard:
                 "rationale": f"{'contains' if hit else 'no'} {word}"}
 
     def completion(self, body: dict) -> tuple[int, dict]:
+        if self.delay:
+            import time
+
+            time.sleep(self.delay)
         if self.status != 200:
             return self.status, {"error": {"message": "injected", "type": "server_error"}}
         messages = body.get("messages", [])

@@ -348,3 +348,36 @@ def test_a_tool_result_the_guard_blocked_never_reaches_the_client(tooled, turns_
     stored = client.responses.retrieve(events[-1].response.id)
     for shown in (events, [stored]):
         assert "FORBIDDEN instructions" not in json.dumps([e.model_dump() for e in shown])
+
+
+def test_a_response_cancelled_during_its_output_check_stores_no_unchecked_answer(tooled, fake_guard, turns_then_failure):
+    """The client goes away while the guard checks the answer (each verdict takes 1 s here): the stored
+    copy, already written with the answer, is replaced by a failed response without output."""
+    import socket
+    import time
+
+    turns_then_failure(["<|channel|>final<|message|>An answer nobody checked.<|return|>"])
+    base, _ = tooled
+    body = json.dumps({"model": MODEL, "input": "Say it.", "max_output_tokens": 40, "stream": True}).encode()
+    host, port = base.removeprefix("http://").split(":")
+    fake_guard.delay = 1.0
+    try:
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            seen = b""
+            while b"event: response.in_progress" not in seen:  # the input passed (1 s); the answer comes next
+                chunk = sock.recv(65536)
+                assert chunk
+                seen += chunk
+            rid = re.search(rb'"id":"(resp_[0-9a-f]+)"', seen).group(1).decode()
+            time.sleep(0.5)  # generated and stored by now; its output check is under way
+    finally:
+        fake_guard.delay = 0.0
+    client = OpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and client.responses.retrieve(rid).status != "failed":
+        time.sleep(0.1)
+    stored = client.responses.retrieve(rid)
+    assert stored.status == "failed" and stored.output == [] and "before the guard checked" in stored.error.message
+    assert "nobody checked" not in json.dumps(stored.model_dump())

@@ -82,7 +82,7 @@ def python_config(args: argparse.Namespace):
     if not args.python_sandboxes_memory:
         return None
     from gptoss.tools.python import PythonConfig
-    from gptoss.tools.sandbox import SandboxLimits
+    from gptoss.tools.python import SandboxLimits
 
     return PythonConfig(limits=SandboxLimits(sandboxes_memory_bytes=parse_size(args.python_sandboxes_memory,
                                                                                "--python-sandboxes-memory")))

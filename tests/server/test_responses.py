@@ -474,7 +474,7 @@ def _sandboxes_left() -> tuple[list[str], list[str], set[int]]:
     import os
     import tempfile
 
-    from gptoss.tools.sandbox import descendants, host_tag
+    from gptoss.tools.python.processes import descendants, host_tag
 
     tag = host_tag()
     folders = sorted(n for n in os.listdir(tempfile.gettempdir()) if n.startswith((f"gptoss-py-{tag}-", f"gptoss-data-{tag}-")))
@@ -521,7 +521,8 @@ def test_a_server_start_removes_what_a_crashed_one_left(checkpoint, tmp_path):
 
     from gptoss.tools import Toolbox
     from gptoss.tools.python import PythonTool
-    from gptoss.tools.sandbox import host_tag, mount_tmpfs, unmount
+    from gptoss.tools.python.mounts import mount_tmpfs, unmount
+    from gptoss.tools.python.processes import host_tag
 
     with open("/proc/sys/kernel/pid_max") as f:
         dead = f"{int(f.read()) + 1}.1"  # no process can have this pid

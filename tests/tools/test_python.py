@@ -10,8 +10,8 @@ import pytest
 
 from gptoss.harmony import Message, Role
 from gptoss.tools.base import ToolCall, ToolError
-from gptoss.tools.python import PythonTool
-from gptoss.tools.sandbox import SandboxLimits, descendants
+from gptoss.tools.python import PythonTool, SandboxLimits
+from gptoss.tools.python.processes import descendants
 
 PROCESS_LIMIT = 48
 MEMORY_LIMIT = 1024 * 2**20
@@ -387,8 +387,8 @@ def test_a_thread_left_spinning_burns_no_cpu_between_calls(loop, py):
 
 HOST_SCRIPT = """
 import asyncio, json, sys
-from gptoss.tools.python import PythonTool
-from gptoss.tools.sandbox import SandboxLimits, descendants
+from gptoss.tools.python import PythonTool, SandboxLimits
+from gptoss.tools.python.processes import descendants
 
 async def main():
     tool = PythonTool(timeout=600, limits=SandboxLimits(processes=48))
@@ -436,7 +436,7 @@ def test_the_sandbox_dies_with_its_host_and_what_it_left_is_removed():
         time.sleep(0.05)
     assert [c for c in info["cgroups"] if os.path.exists(c)] == []
     assert all(os.path.isdir(d) for d in info["dirs"])
-    from gptoss.tools.sandbox import sweep_stale
+    from gptoss.tools.python.sandbox import sweep_stale
 
     removed = sweep_stale()
     assert set(info["dirs"]) <= set(removed) and not any(os.path.exists(d) for d in info["dirs"])
@@ -658,7 +658,7 @@ asyncio.run(main())
 def test_one_memory_limit_across_kernel_restarts_and_one_budget_for_all_sandboxes(loop):
     """The conversation's files on its tmpfs stay charged to it when its kernel restarts: what they take is
     not available again to the new kernel. And all sandboxes together stay within the operator's budget."""
-    from gptoss.tools.sandbox import set_sandboxes_memory
+    from gptoss.tools.python.cgroups import set_sandboxes_memory
 
     mib = 2**20
     fill = "with open('/mnt/data/big.bin', 'wb') as f:\n    for _ in range({}):\n        f.write(bytes(2**20))\nprint('written')"
@@ -691,7 +691,7 @@ def test_a_call_cancelled_while_the_kernel_starts_leaves_nothing(loop):
     and closes the tool at once: the close waits for the launch, then nothing of the sandbox is left."""
     import tempfile
 
-    from gptoss.tools.sandbox import host_tag
+    from gptoss.tools.python.processes import host_tag
 
     def left():
         tag = host_tag()

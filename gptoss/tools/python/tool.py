@@ -5,7 +5,7 @@
 - Output (stdout, stderr, results, tracebacks) truncated to ``max_output_chars`` with a clear marker.
 - A working folder that plays the role of ``/mnt/data`` and lasts as long as the conversation.
 - Limits on memory, CPU time, processes, files; no network and only its folder where the system allows
-  it (see :mod:`gptoss.tools.sandbox`); processes the code leaves running are stopped when the call ends.
+  it (see :mod:`gptoss.tools.python.sandbox`); processes the code leaves running are stopped when the call ends.
 - A kernel that dies (``os._exit``, a segfault, the CPU limit) is restarted and the output says so.
 
 ``backend="docker"`` runs each call in a container instead (stateless; see :class:`DockerRunner`).
@@ -32,7 +32,9 @@ import zmq
 
 from gptoss.harmony import ToolNamespaceConfig
 from gptoss.tools.base import Tool, ToolCall, ToolError, ToolResult, tool_message
-from gptoss.tools.sandbox import WORK_MOUNT, Sandbox, SandboxError, SandboxLimits, host_tag, sweep_stale
+from gptoss.tools.python.limits import SandboxLimits
+from gptoss.tools.python.processes import host_tag
+from gptoss.tools.python.sandbox import WORK_MOUNT, Sandbox, SandboxError, sweep_stale
 
 MAX_MESSAGE_BYTES = 32 * 2**20  # the largest message from the kernel this process accepts
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
@@ -44,7 +46,7 @@ class PythonConfig:
     timeout: float = 120.0
     max_output_chars: int = 8192
     limits: SandboxLimits = field(default_factory=SandboxLimits)
-    isolation: str = "auto"  # auto | bwrap | none  (see gptoss.tools.sandbox)
+    isolation: str = "auto"  # auto | bwrap | none  (see gptoss.tools.python.sandbox)
     backend: str = "jupyter"  # jupyter | docker
     work_dir: str | None = None  # None: a fresh temporary folder per conversation, removed at the end
     startup_timeout: float = 60.0

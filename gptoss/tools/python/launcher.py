@@ -4,7 +4,7 @@ process, so that everything between fork and exec is safe.
 
     python -I -c SOURCE STATUS_FD LIFELINE_FD   (the config, JSON, on standard input)
 
-The config (from :mod:`gptoss.tools.sandbox`) says what to isolate. Each mechanism is attempted and what
+The config (from :mod:`gptoss.tools.python.sandbox`) says what to isolate. Each mechanism is attempted and what
 actually took effect is written as JSON to the pipe ``STATUS_FD``, so the caller can report it. No file
 is exchanged with the host: every path the sandboxed code can write is one the host never opens.
 

@@ -9,6 +9,6 @@
 """
 
 from gptoss.tools.python.limits import SandboxLimits
-from gptoss.tools.python.tool import Execution, PythonConfig, PythonTool
+from gptoss.tools.python.kernel import Execution, PythonConfig, PythonTool
 
 __all__ = ["Execution", "PythonConfig", "PythonTool", "SandboxLimits"]

@@ -1,15 +1,5 @@
-"""The ``python`` tool: code runs in a stateful Jupyter kernel (ipykernel), one per conversation.
-
-- A timeout (120 s by default, as the system message tells the model): the kernel is interrupted, and
-  restarted if the interrupt does not take, so the next call works.
-- Output (stdout, stderr, results, tracebacks) truncated to ``max_output_chars`` with a clear marker.
-- A working folder that plays the role of ``/mnt/data`` and lasts as long as the conversation.
-- Limits on memory, CPU time, processes, files; no network and only its folder where the system allows
-  it (see :mod:`gptoss.tools.python.sandbox`); processes the code leaves running are stopped when the call ends.
-- A kernel that dies (``os._exit``, a segfault, the CPU limit) is restarted and the output says so.
-
-``backend="docker"`` runs each call in a container instead (stateless; see :class:`DockerRunner`).
-"""
+"""The sandboxed Jupyter kernel of one conversation and the client that talks to it: starting it in the
+sandbox, running a cell with its timeout (interrupt, then restart), bounded output, restarts after a crash."""
 
 from __future__ import annotations
 
@@ -17,94 +7,32 @@ import asyncio
 import json
 import os
 import queue
-import re
 import shutil
 import signal
 import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import zmq
 
-from gptoss.harmony import ToolNamespaceConfig
-from gptoss.tools.base import Tool, ToolCall, ToolError, ToolResult, tool_message
-from gptoss.tools.python.limits import SandboxLimits
+from gptoss.tools.base import ToolError
+from gptoss.tools.python.output import (
+    ANSI_RE,
+    NO_OUTPUT,
+    Execution,
+    OutputBuffer,
+    _size,
+)
 from gptoss.tools.python.processes import host_tag
 from gptoss.tools.python.sandbox import WORK_MOUNT, Sandbox, SandboxError, sweep_stale
 
+if TYPE_CHECKING:
+    from gptoss.tools.python.tool import PythonConfig
+
 MAX_MESSAGE_BYTES = 32 * 2**20  # the largest message from the kernel this process accepts
-ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
-NO_OUTPUT = "[no output: use print() to see values]"
-
-
-@dataclass
-class PythonConfig:
-    timeout: float = 120.0
-    max_output_chars: int = 8192
-    limits: SandboxLimits = field(default_factory=SandboxLimits)
-    isolation: str = "auto"  # auto | bwrap | none  (see gptoss.tools.python.sandbox)
-    backend: str = "jupyter"  # jupyter | docker
-    work_dir: str | None = None  # None: a fresh temporary folder per conversation, removed at the end
-    startup_timeout: float = 60.0
-    interrupt_grace: float = 5.0
-    docker_image: str = "python:3.11-slim"
-
-
-@dataclass
-class Execution:
-    """The result of running one cell."""
-
-    output: str  # what the model sees (truncated, with notes)
-    status: str  # ok | error | timeout | crashed
-    raw_chars: int = 0  # characters of output before truncation
-    notes: list[str] = field(default_factory=list)
-
-
-class OutputBuffer:
-    """Keeps the head and the tail of a long output, counting what was dropped in the middle."""
-
-    def __init__(self, limit: int):
-        self.limit = max(limit, 64)
-        self.head = ""
-        self.tail = ""
-        self.total = 0
-
-    def add(self, text: str) -> None:
-        if not text:
-            return
-        self.total += len(text)
-        half = self.limit // 2
-        if len(self.head) < half:
-            take = half - len(self.head)
-            self.head += text[:take]
-            text = text[take:]
-        self.tail = (self.tail + text)[-(self.limit - half):]
-
-    def text(self) -> str:
-        shown = len(self.head) + len(self.tail)
-        if self.total <= self.limit:
-            return self.head + self.tail
-        dropped = self.total - shown
-        return f"{self.head}\n[... {dropped} characters truncated ...]\n{self.tail}"
-
-
-def truncate(text: str, limit: int) -> str:
-    buf = OutputBuffer(limit)
-    buf.add(text)
-    return buf.text()
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "none"
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:g} {unit}"
-    return f"{n} bytes"
 
 
 def _signal_name(code: int | None) -> str:
@@ -121,6 +49,12 @@ def _signal_name(code: int | None) -> str:
 
 _CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 _swept = False
+
+
+def mark_swept() -> None:
+    """The sweep of what dead hosts left has run in this process (a server runs it when it starts)."""
+    global _swept
+    _swept = True
 
 
 def _sweep_once() -> None:
@@ -508,171 +442,3 @@ class JupyterRunner:
             await self.stop_kernel()  # the next call tries again and reports
 
 
-class DockerRunner:
-    """Each call runs ``python -`` in one container per conversation (``docker run --network none``,
-    memory, CPU and process limits, the working folder mounted at /mnt/data). Variables do not persist
-    between calls; files in /mnt/data do. Needs a running Docker engine."""
-
-    def __init__(self, config: PythonConfig, work_dir: Path):
-        self.config = config
-        self.work_dir = work_dir
-        self.work_path = WORK_MOUNT
-        self.container: str | None = None
-        self.lock = asyncio.Lock()
-
-    async def _docker(self, *args: str, stdin: bytes | None = None, timeout: float = 60.0) -> tuple[int, str]:
-        exe = shutil.which("docker")
-        if exe is None:
-            raise ToolError("python: backend 'docker' needs the docker command, which is not installed")
-        proc = await asyncio.create_subprocess_exec(exe, *args, stdin=asyncio.subprocess.PIPE,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(stdin), timeout)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
-            return 124, ""
-        return proc.returncode, out.decode(errors="replace")
-
-    async def start(self) -> None:
-        code, out = await self._docker("info", "--format", "{{.ServerVersion}}", timeout=20)
-        if code != 0:
-            raise ToolError("python: backend 'docker' needs a running Docker engine, but `docker info` failed: "
-                            + (out.strip().splitlines() or ["no answer"])[-1])
-        lim = self.config.limits
-        args = ["run", "-d", "--rm", "--network", "none", "--cpus", "1", "-v", f"{self.work_dir}:{WORK_MOUNT}",
-                "-w", WORK_MOUNT, "--read-only", "--tmpfs", f"/tmp:size={lim.tmp_size}"]
-        if lim.memory_bytes:
-            args += ["--memory", str(lim.memory_bytes)]
-        if lim.processes:
-            args += ["--pids-limit", str(lim.processes)]
-        code, out = await self._docker(*args, self.config.docker_image, "sleep", "infinity", timeout=600)
-        if code != 0:
-            raise ToolError(f"python: could not start a container from {self.config.docker_image}: {out.strip()}")
-        self.container = out.strip().splitlines()[-1]
-
-    async def execute(self, code: str, timeout: float) -> Execution:
-        async with self.lock:
-            if self.container is None:
-                await self.start()
-            rc, out = await self._docker("exec", "-i", self.container, "timeout", "-s", "KILL", str(int(timeout)),
-                                         "python", "-", stdin=code.encode(), timeout=timeout + 30)
-            status = "ok" if rc == 0 else ("timeout" if rc in (124, 137) else "error")
-            text = truncate(ANSI_RE.sub("", out), self.config.max_output_chars).rstrip("\n") or NO_OUTPUT
-            if status == "timeout":
-                text += f"\n[timed out after {timeout:g} s]"
-            return Execution(text, status, len(out))
-
-    async def close(self) -> None:
-        if self.container is not None:
-            await self._docker("rm", "-f", self.container, timeout=30)
-            self.container = None
-
-
-class PythonTool(Tool):
-    """The ``python`` namespace. One instance per conversation; the kernel starts on the first call."""
-
-    name = "python"
-
-    def __init__(self, config: PythonConfig | None = None, **overrides: Any):
-        self.config = replace(config or PythonConfig(), **overrides)
-        if self.config.backend not in ("jupyter", "docker"):
-            raise ToolError(f"python backend: expected jupyter or docker, found {self.config.backend!r}")
-        if self.config.timeout <= 0:
-            raise ToolError(f"python timeout: expected a positive number of seconds, found {self.config.timeout}")
-        self._own_work_dir = self.config.work_dir is None
-        self._work_dir: Path | None = None
-        self._runner: JupyterRunner | DockerRunner | None = None
-        self.calls = 0
-
-    @property
-    def work_dir(self) -> Path:
-        """The conversation's folder (``/mnt/data`` inside the sandbox); made on first use."""
-        if self._work_dir is None:
-            path = Path(self.config.work_dir or tempfile.mkdtemp(prefix=f"gptoss-data-{host_tag()}-")).resolve()
-            path.mkdir(parents=True, exist_ok=True)
-            self._work_dir = path
-        return self._work_dir
-
-    @property
-    def runner(self) -> JupyterRunner | DockerRunner:
-        if self._runner is None:
-            if self.config.backend == "jupyter":
-                self._runner = JupyterRunner(self.config, self.work_dir, own_work_dir=self._own_work_dir)
-            else:
-                self._runner = DockerRunner(self.config, self.work_dir)
-        return self._runner
-
-    def namespace(self) -> ToolNamespaceConfig:
-        ns = ToolNamespaceConfig.python()
-        if self.config.timeout != 120.0:
-            ns.description = ns.description.replace("after 120.0 seconds", f"after {float(self.config.timeout):.1f} seconds")
-        return ns
-
-    def new_conversation(self) -> PythonTool:
-        return PythonTool(replace(self.config, work_dir=None) if self._own_work_dir else self.config)
-
-    def describe_call(self, call: ToolCall) -> dict[str, Any]:
-        return {"code": self._code(call)}
-
-    @staticmethod
-    def _code(call: ToolCall) -> str:
-        text = call.text
-        # forgiving: some models wrap the code as {"code": "..."}
-        if text.lstrip().startswith("{"):
-            try:
-                args = call.json_arguments()
-                if isinstance(args.get("code"), str):
-                    return args["code"]
-            except Exception:  # noqa: BLE001, S110 - not JSON after all: the text is the code
-                pass
-        return text
-
-    async def start(self) -> None:
-        """Start the kernel now rather than on the first call."""
-        async with self.runner.lock:
-            await self.runner.start()
-
-    async def execute(self, code: str, timeout: float | None = None) -> Execution:
-        return await self.runner.execute(code, self.config.timeout if timeout is None else timeout)
-
-    async def run(self, call: ToolCall) -> ToolResult:
-        self.calls += 1
-        code = self._code(call)
-        try:
-            result = await self.execute(code)
-        except ToolError as exc:
-            return ToolResult([tool_message("python", f"Error: {exc}", call.channel)], status="failed",
-                              metadata={"code": code, "outputs": [{"type": "logs", "logs": str(exc)}]})
-        status = {"ok": "completed", "error": "completed", "timeout": "incomplete", "crashed": "failed"}[result.status]
-        return ToolResult(
-            [tool_message("python", result.output, call.channel)],
-            status=status,
-            metadata={"code": code, "outputs": [{"type": "logs", "logs": result.output}], "execution": result.status,
-                      "work_path": self.runner.work_path},
-        )
-
-    def sweep_stale(self) -> list[str]:
-        """Folders, mounts and cgroups (with what still ran in them) of sandboxes whose host died."""
-        global _swept
-        if self.config.backend != "jupyter":
-            return []
-        _swept = True
-        return sweep_stale()
-
-    def isolation(self) -> dict[str, str]:
-        """What the sandbox isolates (after the kernel started), in words."""
-        if self.config.backend == "docker":
-            return {"backend": "docker", "network": "none", "filesystem": "container, /mnt/data mounted"}
-        return self.runner.sandbox.describe()
-
-    def state(self) -> dict[str, Any]:
-        return {"work_dir": str(self._work_dir) if self._work_dir else None, "calls": self.calls}
-
-    async def aclose(self) -> None:
-        if self._runner is not None:
-            await self._runner.close()
-            self._runner = None
-        if self._own_work_dir and self._work_dir is not None:
-            shutil.rmtree(self._work_dir, ignore_errors=True)
-            self._work_dir = None

@@ -714,3 +714,48 @@ def test_a_call_cancelled_while_the_kernel_starts_leaves_nothing(loop):
             time.sleep(0.05)
         folders, mounts, procs = left()
         assert (folders, mounts) == before[:2] and procs <= before[2], (wait, folders, mounts, procs - before[2])
+
+
+def _cgroup2_mount() -> str | None:
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[fields.index("-") + 1] == "cgroup2":
+                return fields[4]
+    return None
+
+
+def test_a_v2_cgroup_freezes_its_processes_and_goes_with_them():
+    """The v2 freezer (on this machine's cgroup2 mount, also where the controllers live in v1): a spinning
+    process in the leaf uses no CPU while frozen, runs when thawed, and dies with its cgroup, frozen."""
+    import subprocess
+    import sys
+
+    from gptoss.tools.python.cgroups import _remove_cgroup, _set_frozen
+
+    root = _cgroup2_mount()
+    if os.geteuid() != 0 or root is None:
+        pytest.skip("needs root and a cgroup v2 mount")
+    path = os.path.join(root, f"gptoss-python-test-{os.getpid()}")
+    leaf = os.path.join(path, "k")
+    os.makedirs(leaf)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        with open(os.path.join(leaf, "cgroup.procs"), "w") as f:
+            f.write(str(spinner.pid))
+        assert _set_frozen(leaf, True)
+        used = _cpu_seconds(spinner.pid)
+        time.sleep(0.5)
+        assert _cpu_seconds(spinner.pid) - used < 0.02
+        assert _set_frozen(leaf, False)
+        deadline = time.monotonic() + 5
+        while _cpu_seconds(spinner.pid) - used < 0.05 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _cpu_seconds(spinner.pid) - used >= 0.05
+        assert _set_frozen(leaf, True)
+        assert _remove_cgroup(path) and not os.path.exists(path)
+        assert spinner.wait(timeout=5) == -9
+    finally:
+        if spinner.poll() is None:
+            spinner.kill()
+        _remove_cgroup(path)

@@ -59,6 +59,9 @@ def test_streamed_equals_not_streamed(client):
     reasoning = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices)
     assert content == (whole.choices[0].message.content or "")
     assert reasoning == (getattr(whole.choices[0].message, "reasoning_content", None) or "")
+    # `reasoning` (the name Ollama, vLLM and gpt-oss's own samplers read) carries the same text
+    assert "".join(getattr(c.choices[0].delta, "reasoning", None) or "" for c in chunks if c.choices) == reasoning
+    assert (getattr(whole.choices[0].message, "reasoning", None) or "") == reasoning
     finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finals == [whole.choices[0].finish_reason]
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
@@ -131,11 +134,23 @@ def test_reasoning_is_separate_from_content(client):
         r = ask(client, seed=seed, max_tokens=20)
         m = r.choices[0].message
         reasoning = getattr(m, "reasoning_content", None)
+        assert getattr(m, "reasoning", None) == reasoning  # both names, the same text
         if reasoning:
             seen += 1
             assert r.usage.completion_tokens_details.reasoning_tokens > 0
         assert "<|channel|>" not in (m.content or "") and "analysis" not in (m.content or "")[:9]
     assert seen, "with a reasoning budget some random turns must reason first"
+
+
+@pytest.mark.parametrize("name", ["reasoning_content", "reasoning"])
+def test_assistant_reasoning_is_accepted_under_either_name(server, name):
+    body = {"model": MODEL, "messages": [
+        {"role": "user", "content": "Weather in Lima?"},
+        {"role": "assistant", name: "The user wants Lima.", "content": None,
+         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"}], "tools": [WEATHER]}
+    prompt = httpx.post(server + "/tokenize", json=body).json()["prompt"]
+    assert "<|channel|>analysis<|message|>The user wants Lima.<|end|>" in prompt
 
 
 def test_json_schema_response_format(client, server):

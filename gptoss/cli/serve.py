@@ -35,6 +35,9 @@ def add_parser(sub) -> None:
                    help="seconds a stored response is kept (default 30 days; 0: forever)")
     p.add_argument("--tools", default="", help="built-in tools the Responses API may run: browser,python")
     p.add_argument("--corpus", default=None, help="folder of documents the browser searches (indexed on start)")
+    p.add_argument("--strict-max-tokens", action="store_true",
+                   help="answer 400 when max_tokens / max_output_tokens is more than the context leaves after the "
+                        "prompt (as OpenAI does); default: generate up to the end of the context")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug", "trace"],
                    help="uvicorn's log level")
     add_guard_args(p)
@@ -105,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                               api_keys=api_keys, store_ttl=args.store_ttl or None,
                               max_queue=args.max_queue, store_path=store,
                               persona=ServerPersona(reasoning_max_tokens=args.reasoning_max_tokens), toolbox=toolbox,
-                              guard=guard, reasoning=args.reasoning)
+                              guard=guard, reasoning=args.reasoning, strict_max_tokens=args.strict_max_tokens)
         app = create_app(llm, config)
         if llm.model_dir is not None:  # weights are memory-mapped: a bus error gets one line saying why
             from gptoss.server.crash import explain_fatal_signals

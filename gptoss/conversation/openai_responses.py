@@ -44,6 +44,7 @@ ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning", "
 HOSTED_TOOLS = {
     "web_search": "browser", "web_search_preview": "browser", "web_search_2025_08_26": "browser",
     "web_search_preview_2025_03_11": "browser", "code_interpreter": "python",
+    "browser_search": "browser",  # the name OpenAI's reference gpt-oss server gives the browser
 }
 BUILTIN_RECIPIENTS = {"browser": ["browser.search", "browser.open", "browser.find"], "python": ["python"]}
 HARMONY_KEY = "_harmony"  # stored output items only: the exact Harmony messages of a built-in tool call
@@ -236,7 +237,8 @@ def split_tools(tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
                 builtins.append(HOSTED_TOOLS[kind])
         else:
             raise ConversationError(f"tools[{i}].type: {kind!r} tools are not supported; expected function, "
-                                    "namespace, web_search (web_search_preview) or code_interpreter", f"tools[{i}].type")
+                                    "namespace, web_search (web_search_preview, browser_search) or code_interpreter",
+                                    f"tools[{i}].type")
     return functions, builtins
 
 

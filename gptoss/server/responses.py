@@ -264,7 +264,7 @@ class _Turn:
     @property
     def tool_choice(self) -> Any:
         choice = self.body.tool_choice if self.body.tool_choice is not None else "auto"
-        if isinstance(choice, dict) and choice.get("type") in ("web_search", "web_search_2025_08_26"):
+        if isinstance(choice, dict) and choice.get("type") in ("web_search", "web_search_2025_08_26", "browser_search"):
             return {"type": "web_search_preview"}  # how the SDK's ToolChoiceTypes spells a forced web search
         return choice
 
@@ -302,6 +302,16 @@ class _Turn:
             raise ConversationError(str(exc), "tool_choice") from None
 
 
+def _effort(body: ResponsesRequest) -> str | None:
+    """``reasoning.effort``, or the top-level ``reasoning_effort`` (how Chat Completions and the reference
+    gpt-oss server spell it); both given and different is a 400 rather than a silent choice."""
+    nested = body.reasoning.effort if body.reasoning else None
+    if nested and body.reasoning_effort and nested != body.reasoning_effort:
+        raise APIError(400, f"reasoning_effort: {body.reasoning_effort!r} disagrees with reasoning.effort {nested!r}; "
+                            "send one of them", param="reasoning_effort")
+    return nested or body.reasoning_effort
+
+
 def _prepare(state, store: ResponseStore, body: ResponsesRequest, owner: str | None = None) -> _Turn:
     state.check_model(body.model)
     tok = state.tokenizer
@@ -327,11 +337,13 @@ def _prepare(state, store: ResponseStore, body: ResponsesRequest, owner: str | N
             kind = tools[i].get("type")
             raise APIError(400, f"tools[{i}].type: this server has no {name} tool for {kind} (start the server "
                                 f"with the {name} tool enabled)", param=f"tools[{i}].type", code="unsupported_tool")
-    effort = (body.reasoning.effort if body.reasoning else None) or persona.default_effort
+    effort = _effort(body) or persona.default_effort
     items = previous + new_items
     prompt = responses_prompt(persona, items, body.instructions, functions, effort, first_new=len(previous),
                               builtin_tools=builtins, response_format=text_format(body.text))
     echo = [t if t.get("type") != "code_interpreter" else {"container": {"type": "auto"}} | t for t in tools]
+    # browser_search (the reference server's name) is echoed as the SDK's own type for the same tool
+    echo = [t if t.get("type") != "browser_search" else {"type": "web_search"} for t in echo]
     turn = _Turn(body=body, id="resp_" + secrets.token_hex(24), created=int(time.time()), effort=effort, items=items,
                  tools=echo, prompt=prompt, functions=function_tools(functions), builtins=builtins,
                  toolbox=templates if builtins else None, max_tokens=body.max_output_tokens, persona=persona,

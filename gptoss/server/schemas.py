@@ -97,6 +97,7 @@ class ResponsesRequest(_Lenient):
     input: str | list[Any]  # items are checked one by one (conversation/openai_responses.py), naming the bad one
     instructions: str | None = None
     reasoning: ReasoningIn | None = None
+    reasoning_effort: Literal["low", "medium", "high"] | None = None  # as the reference gpt-oss server accepts it
     tools: list[ResponseToolIn] | None = None
     tool_choice: str | dict[str, Any] | None = None
     max_output_tokens: int | None = Field(default=None, ge=1)

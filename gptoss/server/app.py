@@ -226,9 +226,10 @@ def create_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         data = [Model(id=n, created=state.started, object="model", owned_by="gptoss").model_dump() for n in names]
         return {"object": "list", "data": data}
 
-    from gptoss.server import chat_completions, moderations, responses
+    from gptoss.server import chat_completions, completions, moderations, responses
 
     chat_completions.register(app, state)
+    completions.register(app, state)
     responses.register(app, state)
     moderations.register(app, state)
 

@@ -404,7 +404,7 @@ def test_ignored_parameters_are_accepted(server):
     assert r.json()["output"] == [] or all(o.get("summary", []) == [] for o in r.json()["output"])
 
 
-@pytest.mark.parametrize("method, path", [("POST", "/v1/completions"), ("POST", "/v1/embeddings"),
+@pytest.mark.parametrize("method, path", [("POST", "/v1/embeddings"),
                                           ("POST", "/v1/responses/resp_1/cancel"), ("POST", "/v1/images/generations")])
 def test_other_endpoints_are_404(server, method, path):
     r = httpx.request(method, server + path, json={"model": MODEL})

@@ -42,6 +42,8 @@ class ServerConfig:
     # max_tokens beyond what the context leaves: clamped to it (as vLLM and the reference server do), or with
     # strict_max_tokens a 400 (as OpenAI answers).
     strict_max_tokens: bool = False
+    # MCP servers the operator trusts (--mcp NAME=URL): a Responses "mcp" tool may name only these
+    mcp_servers: dict[str, str] = field(default_factory=dict)
 
 
 OPEN_PATHS = frozenset({"/health"})

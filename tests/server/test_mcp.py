@@ -1,0 +1,150 @@
+"""MCP both ways, end to end with the mcp SDK on loopback: a Responses request's "mcp" tool offers a declared
+server's tools to the model (listed from it, filtered), a call the grammar forces runs through the tool loop
+and its result reaches the model; undeclared servers and approvals are refused; results are capped."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Literal
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from gptoss.conversation.openai_chat import ServerPersona
+from tests.server.conftest import free_port, serve
+
+MODEL = "gpt-oss"
+MARK = "LOOKUP-RESULT-42"
+
+
+@contextlib.contextmanager
+def mcp_server():
+    """An MCP server of the SDK (streamable HTTP) in a thread on a free loopback port; yields its URL."""
+    import uvicorn
+    from mcp.server.mcpserver import MCPServer
+
+    srv = MCPServer("weather")
+
+    @srv.tool(description="The weather in a city")
+    def lookup(city: Literal["Paris", "Lima"]) -> str:  # an enum: the call ends under random weights
+        return f"{MARK}: sunny in {city}"
+
+    @srv.tool(description="Deletes everything")
+    def wipe() -> str:
+        return "wiped"
+
+    @srv.tool(description="A very long answer")
+    def flood() -> str:
+        return "x" * 1_000_000
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(srv.streamable_http_app(host="127.0.0.1"), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started:
+        if time.time() > deadline:
+            raise RuntimeError("the MCP server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def mcp_url():
+    with mcp_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llm, mcp_url):
+    with serve(tiny_llm(max_batch=2, max_model_len=1024), persona=ServerPersona(reasoning_max_tokens=4),
+               mcp_servers={"weather": mcp_url}) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
+
+
+MCP = {"type": "mcp", "server_label": "weather", "allowed_tools": ["lookup"], "require_approval": "never"}
+
+
+def test_a_forced_mcp_call_runs_and_its_result_reaches_the_model(client, monkeypatch):
+    from gptoss.server import responses
+
+    prompts = []
+    real = responses.run_completion
+
+    def spy(engine, tok, prompt_ids, *a, **kw):
+        prompts.append(tok.decode(prompt_ids))
+        return real(engine, tok, prompt_ids, *a, **kw)
+
+    monkeypatch.setattr(responses, "run_completion", spy)
+    with client.responses.create(model=MODEL, input="Weather in Paris?", tools=[MCP], tool_choice="required",
+                                 max_output_tokens=120, stream=True, extra_body={"seed": 1}) as stream:
+        events = list(stream)
+    final = events[-1].response
+    listed = final.output[0]
+    call = next(o for o in final.output if o.type == "mcp_call")
+    assert listed.type == "mcp_list_tools" and listed.server_label == "weather"
+    assert [t.name for t in listed.tools] == ["lookup"]  # allowed_tools filters what the model is offered
+    assert listed.tools[0].input_schema["properties"]["city"]["enum"] == ["Paris", "Lima"]
+    assert call.type == "mcp_call" and call.server_label == "weather" and call.name == "lookup"
+    assert call.status == "completed" and call.output.startswith(MARK) and call.error is None
+    # the model saw the namespace, then the result of the call, in the next turn's prompt
+    assert "namespace weather" in prompts[0] and "type lookup" in prompts[0] and "wipe" not in prompts[0]
+    assert len(prompts) >= 2 and MARK in prompts[1]
+    types = [e.type for e in events]
+    for expected in ("response.mcp_list_tools.in_progress", "response.mcp_list_tools.completed",
+                     "response.mcp_call.in_progress", "response.mcp_call_arguments.delta",
+                     "response.mcp_call_arguments.done", "response.mcp_call.completed"):
+        assert expected in types, expected
+    # the stored response continues: its call and result are replayed, not re-run
+    follow = client.responses.create(model=MODEL, previous_response_id=final.id, input="And Lima?",
+                                     max_output_tokens=1)
+    assert MARK in prompts[-1] and follow.status == "incomplete"
+    # sent back as input items (the SDK's output as the next input), they are accepted too
+    items = [o.model_dump(exclude_none=True) for o in final.output if o.type in ("mcp_list_tools", "mcp_call")]
+    again = client.responses.create(model=MODEL, input=items + [{"role": "user", "content": "Thanks"}],
+                                    max_output_tokens=1)
+    assert again.status == "incomplete" and MARK in prompts[-1]
+
+
+def test_results_are_capped(client, monkeypatch):
+    from gptoss.tools import mcp
+
+    r = client.responses.create(model=MODEL, input="Flood", tool_choice="required", max_output_tokens=60,
+                                tools=[MCP | {"allowed_tools": ["flood"]}])
+    call = next(o for o in r.output if o.type == "mcp_call")
+    assert call.status == "completed" and len(call.output) < mcp.MAX_RESULT_CHARS + 100
+    assert call.output.endswith(f"[truncated: the result was over {mcp.MAX_RESULT_CHARS} characters]")
+
+
+@pytest.mark.parametrize("tool, message", [
+    ({"type": "mcp", "server_label": "evil", "server_url": "http://127.0.0.1:9/mcp", "require_approval": "never"},
+     "'evil' is not an MCP server this server trusts"),
+    (MCP | {"server_url": "http://127.0.0.1:9/mcp"}, "server_url: only the URL the operator declared"),
+    (MCP | {"require_approval": "always"}, "require_approval: only \"never\" is supported"),
+    ({k: v for k, v in MCP.items() if k != "require_approval"}, "require_approval: only \"never\" is supported"),
+    (MCP | {"headers": {"Authorization": "Bearer x"}}, "headers: not supported"),
+])
+def test_undeclared_servers_and_approvals_are_refused(client, tool, message):
+    with pytest.raises(openai.BadRequestError, match=message):
+        client.responses.create(model=MODEL, input="Hi", tools=[tool], max_output_tokens=1)
+
+
+def test_a_declared_server_that_is_down_is_a_502_naming_it(tiny_llm):
+    with serve(tiny_llm(max_batch=1, max_model_len=256), mcp_servers={"gone": f"http://127.0.0.1:{free_port()}/mcp"}) as base:
+        r = httpx.post(base + "/v1/responses", timeout=60, json={
+            "model": MODEL, "input": "Hi", "tools": [{"type": "mcp", "server_label": "gone", "require_approval": "never"}]})
+        assert r.status_code == 502 and "MCP server 'gone': cannot list its tools" in r.json()["error"]["message"]

@@ -148,3 +148,35 @@ def test_a_declared_server_that_is_down_is_a_502_naming_it(tiny_llm):
         r = httpx.post(base + "/v1/responses", timeout=60, json={
             "model": MODEL, "input": "Hi", "tools": [{"type": "mcp", "server_label": "gone", "require_approval": "never"}]})
         assert r.status_code == 502 and "MCP server 'gone': cannot list its tools" in r.json()["error"]["message"]
+
+
+def test_gptoss_mcp_serves_our_tools_to_the_sdk_client(tmp_path):
+    """``gptoss mcp`` over stdio, driven by the SDK's own client: the tools listed, Python state kept within
+    the session, a search of a local corpus."""
+    import asyncio
+    import os
+    import sys
+    from pathlib import Path
+
+    from mcp import Client, StdioServerParameters
+
+    (tmp_path / "koala.txt").write_text("Koalas\n\nKoalas are arboreal marsupials native to Australia.\n")
+    root = str(Path(__file__).resolve().parents[2])
+    params = StdioServerParameters(command=sys.executable, cwd=str(tmp_path),
+                                   args=["-m", "gptoss", "mcp", "--tools", "python,browser", "--corpus", str(tmp_path)],
+                                   env={**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")})
+
+    async def session():
+        async with Client(params, read_timeout_seconds=60) as client:
+            names = sorted(t.name for t in (await client.list_tools()).tools)
+            first = await client.call_tool("python", {"code": "x = 6 * 7"})
+            second = await client.call_tool("python", {"code": "print(x)"})
+            search = await client.call_tool("browser_search", {"query": "koalas marsupials"})
+            broken = await client.call_tool("python", {"code": "raise ValueError('no')"})
+            return names, first, second, search, broken
+
+    names, first, second, search, broken = asyncio.run(asyncio.wait_for(session(), 120))
+    assert names == ["browser_find", "browser_open", "browser_search", "python"]
+    assert not first.is_error and second.content[0].text.strip() == "42"  # one kernel for the session
+    assert "arboreal marsupials" in search.content[0].text
+    assert "ValueError" in broken.content[0].text

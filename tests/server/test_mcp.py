@@ -180,3 +180,28 @@ def test_gptoss_mcp_serves_our_tools_to_the_sdk_client(tmp_path):
     assert not first.is_error and second.content[0].text.strip() == "42"  # one kernel for the session
     assert "arboreal marsupials" in search.content[0].text
     assert "ValueError" in broken.content[0].text
+
+
+def test_the_guard_checks_mcp_results_like_other_tool_output(tiny_llm, tmp_path):
+    """With --guard-checks tools, a result the policy blocks never reaches the model: a notice takes its place,
+    in the prompt and in the mcp_call item."""
+    from gptoss.guard import GuardSettings
+    from gptoss.guard.policy import load_policies
+    from tests.guard.fake_guard import FakeGuard
+
+    (tmp_path / "p.md").write_text("---\nname: p\naction: block\n---\n# P\nTRIGGER=LOOKUP-RESULT\n")
+    fake = FakeGuard().start()
+    try:
+        settings = GuardSettings(policies=load_policies([str(tmp_path / "p.md")]), base_url=fake.base_url,
+                                 model=fake.model, audit_path=str(tmp_path / "audit.sqlite"), check_tools=True,
+                                 check_output=False)
+        with mcp_server() as url, serve(tiny_llm(max_batch=1, max_model_len=1024), guard=settings,
+                                        persona=ServerPersona(reasoning_max_tokens=4),
+                                        mcp_servers={"weather": url}) as base:
+            c = OpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
+            r = c.responses.create(model=MODEL, input="Weather in Paris?", tools=[MCP], tool_choice="required",
+                                   max_output_tokens=80, extra_body={"seed": 1})
+            call = next(o for o in r.output if o.type == "mcp_call")
+            assert MARK not in call.output and "withheld" in call.output
+    finally:
+        fake.stop()

@@ -205,3 +205,54 @@ def test_the_guard_checks_mcp_results_like_other_tool_output(tiny_llm, tmp_path)
             assert MARK not in call.output and "withheld" in call.output
     finally:
         fake.stop()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("weather", "expected NAME=URL"),
+    ("we.ather=http://127.0.0.1:1/mcp", "expected NAME=URL"),
+    ("weather=file:///etc/passwd", r"expected an http\(s\) URL"),
+    ("weather=http://127.0.0.1:1/mcp weather=http://127.0.0.1:2/mcp", "declared twice"),
+])
+def test_bad_mcp_flags_are_one_line_errors(spec, message):
+    from gptoss.errors import GptossError
+    from gptoss.tools.mcp import parse_mcp_servers
+
+    with pytest.raises(GptossError, match=message):
+        parse_mcp_servers(spec.split(" "))
+    assert parse_mcp_servers(["weather=http://127.0.0.1:1/mcp"]) == {"weather": "http://127.0.0.1:1/mcp"}
+
+
+def test_gptoss_mcp_over_streamable_http(tmp_path):
+    import asyncio
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mcp import Client
+
+    root = str(Path(__file__).resolve().parents[2])
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gptoss", "mcp", "--tools", "python", "--transport", "http",
+                             "--port", str(port)], cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/mcp", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
+                time.sleep(0.2)
+
+        async def session():
+            async with Client(f"http://127.0.0.1:{port}/mcp", read_timeout_seconds=60) as client:
+                names = [t.name for t in (await client.list_tools()).tools]
+                return names, await client.call_tool("python", {"code": "print(2 + 3)"})
+
+        names, result = asyncio.run(asyncio.wait_for(session(), 90))
+        assert names == ["python"] and result.content[0].text.strip() == "5"
+    finally:
+        proc.terminate()
+        proc.wait(15)

@@ -140,13 +140,13 @@ def test_bad_requests_are_400(server, body, message):
     assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
 
 
-def test_hidden_reasoning_servers_refuse_raw_completions(llm):
-    with serve(llm, reasoning="hidden") as base:
+def test_hidden_reasoning_servers_refuse_raw_completions(tiny_llm):
+    with serve(tiny_llm(max_batch=1, max_model_len=256), reasoning="hidden") as base:
         with pytest.raises(openai.BadRequestError, match="hides the analysis channel"):
             OpenAI(base_url=base + "/v1", api_key="x", max_retries=0).completions.create(model=MODEL, prompt="Hi")
 
 
-def test_the_guard_checks_raw_completions(llm, tmp_path):
+def test_the_guard_checks_raw_completions(tiny_llm, tmp_path):
     from gptoss.guard import GuardSettings
     from gptoss.guard.policy import load_policies
     from tests.guard.fake_guard import FakeGuard
@@ -156,7 +156,7 @@ def test_the_guard_checks_raw_completions(llm, tmp_path):
     try:
         s = GuardSettings(policies=load_policies([str(tmp_path / "p.md")]), base_url=fake.base_url, model=fake.model,
                           audit_path=str(tmp_path / "audit.sqlite"))
-        with serve(llm, guard=s) as base:
+        with serve(tiny_llm(max_batch=1, max_model_len=512), guard=s) as base:  # its own engine
             c = OpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
             with pytest.raises(openai.BadRequestError, match="blocked by the server's policy"):
                 c.completions.create(model=MODEL, prompt="say FORBIDDEN", max_tokens=2)

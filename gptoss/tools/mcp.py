@@ -24,6 +24,7 @@ MAX_RESULT_CHARS = 16_000  # of one call's text, as the model reads it
 MAX_TOOLS = 128  # listed from one server
 TIMEOUT_S = 30.0  # one listing or one call
 _LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")  # a Harmony namespace name (no '.')
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")  # what a recipient NS.TOOL can hold
 
 
 class McpError(GptossError):
@@ -69,6 +70,8 @@ async def list_mcp_tools(label: str, url: str, timeout: float = TIMEOUT_S) -> li
             result = await client.list_tools()
         out = []
         for t in result.tools[:MAX_TOOLS]:
+            if not isinstance(t.name, str) or not _TOOL_NAME.match(t.name):
+                continue  # a name no Harmony recipient can hold is not offered
             schema = t.input_schema if isinstance(t.input_schema, dict) else None
             ann = t.annotations.model_dump(exclude_none=True) if getattr(t, "annotations", None) else None
             out.append(McpToolInfo(t.name, (t.description or "")[:4000], schema, ann))

@@ -228,3 +228,19 @@ def test_metrics_and_models(server, client):
                  "gptoss_time_to_first_token_seconds_bucket", "gptoss_time_per_output_token_seconds_bucket"):
         assert name in text
     assert MODEL in [m.id for m in client.models.list().data]
+
+
+def test_hidden_reasoning_hides_it_under_both_names(tiny_llm):
+    with serve(tiny_llm(max_batch=1), persona=ServerPersona(reasoning_max_tokens=6), reasoning="hidden") as base:
+        c = OpenAI(base_url=base + "/v1", api_key="unused")
+        reasoned = None
+        for seed in range(6):
+            r = ask(c, seed=seed, max_tokens=12)
+            assert not {"reasoning", "reasoning_content"} & set(r.choices[0].message.model_extra or {})
+            if r.usage.completion_tokens_details.reasoning_tokens:
+                reasoned = seed
+                break
+        assert reasoned is not None, "some random turns reason first: there is something to hide"
+        chunks = list(ask(c, seed=reasoned, max_tokens=12, stream=True))
+        assert not any({"reasoning", "reasoning_content"} & set(ch.choices[0].delta.model_extra or {})
+                       for ch in chunks if ch.choices)

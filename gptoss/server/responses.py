@@ -337,6 +337,9 @@ async def _offer_mcp(state, body: ResponsesRequest) -> list[Any]:
     operator declared (``--mcp NAME=URL``; a ``server_url`` other than the declared one is refused, so no
     client can make this server connect anywhere), its tools listed from it and filtered by ``allowed_tools``."""
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
+    if not any(t.get("type") == "mcp" for t in tools):
+        return []
+    state.check_model(body.model)  # before any server is reached
     try:
         wanted: list[McpRequest] = mcp_requests(tools)
     except ConversationError as exc:

@@ -11,6 +11,7 @@ listing is bounded in time.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,7 +87,8 @@ async def list_mcp_tools(label: str, url: str, timeout: float = TIMEOUT_S) -> li
 
 
 def _reason(exc: BaseException) -> str:
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:  # anyio task groups wrap the cause
+    groups = getattr(builtins, "BaseExceptionGroup", ())  # Python 3.11+ (anyio's backport before)
+    while groups and isinstance(exc, groups) and exc.exceptions:  # anyio task groups wrap the cause
         exc = exc.exceptions[0]
     return f"{type(exc).__name__}: {exc}"[:300]
 

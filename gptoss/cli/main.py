@@ -22,6 +22,7 @@ SUBCOMMANDS = [
     "bench",
     "bench_serve",
     "eval_cmd",
+    "mcp_cmd",
 ]
 
 

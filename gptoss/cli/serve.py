@@ -38,6 +38,12 @@ def add_parser(sub) -> None:
     p.add_argument("--python-sandboxes-memory", default=None, metavar="SIZE",
                    help="memory of all Python sandboxes together (processes and their files on tmpfs), e.g. 16g: "
                         "a parent memory cgroup, as root (default: no budget beyond each conversation's 4g)")
+    p.add_argument("--mcp", action="append", default=[], metavar="NAME=URL",
+                   help="an MCP server (streamable HTTP) whose tools Responses requests may offer the model with "
+                        '{"type": "mcp", "server_label": NAME}; repeatable. Only servers declared here are used')
+    p.add_argument("--strict-max-tokens", action="store_true",
+                   help="answer 400 when max_tokens / max_output_tokens is more than the context leaves after the "
+                        "prompt (as OpenAI does); default: generate up to the end of the context")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug", "trace"],
                    help="uvicorn's log level")
     add_guard_args(p)
@@ -106,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
         check_device(args.device)
     if follow_if_not_rank0(args, max_batch=args.max_batch):  # torchrun: the API lives on rank 0 only
         return 0
+    from gptoss.tools.mcp import parse_mcp_servers
+
+    mcp_servers = parse_mcp_servers(args.mcp)  # checked before the (slow) model load
     toolbox = None
     if args.tools:  # checked before the (slow) model load
         from gptoss.tools import make_toolbox
@@ -129,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
                               api_keys=api_keys, store_ttl=args.store_ttl or None,
                               max_queue=args.max_queue, store_path=store,
                               persona=ServerPersona(reasoning_max_tokens=args.reasoning_max_tokens), toolbox=toolbox,
-                              guard=guard, reasoning=args.reasoning)
+                              guard=guard, reasoning=args.reasoning, strict_max_tokens=args.strict_max_tokens,
+                              mcp_servers=mcp_servers)
         app = create_app(llm, config)
         if llm.model_dir is not None:  # weights are memory-mapped: a bus error gets one line saying why
             from gptoss.server.crash import explain_fatal_signals

@@ -46,7 +46,9 @@ class ServerPersona:
     model_identity: str | None = None
     reasoning_max_tokens: int | None = None
 
-    def system_message(self, effort: str | None, builtin_tools: list[str] = ()) -> Message:
+    def system_message(self, effort: str | None, builtin_tools: list[str] = (), namespaces: list = ()) -> Message:
+        """``namespaces``: more tool namespaces (ToolNamespaceConfig) declared beside the built-in ones (the
+        tools of MCP servers)."""
         content = (
             SystemContent.new()
             .with_reasoning_effort(ReasoningEffort.parse(effort or self.default_effort))
@@ -59,6 +61,8 @@ class ServerPersona:
             content = content.with_browser_tool()
         if "python" in builtin_tools:
             content = content.with_python_tool()
+        for ns in namespaces:
+            content = content.with_tools(ns)
         return Message.from_role_and_content(Role.SYSTEM, content)
 
 

@@ -39,11 +39,12 @@ from gptoss.harmony.parser import STOP_TOKENS
 
 MESSAGE_ROLES = ("user", "assistant", "system", "developer")
 ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning", "code_interpreter_call",
-              "web_search_call")
+              "web_search_call", "mcp_call", "mcp_list_tools")
 # Responses API hosted tool types -> the built-in gpt-oss tool that serves them, and its recipients.
 HOSTED_TOOLS = {
     "web_search": "browser", "web_search_preview": "browser", "web_search_2025_08_26": "browser",
     "web_search_preview_2025_03_11": "browser", "code_interpreter": "python",
+    "browser_search": "browser",  # the name OpenAI's reference gpt-oss server gives the browser
 }
 BUILTIN_RECIPIENTS = {"browser": ["browser.search", "browser.open", "browser.find"], "python": ["python"]}
 HARMONY_KEY = "_harmony"  # stored output items only: the exact Harmony messages of a built-in tool call
@@ -126,6 +127,18 @@ def _normalize_item(item: Any, where: str) -> dict[str, Any]:
     if kind == "web_search_call":
         # Its results are not part of the item: sent back by hand it adds nothing to the conversation.
         return {"type": "web_search_call", "action": item.get("action") if isinstance(item.get("action"), dict) else {}}
+    if kind == "mcp_list_tools":  # what a server offered: nothing for the model to read
+        return {"type": "mcp_list_tools"}
+    if kind == "mcp_call":  # a call and what it returned: the same two messages as when it ran
+        label, name, args = item.get("server_label"), item.get("name"), item.get("arguments", "")
+        for key, value in (("server_label", label), ("name", name)):
+            if not isinstance(value, str) or not value or not all(c.isalnum() or c in "_-" for c in value):
+                raise ConversationError(f"{where}.{key}: expected a name (letters, digits, '_', '-'), found {value!r}",
+                                        f"{where}.{key}")
+        if not isinstance(args, str):
+            raise ConversationError(f"{where}.arguments: expected a JSON string", f"{where}.arguments")
+        result = item.get("output") if isinstance(item.get("output"), str) else (item.get("error") or "")
+        return {"type": "mcp_call", "server_label": label, "name": name, "arguments": args, "output": str(result)}
     if kind == "item_reference":
         raise ConversationError(f"{where}: item_reference items are not supported; send the item itself, or continue "
                                 "a stored response with previous_response_id", f"{where}.type")
@@ -150,7 +163,8 @@ def reasoning_text(item: dict[str, Any], where: str) -> str:
 
 def responses_prompt(persona: ServerPersona, items: list[dict[str, Any]], instructions: str | None,
                      tools: list[dict] | None, effort: str | None, *, first_new: int = 0,
-                     builtin_tools: list[str] = (), response_format: dict | None = None) -> TurnPrompt:
+                     builtin_tools: list[str] = (), response_format: dict | None = None,
+                     namespaces: list = ()) -> TurnPrompt:
     """Canonical items (see :func:`normalize_input`) -> the Harmony conversation to complete.
 
     ``first_new``: how many leading items came from earlier responses (``previous_response_id``); errors
@@ -193,13 +207,19 @@ def responses_prompt(persona: ServerPersona, items: list[dict[str, Any]], instru
                 history.append(Message.from_role_and_content(Role.ASSISTANT, text).with_channel("analysis"))
         elif HARMONY_KEY in item:
             history += [Message.from_dict(m) for m in item[HARMONY_KEY]]
+        elif kind == "mcp_call":
+            recipient = f"{item['server_label']}.{item['name']}"
+            history.append(Message.from_role_and_content(Role.ASSISTANT, item["arguments"]).with_channel("commentary")
+                           .with_recipient(recipient).with_content_type("json"))
+            history.append(Message.from_author_and_content(Author(Role.TOOL, recipient), item["output"])
+                           .with_recipient("assistant").with_channel("commentary"))
         elif kind == "code_interpreter_call":
             history.append(Message.from_role_and_content(Role.ASSISTANT, item["code"]).with_channel("analysis")
                            .with_recipient("python").with_content_type("code"))
             logs = "\n".join(o["logs"] for o in item["outputs"])
             history.append(Message.from_author_and_content(Author(Role.TOOL, "python"), logs)
                            .with_recipient("assistant").with_channel("analysis"))
-    head = [persona.system_message(effort, builtin_tools=list(builtin_tools))]
+    head = [persona.system_message(effort, builtin_tools=list(builtin_tools), namespaces=list(namespaces))]
     dev = developer_message(texts, tools, response_format)
     if dev is not None:
         head.append(dev)
@@ -234,10 +254,55 @@ def split_tools(tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
         elif kind in HOSTED_TOOLS:
             if HOSTED_TOOLS[kind] not in builtins:
                 builtins.append(HOSTED_TOOLS[kind])
+        elif kind == "mcp":
+            continue  # see mcp_requests
         else:
             raise ConversationError(f"tools[{i}].type: {kind!r} tools are not supported; expected function, "
-                                    "namespace, web_search (web_search_preview) or code_interpreter", f"tools[{i}].type")
+                                    "namespace, web_search (web_search_preview, browser_search) or code_interpreter",
+                                    f"tools[{i}].type")
     return functions, builtins
+
+
+@dataclass
+class McpRequest:
+    """One ``{"type": "mcp", ...}`` tool of a request."""
+
+    index: int
+    server_label: str
+    server_url: str | None
+    allowed_tools: list[str] | None  # None: all the server's tools
+
+
+def mcp_requests(tools: list[dict[str, Any]]) -> list[McpRequest]:
+    """The ``mcp`` tools among Responses ``tools``, checked: a ``server_label``, approvals ``never`` (no
+    approval flow here), ``allowed_tools`` a list of names (or ``{"tool_names": [...]}``)."""
+    out = []
+    for i, tool in enumerate(tools):
+        if tool.get("type") != "mcp":
+            continue
+        label = tool.get("server_label")
+        if not isinstance(label, str) or not label:
+            raise ConversationError(f"tools[{i}].server_label: required for an mcp tool", f"tools[{i}].server_label")
+        if any(r.server_label == label for r in out):
+            raise ConversationError(f"tools[{i}].server_label: {label!r} is declared twice", f"tools[{i}].server_label")
+        approval = tool.get("require_approval", "always")
+        never = approval == "never" or (isinstance(approval, dict) and set(approval) == {"never"})
+        if not never:
+            raise ConversationError(f"tools[{i}].require_approval: only \"never\" is supported (this server has no "
+                                    f"approval flow), found {approval!r}", f"tools[{i}].require_approval")
+        allowed = tool.get("allowed_tools")
+        if isinstance(allowed, dict):
+            allowed = allowed.get("tool_names")
+        if allowed is not None and (not isinstance(allowed, list) or not all(isinstance(a, str) for a in allowed)):
+            raise ConversationError(f"tools[{i}].allowed_tools: expected a list of tool names",
+                                    f"tools[{i}].allowed_tools")
+        for key in ("connector_id", "authorization", "headers"):
+            if tool.get(key):
+                raise ConversationError(f"tools[{i}].{key}: not supported; MCP servers are declared by the operator "
+                                        "(gptoss serve --mcp NAME=URL)", f"tools[{i}].{key}")
+        url = tool.get("server_url")
+        out.append(McpRequest(i, label, url if isinstance(url, str) else None, allowed))
+    return out
 
 
 def namespaces(tools: list[dict[str, Any]]) -> set[str]:
@@ -246,7 +311,8 @@ def namespaces(tools: list[dict[str, Any]]) -> set[str]:
 
 
 def responses_grammar(persona: ServerPersona, functions: dict[str, dict | None], builtins: list[str], tool_choice: Any,
-                      response_format: dict | None, *, first_turn: bool = True) -> TurnGrammar:
+                      response_format: dict | None, *, first_turn: bool = True,
+                      namespace_tools: dict[str, dict | None] | None = None) -> TurnGrammar:
     """The grammar of one turn. ``builtins``: the built-in tools the model may call now. A forcing
     tool_choice (required, a function, a hosted tool) holds for the first turn only: once a built-in
     call has run, the model is free to answer."""
@@ -261,7 +327,8 @@ def responses_grammar(persona: ServerPersona, functions: dict[str, dict | None],
                                     "tool_choice")
         if hosted not in builtins and first_turn:
             raise ConversationError(f"tool_choice: {tool_choice['type']!r} is not among the tools", "tool_choice")
-    if not builtins and hosted is None:
+    namespace_tools = namespace_tools or {}
+    if not builtins and not namespace_tools and hosted is None:
         return turn_grammar(persona, functions, tool_choice if first_turn or tool_choice == "none" else None,
                             response_format)
     base = turn_grammar(persona, {}, None, response_format)  # validates response_format
@@ -276,12 +343,15 @@ def responses_grammar(persona: ServerPersona, functions: dict[str, dict | None],
         choice = "required"
     elif first_turn and isinstance(tool_choice, dict):
         choice = turn_grammar(persona, functions, tool_choice, None).tool_choice  # a named function
-    if choice == "required" and not functions and not recipients:
+    if first_turn and hosted is not None:
+        namespace_tools = {}
+    if choice == "required" and not functions and not recipients and not namespace_tools:
         raise ConversationError("tool_choice: 'required' needs at least one tool", "tool_choice")
-    if choice == "auto" and not functions and not recipients:
+    if choice == "auto" and not functions and not recipients and not namespace_tools:
         choice = "none"
     return TurnGrammar(functions=functions, tool_choice=choice, builtin_tools=recipients,
-                       final_schema=base.final_schema, reasoning_max_tokens=persona.reasoning_max_tokens)
+                       final_schema=base.final_schema, reasoning_max_tokens=persona.reasoning_max_tokens,
+                       namespace_tools=namespace_tools)
 
 
 def text_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -323,6 +393,8 @@ class OutputItem:
     action: dict[str, Any] | None = None  # web_search_call
     outputs: list[dict[str, Any]] | None = None  # code_interpreter_call
     harmony: list[Message] = field(default_factory=list)  # built-in calls: the call and the tool's answer
+    output: str | None = None  # mcp_call, once run: the result the model read
+    error: str | None = None  # mcp_call, once run: why it failed
     annotations: list[dict[str, Any]] = field(default_factory=list)  # messages: url_citation of browser citations
     _text: GrowingText = field(default_factory=GrowingText, repr=False)  # grows linearly as the turn streams
 
@@ -339,7 +411,7 @@ class OutputItem:
 
     @property
     def builtin(self) -> bool:
-        return self.kind in ("code_interpreter_call", "web_search_call")
+        return self.kind in ("code_interpreter_call", "web_search_call", "mcp_call")
 
 
 @dataclass
@@ -362,6 +434,7 @@ class TurnItems:
     Call :meth:`update` after every token fed to the parser (and after ``process_eos``)."""
 
     items: list[OutputItem] = field(default_factory=list)
+    mcp_labels: set[str] = field(default_factory=set)  # namespaces whose calls are mcp_call items
     _done: int = 0  # parser messages already turned into finished items
     _open: OutputItem | None = None  # the item of the message now streaming (ordinal _done)
 
@@ -403,6 +476,8 @@ class TurnItems:
             item = OutputItem("code_interpreter_call", _item_id("ci"), index, name=recipient)
         elif recipient and recipient.startswith("browser."):
             item = OutputItem("web_search_call", _item_id("ws"), index, name=recipient)
+        elif recipient and recipient.split(".", 1)[0] in self.mcp_labels:
+            item = OutputItem("mcp_call", _item_id("mcp"), index, name=recipient)
         elif recipient and recipient != "assistant":
             name = recipient.removeprefix("functions.")
             item = OutputItem("function_call", _item_id("fc"), index, name=name, call_id=new_call_id())

@@ -44,6 +44,7 @@ class EngineEvent:
     token: int
     logprobs: TokenLogprobs | None
     finish_reason: str | None
+    prompt_logprobs: list[TokenLogprobs | None] | None = None  # on the first event, when the request asked for them
 
 
 @dataclass
@@ -219,4 +220,5 @@ class AsyncEngine:
             self.stats.prefix_hits = engine.prefix_hits
             with self._lock:
                 for seq, token in produced:
-                    self._deliver(seq.request_id, EngineEvent(token, seq.logprobs[-1], seq.finish_reason))
+                    prompt_lp = seq.prompt_logprobs if len(seq.output_ids) == 1 else None
+                    self._deliver(seq.request_id, EngineEvent(token, seq.logprobs[-1], seq.finish_reason, prompt_lp))

@@ -49,6 +49,7 @@ class StepPlan:
     slots: list[int]
     starts: list[int]
     lens: list[int]
+    full: list[bool] = field(default_factory=list)  # per sequence: logits of every new token, not only the last
 
 
 @dataclass

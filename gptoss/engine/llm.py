@@ -36,6 +36,7 @@ class RequestOutput:
     text: str
     finish_reason: str | None
     logprobs: list[TokenLogprobs | None] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprobs | None] | None = None  # SamplingParams.prompt_logprobs: one per prompt token
 
 
 @dataclass
@@ -182,13 +183,16 @@ class LLMEngine:
         """The forward pass of ``work``. If the batch raises, each sequence runs alone and only those that
         raise again fail (the others' cache writes are simply redone: nothing advanced)."""
         try:
-            return work, self.runner.run(work)
+            logits = self.runner.run(work)
         except RankFailed:  # not this batch's fault: no rank can run anything any more
             raise
         except Exception as exc:
             if len(work) == 1:
                 self._fail(work[0][0], exc)
                 return [], None
+        else:
+            self._take_prompt_logprobs(work)
+            return work, logits
         kept, rows = [], []
         for item in work:
             try:
@@ -198,7 +202,33 @@ class LLMEngine:
                 raise
             except Exception as exc:
                 self._fail(item[0], exc)
+                continue
+            self._take_prompt_logprobs([item])
         return kept, (torch.cat(rows) if rows else None)
+
+    def _take_prompt_logprobs(self, work: list[tuple[Sequence, int]]) -> None:
+        """After a prefill chunk: the log-probabilities of the prompt tokens it predicted (position ``p``'s
+        logits give token ``p + 1``), for the requests that asked (``SamplingParams.prompt_logprobs``).
+        Positions already taken (a preempted request computes its prompt again) are skipped."""
+        full = self.runner.full_logits
+        if not full:
+            return
+        for (seq, n), rows in zip(work, full):
+            if rows is None:
+                continue
+            start = seq.num_cached - n  # the chunk's first position (run() has advanced num_cached)
+            first = len(seq.prompt_logprobs) - 1 - start  # the first row whose target is not taken yet
+            stop = min(n, len(seq.prompt_ids) - 1 - start)  # rows whose target is a prompt token
+            if first >= stop:
+                continue
+            lp = torch.log_softmax(rows[first:stop].float(), dim=-1)
+            targets = seq.prompt_ids[start + first + 1: start + stop + 1]
+            chosen = lp.gather(1, torch.tensor(targets, device=lp.device).unsqueeze(1)).squeeze(1).tolist()
+            k = seq.params.prompt_logprobs
+            tops = torch.topk(lp, k, dim=-1) if k else None
+            for i, (token, value) in enumerate(zip(targets, chosen)):
+                top = list(zip(tops.indices[i].tolist(), tops.values[i].tolist())) if tops is not None else []
+                seq.prompt_logprobs.append(TokenLogprobs(token, value, top))
 
     def _sample_isolated(self, rows: torch.Tensor, seqs: list[Sequence]) -> tuple[list[Sequence], list[int], list]:
         """Sample the next token of each sequence; one whose generator, logits processors or sampling
@@ -242,7 +272,7 @@ class LLMEngine:
     def _reuse_prefix(self, seq: Sequence, n: int) -> int:
         """Before a sequence's first prefill chunk: copy a cached prefix into its slot, or arrange for
         the first chunk to end at the prefix so that it can be snapshotted. Returns the chunk length."""
-        if not seq.prefix_len or seq.num_cached:
+        if not seq.prefix_len or seq.num_cached or seq.prompt_logprobs is not None:  # (a copied prefix has no logits)
             return n
         key = tuple(seq.prompt_ids[: seq.prefix_len])
         slot = self.prefixes.lookup(key)
@@ -440,7 +470,8 @@ class LLM:
             for s in seqs:
                 self.engine.abort(s.request_id)
         return [
-            RequestOutput(s.request_id, s.prompt_ids, s.output_ids, self.tokenizer.decode(s.output_ids), s.finish_reason, s.logprobs)
+            RequestOutput(s.request_id, s.prompt_ids, s.output_ids, self.tokenizer.decode(s.output_ids), s.finish_reason,
+                          s.logprobs, s.prompt_logprobs)
             for s in seqs
         ]
 

@@ -60,6 +60,7 @@ class ModelRunner:
                 self.graphs = DecodeGraphs(model, self.local_cache, max_batch=decode_batch or max_batch)
         # What the engine and the scheduler change: under tensor parallelism, changes reach every rank.
         self.cache = self.local_cache if channel is None else MirroredCache(self.local_cache, channel)
+        self.full_logits: list[torch.Tensor | None] | None = None  # of the last step (see execute)
 
     @property
     def blocks(self) -> PagedKVCache | MirroredCache | None:
@@ -69,8 +70,9 @@ class ModelRunner:
     def run(self, work: list[tuple[Sequence, int]]) -> torch.Tensor:
         """Feed each sequence its next ``n`` uncached tokens; returns logits ``[B, V]`` of each one's last token.
         Under tensor parallelism (``channel``), the plan goes to the other ranks first."""
+        full = [seq.wants_prompt_logits for seq, _ in work]
         plan = StepPlan([t for seq, n in work for t in seq.pending()[:n]], [s.slot for s, _ in work],
-                        [s.num_cached for s, _ in work], [n for _, n in work])
+                        [s.num_cached for s, _ in work], [n for _, n in work], full if any(full) else [])
         if self.channel is None:
             logits = self.execute(plan)
         else:
@@ -87,20 +89,37 @@ class ModelRunner:
         return logits
 
     def execute(self, plan: StepPlan) -> torch.Tensor:
-        """Run one planned step over the cache (every rank runs it under tensor parallelism)."""
+        """Run one planned step over the cache (every rank runs it under tensor parallelism). Returns the
+        logits of each sequence's last new token; for the sequences ``plan.full`` marks, the logits of all
+        their new tokens are kept too, in ``full_logits`` (one entry per sequence: ``[n, V]`` or None)."""
         tokens = torch.tensor(plan.tokens, dtype=torch.long, device=self.model.device)
+        self.full_logits = None
+        index, last = None, None
+        if plan.full:  # the last row of each sequence, or all its rows; ``last`` picks the last rows back out
+            rows, last, at = [], [], 0
+            for n, full in zip(plan.lens, plan.full):
+                rows += range(at, at + n) if full else [at + n - 1]
+                last.append(len(rows) - 1)
+                at += n
+            index = torch.tensor(rows, dtype=torch.long, device=self.model.device)
         if self.kind == "paged":
             cache = self.local_cache
             meta = cache.prepare(plan.slots, plan.starts, plan.lens)
-            if self.graphs is not None and meta.max_q_len == 1 and self.graphs.supports(len(plan.lens)):
+            if index is None and self.graphs is not None and meta.max_q_len == 1 and self.graphs.supports(len(plan.lens)):
                 logits = self.graphs.run(tokens, meta)
             else:
-                logits = self.model.step_paged(tokens, meta, cache, logits_index=meta.last_index)
+                logits = self.model.step_paged(tokens, meta, cache,
+                                               logits_index=meta.last_index if index is None else index)
             cache.finish(meta)
+        else:
+            batch = StepBatch.of(plan.slots, plan.starts, plan.lens, device=self.model.device)
+            logits = self.model.step(tokens, batch, self.local_cache,
+                                     logits_index=batch.last_index if index is None else index)
+        if index is None:
             return logits
-        batch = StepBatch.of(plan.slots, plan.starts, plan.lens, device=self.model.device)
-        cache = self.local_cache
-        return self.model.step(tokens, batch, cache, logits_index=batch.last_index)
+        self.full_logits = [logits[end - n + 1: end + 1] if full else None
+                            for n, full, end in zip(plan.lens, plan.full, last)]
+        return logits[last]
 
 
 def _is_collective_failure(exc: BaseException) -> bool:

@@ -37,6 +37,9 @@ class SamplingParams:
     seed: int | None = None
     stop_token_ids: list[int] = field(default_factory=list)
     logprobs: int | None = None  # None: none; 0: the chosen token's; k: also the top k alternatives
+    # Log-probabilities of the prompt's own tokens (each given the tokens before it; the first has none):
+    # None: none; 0: each token's; k: also the top k alternatives at each position.
+    prompt_logprobs: int | None = None
     ignore_stop: bool = False
     logits_processors: list[Callable[[list[int], torch.Tensor], torch.Tensor]] = field(default_factory=list)
 
@@ -48,6 +51,8 @@ class SamplingParams:
             (isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens", "an integer >= 1", self.max_tokens),
             (self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20),
              "logprobs", "None or an integer in [0, 20]", self.logprobs),
+            (self.prompt_logprobs is None or (isinstance(self.prompt_logprobs, int) and 0 <= self.prompt_logprobs <= 20),
+             "prompt_logprobs", "None or an integer in [0, 20]", self.prompt_logprobs),
             (self.seed is None or (isinstance(self.seed, int) and SEED_MIN <= self.seed <= SEED_MAX),
              "seed", f"None or an integer in [{SEED_MIN}, {SEED_MAX}] (signed 64-bit)", self.seed),
         ]

@@ -25,6 +25,8 @@ class Sequence:
         self.prompt_ids = list(prompt_ids)
         self.output_ids: list[int] = []
         self.logprobs: list[TokenLogprobs | None] = []
+        # params.prompt_logprobs: entry j is prompt token j's log-probability given those before (None for the first)
+        self.prompt_logprobs: list[TokenLogprobs | None] | None = [None] if params.prompt_logprobs is not None else None
         self.params = params
         self.status = Status.WAITING
         self.slot: int | None = None
@@ -52,6 +54,12 @@ class Sequence:
     @property
     def is_finished(self) -> bool:
         return self.status == Status.FINISHED
+
+    @property
+    def wants_prompt_logits(self) -> bool:
+        """The next chunk predicts prompt tokens whose log-probabilities were asked for (and not yet taken)."""
+        return self.prompt_logprobs is not None and len(self.prompt_logprobs) < len(self.prompt_ids) and \
+            self.num_cached < len(self.prompt_ids) - 1
 
     def pending(self) -> list[int]:
         """Tokens not yet in the cache (the whole prompt at first, then the last sampled token)."""

@@ -45,6 +45,9 @@ class TurnGrammar:
     builtin_tools: list[str] = field(default_factory=list)
     final_schema: dict[str, Any] | None = None
     reasoning_max_tokens: int | None = None
+    # Tools of other namespaces (an MCP server's): recipient ``NS.TOOL`` -> JSON Schema of its arguments
+    # (None: any JSON object), called on the commentary channel like functions.
+    namespace_tools: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
     def lark(self) -> str:
         calls = self._calls()
@@ -55,7 +58,7 @@ class TurnGrammar:
         # Preambles are text for the user. A response format constrains all the text a client reads as the
         # answer (Chat Completions' content; every output_text the SDKs' parse() helpers read), so with one
         # the model reasons, then answers in the format or calls a tool, and writes no preamble.
-        has_tools = bool(self.functions or self.builtin_tools)
+        has_tools = bool(self.functions or self.builtin_tools or self.namespace_tools)
         pre = ["analysis"] + (["preamble"] if has_tools and self.final_schema is None else [])
         budget = f"[max_tokens={int(self.reasoning_max_tokens)}]" if self.reasoning_max_tokens else ""
         lines = [
@@ -80,7 +83,8 @@ class TurnGrammar:
                 raise ValueError(f"tool_choice names function {self.tool_choice!r}, which is not among the tools")
             names = [self.tool_choice]
             return [_rule_name("fn", n) for n in names]
-        return [_rule_name("fn", n) for n in names] + [_rule_name("bt", n) for n in self.builtin_tools]
+        return ([_rule_name("fn", n) for n in names] + [_rule_name("bt", n) for n in self.builtin_tools]
+                + [_rule_name("ns", n) for n in self.namespace_tools])
 
     def _call_rules(self) -> list[str]:
         rules = []
@@ -91,6 +95,13 @@ class TurnGrammar:
             rules.append(
                 f'{_rule_name("fn", name)}: <|channel|> "commentary to=functions.{name} " <|constrain|> "json" '
                 f"<|message|> %json {_dump(args)} <|call|>"
+            )
+        for recipient, schema in self.namespace_tools.items():
+            if not _NAME.match(recipient):
+                raise ValueError(f"tool name {recipient!r} may hold only letters, digits, '_', '.' and '-'")
+            rules.append(
+                f'{_rule_name("ns", recipient)}: <|channel|> "commentary to={recipient} " <|constrain|> "json" '
+                f"<|message|> %json {_dump(schema or {'type': 'object'})} <|call|>"
             )
         for recipient in self.builtin_tools:
             channel, ctype = BUILTIN_TOOL_HEADERS[recipient]

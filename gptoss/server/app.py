@@ -39,6 +39,11 @@ class ServerConfig:
     toolbox: Any = None  # gptoss.tools.Toolbox: templates of the built-in tools (web_search, code_interpreter)
     guard: Any = None  # gptoss.guard.GuardSettings: the policy guard (input/output checks, /v1/moderations)
     reasoning: str = "visible"  # what clients see of the analysis channel: visible | hidden
+    # max_tokens beyond what the context leaves: clamped to it (as vLLM and the reference server do), or with
+    # strict_max_tokens a 400 (as OpenAI answers).
+    strict_max_tokens: bool = False
+    # MCP servers the operator trusts (--mcp NAME=URL): a Responses "mcp" tool may name only these
+    mcp_servers: dict[str, str] = field(default_factory=dict)
 
 
 OPEN_PATHS = frozenset({"/health"})
@@ -115,16 +120,18 @@ class ServerState:
                            param=field_name, code="context_length_exceeded")
 
     def check_length(self, prompt_len: int, max_tokens: int | None, field_name: str) -> int:
-        """Returns the tokens to generate; a prompt (plus the requested tokens) beyond the context is a 400."""
+        """Returns the tokens to generate: ``max_tokens``, or what the context leaves when that is less
+        (``strict_max_tokens``: a 400 then). A prompt that leaves no room at all is a 400."""
         room = self.max_model_len - prompt_len
-        if room <= 0 or (max_tokens is not None and max_tokens > room):
+        over = max_tokens is not None and max_tokens > room
+        if room <= 0 or (over and self.config.strict_max_tokens):
             wanted = prompt_len + (max_tokens or 0)
             raise APIError(
                 400,
                 f"this model's maximum context length is {self.max_model_len} tokens; the request needs {wanted} "
                 f"({prompt_len} in the prompt, {max_tokens or 0} to generate). Shorten the messages or lower {field_name}.",
-                param=field_name if max_tokens else "messages", code="context_length_exceeded")
-        return max_tokens if max_tokens is not None else room
+                param=field_name if room > 0 else "messages", code="context_length_exceeded")
+        return room if max_tokens is None or over else max_tokens
 
 
 class BodyLimit:
@@ -221,9 +228,10 @@ def create_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         data = [Model(id=n, created=state.started, object="model", owned_by="gptoss").model_dump() for n in names]
         return {"object": "list", "data": data}
 
-    from gptoss.server import chat_completions, moderations, responses
+    from gptoss.server import chat_completions, completions, moderations, responses
 
     chat_completions.register(app, state)
+    completions.register(app, state)
     responses.register(app, state)
     moderations.register(app, state)
 

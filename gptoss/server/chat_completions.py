@@ -158,7 +158,8 @@ def _tool_calls(c: Completion) -> list[ChatCompletionMessageFunctionToolCall] | 
 
 def _choice(tok, c: Completion, logprobs: bool) -> Choice:
     message = ChatCompletionMessage(role="assistant", content=c.content if (c.content or not c.tool_calls) else None,
-                                    tool_calls=_tool_calls(c), reasoning_content=c.decoder.reasoning or None)
+                                    tool_calls=_tool_calls(c), reasoning_content=c.decoder.reasoning or None,
+                                    reasoning=c.decoder.reasoning or None)  # the name Ollama, vLLM and gpt-oss's own clients read
     lp = ChoiceLogprobs(content=_token_logprobs(tok, c.content_logprobs)) if logprobs else None
     return Choice(index=c.index, finish_reason=c.api_finish_reason(), message=message, logprobs=lp)
 
@@ -232,7 +233,7 @@ async def _stream(state, rid, created, body, runs, prompt_len, include_usage, gu
 
 def _delta_choice(tok, comp: Completion, d, logprobs: bool) -> ChunkChoice:
     if d.kind == "reasoning":
-        delta = ChoiceDelta(reasoning_content=d.text)
+        delta = ChoiceDelta(reasoning_content=d.text, reasoning=d.text)
     elif d.kind == "content":
         delta = ChoiceDelta(content=d.text)
     elif d.kind == "tool_call":

@@ -133,10 +133,11 @@ class ChatGuard:
 
 def _drop_reasoning(message) -> None:
     extra = getattr(message, "__pydantic_extra__", None)
-    if extra is not None:
-        extra.pop("reasoning_content", None)
-    if "reasoning_content" in type(message).model_fields:
-        message.reasoning_content = None
+    for name in ("reasoning_content", "reasoning"):  # the two names clients read the analysis channel under
+        if extra is not None:
+            extra.pop(name, None)
+        if name in type(message).model_fields:
+            setattr(message, name, None)
 
 
 def chat_blocked(rid: str, created: int, model: str, n: int, prompt_tokens: int, decision: Decision, stream: bool,

@@ -81,6 +81,16 @@ from openai.types.responses import (
     ResponseWebSearchCallInProgressEvent,
     ResponseWebSearchCallSearchingEvent,
 )
+from openai.types.responses import (
+    ResponseMcpCallArgumentsDeltaEvent,
+    ResponseMcpCallArgumentsDoneEvent,
+    ResponseMcpCallCompletedEvent,
+    ResponseMcpCallFailedEvent,
+    ResponseMcpCallInProgressEvent,
+    ResponseMcpListToolsCompletedEvent,
+    ResponseMcpListToolsInProgressEvent,
+)
+from openai.types.responses.response_output_item import McpCall, McpListTools, McpListToolsTool
 from openai.types.responses.response_content_part_added_event import PartReasoningText
 from openai.types.responses.response_content_part_done_event import PartReasoningText as DonePartReasoningText
 from openai.types.responses.response_reasoning_item import Content as ReasoningContent
@@ -95,6 +105,8 @@ from gptoss.conversation.openai_responses import (
     ItemEvent,
     OutputItem,
     TurnItems,
+    McpRequest,
+    mcp_requests,
     namespaces,
     normalize_input,
     responses_grammar,
@@ -146,7 +158,8 @@ def register(app, state) -> None:
         texts = [body.input] if isinstance(body.input, str) else list(message_texts(body.input))
         state.check_text_size(texts + [body.instructions or ""], "input")
         owner = key_owner(request)
-        turn = await run_in_threadpool(_prepare, state, store, body, owner)  # rendering and tokenizing: off the loop
+        mcp = await _offer_mcp(state, body)  # listed from the servers before the prompt is rendered
+        turn = await run_in_threadpool(_prepare, state, store, body, owner, mcp)  # rendering and tokenizing: off the loop
         if body.store:
             store.claim(turn.id, owner)
         events = _recorded(store, turn, guard_response_events(state, store, turn, _events(state, store, turn)))
@@ -268,11 +281,17 @@ class _Turn:
     seq: itertools.count = field(default_factory=itertools.count)
     live_tools: Any = None  # this response's own built-in tools while it runs (the browser's pages: citations)
     namespaces: set[str] = field(default_factory=set)  # of namespace tools: their functions are NAMESPACE.NAME
+    mcp: list[Any] = field(default_factory=list)  # gptoss.tools.mcp.McpTool: the MCP servers offered, their tools
+
+    def namespace_tools(self) -> dict[str, dict | None]:
+        from gptoss.harmony.grammar import closed_schema
+
+        return {r: closed_schema(s) for tool in self.mcp for r, s in tool.recipients().items()}
 
     @property
     def tool_choice(self) -> Any:
         choice = self.body.tool_choice if self.body.tool_choice is not None else "auto"
-        if isinstance(choice, dict) and choice.get("type") in ("web_search", "web_search_2025_08_26"):
+        if isinstance(choice, dict) and choice.get("type") in ("web_search", "web_search_2025_08_26", "browser_search"):
             return {"type": "web_search_preview"}  # how the SDK's ToolChoiceTypes spells a forced web search
         return choice
 
@@ -303,14 +322,66 @@ class _Turn:
         """The Lark grammar of the assistant turn after ``calls`` built-in tool calls ran."""
         builtins = self.builtins if calls < self.max_tool_calls else []
         g = responses_grammar(self.persona, self.functions, builtins, self.body.tool_choice,
-                              text_format(self.body.text), first_turn=calls == 0)
+                              text_format(self.body.text), first_turn=calls == 0,
+                              namespace_tools=self.namespace_tools() if calls < self.max_tool_calls else None)
         try:
             return g.lark()
         except ValueError as exc:
             raise ConversationError(str(exc), "tool_choice") from None
 
 
-def _prepare(state, store: ResponseStore, body: ResponsesRequest, owner: str | None = None) -> _Turn:
+def _effort(body: ResponsesRequest) -> str | None:
+    """``reasoning.effort``, or the top-level ``reasoning_effort`` (how Chat Completions and the reference
+    gpt-oss server spell it); both given and different is a 400 rather than a silent choice."""
+    nested = body.reasoning.effort if body.reasoning else None
+    if nested and body.reasoning_effort and nested != body.reasoning_effort:
+        raise APIError(400, f"reasoning_effort: {body.reasoning_effort!r} disagrees with reasoning.effort {nested!r}; "
+                            "send one of them", param="reasoning_effort")
+    return nested or body.reasoning_effort
+
+
+async def _offer_mcp(state, body: ResponsesRequest) -> list[Any]:
+    """The ``mcp`` tools of a request as :class:`~gptoss.tools.mcp.McpTool` s: each must name a server the
+    operator declared (``--mcp NAME=URL``; a ``server_url`` other than the declared one is refused, so no
+    client can make this server connect anywhere), its tools listed from it and filtered by ``allowed_tools``."""
+    tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
+    if not any(t.get("type") == "mcp" for t in tools):
+        return []
+    state.check_model(body.model)  # before any server is reached
+    try:
+        wanted: list[McpRequest] = mcp_requests(tools)
+    except ConversationError as exc:
+        raise APIError(400, str(exc), param=exc.param) from None
+    if not wanted:
+        return []
+    from gptoss.tools.mcp import McpError, McpTool, list_mcp_tools
+
+    declared = getattr(state.config, "mcp_servers", {}) or {}
+    offered = []
+    for req in wanted:
+        where = f"tools[{req.index}]"
+        url = declared.get(req.server_label)
+        if url is None:
+            names = ", ".join(sorted(declared)) or "none"
+            raise APIError(400, f"{where}.server_label: {req.server_label!r} is not an MCP server this server trusts "
+                                f"(declared with gptoss serve --mcp NAME=URL: {names})", param=f"{where}.server_label",
+                           code="unsupported_tool")
+        if req.server_url is not None and req.server_url.rstrip("/") != url.rstrip("/"):
+            raise APIError(400, f"{where}.server_url: only the URL the operator declared for {req.server_label!r} "
+                                "may be used; leave server_url out", param=f"{where}.server_url",
+                           code="unsupported_tool")
+        try:
+            listed = await list_mcp_tools(req.server_label, url)
+        except McpError as exc:
+            raise APIError(502, str(exc), type="server_error", param=f"{where}.server_label") from None
+        if req.allowed_tools is not None:
+            listed = [t for t in listed if t.name in set(req.allowed_tools)]
+        offered.append(McpTool(req.server_label, url, listed))
+    return offered
+
+
+def _prepare(state, store: ResponseStore, body: ResponsesRequest, owner: str | None = None,
+             mcp: list[Any] = ()) -> _Turn:
     state.check_model(body.model)
     tok = state.tokenizer
     persona = state.config.persona
@@ -335,15 +406,18 @@ def _prepare(state, store: ResponseStore, body: ResponsesRequest, owner: str | N
             kind = tools[i].get("type")
             raise APIError(400, f"tools[{i}].type: this server has no {name} tool for {kind} (start the server "
                                 f"with the {name} tool enabled)", param=f"tools[{i}].type", code="unsupported_tool")
-    effort = (body.reasoning.effort if body.reasoning else None) or persona.default_effort
+    effort = _effort(body) or persona.default_effort
     items = previous + new_items
     prompt = responses_prompt(persona, items, body.instructions, functions, effort, first_new=len(previous),
-                              builtin_tools=builtins, response_format=text_format(body.text))
+                              builtin_tools=builtins, response_format=text_format(body.text),
+                              namespaces=[t.namespace() for t in mcp])
     echo = [t if t.get("type") != "code_interpreter" else {"container": {"type": "auto"}} | t for t in tools]
+    # browser_search (the reference server's name) is echoed as the SDK's own type for the same tool
+    echo = [t if t.get("type") != "browser_search" else {"type": "web_search"} for t in echo]
     turn = _Turn(body=body, id="resp_" + secrets.token_hex(24), created=int(time.time()), effort=effort, items=items,
                  tools=echo, prompt=prompt, functions=function_tools(functions), builtins=builtins,
                  toolbox=templates if builtins else None, max_tokens=body.max_output_tokens, persona=persona,
-                 namespaces=namespaces(tools))
+                 namespaces=namespaces(tools), mcp=list(mcp))
     turn.grammar(0)  # a bad tool_choice or text.format is a 400 before anything runs
     try:
         turn.response("in_progress", [])
@@ -380,13 +454,20 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
     items: list[OutputItem] = []
     totals = _Totals()
     toolbox = loop = None
-    if turn.toolbox is not None:  # built-in tools: fresh ones for this response, run by the tool loop
+    if turn.toolbox is not None or turn.mcp:  # built-in tools: fresh ones for this response, run by the tool loop
         from gptoss.conversation.tool_loop import ToolCallStarted, ToolLoop
         from gptoss.tools.base import Toolbox
 
-        toolbox = Toolbox(turn.toolbox.get(n).new_conversation() for n in turn.builtins)
+        toolbox = Toolbox([turn.toolbox.get(n).new_conversation() for n in turn.builtins if turn.toolbox is not None]
+                          + [t.new_conversation() for t in turn.mcp])
         loop = ToolLoop(toolbox, max_tool_calls=turn.max_tool_calls)
         turn.live_tools = toolbox
+    for tool in turn.mcp:  # the tools offered from each MCP server, first in the output (as OpenAI lists them)
+        listed = OutputItem("mcp_list_tools", "mcpl_" + secrets.token_hex(16), len(items), name=tool.label,
+                            done=True, complete=True)
+        items.append(listed)
+        for out in _mcp_listed_events(listed, seq, turn):
+            yield out
     messages = list(turn.prompt.messages)
     calls = 0
     truncated = False  # max_output_tokens (or the context) ended the response before the model did
@@ -407,7 +488,7 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
                 logits_processors=[constraint],
             )
             state.metrics.prompt_tokens.inc(len(prompt_ids))
-            cutter = TurnItems(items)
+            cutter = TurnItems(items, mcp_labels={t.label for t in turn.mcp})
             comp = None
             async for comp, _ in run_completion(state.engine, tok, prompt_ids, prefix_len, params):
                 for ev in cutter.update(comp.decoder.parser):
@@ -433,11 +514,14 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
                     last.status = ev.status
                     last.action = ev.metadata.get("action", last.action)
                     outputs = ev.metadata.get("outputs")
+                    last.output, last.error = ev.metadata.get("output"), ev.metadata.get("error")
                     answer = ev.messages
             guarded = await guard_tool_messages(state, turn.id, answer)  # --guard-checks tools
             if guarded != answer:  # the client sees what the model reads: the withheld notice, not the result
                 outputs = [{"type": "logs", "logs": "\n".join(m.text for m in guarded if isinstance(m.text, str))}]
             last.outputs, answer = outputs, guarded
+            if last.kind == "mcp_call" and last.error is None:  # what the model read (a withheld notice, if so)
+                last.output = "\n".join(m.text for m in answer)
             last.harmony = [call.message] + answer
             for out in _builtin_done(last, seq, turn):
                 yield out
@@ -561,6 +645,8 @@ def _status(item: OutputItem) -> str:
     if item.builtin:
         if item.status is not None:
             return item.status
+        if item.kind == "mcp_call":
+            return "calling" if item.complete else "incomplete"
         return "interpreting" if item.kind == "code_interpreter_call" and item.complete else (
             "searching" if item.complete else "incomplete")
     return "completed" if item.complete else "incomplete"
@@ -595,6 +681,17 @@ def _sdk_item(item: OutputItem, turn: _Turn, status: str | None = None) -> BaseM
     if item.kind == "web_search_call":
         return ResponseFunctionWebSearch(id=item.id, type="web_search_call", action=_web_action(item),
                                          status=status)
+    if item.kind == "mcp_call":
+        label, _, name = (item.name or "").partition(".")
+        mcp_status = {"completed": "completed", "failed": "failed", "incomplete": "incomplete"}.get(status, status)
+        return McpCall(id=item.id, type="mcp_call", server_label=label, name=name,
+                       arguments=item.text if item.done else "", output=item.output, error=item.error,
+                       status=mcp_status)
+    if item.kind == "mcp_list_tools":
+        tool = next(t for t in turn.mcp if t.label == item.name)
+        return McpListTools(id=item.id, type="mcp_list_tools", server_label=tool.label, tools=[
+            McpListToolsTool(name=t.name, description=t.description, input_schema=t.input_schema or {"type": "object"},
+                             annotations=t.annotations) for t in tool.tools])
     content = [_output_text(item)] if item.done else []
     return ResponseOutputMessage(id=item.id, type="message", role="assistant", status=status, content=content,
                                  phase=item.phase)
@@ -611,6 +708,11 @@ def _builtin_done(item: OutputItem, seq: itertools.count, turn: _Turn) -> list[B
     if item.kind == "code_interpreter_call":
         first: BaseModel = ResponseCodeInterpreterCallCompletedEvent(type="response.code_interpreter_call.completed",
                                                                      **at, sequence_number=next(seq))
+    elif item.kind == "mcp_call":
+        if item.status == "completed":
+            first = ResponseMcpCallCompletedEvent(type="response.mcp_call.completed", **at, sequence_number=next(seq))
+        else:
+            first = ResponseMcpCallFailedEvent(type="response.mcp_call.failed", **at, sequence_number=next(seq))
     else:
         first = ResponseWebSearchCallCompletedEvent(type="response.web_search_call.completed", **at,
                                                     sequence_number=next(seq))
@@ -638,6 +740,9 @@ def _item_events(ev: ItemEvent, seq: itertools.count, turn: _Turn) -> list[BaseM
         elif item.kind == "web_search_call":
             out.append(ResponseWebSearchCallInProgressEvent(type="response.web_search_call.in_progress", **at,
                                                             sequence_number=next(seq)))
+        elif item.kind == "mcp_call":
+            out.append(ResponseMcpCallInProgressEvent(type="response.mcp_call.in_progress", **at,
+                                                      sequence_number=next(seq)))
         return out
     if ev.kind == "delta":
         if item.kind == "reasoning":
@@ -651,6 +756,9 @@ def _item_events(ev: ItemEvent, seq: itertools.count, turn: _Turn) -> list[BaseM
                                                               delta=ev.text, sequence_number=next(seq))]
         if item.kind == "web_search_call":
             return []  # the search arguments are not streamed; the action comes with the item
+        if item.kind == "mcp_call":
+            return [ResponseMcpCallArgumentsDeltaEvent(type="response.mcp_call_arguments.delta", **at, delta=ev.text,
+                                                       sequence_number=next(seq))]
         return [ResponseTextDeltaEvent(type="response.output_text.delta", content_index=0, **at, delta=ev.text,
                                        logprobs=[], sequence_number=next(seq))]
     # done
@@ -679,6 +787,10 @@ def _item_events(ev: ItemEvent, seq: itertools.count, turn: _Turn) -> list[BaseM
         if item.complete:
             return [ResponseWebSearchCallSearchingEvent(type="response.web_search_call.searching", **at,
                                                         sequence_number=next(seq))]
+    elif item.kind == "mcp_call":
+        if item.complete:  # it runs next; completed (or failed) and output_item.done follow (_builtin_done)
+            return [ResponseMcpCallArgumentsDoneEvent(type="response.mcp_call_arguments.done", **at,
+                                                      arguments=item.text, sequence_number=next(seq))]
     else:
         # Browser citations in the answer become url_citation annotations over their 【cursor†Lx-Ly】 spans
         # (the text stays as streamed).
@@ -694,3 +806,17 @@ def _item_events(ev: ItemEvent, seq: itertools.count, turn: _Turn) -> list[BaseM
     out.append(ResponseOutputItemDoneEvent(type="response.output_item.done", output_index=item.index,
                                            item=_sdk_item(item, turn), sequence_number=next(seq)))
     return out
+
+
+def _mcp_listed_events(item: OutputItem, seq: itertools.count, turn: _Turn) -> list[BaseModel]:
+    """An mcp_list_tools item: added, in_progress, completed, done (the listing ran before the response began)."""
+    at = {"item_id": item.id, "output_index": item.index}
+    sdk = _sdk_item(item, turn)
+    return [ResponseOutputItemAddedEvent(type="response.output_item.added", output_index=item.index, item=sdk,
+                                         sequence_number=next(seq)),
+            ResponseMcpListToolsInProgressEvent(type="response.mcp_list_tools.in_progress", **at,
+                                                sequence_number=next(seq)),
+            ResponseMcpListToolsCompletedEvent(type="response.mcp_list_tools.completed", **at,
+                                               sequence_number=next(seq)),
+            ResponseOutputItemDoneEvent(type="response.output_item.done", output_index=item.index, item=sdk,
+                                        sequence_number=next(seq))]

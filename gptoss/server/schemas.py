@@ -97,6 +97,7 @@ class ResponsesRequest(_Lenient):
     input: str | list[Any]  # items are checked one by one (conversation/openai_responses.py), naming the bad one
     instructions: str | None = None
     reasoning: ReasoningIn | None = None
+    reasoning_effort: Literal["low", "medium", "high"] | None = None  # as the reference gpt-oss server accepts it
     tools: list[ResponseToolIn] | None = None
     tool_choice: str | dict[str, Any] | None = None
     max_output_tokens: int | None = Field(default=None, ge=1)
@@ -111,3 +112,26 @@ class ResponsesRequest(_Lenient):
     metadata: dict[str, Any] | None = None
     seed: int | None = SEED
     top_logprobs: int | None = Field(default=None, ge=0, le=20)  # accepted (in range); log-probabilities are not returned here
+
+
+class CompletionRequest(_Lenient):
+    """The legacy ``POST /v1/completions`` (raw text continuation, as vLLM, llama.cpp and Ollama serve it)."""
+
+    model: str
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(default=16, ge=0)  # OpenAI's default; 0 with echo scores the prompt alone
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=16)
+    stop: str | list[str] | None = None
+    seed: int | None = SEED
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    suffix: str | None = None  # not supported: a 400 when given
+    best_of: int | None = Field(default=None, ge=1)  # only best_of == n (or unset) is supported
+    frequency_penalty: float | None = PENALTY  # accepted (in range) and not applied
+    presence_penalty: float | None = PENALTY  # accepted (in range) and not applied
+    logit_bias: dict[str, float] | None = None  # accepted and not applied
+    user: str | None = None

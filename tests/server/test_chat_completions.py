@@ -59,6 +59,9 @@ def test_streamed_equals_not_streamed(client):
     reasoning = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices)
     assert content == (whole.choices[0].message.content or "")
     assert reasoning == (getattr(whole.choices[0].message, "reasoning_content", None) or "")
+    # `reasoning` (the name Ollama, vLLM and gpt-oss's own samplers read) carries the same text
+    assert "".join(getattr(c.choices[0].delta, "reasoning", None) or "" for c in chunks if c.choices) == reasoning
+    assert (getattr(whole.choices[0].message, "reasoning", None) or "") == reasoning
     finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finals == [whole.choices[0].finish_reason]
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
@@ -131,11 +134,23 @@ def test_reasoning_is_separate_from_content(client):
         r = ask(client, seed=seed, max_tokens=20)
         m = r.choices[0].message
         reasoning = getattr(m, "reasoning_content", None)
+        assert getattr(m, "reasoning", None) == reasoning  # both names, the same text
         if reasoning:
             seen += 1
             assert r.usage.completion_tokens_details.reasoning_tokens > 0
         assert "<|channel|>" not in (m.content or "") and "analysis" not in (m.content or "")[:9]
     assert seen, "with a reasoning budget some random turns must reason first"
+
+
+@pytest.mark.parametrize("name", ["reasoning_content", "reasoning"])
+def test_assistant_reasoning_is_accepted_under_either_name(server, name):
+    body = {"model": MODEL, "messages": [
+        {"role": "user", "content": "Weather in Lima?"},
+        {"role": "assistant", name: "The user wants Lima.", "content": None,
+         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"}], "tools": [WEATHER]}
+    prompt = httpx.post(server + "/tokenize", json=body).json()["prompt"]
+    assert "<|channel|>analysis<|message|>The user wants Lima.<|end|>" in prompt
 
 
 def test_json_schema_response_format(client, server):
@@ -213,3 +228,19 @@ def test_metrics_and_models(server, client):
                  "gptoss_time_to_first_token_seconds_bucket", "gptoss_time_per_output_token_seconds_bucket"):
         assert name in text
     assert MODEL in [m.id for m in client.models.list().data]
+
+
+def test_hidden_reasoning_hides_it_under_both_names(tiny_llm):
+    with serve(tiny_llm(max_batch=1), persona=ServerPersona(reasoning_max_tokens=6), reasoning="hidden") as base:
+        c = OpenAI(base_url=base + "/v1", api_key="unused")
+        reasoned = None
+        for seed in range(6):
+            r = ask(c, seed=seed, max_tokens=12)
+            assert not {"reasoning", "reasoning_content"} & set(r.choices[0].message.model_extra or {})
+            if r.usage.completion_tokens_details.reasoning_tokens:
+                reasoned = seed
+                break
+        assert reasoned is not None, "some random turns reason first: there is something to hide"
+        chunks = list(ask(c, seed=reasoned, max_tokens=12, stream=True))
+        assert not any({"reasoning", "reasoning_content"} & set(ch.choices[0].delta.model_extra or {})
+                       for ch in chunks if ch.choices)

@@ -42,7 +42,7 @@ CASES = {
     "image content part": ("POST", URL, body(messages=[{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "http://127.0.0.1/x.png"}}]}]), None),
     '`model: "gpt-5"`': ("POST", URL, body(model="gpt-5"), None),
-    "prompt plus `max_tokens` beyond the context": ("POST", URL, body(max_tokens=5000), None),
+    "prompt alone beyond the context": ("POST", URL, body(messages=[{"role": "user", "content": "word " * 2500}]), None),
     "tool whose `parameters` is not a valid JSON Schema": ("POST", URL, body(tools=[{"type": "function", "function": {
         "name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "strin"}}}}}]), None),
     "`tool_choice` naming an undeclared function": ("POST", URL, body(tools=[TOOL], tool_choice={

@@ -600,3 +600,26 @@ def test_closing_a_responses_tools_survives_the_cancellation_that_ended_it():
         return tools.closed
 
     assert asyncio.run(main())
+
+
+def test_browser_search_is_the_browser_under_the_reference_servers_name(client, toolbox, forced_turns):
+    forced_turns([SEARCH_CALL, ANSWER])
+    r = create(client, input="How many channels?", max_output_tokens=200, tools=[{"type": "browser_search"}],
+               tool_choice={"type": "browser_search"})
+    assert [o.type for o in r.output] == ["web_search_call", "message"]
+    assert r.output[0].status == "completed" and r.output[0].action.query == "harmony channels"
+    assert r.tools[0].type == "web_search" and r.tool_choice.type == "web_search_preview"  # the SDK's own types
+
+
+def test_top_level_reasoning_effort_is_honoured(client, monkeypatch):
+    from gptoss.server import responses
+
+    seen = []
+    real = responses.responses_prompt
+    monkeypatch.setattr(responses, "responses_prompt", lambda *a, **kw: (seen.append(a[4]), real(*a, **kw))[1])
+    r = client.responses.create(model=MODEL, input="Hi", max_output_tokens=1, extra_body={"reasoning_effort": "high"})
+    assert r.reasoning.effort == "high" and seen == ["high"]
+    r = create(client, max_output_tokens=1, reasoning={"effort": "low"}, extra_body={"reasoning_effort": "low"})
+    assert r.reasoning.effort == "low"
+    with pytest.raises(openai.BadRequestError, match="reasoning_effort: 'high' disagrees with reasoning.effort 'low'"):
+        create(client, reasoning={"effort": "low"}, extra_body={"reasoning_effort": "high"})

@@ -35,6 +35,10 @@ def add_parser(sub) -> None:
                    help="seconds a stored response is kept (default 30 days; 0: forever)")
     p.add_argument("--tools", default="", help="built-in tools the Responses API may run: browser,python")
     p.add_argument("--corpus", default=None, help="folder of documents the browser searches (indexed on start)")
+    p.add_argument("--browser-allow-hosts", default=None, metavar="LIST",
+                   help="hosts the browser may open although they are not public (it refuses loopback, private and "
+                        "link-local addresses): comma-separated names (*.corp.example), addresses or networks "
+                        "(10.0.0.0/8), each optionally :PORT (default: GPTOSS_BROWSER_ALLOW_HOSTS)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug", "trace"],
                    help="uvicorn's log level")
     add_guard_args(p)
@@ -86,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tools:  # checked before the (slow) model load
         from gptoss.tools import make_toolbox
 
-        toolbox = make_toolbox(args.tools, corpus=args.corpus)
+        toolbox = make_toolbox(args.tools, corpus=args.corpus, browser_allow_hosts=args.browser_allow_hosts)
     cache = os.environ.get("GPTOSS_CACHE") or os.path.expanduser("~/.cache/gptoss")
     guard = guard_settings(args, cache)  # policies read before the (slow) model load
     sock = listen(args.host, args.port)  # a busy port fails here, in one line, before the model loads

@@ -12,6 +12,7 @@ import pytest
 from gptoss.harmony import Message, Role
 from gptoss.tools.base import ToolCall, ToolError
 from gptoss.tools.browser import BrowserTool, CombinedBackend, LocalCorpus, SearxngSearch, WebBackend, find_page, render
+from gptoss.tools.browser.egress import EgressPolicy
 from gptoss.tools.browser.page import Page, html_to_page
 
 PANDA_HTML = """<html><head><title>Giant Panda</title><script>var tracking = 1;</script></head><body>
@@ -252,8 +253,13 @@ def web_server(tmp_path):
     server.server_close()
 
 
+def allowing(base_url: str) -> EgressPolicy:
+    """The operator's allow-list opened for one loopback test server (loopback is refused by default)."""
+    return EgressPolicy.from_spec(base_url.split("//", 1)[1])
+
+
 def test_open_a_page_served_over_http(web_server):
-    browser = BrowserTool(WebBackend())
+    browser = BrowserTool(WebBackend(policy=allowing(web_server)))
     r = run(browser, "browser.open", {"id": f"{web_server}/panda.html"})
     assert r.status == "completed"
     assert r.output.startswith(f"[0] Pandas on the web ({web_server}/panda.html)\n**viewing lines [0 - ")
@@ -278,7 +284,7 @@ def test_open_a_page_served_over_http(web_server):
 
 
 def test_search_through_a_searxng_instance(web_server):
-    browser = BrowserTool(WebBackend(SearxngSearch(web_server)))
+    browser = BrowserTool(WebBackend(SearxngSearch(web_server), policy=allowing(web_server)))
     r = run(browser, "browser.search", {"query": "panda food"})
     assert r.output.startswith("[0] panda food\n**viewing lines [0 - 3] of 3**\n\nL0: # Search Results")
     host = web_server.split("//")[1]
@@ -300,7 +306,7 @@ def test_web_search_without_a_provider_says_how_to_configure_one(monkeypatch):
 
 
 def test_corpus_and_web_together(corpus, web_server):
-    browser = BrowserTool(CombinedBackend([corpus, WebBackend()]))
+    browser = BrowserTool(CombinedBackend([corpus, WebBackend(policy=allowing(web_server))]))
     r = run(browser, "browser.search", {"query": "bamboo"})
     assert r.output.startswith("[0] bamboo")
     r = run(browser, "browser.open", {"id": f"{web_server}/diet.html"})

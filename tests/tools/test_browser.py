@@ -316,3 +316,33 @@ def test_corpus_and_web_together(corpus, web_server):
 def test_missing_corpus_folder_is_a_clear_error(tmp_path):
     with pytest.raises(ToolError, match="not a folder"):
         LocalCorpus(tmp_path / "nope")
+
+
+def test_the_corpus_never_opens_what_its_index_skips(corpus, corpus_dir, tmp_path):
+    (corpus_dir / ".env").write_text("API_KEY=hunter2")
+    (corpus_dir / "id_rsa.key").write_text("-----BEGIN PRIVATE KEY-----")
+    (corpus_dir / ".ssh").mkdir()
+    (corpus_dir / ".ssh" / "notes.md").write_text("# ssh notes")
+    (corpus_dir / "alias.md").symlink_to(corpus_dir / ".env")  # a document name in front of a hidden file
+    browser = BrowserTool(corpus)
+    for target in (".env", "id_rsa.key", ".ssh/notes.md", ".hidden.md", "image.png", "alias.md"):
+        for url in (f"file://{corpus_dir / target}", target):
+            r = run(browser, "browser.open", {"id": url})
+            assert r.status == "failed" and "hunter2" not in r.output and "PRIVATE" not in r.output, (url, r.output)
+    assert run(browser, "browser.open", {"id": "bamboo.md"}).status == "completed"
+
+
+def test_a_symlink_out_of_the_corpus_is_skipped_and_search_still_works(corpus, corpus_dir, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.md").write_text("# Secret\n\nThe giant panda vault code is 4242.")
+    (corpus_dir / "linked.md").symlink_to(outside / "secret.md")
+    (corpus_dir / "linked-folder").symlink_to(outside, target_is_directory=True)
+    stats = corpus.index()
+    assert stats.documents == 4 and not stats.skipped
+    browser = BrowserTool(corpus)
+    r = run(browser, "browser.search", {"query": "giant panda vault code"})
+    assert r.status == "completed" and "4242" not in r.output and "Giant panda" in r.output
+    for url in ("linked.md", "linked-folder/secret.md", f"file://{outside / 'secret.md'}"):
+        r = run(browser, "browser.open", {"id": url})
+        assert r.status == "failed" and "4242" not in r.output

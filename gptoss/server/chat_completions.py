@@ -69,6 +69,7 @@ def register(app, state) -> None:
             raise APIError(400, f"stop: at most 4 stop sequences, found {len(stops)}", param="stop")
         if body.top_logprobs is not None and not body.logprobs:
             raise APIError(400, "top_logprobs: requires logprobs to be true", param="top_logprobs")
+        logit_bias = parse_logit_bias(body.logit_bias, tok.vocab_size)
         # Compiling the turn grammar (large tool schemas: seconds) runs off the event loop, like tokenizing.
         lark = await run_in_threadpool(grammar.lark)
         constraints = await run_in_threadpool(lambda: [GrammarConstraint(tok, lark) for _ in range(body.n)])
@@ -79,7 +80,7 @@ def register(app, state) -> None:
                 seed=offset_seed(body.seed, i),
                 stop_token_ids=stop_tokens_for_assistant_actions(tok),
                 logprobs=(body.top_logprobs or 0) if body.logprobs else None,
-                logits_processors=[constraints[i]],
+                logits_processors=[constraints[i]], logit_bias=logit_bias,
             )
 
         rid = "chatcmpl-" + secrets.token_hex(12)
@@ -122,6 +123,28 @@ def register(app, state) -> None:
         for choice in out["choices"]:
             choice["message"].setdefault("content", None)  # a tool-call message says content: null, as OpenAI's do
         return out
+
+
+def parse_logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, float]:
+    """``logit_bias`` as OpenAI takes it: at most 300 token ids (in the vocabulary) each with a bias in
+    [-100, 100], added to that token's logit (the turn grammar still decides what may be sampled)."""
+    from gptoss.engine.sampling import LOGIT_BIAS_LIMIT, LOGIT_BIAS_MAX_ENTRIES
+
+    if not bias:
+        return {}
+    if len(bias) > LOGIT_BIAS_MAX_ENTRIES:
+        raise APIError(400, f"logit_bias: at most {LOGIT_BIAS_MAX_ENTRIES} entries, found {len(bias)}", param="logit_bias")
+    out = {}
+    for key, value in bias.items():
+        token = key.strip()
+        if not (token.isascii() and token.isdigit()) or int(token) >= vocab_size:
+            raise APIError(400, f"logit_bias: the key {key!r} is not a token id (an integer from 0 to {vocab_size - 1})",
+                           param="logit_bias")
+        if not -LOGIT_BIAS_LIMIT <= value <= LOGIT_BIAS_LIMIT:
+            raise APIError(400, f"logit_bias: the bias of token {token} should be in [-100, 100], found {value}",
+                           param="logit_bias")
+        out[int(token)] = float(value)
+    return out
 
 
 async def _drain(run) -> Completion:

@@ -8,7 +8,7 @@ import secrets
 import time
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage, ChatCompletionTokenLogprob
 from openai.types.chat.chat_completion import Choice, ChoiceLogprobs
@@ -30,10 +30,10 @@ from gptoss.server.schemas import ChatCompletionRequest
 
 
 async def _prepare(state, body: ChatCompletionRequest):
-    """Render and tokenize the prompt off the event loop (a big prompt must not stall other requests),
-    after a size check that needs no tokenizing."""
-    state.check_text_size(message_texts(body.messages), "messages")
-    return await run_in_threadpool(_render, state, body)
+    """Render and tokenize the prompt, off the event loop when it is big (a big prompt must not stall other
+    requests), after a size check that needs no tokenizing. Returns (grammar, ids, shared prefix, characters)."""
+    chars = state.check_text_size(message_texts(body.messages), "messages")
+    return (*await state.off_loop(chars, _render, state, body), chars)
 
 
 def _render(state, body: ChatCompletionRequest):
@@ -53,14 +53,19 @@ def register(app, state) -> None:
     async def tokenize(body: ChatCompletionRequest):
         """The Harmony prompt a chat request renders to (to check formatting; nothing is generated)."""
         state.check_model(body.model)
-        _, prompt_ids, prefix_len = await _prepare(state, body)
-        return {"tokens": prompt_ids, "count": len(prompt_ids), "prompt": tok.decode(prompt_ids),
-                "shared_prefix_tokens": prefix_len, "max_model_len": state.max_model_len}
+        _, prompt_ids, prefix_len, chars = await _prepare(state, body)
+
+        def answer() -> bytes:  # decoding and encoding a big prompt's answer take as long as tokenizing it
+            return json.dumps({"tokens": prompt_ids, "count": len(prompt_ids), "prompt": tok.decode(prompt_ids),
+                               "shared_prefix_tokens": prefix_len, "max_model_len": state.max_model_len},
+                              separators=(",", ":")).encode()
+
+        return Response(await state.off_loop(chars, answer), media_type="application/json")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         state.check_model(body.model)
-        grammar, prompt_ids, prefix_len = await _prepare(state, body)
+        grammar, prompt_ids, prefix_len, _ = await _prepare(state, body)
         requested = body.max_completion_tokens or body.max_tokens
         max_tokens = state.check_length(len(prompt_ids), requested,
                                         "max_completion_tokens" if body.max_completion_tokens else "max_tokens")

@@ -24,7 +24,7 @@ class Site:
     """A loopback HTTP server answering from ``routes`` (path -> (status, headers, body)); it records the
     path and Host header of every request it gets."""
 
-    def __init__(self):
+    def __init__(self, tls=None):
         self.routes: dict[str, tuple[int, dict, bytes]] = {}
         self.seen: list[tuple[str, str]] = []
         self.accept: list[str] = []  # the Accept-Encoding of each request
@@ -49,6 +49,8 @@ class Site:
                     pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:  # an ssl.SSLContext: HTTPS
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -152,6 +154,40 @@ def test_the_connection_goes_to_the_checked_address_with_the_hosts_name_kept(pub
     assert r.status == "completed" and "internal documentation" in r.output, r.output
     assert public.seen == [("/doc", f"docs.internal.test:{public.port}")]
     assert lookups == ["docs.internal.test"]
+
+
+def test_https_verifies_the_hosts_name_and_sends_it_as_sni():
+    """Pinned to 127.0.0.1, a TLS connection still names the URL's host: in SNI, and in the certificate
+    check (a certificate for another name fails)."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("docs.internal.test").configure_cert(server_tls)
+    sni = []
+    server_tls.sni_callback = lambda sock, name, ctx: sni.append(name)
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
+
+    async def resolver(host, port):
+        return ["127.0.0.1"]
+
+    site = Site(tls=server_tls)
+    try:
+        site.routes["/doc"] = (200, {"Content-Type": "text/plain"}, b"served over TLS")
+        for name, ok in (("docs.internal.test", True), ("wrong.internal.test", False)):
+            backend = WebBackend(timeout=5, verify=client_tls, policy=EgressPolicy.from_spec(name, resolver=resolver))
+            r = open_url(backend, f"https://{name}:{site.port}/doc")
+            if ok:
+                assert r.status == "completed" and "served over TLS" in r.output, r.output
+            else:
+                assert r.status == "failed" and "CERTIFICATE_VERIFY_FAILED" in r.output, r.output
+        assert sni == ["docs.internal.test", "wrong.internal.test"]
+        assert site.seen == [("/doc", f"docs.internal.test:{site.port}")]
+    finally:
+        site.close()
 
 
 def test_a_name_that_resolves_to_loopback_or_to_a_mix_is_refused(secret):

@@ -239,11 +239,12 @@ class EgressPolicy:
         return addrs[0]
 
 
-def pinned_transport(policy: EgressPolicy, **transport_kwargs):
+def pinned_transport(policy: EgressPolicy, verify=True):
     """An httpx transport whose every connection goes to an address ``policy`` checked just before.
 
     The host name the URL names is what httpx puts in the Host header and what TLS verifies (SNI and
-    the certificate); only the TCP connection is made to the checked address."""
+    the certificate); only the TCP connection is made to the checked address. ``verify``: as httpx takes
+    it (True: the system's CAs; an ``ssl.SSLContext``: the operator's own)."""
     import httpcore
     import httpx
     class PinnedBackend(httpcore.AsyncNetworkBackend):
@@ -261,8 +262,8 @@ def pinned_transport(policy: EgressPolicy, **transport_kwargs):
         async def sleep(self, seconds: float) -> None:
             await self.inner.sleep(seconds)
 
-    transport = httpx.AsyncHTTPTransport(trust_env=False, **transport_kwargs)
-    ssl_context = httpx.create_ssl_context(trust_env=False)
+    transport = httpx.AsyncHTTPTransport(trust_env=False, verify=verify)
+    ssl_context = httpx.create_ssl_context(verify=verify, trust_env=False)
     # The transport's own pool, rebuilt around the pinning network backend (httpx takes no backend argument).
     transport._pool = httpcore.AsyncConnectionPool(ssl_context=ssl_context, network_backend=PinnedBackend(),
                                                    max_connections=100, max_keepalive_connections=20,

@@ -160,7 +160,7 @@ class WebBackend(BrowserBackend):
 
     def __init__(self, search_provider: SearchProvider | None = None, timeout: float = 20.0, max_bytes: int = 10 * 2**20,
                  policy: EgressPolicy | None = None, max_redirects: int = 5, max_parse_bytes: int = 2 * 2**20,
-                 parse_timeout: float = 20.0):
+                 parse_timeout: float = 20.0, verify=True):
         self.provider = search_provider
         self.timeout = timeout
         self.max_bytes = max_bytes
@@ -168,6 +168,7 @@ class WebBackend(BrowserBackend):
         self.max_redirects = max_redirects
         self.max_parse_bytes = max_parse_bytes
         self.parse_timeout = parse_timeout
+        self.verify = verify  # TLS: True (the system's CAs) or an ssl.SSLContext
         self.source = "web" + (f" ({search_provider.name} search)" if search_provider else "")
 
     @classmethod
@@ -203,7 +204,7 @@ class WebBackend(BrowserBackend):
 
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING}
         try:
-            async with httpx.AsyncClient(transport=pinned_transport(self.policy), timeout=self.timeout,
+            async with httpx.AsyncClient(transport=pinned_transport(self.policy, self.verify), timeout=self.timeout,
                                          follow_redirects=False, headers=headers, trust_env=False) as client:
                 current = url
                 for _hop in range(self.max_redirects + 1):

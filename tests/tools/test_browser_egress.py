@@ -52,7 +52,7 @@ class Site:
         if tls is not None:  # an ssl.SSLContext: HTTPS
             self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     @property
@@ -154,6 +154,13 @@ def test_the_connection_goes_to_the_checked_address_with_the_hosts_name_kept(pub
     assert r.status == "completed" and "internal documentation" in r.output, r.output
     assert public.seen == [("/doc", f"docs.internal.test:{public.port}")]
     assert lookups == ["docs.internal.test"]
+
+    async def two(host, port):  # nothing listens on 127.0.0.2 here: the next checked address is tried
+        return ["127.0.0.2", "127.0.0.1"]
+
+    policy = EgressPolicy.from_spec("docs.internal.test", resolver=two)
+    r = open_url(WebBackend(timeout=5, policy=policy), f"http://docs.internal.test:{public.port}/doc")
+    assert r.status == "completed" and "internal documentation" in r.output, r.output
 
 
 def test_https_verifies_the_hosts_name_and_sends_it_as_sni():

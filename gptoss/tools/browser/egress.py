@@ -213,8 +213,8 @@ class EgressPolicy:
             return None
         return why_not_public(ip)
 
-    async def resolve(self, host: str, port: int, timeout: float | None = None) -> str:
-        """The address to connect to for ``host:port``, after checking every address it resolves to;
+    async def resolve(self, host: str, port: int, timeout: float | None = None) -> list[str]:
+        """The addresses to connect to for ``host:port``, after checking every address it resolves to;
         EgressRefused when one of them is not allowed (a host resolving to both a public and a private
         address is refused: which one a client would use is up to it)."""
         bare = _normal_host(host)
@@ -236,7 +236,7 @@ class EgressPolicy:
                 shown = host if addr == bare else f"{host} (resolves to {addr})"
                 raise EgressRefused(f"the browser may not connect to {shown}: it is {reason}; "
                                     "the operator can allow it with --browser-allow-hosts")
-        return addrs[0]
+        return addrs
 
 
 def pinned_transport(policy: EgressPolicy, verify=True):
@@ -252,9 +252,14 @@ def pinned_transport(policy: EgressPolicy, verify=True):
             self.inner = httpcore.AnyIOBackend()
 
         async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-            addr = await policy.resolve(host, port, timeout)
-            return await self.inner.connect_tcp(addr, port, timeout=timeout, local_address=local_address,
-                                                socket_options=socket_options)
+            addrs = await policy.resolve(host, port, timeout)
+            for i, addr in enumerate(addrs):  # the checked addresses in the resolver's order, as a client would
+                try:
+                    return await self.inner.connect_tcp(addr, port, timeout=timeout, local_address=local_address,
+                                                        socket_options=socket_options)
+                except (httpcore.ConnectError, httpcore.ConnectTimeout):
+                    if i == len(addrs) - 1:
+                        raise
 
         async def connect_unix_socket(self, path, timeout=None, socket_options=None):
             raise EgressRefused("the browser does not connect to Unix sockets")

@@ -225,7 +225,10 @@ class WebBackend(BrowserBackend):
                             raw += len(chunk)
                             if raw > self.max_bytes:
                                 raise BackendError(f"`{url}` is larger than {self.max_bytes} bytes")
-                            decoder.feed(chunk)
+                            if decoder.layers:  # inflating megabytes: on a thread (zlib lets go of the GIL)
+                                await asyncio.to_thread(decoder.feed, chunk)
+                            else:
+                                decoder.feed(chunk)
                         ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
                         return decoder.result(), str(resp.url), ctype, resp.encoding or "utf-8"
                 raise BackendError(f"`{url}` redirects more than {self.max_redirects} times")

@@ -360,3 +360,28 @@ def test_a_ten_megabyte_page_leaves_the_event_loop_responsive(public, kind):
     assert len(public.seen) == 1
     page = browser.pages.stack[-1]
     assert page.text.endswith(f"only its first {2 * 2**20} of {len(body)} bytes were read.]")
+
+
+def test_a_parse_past_its_time_budget_is_given_up_and_the_loop_stays_free(public, monkeypatch):
+    from gptoss.tools.browser import web
+
+    release = threading.Event()
+    real = web.html_to_page
+
+    def stuck(*args, **kwargs):  # a parser that spins (a pathological page) until the test lets it go
+        release.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(web, "html_to_page", stuck)
+    public.routes["/slow"] = (200, {"Content-Type": "text/html"}, b"<html><body><p>slow page</p></body></html>")
+    backend = WebBackend(timeout=5, parse_timeout=0.3, policy=EgressPolicy.from_spec(f"127.0.0.1:{public.port}"))
+    watch = Watch()
+    started = time.perf_counter()
+    try:
+        r = asyncio.run(watch.run(BrowserTool(backend).run(ToolCall(
+            Message.from_role_and_content(Role.ASSISTANT, json.dumps({"id": f"{public.base}/slow"}))
+            .with_recipient("browser.open").with_channel("analysis").with_content_type("code")))))
+    finally:
+        release.set()
+    assert r.status == "failed" and "took more than 0.3 s to read" in r.output, r.output
+    assert time.perf_counter() - started < 3 and watch.max_gap < 0.5

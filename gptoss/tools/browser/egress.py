@@ -239,12 +239,21 @@ class EgressPolicy:
         return addrs
 
 
-def pinned_transport(policy: EgressPolicy, verify=True):
+def tls_context(verify=True):
+    """The client TLS context for ``verify`` as httpx takes it (True: the system's CAs; an
+    ``ssl.SSLContext``: the operator's own). Loading the CA bundle takes tens of milliseconds: make it
+    once, not on the event loop at every fetch."""
+    import httpx
+
+    return httpx.create_ssl_context(verify=verify, trust_env=False)
+
+
+def pinned_transport(policy: EgressPolicy, ssl_context):
     """An httpx transport whose every connection goes to an address ``policy`` checked just before.
 
     The host name the URL names is what httpx puts in the Host header and what TLS verifies (SNI and
-    the certificate); only the TCP connection is made to the checked address. ``verify``: as httpx takes
-    it (True: the system's CAs; an ``ssl.SSLContext``: the operator's own)."""
+    the certificate, with ``ssl_context``: see :func:`tls_context`); only the TCP connection is made to
+    the checked address."""
     import httpcore
     import httpx
     class PinnedBackend(httpcore.AsyncNetworkBackend):
@@ -267,8 +276,7 @@ def pinned_transport(policy: EgressPolicy, verify=True):
         async def sleep(self, seconds: float) -> None:
             await self.inner.sleep(seconds)
 
-    transport = httpx.AsyncHTTPTransport(trust_env=False, verify=verify)
-    ssl_context = httpx.create_ssl_context(verify=verify, trust_env=False)
+    transport = httpx.AsyncHTTPTransport(trust_env=False, verify=ssl_context)  # a context is taken as it is
     # The transport's own pool, rebuilt around the pinning network backend (httpx takes no backend argument).
     transport._pool = httpcore.AsyncConnectionPool(ssl_context=ssl_context, network_backend=PinnedBackend(),
                                                    max_connections=100, max_keepalive_connections=20,

@@ -26,7 +26,7 @@ from gptoss.tools.base import ToolError
 from gptoss.tools.browser.backend import BackendError, BrowserBackend
 from gptoss.tools.browser.decode import ACCEPT_ENCODING, BoundedDecoder
 from gptoss.tools.browser.display import page_lines, search_results_page
-from gptoss.tools.browser.egress import EgressPolicy, pinned_transport
+from gptoss.tools.browser.egress import EgressPolicy, pinned_transport, tls_context
 from gptoss.tools.browser.page import Page, html_to_page, markdown_to_page, pdf_to_page, source_page, text_to_page
 
 USER_AGENT = "gptoss-browser/0.1 (+https://github.com/openai/gpt-oss)"
@@ -168,7 +168,7 @@ class WebBackend(BrowserBackend):
         self.max_redirects = max_redirects
         self.max_parse_bytes = max_parse_bytes
         self.parse_timeout = parse_timeout
-        self.verify = verify  # TLS: True (the system's CAs) or an ssl.SSLContext
+        self.tls = tls_context(verify)  # verify: True (the system's CAs) or an ssl.SSLContext
         self.source = "web" + (f" ({search_provider.name} search)" if search_provider else "")
 
     @classmethod
@@ -204,7 +204,7 @@ class WebBackend(BrowserBackend):
 
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING}
         try:
-            async with httpx.AsyncClient(transport=pinned_transport(self.policy, self.verify), timeout=self.timeout,
+            async with httpx.AsyncClient(transport=pinned_transport(self.policy, self.tls), timeout=self.timeout,
                                          follow_redirects=False, headers=headers, trust_env=False) as client:
                 current = url
                 for _hop in range(self.max_redirects + 1):

@@ -1,7 +1,9 @@
-"""How long ``/health`` waits while big prompts are tokenized, as JSON: four concurrent ``/tokenize``
-requests of ``--chars`` characters each against a tiny synthetic model with a 2048-token context.
+"""How long ``/health`` waits while big prompts are tokenized, as JSON: ``--requests`` (4) concurrent
+``/tokenize`` requests of ``--chars`` characters each against a tiny synthetic model with a context of
+``--max-model-len`` (2048) tokens.
 
     python3 benchmarks/health_under_tokenize.py [--chars 3900000 250000]
+    python3 benchmarks/health_under_tokenize.py --max-model-len 131072 --requests 3 --chars 1200000
 
 3.9 million characters cannot fit in 2048 tokens (no token covers more than 128 bytes), so they are
 refused before tokenizing; 250,000 can, so they are tokenized in the thread pool while /health is polled.
@@ -30,9 +32,11 @@ from gptoss.server.http import uvicorn_config
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--chars", type=int, nargs="+", default=[3_900_000, 250_000])
+    p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--requests", type=int, default=4)
     args = p.parse_args()
     ckpt = write_checkpoint(Path(tempfile.mkdtemp()) / "tiny", ModelConfig.preset("tiny"), seed=1)
-    app = create_app(LLM(ckpt, device="cpu", dtype="float32", max_batch=1, max_model_len=2048), ServerConfig())
+    app = create_app(LLM(ckpt, device="cpu", dtype="float32", max_batch=1, max_model_len=args.max_model_len), ServerConfig())
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -48,7 +52,7 @@ def main() -> None:
         codes: list[int] = []
         workers = [threading.Thread(target=lambda: codes.append(httpx.post(base + "/tokenize", json=body,
                                                                            timeout=600).status_code))
-                   for _ in range(4)]
+                   for _ in range(args.requests)]
         start = time.perf_counter()
         for w in workers:
             w.start()

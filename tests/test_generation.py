@@ -145,6 +145,22 @@ def test_logits_processor_constrains_sampling(model):
     assert all(lp.logprob <= 0 for lp in res.logprobs)  # log-probabilities stay the model's own
 
 
+def test_logit_bias_is_added_per_request_in_one_batch(model):
+    """+100 forces a token on the one request that asks for it; -100 bans one; a neighbour in the same
+    batch samples as it would alone."""
+    llm = LLM(model, max_batch=3, max_model_len=128)
+    alone = llm.generate([[1, 2, 3]], SamplingParams(temperature=1.0, seed=7, max_tokens=5))[0].token_ids
+    forced, banned = SamplingParams(temperature=1.0, seed=1, max_tokens=5, logit_bias={4242: 100.0}), \
+        SamplingParams(temperature=0, max_tokens=5, logit_bias={alone[0]: -100.0})
+    out = llm.generate([[1, 2, 3]] * 3, [forced, SamplingParams(temperature=1.0, seed=7, max_tokens=5), banned])
+    assert out[0].token_ids == [4242] * 5
+    assert out[1].token_ids == alone
+    assert alone[0] not in out[2].token_ids[:1]
+    for bad, words in [({-1: 1.0}, "token ids"), ({5: 100.5}, r"\[-100, 100\]"), ({i: 1.0 for i in range(301)}, "300")]:
+        with pytest.raises(GptossError, match=words):
+            SamplingParams(logit_bias=bad)
+
+
 def test_shared_prefix_reuses_the_kv_cache_and_changes_nothing(model):
     engine_llm = LLM(model, max_batch=2, max_model_len=256)
     engine = engine_llm.engine

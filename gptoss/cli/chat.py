@@ -56,6 +56,10 @@ def add_parser(sub) -> None:
                    help="a Python module whose functions the model may call (functions.NAME)")
     p.add_argument("--corpus", default=None, metavar="DIR",
                    help="the browser's local corpus: a folder of HTML, Markdown, text or PDF files (indexed on start)")
+    p.add_argument("--browser-allow-hosts", default=None, metavar="LIST",
+                   help="hosts the browser may open although they are not public (it refuses loopback, private and "
+                        "link-local addresses): comma-separated names (*.corp.example), addresses or networks "
+                        "(10.0.0.0/8), each optionally :PORT (default: GPTOSS_BROWSER_ALLOW_HOSTS)")
     p.add_argument("--max-tool-calls", type=int, default=16, help="most tool calls in one answer (default 16)")
     p.set_defaults(func=run)
 
@@ -246,7 +250,8 @@ def _make_tools(args: argparse.Namespace):
         raise GptossError("--corpus: the browser is not enabled (add --tools browser)")
     if args.max_tool_calls < 0:
         raise GptossError(f"--max-tool-calls: expected a number >= 0, found {args.max_tool_calls}")
-    toolbox = make_toolbox(names, corpus=args.corpus, functions=args.functions)
+    toolbox = make_toolbox(names, corpus=args.corpus, functions=args.functions,
+                           browser_allow_hosts=args.browser_allow_hosts)
     browser = toolbox.get("browser")
     if browser is not None:
         backends = getattr(browser.backend, "backends", [browser.backend])

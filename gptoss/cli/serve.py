@@ -44,6 +44,10 @@ def add_parser(sub) -> None:
     p.add_argument("--strict-max-tokens", action="store_true",
                    help="answer 400 when max_tokens / max_output_tokens is more than the context leaves after the "
                         "prompt (as OpenAI does); default: generate up to the end of the context")
+    p.add_argument("--browser-allow-hosts", default=None, metavar="LIST",
+                   help="hosts the browser may open although they are not public (it refuses loopback, private and "
+                        "link-local addresses): comma-separated names (*.corp.example), addresses or networks "
+                        "(10.0.0.0/8), each optionally :PORT (default: GPTOSS_BROWSER_ALLOW_HOSTS)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug", "trace"],
                    help="uvicorn's log level")
     add_guard_args(p)
@@ -119,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
     if args.tools:  # checked before the (slow) model load
         from gptoss.tools import make_toolbox
 
-        toolbox = make_toolbox(args.tools, corpus=args.corpus, python_config=python_config(args))
+        toolbox = make_toolbox(args.tools, corpus=args.corpus, python_config=python_config(args),
+                               browser_allow_hosts=args.browser_allow_hosts)
     cache = os.environ.get("GPTOSS_CACHE") or os.path.expanduser("~/.cache/gptoss")
     guard = guard_settings(args, cache)  # policies read before the (slow) model load
     sock = listen(args.host, args.port)  # a busy port fails here, in one line, before the model loads

@@ -1,4 +1,5 @@
-"""Sampling parameters and the sampler: greedy, temperature, top-k, top-p, per-request seeds, logprobs."""
+"""Sampling parameters and the sampler: greedy, temperature, top-k, top-p, per-request seeds, logprobs,
+logit bias."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from gptoss.errors import GptossError
 
 
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # OpenAI's range for ``seed``: a signed 64-bit integer
+LOGIT_BIAS_MAX_ENTRIES, LOGIT_BIAS_LIMIT = 300, 100.0  # OpenAI's limits for ``logit_bias``
 
 
 def offset_seed(seed: int | None, k: int) -> int | None:
@@ -42,6 +44,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     ignore_stop: bool = False
     logits_processors: list[Callable[[list[int], torch.Tensor], torch.Tensor]] = field(default_factory=list)
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit, before the processors
 
     def __post_init__(self) -> None:
         checks = [
@@ -59,6 +62,15 @@ class SamplingParams:
         for ok, name, want, found in checks:
             if not ok:
                 raise GptossError(f"sampling parameter {name!r}: expected {want}, found {found!r}")
+        if len(self.logit_bias) > LOGIT_BIAS_MAX_ENTRIES:
+            raise GptossError(f"sampling parameter 'logit_bias': at most {LOGIT_BIAS_MAX_ENTRIES} entries, "
+                              f"found {len(self.logit_bias)}")
+        for token, bias in self.logit_bias.items():
+            if not isinstance(token, int) or isinstance(token, bool) or token < 0:
+                raise GptossError(f"sampling parameter 'logit_bias': keys are token ids (integers >= 0), found {token!r}")
+            if not isinstance(bias, (int, float)) or not -LOGIT_BIAS_LIMIT <= bias <= LOGIT_BIAS_LIMIT:
+                raise GptossError(f"sampling parameter 'logit_bias': the bias of token {token} should be in "
+                                  f"[-100, 100], found {bias!r}")
 
     @property
     def greedy(self) -> bool:
@@ -89,9 +101,12 @@ def sample(
     need_lp = any(p.logprobs is not None for p in params)
     log_softmax = torch.log_softmax(logits, dim=-1) if need_lp else None
     x = logits
-    if any(p.logits_processors for p in params):
+    if any(p.logits_processors or p.logit_bias for p in params):
         x = logits.clone()
         for row, p in enumerate(params):
+            if p.logit_bias:  # before the processors: a grammar's -inf stays -inf whatever the bias
+                ids = torch.tensor(list(p.logit_bias), device=x.device)
+                x[row, ids] += torch.tensor(list(p.logit_bias.values()), dtype=x.dtype, device=x.device)
             for processor in p.logits_processors:
                 x[row] = processor(outputs[row] if outputs is not None else [], x[row])
     chosen = torch.argmax(x, dim=-1)

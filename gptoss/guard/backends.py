@@ -4,12 +4,15 @@ with the guard's raw answer; :mod:`gptoss.guard.verdict` reads it."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
 from gptoss.errors import GptossError
 from gptoss.guard.policy import Policy
 from gptoss.guard.verdict import RATIONALE_MAX_CHARS, guard_messages, verdict_grammar, verdict_schema
+
+INLINE_CHARS = 32 * 1024  # content this short is tokenized on the event loop; longer content on a thread
 
 
 @dataclass
@@ -58,7 +61,10 @@ class LocalGuard:
         from gptoss.harmony import stop_tokens_for_assistant_actions
 
         tok = self.tokenizer
-        ids, prefix = self.prompt_ids(policy, content)
+        if len(content) <= INLINE_CHARS:
+            ids, prefix = self.prompt_ids(policy, content)
+        else:  # megabytes of content to check must not stall the server's event loop
+            ids, prefix = await asyncio.to_thread(self.prompt_ids, policy, content)
         max_tokens = self.max_tokens(policy)
         if self.max_model_len is not None and len(ids) + max_tokens > self.max_model_len:
             raise GptossError(f"the content to check ({len(ids)} prompt tokens with the policy) does not fit the guard "

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -47,6 +49,7 @@ class ServerConfig:
 
 
 OPEN_PATHS = frozenset({"/health"})
+INLINE_CHARS = 32 * 1024  # text this short is tokenized on the event loop (well under a millisecond)
 OWNER_KEY = "gptoss.key_owner"  # in the ASGI scope: a digest of the request's API key ("" without keys)
 
 
@@ -97,6 +100,10 @@ class ServerState:
         self.metrics = Metrics(self.engine.stats)
         self.max_model_len = llm.max_model_len
         self.started = int(time.time())
+        # Tokenizing and rendering big prompts (and encoding their answers) runs here, off the event loop, a
+        # few at a time: /health and small requests keep being served while megabytes are tokenized.
+        self.workers = ThreadPoolExecutor(max_workers=max(2, min(4, (os.cpu_count() or 2) // 2)),
+                                          thread_name_prefix="gptoss-tokenize")
         self.guard = None
         if config.guard is not None:
             from gptoss.guard import Guard
@@ -108,7 +115,14 @@ class ServerState:
             raise APIError(404, f"the model {name!r} does not exist; this server serves {self.config.model_name!r}",
                            param="model", code="model_not_found", type="not_found_error")
 
-    def check_text_size(self, texts: Iterable[str], field_name: str) -> None:
+    async def off_loop(self, size: int, fn, *args):
+        """``fn(*args)``: inline when ``size`` (characters of text it works on) is small, else on the
+        bounded worker pool."""
+        if size <= INLINE_CHARS:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.workers, fn, *args)
+
+    def check_text_size(self, texts: Iterable[str], field_name: str) -> int:
         """Before any tokenizing: a prompt whose text cannot fit in the context is a 400. Each token covers
         at most ``max_token_bytes`` bytes (so at most that many characters), which gives a lower bound on
         the tokens of ``texts`` from their length alone."""
@@ -118,6 +132,7 @@ class ServerState:
             raise APIError(400, f"{field_name}: {chars} characters of text are at least {least} tokens; this model's "
                                 f"maximum context length is {self.max_model_len} tokens. Shorten the {field_name}.",
                            param=field_name, code="context_length_exceeded")
+        return chars
 
     def check_length(self, prompt_len: int, max_tokens: int | None, field_name: str) -> int:
         """Returns the tokens to generate: ``max_tokens``, or what the context leaves when that is less
@@ -181,6 +196,7 @@ def create_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
         if state.guard is not None:
             await state.guard.aclose()
         state.engine.shutdown()
+        state.workers.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="gptoss", version="0.1.0", lifespan=lifespan)
     app.state.gptoss = state

@@ -8,7 +8,7 @@ import secrets
 import time
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage, ChatCompletionTokenLogprob
 from openai.types.chat.chat_completion import Choice, ChoiceLogprobs
@@ -30,10 +30,10 @@ from gptoss.server.schemas import ChatCompletionRequest
 
 
 async def _prepare(state, body: ChatCompletionRequest):
-    """Render and tokenize the prompt off the event loop (a big prompt must not stall other requests),
-    after a size check that needs no tokenizing."""
-    state.check_text_size(message_texts(body.messages), "messages")
-    return await run_in_threadpool(_render, state, body)
+    """Render and tokenize the prompt, off the event loop when it is big (a big prompt must not stall other
+    requests), after a size check that needs no tokenizing. Returns (grammar, ids, shared prefix, characters)."""
+    chars = state.check_text_size(message_texts(body.messages), "messages")
+    return (*await state.off_loop(chars, _render, state, body), chars)
 
 
 def _render(state, body: ChatCompletionRequest):
@@ -53,14 +53,19 @@ def register(app, state) -> None:
     async def tokenize(body: ChatCompletionRequest):
         """The Harmony prompt a chat request renders to (to check formatting; nothing is generated)."""
         state.check_model(body.model)
-        _, prompt_ids, prefix_len = await _prepare(state, body)
-        return {"tokens": prompt_ids, "count": len(prompt_ids), "prompt": tok.decode(prompt_ids),
-                "shared_prefix_tokens": prefix_len, "max_model_len": state.max_model_len}
+        _, prompt_ids, prefix_len, chars = await _prepare(state, body)
+
+        def answer() -> bytes:  # decoding and encoding a big prompt's answer take as long as tokenizing it
+            return json.dumps({"tokens": prompt_ids, "count": len(prompt_ids), "prompt": tok.decode(prompt_ids),
+                               "shared_prefix_tokens": prefix_len, "max_model_len": state.max_model_len},
+                              separators=(",", ":")).encode()
+
+        return Response(await state.off_loop(chars, answer), media_type="application/json")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         state.check_model(body.model)
-        grammar, prompt_ids, prefix_len = await _prepare(state, body)
+        grammar, prompt_ids, prefix_len, _ = await _prepare(state, body)
         requested = body.max_completion_tokens or body.max_tokens
         max_tokens = state.check_length(len(prompt_ids), requested,
                                         "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
@@ -69,6 +74,7 @@ def register(app, state) -> None:
             raise APIError(400, f"stop: at most 4 stop sequences, found {len(stops)}", param="stop")
         if body.top_logprobs is not None and not body.logprobs:
             raise APIError(400, "top_logprobs: requires logprobs to be true", param="top_logprobs")
+        logit_bias = parse_logit_bias(body.logit_bias, tok.vocab_size)
         # Compiling the turn grammar (large tool schemas: seconds) runs off the event loop, like tokenizing.
         lark = await run_in_threadpool(grammar.lark)
         constraints = await run_in_threadpool(lambda: [GrammarConstraint(tok, lark) for _ in range(body.n)])
@@ -79,7 +85,7 @@ def register(app, state) -> None:
                 seed=offset_seed(body.seed, i),
                 stop_token_ids=stop_tokens_for_assistant_actions(tok),
                 logprobs=(body.top_logprobs or 0) if body.logprobs else None,
-                logits_processors=[constraints[i]],
+                logits_processors=[constraints[i]], logit_bias=logit_bias,
             )
 
         rid = "chatcmpl-" + secrets.token_hex(12)
@@ -122,6 +128,28 @@ def register(app, state) -> None:
         for choice in out["choices"]:
             choice["message"].setdefault("content", None)  # a tool-call message says content: null, as OpenAI's do
         return out
+
+
+def parse_logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, float]:
+    """``logit_bias`` as OpenAI takes it: at most 300 token ids (in the vocabulary) each with a bias in
+    [-100, 100], added to that token's logit (the turn grammar still decides what may be sampled)."""
+    from gptoss.engine.sampling import LOGIT_BIAS_LIMIT, LOGIT_BIAS_MAX_ENTRIES
+
+    if not bias:
+        return {}
+    if len(bias) > LOGIT_BIAS_MAX_ENTRIES:
+        raise APIError(400, f"logit_bias: at most {LOGIT_BIAS_MAX_ENTRIES} entries, found {len(bias)}", param="logit_bias")
+    out = {}
+    for key, value in bias.items():
+        token = key.strip()
+        if not (token.isascii() and token.isdigit()) or int(token) >= vocab_size:
+            raise APIError(400, f"logit_bias: the key {key!r} is not a token id (an integer from 0 to {vocab_size - 1})",
+                           param="logit_bias")
+        if not -LOGIT_BIAS_LIMIT <= value <= LOGIT_BIAS_LIMIT:
+            raise APIError(400, f"logit_bias: the bias of token {token} should be in [-100, 100], found {value}",
+                           param="logit_bias")
+        out[int(token)] = float(value)
+    return out
 
 
 async def _drain(run) -> Completion:

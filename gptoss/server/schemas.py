@@ -68,6 +68,7 @@ class ChatCompletionRequest(_Lenient):
     n: int = Field(default=1, ge=1, le=16)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    logit_bias: dict[str, float] | None = None  # token id (as a string, as OpenAI sends it) -> bias in [-100, 100]
     frequency_penalty: float | None = PENALTY  # accepted (in range) and not applied
     presence_penalty: float | None = PENALTY  # accepted (in range) and not applied
     response_format: dict[str, Any] | None = None

@@ -13,9 +13,11 @@ TOOL_NAMES = ("browser", "python")
 
 
 def make_toolbox(names: "list[str] | str" = (), *, corpus: str | None = None, functions: str | None = None,
-                 python_config=None, web: bool = True) -> Toolbox:
+                 python_config=None, web: bool = True, browser_allow_hosts: str | None = None) -> Toolbox:
     """A toolbox from names (``"browser,python"``), a corpus folder for the browser, and a module of
-    functions. Raises ToolError for an unknown name."""
+    functions. ``browser_allow_hosts``: the operator's allow-list that opens non-public hosts to the
+    browser (``--browser-allow-hosts``; None: ``GPTOSS_BROWSER_ALLOW_HOSTS``). Raises ToolError for an
+    unknown name or a bad allow-list entry."""
     from gptoss.tools.functions import FunctionsTool
 
     if isinstance(names, str):
@@ -29,7 +31,7 @@ def make_toolbox(names: "list[str] | str" = (), *, corpus: str | None = None, fu
         if name == "browser":
             from gptoss.tools.browser import BrowserTool, make_backend
 
-            tools.append(BrowserTool(make_backend(corpus, web=web)))
+            tools.append(BrowserTool(make_backend(corpus, web=web, allow_hosts=browser_allow_hosts)))
         elif name == "python":
             from gptoss.tools.python import PythonTool
 

@@ -244,3 +244,21 @@ def test_hidden_reasoning_hides_it_under_both_names(tiny_llm):
         chunks = list(ask(c, seed=reasoned, max_tokens=12, stream=True))
         assert not any({"reasoning", "reasoning_content"} & set(ch.choices[0].delta.model_extra or {})
                        for ch in chunks if ch.choices)
+
+
+def test_logit_bias_of_100_forces_a_token_and_bad_entries_are_a_400(client, server, tokenizer):
+    panda = tokenizer.encoding.encode(" panda")
+    assert len(panda) == 1
+    r = ask(client, seed=3, max_tokens=24, temperature=1.0, logit_bias={str(panda[0]): 100})
+    content = r.choices[0].message.content or ""
+    assert content and content.replace(" panda", "") == "", content  # the grammar lets it in; the bias forces it
+    plain = ask(client, seed=3, max_tokens=24, temperature=1.0)
+    assert (plain.choices[0].message.content or "").replace(" panda", "") != ""
+    for bias, words in [({"abc": 5}, "'abc' is not a token id"), ({"999999999": 5}, "not a token id"),
+                        ({str(panda[0]): 101}, "should be in [-100, 100], found 101"),
+                        ({str(i): 1 for i in range(301)}, "at most 300 entries, found 301")]:
+        resp = httpx.post(server + "/v1/chat/completions", json={"model": MODEL, "max_tokens": 4, "logit_bias": bias,
+                                                                "messages": [{"role": "user", "content": "Hi"}]})
+        assert resp.status_code == 400, resp.text
+        err = resp.json()["error"]
+        assert err["param"] == "logit_bias" and words in err["message"], err

@@ -56,6 +56,39 @@ def test_effort_reaches_the_guard_prompt(tiny_llm):
     assert "# Violence" in prompts["low"] and '"violation"' in prompts["low"]
 
 
+def test_the_guard_tokenizes_big_content_off_the_event_loop(tokenizer, monkeypatch):
+    """Content of 40,000 characters to check: its tokenization is held in progress, and the event loop
+    keeps running meanwhile (inline, the loop would wait for the tokenizer: the release would time out)."""
+    import threading
+
+    from gptoss.errors import GptossError
+
+    entered, release, released = threading.Event(), threading.Event(), []
+    encode = tokenizer.encode
+
+    def held(text):
+        if "HOLD-THIS-ONE" in text:
+            entered.set()
+            released.append(release.wait(5))
+        return encode(text)
+
+    monkeypatch.setattr(tokenizer, "encode", held)
+    guard = LocalGuard(None, tokenizer, max_model_len=16)
+
+    async def main():
+        task = asyncio.ensure_future(guard.classify(POLICIES[0], "HOLD-THIS-ONE" + " " * 40_000))
+        while not entered.is_set():
+            await asyncio.sleep(0.01)
+        for _ in range(5):
+            await asyncio.sleep(0.01)  # the loop runs while the tokenizer is held
+        release.set()
+        with pytest.raises(GptossError, match="does not fit the guard model's context"):
+            await task
+
+    asyncio.run(main())
+    assert released == [True]
+
+
 def test_serve_uses_the_served_model_as_guard(tiny_llm, tmp_path):
     s = GuardSettings(policies=POLICIES, audit_path=str(tmp_path / "audit.sqlite"), reasoning_max_tokens=4,
                       rationale_max_chars=12)

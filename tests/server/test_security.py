@@ -103,7 +103,7 @@ def test_health_answers_while_a_prompt_is_being_tokenized(server, llm, monkeypat
         return encode(text)
 
     monkeypatch.setattr(tokenizer, "encode", held)
-    content = "HOLD-THIS-ONE"
+    content = "HOLD-THIS-ONE" + " " * 40_000  # big enough to be tokenized off the loop (short text is inline), 300-odd tokens
     body = make(messages=[{"role": "user", "content": content}]) if make is chat else make(input=content)
     result = []
     worker = threading.Thread(target=lambda: result.append(httpx.post(server + path, json=body, timeout=120)))
@@ -116,6 +116,44 @@ def test_health_answers_while_a_prompt_is_being_tokenized(server, llm, monkeypat
         release.set()
         worker.join(120)
     assert result and result[0].status_code == 200, result
+
+
+def test_health_stays_quick_while_three_megabyte_prompts_are_tokenized(tiny_llm):
+    """Three /tokenize requests of 1.2 MB each (issue: /health took 2.4 s meanwhile): tokenizing, decoding
+    and encoding their answers run on the worker pool. The clients are raw sockets, so that they take
+    next to nothing of this process's GIL from the server thread."""
+    import socket
+    import threading
+
+    text = "Giant pandas eat bamboo in the mountain forests of Sichuan. " * 20_000
+    body = json.dumps({"model": "gpt-oss", "messages": [{"role": "user", "content": text}]}).encode()
+    with serve(tiny_llm(max_batch=1, max_model_len=16384)) as base:
+        port = int(base.rsplit(":", 1)[1])
+        answers: list[bytes] = []
+
+        def post():
+            with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+                sock.sendall(b"POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                chunks = []
+                while chunk := sock.recv(1 << 20):
+                    chunks.append(chunk)
+                answers.append(b"".join(chunks))
+
+        clients = [threading.Thread(target=post) for _ in range(3)]
+        for c in clients:
+            c.start()
+        worst, probes = 0.0, 0
+        with httpx.Client(base_url=base, timeout=30) as client:
+            while any(c.is_alive() for c in clients):
+                started = time.perf_counter()
+                assert client.get("/health").status_code == 200
+                worst, probes = max(worst, time.perf_counter() - started), probes + 1
+                time.sleep(0.01)
+        for c in clients:
+            c.join()
+    assert len(answers) == 3 and all(a.startswith(b"HTTP/1.1 200") and b'"count":' in a for a in answers)
+    assert worst < 1.0, f"/health took {worst:.2f} s ({probes} probes)"
 
 
 @pytest.mark.parametrize("path,make", [(CHAT, chat), (RESP, resp)], ids=["chat", "responses"])

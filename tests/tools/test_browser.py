@@ -12,6 +12,7 @@ import pytest
 from gptoss.harmony import Message, Role
 from gptoss.tools.base import ToolCall, ToolError
 from gptoss.tools.browser import BrowserTool, CombinedBackend, LocalCorpus, SearxngSearch, WebBackend, find_page, render
+from gptoss.tools.browser.egress import EgressPolicy
 from gptoss.tools.browser.page import Page, html_to_page
 
 PANDA_HTML = """<html><head><title>Giant Panda</title><script>var tracking = 1;</script></head><body>
@@ -252,8 +253,13 @@ def web_server(tmp_path):
     server.server_close()
 
 
+def allowing(base_url: str) -> EgressPolicy:
+    """The operator's allow-list opened for one loopback test server (loopback is refused by default)."""
+    return EgressPolicy.from_spec(base_url.split("//", 1)[1])
+
+
 def test_open_a_page_served_over_http(web_server):
-    browser = BrowserTool(WebBackend())
+    browser = BrowserTool(WebBackend(policy=allowing(web_server)))
     r = run(browser, "browser.open", {"id": f"{web_server}/panda.html"})
     assert r.status == "completed"
     assert r.output.startswith(f"[0] Pandas on the web ({web_server}/panda.html)\n**viewing lines [0 - ")
@@ -278,7 +284,7 @@ def test_open_a_page_served_over_http(web_server):
 
 
 def test_search_through_a_searxng_instance(web_server):
-    browser = BrowserTool(WebBackend(SearxngSearch(web_server)))
+    browser = BrowserTool(WebBackend(SearxngSearch(web_server), policy=allowing(web_server)))
     r = run(browser, "browser.search", {"query": "panda food"})
     assert r.output.startswith("[0] panda food\n**viewing lines [0 - 3] of 3**\n\nL0: # Search Results")
     host = web_server.split("//")[1]
@@ -300,7 +306,7 @@ def test_web_search_without_a_provider_says_how_to_configure_one(monkeypatch):
 
 
 def test_corpus_and_web_together(corpus, web_server):
-    browser = BrowserTool(CombinedBackend([corpus, WebBackend()]))
+    browser = BrowserTool(CombinedBackend([corpus, WebBackend(policy=allowing(web_server))]))
     r = run(browser, "browser.search", {"query": "bamboo"})
     assert r.output.startswith("[0] bamboo")
     r = run(browser, "browser.open", {"id": f"{web_server}/diet.html"})
@@ -310,3 +316,33 @@ def test_corpus_and_web_together(corpus, web_server):
 def test_missing_corpus_folder_is_a_clear_error(tmp_path):
     with pytest.raises(ToolError, match="not a folder"):
         LocalCorpus(tmp_path / "nope")
+
+
+def test_the_corpus_never_opens_what_its_index_skips(corpus, corpus_dir, tmp_path):
+    (corpus_dir / ".env").write_text("API_KEY=hunter2")
+    (corpus_dir / "id_rsa.key").write_text("-----BEGIN PRIVATE KEY-----")
+    (corpus_dir / ".ssh").mkdir()
+    (corpus_dir / ".ssh" / "notes.md").write_text("# ssh notes")
+    (corpus_dir / "alias.md").symlink_to(corpus_dir / ".env")  # a document name in front of a hidden file
+    browser = BrowserTool(corpus)
+    for target in (".env", "id_rsa.key", ".ssh/notes.md", ".hidden.md", "image.png", "alias.md"):
+        for url in (f"file://{corpus_dir / target}", target):
+            r = run(browser, "browser.open", {"id": url})
+            assert r.status == "failed" and "hunter2" not in r.output and "PRIVATE" not in r.output, (url, r.output)
+    assert run(browser, "browser.open", {"id": "bamboo.md"}).status == "completed"
+
+
+def test_a_symlink_out_of_the_corpus_is_skipped_and_search_still_works(corpus, corpus_dir, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.md").write_text("# Secret\n\nThe giant panda vault code is 4242.")
+    (corpus_dir / "linked.md").symlink_to(outside / "secret.md")
+    (corpus_dir / "linked-folder").symlink_to(outside, target_is_directory=True)
+    stats = corpus.index()
+    assert stats.documents == 4 and not stats.skipped
+    browser = BrowserTool(corpus)
+    r = run(browser, "browser.search", {"query": "giant panda vault code"})
+    assert r.status == "completed" and "4242" not in r.output and "Giant panda" in r.output
+    for url in ("linked.md", "linked-folder/secret.md", f"file://{outside / 'secret.md'}"):
+        r = run(browser, "browser.open", {"id": url})
+        assert r.status == "failed" and "4242" not in r.output

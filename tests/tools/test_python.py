@@ -497,10 +497,19 @@ def test_a_python_in_a_venv_under_tmp_runs_the_kernel(tmp_path):
     import sys
     import tempfile
 
+    import site
+
     root = tempfile.mkdtemp(prefix="gptoss-test-venv-", dir="/tmp")
     try:
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", f"{root}/venv"],
                        check=True, timeout=60)
+        # --system-site-packages shows the BASE interpreter's packages; run from inside a venv, this test's
+        # packages (ipykernel, an editable gptoss) are in that venv: the inner venv adds its site folders,
+        # .pth files included (an editable install is one), as site.addsitedir does for its own.
+        ours = site.getsitepackages() + ([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])
+        inner = f"{root}/venv/lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
+        with open(f"{inner}/gptoss-test-outer-site.pth", "w") as f:
+            f.write("import site; " + "; ".join(f"site.addsitedir({d!r})" for d in ours if os.path.isdir(d)) + "\n")
         script = ("import asyncio\nfrom gptoss.tools.python import PythonTool\nasync def main():\n"
                   "    t = PythonTool(timeout=20)\n    try:\n"
                   "        r = await t.execute('import sys\\nprint(sys.executable)')\n        print(r.status, r.output)\n"

@@ -219,7 +219,7 @@ def test_gptoss_chat_rejects_unknown_tools(ckpt, tmp_path, monkeypatch):
     assert r.returncode != 0 and "unknown tool 'shell'" in r.stderr and "Traceback" not in r.stderr
 
     def args(**kw):
-        base = {"tools": "", "functions": None, "corpus": None, "max_tool_calls": 16}
+        base = {"tools": "", "functions": None, "corpus": None, "max_tool_calls": 16, "browser_allow_hosts": None}
         return argparse.Namespace(**{**base, **kw})
 
     assert _make_tools(args()) == (None, None)

@@ -27,14 +27,49 @@ _LINK_HEAD = re.compile(r"^[^【】]*】")
 _LINK_TAIL = re.compile(r"【\d*(?:†(?P<text>[^†】]*)(?:†[^†】]*)?)?$")
 
 
+_SEGMENT = 4096  # a longer line is wrapped piece by piece: one regex split over megabytes holds the GIL for a second
+
+
 def wrap_lines(text: str, width: int = WRAP_WIDTH) -> list[str]:
     out: list[str] = []
     for line in text.split("\n"):
         if not line:
             out.append("")
             continue
-        out += textwrap.wrap(line, width=width, replace_whitespace=False, drop_whitespace=False) or [""]
+        out += _wrap(line, width) or [""]
     return out
+
+
+def _wrap(line: str, width: int) -> list[str]:
+    """textwrap.wrap of one line (whitespace kept, so the wrapped lines join back to the line), computed a
+    segment at a time for long lines with the same result: wrapping is greedy, so only the last two wrapped
+    lines of a segment can depend on what follows the cut (a word cut short may fit where the whole word
+    would not); those are wrapped again with the next segment, which starts after whitespace, where the
+    word split of the whole line would start a word too."""
+    def wrap(text: str) -> list[str]:
+        return textwrap.wrap(text, width=width, replace_whitespace=False, drop_whitespace=False, expand_tabs=False)
+
+    line = line.expandtabs()
+    out: list[str] = []
+    pos = 0
+    while len(line) - pos > _SEGMENT:
+        lines = wrap(line[pos:pos + _SEGMENT])
+        keep = lines[:-2]
+        while keep and not keep[-1][-1:].isspace():  # restart after whitespace: where a word starts
+            keep.pop()
+        if not keep:  # one word of kilobytes: cut it at a line's end (textwrap would break it there too)
+            keep = lines[:-2] or lines[:1]
+        out += keep
+        pos += sum(len(k) for k in keep)
+    return out + wrap(line[pos:])
+
+
+def page_lines(page: Page) -> list[str]:
+    """The page's text wrapped for display: computed once (seconds for a page of megabytes), then reused by
+    every scroll and find."""
+    if page.wrapped is None:
+        page.wrapped = wrap_lines(page.text)
+    return page.wrapped
 
 
 def numbered(lines: list[str], start: int) -> str:
@@ -75,7 +110,7 @@ def _shorten(text: str, limit: int = 1024) -> str:
 
 def render(page: Page, cursor: int, loc: int = 0, num_lines: int = -1, view_tokens: int = 1024) -> str:
     """The display of ``page`` from line ``loc``; ValueError when ``loc`` is past the end."""
-    lines = wrap_lines(page.text)
+    lines = page_lines(page)
     total = len(lines)
     loc = max(loc, 0)
     if loc >= total and not (loc == 0 and total == 0):
@@ -88,7 +123,7 @@ def find_page(page: Page, pattern: str, max_results: int = 50, context_lines: in
     """The results of finding ``pattern`` (case-insensitive) in ``page``: each match is a link that
     opens the page near it."""
     needle = pattern.lower()
-    lines = strip_links("\n".join(wrap_lines(page.text))).split("\n")
+    lines = strip_links("\n".join(page_lines(page))).split("\n")
     chunks: list[str] = []
     snippets: dict[int, Snippet] = {}
     i = 0

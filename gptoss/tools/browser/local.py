@@ -24,7 +24,7 @@ from urllib.parse import quote, unquote, urlparse
 
 from gptoss.tools.base import ToolError
 from gptoss.tools.browser.backend import BackendError, BrowserBackend
-from gptoss.tools.browser.display import search_results_page, strip_links, wrap_lines
+from gptoss.tools.browser.display import page_lines, search_results_page, strip_links, wrap_lines
 from gptoss.tools.browser.page import Page, html_to_page, markdown_to_page, pdf_to_page, source_page, text_to_page
 
 SUFFIXES = {".html": "html", ".htm": "html", ".xhtml": "html", ".md": "markdown", ".markdown": "markdown",
@@ -51,6 +51,12 @@ def load_document(path: Path, url: str) -> Page:
     if kind == "markdown":
         return markdown_to_page(text, url)
     return text_to_page(text, url, title=path.stem if kind == "text" else None)
+
+
+def _loaded(path: Path, url: str) -> Page:
+    page = load_document(path, url)
+    page_lines(page)  # wrapped here, off the event loop
+    return page
 
 
 def fts_query(query: str) -> str:
@@ -98,10 +104,18 @@ class LocalCorpus(BrowserBackend):
                 return None
         try:
             resolved = candidate.resolve()
-            resolved.relative_to(self.root)
-        except (ValueError, OSError):
+            rel = resolved.relative_to(self.root)
+        except (ValueError, OSError, RuntimeError):  # outside the folder, or a symlink loop
             return None
+        if not self.indexable(rel):
+            return None  # what the index leaves out (.env, keys, dotfiles) is never opened either
         return resolved
+
+    @staticmethod
+    def indexable(rel: Path) -> bool:
+        """Whether a path relative to the corpus folder is a document: no hidden part, a known suffix."""
+        return (bool(rel.parts) and not any(part.startswith(".") for part in rel.parts)
+                and rel.suffix.lower() in SUFFIXES)
 
     def can_fetch(self, url: str) -> bool:
         return self.path_for(url) is not None
@@ -126,12 +140,15 @@ class LocalCorpus(BrowserBackend):
         return self._db
 
     def files(self) -> list[Path]:
+        """The documents under the folder. Symbolic links are skipped, never followed: one pointing out
+        of the folder must neither be read nor break the index."""
         out = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for dirpath, dirnames, filenames in os.walk(self.root):  # does not descend into linked folders
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not os.path.islink(os.path.join(dirpath, d)))
             for name in sorted(filenames):
-                if not name.startswith(".") and Path(name).suffix.lower() in SUFFIXES:
-                    out.append(Path(dirpath) / name)
+                path = Path(dirpath) / name
+                if self.indexable(path.relative_to(self.root)) and not path.is_symlink() and path.is_file():
+                    out.append(path)
         return out
 
     def index(self) -> IndexStats:
@@ -219,7 +236,7 @@ class LocalCorpus(BrowserBackend):
         if view_source and SUFFIXES.get(path.suffix.lower()) != "pdf":
             raw = await asyncio.to_thread(path.read_text, "utf-8", "replace")
             return source_page(raw, page_url, path.name)
-        return await asyncio.to_thread(load_document, path, page_url)
+        return await asyncio.to_thread(_loaded, path, page_url)
 
     def close(self) -> None:
         if self._db is not None:

@@ -41,6 +41,7 @@ class Page:
     snippets: dict[int, Snippet] | None = None  # set on search and find result pages
     kind: str = "page"  # page | search | find
     cite_url: str | None = None  # the URL a citation of this page resolves to (None: the page's own)
+    wrapped: list[str] | None = field(default=None, repr=False, compare=False)  # display.page_lines' cache
 
     @property
     def citation_url(self) -> str | None:

@@ -6,16 +6,18 @@ Per conversation it keeps a stack of the pages it displayed; a page's cursor is 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from gptoss.harmony import ToolNamespaceConfig
 from gptoss.tools.base import Tool, ToolCall, ToolError, ToolResult, ToolUsageError, tool_message
 from gptoss.tools.browser.backend import BackendError, BrowserBackend
 from gptoss.tools.browser.citations import CitedText, citation_annotations, resolve_citations
-from gptoss.tools.browser.display import find_page, render
+from gptoss.tools.browser.display import find_page, page_lines, render
 from gptoss.tools.browser.page import Page
 
 FUNCTIONS = ("search", "open", "find")
+_WRAP_INLINE = 64 * 1024  # characters of page text wrapped on the event loop; more goes to a thread
 
 
 def _int(value: Any, name: str, default: int) -> int:
@@ -159,8 +161,10 @@ class BrowserTool(Tool):
         meta.update(cursor=self.pages.cursor, url=page.citation_url, title=page.title)
         return ToolResult([tool_message(call.recipient, text, call.channel)], metadata=meta)
 
-    def _show(self, loc: int = 0, num_lines: int = -1) -> str:
+    async def _show(self, loc: int = 0, num_lines: int = -1) -> str:
         page, cursor = self.pages.page(), self.pages.cursor
+        if page.wrapped is None and len(page.text) > _WRAP_INLINE:
+            await asyncio.to_thread(page_lines, page)  # a big page is wrapped off the event loop, once
         try:
             return render(page, cursor, loc, num_lines, self.view_tokens)
         except ValueError as exc:
@@ -177,7 +181,7 @@ class BrowserTool(Tool):
         except BackendError as exc:
             raise BackendError(f"Error during search for `{query}`: {exc}") from None
         self.pages.push(page)
-        return self._show(0)
+        return await self._show(0)
 
     async def open(self, id: Any = -1, cursor: Any = -1, loc: Any = -1, num_lines: Any = -1, view_source: Any = False,
                    source: Any = None) -> str:
@@ -211,7 +215,7 @@ class BrowserTool(Tool):
         self.pages.push(page)
         if loc_n < 0:
             loc_n = max(snippet_line - 4, 0) if snippet_line and snippet_line > 4 else 0
-        return self._show(loc_n, lines_n)
+        return await self._show(loc_n, lines_n)
 
     async def find(self, pattern: Any = None, cursor: Any = -1) -> str:
         if not isinstance(pattern, str) or not pattern:
@@ -219,8 +223,10 @@ class BrowserTool(Tool):
         page = self.pages.page(_int(cursor, "cursor", -1))
         if page.kind != "page":
             raise ToolUsageError("Cannot run `find` on search results page or find results page")
-        self.pages.push(find_page(page, pattern))
-        return self._show(0)
+        found = find_page(page, pattern) if len(page.text) <= _WRAP_INLINE else \
+            await asyncio.to_thread(find_page, page, pattern)
+        self.pages.push(found)
+        return await self._show(0)
 
 
 def _only(args: dict, allowed: tuple[str, ...]) -> dict:
@@ -231,18 +237,25 @@ def _only(args: dict, allowed: tuple[str, ...]) -> dict:
 
 
 def make_backend(corpus: str | None = None, web: bool = True, index_path: str | None = None,
-                 base_url: str | None = None) -> BrowserBackend:
+                 base_url: str | None = None, allow_hosts: str | None = None) -> BrowserBackend:
     """The usual setup: a local corpus when a folder is given (searched first), and the web for http(s)
-    links and, when a provider is configured, for search."""
+    links and, when a provider is configured, for search. ``allow_hosts``: the egress allow-list
+    (comma-separated; None: the ``GPTOSS_BROWSER_ALLOW_HOSTS`` variable)."""
     from gptoss.tools.browser.backend import CombinedBackend
     from gptoss.tools.browser.local import LocalCorpus
+    from gptoss.tools.browser.egress import EgressPolicy
     from gptoss.tools.browser.web import WebBackend
 
+    where = "--browser-allow-hosts" if allow_hosts is not None else "GPTOSS_BROWSER_ALLOW_HOSTS"
+    try:
+        policy = EgressPolicy.from_spec(allow_hosts) if allow_hosts is not None else EgressPolicy.from_env()
+    except ValueError as exc:
+        raise ToolError(f"{where}: {exc}") from None
     backends: list[BrowserBackend] = []
     if corpus:
         backends.append(LocalCorpus(corpus, index_path=index_path, base_url=base_url))
     if web:
-        backends.append(WebBackend.from_env())
+        backends.append(WebBackend.from_env(policy))
     if not backends:
         raise ToolError("browser: no corpus folder and the web is disabled: nothing to browse")
     return backends[0] if len(backends) == 1 else CombinedBackend(backends)

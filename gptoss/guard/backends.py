@@ -11,6 +11,8 @@ from gptoss.errors import GptossError
 from gptoss.guard.policy import Policy
 from gptoss.guard.verdict import RATIONALE_MAX_CHARS, guard_messages, verdict_grammar, verdict_schema
 
+GUARD_CACHE_SALT = "gptoss.guard"  # the guard's checks reuse each other's cached prefixes, nobody else's
+
 
 @dataclass
 class GuardReply:
@@ -58,7 +60,7 @@ class LocalGuard:
         from gptoss.harmony import stop_tokens_for_assistant_actions
 
         tok = self.tokenizer
-        ids, prefix = self.prompt_ids(policy, content)
+        ids, _ = self.prompt_ids(policy, content)
         max_tokens = self.max_tokens(policy)
         if self.max_model_len is not None and len(ids) + max_tokens > self.max_model_len:
             raise GptossError(f"the content to check ({len(ids)} prompt tokens with the policy) does not fit the guard "
@@ -68,7 +70,8 @@ class LocalGuard:
                                                                                           self.rationale_max))])
         decoder = TurnDecoder(tok)
         tokens, finish = 0, None
-        async for event in self.engine.generate(ids, params, prefix):
+        # Checks share cached prefixes (the policy) among themselves only, never with the requests they check.
+        async for event in self.engine.generate(ids, params, GUARD_CACHE_SALT):
             tokens += 1
             decoder.feed(event.token)
             finish = event.finish_reason

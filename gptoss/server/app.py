@@ -39,6 +39,9 @@ class ServerConfig:
     toolbox: Any = None  # gptoss.tools.Toolbox: templates of the built-in tools (web_search, code_interpreter)
     guard: Any = None  # gptoss.guard.GuardSettings: the policy guard (input/output checks, /v1/moderations)
     reasoning: str = "visible"  # what clients see of the analysis channel: visible | hidden
+    # Cached prompt prefixes are shared only among requests of one API key (a timing side channel otherwise:
+    # docs/security.md); True shares them across keys.
+    share_prefix_cache: bool = False
 
 
 OPEN_PATHS = frozenset({"/health"})
@@ -48,6 +51,11 @@ OWNER_KEY = "gptoss.key_owner"  # in the ASGI scope: a digest of the request's A
 def key_owner(request: Request) -> str:
     """Who a request is, for what it stores: a digest of its API key ("" when the server has no key)."""
     return request.scope.get(OWNER_KEY, "")
+
+
+def cache_salt(request: Request, config: ServerConfig) -> str | None:
+    """The salt of a request's prefix-cache blocks: its key's digest, unless the operator shares the cache."""
+    return None if config.share_prefix_cache else key_owner(request) or None
 
 
 def read_api_keys(path: str) -> list[str]:

@@ -186,12 +186,8 @@ class PagedKVCache:
         self.windows = {FULL: 0, SLIDING: config.sliding_window}
         sizes: dict[str, int] = {}
         if FULL in self.layer_group:
+            # (a pool smaller than one sequence of max_len is allowed: the engine refuses longer prompts)
             sizes[FULL] = num_blocks if num_blocks is not None else 1 + num_slots * self.max_blocks_per_seq
-            if sizes[FULL] < 1 + self.max_blocks_per_seq:
-                raise ValueError(
-                    f"num_blocks {sizes[FULL]}: the pool must hold at least one sequence of max_len {max_len} "
-                    f"({self.max_blocks_per_seq} blocks of {block_size}) plus the null block"
-                )
         if SLIDING in self.layer_group:
             if FULL in sizes:
                 sizes[SLIDING] = sizes[FULL]

@@ -80,6 +80,9 @@ def add_parser(sub) -> None:
     p.add_argument("--agent-history", type=int, default=2000, help="--agent: tokens of history at the first step")
     p.add_argument("--agent-step", type=int, default=300, help="--agent: tokens each step adds (a call and its output)")
     p.add_argument("--agent-steps", type=int, default=8, help="--agent: steps")
+    p.add_argument("--agent-cold-steps", default=None, metavar="STEPS",
+                   help="--agent: the steps (1-based, comma-separated) at which the engine without prefix reuse is "
+                        "timed too (default: every step; it re-prefills the whole history, so on a slow CPU fewer)")
     p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
                    help="time the tensor parallel engine over N local ranks (see gptoss/cli/bench_tp.py)")
     p.set_defaults(func=run)

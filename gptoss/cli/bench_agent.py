@@ -79,6 +79,9 @@ def run_agent(args) -> int:
             llama = llama_cpp.Llama(model_path=str(gguf), n_ctx=context, n_batch=512, n_threads=threads,
                                     n_threads_batch=threads, verbose=False)
     params = SamplingParams(temperature=0.0, max_tokens=1, ignore_stop=True)
+    cold_steps = set(range(1, len(prompts) + 1))
+    if args.agent_cold_steps:
+        cold_steps = {int(s) for s in args.agent_cold_steps.split(",") if s.strip()}
 
     def ttft_gptoss(llm: LLM, prompt: list[int]) -> tuple[float, int]:
         t0 = time.perf_counter()
@@ -100,18 +103,23 @@ def run_agent(args) -> int:
         row = {"step": i + 1, "history_tokens": len(prompt),
                "new_tokens": len(prompt) - (len(prompts[i - 1]) if i else 0)}
         for name, llm in engines.items():
+            if name == "gptoss_cold" and i + 1 not in cold_steps:
+                continue
             seconds, cached = ttft_gptoss(llm, prompt)
             row[f"{name}_ttft_s"] = round(seconds, 3)
             row[f"{name}_cached_tokens"] = cached
         if llama is not None:
             row["llama_cpp_ttft_s"] = round(ttft_llama(prompt), 3)
-        row["cold_over_reuse"] = round(row["gptoss_cold_ttft_s"] / row["gptoss_ttft_s"], 2)
+        if "gptoss_cold_ttft_s" in row:
+            row["cold_over_reuse"] = round(row["gptoss_cold_ttft_s"] / row["gptoss_ttft_s"], 2)
         if llama is not None:
             row["llama_cpp_over_reuse"] = round(row["llama_cpp_ttft_s"] / row["gptoss_ttft_s"], 2)
         _log(json.dumps(row))
         steps.append(row)
     warm = steps[1:]
-    at4k = min((r for r in steps if r["history_tokens"] >= 4000), key=lambda r: r["history_tokens"], default=steps[-1])
+    timed = [r for r in steps if "cold_over_reuse" in r]
+    at4k = min((r for r in timed if r["history_tokens"] >= 4000), key=lambda r: r["history_tokens"],
+               default=timed[-1] if timed else {"cold_over_reuse": None, "history_tokens": None})
     result = {
         "benchmark": "agent_loop",
         "model": str(folder),

@@ -29,7 +29,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="tokens of context per sequence (default: the model's own, 131072 for gpt-oss)")
     parser.add_argument("--kv-cache-tokens", type=positive_int, default=None,
                         help="positions the KV cache holds, one pool for all sequences, filled as tokens arrive "
-                             "(default: what half the free memory holds, at most every sequence at full length)")
+                             "(default: what 70%% of the free memory holds, at most every sequence at full length)")
     parser.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
                         help="do not keep the KV of finished requests for later ones that share their prefix")
     add_threads_arg(parser)

@@ -34,8 +34,9 @@ def default_kv_tokens(config, dtype: torch.dtype, device: torch.device, weight_b
                       max_model_len: int) -> int:
     """How many positions the pool holds when not told: every slot reaching ``max_model_len`` if memory
     allows, else what the memory left holds (on CUDA 80% of the GPU's free memory; on the CPU the smaller of
-    half of MemAvailable and the RAM beside the weights less 2 GiB) — and never less than one full-length
-    sequence or 64 blocks. Memory is taken only as blocks fill (see :mod:`gptoss.model.paged_cache`)."""
+    70% of MemAvailable and the RAM beside the weights less 2 GiB), never less than 64 blocks. A prompt
+    longer than the pool is refused in one line naming ``kv_cache_tokens``. Memory is taken only as blocks
+    fill (see :mod:`gptoss.model.paged_cache`)."""
     want = max_batch * max_model_len
     per_token = kv_bytes_per_token(config, dtype)
     device = torch.device(device)
@@ -46,7 +47,7 @@ def default_kv_tokens(config, dtype: torch.dtype, device: torch.device, weight_b
         budget = _cpu_budget(weight_bytes)
     if budget is None:
         return want
-    return int(max(min(want, budget // per_token), min(want, max_model_len), 64 * BLOCK_SIZE))
+    return int(max(min(want, budget // per_token), 64 * BLOCK_SIZE))
 
 
 def _cpu_budget(weight_bytes: int) -> float | None:
@@ -56,7 +57,7 @@ def _cpu_budget(weight_bytes: int) -> float | None:
             for line in f:
                 name, value = line.split(":", 1)
                 info[name] = int(value.split()[0]) * 1024
-        return min(info["MemAvailable"] * 0.5, info["MemTotal"] - weight_bytes - 2 * 2**30)
+        return min(info["MemAvailable"] * 0.7, info["MemTotal"] - weight_bytes - 2 * 2**30)
     except (OSError, KeyError, ValueError):
         return None
 

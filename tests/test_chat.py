@@ -47,7 +47,7 @@ def test_the_next_chat_turn_reuses_the_kv_of_the_earlier_ones(ckpt, tokenizer):
     from gptoss.engine import LLM
 
     llm = LLM(ckpt, max_batch=1, max_model_len=2048, tokenizer=tokenizer)
-    session = ChatSession(llm, ChatSettings(max_tokens=12, seed=3))
+    session = ChatSession(llm, ChatSettings(max_tokens=12, seed=3, constrained=False))
     list(session.send("What is 2+2?"))
     engine = llm.engine
     first_prompt, before = engine.prompt_tokens, engine.cached_tokens

@@ -31,7 +31,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="positions the KV cache holds, one pool for all sequences, filled as tokens arrive "
                              "(default: what 70%% of the free memory holds, at most every sequence at full length)")
     parser.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
-                        help="do not keep the KV of finished requests for later ones that share their prefix")
+                        help="do not keep the KV of finished requests for later ones that share their prefix "
+                             "(default: kept, evicted least recently used when memory is needed)")
     add_threads_arg(parser)
 
 

@@ -42,6 +42,21 @@ def test_session_renders_effort_developer_and_history(ckpt, tokenizer):
     assert session.history == []
 
 
+def test_the_next_chat_turn_reuses_the_kv_of_the_earlier_ones(ckpt, tokenizer):
+    from gptoss.conversation import ChatSession, ChatSettings
+    from gptoss.engine import LLM
+
+    llm = LLM(ckpt, max_batch=1, max_model_len=2048, tokenizer=tokenizer)
+    session = ChatSession(llm, ChatSettings(max_tokens=12, seed=3, constrained=False))
+    list(session.send("What is 2+2?"))
+    engine = llm.engine
+    first_prompt, before = engine.prompt_tokens, engine.cached_tokens
+    list(session.send("And 3+3?"))
+    reused = engine.cached_tokens - before
+    # the whole first prompt (its whole blocks) comes from the cache; the re-rendered answer may add more
+    assert reused >= (first_prompt - 1) // 16 * 16 > 0 and reused % 16 == 0
+
+
 def spawn_chat(ckpt, *extra):
     import pexpect  # a test dependency
     child = pexpect.spawn(sys.executable, ["-m", "gptoss", "chat", "--model", str(ckpt), "--seed", "1", *extra],

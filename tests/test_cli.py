@@ -67,6 +67,18 @@ def test_bench_prints_json():
     assert out["weights_bytes"]["mxfp4_experts"] > 0 and out["resident_bytes_model"] > 0
 
 
+def test_bench_agent_reuses_each_steps_history(ckpt):
+    """The agent-loop benchmark: each step after the first finds the previous history in the prefix cache;
+    the engine without reuse finds nothing (llama.cpp is reported skipped when it cannot run)."""
+    out = json.loads(gptoss("bench", "--agent", "--model", str(ckpt), "--agent-history", "40", "--agent-step", "20",
+                            "--agent-steps", "3", "--gguf", "/nonexistent.gguf").stdout)
+    steps = out["steps"]
+    assert [s["history_tokens"] for s in steps] == [40, 60, 80]
+    assert [s["gptoss_cached_tokens"] for s in steps] == [0, 32, 48]  # whole blocks of 16 of the last history
+    assert all(s["gptoss_cold_cached_tokens"] == 0 and s["gptoss_ttft_s"] > 0 for s in steps)
+    assert "llama_cpp" in out["skipped"]
+
+
 def test_serve_rejects_an_unknown_tool_before_loading_the_model(ckpt):
     proc = gptoss("serve", "--model", str(ckpt), "--tools", "python,teleport", check=False)
     assert proc.returncode == 1

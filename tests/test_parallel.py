@@ -89,8 +89,8 @@ def test_rows_are_read_in_slices(tmp_path):
 
 def test_tensor_parallel_llm_generates_as_one_process(tmp_path, tokenizer, monkeypatch):
     """LLM(..., tensor_parallel_size=2): rank 0 schedules and samples, a spawned rank follows; greedy output
-    equals the single-process engine's (paged cache: block allocations and frees mirrored; a shared prefix
-    copied between slots on both ranks)."""
+    equals the single-process engine's (block allocations, frees and prefix-cache adoptions mirrored, so
+    the second round reuses the first's blocks on both ranks)."""
     from gptoss.engine import LLM, SamplingParams
 
     monkeypatch.setenv("GPTOSS_KERNELS", "off")  # both engines on the reference path (the spawned rank too)
@@ -103,11 +103,8 @@ def test_tensor_parallel_llm_generates_as_one_process(tmp_path, tokenizer, monke
 
     def run(llm):
         outs = [o.token_ids for o in llm.generate(prompts, params)]
-        for p in prompts:  # through the shared-prefix path: snapshot, then reuse
-            seq = llm.engine.add_request(p, params, prefix_len=len(prefix))
-            while not seq.is_finished:
-                llm.engine.step()
-            outs.append(seq.output_ids)
+        for p in prompts:  # each again: its prompt from the prefix cache
+            outs += [o.token_ids for o in llm.generate([p], params)]
         return outs
 
     single = LLM(folder, device="cpu", dtype=torch.float32, max_batch=2, max_model_len=256, tokenizer=tokenizer)
@@ -117,7 +114,7 @@ def test_tensor_parallel_llm_generates_as_one_process(tmp_path, tokenizer, monke
     try:
         assert sharded.model.config.num_key_value_heads == config.num_key_value_heads // 2
         assert run(sharded) == expected
-        assert sharded.engine.prefix_hits == 1
+        assert sharded.engine.prefix_hits == single.engine.prefix_hits == 2
     finally:
         sharded.close()
     assert [p.exitcode for p in sharded.workers] == [0]

@@ -47,8 +47,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-sizes", default="1,4", help="decode batch sizes, comma-separated")
     p.add_argument("--repeats", type=int, default=2, help="timed repeats of each measurement (best is reported)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and prompts")
-    p.add_argument("--kv-cache", default="auto", choices=["auto", "slot", "paged"],
-                   help="auto: paged on CUDA (the fast path), slot on the CPU")
+    p.add_argument("--kv-cache", default="auto", choices=["auto", "paged"],
+                   help="the paged cache on every device (the one layout; kept for scripts that name it)")
     p.add_argument("--kv-tokens", type=int, default=None,
                    help="reserve a paged KV cache for this many tokens (default: what the runs need)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on CUDA")
@@ -74,6 +74,15 @@ def add_parser(sub) -> None:
     p.add_argument("--bandwidth-gbs", type=float, default=None,
                    help="memory bandwidth for the floor (default: 3000 on an H100, else the measured copy bandwidth)")
     p.add_argument("--out", default=None, help="also write the JSON to this file")
+    p.add_argument("--agent", action="store_true",
+                   help="CPU, --model CKPT: time to first token of an agent loop whose history grows step by step, "
+                        "with prefix reuse, without, and llama.cpp (see gptoss/cli/bench_agent.py)")
+    p.add_argument("--agent-history", type=int, default=2000, help="--agent: tokens of history at the first step")
+    p.add_argument("--agent-step", type=int, default=300, help="--agent: tokens each step adds (a call and its output)")
+    p.add_argument("--agent-steps", type=int, default=8, help="--agent: steps")
+    p.add_argument("--agent-cold-steps", default=None, metavar="STEPS",
+                   help="--agent: the steps (1-based, comma-separated) at which the engine without prefix reuse is "
+                        "timed too (default: every step; it re-prefills the whole history, so on a slow CPU fewer)")
     p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
                    help="time the tensor parallel engine over N local ranks (see gptoss/cli/bench_tp.py)")
     p.set_defaults(func=run)
@@ -210,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
 
     from gptoss import kernels
     from gptoss.engine.llm import _auto_dtype, check_device
-    from gptoss.model import KVCache, ModelConfig, StepBatch, Transformer
+    from gptoss.model import ModelConfig, Transformer
     from gptoss.model.synthetic import random_tensors
 
     if getattr(args, "tensor_parallel", 1) != 1:
@@ -223,6 +232,10 @@ def run(args: argparse.Namespace) -> int:
         return run_tensor_parallel(args)
     if args.compare:
         return run_compare_cli(args)
+    if args.agent:
+        from gptoss.cli.bench_agent import run_agent
+
+        return run_agent(args)
     batch_sizes = parse_ids(args.batch_sizes, "--batch-sizes")
     device = check_device(args.device)
     if args.threads:
@@ -258,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
     rss_model = rss_bytes() - rss0
     weights_on_gpu = torch.cuda.memory_allocated() if is_cuda else None
     gpu_name = torch.cuda.get_device_name() if is_cuda else None
-    kind = args.kv_cache if args.kv_cache != "auto" else ("paged" if is_cuda else "slot")
+    kind = "paged"
     fast = kind == "paged" and kernels.active(model.unembedding.weight)
     cpu_fast = kernels.cpu_active(model.unembedding.weight)  # the native CPU kernels (GPTOSS_KERNELS=auto)
     cpu_kernels = None
@@ -298,64 +311,43 @@ def run(args: argparse.Namespace) -> int:
         return best_time(fn, device, args.repeats)
 
     graphs = None
-    if kind == "paged":
-        from gptoss.model.paged_cache import PagedKVCache
+    from gptoss.model.paged_cache import PagedKVCache
 
-        max_len = max(ctx, args.kv_tokens or 0)
-        blocks = max((max_b + 1) * -(-ctx // 16), -(-(args.kv_tokens or 0) // 16))
-        cache = PagedKVCache(config, max_b + 1, max_len, num_blocks=2 + blocks, max_step_tokens=max(prompt_len, max_b),
-                             device=device, dtype=dtype)
-        if is_cuda and fast and not args.no_cuda_graphs:
-            from gptoss.engine.cuda_graphs import DecodeGraphs
+    max_len = max(ctx, args.kv_tokens or 0)
+    blocks = max((max_b + 1) * -(-ctx // 16), -(-(args.kv_tokens or 0) // 16))
+    cache = PagedKVCache(config, max_b + 1, max_len, num_blocks=2 + blocks, max_step_tokens=max(prompt_len, max_b),
+                         device=device, dtype=dtype)
+    if is_cuda and fast and not args.no_cuda_graphs:
+        from gptoss.engine.cuda_graphs import DecodeGraphs
 
-            graphs = DecodeGraphs(model, cache, max_batch=max_b, sizes=tuple(batch_sizes))
+        graphs = DecodeGraphs(model, cache, max_batch=max_b, sizes=tuple(batch_sizes))
 
-        def run_prefill() -> None:
-            meta = cache.prepare([0], [0], [prompt_len])
-            model.step_paged(prompt, meta, cache, logits_index=meta.last_index)
-            cache.finish(meta)
+    def run_prefill() -> None:
+        meta = cache.prepare([0], [0], [prompt_len])
+        model.step_paged(prompt, meta, cache, logits_index=meta.last_index)
+        cache.finish(meta)
 
-        def decode_fn(b: int):
-            slots = list(range(1, b + 1))
-            for s in slots:  # each sequence its own blocks, as long as the prompt
-                cache.allocate(s, 0, prompt_len)
-                cache.release_band(s, prompt_len)
-            first = torch.randint(0, config.vocab_size, (b,), generator=gen).to(device)
+    def decode_fn(b: int):
+        slots = list(range(1, b + 1))
+        for s in slots:  # each sequence its own blocks, as long as the prompt
+            cache.allocate(s, 0, prompt_len)
+            cache.release_band(s, prompt_len)
+        first = torch.randint(0, config.vocab_size, (b,), generator=gen).to(device)
 
-            def run_decode() -> None:
-                toks = first
-                for i in range(args.decode_tokens):
-                    meta = cache.prepare(slots, [prompt_len + i] * b, [1] * b)
-                    if graphs is not None and graphs.supports(b):
-                        logits = graphs.run(toks, meta)
-                    else:
-                        logits = model.step_paged(toks, meta, cache, logits_index=meta.last_index)
-                    cache.finish(meta)
-                    toks = logits.argmax(-1)  # greedy, on the device: no host round trip
+        def run_decode() -> None:
+            toks = first
+            for i in range(args.decode_tokens):
+                meta = cache.prepare(slots, [prompt_len + i] * b, [1] * b)
+                if graphs is not None and graphs.supports(b):
+                    logits = graphs.run(toks, meta)
+                else:
+                    logits = model.step_paged(toks, meta, cache, logits_index=meta.last_index)
+                cache.finish(meta)
+                toks = logits.argmax(-1)  # greedy, on the device: no host round trip
 
-            return run_decode
-    else:
-        cache = KVCache(config, max_b, ctx, device=device, dtype=dtype)
-
-        def run_prefill() -> None:
-            model.step(prompt, StepBatch.single(prompt_len, device=device), cache,
-                       logits_index=torch.tensor([prompt_len - 1], device=device))
-
-        def decode_fn(b: int):
-            slots = list(range(b))
-
-            def run_decode() -> None:
-                for i in range(args.decode_tokens):
-                    batch = StepBatch.of(slots, [prompt_len + i] * b, [1] * b, device=device)
-                    toks = torch.randint(0, config.vocab_size, (b,), generator=gen).to(device)
-                    model.step(toks, batch, cache, logits_index=batch.last_index)
-
-            return run_decode
+        return run_decode
 
     prefill_s = best(run_prefill)
-    if kind == "slot":
-        for s in range(1, max_b):  # every sequence starts from the same cached prompt
-            cache.copy_slot(0, s, prompt_len)
     _log(f"prefill {prompt_len}: {prompt_len / prefill_s:.0f} tok/s")
     bandwidth = args.bandwidth_gbs or next((v for k, v in NOMINAL_GBS.items() if gpu_name and k in gpu_name), None)
     measured_bw = copy_bandwidth_gbs(device)
@@ -449,12 +441,7 @@ def check_against_reference(model, device: str, kind: str, length: int = 160) ->
     tokens = torch.randint(0, model.config.vocab_size, (length,), generator=torch.Generator().manual_seed(1)).to(device)
     with kernels.use("off"):
         ref = model(tokens)
-    if kind == "paged":
-        cache = PagedKVCache(model.config, 1, length + 1, device=device, dtype=model.dtype)
-    else:
-        from gptoss.model import KVCache
-
-        cache = KVCache(model.config, 1, length + 1, device=device, dtype=model.dtype)
+    cache = PagedKVCache(model.config, 1, length + 1, device=device, dtype=model.dtype)
     outs, start = [], 0
     for n in [length // 2, length // 2 - 8] + [1] * 8:
         outs.append(model.step(tokens[start : start + n], StepBatch.single(n, start=start, device=device), cache))

@@ -25,7 +25,14 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         help=f"checkpoint folder or hub id (default: {DEFAULT_MODEL}; without a network, the synthetic demo)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
-    parser.add_argument("--max-model-len", type=int, default=4096, help="tokens of context per sequence (default 4096)")
+    parser.add_argument("--max-model-len", type=positive_int, default=None,
+                        help="tokens of context per sequence (default: the model's own, 131072 for gpt-oss)")
+    parser.add_argument("--kv-cache-tokens", type=positive_int, default=None,
+                        help="positions the KV cache holds, one pool for all sequences, filled as tokens arrive "
+                             "(default: what 70%% of the free memory holds, at most every sequence at full length)")
+    parser.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                        help="do not keep the KV of finished requests for later ones that share their prefix "
+                             "(default: kept, evicted least recently used when memory is needed)")
     add_threads_arg(parser)
 
 
@@ -129,7 +136,8 @@ def follow_if_not_rank0(args: argparse.Namespace, max_batch: int = 8) -> bool:
     if topology is None or topology.rank == 0:
         return False
     follow_rank0(resolve_model_arg(args.model), topology, dtype=args.dtype, max_batch=max_batch,
-                 max_model_len=args.max_model_len)
+                 max_model_len=args.max_model_len, kv_cache_tokens=getattr(args, "kv_cache_tokens", None),
+                 prefix_caching=getattr(args, "prefix_cache", True))
     return True
 
 
@@ -155,7 +163,8 @@ def load_llm(args: argparse.Namespace, max_batch: int = 8):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SyntheticCheckpointWarning)  # announced below, in the CLI's words
         llm = LLM(folder, device=args.device, dtype=args.dtype, max_batch=max_batch, max_model_len=args.max_model_len,
-                  progress=sys.stderr.isatty(), **tensor_parallel_kwargs(args))
+                  progress=sys.stderr.isatty(), kv_cache_tokens=getattr(args, "kv_cache_tokens", None),
+                  prefix_caching=getattr(args, "prefix_cache", True), **tensor_parallel_kwargs(args))
     for rank, proc in enumerate(llm.workers, start=1):
         print(f"gptoss: tensor parallel rank {rank} is process {proc.pid}", file=sys.stderr)
     llm.is_demo = demo

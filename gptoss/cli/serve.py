@@ -23,6 +23,9 @@ def add_parser(sub) -> None:
     p.add_argument("--api-keys-file", default=None,
                    help="file of API keys, one a line; each key sees only the responses it stored")
     p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (default 8)")
+    p.add_argument("--share-prefix-cache", action="store_true",
+                   help="let requests of different API keys reuse each other's cached prompt prefixes (default: "
+                        "only within one key, since reuse shows in response times; see docs/security.md)")
     add_tensor_parallel_args(p)
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests before answering 429 (default 256)")
     p.add_argument("--served-model-name", default=None,
@@ -144,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
                               max_queue=args.max_queue, store_path=store,
                               persona=ServerPersona(reasoning_max_tokens=args.reasoning_max_tokens), toolbox=toolbox,
                               guard=guard, reasoning=args.reasoning, strict_max_tokens=args.strict_max_tokens,
-                              mcp_servers=mcp_servers)
+                              mcp_servers=mcp_servers, share_prefix_cache=args.share_prefix_cache)
         app = create_app(llm, config)
         if llm.model_dir is not None:  # weights are memory-mapped: a bus error gets one line saying why
             from gptoss.server.crash import explain_fatal_signals

@@ -45,6 +45,7 @@ class EngineEvent:
     logprobs: TokenLogprobs | None
     finish_reason: str | None
     prompt_logprobs: list[TokenLogprobs | None] | None = None  # on the first event, when the request asked for them
+    cached_tokens: int = 0  # prompt tokens this request found in the prefix cache
 
 
 @dataclass
@@ -53,7 +54,9 @@ class EngineStats:
     running: int = 0
     tokens_generated: int = 0
     steps: int = 0
-    prefix_hits: int = 0
+    prefix_hits: int = 0  # requests that reused a cached prefix
+    prompt_tokens: int = 0  # prompt tokens admitted
+    cached_tokens: int = 0  # of which found in the prefix cache
     recent_tokens: list[tuple[float, int]] = field(default_factory=list)
 
     def tokens_per_second(self, window: float = 10.0) -> float:
@@ -87,8 +90,9 @@ class AsyncEngine:
         with self._lock:
             return len(self._submissions) + len(self.engine.scheduler.waiting)
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams, prefix_len: int = 0) -> str:
-        """Queue a request; returns its id. Raises QueueFull when too many are waiting."""
+    def submit(self, prompt_ids: list[int], params: SamplingParams, cache_salt: str | bytes | None = None) -> str:
+        """Queue a request; returns its id. Raises QueueFull when too many are waiting. ``cache_salt``: the
+        request reuses only cached prefixes of requests with the same salt."""
         if self._error is not None:
             raise EngineStopped(f"the engine stopped: {self._error}")
         request_id = f"r{next(self._ids)}"
@@ -97,7 +101,7 @@ class AsyncEngine:
             if len(self._submissions) + len(self.engine.scheduler.waiting) >= self.max_queue:
                 raise QueueFull(f"{self.max_queue} requests are already waiting")
             self._queues[request_id] = (loop, asyncio.Queue())
-            self._submissions.append((request_id, prompt_ids, params, prefix_len))
+            self._submissions.append((request_id, prompt_ids, params, cache_salt))
         self._wake.set()
         return request_id
 
@@ -126,8 +130,9 @@ class AsyncEngine:
                     self._aborts.append(request_id)
             self._wake.set()
 
-    async def generate(self, prompt_ids: list[int], params: SamplingParams, prefix_len: int = 0) -> AsyncIterator[EngineEvent]:
-        request_id = self.submit(prompt_ids, params, prefix_len)
+    async def generate(self, prompt_ids: list[int], params: SamplingParams,
+                       cache_salt: str | bytes | None = None) -> AsyncIterator[EngineEvent]:
+        request_id = self.submit(prompt_ids, params, cache_salt)
         async for event in self.stream(request_id):
             yield event
 
@@ -182,9 +187,9 @@ class AsyncEngine:
                 aborts, self._aborts = self._aborts, []
             for request_id in aborts:
                 engine.abort(request_id)
-            for request_id, prompt_ids, params, prefix_len in submissions:
+            for request_id, prompt_ids, params, cache_salt in submissions:
                 try:
-                    engine.add_request(prompt_ids, params, request_id=request_id, prefix_len=prefix_len)
+                    engine.add_request(prompt_ids, params, request_id=request_id, cache_salt=cache_salt)
                 except Exception as exc:  # this request only
                     with self._lock:
                         self._deliver(request_id, exc)
@@ -218,7 +223,10 @@ class AsyncEngine:
             self.stats.waiting = len(engine.scheduler.waiting)
             self.stats.running = len(engine.scheduler.running)
             self.stats.prefix_hits = engine.prefix_hits
+            self.stats.prompt_tokens = engine.prompt_tokens
+            self.stats.cached_tokens = engine.cached_tokens
             with self._lock:
                 for seq, token in produced:
                     prompt_lp = seq.prompt_logprobs if len(seq.output_ids) == 1 else None
-                    self._deliver(seq.request_id, EngineEvent(token, seq.logprobs[-1], seq.finish_reason, prompt_lp))
+                    self._deliver(seq.request_id, EngineEvent(token, seq.logprobs[-1], seq.finish_reason, prompt_lp,
+                                                              seq.cached_tokens or 0))

@@ -51,7 +51,7 @@ class DecodeGraphs:
             last_index=torch.arange(b, device=self.tokens.device),
             block_tables={g: t[:b] for g, t in self.tables.items()},
             slot_mapping={g: t[:b] for g, t in self.mapping.items()},
-            max_q_len=1,
+            max_q_len=1, seq_index=self.cu_q[:b],
         )
 
     def capture(self) -> None:

@@ -207,9 +207,10 @@ class StepChannel:
 
 class MirroredCache:
     """Rank 0's view of its KV cache: reads go straight through; the calls that change it outside a model
-    step (``free``, ``copy_slot``) are first sent to the other ranks, which apply them to theirs."""
+    step (``free``, ``copy_slot``, ``adopt``, ``forget_cached``) are first sent to the other ranks, which apply
+    them to theirs (the same calls on the same state: every rank's blocks stay the same)."""
 
-    MIRRORED = frozenset({"free", "copy_slot"})
+    MIRRORED = frozenset({"free", "copy_slot", "adopt", "forget_cached"})
 
     def __init__(self, cache, channel: StepChannel):
         self._cache, self._channel = cache, channel

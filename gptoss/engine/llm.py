@@ -21,7 +21,6 @@ from gptoss.engine.sampling import SamplingParams, TokenLogprobs, sample
 from gptoss.engine.scheduler import Scheduler
 from gptoss.engine.sequence import Sequence
 from gptoss.errors import GptossError
-from gptoss.model.paged_cache import NoFreeBlocks
 from gptoss.model.transformer import Transformer
 from gptoss.tokenizer import Tokenizer
 
@@ -49,54 +48,28 @@ class TokenEvent:
     finish_reason: str | None  # set on the last token
 
 
-class PrefixCache:
-    """KV snapshots of shared prompt prefixes (the system and developer messages of a server) in
-    dedicated cache slots, least recently used evicted first."""
-
-    MIN_TOKENS = 16
-
-    def __init__(self, slots: list[int]):
-        self.free = list(slots)
-        self.entries: dict[tuple[int, ...], int] = {}  # prefix -> slot, oldest first
-
-    def lookup(self, prefix: tuple[int, ...]) -> int | None:
-        slot = self.entries.pop(prefix, None)
-        if slot is not None:
-            self.entries[prefix] = slot  # most recently used
-        return slot
-
-    def reserve(self, prefix: tuple[int, ...]) -> int | None:
-        if not self.free and not self.entries:
-            return None
-        if not self.free:
-            oldest = next(iter(self.entries))
-            self.free.append(self.entries.pop(oldest))
-        slot = self.free.pop()
-        self.entries[prefix] = slot
-        return slot
-
-    def drop(self, slot: int) -> None:
-        """Forget the entry in ``slot`` (its snapshot could not be taken)."""
-        self.entries = {p: s for p, s in self.entries.items() if s != slot}
-        self.free.append(slot)
-
-
 class LLMEngine:
-    def __init__(self, model: Transformer, max_batch: int = 8, max_model_len: int = 4096, max_prefill_tokens: int = 2048,
-                 prefix_slots: int = 4, kv_cache: str = "auto", kv_cache_tokens: int | None = None,
-                 cuda_graphs: bool | None = None, channel=None):
-        """``kv_cache``: ``slot`` (one fixed place per sequence, the CPU default), ``paged`` (blocks from a
-        block manager, the CUDA default, where the Triton kernels and decode CUDA graphs run) or ``auto``.
-        ``kv_cache_tokens`` sizes the paged cache (default: every sequence can reach ``max_model_len``).
-        ``channel``: rank 0's :class:`~gptoss.engine.distributed.StepChannel` when ``model`` is one shard of
-        a tensor parallel model (the other ranks build their runner from :meth:`runner_kwargs`)."""
+    def __init__(self, model: Transformer, max_batch: int = 8, max_model_len: int | None = None,
+                 max_prefill_tokens: int = 2048, kv_cache: str = "auto", kv_cache_tokens: int | None = None,
+                 cuda_graphs: bool | None = None, channel=None, prefix_caching: bool = True):
+        """``kv_cache_tokens``: positions the KV cache holds, one pool shared by every sequence (default
+        :func:`~gptoss.engine.model_runner.default_kv_tokens`: from free memory). ``max_model_len``: the
+        longest sequence (default: the model's context). ``prefix_caching``: keep the KV of finished requests
+        (prompt and output) in full blocks, reused by any later request that starts with the same tokens
+        under the same cache salt. ``channel``: rank 0's :class:`~gptoss.engine.distributed.StepChannel`
+        when ``model`` is one shard of a tensor parallel model (the other ranks build their runner from
+        :meth:`runner_kwargs`)."""
         self.model = model
-        self.max_model_len = max_model_len
+        self.max_model_len = min(max_model_len or model.config.max_position_embeddings,
+                                 model.config.max_position_embeddings)
         self.runner = ModelRunner(model, channel=channel, **self.runner_kwargs(
-            max_batch, max_model_len, max_prefill_tokens, prefix_slots, kv_cache, kv_cache_tokens, cuda_graphs))
+            max_batch, self.max_model_len, max_prefill_tokens, kv_cache, kv_cache_tokens, cuda_graphs,
+            prefix_caching))
         self.scheduler = Scheduler(max_batch, max_prefill_tokens, blocks=self.runner.blocks)
-        self.prefixes = PrefixCache(list(range(max_batch, max_batch + prefix_slots)))
-        self.prefix_hits = 0
+        self.capacity = self.runner.local_cache.capacity_tokens
+        self.prefix_hits = 0  # requests that reused a cached prefix
+        self.prompt_tokens = 0  # prompt tokens of admitted requests
+        self.cached_tokens = 0  # of which found in the prefix cache
         self.sequences: dict[str, Sequence] = {}
         # Requests whose processing raised, each failed alone (finish_reason "error", ``seq.error``) while
         # the rest of the batch goes on; the async engine drains this list after each step.
@@ -104,17 +77,22 @@ class LLMEngine:
 
     @staticmethod
     def runner_kwargs(max_batch: int = 8, max_model_len: int = 4096, max_prefill_tokens: int = 2048,
-                      prefix_slots: int = 4, kv_cache: str = "auto", kv_cache_tokens: int | None = None,
-                      cuda_graphs: bool | None = None) -> dict:
+                      kv_cache: str = "auto", kv_cache_tokens: int | None = None, cuda_graphs: bool | None = None,
+                      prefix_caching: bool = True) -> dict:
         """The :class:`ModelRunner` of an engine so configured (every tensor parallel rank builds the same)."""
-        return dict(max_batch=max_batch + prefix_slots, max_model_len=max_model_len, kv_cache=kv_cache,
+        return dict(max_batch=max_batch, max_model_len=max_model_len, kv_cache=kv_cache,
                     kv_cache_tokens=kv_cache_tokens, max_step_tokens=max_prefill_tokens, cuda_graphs=cuda_graphs,
-                    decode_batch=max_batch)
+                    decode_batch=max_batch, prefix_caching=prefix_caching)
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        """Share of admitted prompt tokens that came from the prefix cache."""
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
     def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None,
-                    prefix_len: int = 0) -> Sequence:
-        """Queue a request. ``prefix_len``: its first tokens are a prefix other requests share (a server's
-        system and developer messages); their keys and values are computed once and copied after that."""
+                    cache_salt: str | bytes | None = None) -> Sequence:
+        """Queue a request. ``cache_salt``: cached prefixes are shared only among requests with the same salt
+        (the server passes the API key's identity); None for all requests of the Python API."""
         if not prompt_ids:
             raise GptossError("prompt is empty: at least one token is needed")
         vocab = self.model.config.vocab_size
@@ -126,14 +104,21 @@ class LLMEngine:
                 f"prompt has {len(prompt_ids)} tokens; the context holds {self.max_model_len} (max_model_len), "
                 "leaving no room to generate"
             )
-        seq = Sequence(prompt_ids, params, request_id)
-        if PrefixCache.MIN_TOKENS <= prefix_len < len(prompt_ids):
-            seq.prefix_len = prefix_len
+        if len(prompt_ids) >= self.capacity:
+            raise GptossError(
+                f"prompt has {len(prompt_ids)} tokens; the KV cache holds {self.capacity} (kv_cache_tokens), "
+                "leaving no room to generate: give the cache more tokens or memory"
+            )
+        seq = Sequence(prompt_ids, params, request_id, cache_salt=cache_salt)
         if seq.request_id in self.sequences:
             raise GptossError(f"request id {seq.request_id!r} is already in use")
         self.sequences[seq.request_id] = seq
         self.scheduler.add(seq)
         return seq
+
+    def clear_prefix_cache(self) -> None:
+        """Forget every cached prefix (running requests keep their blocks)."""
+        self.runner.cache.forget_cached()
 
     def abort(self, request_id: str) -> None:
         """Stop a request and free its cache slot (e.g. when its client disconnects)."""
@@ -150,18 +135,13 @@ class LLMEngine:
         work, is_prefill = self.scheduler.schedule()
         if not work:
             return []
-        if is_prefill:
-            work = [(seq, self._reuse_prefix(seq, n)) for seq, n in work]
-        work, logits = self._run_isolated(work)
         for seq, _ in work:
-            if seq.prefix_len and seq.num_cached == seq.prefix_len and seq.prefix_snapshot:
-                slot = self.prefixes.reserve(tuple(seq.prompt_ids[: seq.prefix_len]))
-                if slot is not None:
-                    try:
-                        self.runner.cache.copy_slot(seq.slot, slot, seq.prefix_len)
-                    except NoFreeBlocks:  # the paged cache is full: skip this snapshot
-                        self.prefixes.drop(slot)
-                seq.prefix_snapshot = False
+            if not seq.counted and seq.cached_tokens is not None:
+                seq.counted = True
+                self.prompt_tokens += len(seq.prompt_ids)
+                self.cached_tokens += seq.cached_tokens
+                self.prefix_hits += bool(seq.cached_tokens)
+        work, logits = self._run_isolated(work)
         ready = [(i, seq) for i, (seq, _) in enumerate(work) if seq.num_cached == len(seq)]
         if not ready:
             return []
@@ -175,7 +155,7 @@ class LLMEngine:
             p = seq.params
             if not p.ignore_stop and token in p.stop_token_ids:
                 self._finish(seq, "stop")
-            elif len(seq.output_ids) >= p.max_tokens or len(seq) >= self.max_model_len:
+            elif len(seq.output_ids) >= p.max_tokens or len(seq) >= min(self.max_model_len, self.capacity):
                 self._finish(seq, "length")
         return produced
 
@@ -269,24 +249,6 @@ class LLMEngine:
         self._finish(seq, "error")
         self.failures.append(seq)
 
-    def _reuse_prefix(self, seq: Sequence, n: int) -> int:
-        """Before a sequence's first prefill chunk: copy a cached prefix into its slot, or arrange for
-        the first chunk to end at the prefix so that it can be snapshotted. Returns the chunk length."""
-        if not seq.prefix_len or seq.num_cached or seq.prompt_logprobs is not None:  # (a copied prefix has no logits)
-            return n
-        key = tuple(seq.prompt_ids[: seq.prefix_len])
-        slot = self.prefixes.lookup(key)
-        if slot is not None:
-            try:
-                self.runner.cache.copy_slot(slot, seq.slot, seq.prefix_len)
-            except NoFreeBlocks:  # the paged cache is full: compute the prefix instead
-                return n
-            seq.num_cached = seq.prefix_len
-            self.prefix_hits += 1
-            return min(n, len(seq) - seq.num_cached)
-        seq.prefix_snapshot = True
-        return min(n, seq.prefix_len)
-
     def _finish(self, seq: Sequence, reason: str) -> None:
         self.scheduler.finish(seq, reason)
         self.sequences.pop(seq.request_id, None)
@@ -351,7 +313,7 @@ class LLM:
         device: str | None = None,
         dtype: torch.dtype | str | None = None,
         max_batch: int = 8,
-        max_model_len: int = 4096,
+        max_model_len: int | None = None,
         tokenizer: Tokenizer | None = None,
         layout: str = "auto",
         progress: bool = False,
@@ -360,12 +322,16 @@ class LLM:
         tensor_parallel_size: int = 1,
         topology=None,
         distributed_timeout: float | None = None,
+        prefix_caching: bool = True,
     ):
         """``tensor_parallel_size``: shard the model over that many local ranks (processes spawned here, this
         one being rank 0: attention by heads, experts across ranks, vocabulary split; gloo on the CPU, NCCL
         on GPUs). ``topology``: this process's place in a group started elsewhere (``torchrun``: see
         :func:`gptoss.engine.distributed.from_environment`); it must be rank 0, the others run
-        :func:`follow_rank0`. ``distributed_timeout``: seconds any collective may wait."""
+        :func:`follow_rank0`. ``distributed_timeout``: seconds any collective may wait. ``max_model_len``:
+        default the model's own context (131,072 for gpt-oss). ``kv_cache_tokens``: positions the KV cache
+        holds, shared by all sequences (default: from free memory). ``prefix_caching``: reuse the KV of
+        earlier requests that share a prefix (see :class:`LLMEngine`)."""
         from gptoss.engine import distributed
 
         self.channel = None
@@ -392,8 +358,16 @@ class LLM:
                 world = topology.world if topology is not None else tensor_parallel_size
                 Shard(0, world).check(config)  # before any process starts
                 timeout = distributed_timeout or distributed.DEFAULT_TIMEOUT_S
-                runner_kwargs = LLMEngine.runner_kwargs(max_batch, min(max_model_len, config.max_position_embeddings),
-                                                        kv_cache=kv_cache, kv_cache_tokens=kv_cache_tokens)
+                context = min(max_model_len or config.max_position_embeddings, config.max_position_embeddings)
+                if kv_cache_tokens is None and topology is not None:  # torchrun: as follow_rank0 decides it
+                    kv_cache_tokens = max_batch * context
+                elif kv_cache_tokens is None:  # decided here once, so that every rank's pool is the same
+                    from gptoss.engine.model_runner import default_kv_tokens
+
+                    kv_cache_tokens = default_kv_tokens(config, dt, torch.device(dev), config.weight_bytes(),
+                                                        max_batch, context)
+                runner_kwargs = LLMEngine.runner_kwargs(max_batch, context, kv_cache=kv_cache,
+                                                        kv_cache_tokens=kv_cache_tokens, prefix_caching=prefix_caching)
                 procs = []
                 if topology is None:
                     threads = None if dev.startswith("cuda") else max(1, torch.get_num_threads() // world)
@@ -420,9 +394,9 @@ class LLM:
             else:
                 self.model = Transformer.from_checkpoint(self.model_dir, device=dev, dtype=dt, layout=layout,
                                                          progress=progress)
-        self.max_model_len = min(max_model_len, self.model.config.max_position_embeddings)
-        self.engine = LLMEngine(self.model, max_batch=max_batch, max_model_len=self.max_model_len, kv_cache=kv_cache,
-                                kv_cache_tokens=kv_cache_tokens, **channel_kwargs)
+        self.engine = LLMEngine(self.model, max_batch=max_batch, max_model_len=max_model_len, kv_cache=kv_cache,
+                                kv_cache_tokens=kv_cache_tokens, prefix_caching=prefix_caching, **channel_kwargs)
+        self.max_model_len = self.engine.max_model_len
         self._tokenizer = tokenizer
 
     def close(self) -> None:
@@ -493,8 +467,8 @@ class LLM:
 
 
 def follow_rank0(model: str | os.PathLike, topology, device: str | None = None, dtype: torch.dtype | str | None = None,
-                 max_batch: int = 8, max_model_len: int = 4096, layout: str = "auto", kv_cache: str = "auto",
-                 kv_cache_tokens: int | None = None) -> None:
+                 max_batch: int = 8, max_model_len: int | None = None, layout: str = "auto", kv_cache: str = "auto",
+                 kv_cache_tokens: int | None = None, prefix_caching: bool = True) -> None:
     """A rank other than 0 of a tensor parallel group started by ``torchrun``: load this rank's shard and run
     the steps rank 0 sends until it stops. Give it the same settings as rank 0's :class:`LLM`."""
     from gptoss.engine import distributed
@@ -507,9 +481,10 @@ def follow_rank0(model: str | os.PathLike, topology, device: str | None = None, 
     distributed.init(topology)
     channel = distributed.StepChannel(topology)
     shard_model = distributed.load_shard(folder, topology, dt, layout)
+    context = min(max_model_len or config.max_position_embeddings, config.max_position_embeddings)
     runner = ModelRunner(shard_model, **LLMEngine.runner_kwargs(
-        max_batch, min(max_model_len, config.max_position_embeddings), kv_cache=kv_cache,
-        kv_cache_tokens=kv_cache_tokens))
+        max_batch, context, kv_cache=kv_cache, kv_cache_tokens=kv_cache_tokens or max_batch * context,
+        prefix_caching=prefix_caching))
     channel.ready()
     distributed.worker_loop(runner, channel)
     channel.close()

@@ -1,11 +1,9 @@
 """Runs one scheduled step on the model: lays out the batch, extends the KV cache, returns logits.
 
-Two caches (``kv_cache``):
-
-* ``slot`` — :class:`~gptoss.model.cache.KVCache`, one fixed place per slot; the CPU default.
-* ``paged`` — :class:`~gptoss.model.paged_cache.PagedKVCache`, blocks from a block manager; the default on
-  CUDA, where the model then runs its Triton kernels (see :mod:`gptoss.kernels`) and decode steps replay
-  CUDA graphs captured at a set of batch sizes (:mod:`gptoss.engine.cuda_graphs`).
+One cache on every device: :class:`~gptoss.model.paged_cache.PagedKVCache`, blocks handed out as tokens
+arrive from one pool that all sequences share, full blocks kept after their sequence ends for prefix reuse
+(automatic prefix caching). On CUDA, decode steps replay CUDA graphs captured at a set of batch sizes
+(:mod:`gptoss.engine.cuda_graphs`).
 """
 
 from __future__ import annotations
@@ -15,57 +13,98 @@ import torch
 from gptoss.engine.distributed import MirroredCache, StepPlan
 from gptoss.engine.sequence import Sequence
 from gptoss.errors import GptossError
-from gptoss.model.cache import KVCache, StepBatch
 from gptoss.model.paged_cache import PagedKVCache
 from gptoss.model.transformer import Transformer
 
+BLOCK_SIZE = 16
 
-def choose_cache(kind: str, device: torch.device) -> str:
-    if kind == "auto":
-        return "paged" if device.type == "cuda" else "slot"
-    if kind not in ("slot", "paged"):
-        raise GptossError(f"unknown kv_cache {kind!r} (choose auto, slot or paged)")
-    return kind
+
+def check_cache_kind(kind: str) -> None:
+    if kind not in ("auto", "paged"):
+        raise GptossError(f"unknown kv_cache {kind!r}: every device runs the paged cache (choose auto or paged)")
+
+
+def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Bytes one position takes in the cache over all layers (keys and values)."""
+    return config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim * \
+        torch.empty((), dtype=dtype).element_size()
+
+
+def default_kv_tokens(config, dtype: torch.dtype, device: torch.device, weight_bytes: int, max_batch: int,
+                      max_model_len: int) -> int:
+    """How many positions the pool holds when not told: every slot reaching ``max_model_len`` if memory
+    allows, else what the memory left holds (on CUDA 80% of the GPU's free memory; on the CPU the smaller of
+    70% of MemAvailable and the RAM beside the weights less 2 GiB), never less than 64 blocks. A prompt
+    longer than the pool is refused in one line naming ``kv_cache_tokens``. Memory is taken only as blocks
+    fill (see :mod:`gptoss.model.paged_cache`)."""
+    want = max_batch * max_model_len
+    per_token = kv_bytes_per_token(config, dtype)
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = free * 0.8
+    else:
+        budget = _cpu_budget(weight_bytes)
+    if budget is None:
+        return want
+    return int(max(min(want, budget // per_token), 64 * BLOCK_SIZE))
+
+
+def _cpu_budget(weight_bytes: int) -> float | None:
+    try:
+        info = {}
+        with open("/proc/meminfo") as f:
+            for line in f:
+                name, value = line.split(":", 1)
+                info[name] = int(value.split()[0]) * 1024
+        return min(info["MemAvailable"] * 0.7, info["MemTotal"] - weight_bytes - 2 * 2**30)
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 class ModelRunner:
     def __init__(self, model: Transformer, max_batch: int, max_model_len: int, kv_cache: str = "auto",
-                 kv_cache_tokens: int | None = None, block_size: int = 16, max_step_tokens: int = 2048,
-                 cuda_graphs: bool | None = None, decode_batch: int | None = None, channel=None):
-        """``max_batch``: cache slots. ``kv_cache_tokens``: size of the paged cache's dense-layer pool
-        (default: every slot can reach ``max_model_len``). ``cuda_graphs``: capture decode graphs (default:
-        on CUDA with a paged cache), at batch sizes up to ``decode_batch``. ``channel``: rank 0's
+                 kv_cache_tokens: int | None = None, block_size: int = BLOCK_SIZE, max_step_tokens: int = 2048,
+                 cuda_graphs: bool | None = None, decode_batch: int | None = None, channel=None,
+                 prefix_caching: bool = True):
+        """``max_batch``: cache slots. ``kv_cache_tokens``: positions the pool holds, shared by every sequence
+        (default :func:`default_kv_tokens`). ``prefix_caching``: keep full blocks after their sequence ends and
+        hand them to a new one with the same prefix. ``cuda_graphs``: capture decode graphs (default: on CUDA),
+        at batch sizes up to ``decode_batch``. ``channel``: rank 0's
         :class:`~gptoss.engine.distributed.StepChannel` under tensor parallelism (each step's plan and each
         change to the cache is sent to the other ranks; CUDA graphs are off there: not yet verified with
         collectives inside)."""
+        check_cache_kind(kv_cache)
         self.model = model
         self.channel = channel
         if channel is not None and channel.world > 1:
             cuda_graphs = False
         self.max_model_len = max_model_len
-        self.kind = choose_cache(kv_cache, model.device)
+        self.kind = "paged"
         self.graphs = None
-        if self.kind == "slot":
-            self.local_cache = KVCache(model.config, max_batch, max_model_len, device=model.device, dtype=model.dtype)
-        else:
-            num_blocks = None if kv_cache_tokens is None else 1 + -(-kv_cache_tokens // block_size)
-            self.local_cache = PagedKVCache(model.config, max_batch, max_model_len, block_size=block_size,
-                                            num_blocks=num_blocks, max_step_tokens=max(max_step_tokens, max_batch),
-                                            device=model.device, dtype=model.dtype)
-            if cuda_graphs is None:
-                cuda_graphs = model.device.type == "cuda"
-            if cuda_graphs:
-                from gptoss.engine.cuda_graphs import DecodeGraphs
+        if kv_cache_tokens is None:
+            kv_cache_tokens = default_kv_tokens(model.config, model.dtype, model.device, model.memory_bytes()["total"],
+                                                max_batch, max_model_len)
+        if kv_cache_tokens < block_size:
+            raise GptossError(f"kv_cache_tokens {kv_cache_tokens}: the cache needs at least one block of {block_size}")
+        self.local_cache = PagedKVCache(model.config, max_batch, max_model_len, block_size=block_size,
+                                        num_blocks=1 + -(-kv_cache_tokens // block_size),
+                                        max_step_tokens=max(max_step_tokens, max_batch), device=model.device,
+                                        dtype=model.dtype, prefix_caching=prefix_caching)
+        if cuda_graphs is None:
+            cuda_graphs = model.device.type == "cuda"
+        if cuda_graphs:
+            from gptoss.engine.cuda_graphs import DecodeGraphs
 
-                self.graphs = DecodeGraphs(model, self.local_cache, max_batch=decode_batch or max_batch)
+            self.graphs = DecodeGraphs(model, self.local_cache, max_batch=decode_batch or max_batch)
         # What the engine and the scheduler change: under tensor parallelism, changes reach every rank.
         self.cache = self.local_cache if channel is None else MirroredCache(self.local_cache, channel)
         self.full_logits: list[torch.Tensor | None] | None = None  # of the last step (see execute)
 
     @property
-    def blocks(self) -> PagedKVCache | MirroredCache | None:
-        """The block accounting the scheduler consults (paged cache only)."""
-        return self.cache if self.kind == "paged" else None
+    def blocks(self) -> PagedKVCache | MirroredCache:
+        """The block accounting the scheduler consults."""
+        return self.cache
 
     def run(self, work: list[tuple[Sequence, int]]) -> torch.Tensor:
         """Feed each sequence its next ``n`` uncached tokens; returns logits ``[B, V]`` of each one's last token.
@@ -102,19 +141,13 @@ class ModelRunner:
                 last.append(len(rows) - 1)
                 at += n
             index = torch.tensor(rows, dtype=torch.long, device=self.model.device)
-        if self.kind == "paged":
-            cache = self.local_cache
-            meta = cache.prepare(plan.slots, plan.starts, plan.lens)
-            if index is None and self.graphs is not None and meta.max_q_len == 1 and self.graphs.supports(len(plan.lens)):
-                logits = self.graphs.run(tokens, meta)
-            else:
-                logits = self.model.step_paged(tokens, meta, cache,
-                                               logits_index=meta.last_index if index is None else index)
-            cache.finish(meta)
+        cache = self.local_cache
+        meta = cache.prepare(plan.slots, plan.starts, plan.lens, plan.tokens)
+        if index is None and self.graphs is not None and meta.max_q_len == 1 and self.graphs.supports(len(plan.lens)):
+            logits = self.graphs.run(tokens, meta)
         else:
-            batch = StepBatch.of(plan.slots, plan.starts, plan.lens, device=self.model.device)
-            logits = self.model.step(tokens, batch, self.local_cache,
-                                     logits_index=batch.last_index if index is None else index)
+            logits = self.model.step_paged(tokens, meta, cache, logits_index=meta.last_index if index is None else index)
+        cache.finish(meta)
         if index is None:
             return logits
         self.full_logits = [logits[end - n + 1: end + 1] if full else None

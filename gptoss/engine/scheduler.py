@@ -1,10 +1,12 @@
 """Which sequences run in the next step: admit waiting requests into free cache slots, prefill prompts in
 chunks, otherwise decode every running sequence by one token.
 
-With a paged KV cache (``blocks``) a step also has to fit in the free blocks: a request is admitted only
-when its first chunk fits, a prefill chunk waits when it does not, and when decoding would run out the most
-recently admitted sequence is preempted — its blocks are given back and it waits again, to be recomputed
-from its tokens (prompt and output so far) when there is room.
+The KV cache (``blocks``) hands out blocks as tokens arrive, from one pool shared by every sequence. On
+admission a request takes its longest cached prefix (:meth:`~gptoss.model.paged_cache.PagedKVCache.adopt`)
+and is admitted only when its first chunk after that fits; a prefill chunk waits when it does not, and when
+decoding would run out the most recently admitted sequence is preempted — its blocks are given back (full
+ones stay cached) and it waits again, to be recomputed from its tokens (prompt and output so far) when there
+is room, mostly from its own cached blocks.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from gptoss.engine.sequence import Sequence, Status
 
 class Scheduler:
     def __init__(self, max_batch: int, max_prefill_tokens: int = 2048, blocks=None):
-        """``blocks``: a :class:`~gptoss.model.paged_cache.PagedKVCache` (its ``blocks_needed``, ``fits``
-        and ``free``), or None for a cache with a fixed place per slot."""
+        """``blocks``: a :class:`~gptoss.model.paged_cache.PagedKVCache` (its ``adopt``, ``blocks_needed``,
+        ``fits`` and ``free``), or None when nothing needs accounting (every step fits)."""
         self.max_batch = max_batch
         self.max_prefill_tokens = max_prefill_tokens
         self.blocks = blocks
@@ -37,7 +39,7 @@ class Scheduler:
         """Returns ``([(sequence, tokens to run)], is_prefill)``."""
         while self.waiting and self.free_slots:
             seq = self.waiting[0]
-            if self.blocks is not None and not self._admissible(seq):
+            if self.blocks is not None and not self._admit_blocks(seq, self.free_slots[-1]):
                 break
             self.waiting.popleft()
             seq.slot = self.free_slots.pop()
@@ -66,7 +68,7 @@ class Scheduler:
             self.waiting.remove(seq)
         self._release(seq)
 
-    # ------------------------------------------------------------------ paged cache
+    # ------------------------------------------------------------------ the block pool
     def _release(self, seq: Sequence) -> None:
         if seq.slot is not None:
             if self.blocks is not None:
@@ -74,25 +76,31 @@ class Scheduler:
             self.free_slots.append(seq.slot)
             seq.slot = None
 
-    def _need(self, seq: Sequence, n: int) -> dict[str, int]:
-        need = self.blocks.blocks_needed(seq.slot, seq.num_cached, n) if seq.slot is not None else \
-            self.blocks.blocks_needed(0, 0, n)
-        if seq.prefix_len and not seq.num_cached:  # a prefix copied in first takes one partial block more
-            need = {g: c + 2 for g, c in need.items()}
-        return need
+    def _need(self, seq: Sequence, n: int, slot: int | None = None) -> dict[str, int]:
+        return self.blocks.blocks_needed(seq.slot if slot is None else slot, seq.num_cached, n)
 
-    def _admissible(self, seq: Sequence) -> bool:
-        """Admit only when the first chunk fits next to one more block for each running sequence."""
-        need = self._need(seq, min(len(seq), self.max_prefill_tokens))
+    def _admit_blocks(self, seq: Sequence, slot: int) -> bool:
+        """Give ``seq`` its cached prefix in ``slot``; keep it only when the first chunk after that fits
+        next to one more block for each running sequence (else the slot is emptied again)."""
+        # A request that asked for its prompt's log-probabilities computes every position (a cached block has
+        # no logits): it adopts nothing, but the blocks it fills are cached for others.
+        tokens = seq.token_ids if seq.prompt_logprobs is None else seq.token_ids[:1]
+        seq.num_cached = self.blocks.adopt(slot, tokens, seq.cache_salt)
+        if seq.cached_tokens is None:  # the first admission: what a request reused (not its own recompute)
+            seq.cached_tokens = min(seq.num_cached, len(seq.prompt_ids))
+        need = self._need(seq, min(len(seq) - seq.num_cached, self.max_prefill_tokens), slot)
         need = {g: c + len(self.running) for g, c in need.items()}
-        return self.blocks.fits(need)
+        if self.blocks.fits(need):
+            return True
+        self.blocks.free(slot)
+        seq.num_cached = 0
+        return False
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self._release(seq)
         seq.status = Status.WAITING
         seq.num_cached = 0
-        seq.prefix_snapshot = False
         self.waiting.appendleft(seq)
         self.num_preempted += 1
 

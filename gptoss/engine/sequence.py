@@ -20,7 +20,8 @@ class Status(enum.Enum):
 
 
 class Sequence:
-    def __init__(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None):
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None,
+                 cache_salt: str | bytes | None = None):
         self.request_id = request_id or f"req-{next(_ids)}"
         self.prompt_ids = list(prompt_ids)
         self.output_ids: list[int] = []
@@ -33,8 +34,11 @@ class Sequence:
         self.num_cached = 0  # tokens whose keys/values are in the cache
         self.finish_reason: str | None = None  # "stop", "length", "abort" or "error"
         self.error: BaseException | None = None  # why processing this request raised (finish_reason "error")
-        self.prefix_len = 0  # leading tokens shared with other requests (see LLMEngine.add_request)
-        self.prefix_snapshot = False  # copy the cache at prefix_len into the prefix cache
+        # Cached prefixes are shared only among sequences with the same salt (the server: the API key's
+        # identity; a LoRA adapter's name may be mixed in, since its keys and values differ).
+        self.cache_salt = cache_salt
+        self.cached_tokens: int | None = None  # prompt tokens found in the prefix cache when first admitted
+        self.counted = False  # added to the engine's prefix-cache statistics
         self.seed = params.seed if params.seed is not None else random.getrandbits(63)
         self._generator: torch.Generator | None = None
 

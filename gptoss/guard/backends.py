@@ -13,6 +13,7 @@ from gptoss.guard.policy import Policy
 from gptoss.guard.verdict import RATIONALE_MAX_CHARS, guard_messages, verdict_grammar, verdict_schema
 
 INLINE_CHARS = 32 * 1024  # content this short is tokenized on the event loop; longer content on a thread
+GUARD_CACHE_SALT = "gptoss.guard"  # the guard's checks reuse each other's cached prefixes, nobody else's
 
 
 @dataclass
@@ -62,9 +63,9 @@ class LocalGuard:
 
         tok = self.tokenizer
         if len(content) <= INLINE_CHARS:
-            ids, prefix = self.prompt_ids(policy, content)
+            ids, _ = self.prompt_ids(policy, content)
         else:  # megabytes of content to check must not stall the server's event loop
-            ids, prefix = await asyncio.to_thread(self.prompt_ids, policy, content)
+            ids, _ = await asyncio.to_thread(self.prompt_ids, policy, content)
         max_tokens = self.max_tokens(policy)
         if self.max_model_len is not None and len(ids) + max_tokens > self.max_model_len:
             raise GptossError(f"the content to check ({len(ids)} prompt tokens with the policy) does not fit the guard "
@@ -74,7 +75,8 @@ class LocalGuard:
                                                                                           self.rationale_max))])
         decoder = TurnDecoder(tok)
         tokens, finish = 0, None
-        async for event in self.engine.generate(ids, params, prefix):
+        # Checks share cached prefixes (the policy) among themselves only, never with the requests they check.
+        async for event in self.engine.generate(ids, params, GUARD_CACHE_SALT):
             tokens += 1
             decoder.feed(event.token)
             finish = event.finish_reason

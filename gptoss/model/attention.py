@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
-from gptoss import kernels
-from gptoss.model.cache import KVCache, StepBatch
 from gptoss.model.config import ModelConfig
 from gptoss.model.norm import RMSNorm
 from gptoss.model.paged_cache import PagedKVCache, PagedMeta
 from gptoss.model.rope import RotaryEmbedding
+
+if TYPE_CHECKING:
+    from gptoss.model.backend import Reference
 
 
 def sdpa_with_sinks(
@@ -103,87 +105,15 @@ class AttentionBlock(torch.nn.Module):
         self.out = torch.nn.Linear(config.head_dim * config.num_attention_heads, config.hidden_size, device=device, dtype=dtype)
         self.sm_scale = 1 / math.sqrt(config.head_dim)
 
-    def forward(
-        self, x: torch.Tensor, batch: StepBatch, rope: tuple[torch.Tensor, torch.Tensor], cache: KVCache | None
-    ) -> torch.Tensor:
-        """``x [N, hidden]`` flat tokens of ``batch``; returns ``x`` plus the attention output."""
-        if isinstance(cache, PagedKVCache):
-            return self._forward_paged(x, batch, rope, cache)
-        n = x.shape[0]
-        hq, hk, d = self.num_heads, self.num_kv_heads, self.head_dim
-        fast = kernels.cpu_active(x)
-        qkv = _cpu_dense(self.qkv, self.norm(x)).to(x.dtype) if fast else self.qkv(self.norm(x))
-        q = qkv[:, : hq * d].view(n, hk, hq // hk, d)
-        k = qkv[:, hq * d : (hq + hk) * d].view(n, hk, d)
-        v = qkv[:, (hq + hk) * d :].view(n, hk, d)
-        cos, sin = rope
-        q = RotaryEmbedding.apply(q.reshape(n, hq, d), cos, sin).view(n, hk, hq // hk, d)
-        k = RotaryEmbedding.apply(k, cos, sin)
-        if fast:  # native attention over the cache and the new keys, then the new keys into the cache
-            from gptoss.kernels import cpu
-
-            ck, cv = (cache.k[self.layer_idx], cache.v[self.layer_idx]) if cache is not None else (None, None)
-            out = cpu.attention(q.reshape(n, hq, d), k, v, ck, cv, *batch.flat_meta(), self.sinks, self.sm_scale,
-                                self.window).to(x.dtype)
-            if cache is not None:
-                self._store(cache, batch, k, v)
-            return (x.float() + _cpu_dense(self.out, out)).to(x.dtype)
-
-        # Pad the flat tokens into [B, Tq, ...] for attention.
-        qp, kp, vp = q[batch.pad_index], k[batch.pad_index], v[batch.pad_index]
-        if cache is not None:
-            ck, cv = cache.k[self.layer_idx], cache.v[self.layer_idx]
-            old_len = ck.shape[1] if self.window else int(batch.starts.max())
-            old_k, old_v = ck[batch.slots, :old_len], cv[batch.slots, :old_len]
-            kp, vp = torch.cat([old_k, kp], dim=1), torch.cat([old_v, vp], dim=1)
-        else:
-            old_len = 0
-        out = sdpa_with_sinks(qp, kp, vp, self.sinks, batch.mask(old_len, self.window), self.sm_scale)
-        out = out[batch.query_valid]
-        if cache is not None:
-            self._store(cache, batch, k, v)
-        return x + self.out(out)
-
-    def _store(self, cache: KVCache, batch: StepBatch, k: torch.Tensor, v: torch.Tensor) -> None:
-        slots = batch.slots[batch.token_seq]
-        pos = batch.positions
-        if self.window:
-            # Only the last `window` new tokens of each sequence survive in the ring.
-            last = (batch.starts + batch.lens)[batch.token_seq]
-            keep = pos >= last - cache.k[self.layer_idx].shape[1]
-            slots, pos, k, v = slots[keep], pos[keep], k[keep], v[keep]
-            pos = pos % cache.k[self.layer_idx].shape[1]
-        cache.k[self.layer_idx][slots, pos] = k.to(cache.k[self.layer_idx].dtype)
-        cache.v[self.layer_idx][slots, pos] = v.to(cache.v[self.layer_idx].dtype)
-
-    def _forward_paged(self, x: torch.Tensor, meta: PagedMeta, rope: tuple[torch.Tensor, torch.Tensor],
-                       cache: PagedKVCache) -> torch.Tensor:
-        """Over a paged cache: write the new keys/values into the pages, then attend over the pages. Triton
-        kernels where :func:`gptoss.kernels.active` says so, else the reference functions above."""
+    def forward(self, x: torch.Tensor, meta: PagedMeta, rope: tuple[torch.Tensor, torch.Tensor],
+                cache: PagedKVCache, ops: Reference) -> torch.Tensor:
+        """``x [N, hidden]`` flat tokens of the step ``meta``; writes their keys and values into ``cache``'s
+        pages, attends over the pages, returns ``x`` plus the attention output."""
         group = cache.layer_group[self.layer_idx]
         kp, vp = cache.k[self.layer_idx], cache.v[self.layer_idx]
-        hq, hk, d = self.num_heads, self.num_kv_heads, self.head_dim
         cos, sin = rope
-        args = (meta.block_tables[group], meta.cu_q, meta.q_lens, meta.kv_lens, self.sinks, self.sm_scale,
-                self.window, meta.max_q_len)
-        if kernels.active(x):
-            from gptoss.kernels.attention import paged_attention
-            from gptoss.kernels.norm_rope import rms_norm, rope_store
-
-            qkv = self.qkv(rms_norm(x, self.norm.scale, self.norm.eps))
-            q = rope_store(qkv, cos, sin, meta.slot_mapping[group], kp, vp, hq, hk, d)
-            out = paged_attention(q, kp, vp, *args)
-        else:
-            fast = kernels.cpu_active(x)
-            qkv = _cpu_dense(self.qkv, self.norm(x)).to(x.dtype) if fast else self.qkv(self.norm(x))
-            q = rope_store_reference(qkv, cos, sin, meta.slot_mapping[group], kp, vp, hq, hk, d)
-            out = paged_attention_reference(q, kp, vp, *args)
-            if fast:
-                return (x.float() + _cpu_dense(self.out, out)).to(x.dtype)
-        return x + self.out(out)
-
-
-def _cpu_dense(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    from gptoss.kernels import cpu
-
-    return cpu.dense(linear, x)
+        qkv = ops.linear(self.qkv, ops.norm(self.norm, x))
+        q = ops.rope_store(qkv, cos, sin, meta.slot_mapping[group], kp, vp, self.num_heads, self.num_kv_heads,
+                           self.head_dim)
+        out = ops.attend(q, kp, vp, meta, group, self.sinks, self.sm_scale, self.window)
+        return ops.residual(x, self.out, out)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 
-from gptoss import kernels
 from gptoss.model.config import ModelConfig
 from gptoss.model.mxfp4 import MXFP4Weight
 from gptoss.model.norm import RMSNorm
@@ -42,17 +41,18 @@ class MLPBlock(torch.nn.Module):
         top = torch.topk(logits, k=self.experts_per_token, dim=-1, sorted=True)
         return torch.softmax(top.values.float(), dim=-1).to(t.dtype), top.indices
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if kernels.active(x):
-            return self._forward_kernels(x)
-        if kernels.cpu_active(x):
-            return self._forward_cpu(x)
+    def forward(self, x: torch.Tensor, ops=None) -> torch.Tensor:
+        """``x`` plus the experts' output, through the backend ``ops`` (:mod:`gptoss.model.backend`;
+        default: the reference)."""
+        return self.forward_reference(x) if ops is None else ops.moe(self, x)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         t = self.norm(x)
         weights, indices = self.route(t)
         return experts_reference(t, weights, indices, self.mlp1_weight, self.mlp1_bias, self.mlp2_weight,
                                  self.mlp2_bias, self.swiglu_alpha, self.swiglu_limit, residual=x)
 
-    def _forward_kernels(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_triton(self, x: torch.Tensor) -> torch.Tensor:
         """Fast path (Triton, see gptoss.kernels): fused RMSNorm, router, fused routing, grouped MXFP4 experts."""
         from gptoss.kernels.moe import moe_forward
         from gptoss.kernels.norm_rope import rms_norm
@@ -62,7 +62,7 @@ class MLPBlock(torch.nn.Module):
                            self.mlp2_weight, self.mlp2_bias, self.swiglu_alpha, self.swiglu_limit, residual=x)
 
 
-    def _forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
         """Fast path on the CPU (native kernels, see gptoss.kernels.cpu): router logits in float32, grouped
         MXFP4 experts with fused SwiGLU and combine, the residual added in float32."""
         from gptoss.kernels import cpu

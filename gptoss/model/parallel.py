@@ -166,8 +166,8 @@ class ExpertParallelMLP(MLPBlock):
         self.mlp2_weight = MXFP4Weight(e, h, i, device=device)
         self.mlp2_bias = torch.nn.Parameter(torch.zeros(e, h, device=device, dtype=dtype))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Each token's ``k`` weighted expert outputs are computed on the ranks holding those experts into
+    def forward(self, x: torch.Tensor, ops=None) -> torch.Tensor:
+        """(Any backend ``ops``: the shards run this one plain-torch path.) Each token's ``k`` weighted expert outputs are computed on the ranks holding those experts into
         ``[N, k, hidden]`` (zeros elsewhere), summed over ranks (exact: one rank holds each entry), then added
         up in ascending expert order as :func:`~gptoss.model.moe.experts_reference` does, so the combine
         rounds exactly as the single-process model's."""

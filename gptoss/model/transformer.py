@@ -8,8 +8,9 @@ import os
 import torch
 
 from gptoss import kernels
+from gptoss.model import backend
 from gptoss.model.attention import AttentionBlock
-from gptoss.model.cache import KVCache, StepBatch
+from gptoss.model.cache import StepBatch
 from gptoss.model.config import ModelConfig
 from gptoss.model.moe import MLPBlock
 from gptoss.model.norm import RMSNorm
@@ -26,8 +27,8 @@ class TransformerBlock(torch.nn.Module):
         self.attn = AttentionBlock(config, layer_idx, device, dtype)
         self.mlp = MLPBlock(config, device, dtype)
 
-    def forward(self, x, batch: StepBatch | PagedMeta, rope, cache: KVCache | PagedKVCache | None):
-        return self.mlp(self.attn(x, batch, rope, cache))
+    def forward(self, x, meta: PagedMeta, rope, cache: PagedKVCache, ops: backend.Reference):
+        return self.mlp(self.attn(x, meta, rope, cache, ops), ops)
 
 
 class Transformer(torch.nn.Module):
@@ -43,10 +44,20 @@ class Transformer(torch.nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, device=device)
         self.unembedding = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False, device=device, dtype=dtype)
         self.rope = RotaryEmbedding(config, device=None if device == "meta" else device)
+        self._backends: dict[tuple[str, str], backend.Reference] = {}
 
     @property
     def device(self) -> torch.device:
         return self.unembedding.weight.device
+
+    @property
+    def ops(self) -> backend.Reference:
+        """The backend this model runs (:mod:`gptoss.model.backend`), chosen once for its device and the
+        kernel mode."""
+        key = (kernels.mode(), str(self.device))
+        if key not in self._backends:
+            self._backends[key] = backend.select(self.device)
+        return self._backends[key]
 
     # ------------------------------------------------------------------ forward
     @torch.inference_mode()
@@ -55,61 +66,45 @@ class Transformer(torch.nn.Module):
         if tokens.dim() != 1:
             raise ValueError(f"expected a 1-D tensor of token ids, got shape {tuple(tokens.shape)}")
         tokens = tokens.to(self.device)
-        return self.step(tokens, StepBatch.single(tokens.numel(), device=self.device), cache=None)
+        n = tokens.numel()
+        cache = PagedKVCache(self.config, 1, max(n, 1), block_size=16, max_step_tokens=max(n, 1), device=self.device,
+                             dtype=self.dtype, prefix_caching=False)
+        return self.step(tokens, StepBatch.single(n, device=self.device), cache)
 
     @torch.inference_mode()
     def step(
         self,
         tokens: torch.Tensor,
         batch: StepBatch | PagedMeta,
-        cache: KVCache | PagedKVCache | None = None,
+        cache: PagedKVCache,
         logits_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the new tokens of several sequences (flat ``tokens [N]``, laid out by ``batch``), reading
         and extending ``cache``. Returns float32 logits for all tokens, or only for ``logits_index``.
-        With a :class:`PagedKVCache`, blocks are allocated for the step (unless ``batch`` is already the
-        :class:`PagedMeta` of :meth:`PagedKVCache.prepare`) and the band's old blocks given back after."""
+        Blocks are allocated for the step (unless ``batch`` is already the :class:`PagedMeta` of
+        :meth:`PagedKVCache.prepare`) and the band's old blocks given back after."""
         if tokens.numel() and int(tokens.max()) >= self.config.vocab_size:
             raise ValueError(f"token id {int(tokens.max())} is outside the vocabulary ({self.config.vocab_size})")
-        if isinstance(cache, PagedKVCache):
-            meta = batch if isinstance(batch, PagedMeta) else cache.prepare(
-                batch.slots.tolist(), batch.starts.tolist(), batch.lens.tolist())
-            logits = self.step_paged(tokens, meta, cache, logits_index)
-            cache.finish(meta)
-            return logits
-        x = self.embedding(tokens)
-        rope = self.rope.cos_sin(batch.positions)
-        for block in self.block:
-            x = block(x, batch, rope, cache)
-        if logits_index is not None:
-            x = x[logits_index]
-        if kernels.cpu_active(x):
-            from gptoss.kernels import cpu
-
-            return cpu.dense(self.unembedding, self.norm(x))
-        return self.unembedding(self.norm(x)).float()
+        meta = batch if isinstance(batch, PagedMeta) else cache.prepare(
+            batch.slots.tolist(), batch.starts.tolist(), batch.lens.tolist(), tokens.tolist())
+        logits = self.step_paged(tokens, meta, cache, logits_index)
+        cache.finish(meta)
+        return logits
 
     @torch.inference_mode()
     def step_paged(
         self, tokens: torch.Tensor, meta: PagedMeta, cache: PagedKVCache, logits_index: torch.Tensor | None = None
     ) -> torch.Tensor:
         """One step over a paged cache whose blocks :meth:`PagedKVCache.prepare` allocated. No host
-        synchronisation on the kernel path, so a decode step can be captured in a CUDA graph."""
+        synchronisation on the Triton path, so a decode step can be captured in a CUDA graph."""
+        ops = self.ops
         x = self.embedding(tokens)
         rope = self.rope.cos_sin(meta.positions)
         for block in self.block:
-            x = block(x, meta, rope, cache)
+            x = block(x, meta, rope, cache, ops)
         if logits_index is not None:
             x = x[logits_index]
-        if kernels.active(x):
-            from gptoss.kernels.norm_rope import rms_norm
-
-            return self.unembedding(rms_norm(x, self.norm.scale, self.norm.eps)).float()
-        if kernels.cpu_active(x):
-            from gptoss.kernels import cpu
-
-            return cpu.dense(self.unembedding, self.norm(x))
-        return self.unembedding(self.norm(x)).float()
+        return ops.logits(self.norm, self.unembedding, x)
 
     # ----------------------------------------------------------------- building
     @classmethod

@@ -46,6 +46,9 @@ class ServerConfig:
     strict_max_tokens: bool = False
     # MCP servers the operator trusts (--mcp NAME=URL): a Responses "mcp" tool may name only these
     mcp_servers: dict[str, str] = field(default_factory=dict)
+    # Cached prompt prefixes are shared only among requests of one API key (a timing side channel otherwise:
+    # docs/security.md); True shares them across keys.
+    share_prefix_cache: bool = False
 
 
 OPEN_PATHS = frozenset({"/health"})
@@ -56,6 +59,11 @@ OWNER_KEY = "gptoss.key_owner"  # in the ASGI scope: a digest of the request's A
 def key_owner(request: Request) -> str:
     """Who a request is, for what it stores: a digest of its API key ("" when the server has no key)."""
     return request.scope.get(OWNER_KEY, "")
+
+
+def cache_salt(request: Request, config: ServerConfig) -> str | None:
+    """The salt of a request's prefix-cache blocks: its key's digest, unless the operator shares the cache."""
+    return None if config.share_prefix_cache else key_owner(request) or None
 
 
 def read_api_keys(path: str) -> list[str]:

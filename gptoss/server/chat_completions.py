@@ -16,13 +16,13 @@ from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from openai.types.chat.chat_completion_chunk import ChoiceDelta, ChoiceDeltaToolCall, ChoiceDeltaToolCallFunction
 from openai.types.chat.chat_completion_message_function_tool_call import ChatCompletionMessageFunctionToolCall, Function
 from openai.types.chat.chat_completion_token_logprob import TopLogprob
-from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage
+from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage, PromptTokensDetails
 
 from gptoss.conversation.openai_chat import chat_prompt, function_tools, turn_grammar
 from gptoss.engine.guided import GrammarConstraint
 from gptoss.engine.sampling import SamplingParams, offset_seed
 from gptoss.harmony import stop_tokens_for_assistant_actions
-from gptoss.server.app import message_texts
+from gptoss.server.app import cache_salt, message_texts
 from gptoss.server.errors import APIError
 from gptoss.server.generation import Completion, cancel_on_disconnect, dump, dump_json, observe, run_completion
 from gptoss.server.guarding import ChatGuard, chat_blocked
@@ -65,7 +65,7 @@ def register(app, state) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         state.check_model(body.model)
-        grammar, prompt_ids, prefix_len, _ = await _prepare(state, body)
+        grammar, prompt_ids, _, _ = await _prepare(state, body)
         requested = body.max_completion_tokens or body.max_tokens
         max_tokens = state.check_length(len(prompt_ids), requested,
                                         "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
@@ -100,7 +100,8 @@ def register(app, state) -> None:
             if body.stream:
                 return StreamingResponse(answer, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
             return answer
-        runs = [run_completion(state.engine, tok, prompt_ids, prefix_len, params(i), i, stops) for i in range(body.n)]
+        salt = cache_salt(request, state.config)
+        runs = [run_completion(state.engine, tok, prompt_ids, salt, params(i), i, stops) for i in range(body.n)]
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(_stream(state, rid, created, body, runs, len(prompt_ids), include_usage, guard),
@@ -123,7 +124,8 @@ def register(app, state) -> None:
         out = dump(ChatCompletion(
             id=rid, object="chat.completion", created=created, model=body.model,
             choices=choices,
-            usage=_usage(len(prompt_ids), completion_tokens, sum(c.decoder.reasoning_tokens for c in comps)),
+            usage=_usage(len(prompt_ids), completion_tokens, sum(c.decoder.reasoning_tokens for c in comps),
+                         comps[0].cached_tokens),
         ))
         for choice in out["choices"]:
             choice["message"].setdefault("content", None)  # a tool-call message says content: null, as OpenAI's do
@@ -161,9 +163,11 @@ async def _drain(run) -> Completion:
 
 
 
-def _usage(prompt: int, completion: int, reasoning: int) -> CompletionUsage:
+def _usage(prompt: int, completion: int, reasoning: int, cached: int = 0) -> CompletionUsage:
+    """``cached``: prompt tokens the first choice found in the prefix cache (the prompt is counted once)."""
     return CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
-                           completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning))
+                           completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning),
+                           prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
 
 
 def _token_logprobs(tok, entries) -> list[ChatCompletionTokenLogprob]:
@@ -246,8 +250,10 @@ async def _stream(state, rid, created, body, runs, prompt_len, include_usage, gu
             observe(state.metrics, c)
         state.metrics.requests.labels("chat", "ok").inc()
         if include_usage:
+            first = min(finished, key=lambda c: c.index, default=None)
             yield chunk([], _usage(prompt_len, sum(c.tokens for c in finished),
-                                   sum(c.decoder.reasoning_tokens for c in finished)))
+                                   sum(c.decoder.reasoning_tokens for c in finished),
+                                   first.cached_tokens if first is not None else 0))
         yield "data: [DONE]\n\n"
     except asyncio.CancelledError:
         state.metrics.requests.labels("chat", "disconnected").inc()

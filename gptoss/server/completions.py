@@ -23,10 +23,11 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from openai.types import Completion, CompletionChoice
 from openai.types.completion_choice import Logprobs
-from openai.types.completion_usage import CompletionUsage
+from openai.types.completion_usage import CompletionUsage, PromptTokensDetails
 from starlette.concurrency import run_in_threadpool
 
 from gptoss.engine.sampling import SamplingParams, TokenLogprobs, offset_seed
+from gptoss.server.app import cache_salt
 from gptoss.server.errors import APIError
 from gptoss.server.generation import StopStrings, cancel_on_disconnect
 from gptoss.server.guarding import check_inputs, hidden_reasoning
@@ -58,6 +59,7 @@ class _Choice:
     finish_reason: str | None = None
     sent_tokens: int = 0  # tokens whose log-probabilities went out (streaming)
     prompt_sent: bool = False  # the prompt's log-probabilities went out (echo)
+    cached_tokens: int = 0  # prompt tokens found in the prefix cache
 
     @property
     def kept_tokens(self) -> int:
@@ -148,13 +150,14 @@ def _new_entries(tok, c: _Choice, echo: bool, final: bool) -> list:
     return entries
 
 
-async def _run(state, c: _Choice, params: SamplingParams, score_only: bool) -> AsyncIterator[str]:
-    """Generates choice ``c``; yields each piece of released text."""
+async def _run(state, c: _Choice, params: SamplingParams, score_only: bool, salt: str | None) -> AsyncIterator[str]:
+    """Generates choice ``c``; yields each piece of released text. ``salt``: whose cached prefixes it reuses."""
     tok = state.tokenizer
-    request_id = state.engine.submit(c.prompt.ids, params, 0)
+    request_id = state.engine.submit(c.prompt.ids, params, salt)
     stream = state.engine.stream(request_id)
     try:
         async for ev in stream:
+            c.cached_tokens = max(c.cached_tokens, ev.cached_tokens)
             if ev.prompt_logprobs is not None:
                 c.prompt_logprobs = ev.prompt_logprobs
             if score_only:  # max_tokens 0: the prompt's log-probabilities only
@@ -187,7 +190,11 @@ async def _run(state, c: _Choice, params: SamplingParams, score_only: bool) -> A
 def _usage(prompts: list[_Prompt], choices: list[_Choice]) -> CompletionUsage:
     p = sum(len(x.ids) for x in prompts)
     c = sum(x.kept_tokens for x in choices)
-    return CompletionUsage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
+    firsts = {}  # each prompt is counted once: what its first choice found cached
+    for x in choices:
+        firsts.setdefault(x.prompt.index, x.cached_tokens)
+    return CompletionUsage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c,
+                           prompt_tokens_details=PromptTokensDetails(cached_tokens=sum(firsts.values())))
 
 
 def register(app, state) -> None:
@@ -242,7 +249,8 @@ def register(app, state) -> None:
                 seed=offset_seed(body.seed, c.index), stop_token_ids=end_tokens, logprobs=body.logprobs,
                 prompt_logprobs=body.logprobs if body.echo and body.logprobs is not None else None)
 
-        runs = [_run(state, c, params(c), score_only) for c in choices]
+        salt = cache_salt(request, state.config)
+        runs = [_run(state, c, params(c), score_only, salt) for c in choices]
         guard = getattr(state, "guard", None)
         hold = guard is not None and guard.settings.check_output  # answers are checked whole before release
         if body.stream and not hold:

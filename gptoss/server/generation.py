@@ -62,6 +62,7 @@ class Completion:
     stops: StopStrings
     _content: GrowingText = field(default_factory=GrowingText, repr=False)  # answer text after stop strings
     tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens the engine found in its prefix cache
     finish_reason: str | None = None
     content_logprobs: list[tuple[int, TokenLogprobs]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
@@ -85,12 +86,13 @@ class Completion:
 
 
 async def run_completion(
-    engine: AsyncEngine, tokenizer: Tokenizer, prompt_ids: list[int], prefix_len: int, params: SamplingParams,
+    engine: AsyncEngine, tokenizer: Tokenizer, prompt_ids: list[int], cache_salt: str | None, params: SamplingParams,
     index: int = 0, stop: list[str] | None = None,
 ) -> AsyncIterator[tuple[Completion, list[Delta]]]:
-    """Yields ``(completion, deltas)`` after each generated token; stop strings end the answer early."""
+    """Yields ``(completion, deltas)`` after each generated token; stop strings end the answer early.
+    ``cache_salt``: the request reuses cached prefixes only of requests with the same salt."""
     comp = Completion(index, TurnDecoder(tokenizer), StopStrings(stop or []))
-    request_id = engine.submit(prompt_ids, params, prefix_len)
+    request_id = engine.submit(prompt_ids, params, cache_salt)
     stream = engine.stream(request_id)
     try:
         async for event in stream:
@@ -98,6 +100,7 @@ async def run_completion(
             comp.first_token_at = comp.first_token_at or now
             comp.last_token_at = now
             comp.tokens += 1
+            comp.cached_tokens = event.cached_tokens
             deltas = _filter(comp, comp.decoder.feed(event.token), event.logprobs)
             if event.finish_reason is not None:
                 comp.finish_reason = event.finish_reason

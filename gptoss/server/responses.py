@@ -118,7 +118,7 @@ from gptoss.conversation.turn import TurnPrompt
 from gptoss.engine.guided import GrammarConstraint
 from gptoss.engine.sampling import SamplingParams, offset_seed
 from gptoss.harmony import Message, stop_tokens_for_assistant_actions
-from gptoss.server.app import key_owner, message_texts
+from gptoss.server.app import cache_salt, key_owner, message_texts
 from gptoss.server.errors import APIError
 from gptoss.server.generation import cancel_on_disconnect, dump, dump_json, observe, run_completion
 from gptoss.server.guarding import guard_response_events, guard_tool_messages, hidden_reasoning
@@ -160,6 +160,7 @@ def register(app, state) -> None:
         owner = key_owner(request)
         mcp = await _offer_mcp(state, body)  # listed from the servers before the prompt is rendered
         turn = await run_in_threadpool(_prepare, state, store, body, owner, mcp)  # rendering and tokenizing: off the loop
+        turn.cache_salt = cache_salt(request, state.config)
         if body.store:
             store.claim(turn.id, owner)
         events = _recorded(store, turn, guard_response_events(state, store, turn, _events(state, store, turn)))
@@ -281,6 +282,7 @@ class _Turn:
     seq: itertools.count = field(default_factory=itertools.count)
     live_tools: Any = None  # this response's own built-in tools while it runs (the browser's pages: citations)
     namespaces: set[str] = field(default_factory=set)  # of namespace tools: their functions are NAMESPACE.NAME
+    cache_salt: str | None = None  # whose cached prefixes it may reuse (see app.cache_salt)
     mcp: list[Any] = field(default_factory=list)  # gptoss.tools.mcp.McpTool: the MCP servers offered, their tools
 
     def namespace_tools(self) -> dict[str, dict | None]:
@@ -441,6 +443,7 @@ class _Totals:
     input_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
+    cached_tokens: int = 0  # of input_tokens, found in the prefix cache
 
 
 async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[BaseModel]:
@@ -473,7 +476,7 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
     truncated = False  # max_output_tokens (or the context) ended the response before the model did
     try:
         while True:
-            prompt_ids, prefix_len = await run_in_threadpool(TurnPrompt(messages, turn.prompt.shared).tokens, tok)
+            prompt_ids, _ = await run_in_threadpool(TurnPrompt(messages, turn.prompt.shared).tokens, tok)
             room = state.max_model_len - len(prompt_ids)
             budget = room if turn.max_tokens is None else min(room, turn.max_tokens - totals.output_tokens)
             if budget <= 0:  # the budget went to earlier turns (or the context is full): stop here
@@ -490,13 +493,14 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
             state.metrics.prompt_tokens.inc(len(prompt_ids))
             cutter = TurnItems(items, mcp_labels={t.label for t in turn.mcp})
             comp = None
-            async for comp, _ in run_completion(state.engine, tok, prompt_ids, prefix_len, params):
+            async for comp, _ in run_completion(state.engine, tok, prompt_ids, turn.cache_salt, params):
                 for ev in cutter.update(comp.decoder.parser):
                     for out in _item_events(ev, seq, turn):
                         yield out
             assert comp is not None
             observe(state.metrics, comp)
             totals.input_tokens += len(prompt_ids)
+            totals.cached_tokens += comp.cached_tokens
             totals.output_tokens += comp.tokens
             totals.reasoning_tokens += comp.decoder.reasoning_tokens
             truncated = comp.finish_reason == "length"
@@ -634,7 +638,7 @@ async def _sse(state, events: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
 def _usage(t: _Totals) -> ResponseUsage:
     return ResponseUsage(input_tokens=t.input_tokens, output_tokens=t.output_tokens,
                          total_tokens=t.input_tokens + t.output_tokens,
-                         input_tokens_details=InputTokensDetails(cached_tokens=0, cache_write_tokens=0),
+                         input_tokens_details=InputTokensDetails(cached_tokens=t.cached_tokens, cache_write_tokens=0),
                          output_tokens_details=OutputTokensDetails(reasoning_tokens=t.reasoning_tokens))
 
 

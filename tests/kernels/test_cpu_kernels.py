@@ -318,3 +318,41 @@ def test_a_variant_that_fails_to_build_falls_back_to_the_next(monkeypatch):
     monkeypatch.setattr(cpu, "_libs", {})
     with pytest.raises(BuildError, match="compiler says no"):
         cpu.library()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("window", [0, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_paged_attention_matches_the_reference(isa, window, dtype):
+    """Scattered blocks, a decode token, a fresh prefill and a chunk after a cached prefix in one batch."""
+    from gptoss.model.attention import paged_attention_reference
+
+    g = torch.Generator().manual_seed(window + 7)
+    hq, hk, d, bs = 6, 2, 24, 4
+    starts, lens = [9, 0, 3], [1, 7, 4]
+    kv = [s + n for s, n in zip(starts, lens)]
+    width = max(-(-t // bs) for t in kv)
+    perm = torch.randperm(40, generator=g)[: 3 * width] + 1  # blocks in no order; 0 stays the null block
+    table = perm.view(3, width)
+    k_pages = torch.randn(41, bs, hk, d, generator=g).to(dtype)
+    v_pages = torch.randn(41, bs, hk, d, generator=g).to(dtype)
+    q = torch.randn(sum(lens), hq, d, generator=g)
+    sinks = torch.randn(hq, generator=g)
+    seq = torch.tensor([b for b, n in enumerate(lens) for _ in range(n)])
+    pos = torch.tensor([starts[b] + j for b, n in enumerate(lens) for j in range(n)])
+    cu = torch.tensor([sum(lens[:b]) for b in range(3)])
+    got = cpu.paged_attention(q, k_pages, v_pages, table, seq, pos, sinks, 0.2, window, isa=isa)
+    want = paged_attention_reference(q, k_pages, v_pages, table, cu, torch.tensor(lens), torch.tensor(kv), sinks, 0.2,
+                                     window, max(lens))
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    assert rel_err(got, want) < 1e-5
+
+
+def test_paged_attention_names_a_table_outside_the_pages():
+    q, pages = torch.zeros(1, 4, 8), torch.zeros(3, 4, 2, 8)
+    with pytest.raises(ValueError, match="outside the 3 pages"):
+        cpu.paged_attention(q, pages, pages, torch.tensor([[5]]), torch.tensor([0]), torch.tensor([0]),
+                            torch.zeros(4), 1.0, 0)
+    with pytest.raises(ValueError, match="outside the block table"):
+        cpu.paged_attention(q, pages, pages, torch.tensor([[1]]), torch.tensor([0]), torch.tensor([4]),
+                            torch.zeros(4), 1.0, 0)

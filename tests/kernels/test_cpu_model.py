@@ -97,7 +97,7 @@ def test_greedy_generation_identical_to_reference(counted):
     params = SamplingParams(temperature=0, max_tokens=8)
     prompts = [list(range(100, 240)), list(range(7, 20))]
     with kernels.use("off"):
-        want = LLM(model, max_batch=2, max_model_len=200, kv_cache="slot").generate(prompts, params)
-    got = LLM(model, max_batch=2, max_model_len=200, kv_cache="slot").generate(prompts, params)
+        want = LLM(model, max_batch=2, max_model_len=200).generate(prompts, params)
+    got = LLM(model, max_batch=2, max_model_len=200).generate(prompts, params)
     assert counted
     assert [o.token_ids for o in got] == [o.token_ids for o in want]

@@ -42,7 +42,7 @@ def test_engine_through_kernels_generates_as_reference(device):
     model = tiny_model(seed=5)
     params = SamplingParams(temperature=0, max_tokens=4)
     prompts = [list(range(100, 103)), list(range(200, 221))]
-    want = LLM(model, max_batch=2, max_model_len=64, kv_cache="slot").generate(prompts, params)
+    want = LLM(model, max_batch=2, max_model_len=64).generate(prompts, params)
     with kernels.use("on"):
         got = LLM(model, max_batch=2, max_model_len=64, kv_cache="paged").generate(prompts, params)
     assert [o.token_ids for o in got] == [o.token_ids for o in want]

@@ -401,6 +401,9 @@ def test_builtin_tools_run_in_the_loop_and_stream_their_events(client, toolbox, 
                   "response.output_item.done"]
     # three turns, each prompt holding the calls and answers before it
     assert final.usage.input_tokens > 3 * one_turn
+    # each step of the loop reuses the KV of the steps before it (one turn: its analysis stays in the prompt),
+    # the first step that of the one-turn request: at least that prompt's whole blocks, three times
+    assert final.usage.input_tokens_details.cached_tokens >= 3 * ((one_turn - 1) // 16 * 16) > 0
     # the store keeps the exact Harmony messages of each call, search results included (not shown to clients)
     stored = ResponseStore(store_path).get(final.id)
     assert "Harmony is the chat format" in stored.output_items[1]["_harmony"][1]["content"][0]["text"]
@@ -408,6 +411,8 @@ def test_builtin_tools_run_in_the_loop_and_stream_their_events(client, toolbox, 
     forced_turns([ANSWER])  # (Harmony drops the finished turn's tool calls from the next prompt)
     follow = create(client, previous_response_id=final.id, input="And?", max_output_tokens=40)
     assert follow.status == "completed" and follow.output[-1].content[0].text == "It is 42."
+    # (no tools this time: its prompt shares only the system message's first blocks with the loop's)
+    assert 0 < follow.usage.input_tokens_details.cached_tokens < follow.usage.input_tokens
 
 
 def test_browser_citations_become_url_annotations(client, toolbox, forced_turns):

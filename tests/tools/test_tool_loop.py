@@ -60,12 +60,17 @@ def test_python_call_runs_and_its_result_feeds_the_next_turn(llm, tokenizer):
     session = ChatSession(llm, ChatSettings(max_tokens=64, seed=1), tools=toolbox,
                           logits_processors_factory=recording([PYTHON_CALL, ANSWER], tokenizer, prompts))
     loop = ToolLoop(toolbox)
+    hits, cached = llm.engine.prefix_hits, llm.engine.cached_tokens
     try:
         events = list(loop.stream(session, "What is 6*7?"))
     finally:
         loop.close()
     kinds = [type(e).__name__ for e in events if not isinstance(e, TurnDelta)]
     assert kinds == ["ToolCallStarted", "ToolCallFinished", "LoopFinished"]
+    # the step after the call reused the KV of the first one (its prompt, at least, in whole blocks)
+    first_prompt = len(tokenizer.encoding.encode(prompts[0], allowed_special="all"))
+    assert llm.engine.prefix_hits > hits
+    assert llm.engine.cached_tokens - cached >= (first_prompt - 1) // 16 * 16 > 0
     started, finished, done = [e for e in events if not isinstance(e, TurnDelta)]
     assert started.recipient == "python" and started.kind == "code_interpreter" and started.details == {"code": "print(6*7)"}
     assert finished.output == "42" and finished.status == "completed" and finished.call_id == started.call_id

@@ -89,6 +89,8 @@ def library(isa: str | None = None) -> ctypes.CDLL:
         lib.gptoss_mxfp4_to_bf16.argtypes = [_P, _P, _I64, _I64, _P, _INT]
         lib.gptoss_attention.argtypes = [_P, _P, _P, _P, _P, _INT, _I64, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _P, _F,
                                          _I64, _P, _INT]
+        lib.gptoss_paged_attention.argtypes = [_P, _P, _P, _INT, _I64, _P, _I64, _P, _P, _I64, _I64, _I64, _I64, _P,
+                                               _F, _I64, _P, _INT]
         _libs[isa] = lib
         return lib
 
@@ -361,6 +363,39 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache_k: torch.
         library(isa).gptoss_attention(_ptr(q32), _ptr(k32), _ptr(v32), _ptr(cache_k), _ptr(cache_v), kind, length,
                                       *[_ptr(t) for t in meta], n, hq, hk, d, _ptr(s32), float(sm_scale),
                                       int(window), _ptr(out), num_threads())
+    return out
+
+
+def paged_attention(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, block_table: torch.Tensor,
+                    seq: torch.Tensor, pos: torch.Tensor, sinks: torch.Tensor, sm_scale: float, window: int,
+                    isa: str | None = None) -> torch.Tensor:
+    """Attention with sinks of ``N`` new tokens over a paged cache that already holds their keys: ``q [N, HQ, D]``
+    (after RoPE), pages ``[blocks, block_size, HK, D]`` (float32 or bf16), ``block_table [B, width]``, per token
+    its sequence's row ``seq`` and its position ``pos`` (int64 ``[N]``). Float32 ``[N, HQ * D]`` out, as
+    :func:`gptoss.model.attention.paged_attention_reference` computes it."""
+    _check_cpu("paged_attention", q, k_pages, v_pages, block_table, seq, pos, sinks)
+    n, hq, d = q.shape
+    blocks, bs, hk, dk = k_pages.shape
+    if dk != d or v_pages.shape != k_pages.shape or hq % hk:
+        raise ValueError(f"paged_attention: q {tuple(q.shape)}, pages {tuple(k_pages.shape)} do not fit")
+    if k_pages.dtype not in (torch.float32, torch.bfloat16) or v_pages.dtype != k_pages.dtype:
+        raise ValueError(f"paged_attention: page dtype {k_pages.dtype} is not float32 or bfloat16")
+    if not (k_pages.is_contiguous() and v_pages.is_contiguous()):
+        raise ValueError("paged_attention: pages must be contiguous")
+    table = block_table.to(torch.int64).contiguous()
+    seq64, pos64 = seq.to(torch.int64).contiguous(), pos.to(torch.int64).contiguous()
+    if n and table.numel() and (int(table.max()) >= blocks or int(table.min()) < 0):
+        raise ValueError(f"paged_attention: a block table entry lies outside the {blocks} pages")
+    if n and (int(seq64.min()) < 0 or int(seq64.max()) >= table.shape[0]
+              or int(pos64.min()) < 0 or int(pos64.max()) >= table.shape[1] * bs):
+        raise ValueError("paged_attention: a token's sequence or position lies outside the block table")
+    q32, s32 = _f32(q), _f32(sinks)
+    out = torch.empty(n, hq * d, dtype=torch.float32)
+    if n:
+        kind = 2 if k_pages.dtype == torch.bfloat16 else 1
+        library(isa).gptoss_paged_attention(_ptr(q32), _ptr(k_pages), _ptr(v_pages), kind, bs, _ptr(table),
+                                            table.shape[1], _ptr(seq64), _ptr(pos64), n, hq, hk, d, _ptr(s32),
+                                            float(sm_scale), int(window), _ptr(out), num_threads())
     return out
 
 

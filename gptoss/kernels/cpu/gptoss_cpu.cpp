@@ -841,6 +841,98 @@ static void attention_impl(const float* q, const float* knew, const float* vnew,
   }
 }
 
+// Attention with learned sinks for N new tokens over a paged cache that already holds their keys
+// (gptoss.model.attention.paged_attention_reference). Pages kp/vp [blocks, bs, HK, D] (float32 or bf16); token i of
+// sequence seq[i] at position pos[i] reads position p at page row table[seq[i] * width + p / bs] * bs + p % bs, for p in
+// [lo, pos], lo = max(0, pos - window + 1) on a banded layer (window > 0) else 0. q [N, HQ, D], out [N, HQ, D] float32.
+template <class CT>
+static inline const float* paged_row(const CT* pages, int64_t row, int64_t HK, int64_t D, int64_t h0, int64_t n,
+                                     float* buf) {
+  load_row<CT>(pages + (row * HK + h0) * D, n, buf);
+  return buf;
+}
+template <>
+inline const float* paged_row<float>(const float* pages, int64_t row, int64_t HK, int64_t D, int64_t h0, int64_t,
+                                     float*) {
+  return pages + (row * HK + h0) * D;
+}
+
+template <class CT>
+static void paged_attention_impl(const float* q, const CT* kp, const CT* vp, int64_t bs, const int64_t* table,
+                                 int64_t width, const int64_t* seq, const int64_t* pos, int64_t N, int64_t HQ,
+                                 int64_t HK, int64_t D, const float* sinks, float sm_scale, int64_t window, float* out,
+                                 int nthreads) {
+  const int64_t G = HQ / HK, DV = D / VW * VW;
+  // A work item is one token and a block of HB kv heads (as attention_impl): few tokens split the heads.
+  const int64_t parts = std::min<int64_t>(HK, std::max<int64_t>(1, (nthreads + N - 1) / N));
+  int64_t HB = (HK + parts - 1) / parts;
+  while (HK % HB) HB++;
+  const int64_t blocks = HK / HB;
+#pragma omp parallel num_threads(nthreads)
+  {
+    std::vector<float> sc, kb(HB * D + 16), acc(HB * G * D);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < N * blocks; item++) {
+      const int64_t i = item / blocks, h0 = (item % blocks) * HB;
+      const int64_t p1 = pos[i], lo = window ? std::max<int64_t>(0, p1 - window + 1) : 0, S = p1 - lo + 1;
+      const int64_t* tab = table + seq[i] * width;
+      if ((int64_t)sc.size() < HB * G * S) sc.resize(HB * G * S);
+      for (int64_t p = lo; p <= p1; p++) {
+        const float* k = paged_row<CT>(kp, tab[p / bs] * bs + p % bs, HK, D, h0, HB * D, kb.data());
+        for (int64_t hb = 0; hb < HB; hb++) {
+          const float* kh = k + hb * D;
+          for (int64_t g = 0; g < G; g++) {
+            const float* qg = q + (i * HQ + (h0 + hb) * G + g) * D;
+            vf a = vzero();
+            for (int64_t d = 0; d < DV; d += VW) a += vload(qg + d) * vload(kh + d);
+            float sum = vsum(a);
+            for (int64_t d = DV; d < D; d++) sum += qg[d] * kh[d];
+            sc[(hb * G + g) * S + (p - lo)] = sum * sm_scale;
+          }
+        }
+      }
+      for (int64_t hb = 0; hb < HB; hb++)
+        for (int64_t g = 0; g < G; g++) {
+          float* sg = sc.data() + (hb * G + g) * S;
+          const float sink = sinks[(h0 + hb) * G + g];
+          float m = sink;
+          for (int64_t j = 0; j < S; j++) m = std::max(m, sg[j]);
+          float denom = std::exp(sink - m);
+          vf dv = vzero();
+          int64_t j = 0;
+          for (; j + VW <= S; j += VW) {
+            const vf e = vexp(vload(sg + j) - m);
+            *(vf_u*)(sg + j) = e;
+            dv += e;
+          }
+          denom += vsum(dv);
+          for (; j < S; j++) {
+            sg[j] = std::exp(sg[j] - m);
+            denom += sg[j];
+          }
+          const float inv = 1.f / denom;
+          for (j = 0; j < S; j++) sg[j] *= inv;
+        }
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t p = lo; p <= p1; p++) {
+        const float* v = paged_row<CT>(vp, tab[p / bs] * bs + p % bs, HK, D, h0, HB * D, kb.data());
+        for (int64_t hb = 0; hb < HB; hb++) {
+          const float* vh = v + hb * D;
+          for (int64_t g = 0; g < G; g++) {
+            const float w = sc[(hb * G + g) * S + (p - lo)];
+            float* a = acc.data() + (hb * G + g) * D;
+            const vf wv = vzero() + w;
+            int64_t d = 0;
+            for (; d < DV; d += VW) *(vf_u*)(a + d) = vload(a + d) + wv * vload(vh + d);
+            for (; d < D; d++) a[d] += w * vh[d];
+          }
+        }
+      }
+      std::memcpy(out + (i * HQ + h0 * G) * D, acc.data(), HB * G * D * sizeof(float));
+    }
+  }
+}
+
 extern "C" {
 
 const char* gptoss_isa() { return ISA_NAME; }
@@ -1101,3 +1193,17 @@ void gptoss_mxfp4_to_bf16(const uint8_t* blocks, const uint8_t* scales, int64_t 
 }
 
 }  // extern "C"
+
+
+// See paged_attention_impl. cache_kind: 1 float32 pages, 2 bf16 pages.
+extern "C" void gptoss_paged_attention(const float* q, const void* kp, const void* vp, int cache_kind, int64_t bs,
+                                       const int64_t* table, int64_t width, const int64_t* seq, const int64_t* pos,
+                                       int64_t N, int64_t HQ, int64_t HK, int64_t D, const float* sinks, float sm_scale,
+                                       int64_t window, float* out, int nthreads) {
+  if (cache_kind == 2)
+    paged_attention_impl<uint16_t>(q, (const uint16_t*)kp, (const uint16_t*)vp, bs, table, width, seq, pos, N, HQ, HK,
+                                   D, sinks, sm_scale, window, out, nthreads);
+  else
+    paged_attention_impl<float>(q, (const float*)kp, (const float*)vp, bs, table, width, seq, pos, N, HQ, HK, D, sinks,
+                                sm_scale, window, out, nthreads);
+}

@@ -19,11 +19,37 @@ def swiglu(x: torch.Tensor, alpha: float = 1.702, limit: float = 7.0) -> torch.T
     return x_glu * torch.sigmoid(alpha * x_glu) * (x_linear + 1)
 
 
+class DenseExpertWeight(torch.nn.Module):
+    """Expert weights kept as floats (a fine-tuned checkpoint saved by transformers): ``weight [E, cols,
+    rows]``, each expert's matrix input-major as transformers stores ``gate_up_proj`` / ``down_proj``, so
+    the file's tensor is used as it is (memory-mapped on the CPU). Same interface as
+    :class:`~gptoss.model.mxfp4.MXFP4Weight`: ``dequantize(experts)`` gives ``[..., rows, cols]``."""
+
+    def __init__(self, num_experts: int, rows: int, cols: int, device=None, dtype=torch.float32):
+        super().__init__()
+        self.rows, self.cols = rows, cols
+        self.register_buffer("weight", torch.zeros(num_experts, cols, rows, device=device, dtype=dtype))
+
+    def dequantize(self, experts: torch.Tensor | int, dtype: torch.dtype) -> torch.Tensor:
+        return self.weight[experts].transpose(-1, -2).to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"experts={self.weight.shape[0]}, rows={self.rows}, cols={self.cols}, format=dense"
+
+
+def expert_weight(experts: str, num_experts: int, rows: int, cols: int, device=None, dtype=torch.float32):
+    """The expert-weight module of a format: ``mxfp4`` (packed) or ``dense``."""
+    if experts == "dense":
+        return DenseExpertWeight(num_experts, rows, cols, device=device, dtype=dtype)
+    return MXFP4Weight(num_experts, rows, cols, device=device)
+
+
 class MLPBlock(torch.nn.Module):
     """Pre-norm MoE with residual. Names mirror the original checkpoint: ``norm``, ``gate``,
-    ``mlp1_weight`` / ``mlp1_bias`` (gate and up interleaved), ``mlp2_weight`` / ``mlp2_bias``."""
+    ``mlp1_weight`` / ``mlp1_bias`` (gate and up interleaved), ``mlp2_weight`` / ``mlp2_bias``.
+    Expert weights are MXFP4 (the fast kernels' format) or dense floats (run by :func:`experts_reference`)."""
 
-    def __init__(self, config: ModelConfig, device=None, dtype=torch.float32):
+    def __init__(self, config: ModelConfig, device=None, dtype=torch.float32, experts: str = "mxfp4"):
         super().__init__()
         h, i, e = config.hidden_size, config.intermediate_size, config.num_experts
         self.experts_per_token = config.experts_per_token
@@ -31,9 +57,9 @@ class MLPBlock(torch.nn.Module):
         self.swiglu_limit = config.swiglu_limit
         self.norm = RMSNorm(h, config.rms_norm_eps, device=device)
         self.gate = torch.nn.Linear(h, e, device=device, dtype=dtype)
-        self.mlp1_weight = MXFP4Weight(e, 2 * i, h, device=device)
+        self.mlp1_weight = expert_weight(experts, e, 2 * i, h, device=device, dtype=dtype)
         self.mlp1_bias = torch.nn.Parameter(torch.zeros(e, 2 * i, device=device, dtype=dtype))
-        self.mlp2_weight = MXFP4Weight(e, h, i, device=device)
+        self.mlp2_weight = expert_weight(experts, e, h, i, device=device, dtype=dtype)
         self.mlp2_bias = torch.nn.Parameter(torch.zeros(e, h, device=device, dtype=dtype))
 
     def route(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,9 +69,10 @@ class MLPBlock(torch.nn.Module):
         return torch.softmax(top.values.float(), dim=-1).to(t.dtype), top.indices
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if kernels.active(x):
+        packed = isinstance(self.mlp1_weight, MXFP4Weight)
+        if packed and kernels.active(x):
             return self._forward_kernels(x)
-        if kernels.cpu_active(x):
+        if packed and kernels.cpu_active(x):
             return self._forward_cpu(x)
         t = self.norm(x)
         weights, indices = self.route(t)
@@ -81,9 +108,9 @@ def experts_reference(
     t: torch.Tensor,
     weights: torch.Tensor,
     indices: torch.Tensor,
-    mlp1_weight: MXFP4Weight,
+    mlp1_weight: MXFP4Weight | DenseExpertWeight,
     mlp1_bias: torch.Tensor,
-    mlp2_weight: MXFP4Weight,
+    mlp2_weight: MXFP4Weight | DenseExpertWeight,
     mlp2_bias: torch.Tensor,
     alpha: float = 1.702,
     limit: float = 7.0,

@@ -67,6 +67,19 @@ def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return packed.to(torch.uint8).contiguous(), (exp + SCALE_BIAS).to(torch.uint8).contiguous()
 
 
+def quantize_experts(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense expert weights as transformers stores them, ``[E, in, out]``, to MXFP4 ``(blocks [E, out,
+    in/32, 16], scales [E, out, in/32])``, one expert at a time (bounded memory)."""
+    e, cols, rows = weight.shape
+    if cols % BLOCK_SIZE:
+        raise ValueError(f"expert input dimension {cols} is not a multiple of {BLOCK_SIZE}")
+    blocks = torch.empty(e, rows, cols // BLOCK_SIZE, BYTES_PER_BLOCK, dtype=torch.uint8)
+    scales = torch.empty(e, rows, cols // BLOCK_SIZE, dtype=torch.uint8)
+    for x in range(e):
+        blocks[x], scales[x] = quantize(weight[x].transpose(0, 1).contiguous())
+    return blocks, scales
+
+
 # Midpoints between consecutive E2M1 magnitudes. A value exactly on a midpoint must round to the even
 # code: midpoints below an even code stay as they are (a tie is not above them: lower, even code), while
 # those below an odd code move down one ulp (a tie is above them: upper, even code).

@@ -19,6 +19,7 @@ SUBCOMMANDS = [
     "generate",
     "harmony_cmd",
     "make_checkpoint",
+    "quantize_cmd",
     "bench",
     "bench_serve",
     "eval_cmd",

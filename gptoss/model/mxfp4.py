@@ -57,7 +57,7 @@ def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if weight.shape[-1] % BLOCK_SIZE:
         raise ValueError(f"last dimension {weight.shape[-1]} is not a multiple of {BLOCK_SIZE}")
-    w = weight.detach().to(torch.float32).reshape(*weight.shape[:-1], weight.shape[-1] // BLOCK_SIZE, BLOCK_SIZE)
+    w = weight.detach().to(torch.float32).contiguous().reshape(*weight.shape[:-1], weight.shape[-1] // BLOCK_SIZE, BLOCK_SIZE)
     amax = w.abs().amax(dim=-1)
     exp = torch.where(amax > 0, torch.floor(torch.log2(amax.clamp_min(torch.finfo(torch.float32).tiny))), 0.0)
     exp = (exp - E2M1_EMAX).clamp(-SCALE_BIAS, 127)

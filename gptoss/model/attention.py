@@ -9,6 +9,7 @@ import torch
 from gptoss import kernels
 from gptoss.model.cache import KVCache, StepBatch
 from gptoss.model.config import ModelConfig
+from gptoss.model.lora import lora_hook
 from gptoss.model.norm import RMSNorm
 from gptoss.model.paged_cache import PagedKVCache, PagedMeta
 from gptoss.model.rope import RotaryEmbedding
@@ -112,7 +113,7 @@ class AttentionBlock(torch.nn.Module):
         n = x.shape[0]
         hq, hk, d = self.num_heads, self.num_kv_heads, self.head_dim
         fast = kernels.cpu_active(x)
-        qkv = _cpu_dense(self.qkv, self.norm(x)).to(x.dtype) if fast else self.qkv(self.norm(x))
+        qkv = self._qkv(self.norm(x), fast)
         q = qkv[:, : hq * d].view(n, hk, hq // hk, d)
         k = qkv[:, hq * d : (hq + hk) * d].view(n, hk, d)
         v = qkv[:, (hq + hk) * d :].view(n, hk, d)
@@ -127,7 +128,7 @@ class AttentionBlock(torch.nn.Module):
                                 self.window).to(x.dtype)
             if cache is not None:
                 self._store(cache, batch, k, v)
-            return (x.float() + _cpu_dense(self.out, out)).to(x.dtype)
+            return (x.float() + self._out(out, fast)).to(x.dtype)
 
         # Pad the flat tokens into [B, Tq, ...] for attention.
         qp, kp, vp = q[batch.pad_index], k[batch.pad_index], v[batch.pad_index]
@@ -142,7 +143,7 @@ class AttentionBlock(torch.nn.Module):
         out = out[batch.query_valid]
         if cache is not None:
             self._store(cache, batch, k, v)
-        return x + self.out(out)
+        return x + self._out(out, fast)
 
     def _store(self, cache: KVCache, batch: StepBatch, k: torch.Tensor, v: torch.Tensor) -> None:
         slots = batch.slots[batch.token_seq]
@@ -170,17 +171,29 @@ class AttentionBlock(torch.nn.Module):
             from gptoss.kernels.attention import paged_attention
             from gptoss.kernels.norm_rope import rms_norm, rope_store
 
-            qkv = self.qkv(rms_norm(x, self.norm.scale, self.norm.eps))
+            qkv = self._qkv(rms_norm(x, self.norm.scale, self.norm.eps), False)
             q = rope_store(qkv, cos, sin, meta.slot_mapping[group], kp, vp, hq, hk, d)
             out = paged_attention(q, kp, vp, *args)
         else:
             fast = kernels.cpu_active(x)
-            qkv = _cpu_dense(self.qkv, self.norm(x)).to(x.dtype) if fast else self.qkv(self.norm(x))
+            qkv = self._qkv(self.norm(x), fast)
             q = rope_store_reference(qkv, cos, sin, meta.slot_mapping[group], kp, vp, hq, hk, d)
             out = paged_attention_reference(q, kp, vp, *args)
             if fast:
-                return (x.float() + _cpu_dense(self.out, out)).to(x.dtype)
-        return x + self.out(out)
+                return (x.float() + self._out(out, fast)).to(x.dtype)
+        return x + self._out(out, False)
+
+    def _qkv(self, t: torch.Tensor, fast: bool) -> torch.Tensor:
+        """The fused q, k, v projection of the normed input, plus the LoRA deltas of the step's adapters."""
+        qkv = _cpu_dense(self.qkv, t).to(t.dtype) if fast else self.qkv(t)
+        lora = lora_hook(self)
+        return qkv if lora is None else lora.qkv(t, qkv)
+
+    def _out(self, o: torch.Tensor, fast: bool) -> torch.Tensor:
+        """The output projection (float32 on the CPU fast path), plus the LoRA deltas of the step's adapters."""
+        y = _cpu_dense(self.out, o) if fast else self.out(o)
+        lora = lora_hook(self)
+        return y if lora is None else lora.out(o, y)
 
 
 def _cpu_dense(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:

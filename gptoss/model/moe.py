@@ -7,6 +7,7 @@ import torch
 
 from gptoss import kernels
 from gptoss.model.config import ModelConfig
+from gptoss.model.lora import lora_hook
 from gptoss.model.mxfp4 import MXFP4Weight
 from gptoss.model.norm import RMSNorm
 
@@ -69,7 +70,9 @@ class MLPBlock(torch.nn.Module):
         return torch.softmax(top.values.float(), dim=-1).to(t.dtype), top.indices
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        packed = isinstance(self.mlp1_weight, MXFP4Weight)
+        lora = lora_hook(self)
+        lora = lora if lora is not None and lora.experts_active else None  # experts' LoRA: the reference path
+        packed = isinstance(self.mlp1_weight, MXFP4Weight) and lora is None
         if packed and kernels.active(x):
             return self._forward_kernels(x)
         if packed and kernels.cpu_active(x):
@@ -77,7 +80,7 @@ class MLPBlock(torch.nn.Module):
         t = self.norm(x)
         weights, indices = self.route(t)
         return experts_reference(t, weights, indices, self.mlp1_weight, self.mlp1_bias, self.mlp2_weight,
-                                 self.mlp2_bias, self.swiglu_alpha, self.swiglu_limit, residual=x)
+                                 self.mlp2_bias, self.swiglu_alpha, self.swiglu_limit, residual=x, lora=lora)
 
     def _forward_kernels(self, x: torch.Tensor) -> torch.Tensor:
         """Fast path (Triton, see gptoss.kernels): fused RMSNorm, router, fused routing, grouped MXFP4 experts."""
@@ -115,17 +118,23 @@ def experts_reference(
     alpha: float = 1.702,
     limit: float = 7.0,
     residual: torch.Tensor | None = None,
+    lora=None,
 ) -> torch.Tensor:
     """The experts of each token, weighted and summed: ``t [N, hidden]``, routing ``weights, indices [N, k]``.
     Each selected expert is unpacked from MXFP4 on the fly. Returns ``[N, hidden]`` (plus ``residual``).
+    ``lora``: a :class:`~gptoss.model.lora.LayerLora` adding its adapters' expert deltas per token.
     The reference that :func:`gptoss.kernels.moe.moe_experts` must match."""
     out = torch.zeros_like(t)
     for expert in torch.unique(indices).tolist():
         token, rank = torch.where(indices == expert)
         w1 = mlp1_weight.dequantize(expert, t.dtype)
         h = torch.nn.functional.linear(t[token], w1, mlp1_bias[expert])
+        if lora is not None:
+            h = lora.expert(1, expert, t[token], token, h)
         h = swiglu(h, alpha, limit)
         w2 = mlp2_weight.dequantize(expert, t.dtype)
         y = torch.nn.functional.linear(h, w2, mlp2_bias[expert])
+        if lora is not None:
+            y = lora.expert(2, expert, h, token, y)
         out.index_add_(0, token, y * weights[token, rank, None])
     return out if residual is None else residual + out

@@ -94,7 +94,7 @@ class LLMEngine:
         self.runner = ModelRunner(model, channel=channel, **self.runner_kwargs(
             max_batch, max_model_len, max_prefill_tokens, prefix_slots, kv_cache, kv_cache_tokens, cuda_graphs))
         self.scheduler = Scheduler(max_batch, max_prefill_tokens, blocks=self.runner.blocks)
-        self.prefixes = PrefixCache(list(range(max_batch, max_batch + prefix_slots)))
+        self.prefixes = PrefixCache(list(range(max_batch, max_batch + prefix_slots)))  # keyed by _prefix_key
         self.prefix_hits = 0
         self.sequences: dict[str, Sequence] = {}
         # Requests whose processing raised, each failed alone (finish_reason "error", ``seq.error``) while
@@ -125,6 +125,11 @@ class LLMEngine:
                 f"prompt has {len(prompt_ids)} tokens; the context holds {self.max_model_len} (max_model_len), "
                 "leaving no room to generate"
             )
+        if params.lora is not None:
+            lora = getattr(self.model, "lora", None)
+            if lora is None:
+                raise GptossError(f"unknown LoRA adapter {params.lora!r} (none is loaded)")
+            lora.slot(params.lora)  # an unknown name is refused here, before the request is queued
         seq = Sequence(prompt_ids, params, request_id)
         if PrefixCache.MIN_TOKENS <= prefix_len < len(prompt_ids):
             seq.prefix_len = prefix_len
@@ -154,7 +159,7 @@ class LLMEngine:
         work, logits = self._run_isolated(work)
         for seq, _ in work:
             if seq.prefix_len and seq.num_cached == seq.prefix_len and seq.prefix_snapshot:
-                slot = self.prefixes.reserve(tuple(seq.prompt_ids[: seq.prefix_len]))
+                slot = self.prefixes.reserve(_prefix_key(seq))
                 if slot is not None:
                     try:
                         self.runner.cache.copy_slot(seq.slot, slot, seq.prefix_len)
@@ -244,8 +249,7 @@ class LLMEngine:
         the first chunk to end at the prefix so that it can be snapshotted. Returns the chunk length."""
         if not seq.prefix_len or seq.num_cached:
             return n
-        key = tuple(seq.prompt_ids[: seq.prefix_len])
-        slot = self.prefixes.lookup(key)
+        slot = self.prefixes.lookup(_prefix_key(seq))
         if slot is not None:
             try:
                 self.runner.cache.copy_slot(slot, seq.slot, seq.prefix_len)
@@ -260,6 +264,11 @@ class LLMEngine:
     def _finish(self, seq: Sequence, reason: str) -> None:
         self.scheduler.finish(seq, reason)
         self.sequences.pop(seq.request_id, None)
+
+
+def _prefix_key(seq: Sequence) -> tuple:
+    """A shared prefix's cache key: its tokens and the LoRA adapter that computed its keys and values."""
+    return (seq.lora, *seq.prompt_ids[: seq.prefix_len])
 
 
 def _raise_failures(engine: LLMEngine) -> None:
@@ -330,14 +339,25 @@ class LLM:
         tensor_parallel_size: int = 1,
         topology=None,
         distributed_timeout: float | None = None,
+        quantize: str | None = None,
+        lora=None,
     ):
         """``tensor_parallel_size``: shard the model over that many local ranks (processes spawned here, this
         one being rank 0: attention by heads, experts across ranks, vocabulary split; gloo on the CPU, NCCL
         on GPUs). ``topology``: this process's place in a group started elsewhere (``torchrun``: see
         :func:`gptoss.engine.distributed.from_environment`); it must be rank 0, the others run
-        :func:`follow_rank0`. ``distributed_timeout``: seconds any collective may wait."""
+        :func:`follow_rank0`. ``distributed_timeout``: seconds any collective may wait. ``quantize``: ``mxfp4``
+        packs a dense-expert checkpoint's experts on load. ``lora``: PEFT LoRA adapters to serve beside the
+        base model, a path or ``NAME=PATH`` (or a list of them, or ``{name: path}``); a request picks one by
+        name with ``SamplingParams(lora=name)``. A single adapter given alone is also the default of
+        :meth:`generate` and :meth:`stream`."""
         from gptoss.engine import distributed
 
+        from gptoss.model.lora import parse_specs
+
+        lora_specs = parse_specs(lora)
+        if lora_specs and (tensor_parallel_size > 1 or topology is not None):
+            raise GptossError("LoRA adapters are not supported under tensor parallelism")
         self.channel = None
         self.workers: list = []  # the local ranks this process spawned (tensor parallel)
         channel_kwargs = {}
@@ -389,7 +409,14 @@ class LLM:
                 channel_kwargs = {"channel": self.channel}
             else:
                 self.model = Transformer.from_checkpoint(self.model_dir, device=dev, dtype=dt, layout=layout,
-                                                         progress=progress)
+                                                         progress=progress, quantize=quantize)
+        self.default_lora = None
+        if lora_specs:
+            from gptoss.model.lora import LoraSet
+
+            added = LoraSet.of(self.model).add_all(lora_specs)
+            if len(added) == 1 and not isinstance(lora, (dict, list, tuple)):
+                self.default_lora = added[0].name
         self.max_model_len = min(max_model_len, self.model.config.max_position_embeddings)
         self.engine = LLMEngine(self.model, max_batch=max_batch, max_model_len=self.max_model_len, kv_cache=kv_cache,
                                 kv_cache_tokens=kv_cache_tokens, **channel_kwargs)
@@ -416,6 +443,13 @@ class LLM:
             return True
         return self.model_dir is not None and is_synthetic_checkpoint(self.model_dir)
 
+    def _with_default_lora(self, params: SamplingParams) -> SamplingParams:
+        if params.lora is None and getattr(self, "default_lora", None):
+            import dataclasses
+
+            return dataclasses.replace(params, lora=self.default_lora)
+        return params
+
     def _ids(self, prompt: str | list[int]) -> list[int]:
         return self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
 
@@ -431,7 +465,7 @@ class LLM:
         plist = params if isinstance(params, list) else [params] * len(prompts)
         if len(plist) != len(prompts):
             raise GptossError(f"{len(prompts)} prompts but {len(plist)} sampling parameter sets")
-        seqs = [self.engine.add_request(self._ids(p), sp) for p, sp in zip(prompts, plist)]
+        seqs = [self.engine.add_request(self._ids(p), self._with_default_lora(sp)) for p, sp in zip(prompts, plist)]
         try:
             while any(not s.is_finished for s in seqs):
                 self.engine.step()
@@ -447,7 +481,7 @@ class LLM:
     def stream(self, prompt: str | list[int], params: SamplingParams | None = None) -> Iterator[TokenEvent]:
         """Generate for one prompt, yielding each token as it is sampled. Closing the iterator (or an
         exception in the consumer, such as KeyboardInterrupt) aborts the request and frees its slot."""
-        seq = self.engine.add_request(self._ids(prompt), params or SamplingParams())
+        seq = self.engine.add_request(self._ids(prompt), self._with_default_lora(params or SamplingParams()))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         try:
             while not seq.is_finished:

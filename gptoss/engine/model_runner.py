@@ -71,7 +71,13 @@ class ModelRunner:
         Under tensor parallelism (``channel``), the plan goes to the other ranks first."""
         plan = StepPlan([t for seq, n in work for t in seq.pending()[:n]], [s.slot for s, _ in work],
                         [s.num_cached for s, _ in work], [n for _, n in work])
-        if self.channel is None:
+        lora = getattr(self.model, "lora", None)
+        if lora is not None and any(s.lora for s, _ in work):  # per-token adapters (gptoss.model.lora)
+            if self.channel is not None:
+                raise GptossError("LoRA adapters are not supported under tensor parallelism")
+            with lora.active([(lora.slot(s.lora), n) for s, n in work]):
+                logits = self.execute(plan, graphs=False)
+        elif self.channel is None:
             logits = self.execute(plan)
         else:
             with self.channel.lock:
@@ -86,13 +92,14 @@ class ModelRunner:
             seq.num_cached += n
         return logits
 
-    def execute(self, plan: StepPlan) -> torch.Tensor:
-        """Run one planned step over the cache (every rank runs it under tensor parallelism)."""
+    def execute(self, plan: StepPlan, graphs: bool = True) -> torch.Tensor:
+        """Run one planned step over the cache (every rank runs it under tensor parallelism). ``graphs``:
+        replay a captured decode graph where one fits (they hold the base model only: off with adapters)."""
         tokens = torch.tensor(plan.tokens, dtype=torch.long, device=self.model.device)
         if self.kind == "paged":
             cache = self.local_cache
             meta = cache.prepare(plan.slots, plan.starts, plan.lens)
-            if self.graphs is not None and meta.max_q_len == 1 and self.graphs.supports(len(plan.lens)):
+            if graphs and self.graphs is not None and meta.max_q_len == 1 and self.graphs.supports(len(plan.lens)):
                 logits = self.graphs.run(tokens, meta)
             else:
                 logits = self.model.step_paged(tokens, meta, cache, logits_index=meta.last_index)

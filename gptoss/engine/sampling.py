@@ -39,6 +39,7 @@ class SamplingParams:
     logprobs: int | None = None  # None: none; 0: the chosen token's; k: also the top k alternatives
     ignore_stop: bool = False
     logits_processors: list[Callable[[list[int], torch.Tensor], torch.Tensor]] = field(default_factory=list)
+    lora: str | None = None  # the name of a loaded LoRA adapter to run this request with; None: the base model
 
     def __post_init__(self) -> None:
         checks = [

@@ -26,6 +26,7 @@ class Sequence:
         self.output_ids: list[int] = []
         self.logprobs: list[TokenLogprobs | None] = []
         self.params = params
+        self.lora = params.lora  # LoRA adapter name (None: the base model); its keys and values differ
         self.status = Status.WAITING
         self.slot: int | None = None
         self.num_cached = 0  # tokens whose keys/values are in the cache

@@ -60,18 +60,28 @@ class LoraSet:
         return [a.name for a in self.adapters]
 
     def add(self, path: str | os.PathLike, name: str | None = None) -> LoraAdapter:
-        """Load the PEFT adapter at ``path`` under ``name`` (default: its folder's name). Checked whole
-        before anything is kept: a bad adapter leaves the set as it was."""
-        adapter = load_adapter(path, self.model.config, name)
-        if not adapter.name.strip():
-            raise AdapterError(f"{path}: give the adapter a name (NAME=PATH)")
-        if adapter.name in self.names:
-            raise AdapterError(f"LoRA adapter name {adapter.name!r} is already loaded (from "
-                               f"{self.adapters[self.names.index(adapter.name)].path})")
+        """Load the PEFT adapter at ``path`` under ``name`` (default: its folder's name)."""
+        return self.add_all([(name, path)])[0]
+
+    def add_all(self, specs: list[tuple[str | None, str | os.PathLike]]) -> list[LoraAdapter]:
+        """Load ``[(name, path)]``. All are read and checked before any is kept: one bad adapter leaves
+        the set as it was."""
+        names = list(self.names)
+        loaded = []
+        for name, path in specs:
+            adapter = load_adapter(path, self.model.config, name)
+            if not adapter.name.strip() or adapter.name != adapter.name.strip():
+                raise AdapterError(f"{path}: LoRA adapter name {adapter.name!r}: expected a name without "
+                                   "surrounding spaces (NAME=PATH)")
+            if adapter.name in names:
+                raise AdapterError(f"{path}: LoRA adapter name {adapter.name!r} is already in use")
+            names.append(adapter.name)
+            loaded.append(adapter)
         device, dtype = self.model.device, self.model.dtype
-        adapter.layers = [layer.to(device, dtype) for layer in adapter.layers]
-        self.adapters.append(adapter)
-        return adapter
+        for adapter in loaded:
+            adapter.layers = [layer.to(device, dtype) for layer in adapter.layers]
+        self.adapters.extend(loaded)
+        return loaded
 
     def slot(self, name: str | None) -> int:
         """0 for the base (``None``), else the adapter's 1-based slot; an unknown name is refused."""
@@ -164,6 +174,24 @@ class LayerLora:
                 d = (x[sel].to(a.dtype) @ a[expert].T) @ b[expert].T
                 y = y.index_add(0, sel, d.to(y.dtype))
         return y
+
+
+def parse_specs(lora) -> list[tuple[str | None, str]]:
+    """``LLM(lora=...)``: a path, ``NAME=PATH``, a list of those, or ``{name: path}``."""
+    if lora is None:
+        return []
+    if isinstance(lora, dict):
+        return [(str(k), str(v)) for k, v in lora.items()]
+    items = [lora] if isinstance(lora, (str, os.PathLike)) else list(lora)
+    specs = []
+    for item in items:
+        text = str(item)
+        name, sep, path = text.partition("=")
+        if sep and name and not os.path.exists(text):
+            specs.append((name, path))
+        else:
+            specs.append((None, text))
+    return specs
 
 
 def lora_hook(module) -> LayerLora | None:

@@ -203,9 +203,9 @@ def load_adapter(path: str | os.PathLike, config: ModelConfig, name: str | None 
         if a.shape[0] != b.shape[1]:
             raise AdapterError(f"{where}: lora_A has {a.shape[0]} rows but lora_B {b.shape[1]} columns (they must agree)")
         if a.shape[0] != r * experts:
-            per = f"rank {r} x {e} experts = " if experts > 1 else "rank "
-            raise AdapterError(f"{where}: lora_A.weight {list(a.shape)}: the adapter's {per}{r * experts} rows do not fit "
-                               f"({a.shape[0]} found)")
+            need = f"rank {r} x {e} experts = {r * experts}" if experts > 1 else f"rank {r}"
+            raise AdapterError(f"{where}: lora_A.weight {list(a.shape)} has {a.shape[0]} rows; the adapter's "
+                               f"{need} does not fit it")
         if a.shape[1] != fan_in or b.shape[0] != fan_out:
             raise AdapterError(f"{where}: expected lora_A [{r * experts}, {fan_in}] and lora_B [{fan_out}, {r * experts}] "
                                f"for this base model, found {list(a.shape)} and {list(b.shape)}")

@@ -26,6 +26,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     parser.add_argument("--max-model-len", type=int, default=4096, help="tokens of context per sequence (default 4096)")
+    parser.add_argument("--quantize", default=None, choices=["mxfp4"],
+                        help="pack a dense-expert (fine-tuned) checkpoint's experts into MXFP4 on load "
+                             "(default: keep them as stored)")
     add_threads_arg(parser)
 
 
@@ -155,7 +158,8 @@ def load_llm(args: argparse.Namespace, max_batch: int = 8):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SyntheticCheckpointWarning)  # announced below, in the CLI's words
         llm = LLM(folder, device=args.device, dtype=args.dtype, max_batch=max_batch, max_model_len=args.max_model_len,
-                  progress=sys.stderr.isatty(), **tensor_parallel_kwargs(args))
+                  progress=sys.stderr.isatty(), quantize=getattr(args, "quantize", None),
+                  lora=getattr(args, "lora", None) or None, **tensor_parallel_kwargs(args))
     for rank, proc in enumerate(llm.workers, start=1):
         print(f"gptoss: tensor parallel rank {rank} is process {proc.pid}", file=sys.stderr)
     llm.is_demo = demo

@@ -39,6 +39,7 @@ class ServerConfig:
     toolbox: Any = None  # gptoss.tools.Toolbox: templates of the built-in tools (web_search, code_interpreter)
     guard: Any = None  # gptoss.guard.GuardSettings: the policy guard (input/output checks, /v1/moderations)
     reasoning: str = "visible"  # what clients see of the analysis channel: visible | hidden
+    adapters: list[str] = field(default_factory=list)  # LoRA adapters, each served under its own model name
 
 
 OPEN_PATHS = frozenset({"/health"})
@@ -99,9 +100,14 @@ class ServerState:
             self.guard = Guard.build(config.guard, self.engine, self.tokenizer, self.max_model_len, self.metrics.registry)
 
     def check_model(self, name: str) -> None:
-        if name != self.config.model_name and name not in self.config.aliases:
-            raise APIError(404, f"the model {name!r} does not exist; this server serves {self.config.model_name!r}",
+        if name != self.config.model_name and name not in self.config.aliases and name not in self.config.adapters:
+            also = f" and the LoRA adapters {', '.join(map(repr, self.config.adapters))}" if self.config.adapters else ""
+            raise APIError(404, f"the model {name!r} does not exist; this server serves {self.config.model_name!r}{also}",
                            param="model", code="model_not_found", type="not_found_error")
+
+    def lora_of(self, name: str) -> str | None:
+        """The LoRA adapter a request's model name selects (None: the base model)."""
+        return name if name in self.config.adapters else None
 
     def check_text_size(self, texts: Iterable[str], field_name: str) -> None:
         """Before any tokenizing: a prompt whose text cannot fit in the context is a 400. Each token covers
@@ -219,6 +225,8 @@ def create_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
 
         names = [config.model_name] + config.aliases
         data = [Model(id=n, created=state.started, object="model", owned_by="gptoss").model_dump() for n in names]
+        data += [Model(id=n, created=state.started, object="model", owned_by="gptoss", parent=config.model_name).model_dump()
+                 for n in config.adapters]  # LoRA adapters: "parent" names their base, as vLLM lists them
         return {"object": "list", "data": data}
 
     from gptoss.server import chat_completions, moderations, responses

@@ -20,6 +20,7 @@ SUBCOMMANDS = [
     "harmony_cmd",
     "make_checkpoint",
     "quantize_cmd",
+    "finetune_cmd",
     "bench",
     "bench_serve",
     "eval_cmd",

@@ -64,12 +64,12 @@ class LoraSet:
         return self.add_all([(name, path)])[0]
 
     def add_all(self, specs: list[tuple[str | None, str | os.PathLike]]) -> list[LoraAdapter]:
-        """Load ``[(name, path)]``. All are read and checked before any is kept: one bad adapter leaves
-        the set as it was."""
+        """Load ``[(name, path)]`` (or already built :class:`LoraAdapter` objects in place of paths). All
+        are read and checked before any is kept: one bad adapter leaves the set as it was."""
         names = list(self.names)
         loaded = []
         for name, path in specs:
-            adapter = load_adapter(path, self.model.config, name)
+            adapter = path if isinstance(path, LoraAdapter) else load_adapter(path, self.model.config, name)
             if not adapter.name.strip() or adapter.name != adapter.name.strip():
                 raise AdapterError(f"{path}: LoRA adapter name {adapter.name!r}: expected a name without "
                                    "surrounding spaces (NAME=PATH)")
@@ -174,6 +174,29 @@ class LayerLora:
                 d = (x[sel].to(a.dtype) @ a[expert].T) @ b[expert].T
                 y = y.index_add(0, sel, d.to(y.dtype))
         return y
+
+
+def random_adapter(config, name: str, rank: int, experts: bool = False, seed: int = 0, scale: float = 0.01) -> LoraAdapter:
+    """A random adapter of ``rank`` on q, k, v, o (and, with ``experts``, both expert parameters) of every
+    layer, built in memory: what ``gptoss bench`` times adapters with."""
+    from gptoss.model.peft_adapter import LayerDelta
+
+    g = torch.Generator().manual_seed(seed)
+    h, i, e = config.hidden_size, config.intermediate_size, config.num_experts
+    hq, hk, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+
+    def r(*shape):
+        return scale * torch.randn(*shape, generator=g)
+
+    layers = []
+    for _ in range(config.num_hidden_layers):
+        delta = LayerDelta(qkv_a=r(3 * rank, h), qkv_b=r(d * (hq + 2 * hk), 3 * rank), out_a=r(rank, hq * d), out_b=r(h, rank))
+        if experts:
+            delta.mlp1_a, delta.mlp1_b = r(e, rank, h), r(e, 2 * i, rank)
+            delta.mlp2_a, delta.mlp2_b = r(e, rank, i), r(e, h, rank)
+        layers.append(delta)
+    return LoraAdapter(name, "(random)", rank, layers, ["q_proj", "k_proj", "v_proj", "o_proj"] + (
+        ["gate_up_proj", "down_proj"] if experts else []))
 
 
 def parse_specs(lora) -> list[tuple[str | None, str]]:

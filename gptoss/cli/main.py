@@ -21,6 +21,7 @@ SUBCOMMANDS = [
     "make_checkpoint",
     "quantize_cmd",
     "finetune_cmd",
+    "merge_cmd",
     "bench",
     "bench_serve",
     "eval_cmd",

@@ -80,10 +80,10 @@ def quantize_checkpoint(src: str | os.PathLike, out: str | os.PathLike, layout: 
     return out
 
 
-def _write_hf(out: Path, config, shapes, canonical, dtype_of, max_shard_bytes: int) -> None:
+def _write_hf(out: Path, config, shapes, canonical, dtype_of, max_shard_bytes: int, experts: str = "mxfp4") -> None:
     from gptoss.model.checkpoint import hf_shapes
 
-    hf = hf_shapes(config, "mxfp4")
+    hf = hf_shapes(config, experts)
     entries, owner = [], {}
     for name in shapes:
         start = 0
@@ -104,6 +104,8 @@ def _write_hf(out: Path, config, shapes, canonical, dtype_of, max_shard_bytes: i
 
     weight_map = _write_files(out, entries, produce, max_shard_bytes, "model-{i:05d}-of-{n:05d}")
     data = config.to_hf()  # carries quantization_config {quant_method: mxfp4}, as the release does
+    if experts == "dense":
+        data.pop("quantization_config", None)
     (out / "config.json").write_text(json.dumps(data, indent=2))
     if len(set(weight_map.values())) > 1:
         (out / HF_INDEX).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))

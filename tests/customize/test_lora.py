@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from gptoss.cli.main import main
 from gptoss.engine import LLM, SamplingParams
 from gptoss.errors import GptossError
 from gptoss.model import Transformer
@@ -123,3 +124,17 @@ def test_bad_adapter_is_refused_in_one_line_and_nothing_is_loaded(tmp_path, adap
 def test_not_an_adapter_folder_is_named(tmp_path, mxfp4_checkpoint):
     with pytest.raises(AdapterError, match="no adapter_config.json"):
         LoraSet.of(Transformer.from_checkpoint(mxfp4_checkpoint)).add(tmp_path)
+
+
+@pytest.mark.parametrize("base", ["dense", "mxfp4"])
+def test_merge_writes_the_adapted_model_as_a_checkpoint(tmp_path, base, adapters, dense_checkpoint, mxfp4_checkpoint):
+    folder = dense_checkpoint if base == "dense" else mxfp4_checkpoint
+    assert main(["merge", str(folder), str(adapters["experts"]), str(tmp_path / "merged")]) == 0
+    model = Transformer.from_checkpoint(folder, dtype=torch.float32)
+    LoraSet.of(model).add(adapters["experts"], "e")
+    with model.lora.active([(1, TOKENS.numel())]):
+        want = model(TOKENS)
+    merged = Transformer.from_checkpoint(tmp_path / "merged", dtype=torch.float32)
+    assert merged.experts == "dense"
+    # float32 weights merge exactly; the synthetic MXFP4 base stores bf16, so its merged experts are bf16
+    assert rel_err(merged(TOKENS), want) < (1e-5 if base == "dense" else 2e-3)

@@ -175,7 +175,8 @@ def decode_step_bytes(model, batch: int, context: int) -> dict[str, float]:
     c = model.config
     dense = emb = 0
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if t.dtype == torch.uint8 or name.endswith("inv_freq") or ".mlp.mlp1_bias" in name or ".mlp.mlp2_bias" in name:
+        if t.dtype == torch.uint8 or name.endswith(("inv_freq", "_weight.weight")) or ".mlp.mlp1_bias" in name \
+                or ".mlp.mlp2_bias" in name:  # experts (packed, or dense "mlpN_weight.weight") are counted below
             continue
         if name == "embedding.weight":
             emb = batch * t.shape[1] * t.element_size()
@@ -184,9 +185,8 @@ def decode_step_bytes(model, batch: int, context: int) -> dict[str, float]:
     e, k = c.num_experts, c.experts_per_token
     touched = e * (1 - (1 - k / e) ** batch)
     mlp = model.block[0].mlp
-    per_expert = sum(x[0].numel() * x.element_size() for x in (mlp.mlp1_weight.blocks, mlp.mlp1_weight.scales,
-                                                               mlp.mlp2_weight.blocks, mlp.mlp2_weight.scales,
-                                                               mlp.mlp1_bias, mlp.mlp2_bias))
+    weights = [t for w in (mlp.mlp1_weight, mlp.mlp2_weight) for t in w.buffers()]  # blocks + scales, or dense
+    per_expert = sum(x[0].numel() * x.element_size() for x in weights + [mlp.mlp1_bias, mlp.mlp2_bias])
     experts = c.num_hidden_layers * touched * per_expert
     per_pos = 2 * c.num_key_value_heads * c.head_dim * model.unembedding.weight.element_size()
     kv = sum(batch * (min(context, c.window(n)) if c.window(n) else context) * per_pos for n in range(c.num_hidden_layers))

@@ -198,7 +198,7 @@ class Transformer(torch.nn.Module):
             if name.endswith("inv_freq"):
                 continue
             n = t.numel() * t.element_size()
-            if t.dtype == torch.uint8 or name.endswith("_weight.weight"):  # expert weights, packed or dense
+            if t.dtype == torch.uint8:
                 packed += n
             else:
                 dense += n

@@ -8,8 +8,10 @@ from our ``assistant_masks`` column (loss on assistant tokens only) and runs the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -83,7 +85,8 @@ def finetune(base: str | os.PathLike, data: str | os.PathLike, out: str | os.Pat
                          lr_scheduler_type="constant")
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=_hf_tokenizer(),
                              peft_config=lora)
-        trainer.train()
+        with contextlib.redirect_stdout(sys.stderr):  # the trainer's log lines: stdout stays for the report
+            trainer.train()
         trainer.model.save_pretrained(out)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     report = {"base": str(base), "data": str(data), "adapter": str(out), "examples": len(examples),

@@ -94,13 +94,14 @@ def test_finetune_lowers_the_loss_and_its_adapter_is_served(tmp_path, dense_chec
     from tests.customize.conftest import hf_model, rel_err
 
     data = tmp_path / "data.jsonl"
-    data.write_text(json.dumps(TOOL_CONVERSATION) + "\n" + json.dumps(
+    # one short conversation (the 201,088-word unembedding makes every token costly on a CPU)
+    data.write_text(json.dumps(
         {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "thinking": "Greet.", "content": "Hello!"}]}) + "\n")
     out = tmp_path / "adapter"
     assert main(["finetune", "--model", str(dense_checkpoint), "--data", str(data), "--out", str(out), "--rank", "4",
-                 "--learning-rate", "0.02", "--max-steps", "4", "--batch-size", "2", "--device", "cpu"]) == 0
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert report["steps"] == 4 and len(report["losses"]) == 4
+                 "--learning-rate", "0.05", "--max-steps", "3", "--device", "cpu"]) == 0
+    report = json.loads(capsys.readouterr().out)  # stdout holds the report alone
+    assert report["steps"] == 3 and len(report["losses"]) == 3
     assert report["losses"][-1] < 0.9 * report["losses"][0]
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
     # served by gptoss as PEFT runs it

@@ -73,6 +73,10 @@ def add_parser(sub) -> None:
     p.add_argument("--engine-timeout", type=float, default=3600, help="--compare: seconds one engine run may take")
     p.add_argument("--bandwidth-gbs", type=float, default=None,
                    help="memory bandwidth for the floor (default: 3000 on an H100, else the measured copy bandwidth)")
+    p.add_argument("--lora-rank", type=int, default=0, metavar="R",
+                   help="also time random LoRA adapters of rank R (q, k, v, o): prefill and decode with one adapter "
+                        "and with four in one batch, against the base alone (section 'lora')")
+    p.add_argument("--lora-experts", action="store_true", help="--lora-rank: the adapters also target the experts")
     p.add_argument("--out", default=None, help="also write the JSON to this file")
     p.add_argument("--agent", action="store_true",
                    help="CPU, --model CKPT: time to first token of an agent loop whose history grows step by step, "
@@ -180,7 +184,8 @@ def decode_step_bytes(model, batch: int, context: int) -> dict[str, float]:
     c = model.config
     dense = emb = 0
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if t.dtype == torch.uint8 or name.endswith("inv_freq") or ".mlp.mlp1_bias" in name or ".mlp.mlp2_bias" in name:
+        if t.dtype == torch.uint8 or name.endswith(("inv_freq", "_weight.weight")) or ".mlp.mlp1_bias" in name \
+                or ".mlp.mlp2_bias" in name:  # experts (packed, or dense "mlpN_weight.weight") are counted below
             continue
         if name == "embedding.weight":
             emb = batch * t.shape[1] * t.element_size()
@@ -189,9 +194,8 @@ def decode_step_bytes(model, batch: int, context: int) -> dict[str, float]:
     e, k = c.num_experts, c.experts_per_token
     touched = e * (1 - (1 - k / e) ** batch)
     mlp = model.block[0].mlp
-    per_expert = sum(x[0].numel() * x.element_size() for x in (mlp.mlp1_weight.blocks, mlp.mlp1_weight.scales,
-                                                               mlp.mlp2_weight.blocks, mlp.mlp2_weight.scales,
-                                                               mlp.mlp1_bias, mlp.mlp2_bias))
+    weights = [t for w in (mlp.mlp1_weight, mlp.mlp2_weight) for t in w.buffers()]  # blocks + scales, or dense
+    per_expert = sum(x[0].numel() * x.element_size() for x in weights + [mlp.mlp1_bias, mlp.mlp2_bias])
     experts = c.num_hidden_layers * touched * per_expert
     per_pos = 2 * c.num_key_value_heads * c.head_dim * model.unembedding.weight.element_size()
     kv = sum(batch * (min(context, c.window(n)) if c.window(n) else context) * per_pos for n in range(c.num_hidden_layers))
@@ -400,8 +404,81 @@ def run(args: argparse.Namespace) -> int:
         if is_cuda:
             torch.cuda.empty_cache()
         result["transformers"] = compare_transformers(model, args, batch_sizes, prompt, device, dtype, result)
+    if args.lora_rank:
+        graphs = cache = None
+        result["lora"] = lora_costs(model, args, device, dtype)
     result["table"] = summary_table(result)
     return emit_json(result, args.out)
+
+
+def lora_costs(model, args, device: str, dtype) -> dict:
+    """Prefill and decode with LoRA adapters against the base alone, in this run: one adapter for every
+    token, and four adapters in one batch (each sequence its own). All on the slot cache, eagerly, base
+    included, so that the ratios isolate what the adapters add."""
+    import torch
+
+    from gptoss.model import KVCache, StepBatch
+    from gptoss.model.lora import LoraSet, random_adapter
+
+    config = model.config
+    if args.lora_rank < 1:
+        from gptoss.errors import GptossError
+
+        raise GptossError(f"--lora-rank: expected a positive rank, found {args.lora_rank}")
+    lora = LoraSet.of(model)
+    lora.add_all([(f"bench-{k}", random_adapter(config, f"bench-{k}", args.lora_rank, args.lora_experts, seed=k))
+                  for k in range(4)])
+    seqs, per_seq = 4, max(1, args.prompt_len // 4)
+    b = 4
+    ctx = args.prompt_len + args.decode_tokens + 1
+    cache = KVCache(config, b, ctx, device=device, dtype=dtype)
+    gen = torch.Generator().manual_seed(args.seed)
+    prompt = torch.randint(0, config.vocab_size, (seqs * per_seq,), generator=gen).to(device)
+    prefill_batch = StepBatch.of(list(range(seqs)), [0] * seqs, [per_seq] * seqs, device=device)
+    layouts = {"base": [0] * seqs, "one_adapter": [1] * seqs, "four_adapters": [1, 2, 3, 4]}
+
+    def prefill(slots):
+        def run():
+            with lora.active([(s, per_seq) for s in slots]):
+                model.step(prompt, prefill_batch, cache, logits_index=prefill_batch.last_index)
+        return run
+
+    def decode(slots):
+        def run():
+            for i in range(args.decode_tokens):
+                batch = StepBatch.of(list(range(b)), [per_seq + i] * b, [1] * b, device=device)
+                toks = torch.randint(0, config.vocab_size, (b,), generator=gen).to(device)
+                with lora.active([(s, 1) for s in slots]):
+                    model.step(toks, batch, cache, logits_index=batch.last_index)
+        return run
+
+    out: dict = {"rank": args.lora_rank, "targets": lora.adapters[0].targets, "adapter_bytes": lora.adapters[0].nbytes(),
+                 "prefill_sequences": seqs, "prefill_tokens": seqs * per_seq, "decode_batch": b,
+                 "decode_tokens": args.decode_tokens, "prefill": {}, "decode": {}}
+    runs = {(phase, name): (prefill if phase == "prefill" else decode)(slots)
+            for phase in ("prefill", "decode") for name, slots in layouts.items()}
+    for fn in runs.values():  # warm-up (kernel compilation, allocator)
+        fn()
+    best: dict = {}
+    for _ in range(max(1, args.repeats)):  # interleaved rounds: a busy moment hits every layout alike
+        for key, fn in runs.items():
+            _sync(device)
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            best[key] = min(best.get(key, float("inf")), time.perf_counter() - t)
+    for (phase, name), seconds in best.items():
+        tokens = seqs * per_seq if phase == "prefill" else b * args.decode_tokens
+        out[phase][name] = {"seconds": round(seconds, 4), "tok_s": round(tokens / seconds, 2)}
+    for phase in ("prefill", "decode"):
+        base = out[phase]["base"]["seconds"]
+        for name in ("one_adapter", "four_adapters"):
+            out[phase][name]["cost_vs_base"] = round(out[phase][name]["seconds"] / base, 3)
+    _log(f"lora rank {args.lora_rank}: prefill x{out['prefill']['one_adapter']['cost_vs_base']} (one), "
+         f"x{out['prefill']['four_adapters']['cost_vs_base']} (four); decode x{out['decode']['one_adapter']['cost_vs_base']} "
+         f"(one), x{out['decode']['four_adapters']['cost_vs_base']} (four) of the base's time")
+    lora.adapters.clear()
+    return out
 
 
 def emit_json(result: dict, out: str | None) -> int:

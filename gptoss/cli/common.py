@@ -33,6 +33,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
                         help="do not keep the KV of finished requests for later ones that share their prefix "
                              "(default: kept, evicted least recently used when memory is needed)")
+    parser.add_argument("--quantize", default=None, choices=["mxfp4"],
+                        help="pack a dense-expert (fine-tuned) checkpoint's experts into MXFP4 on load "
+                             "(default: keep them as stored)")
     add_threads_arg(parser)
 
 
@@ -164,7 +167,8 @@ def load_llm(args: argparse.Namespace, max_batch: int = 8):
         warnings.simplefilter("ignore", SyntheticCheckpointWarning)  # announced below, in the CLI's words
         llm = LLM(folder, device=args.device, dtype=args.dtype, max_batch=max_batch, max_model_len=args.max_model_len,
                   progress=sys.stderr.isatty(), kv_cache_tokens=getattr(args, "kv_cache_tokens", None),
-                  prefix_caching=getattr(args, "prefix_cache", True), **tensor_parallel_kwargs(args))
+                  prefix_caching=getattr(args, "prefix_cache", True), quantize=getattr(args, "quantize", None),
+                  lora=getattr(args, "lora", None) or None, **tensor_parallel_kwargs(args))
     for rank, proc in enumerate(llm.workers, start=1):
         print(f"gptoss: tensor parallel rank {rank} is process {proc.pid}", file=sys.stderr)
     llm.is_demo = demo

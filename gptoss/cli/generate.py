@@ -24,6 +24,8 @@ def add_parser(sub) -> None:
     p.add_argument("--stop-token-ids", default="", help="comma-separated token ids that end generation")
     p.add_argument("--logprobs", type=int, default=None, help="with --json: top-K alternatives per token (0-20)")
     p.add_argument("--json", action="store_true", help="print tokens, text and log-probabilities as JSON")
+    p.add_argument("--lora", default=None, metavar="PATH", help="apply this PEFT LoRA adapter (a folder with "
+                   "adapter_config.json and adapter_model.safetensors)")
     p.set_defaults(func=run)
 
 

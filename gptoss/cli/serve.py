@@ -30,6 +30,9 @@ def add_parser(sub) -> None:
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests before answering 429 (default 256)")
     p.add_argument("--served-model-name", default=None,
                    help=f"the model name clients send (default: the --model argument; {DEMO_MODEL_NAME} for the synthetic demo)")
+    p.add_argument("--lora", action="append", default=[], metavar="NAME=PATH",
+                   help="also serve this PEFT LoRA adapter as the model NAME (repeatable; the base stays served, "
+                        "requests for different adapters share batches)")
     p.add_argument("--reasoning-max-tokens", type=int, default=None,
                    help="cap on tokens in one reasoning (analysis) message; the model is then made to move on "
                         f"(default: none; {DEMO_REASONING_MAX_TOKENS} for the synthetic demo)")
@@ -147,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
                               max_queue=args.max_queue, store_path=store,
                               persona=ServerPersona(reasoning_max_tokens=args.reasoning_max_tokens), toolbox=toolbox,
                               guard=guard, reasoning=args.reasoning, strict_max_tokens=args.strict_max_tokens,
-                              mcp_servers=mcp_servers, share_prefix_cache=args.share_prefix_cache)
+                              mcp_servers=mcp_servers, share_prefix_cache=args.share_prefix_cache,
+                              adapters=_adapter_names(llm, name, aliases))
         app = create_app(llm, config)
         if llm.model_dir is not None:  # weights are memory-mapped: a bus error gets one line saying why
             from gptoss.server.crash import explain_fatal_signals
@@ -166,6 +170,15 @@ def run(args: argparse.Namespace) -> int:
         if "llm" in locals():
             llm.close()
     return 0
+
+
+def _adapter_names(llm, name: str, aliases: list[str]) -> list[str]:
+    """The served names of the LoRA adapters (--lora NAME=PATH), none of them the base model's."""
+    names = llm.model.lora.names if getattr(llm.model, "lora", None) is not None else []
+    for adapter in names:
+        if adapter == name or adapter in aliases:
+            raise GptossError(f"--lora {adapter}=...: {adapter!r} is the base model's name; give the adapter another")
+    return names
 
 
 def _stop_soon(server, grace: float = 2.0) -> None:

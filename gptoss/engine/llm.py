@@ -109,6 +109,14 @@ class LLMEngine:
                 f"prompt has {len(prompt_ids)} tokens; the KV cache holds {self.capacity} (kv_cache_tokens), "
                 "leaving no room to generate: give the cache more tokens or memory"
             )
+        if params.lora is not None:
+            lora = getattr(self.model, "lora", None)
+            if lora is None:
+                raise GptossError(f"unknown LoRA adapter {params.lora!r} (none is loaded)")
+            lora.slot(params.lora)  # an unknown name is refused here, before the request is queued
+            # An adapter computes other keys and values from the same tokens: its cached blocks are its own.
+            cache_salt = b"lora\0" + params.lora.encode() + b"\0" + (
+                cache_salt.encode() if isinstance(cache_salt, str) else (cache_salt or b""))
         seq = Sequence(prompt_ids, params, request_id, cache_salt=cache_salt)
         if seq.request_id in self.sequences:
             raise GptossError(f"request id {seq.request_id!r} is already in use")
@@ -323,6 +331,8 @@ class LLM:
         topology=None,
         distributed_timeout: float | None = None,
         prefix_caching: bool = True,
+        quantize: str | None = None,
+        lora=None,
     ):
         """``tensor_parallel_size``: shard the model over that many local ranks (processes spawned here, this
         one being rank 0: attention by heads, experts across ranks, vocabulary split; gloo on the CPU, NCCL
@@ -331,9 +341,19 @@ class LLM:
         :func:`follow_rank0`. ``distributed_timeout``: seconds any collective may wait. ``max_model_len``:
         default the model's own context (131,072 for gpt-oss). ``kv_cache_tokens``: positions the KV cache
         holds, shared by all sequences (default: from free memory). ``prefix_caching``: reuse the KV of
-        earlier requests that share a prefix (see :class:`LLMEngine`)."""
+        earlier requests that share a prefix (see :class:`LLMEngine`).
+        ``quantize``: ``mxfp4``
+        packs a dense-expert checkpoint's experts on load. ``lora``: PEFT LoRA adapters to serve beside the
+        base model, a path or ``NAME=PATH`` (or a list of them, or ``{name: path}``); a request picks one by
+        name with ``SamplingParams(lora=name)``. A single adapter given alone is also the default of
+        :meth:`generate` and :meth:`stream`."""
         from gptoss.engine import distributed
 
+        from gptoss.model.lora import parse_specs
+
+        lora_specs = parse_specs(lora)
+        if lora_specs and (tensor_parallel_size > 1 or topology is not None):
+            raise GptossError("LoRA adapters are not supported under tensor parallelism")
         self.channel = None
         self.workers: list = []  # the local ranks this process spawned (tensor parallel)
         channel_kwargs = {}
@@ -393,7 +413,14 @@ class LLM:
                 channel_kwargs = {"channel": self.channel}
             else:
                 self.model = Transformer.from_checkpoint(self.model_dir, device=dev, dtype=dt, layout=layout,
-                                                         progress=progress)
+                                                         progress=progress, quantize=quantize)
+        self.default_lora = None
+        if lora_specs:
+            from gptoss.model.lora import LoraSet
+
+            added = LoraSet.of(self.model).add_all(lora_specs)
+            if len(added) == 1 and not isinstance(lora, (dict, list, tuple)):
+                self.default_lora = added[0].name
         self.engine = LLMEngine(self.model, max_batch=max_batch, max_model_len=max_model_len, kv_cache=kv_cache,
                                 kv_cache_tokens=kv_cache_tokens, prefix_caching=prefix_caching, **channel_kwargs)
         self.max_model_len = self.engine.max_model_len
@@ -420,6 +447,13 @@ class LLM:
             return True
         return self.model_dir is not None and is_synthetic_checkpoint(self.model_dir)
 
+    def _with_default_lora(self, params: SamplingParams) -> SamplingParams:
+        if params.lora is None and getattr(self, "default_lora", None):
+            import dataclasses
+
+            return dataclasses.replace(params, lora=self.default_lora)
+        return params
+
     def _ids(self, prompt: str | list[int]) -> list[int]:
         return self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
 
@@ -435,7 +469,7 @@ class LLM:
         plist = params if isinstance(params, list) else [params] * len(prompts)
         if len(plist) != len(prompts):
             raise GptossError(f"{len(prompts)} prompts but {len(plist)} sampling parameter sets")
-        seqs = [self.engine.add_request(self._ids(p), sp) for p, sp in zip(prompts, plist)]
+        seqs = [self.engine.add_request(self._ids(p), self._with_default_lora(sp)) for p, sp in zip(prompts, plist)]
         try:
             while any(not s.is_finished for s in seqs):
                 self.engine.step()
@@ -452,7 +486,7 @@ class LLM:
     def stream(self, prompt: str | list[int], params: SamplingParams | None = None) -> Iterator[TokenEvent]:
         """Generate for one prompt, yielding each token as it is sampled. Closing the iterator (or an
         exception in the consumer, such as KeyboardInterrupt) aborts the request and frees its slot."""
-        seq = self.engine.add_request(self._ids(prompt), params or SamplingParams())
+        seq = self.engine.add_request(self._ids(prompt), self._with_default_lora(params or SamplingParams()))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         try:
             while not seq.is_finished:

@@ -112,7 +112,13 @@ class ModelRunner:
         full = [seq.wants_prompt_logits for seq, _ in work]
         plan = StepPlan([t for seq, n in work for t in seq.pending()[:n]], [s.slot for s, _ in work],
                         [s.num_cached for s, _ in work], [n for _, n in work], full if any(full) else [])
-        if self.channel is None:
+        lora = getattr(self.model, "lora", None)
+        if lora is not None and any(s.lora for s, _ in work):  # per-token adapters (gptoss.model.lora)
+            if self.channel is not None:
+                raise GptossError("LoRA adapters are not supported under tensor parallelism")
+            with lora.active([(lora.slot(s.lora), n) for s, n in work]):
+                logits = self.execute(plan, graphs=False)
+        elif self.channel is None:
             logits = self.execute(plan)
         else:
             with self.channel.lock:
@@ -127,10 +133,12 @@ class ModelRunner:
             seq.num_cached += n
         return logits
 
-    def execute(self, plan: StepPlan) -> torch.Tensor:
+    def execute(self, plan: StepPlan, graphs: bool = True) -> torch.Tensor:
         """Run one planned step over the cache (every rank runs it under tensor parallelism). Returns the
         logits of each sequence's last new token; for the sequences ``plan.full`` marks, the logits of all
-        their new tokens are kept too, in ``full_logits`` (one entry per sequence: ``[n, V]`` or None)."""
+        their new tokens are kept too, in ``full_logits`` (one entry per sequence: ``[n, V]`` or None).
+        ``graphs``: replay a captured decode graph where one fits (they hold the base model only: off with
+        adapters)."""
         tokens = torch.tensor(plan.tokens, dtype=torch.long, device=self.model.device)
         self.full_logits = None
         index, last = None, None
@@ -143,7 +151,7 @@ class ModelRunner:
             index = torch.tensor(rows, dtype=torch.long, device=self.model.device)
         cache = self.local_cache
         meta = cache.prepare(plan.slots, plan.starts, plan.lens, plan.tokens)
-        if index is None and self.graphs is not None and meta.max_q_len == 1 and self.graphs.supports(len(plan.lens)):
+        if graphs and index is None and self.graphs is not None and meta.max_q_len == 1 and self.graphs.supports(len(plan.lens)):
             logits = self.graphs.run(tokens, meta)
         else:
             logits = self.model.step_paged(tokens, meta, cache, logits_index=meta.last_index if index is None else index)

@@ -45,6 +45,7 @@ class SamplingParams:
     ignore_stop: bool = False
     logits_processors: list[Callable[[list[int], torch.Tensor], torch.Tensor]] = field(default_factory=list)
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit, before the processors
+    lora: str | None = None  # the name of a loaded LoRA adapter to run this request with; None: the base model
 
     def __post_init__(self) -> None:
         checks = [

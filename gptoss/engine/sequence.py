@@ -29,6 +29,7 @@ class Sequence:
         # params.prompt_logprobs: entry j is prompt token j's log-probability given those before (None for the first)
         self.prompt_logprobs: list[TokenLogprobs | None] | None = [None] if params.prompt_logprobs is not None else None
         self.params = params
+        self.lora = params.lora  # LoRA adapter name (None: the base model); its keys and values differ
         self.status = Status.WAITING
         self.slot: int | None = None
         self.num_cached = 0  # tokens whose keys/values are in the cache

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from gptoss.model.config import ModelConfig
+from gptoss.model.lora import lora_hook
 from gptoss.model.norm import RMSNorm
 from gptoss.model.paged_cache import PagedKVCache, PagedMeta
 from gptoss.model.rope import RotaryEmbedding
@@ -112,8 +113,13 @@ class AttentionBlock(torch.nn.Module):
         group = cache.layer_group[self.layer_idx]
         kp, vp = cache.k[self.layer_idx], cache.v[self.layer_idx]
         cos, sin = rope
-        qkv = ops.linear(self.qkv, ops.norm(self.norm, x))
+        lora = lora_hook(self)  # the step's LoRA adapters, if any: their deltas on the q, k, v and output products
+        h = ops.norm(self.norm, x)
+        qkv = ops.linear(self.qkv, h)
+        if lora is not None:
+            qkv = lora.qkv(h, qkv)
         q = ops.rope_store(qkv, cos, sin, meta.slot_mapping[group], kp, vp, self.num_heads, self.num_kv_heads,
                            self.head_dim)
         out = ops.attend(q, kp, vp, meta, group, self.sinks, self.sm_scale, self.window)
-        return ops.residual(x, self.out, out)
+        y = ops.residual(x, self.out, out)
+        return y if lora is None else lora.out(out, y)

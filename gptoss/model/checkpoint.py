@@ -33,11 +33,18 @@ from gptoss.model.config import ModelConfig
 from gptoss.model.mxfp4 import BLOCK_SIZE, BYTES_PER_BLOCK
 
 HF_INDEX = "model.safetensors.index.json"
+EXPERT_FORMATS = ("mxfp4", "dense")
 
 
 # ----------------------------------------------------------------------------- expected tensors
-def canonical_shapes(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Canonical (original-layout) tensor names -> (shape, kind) where kind is 'float' or 'uint8'."""
+def canonical_shapes(config: ModelConfig, experts: str = "mxfp4") -> dict[str, tuple[tuple[int, ...], str]]:
+    """Canonical (original-layout) tensor names -> (shape, kind) where kind is 'float' or 'uint8'.
+
+    ``experts``: ``mxfp4`` (packed ``blocks`` / ``scales``, as released) or ``dense`` (float expert weights
+    as transformers' ``save_pretrained`` writes them after fine-tuning: ``mlp1_weight.weight [E, hidden,
+    2*inter]`` and ``mlp2_weight.weight [E, inter, hidden]``, each expert's matrix stored input-major)."""
+    if experts not in EXPERT_FORMATS:
+        raise CheckpointError(f"unknown expert format {experts!r} (choose {' or '.join(EXPERT_FORMATS)})")
     h, i, e, v = config.hidden_size, config.intermediate_size, config.num_experts, config.vocab_size
     hq, hk, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
     qkv = d * (hq + 2 * hk)
@@ -54,13 +61,23 @@ def canonical_shapes(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], st
             f"{p}.mlp.norm.scale": ((h,), "float"),
             f"{p}.mlp.gate.weight": ((e, h), "float"),
             f"{p}.mlp.gate.bias": ((e,), "float"),
-            f"{p}.mlp.mlp1_weight.blocks": ((e, 2 * i, h // BLOCK_SIZE, BYTES_PER_BLOCK), "uint8"),
-            f"{p}.mlp.mlp1_weight.scales": ((e, 2 * i, h // BLOCK_SIZE), "uint8"),
-            f"{p}.mlp.mlp1_bias": ((e, 2 * i), "float"),
-            f"{p}.mlp.mlp2_weight.blocks": ((e, h, i // BLOCK_SIZE, BYTES_PER_BLOCK), "uint8"),
-            f"{p}.mlp.mlp2_weight.scales": ((e, h, i // BLOCK_SIZE), "uint8"),
-            f"{p}.mlp.mlp2_bias": ((e, h), "float"),
         }
+        if experts == "mxfp4":
+            out |= {
+                f"{p}.mlp.mlp1_weight.blocks": ((e, 2 * i, h // BLOCK_SIZE, BYTES_PER_BLOCK), "uint8"),
+                f"{p}.mlp.mlp1_weight.scales": ((e, 2 * i, h // BLOCK_SIZE), "uint8"),
+                f"{p}.mlp.mlp1_bias": ((e, 2 * i), "float"),
+                f"{p}.mlp.mlp2_weight.blocks": ((e, h, i // BLOCK_SIZE, BYTES_PER_BLOCK), "uint8"),
+                f"{p}.mlp.mlp2_weight.scales": ((e, h, i // BLOCK_SIZE), "uint8"),
+                f"{p}.mlp.mlp2_bias": ((e, h), "float"),
+            }
+        else:
+            out |= {
+                f"{p}.mlp.mlp1_weight.weight": ((e, h, 2 * i), "float"),
+                f"{p}.mlp.mlp1_bias": ((e, 2 * i), "float"),
+                f"{p}.mlp.mlp2_weight.weight": ((e, i, h), "float"),
+                f"{p}.mlp.mlp2_bias": ((e, h), "float"),
+            }
     out["norm.scale"] = ((h,), "float")
     out["unembedding.weight"] = ((v, h), "float")
     return out
@@ -83,6 +100,8 @@ _HF_LAYER = {
     "mlp.mlp2_weight.blocks": "mlp.experts.down_proj_blocks",
     "mlp.mlp2_weight.scales": "mlp.experts.down_proj_scales",
     "mlp.mlp2_bias": "mlp.experts.down_proj_bias",
+    "mlp.mlp1_weight.weight": "mlp.experts.gate_up_proj",
+    "mlp.mlp2_weight.weight": "mlp.experts.down_proj",
 }
 _HF_GLOBAL = {"embedding.weight": "model.embed_tokens.weight", "norm.scale": "model.norm.weight", "unembedding.weight": "lm_head.weight"}
 
@@ -97,12 +116,12 @@ def hf_names(canonical: str) -> tuple[str, ...]:
     return tuple(f"model.layers.{n}.{x}" for x in names)
 
 
-def hf_shapes(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], str]]:
+def hf_shapes(config: ModelConfig, experts: str = "mxfp4") -> dict[str, tuple[tuple[int, ...], str]]:
     """HF tensor names -> (shape, kind)."""
     hq, hk, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
     split = {"q_proj": hq * d, "k_proj": hk * d, "v_proj": hk * d}
     out = {}
-    for name, (shape, kind) in canonical_shapes(config).items():
+    for name, (shape, kind) in canonical_shapes(config, experts).items():
         names = hf_names(name)
         if len(names) == 1:
             out[names[0]] = (shape, kind)
@@ -120,6 +139,13 @@ class CheckpointFiles:
     layout: str  # "hf" or "original"
     config: ModelConfig
     tensor_files: dict[str, Path]  # tensor name (in its layout) -> file
+
+    @property
+    def experts(self) -> str:
+        """``dense`` when the expert weights are stored as floats (no ``_blocks`` / ``_scales``), else ``mxfp4``."""
+        dense = "model.layers.0.mlp.experts.gate_up_proj" if self.layout == "hf" else "block.0.mlp.mlp1_weight.weight"
+        packed = "model.layers.0.mlp.experts.gate_up_proj_blocks" if self.layout == "hf" else "block.0.mlp.mlp1_weight.blocks"
+        return "dense" if dense in self.tensor_files and packed not in self.tensor_files else "mxfp4"
 
 
 def detect_layout(folder: Path, layout: str = "auto") -> tuple[Path, str]:
@@ -200,6 +226,7 @@ class CheckpointReader:
     def __init__(self, files: CheckpointFiles):
         self.files = files
         self.config = files.config
+        self.experts = files.experts
         self._open: dict[Path, object] = {}
         self.validate()
 
@@ -226,7 +253,8 @@ class CheckpointReader:
         return tuple(sl.get_shape()), sl.get_dtype()
 
     def validate(self) -> None:
-        expected = canonical_shapes(self.config) if self.files.layout == "original" else hf_shapes(self.config)
+        expected = (canonical_shapes(self.config, self.experts) if self.files.layout == "original"
+                    else hf_shapes(self.config, self.experts))
         present = set(self.files.tensor_files)
         where = self.files.folder
         for name in expected:
@@ -239,7 +267,9 @@ class CheckpointReader:
         for name, (shape, kind) in expected.items():
             found, dtype = self._meta(name)
             if found != shape:
-                raise CheckpointError(f"{where}: tensor {name}: expected shape {list(shape)}, found {list(found)}")
+                raise CheckpointError(f"{where}: tensor {name}: expected shape {list(shape)}, found {list(found)}"
+                                      + (" (dense experts are stored [experts, in, out], as transformers saves them)"
+                                         if name.endswith(("gate_up_proj", "down_proj", "mlp1_weight.weight", "mlp2_weight.weight")) else ""))
             if kind == "uint8" and dtype != "U8":
                 raise CheckpointError(f"{where}: tensor {name}: expected dtype U8 (MXFP4), found {dtype}")
             if kind == "float" and dtype not in ("BF16", "F16", "F32"):
@@ -295,7 +325,7 @@ class CheckpointReader:
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dim)
 
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for name in canonical_shapes(self.config):
+        for name in canonical_shapes(self.config, self.experts):
             yield name, self.get(name)
 
 

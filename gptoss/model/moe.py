@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from gptoss.model.config import ModelConfig
+from gptoss.model.lora import lora_hook
 from gptoss.model.mxfp4 import MXFP4Weight
 from gptoss.model.norm import RMSNorm
 
@@ -18,11 +19,37 @@ def swiglu(x: torch.Tensor, alpha: float = 1.702, limit: float = 7.0) -> torch.T
     return x_glu * torch.sigmoid(alpha * x_glu) * (x_linear + 1)
 
 
+class DenseExpertWeight(torch.nn.Module):
+    """Expert weights kept as floats (a fine-tuned checkpoint saved by transformers): ``weight [E, cols,
+    rows]``, each expert's matrix input-major as transformers stores ``gate_up_proj`` / ``down_proj``, so
+    the file's tensor is used as it is (memory-mapped on the CPU). Same interface as
+    :class:`~gptoss.model.mxfp4.MXFP4Weight`: ``dequantize(experts)`` gives ``[..., rows, cols]``."""
+
+    def __init__(self, num_experts: int, rows: int, cols: int, device=None, dtype=torch.float32):
+        super().__init__()
+        self.rows, self.cols = rows, cols
+        self.register_buffer("weight", torch.zeros(num_experts, cols, rows, device=device, dtype=dtype))
+
+    def dequantize(self, experts: torch.Tensor | int, dtype: torch.dtype) -> torch.Tensor:
+        return self.weight[experts].transpose(-1, -2).to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"experts={self.weight.shape[0]}, rows={self.rows}, cols={self.cols}, format=dense"
+
+
+def expert_weight(experts: str, num_experts: int, rows: int, cols: int, device=None, dtype=torch.float32):
+    """The expert-weight module of a format: ``mxfp4`` (packed) or ``dense``."""
+    if experts == "dense":
+        return DenseExpertWeight(num_experts, rows, cols, device=device, dtype=dtype)
+    return MXFP4Weight(num_experts, rows, cols, device=device)
+
+
 class MLPBlock(torch.nn.Module):
     """Pre-norm MoE with residual. Names mirror the original checkpoint: ``norm``, ``gate``,
-    ``mlp1_weight`` / ``mlp1_bias`` (gate and up interleaved), ``mlp2_weight`` / ``mlp2_bias``."""
+    ``mlp1_weight`` / ``mlp1_bias`` (gate and up interleaved), ``mlp2_weight`` / ``mlp2_bias``.
+    Expert weights are MXFP4 (the fast kernels' format) or dense floats (run by :func:`experts_reference`)."""
 
-    def __init__(self, config: ModelConfig, device=None, dtype=torch.float32):
+    def __init__(self, config: ModelConfig, device=None, dtype=torch.float32, experts: str = "mxfp4"):
         super().__init__()
         h, i, e = config.hidden_size, config.intermediate_size, config.num_experts
         self.experts_per_token = config.experts_per_token
@@ -30,9 +57,9 @@ class MLPBlock(torch.nn.Module):
         self.swiglu_limit = config.swiglu_limit
         self.norm = RMSNorm(h, config.rms_norm_eps, device=device)
         self.gate = torch.nn.Linear(h, e, device=device, dtype=dtype)
-        self.mlp1_weight = MXFP4Weight(e, 2 * i, h, device=device)
+        self.mlp1_weight = expert_weight(experts, e, 2 * i, h, device=device, dtype=dtype)
         self.mlp1_bias = torch.nn.Parameter(torch.zeros(e, 2 * i, device=device, dtype=dtype))
-        self.mlp2_weight = MXFP4Weight(e, h, i, device=device)
+        self.mlp2_weight = expert_weight(experts, e, h, i, device=device, dtype=dtype)
         self.mlp2_bias = torch.nn.Parameter(torch.zeros(e, h, device=device, dtype=dtype))
 
     def route(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,14 +70,19 @@ class MLPBlock(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, ops=None) -> torch.Tensor:
         """``x`` plus the experts' output, through the backend ``ops`` (:mod:`gptoss.model.backend`;
-        default: the reference)."""
-        return self.forward_reference(x) if ops is None else ops.moe(self, x)
+        default: the reference). Dense experts, and a step whose adapters change the experts, take the
+        reference path (the fast expert kernels read MXFP4 and know no adapters)."""
+        lora = lora_hook(self)
+        lora = lora if lora is not None and lora.experts_active else None
+        if ops is None or lora is not None or not isinstance(self.mlp1_weight, MXFP4Weight):
+            return self.forward_reference(x, lora)
+        return ops.moe(self, x)
 
-    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_reference(self, x: torch.Tensor, lora=None) -> torch.Tensor:
         t = self.norm(x)
         weights, indices = self.route(t)
         return experts_reference(t, weights, indices, self.mlp1_weight, self.mlp1_bias, self.mlp2_weight,
-                                 self.mlp2_bias, self.swiglu_alpha, self.swiglu_limit, residual=x)
+                                 self.mlp2_bias, self.swiglu_alpha, self.swiglu_limit, residual=x, lora=lora)
 
     def forward_triton(self, x: torch.Tensor) -> torch.Tensor:
         """Fast path (Triton, see gptoss.kernels): fused RMSNorm, router, fused routing, grouped MXFP4 experts."""
@@ -60,7 +92,6 @@ class MLPBlock(torch.nn.Module):
         t = rms_norm(x, self.norm.scale, self.norm.eps)
         return moe_forward(t, self.gate(t), self.experts_per_token, self.mlp1_weight, self.mlp1_bias,
                            self.mlp2_weight, self.mlp2_bias, self.swiglu_alpha, self.swiglu_limit, residual=x)
-
 
     def forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
         """Fast path on the CPU (native kernels, see gptoss.kernels.cpu): router logits in float32, grouped
@@ -81,24 +112,30 @@ def experts_reference(
     t: torch.Tensor,
     weights: torch.Tensor,
     indices: torch.Tensor,
-    mlp1_weight: MXFP4Weight,
+    mlp1_weight: MXFP4Weight | DenseExpertWeight,
     mlp1_bias: torch.Tensor,
-    mlp2_weight: MXFP4Weight,
+    mlp2_weight: MXFP4Weight | DenseExpertWeight,
     mlp2_bias: torch.Tensor,
     alpha: float = 1.702,
     limit: float = 7.0,
     residual: torch.Tensor | None = None,
+    lora=None,
 ) -> torch.Tensor:
     """The experts of each token, weighted and summed: ``t [N, hidden]``, routing ``weights, indices [N, k]``.
     Each selected expert is unpacked from MXFP4 on the fly. Returns ``[N, hidden]`` (plus ``residual``).
+    ``lora``: a :class:`~gptoss.model.lora.LayerLora` adding its adapters' expert deltas per token.
     The reference that :func:`gptoss.kernels.moe.moe_experts` must match."""
     out = torch.zeros_like(t)
     for expert in torch.unique(indices).tolist():
         token, rank = torch.where(indices == expert)
         w1 = mlp1_weight.dequantize(expert, t.dtype)
         h = torch.nn.functional.linear(t[token], w1, mlp1_bias[expert])
+        if lora is not None:
+            h = lora.expert(1, expert, t[token], token, h)
         h = swiglu(h, alpha, limit)
         w2 = mlp2_weight.dequantize(expert, t.dtype)
         y = torch.nn.functional.linear(h, w2, mlp2_bias[expert])
+        if lora is not None:
+            y = lora.expert(2, expert, h, token, y)
         out.index_add_(0, token, y * weights[token, rank, None])
     return out if residual is None else residual + out

@@ -57,7 +57,7 @@ def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if weight.shape[-1] % BLOCK_SIZE:
         raise ValueError(f"last dimension {weight.shape[-1]} is not a multiple of {BLOCK_SIZE}")
-    w = weight.detach().to(torch.float32).reshape(*weight.shape[:-1], weight.shape[-1] // BLOCK_SIZE, BLOCK_SIZE)
+    w = weight.detach().to(torch.float32).contiguous().reshape(*weight.shape[:-1], weight.shape[-1] // BLOCK_SIZE, BLOCK_SIZE)
     amax = w.abs().amax(dim=-1)
     exp = torch.where(amax > 0, torch.floor(torch.log2(amax.clamp_min(torch.finfo(torch.float32).tiny))), 0.0)
     exp = (exp - E2M1_EMAX).clamp(-SCALE_BIAS, 127)
@@ -65,6 +65,19 @@ def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     codes = _nearest_code(scaled)
     packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
     return packed.to(torch.uint8).contiguous(), (exp + SCALE_BIAS).to(torch.uint8).contiguous()
+
+
+def quantize_experts(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense expert weights as transformers stores them, ``[E, in, out]``, to MXFP4 ``(blocks [E, out,
+    in/32, 16], scales [E, out, in/32])``, one expert at a time (bounded memory)."""
+    e, cols, rows = weight.shape
+    if cols % BLOCK_SIZE:
+        raise ValueError(f"expert input dimension {cols} is not a multiple of {BLOCK_SIZE}")
+    blocks = torch.empty(e, rows, cols // BLOCK_SIZE, BYTES_PER_BLOCK, dtype=torch.uint8)
+    scales = torch.empty(e, rows, cols // BLOCK_SIZE, dtype=torch.uint8)
+    for x in range(e):
+        blocks[x], scales[x] = quantize(weight[x].transpose(0, 1).contiguous())
+    return blocks, scales
 
 
 # Midpoints between consecutive E2M1 magnitudes. A value exactly on a midpoint must round to the even

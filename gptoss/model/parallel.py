@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gptoss.errors import GptossError
+from gptoss.errors import CheckpointError, GptossError
 from gptoss.model.config import ModelConfig
 from gptoss.model.moe import MLPBlock, swiglu
 from gptoss.model.mxfp4 import MXFP4Weight
@@ -221,6 +221,9 @@ class ShardedTransformer(Transformer):
         from gptoss.model.hub import resolve_model_path
 
         reader = CheckpointReader(locate(resolve_model_path(str(path)), layout))
+        if reader.experts != "mxfp4":
+            raise CheckpointError(f"{path}: tensor parallelism needs MXFP4 experts; this checkpoint's are dense "
+                                  "(pack them first: gptoss quantize IN OUT)")
         config = reader.config
         model = cls(config, shard, device="meta", dtype=dtype)
         names = list(canonical_shapes(config))

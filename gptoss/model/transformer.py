@@ -22,24 +22,25 @@ FLOAT32_SUFFIXES = ("norm.scale", "attn.sinks")
 
 
 class TransformerBlock(torch.nn.Module):
-    def __init__(self, config: ModelConfig, layer_idx: int, device=None, dtype=torch.float32):
+    def __init__(self, config: ModelConfig, layer_idx: int, device=None, dtype=torch.float32, experts: str = "mxfp4"):
         super().__init__()
         self.attn = AttentionBlock(config, layer_idx, device, dtype)
-        self.mlp = MLPBlock(config, device, dtype)
+        self.mlp = MLPBlock(config, device, dtype, experts)
 
     def forward(self, x, meta: PagedMeta, rope, cache: PagedKVCache, ops: backend.Reference):
         return self.mlp(self.attn(x, meta, rope, cache, ops), ops)
 
 
 class Transformer(torch.nn.Module):
-    def __init__(self, config: ModelConfig, device=None, dtype: torch.dtype = torch.float32):
+    def __init__(self, config: ModelConfig, device=None, dtype: torch.dtype = torch.float32, experts: str = "mxfp4"):
         super().__init__()
         self.config = config
         self.dtype = dtype
+        self.experts = experts  # expert weights: "mxfp4" (packed) or "dense" (floats)
         self.synthetic = False  # loaded from a synthetic (random-weight) checkpoint
         self.embedding = torch.nn.Embedding(config.vocab_size, config.hidden_size, device=device, dtype=dtype)
         self.block = torch.nn.ModuleList(
-            TransformerBlock(config, n, device, dtype) for n in range(config.num_hidden_layers)
+            TransformerBlock(config, n, device, dtype, experts) for n in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, device=device)
         self.unembedding = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False, device=device, dtype=dtype)
@@ -115,9 +116,13 @@ class Transformer(torch.nn.Module):
         dtype: torch.dtype = torch.float32,
         layout: str = "auto",
         progress: bool = False,
+        quantize: str | None = None,
     ) -> "Transformer":
         """Load a checkpoint folder (either layout) or a hub id such as ``openai/gpt-oss-20b``.
-        Expert weights stay packed in MXFP4; on the CPU they stay memory-mapped from the file."""
+        Expert weights stay as stored: packed in MXFP4 (on the CPU memory-mapped from the file), or dense
+        floats for a fine-tuned checkpoint that transformers saved; ``quantize="mxfp4"`` packs dense
+        experts on load, expert by expert, rounding to nearest even as the released weights do."""
+        from gptoss.errors import CheckpointError
         from gptoss.model.checkpoint import CheckpointReader, locate
         from gptoss.model.hub import resolve_model_path
         from gptoss.model.synthetic import announce_synthetic, is_synthetic_checkpoint
@@ -127,12 +132,15 @@ class Transformer(torch.nn.Module):
         synthetic = is_synthetic_checkpoint(folder)
         if synthetic:
             announce_synthetic(folder)
+        if quantize not in (None, "none", "mxfp4"):
+            raise CheckpointError(f"unknown quantization {quantize!r} (choose mxfp4 or none)")
         reader = CheckpointReader(location)
         if torch.device(device).type == "cpu":  # weights stay memory-mapped: page them in while the user types
             from gptoss.model.checkpoint import read_ahead
 
             read_ahead(sorted(set(location.tensor_files.values())))
-        model = cls(reader.config, device="meta", dtype=dtype)
+        pack = quantize == "mxfp4" and reader.experts == "dense"
+        model = cls(reader.config, device="meta", dtype=dtype, experts="mxfp4" if pack else reader.experts)
         names = _names(reader)
         iterator = names
         if progress:
@@ -140,6 +148,14 @@ class Transformer(torch.nn.Module):
 
             iterator = tqdm(names, desc="loading weights", unit="tensor", disable=None)
         for name in iterator:
+            if pack and name.endswith("_weight.weight"):
+                from gptoss.model.mxfp4 import quantize_experts
+
+                blocks, scales = quantize_experts(reader.get(name))
+                base = name.removesuffix(".weight")
+                model.set_tensor(base + ".blocks", blocks, device)
+                model.set_tensor(base + ".scales", scales, device)
+                continue
             model.set_tensor(name, reader.get(name), device)
         model.rope = RotaryEmbedding(reader.config, device=device)
         model.synthetic = synthetic
@@ -187,4 +203,4 @@ class Transformer(torch.nn.Module):
 def _names(reader) -> list[str]:
     from gptoss.model.checkpoint import canonical_shapes
 
-    return list(canonical_shapes(reader.config))
+    return list(canonical_shapes(reader.config, reader.experts))

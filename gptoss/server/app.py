@@ -49,6 +49,7 @@ class ServerConfig:
     # Cached prompt prefixes are shared only among requests of one API key (a timing side channel otherwise:
     # docs/security.md); True shares them across keys.
     share_prefix_cache: bool = False
+    adapters: list[str] = field(default_factory=list)  # LoRA adapters, each served under its own model name
 
 
 OPEN_PATHS = frozenset({"/health"})
@@ -119,9 +120,14 @@ class ServerState:
             self.guard = Guard.build(config.guard, self.engine, self.tokenizer, self.max_model_len, self.metrics.registry)
 
     def check_model(self, name: str) -> None:
-        if name != self.config.model_name and name not in self.config.aliases:
-            raise APIError(404, f"the model {name!r} does not exist; this server serves {self.config.model_name!r}",
+        if name != self.config.model_name and name not in self.config.aliases and name not in self.config.adapters:
+            also = f" and the LoRA adapters {', '.join(map(repr, self.config.adapters))}" if self.config.adapters else ""
+            raise APIError(404, f"the model {name!r} does not exist; this server serves {self.config.model_name!r}{also}",
                            param="model", code="model_not_found", type="not_found_error")
+
+    def lora_of(self, name: str) -> str | None:
+        """The LoRA adapter a request's model name selects (None: the base model)."""
+        return name if name in self.config.adapters else None
 
     async def off_loop(self, size: int, fn, *args):
         """``fn(*args)``: inline when ``size`` (characters of text it works on) is small, else on the
@@ -250,6 +256,8 @@ def create_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
 
         names = [config.model_name] + config.aliases
         data = [Model(id=n, created=state.started, object="model", owned_by="gptoss").model_dump() for n in names]
+        data += [Model(id=n, created=state.started, object="model", owned_by="gptoss", parent=config.model_name).model_dump()
+                 for n in config.adapters]  # LoRA adapters: "parent" names their base, as vLLM lists them
         return {"object": "list", "data": data}
 
     from gptoss.server import chat_completions, completions, moderations, responses

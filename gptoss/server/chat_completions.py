@@ -86,6 +86,7 @@ def register(app, state) -> None:
                 stop_token_ids=stop_tokens_for_assistant_actions(tok),
                 logprobs=(body.top_logprobs or 0) if body.logprobs else None,
                 logits_processors=[constraints[i]], logit_bias=logit_bias,
+                lora=state.lora_of(body.model),
             )
 
         rid = "chatcmpl-" + secrets.token_hex(12)

@@ -247,7 +247,8 @@ def register(app, state) -> None:
             return SamplingParams(
                 temperature=body.temperature, top_p=body.top_p, max_tokens=limits[c.prompt.index],
                 seed=offset_seed(body.seed, c.index), stop_token_ids=end_tokens, logprobs=body.logprobs,
-                prompt_logprobs=body.logprobs if body.echo and body.logprobs is not None else None)
+                prompt_logprobs=body.logprobs if body.echo and body.logprobs is not None else None,
+                lora=state.lora_of(body.model))
 
         salt = cache_salt(request, state.config)
         runs = [_run(state, c, params(c), score_only, salt) for c in choices]

@@ -489,6 +489,7 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
                 seed=offset_seed(turn.body.seed, calls),
                 stop_token_ids=stop_tokens_for_assistant_actions(tok),
                 logits_processors=[constraint],
+                lora=state.lora_of(turn.body.model),
             )
             state.metrics.prompt_tokens.inc(len(prompt_ids))
             cutter = TurnItems(items, mcp_labels={t.label for t in turn.mcp})

@@ -65,11 +65,11 @@ def test_adapters_batched_together_equal_each_alone(adapters, mxfp4_checkpoint):
     # and the logits of one mixed step equal those of each adapter's tokens run alone
     lora = model.lora
     mixed = TOKENS[:24]
-    from gptoss.model.cache import StepBatch
+    from gptoss.model.cache import KVCache, StepBatch
 
     batch = StepBatch.of([0, 1, 2], [0, 0, 0], [8, 8, 8])
     with lora.active([(1, 8), (0, 8), (2, 8)]):
-        got = model.step(mixed, batch)
+        got = model.step(mixed, batch, KVCache(model.config, num_slots=3, max_len=9, dtype=model.dtype))
     for i, slot in enumerate([1, 0, 2]):
         part = mixed[8 * i: 8 * i + 8]
         with lora.active([(slot, 8)]):

@@ -34,15 +34,16 @@ def test_adapter_logits_through_kernels_equal_reference(device, experts):
     assert rel_err(torch.cat(out), want) < 1e-5
 
 
-def test_mixed_adapter_batch_through_the_paged_engine_equals_the_slot_engine(device):
+def test_mixed_adapter_batch_through_the_kernels_equals_the_reference_engine(device):
     model = tiny_model(seed=5)
     LoraSet.of(model).add_all([(n, random_adapter(model.config, n, 4, experts=n == "e", seed=k, scale=0.05))
                                for k, n in enumerate(["a", "e"])])
     prompts = [list(range(100, 103)), list(range(200, 209)), list(range(300, 305))]
     params = [SamplingParams(temperature=0, max_tokens=3, lora=n) for n in ("a", None, "e")]
-    want = LLM(model, max_batch=3, max_model_len=64, kv_cache="slot").generate(prompts, params)
+    with kernels.use("off"):
+        want = LLM(model, max_batch=3, max_model_len=64).generate(prompts, params)
     with kernels.use("on"):
-        got = LLM(model, max_batch=3, max_model_len=64, kv_cache="paged").generate(prompts, params)
+        got = LLM(model, max_batch=3, max_model_len=64).generate(prompts, params)
     assert [o.token_ids for o in got] == [o.token_ids for o in want]
 
 

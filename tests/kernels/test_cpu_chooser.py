@@ -123,8 +123,8 @@ def test_prefetch_distance_and_chunking_never_change_a_result(isa):
     x = torch.randn(3, 256, generator=g)
     blocks, scales = random_mxfp4(4100, 256, seed=1)
     w1, b1, w2, b2 = experts(6, 256, 192, seed=2, bias_dtype=torch.bfloat16)
-    t = torch.randn(11, 256, generator=g)
-    weights, indices = routing(11, 6, 4, seed=3)
+    t = torch.randn(70, 256, generator=g) * 3
+    weights, indices = routing(70, 6, 4, seed=3)
     default = lib.gptoss_set_tuning(0, 0)
 
     def products():
@@ -133,14 +133,17 @@ def test_prefetch_distance_and_chunking_never_change_a_result(isa):
             for bf16 in (False, True):
                 out.append(cpu.linear(x[:n], w, isa=isa, bf16_inputs=bf16))
                 out.append(cpu.linear(x[:n], blocks, scales=scales, isa=isa, bf16_inputs=bf16))
-        for n in (1, 11):
-            out.append(cpu.moe_experts(t[:n], weights[:n], indices[:n], w1, b1, w2, b2, isa=isa, bf16_inputs=True))
+        for n in (1, 11, 70):  # 70 tokens: 280 pairs, enough that the threads gather them
+            for bf16 in (False, True):
+                out.append(cpu.moe_experts(t[:n], weights[:n], indices[:n], w1, b1, w2, b2, isa=isa, bf16_inputs=bf16))
         return out
 
     before, threads = cpu._threads, torch.get_num_threads()
     try:
         cpu.set_num_threads(2)
         want = products()
+        ref = experts_reference(t, weights, indices, w1, b1.float(), w2, b2.float(), 1.702, 7.0)
+        assert rel_err(want[-2], ref) < 1e-5
         for pf, chunks in ((8192, 1), (131072, 64), (4096, 3)):
             lib.gptoss_set_tuning(pf, chunks)
             for a, b in zip(products(), want):

@@ -1014,10 +1014,25 @@ void gptoss_moe_experts(const float* t, int64_t n, int64_t H, int64_t I, const i
   int64_t most = 0;  // tokens of the busiest expert: few means the one-token products, chunked finely
   for (int64_t e : active) most = std::max(most, count[e]);
   const int64_t per_thread = most <= FT ? g_chunks : 4;
-  const int64_t chunk1 = chunk_rows(2 * I, nthreads, std::max<int64_t>(1, per_thread / (int64_t)std::max<size_t>(1, active.size())), 2 * RT * 2);
+  const int64_t chunk1 = chunk_rows(2 * I, nthreads, std::max<int64_t>(1, per_thread / (int64_t)std::max<size_t>(1, active.size())), 128);
   const int64_t chunks1 = (2 * I + chunk1 - 1) / chunk1, items1 = chunks1 * (int64_t)active.size();
   std::atomic<int64_t> next1{0};
   Chunks cols(H, chunk_rows(H, nthreads, per_thread, RT * 4));
+  auto gather = [&](int64_t p) {
+#ifdef HAVE_BF16DOT
+    if (bh) {
+      const float* row = t + pair_token[p] * H;
+      if (count[pair_expert[p]] <= FT) to_bf16_pairs(row, H, xsp + p * lpH);
+      else to_bf16(row, H, xsn + p * H);
+      return;
+    }
+#endif
+    std::memcpy(xs + p * H, t + pair_token[p] * H, H * sizeof(float));
+  };
+  // Few pairs (decode): gathered here, one barrier fewer for the threads
+  const bool small = pairs * H <= ((int64_t)1 << 16);
+  if (small)
+    for (int64_t p = 0; p < pairs; p++) gather(p);
 #pragma omp parallel num_threads(nthreads)
   {
     const int nt = thread_count(), id = thread_id();
@@ -1025,21 +1040,13 @@ void gptoss_moe_experts(const float* t, int64_t n, int64_t H, int64_t I, const i
 #ifdef HAVE_BF16DOT
     std::vector<uint16_t> wbh(bh ? 16 * std::max(H, I) + 32 : 0);
 #endif
-    // gather
+    // gather (few pairs: done above, before the threads start)
     int64_t p0, p1;
     split(pairs, nt, id, 1, &p0, &p1);
-    for (int64_t p = p0; p < p1; p++) {
-#ifdef HAVE_BF16DOT
-      if (bh) {
-        const float* row = t + pair_token[p] * H;
-        if (count[pair_expert[p]] <= FT) to_bf16_pairs(row, H, xsp + p * lpH);
-        else to_bf16(row, H, xsn + p * H);
-        continue;
-      }
-#endif
-      std::memcpy(xs + p * H, t + pair_token[p] * H, H * sizeof(float));
-    }
+    if (!small) {
+      for (int64_t p = p0; p < p1; p++) gather(p);
 #pragma omp barrier
+    }
     // phase 1: (expert, chunk of W1 rows: pairs of gate/up rows) items, handed out to whichever thread asks
     int64_t r0, r1;
     int64_t item;
@@ -1064,18 +1071,16 @@ void gptoss_moe_experts(const float* t, int64_t n, int64_t H, int64_t I, const i
           float l = std::max(std::min(hp[2 * j + 1], limit), -limit);
           ap[j] = g / (1.0f + std::exp(-alpha * g)) * (l + 1.0f);
         }
-      }
-    }
-#pragma omp barrier
 #ifdef HAVE_BF16DOT
-    if (bh) {  // activations to bf16, pairs split across threads
-      for (int64_t p = p0; p < p1; p++) {
-        if (count[pair_expert[p]] <= FT) to_bf16_pairs(act + p * I, I, acp + p * lpI);
-        else to_bf16(act + p * I, I, acn + p * I);
+        if (bh) {  // this chunk's activations to bf16 (its columns start on a 64-value group of the pair order)
+          const int64_t c0 = r0 / 2, c1 = r1 / 2, q = ps + p;
+          if (np <= FT) to_bf16_pairs(act + q * I + c0, c1 - c0, acp + q * lpI + c0);
+          else to_bf16(act + q * I + c0, c1 - c0, acn + q * I + c0);
+        }
+#endif
       }
     }
 #pragma omp barrier
-#endif
     // phase 2: chunks of W2 rows (output features) handed out; a chunk's columns of `out` take every expert's
     // contribution in ascending expert order, whichever thread has the chunk
     while (cols.take(&r0, &r1)) {

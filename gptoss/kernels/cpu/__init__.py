@@ -10,9 +10,11 @@ function                       what                                        refer
                                fused bias + SwiGLU, weighted combine
 =============================  ==========================================  ===================================
 
-The library is compiled on first use (see :mod:`gptoss.kernels.cpu.builder`) for the best instruction set this
-CPU runs — AVX-512, AVX2+FMA, NEON, else a portable build. ``GPTOSS_CPU_ISA=portable|avx2|avx512|neon`` forces
-one (tests force each in turn). ``GPTOSS_NUM_THREADS`` sets the threads (default: the physical cores); the same
+The library is compiled on first use (see :mod:`gptoss.kernels.cpu.builder`) for every instruction set this
+CPU runs — AVX-512 (with or without its bf16 dot product), AVX2+FMA, NEON, a portable build — and each product of
+a real model's size runs in the variant measured fastest for it on this CPU (:mod:`gptoss.kernels.cpu.chooser`:
+the instruction set, a prefetch distance, or torch's GEMM, timed at first use and kept beside the libraries).
+``GPTOSS_CPU_ISA=portable|avx2|avx512|avx512bf16|neon`` forces one and skips the choice (tests force each in turn). ``GPTOSS_NUM_THREADS`` sets the threads (default: the physical cores); the same
 count is given to torch, whose OpenMP pool ours is (one libgomp), so the two never oversubscribe the cores;
 without either, ours follow torch's thread count, capped at the physical cores.
 Where no compiler works, :func:`available` is False, the model runs its reference path, and one warning says why.
@@ -456,7 +458,8 @@ def dense(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
 UNEMBEDDING_ROWS = 65536      # a product this tall is the unembedding (vocabulary rows)
 TRIAL_TOKENS = 64             # the trial of a prefill product: its first 64 tokens
 TRIAL_BYTES = 96 << 20        # the trial of a tall product: its first rows, this many bytes (> any L3 here)
-PREFETCH_CANDIDATES = (8192, 131072)  # besides the default (32 KiB), tried for the one-token products
+DEFAULT_PREFETCH = 32768      # bytes (the library's own default, PF_BYTES)
+PREFETCH_CANDIDATES = (8192, 131072)  # besides the default, tried for the one-token products
 _tuning: dict[str, int] = {}
 
 
@@ -466,9 +469,6 @@ def _apply(v: Variant) -> None:
     if _tuning.get(v.isa) != pf:
         library(v.isa).gptoss_set_tuning(pf, 0)
         _tuning[v.isa] = pf
-
-
-DEFAULT_PREFETCH = 32768
 
 
 @functools.lru_cache(maxsize=1)
@@ -492,6 +492,11 @@ def _try(fn, isa) -> bool:
 def _candidates(kind: str, n: int) -> list[Variant]:
     """The variants timed for a product of ``kind`` (``dense`` or ``experts``) on ``n`` tokens; the first is
     what runs without a choice (forced, or a product too small to time)."""
+    return _candidates_for(kind, min(n, TORCH_BF16_MIN_TOKENS + 1), _forced_isa(), tuple(_failed))
+
+
+@functools.lru_cache(maxsize=256)
+def _candidates_for(kind: str, n: int, forced: str, failed: tuple[str, ...]) -> list[Variant]:
     default = chosen_isa()
     torch_first = kind == "dense" and n >= TORCH_BF16_MIN_TOKENS and cpu_has_bf16_units()
     if _forced_isa():  # that instruction set for our kernels; many tokens still go to torch's GEMM, as before

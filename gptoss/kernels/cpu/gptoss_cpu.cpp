@@ -1017,7 +1017,10 @@ void gptoss_moe_experts(const float* t, int64_t n, int64_t H, int64_t I, const i
   const int64_t chunk1 = chunk_rows(2 * I, nthreads, std::max<int64_t>(1, per_thread / (int64_t)std::max<size_t>(1, active.size())), 128);
   const int64_t chunks1 = (2 * I + chunk1 - 1) / chunk1, items1 = chunks1 * (int64_t)active.size();
   std::atomic<int64_t> next1{0};
-  Chunks cols(H, chunk_rows(H, nthreads, per_thread, RT * 4));
+  // phase 2 runs every active expert over a chunk of columns: with many experts, fewer and wider chunks (each
+  // expert's call on a chunk has a fixed cost: its tokens' inputs laid out again)
+  const int64_t per_thread2 = most <= FT ? std::max<int64_t>(1, g_chunks / (int64_t)std::max<size_t>(1, active.size())) : 4;
+  Chunks cols(H, chunk_rows(H, nthreads, per_thread2, RT * 4));
   auto gather = [&](int64_t p) {
 #ifdef HAVE_BF16DOT
     if (bh) {

@@ -14,7 +14,13 @@ from gptoss.kernels.cpu.builder import runnable_isas
 from gptoss.kernels.cpu.chooser import Chooser, Variant
 from gptoss.model.moe import experts_reference
 from tests.kernels.test_cpu_kernels import experts, random_mxfp4, rel_err, routing
-from tests.kernels.test_cpu_model import CONFIGS, build, per_position_err, run_fast, sequences
+from tests.kernels.test_cpu_model import (
+    CONFIGS,
+    build,
+    per_position_err,
+    run_fast,
+    sequences,
+)
 
 ISAS = runnable_isas()
 BIG = 64 << 20  # weight bytes: above the size from which products are timed

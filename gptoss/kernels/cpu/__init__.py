@@ -31,8 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from gptoss.kernels.cpu.builder import BuildError, build, cpu_flags, runnable_isas
 from gptoss.kernels.cpu import chooser as choice
+from gptoss.kernels.cpu.builder import BuildError, build, cpu_flags, runnable_isas
 from gptoss.kernels.cpu.chooser import Variant, token_class
 
 _lock = threading.Lock()
@@ -450,7 +450,7 @@ def dense(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if n > TRIAL_TOKENS or m > rows:  # a slice: the first rows (still far larger than any L3), 64 tokens
         tx = x.reshape(-1, k)[:TRIAL_TOKENS]
         tw, tb = w[:rows], None if bias is None else bias[:rows]
-        trial = lambda v: run(v, tx, tw, tb)  # noqa: E731
+        trial = lambda v: run(v, tx, tw, tb)
     return choice.chooser().run(key, 2 * m * k, cands, lambda v: run(v, x, w, bias), trial)
 
 

@@ -24,9 +24,10 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gptoss.kernels.cpu import builder
 
@@ -50,7 +51,7 @@ class Variant:
         return self.isa if not self.pf else f"{self.isa}+pf{self.pf}"
 
     @classmethod
-    def parse(cls, text: str) -> "Variant":
+    def parse(cls, text: str) -> Variant:
         isa, _, pf = text.partition("+pf")
         return cls(isa, int(pf) if pf else 0)
 

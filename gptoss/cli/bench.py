@@ -282,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
     if cpu_fast:
         from gptoss.kernels import cpu
 
-        cpu_kernels = {"isa": cpu.chosen_isa(), "threads": cpu.num_threads()}
+        cpu_kernels = {"isa": cpu.chosen_isa(), "threads": cpu.num_threads(), "choices": cpu.choices()}
     _log(f"{source}: {model.memory_bytes()['total'] / 2**30:.2f} GiB of weights in {load_s:.1f}s on {gpu_name or device}; "
          f"kv cache {kind}, kernels {'on' if fast else 'off'}"
          + (f", native CPU kernels {cpu_kernels['isa']} on {cpu_kernels['threads']} threads" if cpu_fast else ""))

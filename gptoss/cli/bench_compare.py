@@ -142,6 +142,8 @@ def worker_gptoss(spec: dict) -> dict:
     with torch.inference_mode():
         w = min(WARMUP_TOKENS, p)
         model.step(prompt[:w], StepBatch.single(w), cache, logits_index=last(w))
+        w = min(64, p)  # a prompt-sized step: the prefill kernel variants are chosen here, untimed
+        model.step(prompt[:w], StepBatch.single(w), cache, logits_index=last(w))
         prefill_s = _timed(lambda: model.step(prompt, StepBatch.single(p), cache, logits_index=last(p)))
         for s in range(1, wide + 1):  # every batch-8 sequence starts from the same cached prompt
             cache.copy_slot(0, s, p)
@@ -152,13 +154,18 @@ def worker_gptoss(spec: dict) -> dict:
                 toks = decode_ids[[(i + j) % len(decode_ids) for j in range(len(slots))]]
                 model.step(toks, batch, cache, logits_index=batch.last_index)
 
+        # one untimed step each way first: the kernel variants for one token and for eight are chosen (timed on
+        # this CPU) at their first use, unless a previous run already chose them
+        decode([0], 1)
+        if wide > 1 and b8_steps:
+            decode(list(range(1, wide + 1)), 1)
         decode_s = _timed(lambda: decode([0], steps))
         wide_s = _timed(lambda: decode(list(range(1, wide + 1)), b8_steps)) if wide > 1 and b8_steps else None
     cpu_kernels = None
     if kernels.cpu_active(model.unembedding.weight):
         from gptoss.kernels import cpu
 
-        cpu_kernels = {"isa": cpu.chosen_isa(), "threads": cpu.num_threads()}
+        cpu_kernels = {"isa": cpu.chosen_isa(), "threads": cpu.num_threads(), "choices": cpu.choices()}
     out = {
         "page_cache_warm_seconds": round(warm_s, 2),
         "load_seconds": round(load_s, 2),

@@ -10,9 +10,11 @@ function                       what                                        refer
                                fused bias + SwiGLU, weighted combine
 =============================  ==========================================  ===================================
 
-The library is compiled on first use (see :mod:`gptoss.kernels.cpu.builder`) for the best instruction set this
-CPU runs — AVX-512, AVX2+FMA, NEON, else a portable build. ``GPTOSS_CPU_ISA=portable|avx2|avx512|neon`` forces
-one (tests force each in turn). ``GPTOSS_NUM_THREADS`` sets the threads (default: the physical cores); the same
+The library is compiled on first use (see :mod:`gptoss.kernels.cpu.builder`) for every instruction set this
+CPU runs — AVX-512 (with or without its bf16 dot product), AVX2+FMA, NEON, a portable build — and each product of
+a real model's size runs in the variant measured fastest for it on this CPU (:mod:`gptoss.kernels.cpu.chooser`:
+the instruction set, a prefetch distance, or torch's GEMM, timed at first use and kept beside the libraries).
+``GPTOSS_CPU_ISA=portable|avx2|avx512|avx512bf16|neon`` forces one and skips the choice (tests force each in turn). ``GPTOSS_NUM_THREADS`` sets the threads (default: the physical cores); the same
 count is given to torch, whose OpenMP pool ours is (one libgomp), so the two never oversubscribe the cores;
 without either, ours follow torch's thread count, capped at the physical cores.
 Where no compiler works, :func:`available` is False, the model runs its reference path, and one warning says why.
@@ -25,10 +27,13 @@ import functools
 import os
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from gptoss.kernels.cpu import chooser as choice
 from gptoss.kernels.cpu.builder import BuildError, build, cpu_flags, runnable_isas
+from gptoss.kernels.cpu.chooser import Variant, token_class
 
 _lock = threading.Lock()
 _libs: dict[str, ctypes.CDLL] = {}
@@ -86,6 +91,8 @@ def library(isa: str | None = None) -> ctypes.CDLL:
         lib.gptoss_linear.argtypes = [_P, _I64, _I64, _P, _P, _INT, _I64, _P, _INT, _P, _INT, _INT]
         lib.gptoss_moe_experts.argtypes = [_P, _I64, _I64, _I64, _P, _P, _I64, _I64, _P, _P, _P, _P, _P, _P, _INT,
                                            _F, _F, _P, _INT, _INT]
+        lib.gptoss_set_tuning.argtypes = [_I64, _I64]
+        lib.gptoss_set_tuning.restype = _I64
         lib.gptoss_mxfp4_to_bf16.argtypes = [_P, _P, _I64, _I64, _P, _INT]
         lib.gptoss_attention.argtypes = [_P, _P, _P, _P, _P, _INT, _I64, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _P, _F,
                                          _I64, _P, _INT]
@@ -245,7 +252,35 @@ def moe_experts(t: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, m
     """The experts of each token, weighted and summed: ``t [N, hidden]``, routing ``weights, indices [N, k]``,
     ``mlp*_weight`` :class:`~gptoss.model.mxfp4.MXFP4Weight`. Returns float32 ``[N, hidden]`` (no residual).
     ``bf16_inputs``: ``t`` and the SwiGLU activations may be rounded to bfloat16, as a bf16 model's reference
-    rounds them (see :func:`linear`)."""
+    rounds them (see :func:`linear`). Without ``isa``, the variant is the one :mod:`.chooser` measured fastest
+    for this token class and these widths."""
+    args = (mlp1_weight, mlp1_bias, mlp2_weight, mlp2_bias, alpha, limit)
+    if isa is not None or _forced_isa():
+        return _moe_experts(t, weights, indices, *args, isa=isa, bf16_inputs=bf16_inputs)
+    n, h = t.shape
+    k, i = indices.shape[1], mlp2_weight.blocks.shape[2] * 32
+    key = f"experts/{token_class(n)}/{h}x{i}/t{num_threads()}"
+
+    def call(v: Variant) -> torch.Tensor:
+        _apply(v)
+        return _moe_experts(t, weights, indices, *args, isa=v.isa, bf16_inputs=bf16_inputs)
+
+    trial = None
+    if n > TRIAL_TOKENS:  # prefill: 64 tokens, each to the same k experts (many tokens an expert, as in a prompt)
+        tt = t[:TRIAL_TOKENS]
+        ti = torch.arange(k).repeat(TRIAL_TOKENS, 1) % mlp1_weight.blocks.shape[0]
+        tw = weights[:TRIAL_TOKENS]
+
+        def trial(v: Variant) -> torch.Tensor:
+            _apply(v)
+            return _moe_experts(tt, tw, ti, *args, isa=v.isa, bf16_inputs=bf16_inputs)
+    expert_bytes = (mlp1_weight.blocks[0].numel() + mlp1_weight.scales[0].numel() + mlp2_weight.blocks[0].numel()
+                    + mlp2_weight.scales[0].numel())
+    return choice.chooser().run(key, expert_bytes, _candidates("experts", n), call, trial)
+
+
+def _moe_experts(t, weights, indices, mlp1_weight, mlp1_bias, mlp2_weight, mlp2_bias, alpha, limit, isa,
+                 bf16_inputs) -> torch.Tensor:
     b1, s1, b2, s2 = mlp1_weight.blocks, mlp1_weight.scales, mlp2_weight.blocks, mlp2_weight.scales
     _check_cpu("moe_experts", t, weights, indices, b1, s1, b2, s2, mlp1_bias, mlp2_bias)
     n, h = t.shape
@@ -422,13 +457,96 @@ def cpu_has_bf16_units() -> bool:
 
 def dense(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """A model's ``Linear`` on ``x``, float32 out: bf16 weights through :func:`linear` (read as they are, no
-    float32 copy) — or, for many tokens on a CPU with bf16 matrix units, through torch's bf16 GEMM —
-    float32 weights through torch (its BLAS is already at the memory bandwidth)."""
+    float32 copy) — or, for many tokens on a CPU with bf16 units, through torch's bf16 GEMM — in the variant
+    :mod:`.chooser` measured fastest for this shape; float32 weights through torch (its BLAS is already at the
+    memory bandwidth)."""
     if type(module) is not torch.nn.Linear:  # a sharded layer (gptoss.model.parallel) joins its parts itself
         return module(x).float()
     w = module.weight
-    if w.dtype == torch.bfloat16:
-        if x.numel() >= TORCH_BF16_MIN_TOKENS * x.shape[-1] and cpu_has_bf16_units():
-            return torch.nn.functional.linear(x.to(torch.bfloat16), w, module.bias).float()
-        return linear(x, w, module.bias, bf16_inputs=x.dtype == torch.bfloat16)
-    return torch.nn.functional.linear(x.float(), w.float(), None if module.bias is None else module.bias.float())
+    if w.dtype != torch.bfloat16:
+        return torch.nn.functional.linear(x.float(), w.float(), None if module.bias is None else module.bias.float())
+    bias, bf16_inputs = module.bias, x.dtype == torch.bfloat16
+    n = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    m, k = w.shape
+
+    def run(v: Variant, xx: torch.Tensor, ww: torch.Tensor, bb: torch.Tensor | None) -> torch.Tensor:
+        if v.isa == "torch":
+            return torch.nn.functional.linear(xx.to(torch.bfloat16), ww, bb).float()
+        _apply(v)
+        return linear(xx, ww, bb, isa=v.isa, bf16_inputs=bf16_inputs)
+
+    cands = _candidates("dense", n)
+    if _forced_isa():
+        return run(cands[0], x, w, bias)
+    kind = "unembedding" if m >= UNEMBEDDING_ROWS else "dense"
+    key = f"{kind}/{token_class(n)}/{m}x{k}/t{num_threads()}"
+    trial = None
+    rows = max(1, TRIAL_BYTES // (2 * k))
+    if n > TRIAL_TOKENS or m > rows:  # a slice: the first rows (still far larger than any L3), 64 tokens
+        tx = x.reshape(-1, k)[:TRIAL_TOKENS]
+        tw, tb = w[:rows], None if bias is None else bias[:rows]
+        trial = lambda v: run(v, tx, tw, tb)
+    return choice.chooser().run(key, 2 * m * k, cands, lambda v: run(v, x, w, bias), trial)
+
+
+# ----------------------------------------------------------------------------- the choice of variant
+UNEMBEDDING_ROWS = 65536      # a product this tall is the unembedding (vocabulary rows)
+TRIAL_TOKENS = 64             # the trial of a prefill product: its first 64 tokens
+TRIAL_BYTES = 96 << 20        # the trial of a tall product: its first rows, this many bytes (> any L3 here)
+DEFAULT_PREFETCH = 32768      # bytes (the library's own default, PF_BYTES)
+PREFETCH_CANDIDATES = (8192, 131072)  # besides the default, tried for the one-token products
+_tuning: dict[str, int] = {}
+
+
+def _apply(v: Variant) -> None:
+    """Set ``v``'s prefetch distance in its library (each library keeps its own; only speed depends on it)."""
+    pf = v.pf or DEFAULT_PREFETCH
+    if _tuning.get(v.isa) != pf:
+        library(v.isa).gptoss_set_tuning(pf, 0)
+        _tuning[v.isa] = pf
+
+
+@functools.lru_cache(maxsize=1)
+def _loadable_isas() -> tuple[str, ...]:
+    """The variants this CPU runs whose libraries build and load, best by flags first; built side by side."""
+    isas = runnable_isas()
+    with ThreadPoolExecutor(max_workers=len(isas)) as pool:  # the compiler runs in subprocesses: in parallel
+        list(pool.map(lambda isa: _try(build, isa), isas))
+    ok = tuple(isa for isa in isas if _try(library, isa))
+    return ok or (isas[-1],)
+
+
+def _try(fn, isa) -> bool:
+    try:
+        fn(isa)
+        return True
+    except BuildError:
+        return False
+
+
+def _candidates(kind: str, n: int) -> list[Variant]:
+    """The variants timed for a product of ``kind`` (``dense`` or ``experts``) on ``n`` tokens; the first is
+    what runs without a choice (forced, or a product too small to time)."""
+    return _candidates_for(kind, min(n, TORCH_BF16_MIN_TOKENS + 1), _forced_isa(), tuple(_failed))
+
+
+@functools.lru_cache(maxsize=256)
+def _candidates_for(kind: str, n: int, forced: str, failed: tuple[str, ...]) -> list[Variant]:
+    default = chosen_isa()
+    torch_first = kind == "dense" and n >= TORCH_BF16_MIN_TOKENS and cpu_has_bf16_units()
+    if _forced_isa():  # that instruction set for our kernels; many tokens still go to torch's GEMM, as before
+        return [Variant("torch")] if torch_first else [Variant(default)]
+    isas = [i for i in _loadable_isas() if i != "portable"] or [default]
+    if default not in isas:
+        default = isas[0]
+    out = [Variant(default)] + [Variant(i) for i in isas if i != default]
+    if n <= 1:
+        out += [Variant(default, pf) for pf in PREFETCH_CANDIDATES]
+    if kind == "dense" and n > 4 and cpu_has_bf16_units():  # torch's GEMM (oneDNN) uses the bf16 units
+        out = [Variant("torch")] + out if torch_first else out + [Variant("torch")]
+    return out
+
+
+def choices() -> dict[str, str]:
+    """The choices made on this CPU and build so far: product -> variant."""
+    return choice.chooser().choices()

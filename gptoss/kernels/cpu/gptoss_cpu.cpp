@@ -19,6 +19,7 @@
 #include <vector>
 #include <algorithm>
 #include <type_traits>
+#include <atomic>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -59,8 +60,11 @@
 
 #define VW (VBYTES / 4)  // floats a vector
 #ifndef PF_BYTES
-#define PF_BYTES 32768  // how far ahead of the decode the weights are prefetched
+#define PF_BYTES 32768  // default: how far ahead of the decode the weights are prefetched
 #endif
+// Tuning the loader may set (gptoss_set_tuning) from what it measured on this CPU; neither changes a result.
+static int64_t g_pf = PF_BYTES;   // prefetch distance in bytes
+static int64_t g_chunks = 16;     // row chunks a thread, on average, that the few-token products hand out
 
 typedef float vf __attribute__((vector_size(VBYTES)));                          // in registers
 typedef float vf_u __attribute__((vector_size(VBYTES), aligned(4), may_alias));  // unaligned memory
@@ -247,8 +251,8 @@ struct MXFP4Rows {
   // decode consumes them too slowly for the hardware prefetcher to run far enough ahead).
   void prefetch(int64_t r, int64_t j) const {
     const int64_t g = K / 32;
-    if ((j & 3) == 0) __builtin_prefetch(blocks + (r * g + j) * 16 + PF_BYTES, 0, 1);
-    if ((j & 63) == 0) __builtin_prefetch(scales + r * g + j + PF_BYTES / 16, 0, 1);
+    if ((j & 3) == 0) __builtin_prefetch(blocks + (r * g + j) * 16 + g_pf, 0, 1);
+    if ((j & 63) == 0) __builtin_prefetch(scales + r * g + j + g_pf / 16, 0, 1);
   }
 };
 
@@ -258,7 +262,7 @@ struct BF16Rows {
   void row(int64_t r, float* out) const { decode_bf16(w + r * K, K, out); }
   void chunk(int64_t r, int64_t j, vf* out) const { decode_bf16_v(w + r * K + 32 * j, out); }
   void prefetch(int64_t r, int64_t j) const {
-    if ((j & 1) == 0) __builtin_prefetch(w + r * K + 32 * j + PF_BYTES, 0, 1);
+    if ((j & 1) == 0) __builtin_prefetch(w + r * K + 32 * j + g_pf / 2, 0, 1);
   }
 };
 
@@ -488,8 +492,8 @@ static inline void fused_mx(const uint8_t* blocks, const uint8_t* scales, int64_
 #pragma GCC unroll 8
     for (int i = 0; i < R; i++) {
       const uint8_t* b = blocks + ((r + i) * g + 2 * p) * 16;
-      if ((p & 1) == 0) __builtin_prefetch(b + PF_BYTES, 0, 1);
-      if ((p & 31) == 0) __builtin_prefetch(scales + (r + i) * g + 2 * p + PF_BYTES / 16, 0, 1);
+      if ((p & 1) == 0) __builtin_prefetch(b + g_pf, 0, 1);
+      if ((p & 31) == 0) __builtin_prefetch(scales + (r + i) * g + 2 * p + g_pf / 16, 0, 1);
       __m512i wb;
       if (p < full) wb = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)b));
       else  // an odd last block: the upper half decodes zeros against zero inputs
@@ -543,7 +547,7 @@ static inline void dot_bh(const uint16_t* w, int64_t ldw, int64_t r, const uint1
 #pragma GCC unroll 8
     for (int i = 0; i < R; i++) {
       const uint16_t* wr = w + (r + i) * ldw + k;
-      if ((k & 63) == 0) __builtin_prefetch(wr + PF_BYTES / 2, 0, 1);
+      if ((k & 63) == 0) __builtin_prefetch(wr + g_pf / 2, 0, 1);
       const __m512bh wv = as_bh(_mm512_loadu_si512(wr));
 #pragma GCC unroll 8
       for (int t = 0; t < T; t++) acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv, as_bh(_mm512_loadu_si512(x + t * ldx + k)));
@@ -732,6 +736,30 @@ static inline void split(int64_t n, int parts, int i, int64_t align, int64_t* lo
   const int64_t a = units * i / parts, b = units * (i + 1) / parts;
   *lo = std::min(n, a * align);
   *hi = std::min(n, b * align);
+}
+
+// Rows [0, n) handed out `chunk` at a time (bounds multiples of `align`) to whichever thread asks next, so a
+// thread the OS has descheduled (a shared machine, a busy core) holds back only the chunk it has, not a fixed
+// share of the product. Which thread computes a row never changes the row's result.
+struct Chunks {
+  std::atomic<int64_t> next{0};
+  int64_t n = 0, chunk = 1;
+  Chunks(int64_t n_, int64_t chunk_) : n(n_), chunk(std::max<int64_t>(1, chunk_)) {}
+  int64_t count() const { return (n + chunk - 1) / chunk; }
+  bool take(int64_t* lo, int64_t* hi) {
+    const int64_t c = next.fetch_add(1, std::memory_order_relaxed);
+    if (c * chunk >= n) return false;
+    *lo = c * chunk;
+    *hi = std::min(n, *lo + chunk);
+    return true;
+  }
+};
+
+// Chunk size for n rows over `threads` threads: about `per_thread` chunks each, a multiple of `align`.
+static inline int64_t chunk_rows(int64_t n, int threads, int64_t per_thread, int64_t align) {
+  const int64_t parts = std::max<int64_t>(1, threads * std::max<int64_t>(1, per_thread));
+  const int64_t c = (n + parts - 1) / parts;
+  return std::max<int64_t>(align, (c + align - 1) / align * align);
 }
 
 static void load_bias(const void* bias, int bias_dtype, int64_t off, int64_t n, float* out) {
@@ -945,6 +973,14 @@ int gptoss_max_threads() {
 #endif
 }
 
+// Set the prefetch distance (bytes; 0 keeps it) and the chunks a thread of the few-token products (0 keeps it);
+// returns the prefetch distance now in force. Tuning only: no result depends on either.
+int64_t gptoss_set_tuning(int64_t pf_bytes, int64_t chunks_per_thread) {
+  if (pf_bytes > 0) g_pf = pf_bytes;
+  if (chunks_per_thread > 0) g_chunks = chunks_per_thread;
+  return g_pf;
+}
+
 // out [rows, K] float32 = the MXFP4 rows decoded (for tests: must equal mxfp4.dequantize bit for bit).
 void gptoss_mxfp4_dequantize(const uint8_t* blocks, const uint8_t* scales, int64_t rows, int64_t K, float* out) {
   MXFP4Rows src{blocks, scales, K};
@@ -977,30 +1013,29 @@ void gptoss_linear(const float* x, int64_t n, int64_t K, const void* w, const vo
       xn = xn_buf.data();
       to_bf16(x, n * K, xn);
     }
+    Chunks rows(M, chunk_rows(M, nthreads, n <= FT ? g_chunks : 4, 16));
 #pragma omp parallel num_threads(nthreads)
     {
+      std::vector<uint16_t> wbuf(mx && !pairs ? 16 * K + 32 : 0);
       int64_t r0, r1;
-      split(M, thread_count(), thread_id(), 16, &r0, &r1);
-      if (r1 > r0) {
-        if (mx) {
-          std::vector<uint16_t> wbuf(16 * K + 32);
+      while (rows.take(&r0, &r1)) {
+        if (mx)
           mx_rows_product_bh(MXFP4Rows{(const uint8_t*)w, (const uint8_t*)w2, K}, r0, r1, xn, xp, n, y + r0, M,
                              b ? b + r0 : nullptr, wbuf.data());
-        } else {
+        else
           bf16_rows_product((const uint16_t*)w, K, r0, r1, K, xn, K, n, y + r0, M, b ? b + r0 : nullptr);
-        }
       }
     }
     return;
   }
 #endif
-  // Rows split across threads; few tokens: each thread one contiguous slab of rows (streams the weights once).
+  // Rows handed out in chunks (see Chunks); few tokens: many chunks, each streamed once from memory.
+  Chunks rows(M, chunk_rows(M, nthreads, n <= FT ? g_chunks : 4, RT * 4));
 #pragma omp parallel num_threads(nthreads)
   {
     std::vector<float> wbuf(RT * K + 16);
     int64_t r0, r1;
-    split(M, thread_count(), thread_id(), RT * 4, &r0, &r1);
-    if (r1 > r0) {
+    while (rows.take(&r0, &r1)) {
       if (weight_kind == 0) rows_product(F32Rows{(const float*)w, K}, r0, r1, K, x, K, n, y + r0, M, b ? b + r0 : nullptr, wbuf.data());
       else if (weight_kind == 1) rows_product(BF16Rows{(const uint16_t*)w, K}, r0, r1, K, x, K, n, y + r0, M, b ? b + r0 : nullptr, wbuf.data());
       else rows_product(MXFP4Rows{(const uint8_t*)w, (const uint8_t*)w2, K}, r0, r1, K, x, K, n, y + r0, M, b ? b + r0 : nullptr, wbuf.data());
@@ -1068,6 +1103,31 @@ void gptoss_moe_experts(const float* t, int64_t n, int64_t H, int64_t I, const i
   (void)bf16;
 #endif
 
+  int64_t most = 0;  // tokens of the busiest expert: few means the one-token products, chunked finely
+  for (int64_t e : active) most = std::max(most, count[e]);
+  const int64_t per_thread = most <= FT ? g_chunks : 4;
+  const int64_t chunk1 = chunk_rows(2 * I, nthreads, std::max<int64_t>(1, per_thread / (int64_t)std::max<size_t>(1, active.size())), 128);
+  const int64_t chunks1 = (2 * I + chunk1 - 1) / chunk1, items1 = chunks1 * (int64_t)active.size();
+  std::atomic<int64_t> next1{0};
+  // phase 2 runs every active expert over a chunk of columns: with many experts, fewer and wider chunks (each
+  // expert's call on a chunk has a fixed cost: its tokens' inputs laid out again)
+  const int64_t per_thread2 = most <= FT ? std::max<int64_t>(1, g_chunks / (int64_t)std::max<size_t>(1, active.size())) : 4;
+  Chunks cols(H, chunk_rows(H, nthreads, per_thread2, RT * 4));
+  auto gather = [&](int64_t p) {
+#ifdef HAVE_BF16DOT
+    if (bh) {
+      const float* row = t + pair_token[p] * H;
+      if (count[pair_expert[p]] <= FT) to_bf16_pairs(row, H, xsp + p * lpH);
+      else to_bf16(row, H, xsn + p * H);
+      return;
+    }
+#endif
+    std::memcpy(xs + p * H, t + pair_token[p] * H, H * sizeof(float));
+  };
+  // Few pairs (decode): gathered here, one barrier fewer for the threads
+  const bool small = pairs * H <= ((int64_t)1 << 16);
+  if (small)
+    for (int64_t p = 0; p < pairs; p++) gather(p);
 #pragma omp parallel num_threads(nthreads)
   {
     const int nt = thread_count(), id = thread_id();
@@ -1075,26 +1135,20 @@ void gptoss_moe_experts(const float* t, int64_t n, int64_t H, int64_t I, const i
 #ifdef HAVE_BF16DOT
     std::vector<uint16_t> wbh(bh ? 16 * std::max(H, I) + 32 : 0);
 #endif
-    // gather
+    // gather (few pairs: done above, before the threads start)
     int64_t p0, p1;
     split(pairs, nt, id, 1, &p0, &p1);
-    for (int64_t p = p0; p < p1; p++) {
-#ifdef HAVE_BF16DOT
-      if (bh) {
-        const float* row = t + pair_token[p] * H;
-        if (count[pair_expert[p]] <= FT) to_bf16_pairs(row, H, xsp + p * lpH);
-        else to_bf16(row, H, xsn + p * H);
-        continue;
-      }
-#endif
-      std::memcpy(xs + p * H, t + pair_token[p] * H, H * sizeof(float));
-    }
+    if (!small) {
+      for (int64_t p = p0; p < p1; p++) gather(p);
 #pragma omp barrier
-    // phase 1: rows of W1 (pairs of gate/up rows) split across threads, every expert
+    }
+    // phase 1: (expert, chunk of W1 rows: pairs of gate/up rows) items, handed out to whichever thread asks
     int64_t r0, r1;
-    split(2 * I, nt, id, 2 * RT * 2, &r0, &r1);
-    for (int64_t e : active) {
-      if (r1 <= r0) break;
+    int64_t item;
+    while ((item = next1.fetch_add(1, std::memory_order_relaxed)) < items1) {
+      const int64_t e = active[item / chunks1];
+      r0 = (item % chunks1) * chunk1;
+      r1 = std::min(2 * I, r0 + chunk1);
       const int64_t np = count[e], ps = start[e];
       load_bias(bias1, bias_dtype, e * 2 * I + r0, r1 - r0, b1.data());
       MXFP4Rows src{blocks1 + e * 2 * I * G1 * 16, scales1 + e * 2 * I * G1, H};
@@ -1112,21 +1166,19 @@ void gptoss_moe_experts(const float* t, int64_t n, int64_t H, int64_t I, const i
           float l = std::max(std::min(hp[2 * j + 1], limit), -limit);
           ap[j] = g / (1.0f + std::exp(-alpha * g)) * (l + 1.0f);
         }
-      }
-    }
-#pragma omp barrier
 #ifdef HAVE_BF16DOT
-    if (bh) {  // activations to bf16, pairs split across threads
-      for (int64_t p = p0; p < p1; p++) {
-        if (count[pair_expert[p]] <= FT) to_bf16_pairs(act + p * I, I, acp + p * lpI);
-        else to_bf16(act + p * I, I, acn + p * I);
+        if (bh) {  // this chunk's activations to bf16 (its columns start on a 64-value group of the pair order)
+          const int64_t c0 = r0 / 2, c1 = r1 / 2, q = ps + p;
+          if (np <= FT) to_bf16_pairs(act + q * I + c0, c1 - c0, acp + q * lpI + c0);
+          else to_bf16(act + q * I + c0, c1 - c0, acn + q * I + c0);
+        }
+#endif
       }
     }
 #pragma omp barrier
-#endif
-    // phase 2: rows of W2 (output features) split across threads; each thread owns its columns of `out`
-    split(H, nt, id, RT * 4, &r0, &r1);
-    if (r1 > r0) {
+    // phase 2: chunks of W2 rows (output features) handed out; a chunk's columns of `out` take every expert's
+    // contribution in ascending expert order, whichever thread has the chunk
+    while (cols.take(&r0, &r1)) {
       for (int64_t e : active) {
         const int64_t np = count[e], ps = start[e];
         load_bias(bias2, bias_dtype, e * H + r0, r1 - r0, b2.data());

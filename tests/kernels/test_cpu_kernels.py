@@ -253,55 +253,6 @@ def attention_reference(q, keys, values, seq_of, pos, sinks, sm_scale, window):
     return out.reshape(n, hq * d)
 
 
-@pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("window", [0, 5])
-@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16, None])
-def test_attention_over_the_cache_and_new_keys(isa, window, cache_dtype):
-    g = torch.Generator().manual_seed(window + 1)
-    hq, hk, d = 6, 2, 24
-    starts, lens, slots = [9, 0, 3], [1, 7, 4], [2, 0, 1]  # a decode token, a prefill, a chunk after a prefix
-    if cache_dtype is None:  # no cache: every sequence starts at 0
-        starts = [0, 0, 0]
-    total = [s + n for s, n in zip(starts, lens)]
-    keys = [torch.randn(t, hk, d, generator=g) for t in total]
-    values = [torch.randn(t, hk, d, generator=g) for t in total]
-    if cache_dtype is not None:  # round what the cache holds, so the reference sees the same numbers
-        keys = [torch.cat([k[:s].to(cache_dtype).float(), k[s:]]) for k, s in zip(keys, starts)]
-        values = [torch.cat([v[:s].to(cache_dtype).float(), v[s:]]) for v, s in zip(values, starts)]
-    length = window or max(total)  # a banded layer keeps a ring of `window` rows
-    cache_k = cache_v = None
-    if cache_dtype is not None:
-        cache_k = torch.randn(3, length, hk, d, generator=g).to(cache_dtype)  # stale rows must not be read
-        cache_v = torch.randn(3, length, hk, d, generator=g).to(cache_dtype)
-        for b, s in enumerate(starts):
-            for p in range(max(0, s - length), s):
-                cache_k[slots[b], p % length] = keys[b][p].to(cache_dtype)
-                cache_v[slots[b], p % length] = values[b][p].to(cache_dtype)
-    seq_of = [b for b, n in enumerate(lens) for _ in range(n)]
-    pos = torch.tensor([starts[b] + j for b, n in enumerate(lens) for j in range(n)])
-    new_k = torch.cat([k[s:] for k, s in zip(keys, starts)])
-    new_v = torch.cat([v[s:] for v, s in zip(values, starts)])
-    q = torch.randn(len(seq_of), hq, d, generator=g)
-    sinks = torch.randn(hq, generator=g)
-    firsts = [sum(lens[:b]) for b in range(3)]
-    meta = [torch.tensor([slots[b] for b in seq_of]), pos, torch.tensor([starts[b] for b in seq_of]),
-            torch.tensor([firsts[b] for b in seq_of])]
-    got = cpu.attention(q, new_k, new_v, cache_k, cache_v, *meta, sinks, 0.2, window, isa=isa)
-    want = attention_reference(q, keys, values, seq_of, pos, sinks, 0.2, window)
-    assert got.dtype == torch.float32 and got.shape == want.shape
-    assert rel_err(got, want) < 1e-5
-
-
-def test_attention_names_a_cache_that_does_not_fit():
-    q, k = torch.zeros(2, 4, 8), torch.zeros(2, 2, 8)
-    meta = [torch.zeros(2, dtype=torch.long)] * 4
-    with pytest.raises(ValueError, match="cache .* does not fit keys"):
-        cpu.attention(q, k, k, torch.zeros(1, 5, 3, 8), torch.zeros(1, 5, 3, 8), *meta, torch.zeros(4), 1.0, 0)
-    with pytest.raises(ValueError, match="cache dtype torch.float16"):
-        c = torch.zeros(1, 5, 2, 8, dtype=torch.float16)
-        cpu.attention(q, k, k, c, c, *meta, torch.zeros(4), 1.0, 0)
-
-
 def test_a_variant_that_fails_to_build_falls_back_to_the_next(monkeypatch):
     # e.g. a compiler too old for -mavx512bf16: the next variant runs instead of the slow reference path;
     # when the last (portable) one fails too, the error says why
@@ -346,6 +297,11 @@ def test_paged_attention_matches_the_reference(isa, window, dtype):
                                      window, max(lens))
     assert got.dtype == torch.float32 and got.shape == want.shape
     assert rel_err(got, want) < 1e-5
+    # and against attention in float64 over each sequence's keys gathered by position (what the pages hold)
+    rows = lambda b, t: [int(table[b, p // bs]) * bs + p % bs for p in range(t)]  # noqa: E731
+    keys = [k_pages.reshape(-1, hk, d)[rows(b, t)].float() for b, t in enumerate(kv)]
+    values = [v_pages.reshape(-1, hk, d)[rows(b, t)].float() for b, t in enumerate(kv)]
+    assert rel_err(got, attention_reference(q, keys, values, seq.tolist(), pos, sinks, 0.2, window)) < 1e-5
 
 
 def test_paged_attention_names_a_table_outside_the_pages():
@@ -355,4 +311,8 @@ def test_paged_attention_names_a_table_outside_the_pages():
                             torch.zeros(4), 1.0, 0)
     with pytest.raises(ValueError, match="outside the block table"):
         cpu.paged_attention(q, pages, pages, torch.tensor([[1]]), torch.tensor([0]), torch.tensor([4]),
+                            torch.zeros(4), 1.0, 0)
+    with pytest.raises(ValueError, match="page dtype torch.float16"):
+        half = pages.half()
+        cpu.paged_attention(q, half, half, torch.tensor([[1]]), torch.tensor([0]), torch.tensor([0]),
                             torch.zeros(4), 1.0, 0)

@@ -94,8 +94,6 @@ def library(isa: str | None = None) -> ctypes.CDLL:
         lib.gptoss_set_tuning.argtypes = [_I64, _I64]
         lib.gptoss_set_tuning.restype = _I64
         lib.gptoss_mxfp4_to_bf16.argtypes = [_P, _P, _I64, _I64, _P, _INT]
-        lib.gptoss_attention.argtypes = [_P, _P, _P, _P, _P, _INT, _I64, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _P, _F,
-                                         _I64, _P, _INT]
         lib.gptoss_paged_attention.argtypes = [_P, _P, _P, _INT, _I64, _P, _I64, _P, _P, _I64, _I64, _I64, _I64, _P,
                                                _F, _I64, _P, _INT]
         _libs[isa] = lib
@@ -367,38 +365,6 @@ def _experts_by_gemm(t, weights, indices, experts, w1, b1, w2, b2, alpha, limit,
         act = swiglu(hh, alpha, limit).to(torch.bfloat16)
         y = product(act, w2, e, h).float() + b2[e].float()
         out.index_add_(0, tokens, y * wflat[pairs, None])
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache_k: torch.Tensor | None,
-              cache_v: torch.Tensor | None, slot: torch.Tensor, pos: torch.Tensor, start: torch.Tensor,
-              first: torch.Tensor, sinks: torch.Tensor, sm_scale: float, window: int,
-              isa: str | None = None) -> torch.Tensor:
-    """Attention with sinks of ``N`` new tokens over a slot cache and their own keys: ``q [N, HQ, D]``,
-    ``k, v [N, HK, D]`` (after RoPE), ``cache_k/v [slots, L, HK, D]`` (float32 or bf16; a banded layer's ring
-    keeps position ``p`` at row ``p % L``) or None, per token ``slot, pos`` and its sequence's first new position
-    ``start`` and flat index ``first`` (int64 ``[N]``): keys before ``start`` come from the cache. Float32
-    ``[N, HQ * D]`` out, as :func:`gptoss.model.attention.sdpa_with_sinks` computes it."""
-    _check_cpu("attention", q, k, v, cache_k, cache_v, sinks)
-    n, hq, d = q.shape
-    hk = k.shape[1]
-    if k.shape != (n, hk, d) or v.shape != k.shape or hq % hk:
-        raise ValueError(f"attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not fit")
-    if cache_k is None:
-        kind, length = 0, 0
-    else:
-        if cache_k.dtype not in (torch.float32, torch.bfloat16) or cache_v.dtype != cache_k.dtype:
-            raise ValueError(f"attention: cache dtype {cache_k.dtype} is not float32 or bfloat16")
-        if not (cache_k.is_contiguous() and cache_v.is_contiguous()) or cache_k.shape[2:] != (hk, d):
-            raise ValueError(f"attention: cache {tuple(cache_k.shape)} does not fit keys {tuple(k.shape)}")
-        kind, length = (2 if cache_k.dtype == torch.bfloat16 else 1), cache_k.shape[1]
-    q32, k32, v32, s32 = _f32(q), _f32(k), _f32(v), _f32(sinks)
-    meta = [t.to(torch.int64).contiguous() for t in (slot, pos, start, first)]
-    out = torch.empty(n, hq * d, dtype=torch.float32)
-    if n:
-        library(isa).gptoss_attention(_ptr(q32), _ptr(k32), _ptr(v32), _ptr(cache_k), _ptr(cache_v), kind, length,
-                                      *[_ptr(t) for t in meta], n, hq, hk, d, _ptr(s32), float(sm_scale),
-                                      int(window), _ptr(out), num_threads())
-    return out
 
 
 def paged_attention(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, block_table: torch.Tensor,

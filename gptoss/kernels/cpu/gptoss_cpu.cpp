@@ -773,12 +773,7 @@ static inline float* aligned_floats(std::vector<float>& v, int64_t n) {
 }
 
 
-// Attention with learned sinks for N new tokens (gptoss.model.attention.sdpa_with_sinks over the slot cache).
-// Token i (position pos[i], its sequence's first new position start[i], flat index of that first new token
-// first[i], cache slot slot[i]) attends to positions [lo, pos], lo = max(0, pos - window + 1) for a banded layer
-// (window > 0) else 0. Keys before `start` come from the cache (kc/vc [slots, L, HK, D], float32 or bf16; a banded
-// layer's ring keeps position p at row p % L), the others from this step's own keys knew/vnew [N, HK, D].
-// q [N, HQ, D], out [N, HQ, D] float32; sinks [HQ]: one more logit a head whose probability mass is dropped.
+// One row of D keys or values as float32 (a bf16 cache is widened).
 template <class CT>
 static inline void load_row(const CT* src, int64_t D, float* out);
 template <>
@@ -786,91 +781,9 @@ inline void load_row<float>(const float* src, int64_t D, float* out) { std::memc
 template <>
 inline void load_row<uint16_t>(const uint16_t* src, int64_t D, float* out) { decode_bf16(src, D, out); }
 
-template <class CT>
-static void attention_impl(const float* q, const float* knew, const float* vnew, const CT* kc, const CT* vc, int64_t L,
-                           const int64_t* slot, const int64_t* pos, const int64_t* start, const int64_t* first,
-                           int64_t N, int64_t HQ, int64_t HK, int64_t D, const float* sinks, float sm_scale,
-                           int64_t window, float* out, int nthreads) {
-  const int64_t G = HQ / HK, DV = D / VW * VW;
-  // A work item is one token and a block of HB kv heads, whose keys lie side by side in each cache row: the
-  // rows are read in order, a contiguous HB * D run each. Few tokens: the heads are split so every thread works.
-  const int64_t parts = std::min<int64_t>(HK, std::max<int64_t>(1, (nthreads + N - 1) / N));
-  int64_t HB = (HK + parts - 1) / parts;
-  while (HK % HB) HB++;
-  const int64_t blocks = HK / HB;
-#pragma omp parallel num_threads(nthreads)
-  {
-    std::vector<float> sc, kb(HB * D + 16), acc(HB * G * D);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t item = 0; item < N * blocks; item++) {
-      const int64_t i = item / blocks, h0 = (item % blocks) * HB;
-      const int64_t p1 = pos[i], lo = window ? std::max<int64_t>(0, p1 - window + 1) : 0, S = p1 - lo + 1;
-      if ((int64_t)sc.size() < HB * G * S) sc.resize(HB * G * S);
-      // keys (or values) of heads [h0, h0 + HB) at position p, as float32
-      auto row = [&](int64_t p, const float* fresh, const CT* cached) -> const float* {
-        if (p >= start[i]) return fresh + ((first[i] + p - start[i]) * HK + h0) * D;
-        const int64_t r = window ? p % L : p;
-        load_row<CT>(cached + ((slot[i] * L + r) * HK + h0) * D, HB * D, kb.data());
-        return kb.data();
-      };
-      for (int64_t p = lo; p <= p1; p++) {
-        const float* k = row(p, knew, kc);
-        for (int64_t hb = 0; hb < HB; hb++) {
-          const float* kh = k + hb * D;
-          for (int64_t g = 0; g < G; g++) {
-            const float* qg = q + (i * HQ + (h0 + hb) * G + g) * D;
-            vf a = vzero();
-            for (int64_t d = 0; d < DV; d += VW) a += vload(qg + d) * vload(kh + d);
-            float sum = vsum(a);
-            for (int64_t d = DV; d < D; d++) sum += qg[d] * kh[d];
-            sc[(hb * G + g) * S + (p - lo)] = sum * sm_scale;
-          }
-        }
-      }
-      for (int64_t hb = 0; hb < HB; hb++)
-        for (int64_t g = 0; g < G; g++) {
-          float* sg = sc.data() + (hb * G + g) * S;
-          const float sink = sinks[(h0 + hb) * G + g];
-          float m = sink;
-          for (int64_t j = 0; j < S; j++) m = std::max(m, sg[j]);
-          float denom = std::exp(sink - m);
-          vf dv = vzero();
-          int64_t j = 0;
-          for (; j + VW <= S; j += VW) {
-            const vf e = vexp(vload(sg + j) - m);
-            *(vf_u*)(sg + j) = e;
-            dv += e;
-          }
-          denom += vsum(dv);
-          for (; j < S; j++) {
-            sg[j] = std::exp(sg[j] - m);
-            denom += sg[j];
-          }
-          const float inv = 1.f / denom;
-          for (j = 0; j < S; j++) sg[j] *= inv;
-        }
-      std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t p = lo; p <= p1; p++) {
-        const float* v = row(p, vnew, vc);
-        for (int64_t hb = 0; hb < HB; hb++) {
-          const float* vh = v + hb * D;
-          for (int64_t g = 0; g < G; g++) {
-            const float w = sc[(hb * G + g) * S + (p - lo)];
-            float* a = acc.data() + (hb * G + g) * D;
-            const vf wv = vzero() + w;
-            int64_t d = 0;
-            for (; d < DV; d += VW) *(vf_u*)(a + d) = vload(a + d) + wv * vload(vh + d);
-            for (; d < D; d++) a[d] += w * vh[d];
-          }
-        }
-      }
-      std::memcpy(out + (i * HQ + h0 * G) * D, acc.data(), HB * G * D * sizeof(float));
-    }
-  }
-}
-
 // Attention with learned sinks for N new tokens over a paged cache that already holds their keys
-// (gptoss.model.attention.paged_attention_reference). Pages kp/vp [blocks, bs, HK, D] (float32 or bf16); token i of
+// (gptoss.model.attention.paged_attention_reference); sinks [HQ]: one more logit a head whose probability mass is
+// dropped. Pages kp/vp [blocks, bs, HK, D] (float32 or bf16); token i of
 // sequence seq[i] at position pos[i] reads position p at page row table[seq[i] * width + p / bs] * bs + p % bs, for p in
 // [lo, pos], lo = max(0, pos - window + 1) on a banded layer (window > 0) else 0. q [N, HQ, D], out [N, HQ, D] float32.
 template <class CT>
@@ -891,7 +804,8 @@ static void paged_attention_impl(const float* q, const CT* kp, const CT* vp, int
                                  int64_t HK, int64_t D, const float* sinks, float sm_scale, int64_t window, float* out,
                                  int nthreads) {
   const int64_t G = HQ / HK, DV = D / VW * VW;
-  // A work item is one token and a block of HB kv heads (as attention_impl): few tokens split the heads.
+  // A work item is one token and a block of HB kv heads, whose keys lie side by side in each page row: the
+  // rows are read in order, a contiguous HB * D run each. Few tokens: the heads are split so every thread works.
   const int64_t parts = std::min<int64_t>(HK, std::max<int64_t>(1, (nthreads + N - 1) / N));
   int64_t HB = (HK + parts - 1) / parts;
   while (HK % HB) HB++;
@@ -1199,20 +1113,6 @@ void gptoss_moe_experts(const float* t, int64_t n, int64_t H, int64_t I, const i
       }
     }
   }
-}
-
-
-// See attention_impl. cache_kind: 0 none (every key is new), 1 float32 cache, 2 bf16 cache.
-void gptoss_attention(const float* q, const float* knew, const float* vnew, const void* kc, const void* vc, int cache_kind,
-                      int64_t L, const int64_t* slot, const int64_t* pos, const int64_t* start, const int64_t* first,
-                      int64_t N, int64_t HQ, int64_t HK, int64_t D, const float* sinks, float sm_scale, int64_t window,
-                      float* out, int nthreads) {
-  if (cache_kind == 2)
-    attention_impl<uint16_t>(q, knew, vnew, (const uint16_t*)kc, (const uint16_t*)vc, L, slot, pos, start, first, N, HQ,
-                             HK, D, sinks, sm_scale, window, out, nthreads);
-  else
-    attention_impl<float>(q, knew, vnew, (const float*)kc, (const float*)vc, L, slot, pos, start, first, N, HQ, HK, D,
-                          sinks, sm_scale, window, out, nthreads);
 }
 
 

@@ -24,7 +24,7 @@ from gptoss.engine.sampling import SamplingParams, offset_seed
 from gptoss.harmony import stop_tokens_for_assistant_actions
 from gptoss.server.app import cache_salt, message_texts
 from gptoss.server.errors import APIError
-from gptoss.server.generation import Completion, cancel_on_disconnect, dump, dump_json, observe, run_completion
+from gptoss.server.generation import stream_error, Completion, cancel_on_disconnect, dump, dump_json, observe, run_completion
 from gptoss.server.guarding import ChatGuard, chat_blocked
 from gptoss.server.schemas import ChatCompletionRequest
 
@@ -260,7 +260,7 @@ async def _stream(state, rid, created, body, runs, prompt_len, include_usage, gu
         state.metrics.requests.labels("chat", "disconnected").inc()
         raise
     except Exception as exc:  # report, in the stream, what went wrong; the server keeps serving
-        yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
+        yield stream_error(exc)
     finally:
         for t in tasks:
             t.cancel()

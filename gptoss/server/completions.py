@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from gptoss.engine.sampling import SamplingParams, TokenLogprobs, offset_seed
 from gptoss.server.app import cache_salt
 from gptoss.server.errors import APIError
-from gptoss.server.generation import StopStrings, cancel_on_disconnect
+from gptoss.server.generation import stream_error, StopStrings, cancel_on_disconnect
 from gptoss.server.guarding import check_inputs, hidden_reasoning
 from gptoss.server.schemas import CompletionRequest
 
@@ -360,7 +360,7 @@ async def _stream(state, rid, created, body: CompletionRequest, prompts, choices
         state.metrics.requests.labels("completions", "disconnected").inc()
         raise
     except Exception as exc:  # report, in the stream, what went wrong; the server keeps serving
-        yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
+        yield stream_error(exc)
     finally:
         for t in tasks:
             t.cancel()

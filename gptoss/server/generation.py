@@ -4,6 +4,7 @@ deltas, token log-probabilities, stop strings, timing for metrics."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
@@ -18,6 +19,11 @@ def dump(obj) -> dict:
     """An SDK object as the JSON the OpenAI API sends: fields under their wire names (``schema``, not the
     Python attribute ``schema_``), unset optional fields left out."""
     return obj.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def stream_error(exc: BaseException) -> str:
+    """The SSE frame that reports, inside a stream already under way, what went wrong (the server keeps serving)."""
+    return f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
 
 
 def dump_json(obj) -> str:

@@ -175,3 +175,26 @@ def test_ignored_parameters_are_accepted(client):
     r = client.completions.create(model=MODEL, prompt="Hi", max_tokens=1, frequency_penalty=0.5, presence_penalty=0.5,
                                   logit_bias={"15": 1}, user="u", best_of=1)
     assert r.usage.completion_tokens <= 1
+
+
+def test_a_stream_that_fails_midway_says_so_in_the_stream_and_the_server_goes_on(server, client, llm, monkeypatch):
+    import json
+
+    tok = llm.tokenizer
+    real, calls = tok.token_bytes, []
+
+    def failing_on_the_second_token(t):
+        calls.append(t)
+        if len(calls) == 2:
+            raise RuntimeError("token bytes unavailable")
+        return real(t)
+
+    monkeypatch.setattr(tok, "token_bytes", failing_on_the_second_token)
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 6, "stream": True, "temperature": 0}
+    with httpx.stream("POST", server + "/v1/completions", json=body, timeout=60) as r:
+        frames = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    monkeypatch.undo()
+    assert r.status_code == 200 and len(calls) >= 2
+    assert json.loads(frames[-1]) == {"error": {"message": "token bytes unavailable", "type": "server_error",
+                                                "param": None, "code": None}}
+    assert client.completions.create(model=MODEL, prompt="Hello", max_tokens=2).usage.completion_tokens == 2

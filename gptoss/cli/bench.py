@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from gptoss import kernels
-    from gptoss.engine.llm import _auto_dtype, check_device
+    from gptoss.engine.llm import check_device, resolve_dtype
     from gptoss.model import ModelConfig, Transformer
     from gptoss.model.synthetic import random_tensors
 
@@ -259,12 +259,12 @@ def run(args: argparse.Namespace) -> int:
 
         folder = resolve_model_path(args.model)
         config = locate(folder).config
-        dtype = _auto_dtype(args.dtype, device, config.weight_bytes())
+        dtype = resolve_dtype(args.dtype, device, config.weight_bytes())
         model = Transformer.from_checkpoint(folder, device=device, dtype=dtype)
         source = str(folder)
     else:
         config = ModelConfig.preset(args.preset)
-        dtype = _auto_dtype(args.dtype, device, config.weight_bytes())
+        dtype = resolve_dtype(args.dtype, device, config.weight_bytes())
         tensors = random_tensors_on(config, device, dtype, args.seed) if is_cuda else random_tensors(config, args.seed, dtype)
         model = Transformer.from_tensors(config, tensors, device=device, dtype=dtype)
         source = f"random {args.preset}"

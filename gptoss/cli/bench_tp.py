@@ -24,7 +24,7 @@ def run_tensor_parallel(args: argparse.Namespace) -> int:
     from gptoss import kernels
     from gptoss.cli.bench import NOMINAL_GBS, _log, copy_bandwidth_gbs, decode_step_bytes, emit_json, prefill_flops, summary_table
     from gptoss.engine import LLM, SamplingParams
-    from gptoss.engine.llm import _auto_dtype, check_device
+    from gptoss.engine.llm import check_device, resolve_dtype
     from gptoss.errors import GptossError
     from gptoss.model import ModelConfig
 
@@ -43,7 +43,7 @@ def run_tensor_parallel(args: argparse.Namespace) -> int:
         from gptoss.model.synthetic import write_checkpoint
 
         config = ModelConfig.preset(args.preset)
-        dtype = _auto_dtype(args.dtype, device, config.weight_bytes())
+        dtype = resolve_dtype(args.dtype, device, config.weight_bytes())
         tmp = tempfile.TemporaryDirectory(prefix="gptoss-bench-tp-")
         _log(f"writing random {args.preset} weights to {tmp.name} (each rank reads its slices)")
         folder = write_checkpoint(tmp.name, config, layout="original", seed=args.seed,

@@ -299,7 +299,9 @@ def check_device(device: str | torch.device) -> str:
     return str(dev)
 
 
-def _auto_dtype(dtype: torch.dtype | str | None, device: str, weight_bytes: int) -> torch.dtype:
+def resolve_dtype(dtype: torch.dtype | str | None, device: str, weight_bytes: int) -> torch.dtype:
+    """The dtype to load weights in: ``dtype`` when given (a name or a torch dtype; ``GptossError`` for an
+    unknown name), else bf16 on a GPU or for big CPU models and float32 for small CPU ones."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
@@ -369,7 +371,7 @@ class LLM:
             self.model_dir = resolve_model_path(str(model))
             config = locate(self.model_dir, layout).config
             dev = _auto_device(device)
-            dt = _auto_dtype(dtype, dev, config.weight_bytes())
+            dt = resolve_dtype(dtype, dev, config.weight_bytes())
             if tensor_parallel_size < 1:
                 raise GptossError(f"tensor_parallel_size must be at least 1, got {tensor_parallel_size}")
             if tensor_parallel_size > 1 or topology is not None:
@@ -511,7 +513,7 @@ def follow_rank0(model: str | os.PathLike, topology, device: str | None = None, 
 
     folder = resolve_model_path(str(model))
     config = locate(folder, layout).config
-    dt = _auto_dtype(dtype, topology.device, config.weight_bytes())
+    dt = resolve_dtype(dtype, topology.device, config.weight_bytes())
     distributed.init(topology)
     channel = distributed.StepChannel(topology)
     shard_model = distributed.load_shard(folder, topology, dt, layout)

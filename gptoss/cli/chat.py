@@ -21,8 +21,8 @@ import sys
 
 from gptoss.cli.common import DEMO_MAX_TOKENS, DEMO_REASONING_MAX_TOKENS, add_model_args, load_llm
 from gptoss.errors import GptossError
+from gptoss.harmony import EFFORT_NAMES
 
-EFFORTS = ("low", "medium", "high")
 HELP = """commands:
   /reset              start a new conversation (settings are kept)
   /effort LEVEL       reasoning effort: low, medium or high
@@ -36,7 +36,7 @@ Ctrl-C stops the answer being generated."""
 def add_parser(sub) -> None:
     p = sub.add_parser("chat", help="chat with gpt-oss in the terminal", description=__doc__)
     add_model_args(p)
-    p.add_argument("--reasoning-effort", default="medium", choices=EFFORTS,
+    p.add_argument("--reasoning-effort", default="medium", choices=EFFORT_NAMES,
                    help="how much the model reasons before answering: low, medium or high")
     p.add_argument("--developer", default=None, help="developer instructions (the system prompt, in Harmony terms)")
     p.add_argument("--show-reasoning", action="store_true", help="show the analysis channel, dimmed")
@@ -90,8 +90,8 @@ class ChatUI:
             self.session.reset()
             self.say("(new conversation)")
         elif name == "effort":
-            if arg not in EFFORTS:
-                self.say(f"usage: /effort {'|'.join(EFFORTS)} (now {self.session.settings.reasoning_effort})", "yellow")
+            if arg not in EFFORT_NAMES:
+                self.say(f"usage: /effort {'|'.join(EFFORT_NAMES)} (now {self.session.settings.reasoning_effort})", "yellow")
             else:
                 self.session.settings.reasoning_effort = arg
                 self.say(f"(reasoning effort: {arg})")

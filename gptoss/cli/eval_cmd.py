@@ -13,6 +13,8 @@ import argparse
 import os
 import sys
 
+from gptoss.harmony import EFFORT_NAMES
+
 
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
@@ -32,7 +34,7 @@ def add_parser(sub) -> None:
                         f"{','.join(SAFETY_EVALS)} (docs/safety.md)")
     p.add_argument("--guard-policy", default=None,
                    help="the guard eval's policy file (default: the packaged moderation-categories policy)")
-    p.add_argument("--reasoning-effort", dest="efforts", type=_csv, default=["low", "medium", "high"],
+    p.add_argument("--reasoning-effort", dest="efforts", type=_csv, default=list(EFFORT_NAMES),
                    help="comma-separated efforts among low, medium, high (default: all three)")
     p.add_argument("--samples", type=int, default=1, help="attempts per item; scores are pass@1 averaged over them")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
@@ -48,7 +50,7 @@ def add_parser(sub) -> None:
     p.add_argument("--grader-model", default=None, help="HealthBench grader model (default: --model)")
     p.add_argument("--grader-api-key", default=None, help="grader API key (default: --api-key)")
     p.add_argument("--grader-max-tokens", type=int, default=None, help="cap on grader output tokens (default: --max-tokens)")
-    p.add_argument("--grader-reasoning-effort", default=None, choices=["low", "medium", "high"],
+    p.add_argument("--grader-reasoning-effort", default=None, choices=EFFORT_NAMES,
                    help="reasoning effort asked of the grader (default: the grader's)")
     p.add_argument("--grader-retries", type=int, default=2, help="asks again when a grader reply holds no verdict (default 2)")
     p.add_argument("--retries", type=int, default=5, help="retries of a request on connection errors, 429 and 5xx")

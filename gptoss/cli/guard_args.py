@@ -7,6 +7,7 @@ import os
 import sys
 
 from gptoss.errors import GptossError
+from gptoss.harmony import EFFORT_NAMES
 
 CHECKS = ("input", "output", "tools", "reasoning")
 
@@ -20,7 +21,7 @@ def add_guard_args(p: argparse.ArgumentParser) -> None:
                         "served model); with --guard-base-url, the model name at that endpoint")
     g.add_argument("--guard-base-url", default=None, help="an OpenAI-compatible endpoint running the guard model instead")
     g.add_argument("--guard-api-key", default=None, help="API key of --guard-base-url (default: $GPTOSS_GUARD_API_KEY)")
-    g.add_argument("--guard-effort", default="low", choices=["low", "medium", "high"], help="the guard's reasoning effort")
+    g.add_argument("--guard-effort", default="low", choices=EFFORT_NAMES, help="the guard's reasoning effort")
     g.add_argument("--guard-checks", default="input,output",
                    help=f"what the guard checks, comma-separated among {', '.join(CHECKS)} (default: input,output)")
     g.add_argument("--guard-stream", default="end", choices=["end", "chunks"],

@@ -18,6 +18,7 @@ from typing import Any
 from gptoss.conversation.turn import TurnPrompt
 from gptoss.errors import GptossError
 from gptoss.harmony import (
+    DEFAULT_KNOWLEDGE_CUTOFF,
     Author,
     DeveloperContent,
     Message,
@@ -41,7 +42,7 @@ class ConversationError(GptossError):
 class ServerPersona:
     """What the server puts in every Harmony system message."""
 
-    knowledge_cutoff: str = "2024-06"
+    knowledge_cutoff: str = DEFAULT_KNOWLEDGE_CUTOFF
     default_effort: str = "medium"
     model_identity: str | None = None
     reasoning_max_tokens: int | None = None

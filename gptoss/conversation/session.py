@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from gptoss.engine import LLM, SamplingParams
 from gptoss.harmony import (
+    DEFAULT_KNOWLEDGE_CUTOFF,
     Conversation,
     DeveloperContent,
     Message,
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 class ChatSettings:
     reasoning_effort: str = "medium"
     developer: str | None = None
-    knowledge_cutoff: str = "2024-06"
+    knowledge_cutoff: str = DEFAULT_KNOWLEDGE_CUTOFF
     conversation_date: str | None = field(default_factory=lambda: datetime.date.today().isoformat())
     max_tokens: int = 2048
     temperature: float = 1.0

@@ -28,8 +28,9 @@ from gptoss.eval.datasets import ALL_EVALS, EVALS, SAFETY_EVALS, Dataset, load_e
 from gptoss.eval.extract import extract_choice, extract_integer
 from gptoss.eval.grading import RubricGrader, grade_exact
 from gptoss.eval.prompts import build_prompt
+from gptoss.harmony import EFFORT_NAMES
 
-EFFORTS = ("low", "medium", "high")
+EFFORTS = EFFORT_NAMES
 ATTEMPTS_FILE = "attempts.jsonl"
 RUN_FILE = "run.json"
 # Settings that change results: a resumed run must use the same ones.

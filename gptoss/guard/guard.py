@@ -18,6 +18,7 @@ from gptoss.guard.audit import AuditLog, AuditRecord
 from gptoss.guard.backends import EndpointGuard, GuardBackend, LocalGuard
 from gptoss.guard.policy import Policy
 from gptoss.guard.verdict import Verdict, VerdictError, parse_verdict
+from gptoss.harmony import EFFORT_NAMES
 
 STAGES = ("input", "output", "tool", "reasoning", "moderation")
 STREAM_MODES = ("end", "chunks")
@@ -54,7 +55,7 @@ class GuardSettings:
             raise GptossError(f"--guard-chunk-chars: expected a positive number, found {self.chunk_chars}")
         if self.on_error not in ("block", "allow"):
             raise GptossError(f"--guard-on-error: expected block or allow, found {self.on_error!r}")
-        if self.effort not in ("low", "medium", "high"):
+        if self.effort not in EFFORT_NAMES:
             raise GptossError(f"--guard-effort: expected low, medium or high, found {self.effort!r}")
 
 

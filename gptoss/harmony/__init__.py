@@ -43,7 +43,10 @@ from gptoss.harmony.render import (
 from gptoss.harmony.schema_ts import json_schema_to_typescript, render_tools_section
 from gptoss.harmony.system import (
     ChannelConfig,
+    DEFAULT_KNOWLEDGE_CUTOFF,
+    EFFORT_NAMES,
     DeveloperContent,
+    EffortName,
     ReasoningEffort,
     SystemContent,
     ToolDescription,
@@ -51,6 +54,9 @@ from gptoss.harmony.system import (
 )
 
 __all__ = [
+    "DEFAULT_KNOWLEDGE_CUTOFF",
+    "EFFORT_NAMES",
+    "EffortName",
     "Author",
     "ChannelConfig",
     "Content",

@@ -10,7 +10,7 @@ import copy
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Literal, Mapping
 
 from gptoss.harmony.errors import HarmonyError
 
@@ -35,6 +35,12 @@ class ReasoningEffort(str, Enum):
             if isinstance(value, str) and value.lower() == member.value.lower():
                 return member
         raise HarmonyError(f"reasoning_effort: expected one of Low, Medium, High, found {value!r}")
+
+
+# The efforts as the OpenAI APIs and the CLI spell them, in order of effort; ``EffortName`` is their type in
+# request schemas (a pydantic Literal, so a bad value is refused naming the three).
+EFFORT_NAMES: tuple[str, ...] = tuple(e.value.lower() for e in ReasoningEffort)
+EffortName = Literal[EFFORT_NAMES]  # type: ignore[valid-type]
 
 
 @dataclass

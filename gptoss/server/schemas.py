@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gptoss.harmony import EffortName
+
 # OpenAI's ranges for the sampling parameters; anything outside is a 400 naming the field, before any work.
 SEED = Field(default=None, ge=-(2**63), le=2**63 - 1)  # a signed 64-bit integer
 PENALTY = Field(default=None, ge=-2.0, le=2.0)
@@ -58,7 +60,7 @@ class ChatCompletionRequest(_Lenient):
     messages: list[ChatMessageIn] = Field(min_length=1)
     tools: list[ToolIn] | None = None
     tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
-    reasoning_effort: Literal["low", "medium", "high"] | None = None
+    reasoning_effort: EffortName | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
@@ -89,7 +91,7 @@ class ResponseToolIn(BaseModel):
 
 
 class ReasoningIn(_Lenient):
-    effort: Literal["low", "medium", "high"] | None = None
+    effort: EffortName | None = None
     summary: str | None = None
 
 
@@ -98,7 +100,7 @@ class ResponsesRequest(_Lenient):
     input: str | list[Any]  # items are checked one by one (conversation/openai_responses.py), naming the bad one
     instructions: str | None = None
     reasoning: ReasoningIn | None = None
-    reasoning_effort: Literal["low", "medium", "high"] | None = None  # as the reference gpt-oss server accepts it
+    reasoning_effort: EffortName | None = None  # as the reference gpt-oss server accepts it
     tools: list[ResponseToolIn] | None = None
     tool_choice: str | dict[str, Any] | None = None
     max_output_tokens: int | None = Field(default=None, ge=1)

@@ -8,10 +8,11 @@ guard's latency in milliseconds, and an error message when the guard could not d
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+
+from gptoss.storage import open_sqlite
 
 SCHEMA_VERSION = 1
 
@@ -30,9 +31,9 @@ CREATE TABLE IF NOT EXISTS decisions (
     action         TEXT NOT NULL,    -- allow | flag | block | error
     latency_ms     REAL NOT NULL,
     error          TEXT
-)
+);
+CREATE INDEX IF NOT EXISTS decisions_request ON decisions (request_id);
 """
-_INDEX = "CREATE INDEX IF NOT EXISTS decisions_request ON decisions (request_id)"
 
 
 @dataclass
@@ -57,21 +58,8 @@ class AuditLog:
 
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = None if path is None else os.fspath(path)
-        if self.path is not None:
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path or ":memory:", check_same_thread=False, isolation_level=None)
-        with self._lock:
-            if self.path is not None:
-                self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(f"the audit log {self.path} was written by a newer gptoss (schema {version}; "
-                                   f"this one reads up to {SCHEMA_VERSION})")
-            self._db.execute(_SCHEMA)
-            self._db.execute(_INDEX)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._db = open_sqlite(self.path, "audit log", _SCHEMA, SCHEMA_VERSION)
 
     def write(self, r: AuditRecord) -> None:
         row = (r.time or time.time(), r.request_id, r.endpoint, r.stage, r.policy, r.policy_version,

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from gptoss.storage import open_sqlite
 
 SCHEMA_VERSION = 1
 
@@ -58,22 +59,8 @@ class ResponseStore:
         self.path = None if path is None else os.fspath(path)
         self.ttl = ttl or None  # seconds a response is kept (None or 0: forever)
         self._next_purge = 0.0
-        if self.path is not None:
-            parent = os.path.dirname(os.path.abspath(self.path))
-            os.makedirs(parent, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path or ":memory:", check_same_thread=False, isolation_level=None)
-        with self._lock:
-            if self.path is not None:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(f"the response store {self.path} was written by a newer gptoss "
-                                   f"(schema {version}; this one reads up to {SCHEMA_VERSION})")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._db = open_sqlite(self.path, "response store", _SCHEMA, SCHEMA_VERSION, durable=False)
 
     def claim(self, response_id: str, owner: str) -> None:
         """Record who created ``response_id`` (before anything of it is stored)."""

@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         raise GptossError(f"--store-ttl: expected seconds >= 0, found {args.store_ttl}")
     api_keys = []
     if args.api_keys_file:
-        from gptoss.server.app import read_api_keys
+        from gptoss.server.state import read_api_keys
 
         api_keys = read_api_keys(args.api_keys_file)
     if args.device:

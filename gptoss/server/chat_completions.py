@@ -22,7 +22,7 @@ from gptoss.conversation.openai_chat import chat_prompt, function_tools, turn_gr
 from gptoss.engine.guided import GrammarConstraint
 from gptoss.engine.sampling import SamplingParams, offset_seed
 from gptoss.harmony import stop_tokens_for_assistant_actions
-from gptoss.server.app import cache_salt, message_texts
+from gptoss.server.state import cache_salt, message_texts
 from gptoss.server.errors import APIError
 from gptoss.server.generation import stream_error, Completion, cancel_on_disconnect, dump, dump_json, observe, run_completion
 from gptoss.server.guarding import ChatGuard, chat_blocked

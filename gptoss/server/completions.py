@@ -27,7 +27,7 @@ from openai.types.completion_usage import CompletionUsage, PromptTokensDetails
 from starlette.concurrency import run_in_threadpool
 
 from gptoss.engine.sampling import SamplingParams, TokenLogprobs, offset_seed
-from gptoss.server.app import cache_salt
+from gptoss.server.state import cache_salt
 from gptoss.server.errors import APIError
 from gptoss.server.generation import stream_error, StopStrings, cancel_on_disconnect
 from gptoss.server.guarding import check_inputs, hidden_reasoning

@@ -118,7 +118,7 @@ from gptoss.conversation.turn import TurnPrompt
 from gptoss.engine.guided import GrammarConstraint
 from gptoss.engine.sampling import SamplingParams, offset_seed
 from gptoss.harmony import Message, stop_tokens_for_assistant_actions
-from gptoss.server.app import cache_salt, key_owner, message_texts
+from gptoss.server.state import cache_salt, key_owner, message_texts
 from gptoss.server.errors import APIError
 from gptoss.server.generation import cancel_on_disconnect, dump, dump_json, observe, run_completion
 from gptoss.server.guarding import guard_response_events, guard_tool_messages, hidden_reasoning

@@ -1,4 +1,4 @@
-"""Attacks on the HTTP server (issue 11): one client's request never fails another's, the event loop
+"""Attacks on the HTTP server: one client's request never fails another's, the event loop
 stays free while requests are tokenized, every route that computes or reveals data wants the key, slow
 clients are dropped, stored responses belong to the key that made them. docs/security.md lists each test."""
 
@@ -60,7 +60,7 @@ def test_out_of_range_sampling_parameter_is_a_400_naming_it(server, path, make, 
 
 @pytest.mark.parametrize("path,make", [(CHAT, chat), (RESP, resp)], ids=["chat", "responses"])
 def test_a_bad_seed_among_four_innocent_streams_fails_alone(server, path, make):
-    """Issue 11's reproduction: seed 2**64 next to four streams. It used to fail all of them."""
+    """Seed 2**64 (outside what a generator takes) next to four streams: only its own request fails."""
 
     async def innocent(client, i):
         body = chat(max_tokens=12, seed=i, stream=True) if path == CHAT else resp(max_output_tokens=12, seed=i, stream=True)
@@ -263,7 +263,7 @@ def test_slow_headers_and_a_slow_body_are_dropped_while_others_are_served(tiny_l
 def test_a_stored_response_belongs_to_the_key_that_created_it(tiny_llm, tmp_path):
     keys = tmp_path / "keys"
     keys.write_text("# one key a line\nalice-key\n\n  bob-key  \n")
-    from gptoss.server.app import read_api_keys
+    from gptoss.server.state import read_api_keys
 
     assert read_api_keys(str(keys)) == ["alice-key", "bob-key"]
     alice, bob = ({"authorization": f"Bearer {k}-key"} for k in ("alice", "bob"))
@@ -304,7 +304,7 @@ def test_stored_responses_expire(tmp_path, monkeypatch):
 
 def test_an_unreadable_or_empty_keys_file_is_one_line(tmp_path):
     from gptoss.errors import GptossError
-    from gptoss.server.app import read_api_keys
+    from gptoss.server.state import read_api_keys
 
     (tmp_path / "empty").write_text("# nothing\n\n")
     with pytest.raises(GptossError, match="no keys in it"):

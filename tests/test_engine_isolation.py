@@ -1,5 +1,5 @@
 """One request whose processing raises fails alone: the others in its batch go on, token for token as if
-it had never been there (issue 11: an out-of-range seed used to fail every running request)."""
+it had never been there (an out-of-range seed, say, must not fail the rest of the batch)."""
 
 import asyncio
 

@@ -449,9 +449,10 @@ class LLM:
             self.engine.abort(seq.request_id)
 
 
-def follow_rank0(model: str | os.PathLike, topology, device: str | None = None, dtype: torch.dtype | str | None = None,
-                 max_batch: int = 8, max_model_len: int | None = None, layout: str = "auto", kv_cache: str = "auto",
-                 kv_cache_tokens: int | None = None, prefix_caching: bool = True) -> None:
+def follow_rank0(model: str | os.PathLike, topology, device: str | None = None,
+                 dtype: torch.dtype | str | None = None, max_batch: int = 8, max_model_len: int | None = None,
+                 layout: str = "auto", kv_cache: str = "auto", kv_cache_tokens: int | None = None,
+                 prefix_caching: bool = True) -> None:
     """A rank other than 0 of a tensor parallel group started by ``torchrun``: load this rank's shard and run
     the steps rank 0 sends until it stops (:func:`gptoss.engine.ranks.follow`). Give it the same settings as
     rank 0's :class:`LLM`."""

@@ -114,14 +114,15 @@ def add_tensor_parallel_args(parser: argparse.ArgumentParser) -> None:
 
 def tensor_parallel_kwargs(args: argparse.Namespace) -> dict:
     """LLM arguments for --tensor-parallel, or for this process's place in a torchrun group (rank 0)."""
-    from gptoss.engine import distributed
+    from gptoss.engine.distributed import DEFAULT_TIMEOUT_S
+    from gptoss.engine.ranks import from_environment
     from gptoss.errors import GptossError
 
     size = getattr(args, "tensor_parallel", 1) or 1
     timeout = getattr(args, "distributed_timeout", None)
     if timeout is not None and timeout <= 0:
         raise GptossError(f"--distributed-timeout: expected a positive number of seconds, found {timeout}")
-    topology = distributed.from_environment(args.device, timeout or distributed.DEFAULT_TIMEOUT_S)
+    topology = from_environment(args.device, timeout or DEFAULT_TIMEOUT_S)
     if topology is not None:
         return {"topology": topology, "distributed_timeout": timeout}
     if size < 1:
@@ -131,11 +132,11 @@ def tensor_parallel_kwargs(args: argparse.Namespace) -> dict:
 
 def follow_if_not_rank0(args: argparse.Namespace, max_batch: int = 8) -> bool:
     """Under torchrun, a rank other than 0 follows rank 0's steps here (until it stops) and returns True."""
-    from gptoss.engine import distributed
+    from gptoss.engine.distributed import DEFAULT_TIMEOUT_S
     from gptoss.engine.llm import follow_rank0
+    from gptoss.engine.ranks import from_environment
 
-    topology = distributed.from_environment(args.device, getattr(args, "distributed_timeout", None)
-                                            or distributed.DEFAULT_TIMEOUT_S)
+    topology = from_environment(args.device, getattr(args, "distributed_timeout", None) or DEFAULT_TIMEOUT_S)
     if topology is None or topology.rank == 0:
         return False
     follow_rank0(resolve_model_arg(args.model), topology, dtype=args.dtype, max_batch=max_batch,

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import atexit
 import codecs
 import logging
 import os
@@ -15,8 +16,9 @@ from typing import Iterator
 
 import torch
 
+from gptoss.engine import ranks
 from gptoss.engine.distributed import RankFailed
-from gptoss.engine.model_runner import ModelRunner
+from gptoss.engine.model_runner import ModelRunner, runner_kwargs
 from gptoss.engine.sampling import SamplingParams, TokenLogprobs, sample
 from gptoss.engine.scheduler import Scheduler
 from gptoss.engine.sequence import Sequence
@@ -58,11 +60,11 @@ class LLMEngine:
         (prompt and output) in full blocks, reused by any later request that starts with the same tokens
         under the same cache salt. ``channel``: rank 0's :class:`~gptoss.engine.distributed.StepChannel`
         when ``model`` is one shard of a tensor parallel model (the other ranks build their runner from
-        :meth:`runner_kwargs`)."""
+        :func:`~gptoss.engine.ranks.group_runner_kwargs`)."""
         self.model = model
         self.max_model_len = min(max_model_len or model.config.max_position_embeddings,
                                  model.config.max_position_embeddings)
-        self.runner = ModelRunner(model, channel=channel, **self.runner_kwargs(
+        self.runner = ModelRunner(model, channel=channel, **runner_kwargs(
             max_batch, self.max_model_len, max_prefill_tokens, kv_cache, kv_cache_tokens, cuda_graphs,
             prefix_caching))
         self.scheduler = Scheduler(max_batch, max_prefill_tokens, blocks=self.runner.blocks)
@@ -74,15 +76,6 @@ class LLMEngine:
         # Requests whose processing raised, each failed alone (finish_reason "error", ``seq.error``) while
         # the rest of the batch goes on; the async engine drains this list after each step.
         self.failures: list[Sequence] = []
-
-    @staticmethod
-    def runner_kwargs(max_batch: int = 8, max_model_len: int = 4096, max_prefill_tokens: int = 2048,
-                      kv_cache: str = "auto", kv_cache_tokens: int | None = None, cuda_graphs: bool | None = None,
-                      prefix_caching: bool = True) -> dict:
-        """The :class:`ModelRunner` of an engine so configured (every tensor parallel rank builds the same)."""
-        return dict(max_batch=max_batch, max_model_len=max_model_len, kv_cache=kv_cache,
-                    kv_cache_tokens=kv_cache_tokens, max_step_tokens=max_prefill_tokens, cuda_graphs=cuda_graphs,
-                    decode_batch=max_batch, prefix_caching=prefix_caching)
 
     @property
     def prefix_hit_rate(self) -> float:
@@ -339,7 +332,7 @@ class LLM:
         """``tensor_parallel_size``: shard the model over that many local ranks (processes spawned here, this
         one being rank 0: attention by heads, experts across ranks, vocabulary split; gloo on the CPU, NCCL
         on GPUs). ``topology``: this process's place in a group started elsewhere (``torchrun``: see
-        :func:`gptoss.engine.distributed.from_environment`); it must be rank 0, the others run
+        :func:`gptoss.engine.ranks.from_environment`); it must be rank 0, the others run
         :func:`follow_rank0`. ``distributed_timeout``: seconds any collective may wait. ``max_model_len``:
         default the model's own context (131,072 for gpt-oss). ``kv_cache_tokens``: positions the KV cache
         holds, shared by all sequences (default: from free memory). ``prefix_caching``: reuse the KV of
@@ -349,82 +342,36 @@ class LLM:
         base model, a path or ``NAME=PATH`` (or a list of them, or ``{name: path}``); a request picks one by
         name with ``SamplingParams(lora=name)``. A single adapter given alone is also the default of
         :meth:`generate` and :meth:`stream`."""
-        from gptoss.engine import distributed
-
         from gptoss.model.lora import parse_specs
 
         lora_specs = parse_specs(lora)
-        if lora_specs and (tensor_parallel_size > 1 or topology is not None):
+        sharded = tensor_parallel_size > 1 or topology is not None
+        if lora_specs and sharded:
             raise GptossError("LoRA adapters are not supported under tensor parallelism")
+        engine = dict(max_batch=max_batch, max_model_len=max_model_len, kv_cache=kv_cache,
+                      kv_cache_tokens=kv_cache_tokens, prefix_caching=prefix_caching)
         self.channel = None
-        self.workers: list = []  # the local ranks this process spawned (tensor parallel)
-        channel_kwargs = {}
         if isinstance(model, Transformer):
-            if tensor_parallel_size > 1 or topology is not None:
+            if sharded:
                 raise GptossError("tensor parallelism needs a checkpoint path, not a built Transformer")
-            self.model = model
-            self.model_dir = None
+            self.model, self.model_dir = model, None
         else:
-            from gptoss.model.checkpoint import locate
-            from gptoss.model.hub import resolve_model_path
-
-            self.model_dir = resolve_model_path(str(model))
-            config = locate(self.model_dir, layout).config
+            self.model_dir, config = _checkpoint(model, layout)
             dev = _auto_device(device)
             dt = resolve_dtype(dtype, dev, config.weight_bytes())
             if tensor_parallel_size < 1:
                 raise GptossError(f"tensor_parallel_size must be at least 1, got {tensor_parallel_size}")
-            if tensor_parallel_size > 1 or topology is not None:
-                from gptoss.model.parallel import Shard
-
-                world = topology.world if topology is not None else tensor_parallel_size
-                Shard(0, world).check(config)  # before any process starts
-                timeout = distributed_timeout or distributed.DEFAULT_TIMEOUT_S
-                context = min(max_model_len or config.max_position_embeddings, config.max_position_embeddings)
-                if kv_cache_tokens is None and topology is not None:  # torchrun: as follow_rank0 decides it
-                    kv_cache_tokens = max_batch * context
-                elif kv_cache_tokens is None:  # decided here once, so that every rank's pool is the same
-                    from gptoss.engine.model_runner import default_kv_tokens
-
-                    kv_cache_tokens = default_kv_tokens(config, dt, torch.device(dev), config.weight_bytes(),
-                                                        max_batch, context)
-                runner_kwargs = LLMEngine.runner_kwargs(max_batch, context, kv_cache=kv_cache,
-                                                        kv_cache_tokens=kv_cache_tokens, prefix_caching=prefix_caching)
-                procs = []
-                if topology is None:
-                    threads = None if dev.startswith("cuda") else max(1, torch.get_num_threads() // world)
-                    topology, procs = distributed.spawn_workers(world, dev, str(self.model_dir), dt, layout,
-                                                                runner_kwargs, timeout, threads)
-                    if threads:
-                        torch.set_num_threads(threads)
-                if topology.rank != 0:
-                    raise GptossError(f"LLM runs on rank 0; rank {topology.rank} runs follow_rank0()")
-                try:
-                    distributed.init(topology)
-                    self.channel = distributed.StepChannel(topology)
-                    self.channel.workers = self.workers = procs
-                    self.model = distributed.load_shard(self.model_dir, topology, dt, layout)
-                    self.channel.ready()
-                except BaseException:
-                    for proc in procs:
-                        proc.kill()
-                    raise
-                import atexit
-
+            if sharded:
+                self.model, self.channel, engine["kv_cache_tokens"] = ranks.start_rank0(
+                    self.model_dir, config, dev, dt, layout, engine, topology, tensor_parallel_size,
+                    distributed_timeout)
                 atexit.register(self.close)
-                channel_kwargs = {"channel": self.channel}
             else:
                 self.model = Transformer.from_checkpoint(self.model_dir, device=dev, dtype=dt, layout=layout,
                                                          progress=progress, quantize=quantize)
-        self.default_lora = None
-        if lora_specs:
-            from gptoss.model.lora import LoraSet
-
-            added = LoraSet.of(self.model).add_all(lora_specs)
-            if len(added) == 1 and not isinstance(lora, (dict, list, tuple)):
-                self.default_lora = added[0].name
-        self.engine = LLMEngine(self.model, max_batch=max_batch, max_model_len=max_model_len, kv_cache=kv_cache,
-                                kv_cache_tokens=kv_cache_tokens, prefix_caching=prefix_caching, **channel_kwargs)
+        self.workers = self.channel.workers if self.channel is not None else []  # the local ranks spawned here
+        self.default_lora = _add_adapters(self.model, lora, lora_specs)
+        self.engine = LLMEngine(self.model, channel=self.channel, **engine)
         self.max_model_len = self.engine.max_model_len
         self._tokenizer = tokenizer
 
@@ -502,25 +449,36 @@ class LLM:
             self.engine.abort(seq.request_id)
 
 
-def follow_rank0(model: str | os.PathLike, topology, device: str | None = None, dtype: torch.dtype | str | None = None,
-                 max_batch: int = 8, max_model_len: int | None = None, layout: str = "auto", kv_cache: str = "auto",
-                 kv_cache_tokens: int | None = None, prefix_caching: bool = True) -> None:
+def follow_rank0(model: str | os.PathLike, topology, device: str | None = None,
+                 dtype: torch.dtype | str | None = None, max_batch: int = 8, max_model_len: int | None = None,
+                 layout: str = "auto", kv_cache: str = "auto", kv_cache_tokens: int | None = None,
+                 prefix_caching: bool = True) -> None:
     """A rank other than 0 of a tensor parallel group started by ``torchrun``: load this rank's shard and run
-    the steps rank 0 sends until it stops. Give it the same settings as rank 0's :class:`LLM`."""
-    from gptoss.engine import distributed
+    the steps rank 0 sends until it stops (:func:`gptoss.engine.ranks.follow`). Give it the same settings as
+    rank 0's :class:`LLM`."""
+    folder, config = _checkpoint(model, layout)
+    dt = resolve_dtype(dtype, topology.device, config.weight_bytes())
+    runner = ranks.group_runner_kwargs(config, max_batch, max_model_len, kv_cache,
+                                       kv_cache_tokens or None,  # 0 too: max_batch full contexts
+                                       prefix_caching)
+    ranks.follow(topology, folder, dt, layout, runner)
+
+
+def _checkpoint(model: str | os.PathLike, layout: str):
+    """The local folder of ``model`` (a folder or a hub id) and its config."""
     from gptoss.model.checkpoint import locate
     from gptoss.model.hub import resolve_model_path
 
     folder = resolve_model_path(str(model))
-    config = locate(folder, layout).config
-    dt = resolve_dtype(dtype, topology.device, config.weight_bytes())
-    distributed.init(topology)
-    channel = distributed.StepChannel(topology)
-    shard_model = distributed.load_shard(folder, topology, dt, layout)
-    context = min(max_model_len or config.max_position_embeddings, config.max_position_embeddings)
-    runner = ModelRunner(shard_model, **LLMEngine.runner_kwargs(
-        max_batch, context, kv_cache=kv_cache, kv_cache_tokens=kv_cache_tokens or max_batch * context,
-        prefix_caching=prefix_caching))
-    channel.ready()
-    distributed.worker_loop(runner, channel)
-    channel.close()
+    return folder, locate(folder, layout).config
+
+
+def _add_adapters(model: Transformer, lora, specs: list) -> str | None:
+    """Load the LoRA adapters of ``specs`` beside ``model``; returns the default adapter of :meth:`LLM.generate`
+    (a single adapter given alone), or None."""
+    if not specs:
+        return None
+    from gptoss.model.lora import LoraSet
+
+    added = LoraSet.of(model).add_all(specs)
+    return added[0].name if len(added) == 1 and not isinstance(lora, (dict, list, tuple)) else None

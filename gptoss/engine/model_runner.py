@@ -8,15 +8,29 @@ arrive from one pool that all sequences share, full blocks kept after their sequ
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
-from gptoss.engine.distributed import MirroredCache, StepPlan
+from gptoss.engine.distributed import MirroredCache
 from gptoss.engine.sequence import Sequence
 from gptoss.errors import GptossError
 from gptoss.model.paged_cache import PagedKVCache
 from gptoss.model.transformer import Transformer
 
 BLOCK_SIZE = 16
+
+
+@dataclass
+class StepPlan:
+    """One model step: new ``tokens`` of sequences in cache ``slots`` at ``starts`` (under tensor parallelism,
+    rank 0 decides it and sends it to the other ranks)."""
+
+    tokens: list[int]
+    slots: list[int]
+    starts: list[int]
+    lens: list[int]
+    full: list[bool] = field(default_factory=list)  # per sequence: logits of every new token, not only the last
 
 
 def check_cache_kind(kind: str) -> None:
@@ -60,6 +74,16 @@ def _cpu_budget(weight_bytes: int) -> float | None:
         return min(info["MemAvailable"] * 0.7, info["MemTotal"] - weight_bytes - 2 * 2**30)
     except (OSError, KeyError, ValueError):
         return None
+
+
+def runner_kwargs(max_batch: int = 8, max_model_len: int = 4096, max_prefill_tokens: int = 2048,
+                  kv_cache: str = "auto", kv_cache_tokens: int | None = None, cuda_graphs: bool | None = None,
+                  prefix_caching: bool = True) -> dict:
+    """The :class:`ModelRunner` arguments of an :class:`~gptoss.engine.llm.LLMEngine` so configured (every
+    tensor parallel rank builds the same runner)."""
+    return dict(max_batch=max_batch, max_model_len=max_model_len, kv_cache=kv_cache, kv_cache_tokens=kv_cache_tokens,
+                max_step_tokens=max_prefill_tokens, cuda_graphs=cuda_graphs, decode_batch=max_batch,
+                prefix_caching=prefix_caching)
 
 
 class ModelRunner:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gptoss.cli import bench_compare
+from gptoss.bench import compare
 from gptoss.errors import GptossError
 from gptoss.model import ModelConfig
 from gptoss.model.synthetic import write_checkpoint
@@ -27,14 +27,14 @@ def _args(ckpt, **kw):
 
 
 def test_compare_without_llama_cpp_reports_why_and_still_times_gptoss(ckpt, monkeypatch):
-    monkeypatch.setattr(bench_compare, "llama_cpp_version", lambda: None)
-    monkeypatch.setattr(bench_compare, "mem_available_bytes", lambda: 2**20)  # no room for transformers' copy
-    out = json.loads(json.dumps(bench_compare.run_compare(_args(ckpt), ["gptoss", "llama.cpp", "transformers"])))
-    assert out["engines"]["llama.cpp"] == {"skipped": bench_compare.NO_LLAMA_CPP}
+    monkeypatch.setattr(compare, "llama_cpp_version", lambda: None)
+    monkeypatch.setattr(compare, "mem_available_bytes", lambda: 2**20)  # no room for transformers' copy
+    out = json.loads(json.dumps(compare.run_compare(_args(ckpt), ["gptoss", "llama.cpp", "transformers"])))
+    assert out["engines"]["llama.cpp"] == {"skipped": compare.NO_LLAMA_CPP}
     [skip] = out["engines"]["transformers"]["rounds"]
     assert skip["error"].startswith("skipped: needs ~") and skip["error"].endswith("GiB for its dequantized copy, 0.0 GiB available")
     assert "prefill_tok_s" not in out["engines"]["transformers"]
-    assert "pip install llama-cpp-python" in bench_compare.NO_LLAMA_CPP
+    assert "pip install llama-cpp-python" in compare.NO_LLAMA_CPP
     ours = out["engines"]["gptoss"]
     assert [r["round"] for r in ours["rounds"]] == [1] and "error" not in ours["rounds"][0], ours["rounds"]
     assert ours["prefill_tokens"] == 20 and ours["prefill_tok_s"]["min"] > 0
@@ -48,28 +48,28 @@ def test_compare_without_llama_cpp_reports_why_and_still_times_gptoss(ckpt, monk
 
 
 def test_gguf_and_converter_are_found_or_named(ckpt, tmp_path, monkeypatch):
-    monkeypatch.delenv(bench_compare.CONVERTER_ENV, raising=False)
-    assert bench_compare.find_gguf(ckpt, None, None) == (None, bench_compare.NO_CONVERTER)
-    assert "--llama-cpp-converter" in bench_compare.NO_CONVERTER and bench_compare.CONVERTER_ENV in bench_compare.NO_CONVERTER
-    path, why = bench_compare.find_gguf(ckpt, str(tmp_path / "none.gguf"), None)
+    monkeypatch.delenv(compare.CONVERTER_ENV, raising=False)
+    assert compare.find_gguf(ckpt, None, None) == (None, compare.NO_CONVERTER)
+    assert "--llama-cpp-converter" in compare.NO_CONVERTER and compare.CONVERTER_ENV in compare.NO_CONVERTER
+    path, why = compare.find_gguf(ckpt, str(tmp_path / "none.gguf"), None)
     assert path is None and why == f"--gguf {tmp_path / 'none.gguf'}: file not found"
-    monkeypatch.setenv(bench_compare.CONVERTER_ENV, str(tmp_path / "llama.cpp"))
-    path, why = bench_compare.find_gguf(ckpt, None, None)
+    monkeypatch.setenv(compare.CONVERTER_ENV, str(tmp_path / "llama.cpp"))
+    path, why = compare.find_gguf(ckpt, None, None)
     assert path is None and "not found (expected convert_hf_to_gguf.py)" in why
     broken = tmp_path / "convert_hf_to_gguf.py"  # a converter that fails: its last line of stderr is reported
     broken.write_text("import sys\nsys.exit('cannot convert this')\n")
-    path, why = bench_compare.find_gguf(ckpt, None, str(broken))
+    path, why = compare.find_gguf(ckpt, None, str(broken))
     assert path is None and why.endswith("cannot convert this") and not (ckpt.parent / "tiny.gguf").exists()
     made = ckpt.parent / "tiny.gguf"  # an existing GGUF beside the checkpoint, newer than it, is reused
     made.write_bytes(b"GGUF")
-    assert bench_compare.find_gguf(ckpt, None, None) == (made, None)
+    assert compare.find_gguf(ckpt, None, None) == (made, None)
     made.unlink()
 
 
 def test_compare_flags_fail_with_one_line(ckpt):
     with pytest.raises(GptossError, match="--compare: unknown engine ollama"):
-        bench_compare.parse_engines("llama.cpp,ollama")
-    assert bench_compare.parse_engines("transformers,llama.cpp") == ["gptoss", "llama.cpp", "transformers"]
+        compare.parse_engines("llama.cpp,ollama")
+    assert compare.parse_engines("transformers,llama.cpp") == ["gptoss", "llama.cpp", "transformers"]
     proc = gptoss("bench", "--compare", "llama.cpp", "--device", "cpu", check=False)
     assert proc.returncode == 1 and "--compare needs --model CHECKPOINT" in proc.stderr
     proc = gptoss("bench", "--compare", "llama.cpp", "--model", str(ckpt), "--rounds", "0", check=False)

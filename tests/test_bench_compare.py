@@ -32,7 +32,8 @@ def test_compare_without_llama_cpp_reports_why_and_still_times_gptoss(ckpt, monk
     out = json.loads(json.dumps(compare.run_compare(_args(ckpt), ["gptoss", "llama.cpp", "transformers"])))
     assert out["engines"]["llama.cpp"] == {"skipped": compare.NO_LLAMA_CPP}
     [skip] = out["engines"]["transformers"]["rounds"]
-    assert skip["error"].startswith("skipped: needs ~") and skip["error"].endswith("GiB for its dequantized copy, 0.0 GiB available")
+    assert skip["error"].startswith("skipped: needs ~")
+    assert skip["error"].endswith("GiB for its dequantized copy, 0.0 GiB available")
     assert "prefill_tok_s" not in out["engines"]["transformers"]
     assert "pip install llama-cpp-python" in compare.NO_LLAMA_CPP
     ours = out["engines"]["gptoss"]

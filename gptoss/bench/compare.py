@@ -129,7 +129,7 @@ def transformers_memory_bytes(config) -> int:
     from gptoss.model.checkpoint import canonical_shapes
 
     total = 0
-    for name, (shape, kind) in canonical_shapes(config).items():
+    for name, (shape, _kind) in canonical_shapes(config).items():
         n = 1
         for s in shape:
             n *= s

@@ -23,6 +23,7 @@ from gptoss.bench.memory import copy_bandwidth_gbs, rss_bytes
 from gptoss.engine import check_device, resolve_dtype
 from gptoss.model import ModelConfig, Transformer
 from gptoss.model.paged_cache import PagedKVCache
+from gptoss.model.synthetic import random_tensors
 
 KV_CACHE = "paged"  # the one cache layout, on every device
 
@@ -127,8 +128,6 @@ def load(args: argparse.Namespace, device: str) -> Loaded:
         model = Transformer.from_checkpoint(folder, device=device, dtype=dtype)
         source = str(folder)
     else:
-        from gptoss.model.synthetic import random_tensors
-
         config = ModelConfig.preset(args.preset)
         dtype = resolve_dtype(args.dtype, device, config.weight_bytes())
         tensors = (random_tensors_on(config, device, dtype, args.seed) if is_cuda

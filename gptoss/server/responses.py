@@ -447,34 +447,24 @@ class _Totals:
     cached_tokens: int = 0  # of input_tokens, found in the prefix cache
 
 
-async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[BaseModel]:
-    """The SDK-typed events of one response, ending with completed / incomplete / failed."""
-    seq = turn.seq
-    yield ResponseCreatedEvent(type="response.created", sequence_number=next(seq),
-                               response=turn.response("in_progress", []))
-    yield ResponseInProgressEvent(type="response.in_progress", sequence_number=next(seq),
-                                  response=turn.response("in_progress", []))
-    tok = state.tokenizer
-    items: list[OutputItem] = []
-    totals = _Totals()
-    toolbox = None
-    if turn.toolbox is not None or turn.mcp:  # built-in tools: fresh ones for this response
-        toolbox = Toolbox([turn.toolbox.get(n).new_conversation() for n in turn.builtins if turn.toolbox is not None]
-                          + [t.new_conversation() for t in turn.mcp])
-        turn.live_tools = toolbox
-    loop = ToolLoop(toolbox if toolbox is not None else Toolbox(), max_tool_calls=turn.max_tool_calls)
-    for tool in turn.mcp:  # the tools offered from each MCP server, first in the output (as OpenAI lists them)
-        listed = OutputItem("mcp_list_tools", "mcpl_" + secrets.token_hex(16), len(items), name=tool.label,
-                            done=True, complete=True)
-        items.append(listed)
-        for out in _mcp_listed_events(listed, seq, turn):
-            yield out
-    messages = list(turn.prompt.messages)
+@dataclass
+class _Generation:
+    """What the tool loop asks of one response: its turns, generated under the turn grammar within the
+    max_output_tokens budget and cut into output items (``items``); which calls run here; and the item of
+    a built-in call once it ran."""
 
-    async def generate_turn(calls: int) -> AsyncIterator[BaseModel | TurnResult]:
-        prompt_ids, _ = await run_in_threadpool(TurnPrompt(messages, turn.prompt.shared).tokens, tok)
+    state: Any
+    turn: _Turn
+    toolbox: Toolbox | None  # this response's built-in tools (None: it has none)
+    items: list[OutputItem] = field(default_factory=list)
+    totals: _Totals = field(default_factory=_Totals)
+    messages: list[Message] = field(default_factory=list)  # the conversation: the prompt, then each turn's
+
+    async def generate_turn(self, calls: int) -> AsyncIterator[BaseModel | TurnResult]:
+        state, turn, tok = self.state, self.turn, self.state.tokenizer
+        prompt_ids, _ = await run_in_threadpool(TurnPrompt(self.messages, turn.prompt.shared).tokens, tok)
         room = state.max_model_len - len(prompt_ids)
-        budget = room if turn.max_tokens is None else min(room, turn.max_tokens - totals.output_tokens)
+        budget = room if turn.max_tokens is None else min(room, turn.max_tokens - self.totals.output_tokens)
         if budget <= 0:  # the budget went to earlier turns (or the context is full): a turn cut at once
             yield TurnResult([], "length", 0, [])
             return
@@ -488,31 +478,33 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
             lora=state.lora_of(turn.body.model),
         )
         state.metrics.prompt_tokens.inc(len(prompt_ids))
-        cutter = TurnItems(items, mcp_labels={t.label for t in turn.mcp})
+        cutter = TurnItems(self.items, mcp_labels={t.label for t in turn.mcp})
         comp = None
         async for comp, _ in run_completion(state.engine, tok, prompt_ids, turn.cache_salt, params):
             for ev in cutter.update(comp.decoder.parser):
-                for out in _item_events(ev, seq, turn):
+                for out in _item_events(ev, turn.seq, turn):
                     yield out
         assert comp is not None
         observe(state.metrics, comp)
-        totals.input_tokens += len(prompt_ids)
-        totals.cached_tokens += comp.cached_tokens
-        totals.output_tokens += comp.tokens
-        totals.reasoning_tokens += comp.decoder.reasoning_tokens
-        messages.extend(comp.decoder.messages)
+        self.totals.input_tokens += len(prompt_ids)
+        self.totals.cached_tokens += comp.cached_tokens
+        self.totals.output_tokens += comp.tokens
+        self.totals.reasoning_tokens += comp.decoder.reasoning_tokens
+        self.messages.extend(comp.decoder.messages)
         yield TurnResult(comp.decoder.messages, comp.finish_reason, comp.tokens, [])
 
-    def runs_here(call: ToolCall) -> bool:  # a built-in call written out whole; functions go back to the client
-        return toolbox is not None and bool(items) and items[-1].builtin and items[-1].complete
+    def runs_here(self, call: ToolCall) -> bool:
+        """A built-in call written out whole runs here; functions go back to the client."""
+        last = self.items[-1] if self.items else None
+        return self.toolbox is not None and last is not None and last.builtin and last.complete
 
-    async def after_call(call: ToolCall, finished: ToolCallFinished) -> list[Message]:
+    async def after_call(self, call: ToolCall, finished: ToolCallFinished) -> list[Message]:
         """The call's item from its result; the messages the model reads, after --guard-checks tools."""
-        last = items[-1]
+        last = self.items[-1]
         last.status = finished.status
         last.action = finished.metadata.get("action", last.action)
         last.output, last.error = finished.metadata.get("output"), finished.metadata.get("error")
-        answer = await guard_tool_messages(state, turn.id, finished.messages)
+        answer = await guard_tool_messages(self.state, self.turn.id, finished.messages)
         last.outputs = finished.metadata.get("outputs")
         if answer != finished.messages:  # the client sees what the model reads: the withheld notice, not the result
             last.outputs = [{"type": "logs", "logs": "\n".join(m.text for m in answer if isinstance(m.text, str))}]
@@ -521,9 +513,32 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
         last.harmony = [call.message] + answer
         return answer
 
+
+async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[BaseModel]:
+    """The SDK-typed events of one response, ending with completed / incomplete / failed."""
+    seq = turn.seq
+    yield ResponseCreatedEvent(type="response.created", sequence_number=next(seq),
+                               response=turn.response("in_progress", []))
+    yield ResponseInProgressEvent(type="response.in_progress", sequence_number=next(seq),
+                                  response=turn.response("in_progress", []))
+    toolbox = None
+    if turn.toolbox is not None or turn.mcp:  # built-in tools: fresh ones for this response
+        toolbox = Toolbox([turn.toolbox.get(n).new_conversation() for n in turn.builtins if turn.toolbox is not None]
+                          + [t.new_conversation() for t in turn.mcp])
+        turn.live_tools = toolbox
+    gen = _Generation(state, turn, toolbox, messages=list(turn.prompt.messages))
+    items = gen.items
+    loop = ToolLoop(toolbox if toolbox is not None else Toolbox(), max_tool_calls=turn.max_tool_calls)
+    for tool in turn.mcp:  # the tools offered from each MCP server, first in the output (as OpenAI lists them)
+        listed = OutputItem("mcp_list_tools", "mcpl_" + secrets.token_hex(16), len(items), name=tool.label,
+                            done=True, complete=True)
+        items.append(listed)
+        for out in _mcp_listed_events(listed, seq, turn):
+            yield out
     truncated = False  # max_output_tokens (or the context) ended the response before the model did
     try:
-        async for ev in loop.arun(messages, generate_turn, runs_here=runs_here, after_call=after_call):
+        async for ev in loop.arun(gen.messages, gen.generate_turn, runs_here=gen.runs_here,
+                                  after_call=gen.after_call):
             if isinstance(ev, BaseModel):
                 yield ev
             elif isinstance(ev, ToolCallStarted):
@@ -554,7 +569,7 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
                                               item=_sdk_item(item, turn), sequence_number=next(seq))
     output = [_sdk_item(i, turn) for i in items]
     final = turn.response("incomplete" if truncated else "completed", output,
-                          _usage(totals), incomplete="max_output_tokens" if truncated else None)
+                          _usage(gen.totals), incomplete="max_output_tokens" if truncated else None)
     if truncated:
         end = ResponseIncompleteEvent(type="response.incomplete", sequence_number=next(seq), response=final)
     else:

@@ -16,10 +16,15 @@ Responses API's ``web_search_call`` / ``code_interpreter_call`` items) can show 
 - :class:`FunctionCallRequested`: a call to a declared function that runs elsewhere,
 - :class:`LoopFinished`: the end, with the reason.
 
-``ToolLoop.stream(session, text)`` drives a :class:`~gptoss.conversation.ChatSession` synchronously (the
-CLI); ``ToolLoop.astream`` does the same from asyncio. A server with its own generation uses the pieces:
-``ToolLoop.call_in(messages, finish_reason)`` finds the call ending a turn and ``ToolLoop.run_call(call)``
-runs it, yielding the started / finished events (see docs/tools.md).
+The loop itself is written once, without I/O (``ToolLoop._steps``): it asks its driver to generate a turn
+or to run a call and decides what follows from the answers. Three drivers run it:
+
+- ``ToolLoop.stream(session, text)``: a :class:`~gptoss.conversation.ChatSession`, synchronously (the
+  CLI): generation in the calling thread, tool calls on a private event loop;
+- ``ToolLoop.astream(session, text)``: the same from asyncio, generation in a worker thread;
+- ``ToolLoop.arun(history, generate_turn, ...)``: a conversation whose turns the caller generates itself
+  (the Responses API: its own prompt, grammar and engine), with hooks for which calls run here and for
+  the messages that answer a call (see docs/tools.md).
 """
 
 from __future__ import annotations
@@ -27,11 +32,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gptoss.conversation.session import ChatSession, TurnDelta
+from gptoss.conversation.session import ChatSession, TurnDelta, TurnResult
 from gptoss.harmony import Message, Role
 from gptoss.tokenizer import Tokenizer
 from gptoss.tools.base import Toolbox, ToolCall, ToolResult, tool_message
@@ -79,6 +84,20 @@ class LoopFinished:
 LoopEvent = TurnDelta | ToolCallStarted | ToolCallFinished | FunctionCallRequested | LoopFinished
 
 
+@dataclass
+class _GenerateTurn:
+    calls: int  # tool calls run so far
+
+
+@dataclass
+class _RunCall:
+    started: ToolCallStarted
+    call: ToolCall
+
+
+_Step = _GenerateTurn | _RunCall
+
+
 def kind_of(recipient: str) -> str:
     if recipient == "python" or recipient.startswith("python."):
         return "code_interpreter"
@@ -120,71 +139,59 @@ class ToolLoop:
         executable = getattr(tool, "executable", None)
         return executable is None or executable(call.recipient)
 
-    async def run_call(self, call: ToolCall) -> AsyncIterator[ToolCallStarted | ToolCallFinished]:
-        """Run one call: yields :class:`ToolCallStarted`, then :class:`ToolCallFinished` whose ``messages``
-        the caller appends to the conversation."""
+    def _started(self, call: ToolCall) -> ToolCallStarted:
         tool = self.toolbox.find(call.recipient)
-        kind = kind_of(call.recipient)
         details = tool.describe_call(call) if tool is not None else {}
-        yield ToolCallStarted(call.call_id, call.recipient, kind, call.text, details, call.message)
+        return ToolCallStarted(call.call_id, call.recipient, kind_of(call.recipient), call.text, details, call.message)
+
+    async def _run(self, started: ToolCallStarted, call: ToolCall) -> ToolCallFinished:
+        """Run one call; the :class:`ToolCallFinished` whose ``messages`` answer it."""
         t0 = time.monotonic()
         try:
             result = await self.toolbox.run(call)
         except Exception as exc:  # noqa: BLE001 - a broken tool must not end the conversation
             result = ToolResult([tool_message(call.recipient, f"Error: the tool failed: {type(exc).__name__}: {exc}",
                                               call.channel)], status="failed")
-        meta = dict(details)
+        meta = dict(started.details)
         meta.update(result.metadata)
-        yield ToolCallFinished(call.call_id, call.recipient, kind, result.output, result.status, result.messages, meta,
-                               time.monotonic() - t0)
+        return ToolCallFinished(call.call_id, call.recipient, started.kind, result.output, result.status,
+                                result.messages, meta, time.monotonic() - t0)
 
-    # ------------------------------------------------------------------ over a ChatSession, async
-    async def astream(self, session: ChatSession, user_text: str | None = None) -> AsyncIterator[LoopEvent]:
-        """Add ``user_text`` (if any) and run the loop. Generation runs in a worker thread."""
-        start = len(session.history)
+    # ------------------------------------------------------------------ the loop, once
+    def _steps(self, history: list[Message], user_text: str | None,
+               runs_here: Callable[[ToolCall], bool]) -> Generator[_Step | LoopEvent, Any, None]:
+        """The loop without I/O: yields :class:`_GenerateTurn` (the driver generates the turn, adds its
+        messages to ``history`` and sends back its :class:`TurnResult`, or None when there is none),
+        :class:`_RunCall` (the driver runs the call and sends back its :class:`ToolCallFinished`) and the
+        events the driver passes on. Tool messages join ``history`` here; closed during a call (Ctrl-C, a
+        cancelled task), the call is answered with an "interrupted" message."""
+        start = len(history)
         if user_text is not None:
-            session.history.append(Message.from_role_and_content(Role.USER, user_text))
+            history.append(Message.from_role_and_content(Role.USER, user_text))
         calls = 0
         while True:
-            async for delta in _athread_iter(session.continue_turn()):
-                yield delta
-            ending, call = self._after_turn(session, calls, start)
+            turn = yield _GenerateTurn(calls)
+            call = self.call_in(turn.messages, turn.finish_reason, turn.stop_token) if turn is not None else None
             if call is None:
-                for event in ending:
-                    yield event
+                yield LoopFinished("error" if turn is None else turn.finish_reason or "stop", calls, history[start:])
+                return
+            if not runs_here(call):
+                yield FunctionCallRequested(call.call_id, call.function or "", call.text, call.message)
+                yield LoopFinished("function_call", calls, history[start:])
+                return
+            if calls >= self.max_tool_calls:
+                history.append(self._limit_message(call))
+                yield LoopFinished("max_tool_calls", calls, history[start:])
                 return
             calls += 1
-            done = False
+            started = self._started(call)
+            finished = None
             try:
-                async for event in self.run_call(call):
-                    if isinstance(event, ToolCallFinished):
-                        session.history.extend(event.messages)
-                        done = True
-                    yield event
-            finally:
-                if not done:  # cancelled: keep the conversation well formed
-                    session.history.append(self._interrupted_message(call))
-
-    def _after_turn(self, session: ChatSession, calls: int, start: int) -> tuple[list[LoopEvent], ToolCall | None]:
-        """What follows a finished turn: the call to run here next, or the events that end the loop (no
-        call, a developer function for the caller to run, or the bound on tool calls reached)."""
-        reason, call = self._next(session, calls)
-        if call is None:
-            return [LoopFinished(reason, calls, session.history[start:])], None
-        if not self.runs_here(call):
-            return [FunctionCallRequested(call.call_id, call.function or "", call.text, call.message),
-                    LoopFinished("function_call", calls, session.history[start:])], None
-        if calls >= self.max_tool_calls:
-            session.history.append(self._limit_message(call))
-            return [LoopFinished("max_tool_calls", calls, session.history[start:])], None
-        return [], call
-
-    def _next(self, session: ChatSession, calls: int) -> tuple[str, ToolCall | None]:
-        last = session.last
-        if last is None:
-            return "error", None
-        call = self.call_in(last.messages, last.finish_reason, last.stop_token)
-        return (last.finish_reason or "stop"), call
+                yield started
+                finished = yield _RunCall(started, call)
+            finally:  # keep the conversation well formed
+                history.extend([self._interrupted_message(call)] if finished is None else finished.messages)
+            yield finished
 
     def _limit_message(self, call: ToolCall) -> Message:
         return tool_message(call.recipient, f"Error: the limit of {self.max_tool_calls} tool calls in one turn was "
@@ -194,33 +201,69 @@ class ToolLoop:
     def _interrupted_message(call: ToolCall) -> Message:
         return tool_message(call.recipient, "Error: the call was interrupted before it finished.", call.channel)
 
-    # ------------------------------------------------------------------ over a ChatSession, synchronous
+    # ------------------------------------------------------------------ drivers
     def stream(self, session: ChatSession, user_text: str | None = None) -> Iterator[LoopEvent]:
-        """The same loop for synchronous callers (the CLI): generation runs in this thread (Ctrl-C stops
-        it as usual), tool calls on a private event loop. Ctrl-C during a tool call cancels it."""
-        start = len(session.history)
-        if user_text is not None:
-            session.history.append(Message.from_role_and_content(Role.USER, user_text))
-        calls = 0
-        while True:
-            yield from session.continue_turn()
-            ending, call = self._after_turn(session, calls, start)
-            if call is None:
-                for event in ending:
-                    yield event
-                return
-            calls += 1
-            done = False
-            try:
-                for event in self._sync_events(self.run_call(call)):
-                    if isinstance(event, ToolCallFinished):
-                        session.history.extend(event.messages)
-                        done = True
-                    yield event
-            finally:
-                if not done:  # Ctrl-C: keep the conversation well formed
-                    session.history.append(self._interrupted_message(call))
+        """Add ``user_text`` (if any) and run the loop for synchronous callers (the CLI): generation runs in
+        this thread (Ctrl-C stops it as usual), tool calls on a private event loop. Ctrl-C during a tool call
+        cancels it."""
+        steps = self._steps(session.history, user_text, self.runs_here)
+        try:
+            step = _send(steps, None)
+            while step is not None:
+                reply = None
+                if isinstance(step, _GenerateTurn):
+                    yield from session.continue_turn()
+                    reply = session.last
+                elif isinstance(step, _RunCall):
+                    reply = self.run_sync(self._run(step.started, step.call))
+                else:
+                    yield step
+                step = _send(steps, reply)
+        finally:
+            steps.close()
 
+    async def astream(self, session: ChatSession, user_text: str | None = None) -> AsyncIterator[LoopEvent]:
+        """:meth:`stream` from asyncio: generation runs in a worker thread."""
+        async def generate_turn(calls: int) -> AsyncIterator[TurnDelta | TurnResult | None]:
+            async for delta in _athread_iter(session.continue_turn()):
+                yield delta
+            yield session.last
+
+        async for event in self.arun(session.history, generate_turn, user_text):
+            yield event
+
+    async def arun(self, history: list[Message], generate_turn: Callable[[int], AsyncIterator[Any]],
+                   user_text: str | None = None, *, runs_here: Callable[[ToolCall], bool] | None = None,
+                   after_call: Callable[[ToolCall, ToolCallFinished], Awaitable[list[Message]]] | None = None,
+                   ) -> AsyncIterator[Any]:
+        """The loop over a conversation of its caller's. ``generate_turn(calls)`` (after ``calls`` tool calls)
+        generates one assistant turn: it adds the turn's messages to ``history``, yields what it streams
+        (passed on) and, last, the turn's :class:`TurnResult` (None: no turn). ``runs_here(call)`` tells
+        which calls run here (default :meth:`runs_here`); ``after_call(call, finished)`` gives the messages
+        that answer a call in place of the tool's (the Responses API's guard). Yields the loop's events
+        between what ``generate_turn`` streams."""
+        steps = self._steps(history, user_text, runs_here or self.runs_here)
+        try:
+            step = _send(steps, None)
+            while step is not None:
+                reply = None
+                if isinstance(step, _GenerateTurn):
+                    async for item in generate_turn(step.calls):
+                        if item is None or isinstance(item, TurnResult):
+                            reply = item
+                        else:
+                            yield item
+                elif isinstance(step, _RunCall):
+                    reply = await self._run(step.started, step.call)
+                    if after_call is not None:
+                        reply = replace(reply, messages=await after_call(step.call, reply))
+                else:
+                    yield step
+                step = _send(steps, reply)
+        finally:
+            steps.close()
+
+    # ------------------------------------------------------------------ the synchronous driver's event loop
     def _loop(self) -> asyncio.AbstractEventLoop:
         """A private event loop in a daemon thread: tools keep their asyncio resources (a kernel client)
         on one loop for the whole conversation."""
@@ -244,14 +287,6 @@ class ToolLoop:
                 pass
             raise
 
-    def _sync_events(self, agen) -> Iterator[Any]:
-        while True:
-            try:
-                event = self.run_sync(agen.__anext__())
-            except StopAsyncIteration:
-                return
-            yield event
-
     def close(self) -> None:
         """Close the tools (kernels, containers) and the private loop."""
         if self._sync_loop is not None:
@@ -264,6 +299,14 @@ class ToolLoop:
                 self._sync_loop = None
         else:
             self.toolbox.close()
+
+
+def _send(steps: Generator, reply: Any) -> Any:
+    """The core's next step after ``reply``; None once it ended."""
+    try:
+        return steps.send(reply)
+    except StopIteration:
+        return None
 
 
 async def _athread_iter(gen: Iterator[Any]) -> AsyncIterator[Any]:

@@ -2,8 +2,9 @@
 
 Request items become a Harmony conversation (conversation/openai_responses.py), each assistant turn runs
 on the engine under the turn grammar, and :class:`TurnItems` cuts what the model emits into output
-items. When the model calls a built-in tool (``web_search`` -> browser, ``code_interpreter`` -> python,
-run through :class:`~gptoss.conversation.tool_loop.ToolLoop`), the tool's answer joins the conversation
+items. The turns follow each other in the tool loop (:meth:`~gptoss.conversation.tool_loop.ToolLoop.arun`,
+which this route drives with its own turns): when the model calls a built-in tool (``web_search`` ->
+browser, ``code_interpreter`` -> python, an MCP server's tool), the tool's answer joins the conversation
 and the next turn follows, in the same response. One generator of SDK-typed events serves both modes: a
 stream sends each event as Server-Sent Events (``event: <type>`` / ``data: <json>``), a plain request
 keeps only the final Response. Responses with ``store`` (the default) are saved in SQLite with their
@@ -41,7 +42,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, AsyncIterator, Literal
+from typing import Any, AsyncIterator, Literal
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -114,6 +115,8 @@ from gptoss.conversation.openai_responses import (
     split_tools,
     text_format,
 )
+from gptoss.conversation.session import TurnResult
+from gptoss.conversation.tool_loop import LoopFinished, ToolCallFinished, ToolCallStarted, ToolLoop
 from gptoss.conversation.turn import TurnPrompt
 from gptoss.engine.guided import GrammarConstraint
 from gptoss.engine.sampling import SamplingParams, offset_seed
@@ -124,9 +127,7 @@ from gptoss.server.generation import cancel_on_disconnect, dump, dump_json, obse
 from gptoss.server.guarding import guard_response_events, guard_tool_messages, hidden_reasoning
 from gptoss.server.schemas import ResponsesRequest
 from gptoss.server.store import ResponseStore
-
-if TYPE_CHECKING:
-    from gptoss.tools.base import Toolbox
+from gptoss.tools.base import Toolbox, ToolCall
 
 log = logging.getLogger("gptoss.server")
 DEFAULT_MAX_TOOL_CALLS = 16
@@ -446,6 +447,73 @@ class _Totals:
     cached_tokens: int = 0  # of input_tokens, found in the prefix cache
 
 
+@dataclass
+class _Generation:
+    """What the tool loop asks of one response: its turns, generated under the turn grammar within the
+    max_output_tokens budget and cut into output items (``items``); which calls run here; and the item of
+    a built-in call once it ran."""
+
+    state: Any
+    turn: _Turn
+    toolbox: Toolbox | None  # this response's built-in tools (None: it has none)
+    items: list[OutputItem] = field(default_factory=list)
+    totals: _Totals = field(default_factory=_Totals)
+    messages: list[Message] = field(default_factory=list)  # the conversation: the prompt, then each turn's
+
+    async def generate_turn(self, calls: int) -> AsyncIterator[BaseModel | TurnResult]:
+        state, turn, tok = self.state, self.turn, self.state.tokenizer
+        prompt_ids, _ = await run_in_threadpool(TurnPrompt(self.messages, turn.prompt.shared).tokens, tok)
+        room = state.max_model_len - len(prompt_ids)
+        budget = room if turn.max_tokens is None else min(room, turn.max_tokens - self.totals.output_tokens)
+        if budget <= 0:  # the budget went to earlier turns (or the context is full): a turn cut at once
+            yield TurnResult([], "length", 0, [])
+            return
+        # compiling the turn grammar (large tool schemas: seconds) runs off the event loop, like tokenizing
+        constraint = await run_in_threadpool(lambda: GrammarConstraint(tok, turn.grammar(calls)))
+        params = SamplingParams(
+            temperature=turn.body.temperature, top_p=turn.body.top_p, max_tokens=budget,
+            seed=offset_seed(turn.body.seed, calls),
+            stop_token_ids=stop_tokens_for_assistant_actions(tok),
+            logits_processors=[constraint],
+            lora=state.lora_of(turn.body.model),
+        )
+        state.metrics.prompt_tokens.inc(len(prompt_ids))
+        cutter = TurnItems(self.items, mcp_labels={t.label for t in turn.mcp})
+        comp = None
+        async for comp, _ in run_completion(state.engine, tok, prompt_ids, turn.cache_salt, params):
+            for ev in cutter.update(comp.decoder.parser):
+                for out in _item_events(ev, turn.seq, turn):
+                    yield out
+        assert comp is not None
+        observe(state.metrics, comp)
+        self.totals.input_tokens += len(prompt_ids)
+        self.totals.cached_tokens += comp.cached_tokens
+        self.totals.output_tokens += comp.tokens
+        self.totals.reasoning_tokens += comp.decoder.reasoning_tokens
+        self.messages.extend(comp.decoder.messages)
+        yield TurnResult(comp.decoder.messages, comp.finish_reason, comp.tokens, [])
+
+    def runs_here(self, call: ToolCall) -> bool:
+        """A built-in call written out whole runs here; functions go back to the client."""
+        last = self.items[-1] if self.items else None
+        return self.toolbox is not None and last is not None and last.builtin and last.complete
+
+    async def after_call(self, call: ToolCall, finished: ToolCallFinished) -> list[Message]:
+        """The call's item from its result; the messages the model reads, after --guard-checks tools."""
+        last = self.items[-1]
+        last.status = finished.status
+        last.action = finished.metadata.get("action", last.action)
+        last.output, last.error = finished.metadata.get("output"), finished.metadata.get("error")
+        answer = await guard_tool_messages(self.state, self.turn.id, finished.messages)
+        last.outputs = finished.metadata.get("outputs")
+        if answer != finished.messages:  # the client sees what the model reads: the withheld notice, not the result
+            last.outputs = [{"type": "logs", "logs": "\n".join(m.text for m in answer if isinstance(m.text, str))}]
+        if last.kind == "mcp_call" and last.error is None:  # what the model read (a withheld notice, if so)
+            last.output = "\n".join(m.text for m in answer)
+        last.harmony = [call.message] + answer
+        return answer
+
+
 async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[BaseModel]:
     """The SDK-typed events of one response, ending with completed / incomplete / failed."""
     seq = turn.seq
@@ -453,84 +521,33 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
                                response=turn.response("in_progress", []))
     yield ResponseInProgressEvent(type="response.in_progress", sequence_number=next(seq),
                                   response=turn.response("in_progress", []))
-    tok = state.tokenizer
-    items: list[OutputItem] = []
-    totals = _Totals()
-    toolbox = loop = None
-    if turn.toolbox is not None or turn.mcp:  # built-in tools: fresh ones for this response, run by the tool loop
-        from gptoss.conversation.tool_loop import ToolCallStarted, ToolLoop
-        from gptoss.tools.base import Toolbox
-
+    toolbox = None
+    if turn.toolbox is not None or turn.mcp:  # built-in tools: fresh ones for this response
         toolbox = Toolbox([turn.toolbox.get(n).new_conversation() for n in turn.builtins if turn.toolbox is not None]
                           + [t.new_conversation() for t in turn.mcp])
-        loop = ToolLoop(toolbox, max_tool_calls=turn.max_tool_calls)
         turn.live_tools = toolbox
+    gen = _Generation(state, turn, toolbox, messages=list(turn.prompt.messages))
+    items = gen.items
+    loop = ToolLoop(toolbox if toolbox is not None else Toolbox(), max_tool_calls=turn.max_tool_calls)
     for tool in turn.mcp:  # the tools offered from each MCP server, first in the output (as OpenAI lists them)
         listed = OutputItem("mcp_list_tools", "mcpl_" + secrets.token_hex(16), len(items), name=tool.label,
                             done=True, complete=True)
         items.append(listed)
         for out in _mcp_listed_events(listed, seq, turn):
             yield out
-    messages = list(turn.prompt.messages)
-    calls = 0
     truncated = False  # max_output_tokens (or the context) ended the response before the model did
     try:
-        while True:
-            prompt_ids, _ = await run_in_threadpool(TurnPrompt(messages, turn.prompt.shared).tokens, tok)
-            room = state.max_model_len - len(prompt_ids)
-            budget = room if turn.max_tokens is None else min(room, turn.max_tokens - totals.output_tokens)
-            if budget <= 0:  # the budget went to earlier turns (or the context is full): stop here
-                truncated = True
-                break
-            # compiling the turn grammar (large tool schemas: seconds) runs off the event loop, like tokenizing
-            constraint = await run_in_threadpool(lambda: GrammarConstraint(tok, turn.grammar(calls)))
-            params = SamplingParams(
-                temperature=turn.body.temperature, top_p=turn.body.top_p, max_tokens=budget,
-                seed=offset_seed(turn.body.seed, calls),
-                stop_token_ids=stop_tokens_for_assistant_actions(tok),
-                logits_processors=[constraint],
-                lora=state.lora_of(turn.body.model),
-            )
-            state.metrics.prompt_tokens.inc(len(prompt_ids))
-            cutter = TurnItems(items, mcp_labels={t.label for t in turn.mcp})
-            comp = None
-            async for comp, _ in run_completion(state.engine, tok, prompt_ids, turn.cache_salt, params):
-                for ev in cutter.update(comp.decoder.parser):
-                    for out in _item_events(ev, seq, turn):
-                        yield out
-            assert comp is not None
-            observe(state.metrics, comp)
-            totals.input_tokens += len(prompt_ids)
-            totals.cached_tokens += comp.cached_tokens
-            totals.output_tokens += comp.tokens
-            totals.reasoning_tokens += comp.decoder.reasoning_tokens
-            truncated = comp.finish_reason == "length"
-            call = loop.call_in(comp.decoder.messages, comp.finish_reason) if loop is not None else None
-            last = items[-1] if items else None
-            if call is None or last is None or not last.builtin or not last.complete:
-                break
-            calls += 1
-            answer: list[Message] = []
-            outputs = None
-            async for ev in loop.run_call(call):  # ToolCallStarted, then ToolCallFinished
-                if isinstance(ev, ToolCallStarted):
-                    last.action = ev.details.get("action")
-                else:
-                    last.status = ev.status
-                    last.action = ev.metadata.get("action", last.action)
-                    outputs = ev.metadata.get("outputs")
-                    last.output, last.error = ev.metadata.get("output"), ev.metadata.get("error")
-                    answer = ev.messages
-            guarded = await guard_tool_messages(state, turn.id, answer)  # --guard-checks tools
-            if guarded != answer:  # the client sees what the model reads: the withheld notice, not the result
-                outputs = [{"type": "logs", "logs": "\n".join(m.text for m in guarded if isinstance(m.text, str))}]
-            last.outputs, answer = outputs, guarded
-            if last.kind == "mcp_call" and last.error is None:  # what the model read (a withheld notice, if so)
-                last.output = "\n".join(m.text for m in answer)
-            last.harmony = [call.message] + answer
-            for out in _builtin_done(last, seq, turn):
-                yield out
-            messages += comp.decoder.messages + answer
+        async for ev in loop.arun(gen.messages, gen.generate_turn, runs_here=gen.runs_here,
+                                  after_call=gen.after_call):
+            if isinstance(ev, BaseModel):
+                yield ev
+            elif isinstance(ev, ToolCallStarted):
+                items[-1].action = ev.details.get("action")
+            elif isinstance(ev, ToolCallFinished):
+                for out in _builtin_done(items[-1], seq, turn):
+                    yield out
+            elif isinstance(ev, LoopFinished):
+                truncated = ev.reason == "length"
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # report what went wrong in the response; the server keeps serving
@@ -552,7 +569,7 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
                                               item=_sdk_item(item, turn), sequence_number=next(seq))
     output = [_sdk_item(i, turn) for i in items]
     final = turn.response("incomplete" if truncated else "completed", output,
-                          _usage(totals), incomplete="max_output_tokens" if truncated else None)
+                          _usage(gen.totals), incomplete="max_output_tokens" if truncated else None)
     if truncated:
         end = ResponseIncompleteEvent(type="response.incomplete", sequence_number=next(seq), response=final)
     else:

@@ -3,12 +3,15 @@ an answer), the loop runs the tool and feeds its result into the next turn."""
 
 import asyncio
 import json
+import os
+import signal
 import sys
+import threading
 
 import pytest
 
 from gptoss.conversation import ChatSession, ChatSettings
-from gptoss.conversation.session import FORCE_TURNS_ENV, forced_turns_factory
+from gptoss.conversation.session import FORCE_TURNS_ENV, TurnResult, forced_turns_factory
 from gptoss.conversation.tool_loop import (
     FunctionCallRequested,
     LoopFinished,
@@ -17,8 +20,10 @@ from gptoss.conversation.tool_loop import (
     ToolLoop,
     TurnDelta,
 )
-from gptoss.harmony import Role, ToolDescription
+from gptoss.harmony import Message, Role, ToolDescription
+from gptoss.tokenizer import Tokenizer
 from gptoss.tools import Toolbox
+from gptoss.tools.base import Tool
 from gptoss.tools.browser import BrowserTool, LocalCorpus
 from gptoss.tools.functions import FunctionsTool
 from gptoss.tools.python import PythonTool
@@ -236,3 +241,70 @@ def test_gptoss_chat_rejects_unknown_tools(ckpt, tmp_path, monkeypatch):
     (tmp_path / "a.md").write_text("# A\n\nalpha")
     toolbox, loop = _make_tools(args(tools="browser", corpus=str(tmp_path), max_tool_calls=3))
     assert list(toolbox.tools) == ["browser"] and loop.max_tool_calls == 3
+
+
+class _SlowTool(Tool):
+    """A tool whose calls never finish on their own."""
+
+    name = "slow"
+
+    def namespace(self):
+        raise NotImplementedError  # not shown to any model here
+
+    async def run(self, call):
+        await asyncio.sleep(3600)
+
+
+class _ScriptedSession:
+    """What the loop's drivers use of a ChatSession, with one scripted turn: a call to the slow tool."""
+
+    def __init__(self):
+        self.history = []
+        self.last = None
+
+    def continue_turn(self):
+        call = Message.from_role_and_content(Role.ASSISTANT, "{}").with_recipient("slow").with_channel("commentary")
+        self.history.append(call)
+        self.last = TurnResult([call], "stop", 1, [], stop_token=Tokenizer.CALL)
+        yield TurnDelta("commentary", "slow", "{}")
+
+
+def test_ctrl_c_during_a_call_cancels_it_and_answers_it_as_interrupted():
+    loop = ToolLoop(Toolbox([_SlowTool()]))
+    session = _ScriptedSession()
+    events = loop.stream(session, "Wait")
+    seen = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            for event in events:
+                seen.append(event)
+                if isinstance(event, ToolCallStarted):
+                    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C while the call runs
+    finally:
+        loop.close()
+    assert [type(e).__name__ for e in seen] == ["TurnDelta", "ToolCallStarted"]
+    roles = [(m.author.role, m.author.name) for m in session.history]
+    assert roles == [(Role.USER, None), (Role.ASSISTANT, None), (Role.TOOL, "slow")]
+    assert session.history[-1].text == "Error: the call was interrupted before it finished."
+
+
+def test_a_task_cancelled_during_a_call_leaves_the_call_answered_as_interrupted():
+    session = _ScriptedSession()
+
+    async def go():
+        started = asyncio.Event()
+
+        async def consume():
+            async for event in ToolLoop(Toolbox([_SlowTool()])).astream(session, "Wait"):
+                if isinstance(event, ToolCallStarted):
+                    started.set()
+
+        task = asyncio.ensure_future(consume())
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    assert session.history[-1].author.name == "slow"
+    assert session.history[-1].text == "Error: the call was interrupted before it finished."

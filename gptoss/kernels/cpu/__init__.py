@@ -95,7 +95,7 @@ def library(isa: str | None = None) -> ctypes.CDLL:
         lib.gptoss_set_tuning.restype = _I64
         lib.gptoss_mxfp4_to_bf16.argtypes = [_P, _P, _I64, _I64, _P, _INT]
         lib.gptoss_paged_attention.argtypes = [_P, _P, _P, _INT, _I64, _P, _I64, _P, _P, _I64, _I64, _I64, _I64, _P,
-                                               _F, _I64, _P, _INT]
+                                               _F, _I64, _P, _I64, _INT]
         _libs[isa] = lib
         return lib
 
@@ -369,7 +369,7 @@ def _experts_by_gemm(t, weights, indices, experts, w1, b1, w2, b2, alpha, limit,
 
 def paged_attention(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, block_table: torch.Tensor,
                     seq: torch.Tensor, pos: torch.Tensor, sinks: torch.Tensor, sm_scale: float, window: int,
-                    isa: str | None = None) -> torch.Tensor:
+                    isa: str | None = None, tile: int = 0) -> torch.Tensor:
     """Attention with sinks of ``N`` new tokens over a paged cache that already holds their keys: ``q [N, HQ, D]``
     (after RoPE), pages ``[blocks, block_size, HK, D]`` (float32 or bf16), ``block_table [B, width]``, per token
     its sequence's row ``seq`` and its position ``pos`` (int64 ``[N]``). Float32 ``[N, HQ * D]`` out, as
@@ -396,7 +396,7 @@ def paged_attention(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tenso
         kind = 2 if k_pages.dtype == torch.bfloat16 else 1
         library(isa).gptoss_paged_attention(_ptr(q32), _ptr(k_pages), _ptr(v_pages), kind, bs, _ptr(table),
                                             table.shape[1], _ptr(seq64), _ptr(pos64), n, hq, hk, d, _ptr(s32),
-                                            float(sm_scale), int(window), _ptr(out), num_threads())
+                                            float(sm_scale), int(window), _ptr(out), int(tile), num_threads())
     return out
 
 

@@ -71,6 +71,19 @@ typedef float vf_u __attribute__((vector_size(VBYTES), aligned(4), may_alias)); 
 
 static inline vf vload(const float* p) { return *(const vf_u*)p; }
 static inline vf vzero() { vf v; for (int i = 0; i < VW; i++) v[i] = 0.f; return v; }
+static inline vf vbroadcast(const float* p) {  // *p in every lane (one load)
+#if defined(GPTOSS_ISA_AVX512)
+  return _mm512_set1_ps(*p);
+#elif defined(GPTOSS_ISA_AVX2)
+  return _mm256_broadcast_ss(p);
+#elif defined(GPTOSS_ISA_NEON)
+  return (vf)vld1q_dup_f32(p);
+#else
+  vf v;
+  for (int i = 0; i < VW; i++) v[i] = *p;
+  return v;
+#endif
+}
 typedef int32_t vi __attribute__((vector_size(VBYTES)));
 
 // exp(x) for x <= 0, as softmax needs it after the max is subtracted: 2**n * p(r) with r = x - n ln 2,
@@ -893,22 +906,30 @@ static void paged_attention_impl(const float* q, const CT* kp, const CT* vp, int
 #endif
 #define AKB 64  // keys a block of the tiled attention (a multiple of ANR * VW on every ISA)
 
-// C [MR, ANR * VW] (+)= A [MR, K] B [K, ANR * VW]: lda, ldb, ldc in floats.
+// C [MR, ANR * VW] (+)= A [MR, K] B [K, ANR * VW]: lda, ldb, ldc in floats. The accumulators are named
+// registers, the loops over them unrolled (an array of them GCC keeps in memory, stored every step).
 template <int MR>
 static inline void mk_block(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
                             int64_t K, bool accumulate) {
   vf c[MR][ANR];
+#pragma GCC unroll 8
   for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
     for (int j = 0; j < ANR; j++) c[i][j] = accumulate ? vload(C + i * ldc + j * VW) : vzero();
   for (int64_t k = 0; k < K; k++) {
     vf b[ANR];
+#pragma GCC unroll 4
     for (int j = 0; j < ANR; j++) b[j] = vload(B + k * ldb + j * VW);
+#pragma GCC unroll 8
     for (int i = 0; i < MR; i++) {
-      const vf a = vzero() + A[i * lda + k];
+      const vf a = vbroadcast(A + i * lda + k);
+#pragma GCC unroll 4
       for (int j = 0; j < ANR; j++) c[i][j] += a * b[j];
     }
   }
+#pragma GCC unroll 8
   for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
     for (int j = 0; j < ANR; j++) *(vf_u*)(C + i * ldc + j * VW) = c[i][j];
 }
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import torch
 
 from gptoss.kernels import cpu
+from gptoss.kernels.cpu.chooser import cpu_identity
 
 
 def gathered_matmul(q, k_pages, v_pages, table, pos, sinks, sm_scale, window, tile):
@@ -86,17 +88,20 @@ def main() -> None:
             ts.append(time.perf_counter() - t)
         return min(ts), out
 
-    ref_t, ref = best(lambda: cpu.paged_attention(q, k_pages, v_pages, table, seq, pos, sinks, scale, w, tile=0))
-    res = {"cpu": cpu.isa_name(), "threads": args.threads, "queries": n, "cached": args.cached, "window": w,
-           "dtype": args.dtype, "gflop": round(flop / 1e9, 2),
-           "per_query_s": round(ref_t, 4), "per_query_gflops": round(flop / ref_t / 1e9, 1)}
+    def tiled(tile: int, q=q, table=table, seq=seq, pos=pos) -> torch.Tensor:
+        return cpu.paged_attention(q, k_pages, v_pages, table, seq, pos, sinks, scale, w, tile=tile)
+
+    ref_t, ref = best(lambda: tiled(0))
+    res = {"cpu": cpu_identity().split(" | ")[0], "isa": cpu.isa_name(), "load_average": os.getloadavg(),
+           "threads": args.threads, "queries": n, "cached": args.cached, "window": w, "dtype": args.dtype,
+           "gflop": round(flop / 1e9, 2), "per_query_s": round(ref_t, 4), "per_query_gflops": round(flop / ref_t / 1e9, 1)}
     for tile in [int(x) for x in args.tiles.split(",")]:
-        t, out = best(lambda: cpu.paged_attention(q, k_pages, v_pages, table, seq, pos, sinks, scale, w, tile=tile))
+        t, out = best(lambda tile=tile: tiled(tile))
         err = float((out - ref).norm() / ref.norm())
         res[f"tiled{tile}_s"] = round(t, 4)
         res[f"tiled{tile}_gflops"] = round(flop / t / 1e9, 1)
         res[f"tiled{tile}_rel_err"] = float(f"{err:.2e}")
-        t, out = best(lambda: gathered_matmul(q, k_pages, v_pages, table, pos, sinks, scale, w, tile))
+        t, out = best(lambda tile=tile: gathered_matmul(q, k_pages, v_pages, table, pos, sinks, scale, w, tile))
         err = float((out - ref).norm() / ref.norm())
         res[f"torch_matmul{tile}_s"] = round(t, 4)
         res[f"torch_matmul{tile}_rel_err"] = float(f"{err:.2e}")
@@ -106,7 +111,7 @@ def main() -> None:
         dseq, dpos = torch.arange(b), torch.full((b,), total - 1)
         dq = q[:b]
         for tile in (0, 16):
-            t, _ = best(lambda: cpu.paged_attention(dq, k_pages, v_pages, dtab, dseq, dpos, sinks, scale, w, tile=tile))
+            t, _ = best(lambda tile=tile: tiled(tile, dq, dtab, dseq, dpos))
             res[f"decode_b{b}_tile{tile}_ms"] = round(t * 1e3, 3)
     print(json.dumps(res, indent=1))
 

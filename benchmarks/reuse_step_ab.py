@@ -67,7 +67,7 @@ def main() -> None:
     for prompt, tiled in zip(prompts[1:], order):
         s, a = ttft(prompt, tiled)
         rows.append({"history_tokens": len(prompt), "tiled": tiled, "ttft_s": round(s, 3), "attention_s": round(a, 3)})
-    mean = lambda key, tiled: sum(r[key] for r in rows if r["tiled"] == tiled) / (2 * args.rounds)  # noqa: E731
+    mean = lambda key, tiled: sum(r[key] for r in rows if r["tiled"] == tiled) / (2 * args.rounds)
     print(json.dumps({
         "benchmark": "reuse_step_ab", "model": args.model, "threads": args.threads, "load_average": os.getloadavg(),
         "cold_prefill_tokens": len(prompts[0]), "cold_ttft_s": round(cold, 3), "cold_attention_s": round(cold_attn, 3),

@@ -94,7 +94,8 @@ def main() -> None:
     ref_t, ref = best(lambda: tiled(0))
     res = {"cpu": cpu_identity().split(" | ")[0], "isa": cpu.isa_name(), "load_average": os.getloadavg(),
            "threads": args.threads, "queries": n, "cached": args.cached, "window": w, "dtype": args.dtype,
-           "gflop": round(flop / 1e9, 2), "per_query_s": round(ref_t, 4), "per_query_gflops": round(flop / ref_t / 1e9, 1)}
+           "gflop": round(flop / 1e9, 2), "per_query_s": round(ref_t, 4),
+           "per_query_gflops": round(flop / ref_t / 1e9, 1)}
     for tile in [int(x) for x in args.tiles.split(",")]:
         t, out = best(lambda tile=tile: tiled(tile))
         err = float((out - ref).norm() / ref.norm())

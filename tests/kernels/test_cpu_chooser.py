@@ -104,6 +104,36 @@ def test_a_trial_decides_and_the_real_call_runs_once(tmp_path, clock):
     assert out == "fast" and calls == [B]
 
 
+def test_a_variant_reads_back_from_its_name():
+    for v in (Variant("avx2"), Variant("avx512", pf=8192), Variant("avx2", tile=16), Variant("neon", 4096, 32)):
+        assert Variant.parse(str(v)) == v
+
+
+def test_attention_tiles_are_chosen_by_timing_and_decode_is_not_timed(tmp_path, monkeypatch):
+    from gptoss.model.attention import paged_attention_reference
+    from tests.kernels.test_cpu_kernels import paged_batch
+
+    monkeypatch.delenv("GPTOSS_CPU_ISA", raising=False)
+    monkeypatch.setattr(chooser, "MIN_WEIGHT_BYTES", 0)
+    isa = cpu.chosen_isa()
+    seconds = {Variant(isa, tile=t): 2.0 for t in cpu.ATTENTION_TILES} | {Variant(isa): 3.0}
+    seconds[Variant(isa, tile=16)] = 1.0
+    fake = FakeClock(seconds)
+    monkeypatch.setattr(chooser, "_time_variant", fake)
+    lens, starts = [3, 140], [5, 11]  # the longer chunk is timed on a trial of its last tokens
+    q, k_pages, v_pages, table, seq, pos, sinks, ref_args = paged_batch(lens, starts, 8, 2, 16, 4, torch.float32, 1)
+    want = paged_attention_reference(q, k_pages, v_pages, table, *ref_args, sinks, 0.3, 0, max(lens))
+    with chooser.using(Chooser(tmp_path)) as c:
+        got = cpu.paged_attention(q, k_pages, v_pages, table, seq, pos, sinks, 0.3, 0)
+        assert rel_err(got, want) < 1e-5 and fake.runs >= len(seconds)
+        [(key, chosen)] = c.choices().items()
+        assert key.startswith("attention/prefill/8x2x16/float32/dense/") and chosen == f"{isa}+tile16"
+        fake.runs = 0
+        last = torch.tensor([2, 142])  # one token a sequence: the per-query kernel, nothing timed
+        decode = cpu.paged_attention(q[last], k_pages, v_pages, table, seq[last], pos[last], sinks, 0.3, 0)
+        assert fake.runs == 0 and rel_err(decode, want[last]) < 1e-5
+
+
 def test_forcing_an_instruction_set_skips_the_choice(monkeypatch):
     monkeypatch.setenv("GPTOSS_CPU_ISA", ISAS[-1])
     assert cpu._candidates("dense", 1) == [Variant(ISAS[-1])]

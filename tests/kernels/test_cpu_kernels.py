@@ -236,6 +236,24 @@ def test_mxfp4_to_bf16_is_exact(isa):
 
 
 # ----------------------------------------------------------------------------- attention
+def paged_batch(lens, starts, hq, hk, d, bs, dtype, seed):
+    """Sequences with lens[b] new tokens after starts[b] cached ones, their blocks scattered over the pages."""
+    g = torch.Generator().manual_seed(seed)
+    kv = [s + n for s, n in zip(starts, lens)]
+    width = max(-(-t // bs) for t in kv)
+    table = (torch.randperm(len(lens) * width + 8, generator=g)[: len(lens) * width] + 1).view(len(lens), width)
+    blocks = len(lens) * width + 9
+    k_pages = torch.randn(blocks, bs, hk, d, generator=g).to(dtype)
+    v_pages = torch.randn(blocks, bs, hk, d, generator=g).to(dtype)
+    q = torch.randn(sum(lens), hq, d, generator=g)
+    sinks = torch.randn(hq, generator=g)
+    seq = torch.tensor([b for b, n in enumerate(lens) for _ in range(n)])
+    pos = torch.tensor([starts[b] + j for b, n in enumerate(lens) for j in range(n)])
+    cu = torch.tensor([sum(lens[:b]) for b in range(len(lens))])
+    ref_args = (cu, torch.tensor(lens), torch.tensor(kv))
+    return q, k_pages, v_pages, table, seq, pos, sinks, ref_args
+
+
 def attention_reference(q, keys, values, seq_of, pos, sinks, sm_scale, window):
     """Float64 attention with sinks: token i attends to its sequence's keys at positions [lo, pos[i]]."""
     n, hq, d = q.shape
@@ -278,23 +296,12 @@ def test_paged_attention_matches_the_reference(isa, window, dtype):
     """Scattered blocks, a decode token, a fresh prefill and a chunk after a cached prefix in one batch."""
     from gptoss.model.attention import paged_attention_reference
 
-    g = torch.Generator().manual_seed(window + 7)
     hq, hk, d, bs = 6, 2, 24, 4
     starts, lens = [9, 0, 3], [1, 7, 4]
     kv = [s + n for s, n in zip(starts, lens)]
-    width = max(-(-t // bs) for t in kv)
-    perm = torch.randperm(40, generator=g)[: 3 * width] + 1  # blocks in no order; 0 stays the null block
-    table = perm.view(3, width)
-    k_pages = torch.randn(41, bs, hk, d, generator=g).to(dtype)
-    v_pages = torch.randn(41, bs, hk, d, generator=g).to(dtype)
-    q = torch.randn(sum(lens), hq, d, generator=g)
-    sinks = torch.randn(hq, generator=g)
-    seq = torch.tensor([b for b, n in enumerate(lens) for _ in range(n)])
-    pos = torch.tensor([starts[b] + j for b, n in enumerate(lens) for j in range(n)])
-    cu = torch.tensor([sum(lens[:b]) for b in range(3)])
+    q, k_pages, v_pages, table, seq, pos, sinks, ref_args = paged_batch(lens, starts, hq, hk, d, bs, dtype, window + 7)
     got = cpu.paged_attention(q, k_pages, v_pages, table, seq, pos, sinks, 0.2, window, isa=isa)
-    want = paged_attention_reference(q, k_pages, v_pages, table, cu, torch.tensor(lens), torch.tensor(kv), sinks, 0.2,
-                                     window, max(lens))
+    want = paged_attention_reference(q, k_pages, v_pages, table, *ref_args, sinks, 0.2, window, max(lens))
     assert got.dtype == torch.float32 and got.shape == want.shape
     assert rel_err(got, want) < 1e-5
     # and against attention in float64 over each sequence's keys gathered by position (what the pages hold)
@@ -302,6 +309,29 @@ def test_paged_attention_matches_the_reference(isa, window, dtype):
     keys = [k_pages.reshape(-1, hk, d)[rows(b, t)].float() for b, t in enumerate(kv)]
     values = [v_pages.reshape(-1, hk, d)[rows(b, t)].float() for b, t in enumerate(kv)]
     assert rel_err(got, attention_reference(q, keys, values, seq.tolist(), pos, sinks, 0.2, window)) < 1e-5
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("window", [0, 5, 13])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads", [(6, 2, 24), (16, 2, 64)])
+def test_paged_attention_in_query_tiles_matches_the_reference(isa, window, dtype, heads):
+    """Query tiles of every size (one query, a few, more than a sequence has) over sequences with 1 to 70 new
+    tokens after cached prefixes that end mid-block, banded and dense, GQA groups of 3 and 8: each equals the
+    reference, and the per-query kernel."""
+    from gptoss.model.attention import paged_attention_reference
+
+    hq, hk, d = heads
+    lens, starts = [1, 7, 4, 70, 2, 1], [9, 0, 3, 30, 17, 5]
+    q, k_pages, v_pages, table, seq, pos, sinks, ref_args = paged_batch(lens, starts, hq, hk, d, 4, dtype, window)
+    want = paged_attention_reference(q, k_pages, v_pages, table, *ref_args, sinks, 0.2, window, max(lens))
+    per_query = cpu.paged_attention(q, k_pages, v_pages, table, seq, pos, sinks, 0.2, window, isa=isa, tile=0)
+    assert rel_err(per_query, want) < 1e-5
+    for tile in (1, 3, 16, 128):
+        got = cpu.paged_attention(q, k_pages, v_pages, table, seq, pos, sinks, 0.2, window, isa=isa, tile=tile)
+        assert got.shape == want.shape
+        assert rel_err(got, want) < 1e-5, tile
+        assert rel_err(got, per_query) < 1e-5, tile
 
 
 def test_paged_attention_names_a_table_outside_the_pages():

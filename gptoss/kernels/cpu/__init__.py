@@ -95,7 +95,7 @@ def library(isa: str | None = None) -> ctypes.CDLL:
         lib.gptoss_set_tuning.restype = _I64
         lib.gptoss_mxfp4_to_bf16.argtypes = [_P, _P, _I64, _I64, _P, _INT]
         lib.gptoss_paged_attention.argtypes = [_P, _P, _P, _INT, _I64, _P, _I64, _P, _P, _I64, _I64, _I64, _I64, _P,
-                                               _F, _I64, _P, _INT]
+                                               _F, _I64, _P, _I64, _INT]
         _libs[isa] = lib
         return lib
 
@@ -369,11 +369,16 @@ def _experts_by_gemm(t, weights, indices, experts, w1, b1, w2, b2, alpha, limit,
 
 def paged_attention(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, block_table: torch.Tensor,
                     seq: torch.Tensor, pos: torch.Tensor, sinks: torch.Tensor, sm_scale: float, window: int,
-                    isa: str | None = None) -> torch.Tensor:
+                    isa: str | None = None, tile: int | None = None) -> torch.Tensor:
     """Attention with sinks of ``N`` new tokens over a paged cache that already holds their keys: ``q [N, HQ, D]``
     (after RoPE), pages ``[blocks, block_size, HK, D]`` (float32 or bf16), ``block_table [B, width]``, per token
-    its sequence's row ``seq`` and its position ``pos`` (int64 ``[N]``). Float32 ``[N, HQ * D]`` out, as
-    :func:`gptoss.model.attention.paged_attention_reference` computes it."""
+    its sequence's row ``seq`` and its position ``pos`` (int64 ``[N]``), a sequence's tokens side by side. Float32
+    ``[N, HQ * D]`` out, as :func:`gptoss.model.attention.paged_attention_reference` computes it.
+
+    A token alone in its sequence (decode) reads its keys on its own; the tokens of a sequence with several
+    (a prefill chunk, the new turn after a cached prefix) attend in tiles of ``tile`` queries that read each key
+    once. ``tile=0``: every token on its own. Without ``tile``, the tile size (or none) is the one :mod:`.chooser`
+    measured fastest for this shape on this CPU."""
     _check_cpu("paged_attention", q, k_pages, v_pages, block_table, seq, pos, sinks)
     n, hq, d = q.shape
     blocks, bs, hk, dk = k_pages.shape
@@ -390,13 +395,50 @@ def paged_attention(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tenso
     if n and (int(seq64.min()) < 0 or int(seq64.max()) >= table.shape[0]
               or int(pos64.min()) < 0 or int(pos64.max()) >= table.shape[1] * bs):
         raise ValueError("paged_attention: a token's sequence or position lies outside the block table")
-    q32, s32 = _f32(q), _f32(sinks)
+    args = (_f32(q), k_pages, v_pages, table, seq64, pos64, _f32(sinks), float(sm_scale), int(window))
+    if tile is not None:
+        return _paged_attention(*args, isa=isa, tile=tile)
+    counts = torch.unique_consecutive(seq64, return_counts=True)[1] if n > 1 else torch.ones(n, dtype=torch.int64)
+    longest = int(counts.max()) if n else 0
+    if longest <= 1:  # decode: nothing to tile
+        return _paged_attention(*args, isa=isa, tile=0)
+    if isa is not None or _forced_isa():
+        return _paged_attention(*args, isa=isa, tile=ATTENTION_TILES[0])
+    # the longest sequence's last tokens (the most keys) are the trial of a long chunk
+    end = int(counts.cumsum(0)[int(counts.argmax())])
+    trial_tokens = torch.arange(max(end - longest, end - ATTENTION_TRIAL_TOKENS), end)
+    keys = min(int(pos64[end - 1]) + 1, window) if window else int(pos64[end - 1]) + 1
+    kv_class = 1 << max(10, (keys - 1).bit_length())
+    key = (f"attention/{token_class(longest)}/{hq}x{hk}x{d}/{str(k_pages.dtype).removeprefix('torch.')}/"
+           f"{'banded' if window else 'dense'}/kv{kv_class}/t{num_threads()}")
+    isa = chosen_isa()
+    cands = [Variant(isa, tile=t) for t in ATTENTION_TILES] + [Variant(isa)]
+
+    tq, tseq, tpos = args[0][trial_tokens], seq64[trial_tokens], pos64[trial_tokens]
+
+    def trial(v: Variant) -> torch.Tensor:
+        return _paged_attention(tq, k_pages, v_pages, table, tseq, tpos, *args[6:], isa=v.isa, tile=v.tile)
+
+    kv_bytes = 2 * keys * hk * d * k_pages.element_size()
+    return choice.chooser().run(key, kv_bytes, cands, lambda v: _paged_attention(*args, isa=v.isa, tile=v.tile),
+                                trial if n > ATTENTION_TRIAL_TOKENS else None)
+
+
+# Queries a tile of the tiled attention, the first the default (a shape too small to time, a forced variant);
+# the chooser times these and the per-query kernel on a trial of the chunk's last ATTENTION_TRIAL_TOKENS tokens.
+ATTENTION_TILES = (32, 16, 64)
+ATTENTION_TRIAL_TOKENS = 128
+
+
+def _paged_attention(q32, k_pages, v_pages, table, seq64, pos64, s32, sm_scale, window, isa, tile) -> torch.Tensor:
+    n, hq, d = q32.shape
     out = torch.empty(n, hq * d, dtype=torch.float32)
     if n:
         kind = 2 if k_pages.dtype == torch.bfloat16 else 1
-        library(isa).gptoss_paged_attention(_ptr(q32), _ptr(k_pages), _ptr(v_pages), kind, bs, _ptr(table),
-                                            table.shape[1], _ptr(seq64), _ptr(pos64), n, hq, hk, d, _ptr(s32),
-                                            float(sm_scale), int(window), _ptr(out), num_threads())
+        library(isa).gptoss_paged_attention(_ptr(q32), _ptr(k_pages), _ptr(v_pages), kind, k_pages.shape[1],
+                                            _ptr(table), table.shape[1], _ptr(seq64), _ptr(pos64), n, hq,
+                                            k_pages.shape[2], d, _ptr(s32), sm_scale, window, _ptr(out), int(tile),
+                                            num_threads())
     return out
 
 

@@ -1,10 +1,11 @@
 """Which kernel variant runs a product, chosen by timing the candidates on the running CPU.
 
-A product is known by its kind (``dense`` bf16 rows, the ``unembedding``, MXFP4 ``experts``), its token class
-(``1``, ``2-4``, ``5-16``, ``prefill``), its shape and the thread count. The first time one is seen, each
+A product is known by its kind (``dense`` bf16 rows, the ``unembedding``, MXFP4 ``experts``, ``attention``), its
+token class (``1``, ``2-4``, ``5-16``, ``prefill``), its shape and the thread count. The first time one is seen, each
 candidate variant — a compiled instruction set (``avx512bf16``, ``avx512``, ``avx2``, ...), optionally with
-another prefetch distance, or torch's own GEMM — is timed on a trial of that product (interleaved rounds,
-best of each, a time budget of about half a second a product), and the fastest one is used from then on.
+another prefetch distance or attention's query tile, or torch's own GEMM — is timed on a trial of that product
+(interleaved rounds, best of each, a time budget of about half a second a product), and the fastest one is used
+from then on.
 Flags alone do not decide: on a Zen 4 the 512-bit bf16 dot product is double-pumped and the float32 FMA
 path can win where a Xeon prefers it the other way.
 
@@ -41,19 +42,24 @@ ROUNDS = 3      # at most this many timed rounds a product
 
 @dataclass(frozen=True)
 class Variant:
-    """One way to run a product: a compiled instruction set (or ``torch``), and a prefetch distance in bytes
-    (0: the library's default)."""
+    """One way to run a product: a compiled instruction set (or ``torch``), a prefetch distance in bytes
+    (0: the library's default), and for attention the queries a tile (0: each query on its own)."""
 
     isa: str
     pf: int = 0
+    tile: int = 0
 
     def __str__(self) -> str:
-        return self.isa if not self.pf else f"{self.isa}+pf{self.pf}"
+        return self.isa + (f"+pf{self.pf}" if self.pf else "") + (f"+tile{self.tile}" if self.tile else "")
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        isa, _, pf = text.partition("+pf")
-        return cls(isa, int(pf) if pf else 0)
+        isa, *options = text.split("+")
+        values = {"pf": 0, "tile": 0}
+        for option in options:
+            name = option.rstrip("0123456789")
+            values[name] = int(option[len(name):])
+        return cls(isa, values["pf"], values["tile"])
 
 
 def token_class(n: int) -> str:

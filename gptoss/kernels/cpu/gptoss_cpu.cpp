@@ -71,6 +71,19 @@ typedef float vf_u __attribute__((vector_size(VBYTES), aligned(4), may_alias)); 
 
 static inline vf vload(const float* p) { return *(const vf_u*)p; }
 static inline vf vzero() { vf v; for (int i = 0; i < VW; i++) v[i] = 0.f; return v; }
+static inline vf vbroadcast(const float* p) {  // *p in every lane (one load)
+#if defined(GPTOSS_ISA_AVX512)
+  return _mm512_set1_ps(*p);
+#elif defined(GPTOSS_ISA_AVX2)
+  return _mm256_broadcast_ss(p);
+#elif defined(GPTOSS_ISA_NEON)
+  return (vf)vld1q_dup_f32(p);
+#else
+  vf v;
+  for (int i = 0; i < VW; i++) v[i] = *p;
+  return v;
+#endif
+}
 typedef int32_t vi __attribute__((vector_size(VBYTES)));
 
 // exp(x) for x <= 0, as softmax needs it after the max is subtracted: 2**n * p(r) with r = x - n ln 2,
@@ -798,11 +811,12 @@ inline const float* paged_row<float>(const float* pages, int64_t row, int64_t HK
   return pages + (row * HK + h0) * D;
 }
 
+// The per-query kernel: each of the N tokens idx[0..N) reads its keys on its own (what a decode step needs).
 template <class CT>
 static void paged_attention_impl(const float* q, const CT* kp, const CT* vp, int64_t bs, const int64_t* table,
-                                 int64_t width, const int64_t* seq, const int64_t* pos, int64_t N, int64_t HQ,
-                                 int64_t HK, int64_t D, const float* sinks, float sm_scale, int64_t window, float* out,
-                                 int nthreads) {
+                                 int64_t width, const int64_t* seq, const int64_t* pos, const int64_t* idx, int64_t N,
+                                 int64_t HQ, int64_t HK, int64_t D, const float* sinks, float sm_scale, int64_t window,
+                                 float* out, int nthreads) {
   const int64_t G = HQ / HK, DV = D / VW * VW;
   // A work item is one token and a block of HB kv heads, whose keys lie side by side in each page row: the
   // rows are read in order, a contiguous HB * D run each. Few tokens: the heads are split so every thread works.
@@ -815,7 +829,7 @@ static void paged_attention_impl(const float* q, const CT* kp, const CT* vp, int
     std::vector<float> sc, kb(HB * D + 16), acc(HB * G * D);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < N * blocks; item++) {
-      const int64_t i = item / blocks, h0 = (item % blocks) * HB;
+      const int64_t i = idx[item / blocks], h0 = (item % blocks) * HB;
       const int64_t p1 = pos[i], lo = window ? std::max<int64_t>(0, p1 - window + 1) : 0, S = p1 - lo + 1;
       const int64_t* tab = table + seq[i] * width;
       if ((int64_t)sc.size() < HB * G * S) sc.resize(HB * G * S);
@@ -871,6 +885,192 @@ static void paged_attention_impl(const float* q, const CT* kp, const CT* vp, int
         }
       }
       std::memcpy(out + (i * HQ + h0 * G) * D, acc.data(), HB * G * D * sizeof(float));
+    }
+  }
+}
+
+// ------------------------------------------------------------------ attention over query tiles
+// Register block of the tiled attention: AMR rows by ANR vectors of C = A B (A scalars broadcast, B rows of vectors).
+#if defined(GPTOSS_ISA_AVX512)
+#define AMR 8
+#define ANR 2
+#elif defined(GPTOSS_ISA_AVX2)
+#define AMR 6
+#define ANR 2
+#elif defined(GPTOSS_ISA_NEON)
+#define AMR 6
+#define ANR 4
+#else
+#define AMR 4
+#define ANR 2
+#endif
+#define AKB 64  // keys a block of the tiled attention (a multiple of ANR * VW on every ISA)
+
+// C [MR, ANR * VW] (+)= A [MR, K] B [K, ANR * VW]: lda, ldb, ldc in floats. The accumulators are named
+// registers, the loops over them unrolled (an array of them GCC keeps in memory, stored every step).
+template <int MR>
+static inline void mk_block(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
+                            int64_t K, bool accumulate) {
+  vf c[MR][ANR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+    for (int j = 0; j < ANR; j++) c[i][j] = accumulate ? vload(C + i * ldc + j * VW) : vzero();
+  for (int64_t k = 0; k < K; k++) {
+    vf b[ANR];
+#pragma GCC unroll 4
+    for (int j = 0; j < ANR; j++) b[j] = vload(B + k * ldb + j * VW);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) {
+      const vf a = vbroadcast(A + i * lda + k);
+#pragma GCC unroll 4
+      for (int j = 0; j < ANR; j++) c[i][j] += a * b[j];
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+    for (int j = 0; j < ANR; j++) *(vf_u*)(C + i * ldc + j * VW) = c[i][j];
+}
+
+// C [M, N] (+)= A [M, K] B [K, N], N a multiple of ANR * VW: a strip of B's columns stays in L1 across all rows.
+static void small_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+                       float* C, int64_t ldc, bool accumulate) {
+  for (int64_t n0 = 0; n0 < N; n0 += ANR * VW) {
+    int64_t m = 0;
+    for (; m + AMR <= M; m += AMR) mk_block<AMR>(A + m * lda, lda, B + n0, ldb, C + m * ldc + n0, ldc, K, accumulate);
+    const float *a = A + m * lda, *b = B + n0;
+    float* c = C + m * ldc + n0;
+    switch (M - m) {
+      case 1: mk_block<1>(a, lda, b, ldb, c, ldc, K, accumulate); break;
+      case 2: mk_block<2>(a, lda, b, ldb, c, ldc, K, accumulate); break;
+      case 3: mk_block<3>(a, lda, b, ldb, c, ldc, K, accumulate); break;
+#if AMR > 4
+      case 4: mk_block<4>(a, lda, b, ldb, c, ldc, K, accumulate); break;
+      case 5: mk_block<5>(a, lda, b, ldb, c, ldc, K, accumulate); break;
+#endif
+#if AMR > 6
+      case 6: mk_block<6>(a, lda, b, ldb, c, ldc, K, accumulate); break;
+      case 7: mk_block<7>(a, lda, b, ldb, c, ldc, K, accumulate); break;
+#endif
+      default: break;
+    }
+  }
+}
+
+// A tile is up to `tile` consecutive tokens of one sequence (its queries read each key once); a token alone in
+// its sequence (decode) goes to the per-query kernel. Same arguments and result as paged_attention_impl.
+//
+// Work item (tile, kv head): rows r = (token of the tile, query head of the group), R of them. Keys in blocks of
+// AKB from the tile's lowest visible position: S = Q K^T as a blocked product (K transposed into a buffer), the
+// positions a row does not see set to -inf, then an online softmax per row (running max m, sum l, output O
+// rescaled when m grows) that starts from the sink: m = sink, l = 1, O = 0; O += P V. Out: O / l.
+template <class CT>
+static void paged_attention_tiled(const float* q, const CT* kp, const CT* vp, int64_t bs, const int64_t* table,
+                                  int64_t width, const int64_t* seq, const int64_t* pos, int64_t N, int64_t HQ,
+                                  int64_t HK, int64_t D, const float* sinks, float sm_scale, int64_t window,
+                                  float* out, int64_t tile, int nthreads) {
+  const int64_t G = HQ / HK;
+  std::vector<int64_t> t0, t1, single;  // tiles [t0, t1); tokens alone in their sequence
+  for (int64_t i = 0; i < N;) {
+    int64_t j = i + 1;
+    while (j < N && seq[j] == seq[i]) j++;
+    if (j - i == 1) {
+      single.push_back(i);
+    } else {
+      const int64_t parts = (j - i + tile - 1) / tile;  // near-equal tiles of at most `tile` tokens
+      for (int64_t t = 0; t < parts; t++) {
+        t0.push_back(i + (j - i) * t / parts);
+        t1.push_back(i + (j - i) * (t + 1) / parts);
+      }
+    }
+    i = j;
+  }
+  if (!single.empty())
+    paged_attention_impl<CT>(q, kp, vp, bs, table, width, seq, pos, single.data(), (int64_t)single.size(), HQ, HK, D,
+                             sinks, sm_scale, window, out, nthreads);
+  const int64_t tiles = (int64_t)t0.size();
+  if (!tiles) return;
+  const int64_t strip = ANR * VW, DP = (D + strip - 1) / strip * strip, RM = tile * G;
+#pragma omp parallel num_threads(nthreads)
+  {
+    // per thread: queries [R, D], keys transposed [D, AKB], values [AKB, DP], scores [R, AKB], output [R, DP]
+    std::vector<float> qs(RM * D), kt(D * AKB), vb(AKB * DP, 0.f), sc(RM * AKB), o(RM * DP), m(RM), l(RM), kb(D);
+    std::vector<int64_t> rlo(RM), rhi(RM);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < tiles * HK; item++) {
+      const int64_t t = item / HK, h = item % HK, a = t0[t], nt = t1[t] - a, R = nt * G;
+      const int64_t* tab = table + seq[a] * width;
+      int64_t lo = pos[a], hi = 0;
+      for (int64_t j = 0; j < nt; j++) {
+        const int64_t p1 = pos[a + j], p0 = window ? std::max<int64_t>(0, p1 - window + 1) : 0;
+        lo = std::min(lo, p0);
+        hi = std::max(hi, p1);
+        for (int64_t g = 0; g < G; g++) {
+          const int64_t r = j * G + g;
+          rlo[r] = p0;
+          rhi[r] = p1;
+          std::memcpy(qs.data() + r * D, q + ((a + j) * HQ + h * G + g) * D, D * sizeof(float));
+          m[r] = sinks[h * G + g];
+          l[r] = 1.f;
+        }
+      }
+      std::fill(o.begin(), o.begin() + R * DP, 0.f);
+      for (int64_t base = lo; base <= hi; base += AKB) {
+        const int64_t nk = std::min<int64_t>(AKB, hi - base + 1);
+        for (int64_t k = 0; k < nk; k++) {
+          const int64_t p = base + k, row = tab[p / bs] * bs + p % bs;
+          const float* kr = paged_row<CT>(kp, row, HK, D, h, D, kb.data());
+          for (int64_t d = 0; d < D; d++) kt[d * AKB + k] = kr[d];
+          const float* vr = paged_row<CT>(vp, row, HK, D, h, D, kb.data());
+          std::memcpy(vb.data() + k * DP, vr, D * sizeof(float));
+        }
+        for (int64_t k = nk; k < AKB; k++)
+          for (int64_t d = 0; d < D; d++) kt[d * AKB + k] = 0.f;
+        small_gemm(R, AKB, D, qs.data(), D, kt.data(), AKB, sc.data(), AKB, false);
+        for (int64_t r = 0; r < R; r++) {
+          float* s = sc.data() + r * AKB;
+          const int64_t k0 = std::max<int64_t>(0, rlo[r] - base), k1 = std::min<int64_t>(AKB, rhi[r] - base + 1);
+          if (k1 <= k0) {  // no visible key in this block
+            std::fill(s, s + AKB, 0.f);
+            continue;
+          }
+          for (int64_t k = 0; k < k0; k++) s[k] = -INFINITY;
+          for (int64_t k = k1; k < AKB; k++) s[k] = -INFINITY;
+          vf mv = vzero() - INFINITY;
+          const vf scale = vzero() + sm_scale;
+          for (int64_t k = 0; k < AKB; k += VW) {
+            const vf x = vload(s + k) * scale;
+            *(vf_u*)(s + k) = x;
+            mv = (vf)(((vi)mv & (vi)(mv >= x)) | ((vi)x & ~(vi)(mv >= x)));  // max, lane by lane
+          }
+          float bm = m[r];
+          for (int i = 0; i < VW; i++) bm = std::max(bm, mv[i]);
+          if (bm > m[r]) {
+            const float alpha = std::exp(m[r] - bm);
+            l[r] *= alpha;
+            const vf av = vzero() + alpha;
+            float* orow = o.data() + r * DP;
+            for (int64_t d = 0; d < DP; d += VW) *(vf_u*)(orow + d) = vload(orow + d) * av;
+            m[r] = bm;
+          }
+          const vf mm = vzero() + m[r];
+          vf lv = vzero();
+          for (int64_t k = 0; k < AKB; k += VW) {
+            const vf e = vexp(vload(s + k) - mm);
+            *(vf_u*)(s + k) = e;
+            lv += e;
+          }
+          l[r] += vsum(lv);
+        }
+        small_gemm(R, DP, nk, sc.data(), AKB, vb.data(), DP, o.data(), DP, true);
+      }
+      for (int64_t r = 0; r < R; r++) {
+        const int64_t j = r / G, g = r % G;
+        float* dst = out + ((a + j) * HQ + h * G + g) * D;
+        const float inv = 1.f / l[r];
+        for (int64_t d = 0; d < D; d++) dst[d] = o[r * DP + d] * inv;
+      }
     }
   }
 }
@@ -1147,15 +1347,27 @@ void gptoss_mxfp4_to_bf16(const uint8_t* blocks, const uint8_t* scales, int64_t 
 }  // extern "C"
 
 
-// See paged_attention_impl. cache_kind: 1 float32 pages, 2 bf16 pages.
+// See paged_attention_impl. cache_kind: 1 float32 pages, 2 bf16 pages. tile > 0: the tokens of a sequence with
+// several of them attend in tiles of up to `tile` queries (paged_attention_tiled); 0: every token on its own.
 extern "C" void gptoss_paged_attention(const float* q, const void* kp, const void* vp, int cache_kind, int64_t bs,
                                        const int64_t* table, int64_t width, const int64_t* seq, const int64_t* pos,
                                        int64_t N, int64_t HQ, int64_t HK, int64_t D, const float* sinks, float sm_scale,
-                                       int64_t window, float* out, int nthreads) {
+                                       int64_t window, float* out, int64_t tile, int nthreads) {
+  if (tile > 0) {
+    if (cache_kind == 2)
+      paged_attention_tiled<uint16_t>(q, (const uint16_t*)kp, (const uint16_t*)vp, bs, table, width, seq, pos, N, HQ,
+                                      HK, D, sinks, sm_scale, window, out, tile, nthreads);
+    else
+      paged_attention_tiled<float>(q, (const float*)kp, (const float*)vp, bs, table, width, seq, pos, N, HQ, HK, D,
+                                   sinks, sm_scale, window, out, tile, nthreads);
+    return;
+  }
+  std::vector<int64_t> all(N);
+  for (int64_t i = 0; i < N; i++) all[i] = i;
   if (cache_kind == 2)
-    paged_attention_impl<uint16_t>(q, (const uint16_t*)kp, (const uint16_t*)vp, bs, table, width, seq, pos, N, HQ, HK,
-                                   D, sinks, sm_scale, window, out, nthreads);
+    paged_attention_impl<uint16_t>(q, (const uint16_t*)kp, (const uint16_t*)vp, bs, table, width, seq, pos,
+                                   all.data(), N, HQ, HK, D, sinks, sm_scale, window, out, nthreads);
   else
-    paged_attention_impl<float>(q, (const float*)kp, (const float*)vp, bs, table, width, seq, pos, N, HQ, HK, D, sinks,
-                                sm_scale, window, out, nthreads);
+    paged_attention_impl<float>(q, (const float*)kp, (const float*)vp, bs, table, width, seq, pos, all.data(), N, HQ,
+                                HK, D, sinks, sm_scale, window, out, nthreads);
 }

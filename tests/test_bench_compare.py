@@ -75,3 +75,5 @@ def test_compare_flags_fail_with_one_line(ckpt):
     assert proc.returncode == 1 and "--compare needs --model CHECKPOINT" in proc.stderr
     proc = gptoss("bench", "--compare", "llama.cpp", "--model", str(ckpt), "--rounds", "0", check=False)
     assert proc.returncode == 1 and "--rounds: expected a positive number, found 0" in proc.stderr
+    proc = gptoss("bench", "--agent", "--compare", "llama.cpp", "--model", str(ckpt), check=False)
+    assert proc.returncode == 1 and "--agent times llama.cpp beside gptoss itself (from --gguf)" in proc.stderr

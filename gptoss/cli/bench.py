@@ -96,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         from gptoss.bench import tensor_parallel
 
         return tensor_parallel.run(args, parse_ids(args.batch_sizes, "--batch-sizes"))
+    if args.agent and (args.compare or args.compare_transformers):
+        raise GptossError("--agent times llama.cpp beside gptoss itself (from --gguf); drop --compare")
     if args.compare:
         return run_side_by_side(args)
     if args.agent:

@@ -68,14 +68,25 @@ def main() -> None:
         s, a = ttft(prompt, tiled)
         rows.append({"history_tokens": len(prompt), "tiled": tiled, "ttft_s": round(s, 3), "attention_s": round(a, 3)})
     mean = lambda key, tiled: sum(r[key] for r in rows if r["tiled"] == tiled) / (2 * args.rounds)
-    print(json.dumps({
-        "benchmark": "reuse_step_ab", "model": args.model, "threads": args.threads, "load_average": os.getloadavg(),
-        "cold_prefill_tokens": len(prompts[0]), "cold_ttft_s": round(cold, 3), "cold_attention_s": round(cold_attn, 3),
-        "steps": rows,
-        "tiled_ttft_s": round(mean("ttft_s", True), 3), "per_query_ttft_s": round(mean("ttft_s", False), 3),
-        "tiled_attention_s": round(mean("attention_s", True), 3),
-        "per_query_attention_s": round(mean("attention_s", False), 3),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "benchmark": "reuse_step_ab",
+                "model": args.model,
+                "threads": args.threads,
+                "load_average": os.getloadavg(),
+                "cold_prefill_tokens": len(prompts[0]),
+                "cold_ttft_s": round(cold, 3),
+                "cold_attention_s": round(cold_attn, 3),
+                "steps": rows,
+                "tiled_ttft_s": round(mean("ttft_s", True), 3),
+                "per_query_ttft_s": round(mean("ttft_s", False), 3),
+                "tiled_attention_s": round(mean("attention_s", True), 3),
+                "per_query_attention_s": round(mean("attention_s", False), 3),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

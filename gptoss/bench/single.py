@@ -130,8 +130,9 @@ def load(args: argparse.Namespace, device: str) -> Loaded:
     else:
         config = ModelConfig.preset(args.preset)
         dtype = resolve_dtype(args.dtype, device, config.weight_bytes())
-        tensors = (random_tensors_on(config, device, dtype, args.seed) if is_cuda
-                   else random_tensors(config, args.seed, dtype))
+        tensors = (
+            random_tensors_on(config, device, dtype, args.seed) if is_cuda else random_tensors(config, args.seed, dtype)
+        )
         model = Transformer.from_tensors(config, tensors, device=device, dtype=dtype)
         source = f"random {args.preset}"
     sync(device)
@@ -147,9 +148,11 @@ def describe(loaded: Loaded, device: str, gpu_name: str | None) -> dict:
     model, config = loaded.model, loaded.model.config
     fast = kernels.active(model.unembedding.weight)
     native = cpu_kernels(model)  # the native CPU kernels (GPTOSS_KERNELS=auto)
-    log(f"{loaded.source}: {model.memory_bytes()['total'] / 2**30:.2f} GiB of weights in {loaded.load_seconds:.1f}s on "
+    log(
+        f"{loaded.source}: {model.memory_bytes()['total'] / 2**30:.2f} GiB of weights in {loaded.load_seconds:.1f}s on "
         f"{gpu_name or device}; kv cache {KV_CACHE}, kernels {'on' if fast else 'off'}"
-        + (f", native CPU kernels {native['isa']} on {native['threads']} threads" if native else ""))
+        + (f", native CPU kernels {native['isa']} on {native['threads']} threads" if native else "")
+    )
     return {
         "model": loaded.source,
         "device": device,
@@ -173,8 +176,15 @@ def paged_cache(model, args: argparse.Namespace, batch_sizes: list[int], device:
     ctx = args.prompt_len + args.decode_tokens + 1
     max_len = max(ctx, args.kv_tokens or 0)
     blocks = max((max_b + 1) * -(-ctx // 16), -(-(args.kv_tokens or 0) // 16))
-    return PagedKVCache(model.config, max_b + 1, max_len, num_blocks=2 + blocks,
-                        max_step_tokens=max(args.prompt_len, max_b), device=device, dtype=dtype)
+    return PagedKVCache(
+        model.config,
+        max_b + 1,
+        max_len,
+        num_blocks=2 + blocks,
+        max_step_tokens=max(args.prompt_len, max_b),
+        device=device,
+        dtype=dtype,
+    )
 
 
 def decode_graphs(model, cache, args: argparse.Namespace, batch_sizes: list[int], device: str, fast: bool):
@@ -217,13 +227,22 @@ def time_decode(model, cache, graphs, args, batch_sizes: list[int], gen, device:
 
         seconds = best_time(run_decode, device, args.repeats)
         rows.append(decode_row(model, b, steps, seconds, prompt_len + steps // 2, bandwidth))
-        log(f"decode batch {b}: {b * steps / seconds:.1f} tok/s "
-            f"({rows[-1]['ratio_to_floor']:.2f} of the bandwidth floor)")
+        log(
+            f"decode batch {b}: {b * steps / seconds:.1f} tok/s "
+            f"({rows[-1]['ratio_to_floor']:.2f} of the bandwidth floor)"
+        )
     return rows
 
 
-def figures(loaded: Loaded, gpu_name: str | None, prefill_s: float, prompt_len: int, bandwidth: float,
-            measured_bw: float, kv_cache_bytes: int) -> dict:
+def figures(
+    loaded: Loaded,
+    gpu_name: str | None,
+    prefill_s: float,
+    prompt_len: int,
+    bandwidth: float,
+    measured_bw: float,
+    kv_cache_bytes: int,
+) -> dict:
     """The weights' and the cache's memory, the floors, and the prefill against its compute floor (where the
     GPU's peak is known)."""
     model = loaded.model
@@ -240,10 +259,13 @@ def figures(loaded: Loaded, gpu_name: str | None, prefill_s: float, prompt_len: 
         "weights_gib": round(mem["total"] / 2**30, 3),
         "resident_bytes_model": loaded.resident_bytes,
         "kv_cache_bytes": kv_cache_bytes,
-        "floor": {"bandwidth_gbs": bandwidth, "measured_copy_gbs": measured_bw,
-                  "batch1_bytes_per_token": {k: int(v) for k, v in b1.items()},
-                  "batch1_floor_tok_s": round(1 / (b1["total"] / (bandwidth * 1e9)), 1),
-                  "peak_bf16_tflops": peak},
+        "floor": {
+            "bandwidth_gbs": bandwidth,
+            "measured_copy_gbs": measured_bw,
+            "batch1_bytes_per_token": {k: int(v) for k, v in b1.items()},
+            "batch1_floor_tok_s": round(1 / (b1["total"] / (bandwidth * 1e9)), 1),
+            "peak_bf16_tflops": peak,
+        },
         "prefill": prefill,
     }
 
@@ -269,12 +291,24 @@ def summary_table(r: dict) -> list[dict]:
     rows = []
     for d in r["decode"]:
         theirs = hf_decode.get(d["batch"])
-        rows.append({"what": f"decode batch {d['batch']}", "gptoss_tok_s": d["tok_s"], "transformers_tok_s": theirs,
-                     "speedup": round(d["tok_s"] / theirs, 1) if theirs else None,
-                     "ratio_to_floor": d["ratio_to_floor"]})
+        rows.append(
+            {
+                "what": f"decode batch {d['batch']}",
+                "gptoss_tok_s": d["tok_s"],
+                "transformers_tok_s": theirs,
+                "speedup": round(d["tok_s"] / theirs, 1) if theirs else None,
+                "ratio_to_floor": d["ratio_to_floor"],
+            }
+        )
     p = r["prefill"]
     theirs = (hf.get("prefill") or {}).get("tok_s")
-    rows.append({"what": f"prefill {p['tokens']}", "gptoss_tok_s": p["tok_s"], "transformers_tok_s": theirs,
-                 "speedup": round(p["tok_s"] / theirs, 1) if theirs else None,
-                 "ratio_to_floor": p.get("ratio_to_compute_floor")})
+    rows.append(
+        {
+            "what": f"prefill {p['tokens']}",
+            "gptoss_tok_s": p["tok_s"],
+            "transformers_tok_s": theirs,
+            "speedup": round(p["tok_s"] / theirs, 1) if theirs else None,
+            "ratio_to_floor": p.get("ratio_to_compute_floor"),
+        }
+    )
     return rows

@@ -69,13 +69,25 @@ def worker_gptoss(spec: dict) -> dict:
         "cpu_kernels": cpu_kernels(model),
         "torch_threads": torch.get_num_threads(),
         "prefill": {"tokens": p, "seconds": round(prefill_s, 3), "tok_s": round(p / prefill_s, 2)},
-        "decode": [{"batch": 1, "tokens": steps, "tok_s": round(steps / decode_s, 3),
-                    "ms_per_step": round(1000 * decode_s / steps, 1)}],
+        "decode": [
+            {
+                "batch": 1,
+                "tokens": steps,
+                "tok_s": round(steps / decode_s, 3),
+                "ms_per_step": round(1000 * decode_s / steps, 1),
+            }
+        ],
         "bytes_per_step": {str(b): {k: int(v) for k, v in decode_step_bytes(model, b, p).items()} for b in (1, wide)},
     }
     if wide_s is not None:
-        out["decode"].append({"batch": wide, "tokens": wide * b8_steps, "tok_s": round(wide * b8_steps / wide_s, 3),
-                              "ms_per_step": round(1000 * wide_s / b8_steps, 1)})
+        out["decode"].append(
+            {
+                "batch": wide,
+                "tokens": wide * b8_steps,
+                "tok_s": round(wide * b8_steps / wide_s, 3),
+                "ms_per_step": round(1000 * wide_s / b8_steps, 1),
+            }
+        )
     return out
 
 
@@ -85,8 +97,15 @@ def worker_llama_cpp(spec: dict) -> dict:
     p, steps = len(spec["prompt"]), spec["decode_tokens"]
     warm_s = warm_page_cache([spec["gguf"]])
     t0 = time.perf_counter()
-    llm = llama_cpp.Llama(model_path=spec["gguf"], n_ctx=p + steps + 64, n_batch=p, n_ubatch=p,
-                          n_threads=spec["threads"], n_threads_batch=spec["threads"], verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=spec["gguf"],
+        n_ctx=p + steps + 64,
+        n_batch=p,
+        n_ubatch=p,
+        n_threads=spec["threads"],
+        n_threads_batch=spec["threads"],
+        verbose=False,
+    )
     load_s = time.perf_counter() - t0
     llm.eval(spec["prompt"][:WARMUP_TOKENS])
     llm.reset()
@@ -104,8 +123,14 @@ def worker_llama_cpp(spec: dict) -> dict:
         "version": llama_cpp.__version__,
         "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
         "prefill": {"tokens": p, "seconds": round(prefill_s, 3), "tok_s": round(p / prefill_s, 2)},
-        "decode": [{"batch": 1, "tokens": steps, "tok_s": round(steps / decode_s, 3),
-                    "ms_per_step": round(1000 * decode_s / steps, 1)}],
+        "decode": [
+            {
+                "batch": 1,
+                "tokens": steps,
+                "tok_s": round(steps / decode_s, 3),
+                "ms_per_step": round(1000 * decode_s / steps, 1),
+            }
+        ],
     }
     return out
 
@@ -118,8 +143,9 @@ def worker_transformers(spec: dict) -> dict:
     _set_threads(spec["threads"])
     warm_s = warm_page_cache(checkpoint_files(spec["model"]))
     t0 = time.perf_counter()
-    hf = GptOssForCausalLM.from_pretrained(spec["model"], dtype=torch.bfloat16, device_map="cpu",
-                                           quantization_config=Mxfp4Config(dequantize=True))
+    hf = GptOssForCausalLM.from_pretrained(
+        spec["model"], dtype=torch.bfloat16, device_map="cpu", quantization_config=Mxfp4Config(dequantize=True)
+    )
     hf.eval()
     load_s = time.perf_counter() - t0
     prompt = torch.tensor([spec["prompt"]])
@@ -143,8 +169,14 @@ def worker_transformers(spec: dict) -> dict:
         "attention": hf.config._attn_implementation,
         "experts": "dequantized to bfloat16",
         "prefill": {"tokens": p, "seconds": round(prefill_s, 3), "tok_s": round(p / prefill_s, 2)},
-        "decode": [{"batch": 1, "tokens": steps, "tok_s": round(steps / decode_s, 3),
-                    "ms_per_step": round(1000 * decode_s / steps, 1)}],
+        "decode": [
+            {
+                "batch": 1,
+                "tokens": steps,
+                "tok_s": round(steps / decode_s, 3),
+                "ms_per_step": round(1000 * decode_s / steps, 1),
+            }
+        ],
     }
 
 

@@ -61,8 +61,11 @@ def verdict_schema(policy: Policy, rationale_max: int = RATIONALE_MAX_CHARS) -> 
 
 def developer_text(policy: Policy) -> str:
     """The policy and the output instructions: the developer message of the guard's prompt."""
-    hint = ("one of " + ", ".join(json.dumps(c) for c in policy.categories) + " or null" if policy.categories
-            else "the policy's name for the violated rule, or null")
+    hint = (
+        "one of " + ", ".join(json.dumps(c) for c in policy.categories) + " or null"
+        if policy.categories
+        else "the policy's name for the violated rule, or null"
+    )
     return f"{policy.text}\n\n{OUTPUT_INSTRUCTIONS.format(category_hint=hint)}"
 
 
@@ -73,7 +76,9 @@ def guard_messages(policy: Policy, content: str) -> list[dict[str, str]]:
 
 def verdict_grammar(policy: Policy, reasoning_max_tokens: int | None, rationale_max: int = RATIONALE_MAX_CHARS) -> str:
     """The Lark grammar of the guard's turn: at most one bounded analysis message, then the verdict as JSON."""
-    return TurnGrammar(final_schema=verdict_schema(policy, rationale_max), reasoning_max_tokens=reasoning_max_tokens).lark()
+    return TurnGrammar(
+        final_schema=verdict_schema(policy, rationale_max), reasoning_max_tokens=reasoning_max_tokens
+    ).lark()
 
 
 def parse_verdict(text: str | None, policy: Policy | None = None) -> Verdict:

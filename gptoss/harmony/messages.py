@@ -84,7 +84,9 @@ def content_from_dict(raw: Any) -> Content:
         return SystemContent.from_dict(raw)
     if kind == "developer_content":
         return DeveloperContent.from_dict(raw)
-    raise HarmonyError(f"message content item: unknown type {kind!r} (expected text, system_content or developer_content)")
+    raise HarmonyError(
+        f"message content item: unknown type {kind!r} (expected text, system_content or developer_content)"
+    )
 
 
 def _as_content(content: "str | Content") -> Content:

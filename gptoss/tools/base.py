@@ -211,8 +211,16 @@ class Toolbox:
         tool = self.find(call.recipient)
         if tool is None:
             names = ", ".join(sorted(self.tools)) or "none"
-            return ToolResult([tool_message(call.recipient or "unknown", f"Error: there is no tool {call.recipient!r} "
-                                            f"(tools available: {names})", call.channel)], status="failed")
+            return ToolResult(
+                [
+                    tool_message(
+                        call.recipient or "unknown",
+                        f"Error: there is no tool {call.recipient!r} (tools available: {names})",
+                        call.channel,
+                    )
+                ],
+                status="failed",
+            )
         return await tool.run(call)
 
     def cite(self, text: str) -> tuple[str, list[dict[str, Any]]]:

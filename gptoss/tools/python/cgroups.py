@@ -15,6 +15,7 @@ from gptoss.tools.python.processes import host_tag
 
 log = logging.getLogger(__name__)
 
+
 def _cgroup_files(limits: SandboxLimits, controllers: set[str]) -> dict[str, dict[str, str]]:
     """Controller -> {file: value} for the limits that controller enforces; v2 names."""
     out: dict[str, dict[str, str]] = {}

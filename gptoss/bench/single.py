@@ -153,19 +153,25 @@ def describe(loaded: Loaded, device: str, gpu_name: str | None) -> dict:
         f"{gpu_name or device}; kv cache {KV_CACHE}, kernels {'on' if fast else 'off'}"
         + (f", native CPU kernels {native['isa']} on {native['threads']} threads" if native else "")
     )
+    return header(loaded.source, device, gpu_name, loaded.dtype, config, KV_CACHE, fast, loaded.load_seconds) | {
+        "cpu_kernels": native
+    }
+
+
+def header(source, device: str, gpu_name, dtype, config, kv_cache: str, fast: bool, load_s: float) -> dict:
+    """The fields every benchmark's JSON opens with: the model, where it ran, the software, when."""
     return {
-        "model": loaded.source,
+        "model": source,
         "device": device,
         "gpu": gpu_name,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "torch": torch.__version__,
         "triton": kernels.triton_version(),
-        "dtype": str(loaded.dtype).replace("torch.", ""),
+        "dtype": str(dtype).replace("torch.", ""),
         "config": {"layers": config.num_hidden_layers, "experts": config.num_experts, "hidden": config.hidden_size},
-        "kv_cache": KV_CACHE,
+        "kv_cache": kv_cache,
         "kernels": fast,
-        "cpu_kernels": native,
-        "load_seconds": round(loaded.load_seconds, 3),
+        "load_seconds": round(load_s, 3),
     }
 
 

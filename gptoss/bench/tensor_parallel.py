@@ -13,15 +13,13 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from datetime import datetime, timezone
 
 import torch
 
-from gptoss import kernels
 from gptoss.bench.common import emit_json, log
 from gptoss.bench.floor import decode_row, floor_bandwidth, prefill_row
 from gptoss.bench.memory import copy_bandwidth_gbs
-from gptoss.bench.single import summary_table
+from gptoss.bench.single import header, summary_table
 from gptoss.engine import LLM, SamplingParams, check_device, resolve_dtype
 from gptoss.model import ModelConfig
 
@@ -123,18 +121,7 @@ def measure(args: argparse.Namespace, batch_sizes: list[int], device: str, folde
             )
             log(f"decode batch {b}: {b * args.decode_tokens / seconds:.1f} tok/s on {n} ranks")
         mem = model.memory_bytes()
-        result: dict = {
-            "model": source,
-            "device": device,
-            "gpu": gpu_name,
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-            "torch": torch.__version__,
-            "triton": kernels.triton_version(),
-            "dtype": str(model.dtype).replace("torch.", ""),
-            "config": {"layers": config.num_hidden_layers, "experts": config.num_experts, "hidden": config.hidden_size},
-            "kv_cache": engine.runner.kind,
-            "kernels": False,
-            "load_seconds": round(load_s, 3),
+        result: dict = header(source, device, gpu_name, model.dtype, config, engine.runner.kind, False, load_s) | {
             "tensor_parallel": n,
             "weights_bytes": mem,  # rank 0's share
             "weights_gib": round(mem["total"] / 2**30, 3),

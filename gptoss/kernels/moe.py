@@ -337,25 +337,10 @@ def moe_forward(
     """The fast MoE from router logits: :func:`route` then the expert kernels. Equals routing with
     :meth:`MLPBlock.route` and :func:`gptoss.model.moe.experts_reference` (bf16 tolerance)."""
     check_device("moe_forward", t, mlp1_weight.blocks)
-    n_tok, hidden = t.shape
-    num_experts, inter = mlp1_weight.blocks.shape[0], mlp1_weight.blocks.shape[1] // 2
-    cfg = _config(n_tok * k, num_experts, hidden, inter)
+    cfg = _shape_config(t, k, mlp1_weight)
     weights, _, sorted_pair, block_expert = route(router_logits, k, cfg[0])
-    return _experts(
-        t,
-        weights,
-        sorted_pair,
-        block_expert,
-        k,
-        mlp1_weight,
-        mlp1_bias,
-        mlp2_weight,
-        mlp2_bias,
-        alpha,
-        limit,
-        residual,
-        cfg,
-    )
+    experts = (mlp1_weight, mlp1_bias, mlp2_weight, mlp2_bias, alpha, limit)
+    return _experts(t, weights, sorted_pair, block_expert, k, experts, residual, cfg)
 
 
 def moe_experts(
@@ -373,44 +358,23 @@ def moe_experts(
     """Same arguments and result as :func:`gptoss.model.moe.experts_reference`: ``t [N, hidden]``, routing
     ``weights, indices [N, k]``, packed ``MXFP4Weight`` s (``.blocks``, ``.scales``) and biases."""
     check_device("moe_experts", t, mlp1_weight.blocks)
-    n_tok, hidden = t.shape
     k = indices.shape[1]
-    num_experts = mlp1_weight.blocks.shape[0]
-    inter = mlp1_weight.blocks.shape[1] // 2
-    cfg = _config(n_tok * k, num_experts, hidden, inter)
-    sorted_pair, block_expert = sort_by_expert(indices, num_experts, cfg[0]) if n_tok else (None, None)
-    return _experts(
-        t,
-        weights,
-        sorted_pair,
-        block_expert,
-        k,
-        mlp1_weight,
-        mlp1_bias,
-        mlp2_weight,
-        mlp2_bias,
-        alpha,
-        limit,
-        residual,
-        cfg,
-    )
+    cfg = _shape_config(t, k, mlp1_weight)
+    sorted_pair, block_expert = sort_by_expert(indices, mlp1_weight.blocks.shape[0], cfg[0]) if len(t) else (None, None)
+    experts = (mlp1_weight, mlp1_bias, mlp2_weight, mlp2_bias, alpha, limit)
+    return _experts(t, weights, sorted_pair, block_expert, k, experts, residual, cfg)
 
 
-def _experts(
-    t,
-    weights,
-    sorted_pair,
-    block_expert,
-    k,
-    mlp1_weight,
-    mlp1_bias,
-    mlp2_weight,
-    mlp2_bias,
-    alpha,
-    limit,
-    residual,
-    cfg,
-) -> torch.Tensor:
+def _shape_config(t: torch.Tensor, k: int, mlp1_weight) -> tuple:
+    """The tile configuration for ``t [N, hidden]`` routed to ``k`` experts each of ``mlp1_weight``'s."""
+    n_tok, hidden = t.shape
+    num_experts, inter = mlp1_weight.blocks.shape[0], mlp1_weight.blocks.shape[1] // 2
+    return _config(n_tok * k, num_experts, hidden, inter)
+
+
+def _experts(t, weights, sorted_pair, block_expert, k, experts: tuple, residual, cfg) -> torch.Tensor:
+    """Both expert products over tokens sorted by expert; ``experts``: the weights, biases, alpha and limit."""
+    mlp1_weight, mlp1_bias, mlp2_weight, mlp2_bias, alpha, limit = experts
     n_tok, hidden = t.shape
     num_experts, inter = mlp1_weight.blocks.shape[0], mlp1_weight.blocks.shape[1] // 2
     if hidden % 32 or inter % 32:

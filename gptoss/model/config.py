@@ -453,40 +453,27 @@ def _build(source: str, kwargs: dict[str, Any]) -> ModelConfig:
         raise ConfigError(f"{source}: {exc}") from None
 
 
+def _miniature(layers: int, width: int, head_dim: int, heads: int, window: int) -> ModelConfig:
+    """gpt-oss's layout at small widths: 8 experts, 2 key-value heads, the real vocabulary."""
+    return ModelConfig(
+        num_hidden_layers=layers,
+        num_experts=8,
+        hidden_size=width,
+        intermediate_size=width,
+        head_dim=head_dim,
+        num_attention_heads=heads,
+        num_key_value_heads=2,
+        sliding_window=window,
+    )
+
+
 PRESETS: dict[str, ModelConfig] = {
     "gpt-oss-20b": ModelConfig(num_hidden_layers=24, num_experts=32),
     "gpt-oss-120b": ModelConfig(num_hidden_layers=36, num_experts=128),
     # Small shapes for tests and demos: real vocabulary (so the tokenizer works), tiny everything else.
-    "tiny": ModelConfig(
-        num_hidden_layers=2,
-        num_experts=8,
-        hidden_size=64,
-        intermediate_size=64,
-        head_dim=16,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=16,
-    ),
-    "small": ModelConfig(
-        num_hidden_layers=4,
-        num_experts=8,
-        hidden_size=128,
-        intermediate_size=128,
-        head_dim=32,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        sliding_window=128,
-    ),
+    "tiny": _miniature(layers=2, width=64, head_dim=16, heads=4, window=16),
+    "small": _miniature(layers=4, width=128, head_dim=32, heads=8, window=128),
     # The synthetic demo `gptoss chat` falls back to: gpt-oss's layout in miniature (banded and dense layers,
     # a 128-token window, top-4 of 8 experts, the real vocabulary), ~50 MB, tens of tokens/s on one CPU core.
-    "demo": ModelConfig(
-        num_hidden_layers=4,
-        num_experts=8,
-        hidden_size=64,
-        intermediate_size=64,
-        head_dim=16,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=128,
-    ),
+    "demo": _miniature(layers=4, width=64, head_dim=16, heads=4, window=128),
 }

@@ -54,7 +54,9 @@ def main() -> None:
         codes: list[int] = []
         workers = [
             threading.Thread(
-                target=lambda: codes.append(httpx.post(base + "/tokenize", json=body, timeout=600).status_code)
+                target=lambda codes=codes, body=body: codes.append(
+                    httpx.post(base + "/tokenize", json=body, timeout=600).status_code
+                )
             )
             for _ in range(args.requests)
         ]

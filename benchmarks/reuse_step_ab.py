@@ -60,7 +60,10 @@ def main() -> None:
     for prompt, tiled in zip(prompts[1:], order):
         s, a = ttft(prompt, tiled)
         rows.append({"history_tokens": len(prompt), "tiled": tiled, "ttft_s": round(s, 3), "attention_s": round(a, 3)})
-    mean = lambda key, tiled: sum(r[key] for r in rows if r["tiled"] == tiled) / (2 * args.rounds)
+
+    def mean(key, tiled):
+        return sum(r[key] for r in rows if r["tiled"] == tiled) / (2 * args.rounds)
+
     print(
         json.dumps(
             {

@@ -79,7 +79,7 @@ def test_chat_in_a_terminal_turn_reset_save(ckpt, tmp_path):
     child.sendline("Hello there")
     child.expect(">>> ")
     # decoded under the Harmony grammar, even random weights give a final answer, streamed
-    lines = [l for l in child.before.splitlines() if l.strip()]
+    lines = [line for line in child.before.splitlines() if line.strip()]
     assert lines[0] == "Hello there" and len(lines) >= 2 and "<|" not in child.before
     child.sendline("/effort high")
     child.expect(">>> ")

@@ -46,7 +46,8 @@ def test_misshaped_tensor(hf_ckpt):
     )
     with pytest.raises(
         CheckpointError,
-        match=r"tensor model\.layers\.0\.mlp\.experts\.down_proj_scales: expected shape \[8, 64, 2\], found \[8, 64, 3\]",
+        match=r"tensor model\.layers\.0\.mlp\.experts\.down_proj_scales: "
+        r"expected shape \[8, 64, 2\], found \[8, 64, 3\]",
     ):
         Transformer.from_checkpoint(hf_ckpt)
 
@@ -132,7 +133,7 @@ def test_cli_prints_one_line_without_traceback(hf_ckpt):
         timeout=120,
     )
     assert proc.returncode == 1
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == [f"gptoss: error: {hf_ckpt}: missing tensor lm_head.weight (hf layout)"]
     assert "Traceback" not in proc.stderr
 

@@ -203,7 +203,8 @@ def test_a_busy_port_fails_before_loading(tmp_path):
         )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        f"gptoss: error: --port {port}: 127.0.0.1:{port} is already in use (another server?); stop it or choose another --port"
+        f"gptoss: error: --port {port}: 127.0.0.1:{port} is already in use (another server?); "
+        "stop it or choose another --port"
     ]
     assert not any(tmp_path.iterdir())  # no demo written, no model loaded, no "serving"
 

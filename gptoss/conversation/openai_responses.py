@@ -12,8 +12,8 @@ keep their exact Harmony messages (``_harmony``), search results included.
 
 Output: :class:`TurnItems` follows the Harmony parser of a generated turn and cuts it into output items
 (reasoning, message, function_call, web_search_call, code_interpreter_call), announcing each as it
-begins, grows and ends, so that one code path serves streamed and non-streamed responses. Items and events here are plain data; the server dresses
-them in the ``openai`` SDK's types.
+begins, grows and ends, so that one code path serves streamed and non-streamed responses. Items and events here
+are plain data; the server dresses them in the ``openai`` SDK's types.
 """
 
 from __future__ import annotations

@@ -86,7 +86,9 @@ class DecodeGraphs:
                 self.failed = True
                 self.graphs.clear()
                 self.outputs.clear()
-                warnings.warn(f"CUDA graph capture failed, decoding without graphs: {exc!r}", RuntimeWarning)
+                warnings.warn(
+                    f"CUDA graph capture failed, decoding without graphs: {exc!r}", RuntimeWarning, stacklevel=2
+                )
                 return self.model.step_paged(tokens, meta, self.cache, logits_index=meta.last_index)
         n = tokens.numel()
         b = next(s for s in self.sizes if s >= n)

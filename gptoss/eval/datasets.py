@@ -315,7 +315,8 @@ def parse_data_spec(spec: str | None, evals: list[str]) -> dict[str, list[str]]:
     missing = [e for e in evals if e not in out]
     if missing:
         raise GptossError(
-            f"--data names no source for {', '.join(missing)} (add {missing[0]}=PATH, {missing[0]}=samples or {missing[0]}=hub)"
+            f"--data names no source for {', '.join(missing)} "
+            f"(add {missing[0]}=PATH, {missing[0]}=samples or {missing[0]}=hub)"
         )
     return out
 

@@ -122,18 +122,21 @@ def markdown(summary: dict[str, Any], plots: list[str]) -> str:
         f"# gptoss eval: {summary['model']}",
         "",
         f"- endpoint: `{summary['base_url']}`, written {summary['created']}",
-        f"- samples per item: {cfg['samples']}, temperature: {cfg['temperature']}, max tokens: {cfg['max_tokens'] or 'server default'}, "
+        f"- samples per item: {cfg['samples']}, temperature: {cfg['temperature']}, "
+        f"max tokens: {cfg['max_tokens'] or 'server default'}, "
         f"seed: {cfg['seed']}" + (f", tools: {', '.join(cfg['tools'])} (AIME)" if cfg["tools"] else ""),
         "- data: " + "; ".join(f"{k}: `{v}`" for k, v in summary["data"].items()),
         f"- attempts: {summary['attempts']['completed']} of {summary['attempts']['planned']} completed, "
         f"{summary['attempts']['errors']} failed",
         "",
-        "| eval | effort | metric | score (%) | ± s.e. | items | completed | errors | no answer | mean output tokens | mean reasoning chars |",
+        "| eval | effort | metric | score (%) | ± s.e. | items | completed | errors | no answer "
+        "| mean output tokens | mean reasoning chars |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in summary["results"]:
         lines.append(
-            f"| {r['eval']} | {r['effort']} | {r['metric']} | {_fmt(r['accuracy'])} | {_fmt(r['stderr'])} | {r['items']} | "
+            f"| {r['eval']} | {r['effort']} | {r['metric']} | {_fmt(r['accuracy'])} | {_fmt(r['stderr'])} "
+            f"| {r['items']} | "
             f"{r['completed']}/{r['attempts']} | {r['errors']} | {r.get('no_answer', '–')} | "
             f"{_fmt(r['mean_completion_tokens'], False)} | {_fmt(r['mean_reasoning_chars'], False)} |"
         )
@@ -259,7 +262,8 @@ def text_table(summary: dict[str, Any]) -> str:
     rows = [f"{'eval':<12} {'effort':<7} {'score%':>7} {'done':>9} {'errors':>6} {'out tokens':>10}"]
     for r in summary["results"]:
         rows.append(
-            f"{r['eval']:<12} {r['effort']:<7} {_fmt(r['accuracy']):>7} {str(r['completed']) + '/' + str(r['attempts']):>9} "
+            f"{r['eval']:<12} {r['effort']:<7} {_fmt(r['accuracy']):>7} "
+            f"{str(r['completed']) + '/' + str(r['attempts']):>9} "
             f"{r['errors']:>6} {_fmt(r['mean_completion_tokens'], False):>10}"
         )
     return "\n".join(rows)

@@ -278,7 +278,8 @@ class ChatClient:
         except openai.APIStatusError as exc:
             if exc.status_code in (401, 403):
                 raise GptossError(
-                    f"{self.endpoint.base_url}: authentication failed ({exc.status_code}); set --api-key or $OPENAI_API_KEY"
+                    f"{self.endpoint.base_url}: authentication failed ({exc.status_code}); "
+                    "set --api-key or $OPENAI_API_KEY"
                 ) from None
             listed = []  # a server without /models: trust --model
         model = self.endpoint.model

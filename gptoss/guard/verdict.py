@@ -24,10 +24,13 @@ from gptoss.harmony.grammar import TurnGrammar
 RATIONALE_MAX_CHARS = 240
 CATEGORY_MAX_CHARS = 64
 
-OUTPUT_INSTRUCTIONS = """# Output format
+OUTPUT_INSTRUCTIONS = (
+    """# Output format
 Decide whether the content in the user message violates the policy above. Reason about it first, then answer
 with one JSON object and nothing else:
-{{"violation": 1 if the content violates the policy else 0, "policy_category": {category_hint}, "rationale": "one short sentence explaining the decision"}}"""
+{{"violation": 1 if the content violates the policy else 0, "policy_category": {category_hint}, """
+    '"rationale": "one short sentence explaining the decision"}}'
+)
 
 
 class VerdictError(ValueError):

@@ -110,7 +110,8 @@ class TurnGrammar:
             channel, ctype = BUILTIN_TOOL_HEADERS[recipient]
             body = '%json {"type": "object"}' if recipient.startswith("browser.") else "TEXT"
             rules.append(
-                f'{_rule_name("bt", recipient)}: <|channel|> "{channel} to={recipient} {ctype}" <|message|> {body} <|call|>'
+                f"{_rule_name('bt', recipient)}: "
+                f'<|channel|> "{channel} to={recipient} {ctype}" <|message|> {body} <|call|>'
             )
         return rules
 

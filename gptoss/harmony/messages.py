@@ -95,7 +95,8 @@ def _as_content(content: "str | Content") -> Content:
 
 @dataclass
 class Message:
-    """One Harmony message: ``<|start|>{author}[ to={recipient}][<|channel|>{channel}][ {content_type}]<|message|>...``."""
+    """One Harmony message:
+    ``<|start|>{author}[ to={recipient}][<|channel|>{channel}][ {content_type}]<|message|>...``."""
 
     author: Author
     content: list[Content] = field(default_factory=list)

@@ -108,7 +108,7 @@ if triton is not None:
         bias_ptr,
         h_ptr,
         H,
-        I,
+        inter,
         E,
         alpha,
         limit,
@@ -128,11 +128,11 @@ if triton is not None:
         valid = pair >= 0
         tok = tl.where(valid, pair // K, 0).to(tl.int64)
         n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        nmask = n < I
+        nmask = n < inter
         row_bytes = H // 2
         row_groups = H // 32
-        w_base = w_ptr + e64 * (2 * I) * row_bytes
-        s_base = s_ptr + e64 * (2 * I) * row_groups
+        w_base = w_ptr + e64 * (2 * inter) * row_bytes
+        s_base = s_ptr + e64 * (2 * inter) * row_groups
         jj = tl.arange(0, BLOCK_K // 2)
         acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         acc_l = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -146,14 +146,14 @@ if triton is not None:
             l_lo, l_hi = _dequant_pair(w_base, s_base, 2 * n + 1, nmask, j, row_bytes, row_groups)
             acc_l = tl.dot(x_even, tl.trans(l_lo.to(x_even.dtype)), acc_l)
             acc_l = tl.dot(x_odd, tl.trans(l_hi.to(x_even.dtype)), acc_l)
-        bias = bias_ptr + e64 * (2 * I)
+        bias = bias_ptr + e64 * (2 * inter)
         g = acc_g + tl.load(bias + 2 * n, mask=nmask, other=0.0).to(tl.float32)[None, :]
         lin = acc_l + tl.load(bias + 2 * n + 1, mask=nmask, other=0.0).to(tl.float32)[None, :]
         g = tl.minimum(g, limit)
         lin = tl.minimum(tl.maximum(lin, -limit), limit)
         out = g * tl.sigmoid(alpha * g) * (lin + 1.0)
         tl.store(
-            h_ptr + rows[:, None].to(tl.int64) * I + n[None, :], out.to(h_ptr.dtype.element_ty), mask=nmask[None, :]
+            h_ptr + rows[:, None].to(tl.int64) * inter + n[None, :], out.to(h_ptr.dtype.element_ty), mask=nmask[None, :]
         )
 
     @triton.jit
@@ -167,7 +167,7 @@ if triton is not None:
         route_ptr,
         y_ptr,
         H,
-        I,
+        inter,
         E,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
@@ -184,14 +184,14 @@ if triton is not None:
         valid = pair >= 0
         n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         nmask = n < H
-        row_bytes = I // 2
-        row_groups = I // 32
+        row_bytes = inter // 2
+        row_groups = inter // 32
         w_base = w_ptr + e64 * H * row_bytes
         s_base = s_ptr + e64 * H * row_groups
         jj = tl.arange(0, BLOCK_K // 2)
-        h_rows = h_ptr + rows[:, None].to(tl.int64) * I
+        h_rows = h_ptr + rows[:, None].to(tl.int64) * inter
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k0 in range(0, I, BLOCK_K):
+        for k0 in range(0, inter, BLOCK_K):
             h_even = tl.load(h_rows + (k0 + 2 * jj)[None, :], mask=valid[:, None], other=0.0)
             h_odd = tl.load(h_rows + (k0 + 2 * jj + 1)[None, :], mask=valid[:, None], other=0.0)
             w_lo, w_hi = _dequant_pair(w_base, s_base, n, nmask, k0 // 2 + jj, row_bytes, row_groups)

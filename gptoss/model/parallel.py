@@ -174,10 +174,11 @@ class ExpertParallelMLP(MLPBlock):
         self.mlp2_bias = torch.nn.Parameter(torch.zeros(e, h, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor, ops=None) -> torch.Tensor:
-        """(Any backend ``ops``: the shards run this one plain-torch path.) Each token's ``k`` weighted expert outputs are computed on the ranks holding those experts into
-        ``[N, k, hidden]`` (zeros elsewhere), summed over ranks (exact: one rank holds each entry), then added
-        up in ascending expert order as :func:`~gptoss.model.moe.experts_reference` does, so the combine
-        rounds exactly as the single-process model's."""
+        """(Any backend ``ops``: the shards run this one plain-torch path.) Each token's ``k`` weighted expert
+        outputs are computed on the ranks holding those experts into ``[N, k, hidden]`` (zeros elsewhere),
+        summed over ranks (exact: one rank holds each entry), then added up in ascending expert order as
+        :func:`~gptoss.model.moe.experts_reference` does, so the combine rounds exactly as the single-process
+        model's."""
         t = self.norm(x)
         weights, indices = self.route(t)
         n, k = indices.shape
@@ -214,7 +215,7 @@ class ShardedTransformer(Transformer):
         self.embedding = VocabParallelEmbedding(shard, v, h, device, dtype)
         self.unembedding = VocabParallelUnembedding(shard, v, h, device, dtype)
         local = self.config
-        for n, block in enumerate(self.block):
+        for block in self.block:
             if shard.heads and shard.world > 1:
                 block.attn.out = RowParallelLinear(shard, local.head_dim * local.num_attention_heads, h, device, dtype)
             if shard.experts and shard.world > 1:

@@ -200,8 +200,8 @@ def write_checkpoint(
         json.dumps(
             {
                 "synthetic": True,
-                "note": "Random weights with real MXFP4 packing, written by `gptoss make-checkpoint`. Not a trained model: "
-                "its text is noise.",
+                "note": "Random weights with real MXFP4 packing, written by `gptoss make-checkpoint`. "
+                "Not a trained model: its text is noise.",
                 "seed": seed,
                 "layout": layout,
             },

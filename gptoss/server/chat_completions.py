@@ -203,10 +203,10 @@ def parse_logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int
 
 
 async def _drain(run) -> Completion:
-    comp = None
+    last = None
     async for comp, _ in run:
-        pass
-    return comp
+        last = comp
+    return last
 
 
 def _usage(prompt: int, completion: int, reasoning: int, cached: int = 0) -> CompletionUsage:

@@ -174,7 +174,8 @@ class ServerState:
             raise APIError(
                 400,
                 f"this model's maximum context length is {self.max_model_len} tokens; the request needs {wanted} "
-                f"({prompt_len} in the prompt, {max_tokens or 0} to generate). Shorten the messages or lower {field_name}.",
+                f"({prompt_len} in the prompt, {max_tokens or 0} to generate). "
+                f"Shorten the messages or lower {field_name}.",
                 param=field_name if room > 0 else "messages",
                 code="context_length_exceeded",
             )

@@ -132,7 +132,11 @@ class Tool(ABC):
         return {}
 
     async def aclose(self) -> None:
-        """Release what the conversation holds (a kernel, a container)."""
+        """Release what the conversation holds (a kernel, a container).
+
+        A concrete default, not an abstract method: a tool that holds nothing has nothing to release, so
+        this does nothing; tools with a kernel or a container override it."""
+        return None
 
     def close(self) -> None:
         _run_sync(self.aclose())

@@ -121,13 +121,15 @@ KEY = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"
             "shape",
             lambda t: t.__setitem__(KEY, t[KEY][:16]),
             None,
-            r"model\.layers\.1\.self_attn\.v_proj: expected lora_A \[4, 64\] and lora_B \[32, 4\].*found \[4, 64\] and \[16, 4\]",
+            r"model\.layers\.1\.self_attn\.v_proj: expected lora_A \[4, 64\] and lora_B \[32, 4\]"
+            r".*found \[4, 64\] and \[16, 4\]",
         ),
         (
             "rank",
             None,
             lambda c: c.__setitem__("r", 8),
-            r"mlp\.experts\.down_proj: lora_A\.weight \[32, 64\] has 32 rows; the adapter's rank 8 x 8 experts = 64 does not fit",
+            r"mlp\.experts\.down_proj: lora_A\.weight \[32, 64\] has 32 rows; "
+            r"the adapter's rank 8 x 8 experts = 64 does not fit",
         ),
         (
             "attention rank",

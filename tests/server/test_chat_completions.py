@@ -253,7 +253,9 @@ def test_disconnect_frees_the_slot(server, client):
 def test_metrics_and_models(server, client):
     def hits() -> float:
         line = next(
-            l for l in httpx.get(server + "/metrics").text.splitlines() if l.startswith("gptoss_prefix_cache_hits ")
+            row
+            for row in httpx.get(server + "/metrics").text.splitlines()
+            if row.startswith("gptoss_prefix_cache_hits ")
         )
         return float(line.split()[1])
 

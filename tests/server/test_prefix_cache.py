@@ -50,9 +50,9 @@ def test_another_key_reuses_nothing_of_a_cached_prompt(keyed):
     assert chat(alice, messages).usage.prompt_tokens_details.cached_tokens > 0
     assert chat(bob, messages).usage.prompt_tokens_details.cached_tokens == 0
     line = next(
-        l
-        for l in httpx.get(keyed + "/metrics", headers={"Authorization": "Bearer bob-key"}).text.splitlines()
-        if l.startswith("gptoss_prefix_cache_hit_rate ")
+        row
+        for row in httpx.get(keyed + "/metrics", headers={"Authorization": "Bearer bob-key"}).text.splitlines()
+        if row.startswith("gptoss_prefix_cache_hit_rate ")
     )
     assert 0 < float(line.split()[1]) < 1
 

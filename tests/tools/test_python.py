@@ -135,7 +135,8 @@ def test_fork_bomb_is_contained(loop, py):
         r1 = run(
             loop,
             py,
-            "import subprocess, time\nsubprocess.Popen(['sh', '-c', 'b() { b | b & }; b'], stderr=subprocess.DEVNULL)\ntime.sleep(2)\n"
+            "import subprocess, time\n"
+            "subprocess.Popen(['sh', '-c', 'b() { b | b & }; b'], stderr=subprocess.DEVNULL)\ntime.sleep(2)\n"
             "print('bombed')",
         )
         r2 = run(loop, py, "import os\nwhile True:\n    os.fork()")
@@ -383,7 +384,8 @@ def test_links_and_fifos_planted_in_the_state_folder_are_never_followed(loop, tm
     plant_links = (
         "import os, shutil\ns = os.path.dirname(os.environ['HOME'])\n"
         + "".join(
-            f"try:\n    os.unlink(os.path.join(s, {n!r}))\nexcept OSError:\n    pass\nos.symlink({str(t)!r}, os.path.join(s, {n!r}))\n"
+            f"try:\n    os.unlink(os.path.join(s, {n!r}))\nexcept OSError:\n    pass\n"
+            f"os.symlink({str(t)!r}, os.path.join(s, {n!r}))\n"
             for n, t in names.items()
         )
         + f"shutil.rmtree(os.environ['HOME'])\nos.symlink({str(folder)!r}, os.environ['HOME'])\n"
@@ -455,11 +457,14 @@ from gptoss.tools.python.processes import descendants
 async def main():
     tool = PythonTool(timeout=600, limits=SandboxLimits(processes=48))
     await tool.start()
-    task = asyncio.ensure_future(tool.execute("import subprocess, time\\nsubprocess.Popen(['sleep', '1000'])\\ntime.sleep(1000)"))
+    code = "import subprocess, time\\nsubprocess.Popen(['sleep', '1000'])\\ntime.sleep(1000)"
+    task = asyncio.ensure_future(tool.execute(code))
     await asyncio.sleep(1.5)
     sb = tool.runner.sandbox
-    print(json.dumps({"pids": [sb.process.pid, *descendants(sb.process.pid)], "cgroups": [c["path"] for c in getattr(sb, "cgroups", [])],
-                      "dirs": [str(tool.runner.state_dir), str(tool.work_dir)]}), flush=True)
+    pids = [sb.process.pid, *descendants(sb.process.pid)]
+    cgroups = [c["path"] for c in getattr(sb, "cgroups", [])]
+    dirs = [str(tool.runner.state_dir), str(tool.work_dir)]
+    print(json.dumps({"pids": pids, "cgroups": cgroups, "dirs": dirs}), flush=True)
     await task
 
 asyncio.run(main())
@@ -609,7 +614,8 @@ def test_the_whole_conversation_has_one_disk_limit(loop):
         limits=SandboxLimits(memory_bytes=MEMORY_LIMIT, disk_bytes=64 * 2**20, tmp_size="32m", processes=PROCESS_LIMIT),
     )
     fill = (
-        "import os\nwritten = 0\ntry:\n    for i in range(4):\n        with open(f'{folder}/part{{i}}.bin', 'wb') as f:\n"
+        "import os\nwritten = 0\ntry:\n    for i in range(4):\n"
+        "        with open(f'{folder}/part{{i}}.bin', 'wb') as f:\n"
         "            for _ in range(24):\n                written += f.write(bytes(2**20))\n"
         "except OSError as e:\n    print(e.strerror)\nprint(written // 2**20)"
     )
@@ -737,8 +743,10 @@ from gptoss.tools.python import PythonTool
 async def main():
     t = PythonTool(timeout=20)
     try:
-        r = await t.execute("import os\\nprint(open('/usr/local/src/marker').read(), os.path.ismount('/usr/local/src'))\\n"
-                            "try:\\n    open('/usr/local/src/x', 'w')\\nexcept OSError as e:\\n    print(e.strerror)")
+        r = await t.execute(
+            "import os\\nprint(open('/usr/local/src/marker').read(), os.path.ismount('/usr/local/src'))\\n"
+            "try:\\n    open('/usr/local/src/x', 'w')\\nexcept OSError as e:\\n    print(e.strerror)"
+        )
         print(t.isolation()["filesystem"], "|", r.output.replace("\\n", "|"))
     finally:
         await t.aclose()
@@ -765,7 +773,10 @@ def test_one_memory_limit_across_kernel_restarts_and_one_budget_for_all_sandboxe
     from gptoss.tools.python.cgroups import set_sandboxes_memory
 
     mib = 2**20
-    fill = "with open('/mnt/data/big.bin', 'wb') as f:\n    for _ in range({}):\n        f.write(bytes(2**20))\nprint('written')"
+    fill = (
+        "with open('/mnt/data/big.bin', 'wb') as f:\n    for _ in range({}):\n        f.write(bytes(2**20))\n"
+        "print('written')"
+    )
     take = "b = bytes(1) * ({} * 2**20)\nprint('allocated')"
     one = PythonTool(
         timeout=60,

@@ -14,9 +14,10 @@ The library is compiled on first use (see :mod:`gptoss.kernels.cpu.builder`) for
 CPU runs — AVX-512 (with or without its bf16 dot product), AVX2+FMA, NEON, a portable build — and each product of
 a real model's size runs in the variant measured fastest for it on this CPU (:mod:`gptoss.kernels.cpu.chooser`:
 the instruction set, a prefetch distance, or torch's GEMM, timed at first use and kept beside the libraries).
-``GPTOSS_CPU_ISA=portable|avx2|avx512|avx512bf16|neon`` forces one and skips the choice (tests force each in turn). ``GPTOSS_NUM_THREADS`` sets the threads (default: the physical cores); the same
-count is given to torch, whose OpenMP pool ours is (one libgomp), so the two never oversubscribe the cores;
-without either, ours follow torch's thread count, capped at the physical cores.
+``GPTOSS_CPU_ISA=portable|avx2|avx512|avx512bf16|neon`` forces one and skips the choice (tests force each in turn).
+``GPTOSS_NUM_THREADS`` sets the threads (default: the physical cores); the same count is given to torch, whose
+OpenMP pool ours is (one libgomp), so the two never oversubscribe the cores; without either, ours follow torch's
+thread count, capped at the physical cores.
 Where no compiler works, :func:`available` is False, the model runs its reference path, and one warning says why.
 """
 
@@ -638,7 +639,10 @@ def dense(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if n > TRIAL_TOKENS or m > rows:  # a slice: the first rows (still far larger than any L3), 64 tokens
         tx = x.reshape(-1, k)[:TRIAL_TOKENS]
         tw, tb = w[:rows], None if bias is None else bias[:rows]
-        trial = lambda v: run(v, tx, tw, tb)
+
+        def trial(v):
+            return run(v, tx, tw, tb)
+
     return choice.chooser().run(key, 2 * m * k, cands, lambda v: run(v, x, w, bias), trial)
 
 

@@ -237,7 +237,8 @@ class LocalCorpus(BrowserBackend):
             rows = (
                 self._connect()
                 .execute(
-                    "SELECT d.title, d.url, snippet(passages, 1, '', '', '…', 24), p.line, bm25(passages, 4.0, 1.0) AS score"
+                    "SELECT d.title, d.url, snippet(passages, 1, '', '', '…', 24), p.line,"
+                    " bm25(passages, 4.0, 1.0) AS score"
                     " FROM passages p JOIN docs d ON d.id = p.doc WHERE passages MATCH ? ORDER BY score LIMIT ?",
                     (expr, max(topn, 1) * 20),
                 )

@@ -149,7 +149,8 @@ class BrowserTool(Tool):
         try:
             if fn not in FUNCTIONS:
                 raise ToolUsageError(
-                    f"Unknown function `{call.recipient}`: the browser has {', '.join('browser.' + f for f in FUNCTIONS)}"
+                    f"Unknown function `{call.recipient}`: "
+                    f"the browser has {', '.join('browser.' + f for f in FUNCTIONS)}"
                 )
             args = call.json_arguments()
             if fn == "search":

@@ -212,7 +212,7 @@ def _empty_cgroup(path: str, tries: int = 100) -> bool:
     it is empty."""
     for _ in range(tries):
         busy = False
-        for top, dirs, _files in os.walk(path):
+        for top, _dirs, _files in os.walk(path):
             pids = _procs(top)
             if not pids:
                 continue
@@ -235,7 +235,7 @@ def _remove_cgroup(path: str, tries: int = 100) -> bool:
         return True
     _empty_cgroup(path, tries)
     for _ in range(tries):
-        for top, dirs, _files in sorted(os.walk(path), key=lambda w: -len(w[0])):
+        for top, _dirs, _files in sorted(os.walk(path), key=lambda w: -len(w[0])):
             try:
                 os.rmdir(top)
             except OSError:

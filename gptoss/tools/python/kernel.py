@@ -92,7 +92,10 @@ def _gptoss_cap_streams(*_args, _limit={limit}):
             continue
         def capped(text, *args, _write=write, **kwargs):
             if isinstance(text, str) and len(text) > _limit:
-                text = text[:_limit // 2] + f"\\n[... {{len(text) - _limit}} characters truncated ...]\\n" + text[-(_limit // 2):]
+                text = (
+                    text[:_limit // 2] + f"\\n[... {{len(text) - _limit}} characters truncated ...]\\n"
+                    + text[-(_limit // 2):]
+                )
             return _write(text, *args, **kwargs)
         capped._gptoss_capped = True
         try:

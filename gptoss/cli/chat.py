@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 
-from gptoss.cli.common import DEMO_MAX_TOKENS, DEMO_REASONING_MAX_TOKENS, add_model_args, load_llm
+from gptoss.cli.common import DEMO_MAX_TOKENS, DEMO_REASONING_MAX_TOKENS, add_browser_args, add_model_args, load_llm
 from gptoss.errors import GptossError
 from gptoss.harmony import EFFORT_NAMES
 
@@ -74,20 +74,7 @@ def add_parser(sub) -> None:
         metavar="FILE",
         help="a Python module whose functions the model may call (functions.NAME)",
     )
-    p.add_argument(
-        "--corpus",
-        default=None,
-        metavar="DIR",
-        help="the browser's local corpus: a folder of HTML, Markdown, text or PDF files (indexed on start)",
-    )
-    p.add_argument(
-        "--browser-allow-hosts",
-        default=None,
-        metavar="LIST",
-        help="hosts the browser may open although they are not public (it refuses loopback, private and "
-        "link-local addresses): comma-separated names (*.corp.example), addresses or networks "
-        "(10.0.0.0/8), each optionally :PORT (default: GPTOSS_BROWSER_ALLOW_HOSTS)",
-    )
+    add_browser_args(p)
     p.add_argument("--max-tool-calls", type=int, default=16, help="most tool calls in one answer (default 16)")
     p.set_defaults(func=run)
 

@@ -58,6 +58,24 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     add_threads_arg(parser)
 
 
+def add_browser_args(parser: argparse.ArgumentParser) -> None:
+    """The browser tool's flags: its local corpus and the non-public hosts it may open."""
+    parser.add_argument(
+        "--corpus",
+        default=None,
+        metavar="DIR",
+        help="the browser's local corpus: a folder of HTML, Markdown, text or PDF files (indexed on start)",
+    )
+    parser.add_argument(
+        "--browser-allow-hosts",
+        default=None,
+        metavar="LIST",
+        help="hosts the browser may open although they are not public (it refuses loopback, private and "
+        "link-local addresses): comma-separated names (*.corp.example), addresses or networks "
+        "(10.0.0.0/8), each optionally :PORT (default: GPTOSS_BROWSER_ALLOW_HOSTS)",
+    )
+
+
 def add_threads_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads",

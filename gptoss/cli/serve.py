@@ -11,6 +11,7 @@ import sys
 from gptoss.cli.common import (
     DEMO_MODEL_NAME,
     DEMO_REASONING_MAX_TOKENS,
+    add_browser_args,
     add_model_args,
     add_tensor_parallel_args,
     follow_if_not_rank0,
@@ -68,7 +69,7 @@ def add_parser(sub) -> None:
         help="seconds a stored response is kept (default 30 days; 0: forever)",
     )
     p.add_argument("--tools", default="", help="built-in tools the Responses API may run: browser,python")
-    p.add_argument("--corpus", default=None, help="folder of documents the browser searches (indexed on start)")
+    add_browser_args(p)
     p.add_argument(
         "--python-sandboxes-memory",
         default=None,
@@ -89,14 +90,6 @@ def add_parser(sub) -> None:
         action="store_true",
         help="answer 400 when max_tokens / max_output_tokens is more than the context leaves after the "
         "prompt (as OpenAI does); default: generate up to the end of the context",
-    )
-    p.add_argument(
-        "--browser-allow-hosts",
-        default=None,
-        metavar="LIST",
-        help="hosts the browser may open although they are not public (it refuses loopback, private and "
-        "link-local addresses): comma-separated names (*.corp.example), addresses or networks "
-        "(10.0.0.0/8), each optionally :PORT (default: GPTOSS_BROWSER_ALLOW_HOSTS)",
     )
     p.add_argument(
         "--log-level",

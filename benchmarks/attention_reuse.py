@@ -31,12 +31,12 @@ def gathered_matmul(q, k_pages, v_pages, table, pos, sinks, sm_scale, window, ti
     v = v_pages.reshape(-1, hk, d)[rows].float().transpose(0, 1)  # [HK, S, D]
     out = torch.empty(n, hq, d)
     for a in range(0, n, tile):
-        qt = q[a:a + tile]
+        qt = q[a : a + tile]
         t = qt.shape[0]
         hi = int(pos[a + t - 1]) + 1
         qh = qt.view(t, hk, g, d).permute(1, 0, 2, 3).reshape(hk, t * g, d)
         sc = torch.bmm(qh, k[:, :, :hi]).mul_(sm_scale).view(hk, t, g, hi)
-        p = pos[a:a + t].view(1, t, 1, 1)
+        p = pos[a : a + t].view(1, t, 1, 1)
         mask = kpos[:hi].view(1, 1, 1, hi) > p
         if window:
             mask |= kpos[:hi].view(1, 1, 1, hi) <= p - window
@@ -46,7 +46,7 @@ def gathered_matmul(q, k_pages, v_pages, table, pos, sinks, sm_scale, window, ti
         e = (sc - m).exp_()
         denom = e.sum(-1, keepdim=True) + (sk - m).exp()
         o = torch.bmm(e.div_(denom).view(hk, t * g, hi), v[:, :hi])  # [HK, t*G, D]
-        out[a:a + t] = o.view(hk, t, g, d).permute(1, 0, 2, 3).reshape(t, hq, d)
+        out[a : a + t] = o.view(hk, t, g, d).permute(1, 0, 2, 3).reshape(t, hq, d)
     return out.reshape(n, hq * d)
 
 
@@ -74,7 +74,7 @@ def main() -> None:
     sinks = torch.randn(hq, generator=g)
     seq = torch.zeros(n, dtype=torch.int64)
     pos = torch.arange(args.cached, total)
-    scale = d ** -0.5
+    scale = d**-0.5
     w = args.window
     keys = sum(min(int(p) + 1, w) if w else int(p) + 1 for p in pos)
     flop = 4 * hq * d * keys
@@ -92,10 +92,19 @@ def main() -> None:
         return cpu.paged_attention(q, k_pages, v_pages, table, seq, pos, sinks, scale, w, tile=tile)
 
     ref_t, ref = best(lambda: tiled(0))
-    res = {"cpu": cpu_identity().split(" | ")[0], "isa": cpu.isa_name(), "load_average": os.getloadavg(),
-           "threads": args.threads, "queries": n, "cached": args.cached, "window": w, "dtype": args.dtype,
-           "gflop": round(flop / 1e9, 2), "per_query_s": round(ref_t, 4),
-           "per_query_gflops": round(flop / ref_t / 1e9, 1)}
+    res = {
+        "cpu": cpu_identity().split(" | ")[0],
+        "isa": cpu.isa_name(),
+        "load_average": os.getloadavg(),
+        "threads": args.threads,
+        "queries": n,
+        "cached": args.cached,
+        "window": w,
+        "dtype": args.dtype,
+        "gflop": round(flop / 1e9, 2),
+        "per_query_s": round(ref_t, 4),
+        "per_query_gflops": round(flop / ref_t / 1e9, 1),
+    }
     for tile in [int(x) for x in args.tiles.split(",")]:
         t, out = best(lambda tile=tile: tiled(tile))
         err = float((out - ref).norm() / ref.norm())

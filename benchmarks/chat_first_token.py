@@ -17,8 +17,10 @@ import re
 import sys
 import time
 
-SENTENCE = ("Please summarise the trade-offs between running a mixture-of-experts language model on a laptop "
-            "CPU and on a single datacenter GPU, covering memory, speed and cost. ")
+SENTENCE = (
+    "Please summarise the trade-offs between running a mixture-of-experts language model on a laptop "
+    "CPU and on a single datacenter GPU, covering memory, speed and cost. "
+)
 
 
 def conversation_text(target_tokens: int) -> tuple[str, int]:
@@ -32,8 +34,10 @@ def conversation_text(target_tokens: int) -> tuple[str, int]:
     text, n = "", 0
     while True:
         candidate = text + SENTENCE
-        messages = [Message.from_role_and_content(Role.SYSTEM, SystemContent.new()),
-                    Message.from_role_and_content(Role.USER, candidate)]
+        messages = [
+            Message.from_role_and_content(Role.SYSTEM, SystemContent.new()),
+            Message.from_role_and_content(Role.USER, candidate),
+        ]
         m = len(render_conversation_for_completion(messages, Role.ASSISTANT, tokenizer=tok))
         if m > target_tokens and text:
             return text.strip(), n
@@ -53,9 +57,23 @@ def main() -> None:
     args = p.parse_args()
 
     text, prompt_tokens = conversation_text(args.prompt_tokens)
-    cmd = ["-m", "gptoss", "chat", "--model", args.model, "--seed", "1", "--temperature", "0",
-           "--reasoning-effort", args.reasoning_effort, "--reasoning-max-tokens", str(args.reasoning_max_tokens),
-           "--max-tokens", str(args.reasoning_max_tokens + 48)]
+    cmd = [
+        "-m",
+        "gptoss",
+        "chat",
+        "--model",
+        args.model,
+        "--seed",
+        "1",
+        "--temperature",
+        "0",
+        "--reasoning-effort",
+        args.reasoning_effort,
+        "--reasoning-max-tokens",
+        str(args.reasoning_max_tokens),
+        "--max-tokens",
+        str(args.reasoning_max_tokens + 48),
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     t0 = time.perf_counter()
@@ -74,12 +92,21 @@ def main() -> None:
     answer = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", child.before or "").strip()
     child.sendline("/quit")
     child.expect(pexpect.EOF)
-    print(json.dumps({
-        "model": args.model, "threads": args.threads, "prompt_tokens": prompt_tokens,
-        "reasoning_tokens": reasoning_tokens, "startup_to_prompt_s": round(ready_s, 1),
-        "enter_to_first_answer_token_s": round(first_answer_s, 1), "whole_turn_s": round(turn_s, 1),
-        "answer_chars": len(answer),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "threads": args.threads,
+                "prompt_tokens": prompt_tokens,
+                "reasoning_tokens": reasoning_tokens,
+                "startup_to_prompt_s": round(ready_s, 1),
+                "enter_to_first_answer_token_s": round(first_answer_s, 1),
+                "whole_turn_s": round(turn_s, 1),
+                "answer_chars": len(answer),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,12 @@ def main() -> None:
     config = ModelConfig.preset("gpt-oss-20b").replace(num_hidden_layers=args.layers)
     t0 = time.perf_counter()
     model = quick_model(config)
-    out = {"layers": args.layers, "threads": cpu.num_threads(), "isa": cpu.chosen_isa(),
-           "build_s": round(time.perf_counter() - t0, 1)}
+    out = {
+        "layers": args.layers,
+        "threads": cpu.num_threads(),
+        "isa": cpu.chosen_isa(),
+        "build_s": round(time.perf_counter() - t0, 1),
+    }
     g = torch.Generator().manual_seed(0)
     modes = ["auto"] + ([] if args.no_reference else ["off"])
     for mode in modes:
@@ -81,9 +85,11 @@ def main() -> None:
                     model.step(toks, batch, cache, logits_index=batch.last_index)
                     times.append(time.perf_counter() - t)
                 best = min(times)
-                res[f"decode_b{b}"] = {"ms_per_step_best": round(1000 * best, 1),
-                                       "ms_per_step_median": round(1000 * sorted(times)[len(times) // 2], 1),
-                                       "tok_s": round(b / best, 2)}
+                res[f"decode_b{b}"] = {
+                    "ms_per_step_best": round(1000 * best, 1),
+                    "ms_per_step_median": round(1000 * sorted(times)[len(times) // 2], 1),
+                    "tok_s": round(b / best, 2),
+                }
             if args.profile and mode == "auto":
                 from torch.profiler import ProfilerActivity, profile
 

@@ -82,8 +82,9 @@ def _requests(base: str, n: int, max_tokens: int, stream: bool) -> dict:
         start = time.perf_counter()
         if stream:
             first = None
-            for chunk in client.chat.completions.create(model="gpt-oss", messages=msgs, max_tokens=max_tokens, seed=i,
-                                                        stream=True):
+            for chunk in client.chat.completions.create(
+                model="gpt-oss", messages=msgs, max_tokens=max_tokens, seed=i, stream=True
+            ):
                 ids.append(chunk.id)
                 if first is None and chunk.choices and chunk.choices[0].delta.content:
                     first = time.perf_counter() - start
@@ -128,14 +129,28 @@ def main() -> None:
         return LLM(path, device="cpu", dtype="float32", max_batch=4, max_model_len=2048)
 
     def guarded(stream_mode: str, audit: Path):
-        return GuardSettings(policies=[policy], llm=llm(guard_ckpt), reasoning_max_tokens=args.guard_reasoning,
-                             rationale_max_chars=args.rationale_chars, stream=stream_mode, chunk_chars=args.chunk_chars,
-                             audit_path=str(audit))
+        return GuardSettings(
+            policies=[policy],
+            llm=llm(guard_ckpt),
+            reasoning_max_tokens=args.guard_reasoning,
+            rationale_max_chars=args.rationale_chars,
+            stream=stream_mode,
+            chunk_chars=args.chunk_chars,
+            audit_path=str(audit),
+        )
 
-    results: dict = {"config": {"device": "cpu", "preset": "tiny", "requests": args.requests, "max_tokens": args.max_tokens,
-                                "guard_reasoning_max_tokens": args.guard_reasoning,
-                                "rationale_max_chars": args.rationale_chars, "chunk_chars": args.chunk_chars,
-                                "threads": torch.get_num_threads()}}
+    results: dict = {
+        "config": {
+            "device": "cpu",
+            "preset": "tiny",
+            "requests": args.requests,
+            "max_tokens": args.max_tokens,
+            "guard_reasoning_max_tokens": args.guard_reasoning,
+            "rationale_max_chars": args.rationale_chars,
+            "chunk_chars": args.chunk_chars,
+            "threads": torch.get_num_threads(),
+        }
+    }
     with _serve(create_app(llm(served), ServerConfig(persona=persona))) as base:
         _requests(base, 1, args.max_tokens, False)  # warm up (grammar compilation, first allocations)
         results["plain"] = _requests(base, args.requests, args.max_tokens, False)
@@ -147,20 +162,30 @@ def main() -> None:
             if mode == "chunks":
                 plain = _requests(base, args.requests, args.max_tokens, False)
                 rows = [r for i in plain["ids"] for r in AuditLog(audit).records(i)]
-                results["guarded"] = {"total_ms": plain["total_ms"],
-                                      "input_check_ms": _median_ms([r.latency_ms / 1000 for r in rows if r.stage == "input"]),
-                                      "output_check_ms": _median_ms([r.latency_ms / 1000 for r in rows if r.stage == "output"]),
-                                      "verdicts_parsed": sum(r.error is None for r in rows), "checks": len(rows)}
+                results["guarded"] = {
+                    "total_ms": plain["total_ms"],
+                    "input_check_ms": _median_ms([r.latency_ms / 1000 for r in rows if r.stage == "input"]),
+                    "output_check_ms": _median_ms([r.latency_ms / 1000 for r in rows if r.stage == "output"]),
+                    "verdicts_parsed": sum(r.error is None for r in rows),
+                    "checks": len(rows),
+                }
             streamed = _requests(base, args.requests, args.max_tokens, True)
             rows = [r for i in streamed["ids"] for r in AuditLog(audit).records(i)]
-            results[f"stream_{mode}"] = {"first_content_ms": streamed["first_content_ms"], "total_ms": streamed["total_ms"],
-                                         "output_checks_per_request": len([r for r in rows if r.stage == "output"]) / args.requests}
+            results[f"stream_{mode}"] = {
+                "first_content_ms": streamed["first_content_ms"],
+                "total_ms": streamed["total_ms"],
+                "output_checks_per_request": len([r for r in rows if r.stage == "output"]) / args.requests,
+            }
     for key in ("plain", "plain_stream"):
         results[key].pop("ids", None)
     results["added_ms"] = {
         "request": round(results["guarded"]["total_ms"] - results["plain"]["total_ms"], 1),
-        "stream_first_content_chunks": round(results["stream_chunks"]["first_content_ms"] - results["plain_stream"]["first_content_ms"], 1),
-        "stream_first_content_end": round(results["stream_end"]["first_content_ms"] - results["plain_stream"]["first_content_ms"], 1),
+        "stream_first_content_chunks": round(
+            results["stream_chunks"]["first_content_ms"] - results["plain_stream"]["first_content_ms"], 1
+        ),
+        "stream_first_content_end": round(
+            results["stream_end"]["first_content_ms"] - results["plain_stream"]["first_content_ms"], 1
+        ),
     }
     results["ratio_guarded_over_plain"] = round(results["guarded"]["total_ms"] / results["plain"]["total_ms"], 2)
     print(json.dumps(results, indent=2))

@@ -36,7 +36,9 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=4)
     args = p.parse_args()
     ckpt = write_checkpoint(Path(tempfile.mkdtemp()) / "tiny", ModelConfig.preset("tiny"), seed=1)
-    app = create_app(LLM(ckpt, device="cpu", dtype="float32", max_batch=1, max_model_len=args.max_model_len), ServerConfig())
+    app = create_app(
+        LLM(ckpt, device="cpu", dtype="float32", max_batch=1, max_model_len=args.max_model_len), ServerConfig()
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -50,9 +52,14 @@ def main() -> None:
         text = ("lorem ipsum dolor " * (chars // 18 + 1))[:chars]
         body = {"model": "gpt-oss", "messages": [{"role": "user", "content": text}]}
         codes: list[int] = []
-        workers = [threading.Thread(target=lambda: codes.append(httpx.post(base + "/tokenize", json=body,
-                                                                           timeout=600).status_code))
-                   for _ in range(args.requests)]
+        workers = [
+            threading.Thread(
+                target=lambda codes=codes, body=body: codes.append(
+                    httpx.post(base + "/tokenize", json=body, timeout=600).status_code
+                )
+            )
+            for _ in range(args.requests)
+        ]
         start = time.perf_counter()
         for w in workers:
             w.start()
@@ -62,8 +69,11 @@ def main() -> None:
             httpx.get(base + "/health", timeout=600)
             worst = max(worst, time.perf_counter() - t)
             time.sleep(0.05)
-        out[str(chars)] = {"status": sorted(codes), "wall_s": round(time.perf_counter() - start, 2),
-                           "worst_health_s": round(worst, 3)}
+        out[str(chars)] = {
+            "status": sorted(codes),
+            "wall_s": round(time.perf_counter() - start, 2),
+            "worst_health_s": round(worst, 3),
+        }
     server.should_exit = True
     app.state.gptoss.engine.shutdown()
     print(json.dumps(out))

@@ -20,9 +20,17 @@ from gptoss.model import ModelConfig
 from gptoss.model.mxfp4 import MXFP4Weight
 
 CANDIDATES = [  # BLOCK_M, BLOCK_N, BLOCK_K, warps, stages
-    (16, 32, 64, 4, 4), (16, 64, 64, 4, 4), (16, 32, 128, 4, 3), (16, 64, 32, 4, 4),
-    (32, 64, 64, 4, 3), (64, 64, 64, 4, 3), (64, 128, 64, 8, 3), (128, 64, 64, 8, 3), (128, 128, 64, 8, 3),
-    (128, 128, 32, 8, 4), (64, 128, 32, 4, 4),
+    (16, 32, 64, 4, 4),
+    (16, 64, 64, 4, 4),
+    (16, 32, 128, 4, 3),
+    (16, 64, 32, 4, 4),
+    (32, 64, 64, 4, 3),
+    (64, 64, 64, 4, 3),
+    (64, 128, 64, 8, 3),
+    (128, 64, 64, 8, 3),
+    (128, 128, 64, 8, 3),
+    (128, 128, 32, 8, 4),
+    (64, 128, 32, 4, 4),
 ]
 
 
@@ -47,7 +55,7 @@ def main() -> None:
     b1 = torch.randn(e, 2 * i, device=dev, dtype=torch.bfloat16) * 0.01
     b2 = torch.randn(e, h, device=dev, dtype=torch.bfloat16) * 0.01
     gate = torch.randn(e, h, device=dev, dtype=torch.bfloat16) * 0.02
-    expert_bytes = (w1.blocks[0].numel() + w1.scales[0].numel() + w2.blocks[0].numel() + w2.scales[0].numel())
+    expert_bytes = w1.blocks[0].numel() + w1.scales[0].numel() + w2.blocks[0].numel() + w2.scales[0].numel()
     results = []
     for n in (int(v) for v in args.tokens.split(",")):
         t = torch.randn(n, h, device=dev, dtype=torch.bfloat16)
@@ -58,6 +66,7 @@ def main() -> None:
             if h % cfg[2] or i % cfg[2]:
                 continue
             weights, _, pair, blocks = moe.route(logits, k, cfg[0])
+
             def fn(t=t, weights=weights, pair=pair, blocks=blocks, cfg=cfg):
                 return moe._experts(t, weights, pair, blocks, k, w1, b1, w2, b2, 1.702, 7.0, t, cfg)
 
@@ -71,11 +80,17 @@ def main() -> None:
         best = min(ok, key=lambda r: r["ms"])
         touched = e * (1 - (1 - k / e) ** n)
         flops = 2 * n * k * 3 * h * i
-        results.append({
-            "tokens": n, "default": default, "default_ms": ok[0]["ms"] if ok and ok[0]["config"] == default else None,
-            "best": best, "best_gbs": round(touched * expert_bytes / (best["ms"] * 1e-3) / 1e9, 1),
-            "best_tflops": round(flops / (best["ms"] * 1e-3) / 1e12, 1), "all": rows,
-        })
+        results.append(
+            {
+                "tokens": n,
+                "default": default,
+                "default_ms": ok[0]["ms"] if ok and ok[0]["config"] == default else None,
+                "best": best,
+                "best_gbs": round(touched * expert_bytes / (best["ms"] * 1e-3) / 1e9, 1),
+                "best_tflops": round(flops / (best["ms"] * 1e-3) / 1e12, 1),
+                "all": rows,
+            }
+        )
         print(f"tokens {n}: default {default} {results[-1]['default_ms']} ms, best {best}", flush=True)
     text = json.dumps({"gpu": torch.cuda.get_device_name(), "preset": args.preset, "results": results}, indent=1)
     if args.out:

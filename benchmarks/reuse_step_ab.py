@@ -25,8 +25,8 @@ def main() -> None:
     os.environ.setdefault("GPTOSS_NUM_THREADS", str(args.threads))
     import torch
 
-    from gptoss.cli.bench_agent import history
-    from gptoss.engine import LLM, SamplingParams
+    from gptoss.bench.agent import history, ttft_gptoss
+    from gptoss.engine import LLM
     from gptoss.kernels import cpu
     from gptoss.model import Transformer
 
@@ -36,7 +36,6 @@ def main() -> None:
     steps = 1 + 4 * args.rounds
     prompts = history(min(model.config.vocab_size, 200_000), args.history, args.step, steps, 0)
     llm = LLM(model, max_batch=1, max_model_len=len(prompts[-1]) + 64, tokenizer=object())
-    params = SamplingParams(temperature=0.0, max_tokens=1, ignore_stop=True)
     attention_s = [0.0]
     inner = cpu.paged_attention
 
@@ -52,13 +51,7 @@ def main() -> None:
     def ttft(prompt: list[int], tiled: bool) -> tuple[float, float]:
         cpu.ATTENTION_TILES = tiles if tiled else ()  # no tile: the per-query kernel is the only candidate
         attention_s[0] = 0.0
-        t0 = time.perf_counter()
-        seq = llm.engine.add_request(prompt, params)
-        while not seq.output_ids:
-            llm.engine.step()
-        seconds = time.perf_counter() - t0
-        while not seq.is_finished:
-            llm.engine.step()
+        seconds, _ = ttft_gptoss(llm, prompt)
         return seconds, attention_s[0]
 
     cold, cold_attn = ttft(prompts[0], True)
@@ -67,15 +60,29 @@ def main() -> None:
     for prompt, tiled in zip(prompts[1:], order):
         s, a = ttft(prompt, tiled)
         rows.append({"history_tokens": len(prompt), "tiled": tiled, "ttft_s": round(s, 3), "attention_s": round(a, 3)})
-    mean = lambda key, tiled: sum(r[key] for r in rows if r["tiled"] == tiled) / (2 * args.rounds)
-    print(json.dumps({
-        "benchmark": "reuse_step_ab", "model": args.model, "threads": args.threads, "load_average": os.getloadavg(),
-        "cold_prefill_tokens": len(prompts[0]), "cold_ttft_s": round(cold, 3), "cold_attention_s": round(cold_attn, 3),
-        "steps": rows,
-        "tiled_ttft_s": round(mean("ttft_s", True), 3), "per_query_ttft_s": round(mean("ttft_s", False), 3),
-        "tiled_attention_s": round(mean("attention_s", True), 3),
-        "per_query_attention_s": round(mean("attention_s", False), 3),
-    }, indent=1))
+
+    def mean(key, tiled):
+        return sum(r[key] for r in rows if r["tiled"] == tiled) / (2 * args.rounds)
+
+    print(
+        json.dumps(
+            {
+                "benchmark": "reuse_step_ab",
+                "model": args.model,
+                "threads": args.threads,
+                "load_average": os.getloadavg(),
+                "cold_prefill_tokens": len(prompts[0]),
+                "cold_ttft_s": round(cold, 3),
+                "cold_attention_s": round(cold_attn, 3),
+                "steps": rows,
+                "tiled_ttft_s": round(mean("ttft_s", True), 3),
+                "per_query_ttft_s": round(mean("ttft_s", False), 3),
+                "tiled_attention_s": round(mean("attention_s", True), 3),
+                "per_query_attention_s": round(mean("attention_s", False), 3),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

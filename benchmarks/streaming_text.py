@@ -25,8 +25,13 @@ def main() -> None:
     args = p.parse_args()
     tok = Tokenizer.load()
     words = tok.encode(" word" * args.tokens)[: args.tokens]
-    stream = [tok.special_id("<|channel|>"), *tok.encode("final"), tok.special_id("<|message|>"), *words,
-              tok.special_id("<|return|>")]
+    stream = [
+        tok.special_id("<|channel|>"),
+        *tok.encode("final"),
+        tok.special_id("<|message|>"),
+        *words,
+        tok.special_id("<|return|>"),
+    ]
 
     def run(decoder: bool, items: bool) -> float:
         d = TurnDecoder(tok)
@@ -40,8 +45,17 @@ def main() -> None:
         return time.perf_counter() - start
 
     parser, decoder, items = run(False, False), run(True, False), run(True, True)
-    print(json.dumps({"tokens": args.tokens, "parser_s": round(parser, 3), "parser_decoder_s": round(decoder, 3),
-                      "parser_decoder_items_s": round(items, 3), "items_over_parser": round(items / parser, 2)}))
+    print(
+        json.dumps(
+            {
+                "tokens": args.tokens,
+                "parser_s": round(parser, 3),
+                "parser_decoder_s": round(decoder, 3),
+                "parser_decoder_items_s": round(items, 3),
+                "items_over_parser": round(items / parser, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

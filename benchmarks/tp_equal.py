@@ -1,6 +1,6 @@
 """Greedy generation of LLM(..., tensor_parallel_size=N) equals the single-process engine's, on a device.
 
-    python benchmarks/tp_equal.py --device cuda 2 4 8      # (benchmarks/tp_check.sh runs this)
+python benchmarks/tp_equal.py --device cuda 2 4 8      # (benchmarks/tp_check.sh runs this)
 """
 
 import argparse
@@ -25,7 +25,9 @@ def main() -> int:
     params = SamplingParams(max_tokens=16, temperature=0.0)
 
     def run(**kw):
-        llm = LLM(folder, device=args.device, dtype=torch.float32, max_batch=4, max_model_len=512, tokenizer=object(), **kw)
+        llm = LLM(
+            folder, device=args.device, dtype=torch.float32, max_batch=4, max_model_len=512, tokenizer=object(), **kw
+        )
         seqs = [llm.engine.add_request(p, params) for p in prompts]
         while llm.engine.has_work:
             llm.engine.step()

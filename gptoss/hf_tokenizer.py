@@ -40,8 +40,14 @@ def tokenizer_config() -> dict:
     specials = hf_special_tokens().items()
     return {
         "added_tokens_decoder": {
-            str(i): {"content": name, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
-                     "special": True}
+            str(i): {
+                "content": name,
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": True,
+            }
             for name, i in specials
         },
         "bos_token": BOS,
@@ -60,13 +66,16 @@ def build_tokenizer_json(path: Path) -> None:
     try:
         from transformers.convert_slow_tokenizer import TikTokenConverter
     except ImportError as exc:
-        raise TokenizerError(f"writing {TOKENIZER_JSON} needs transformers and tokenizers "
-                             f"(pip install transformers): {exc}") from None
+        raise TokenizerError(
+            f"writing {TOKENIZER_JSON} needs transformers and tokenizers (pip install transformers): {exc}"
+        ) from None
     with tempfile.TemporaryDirectory() as tmp:
         bpe = seed_bpe_file(tmp)
         # Added tokens take the ids after the BPE ranks in the order given: sort them by id.
         specials = hf_special_tokens()
-        tokenizer = TikTokenConverter(vocab_file=str(bpe), pattern=O200K_PAT_STR, extra_special_tokens=specials).converted()
+        tokenizer = TikTokenConverter(
+            vocab_file=str(bpe), pattern=O200K_PAT_STR, extra_special_tokens=specials
+        ).converted()
     vocab = tokenizer.get_vocab(with_added_tokens=True)
     for name, i in specials.items():
         if vocab.get(name) != i:
@@ -92,8 +101,9 @@ def _cached_tokenizer_json() -> Path:
 
         tag = f"transformers{transformers.__version__}-tokenizers{tokenizers.__version__}"
     except ImportError as exc:
-        raise TokenizerError(f"writing {TOKENIZER_JSON} needs transformers and tokenizers "
-                             f"(pip install transformers): {exc}") from None
+        raise TokenizerError(
+            f"writing {TOKENIZER_JSON} needs transformers and tokenizers (pip install transformers): {exc}"
+        ) from None
     folder = _cache_dir() / "o200k_harmony" / tag
     target, digest_file = folder / TOKENIZER_JSON, folder / (TOKENIZER_JSON + ".sha256")
     if target.is_file() and digest_file.is_file() and digest_file.read_text().strip() == _sha256_file(target):

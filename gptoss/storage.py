@@ -24,8 +24,9 @@ def open_sqlite(path: str | None, what: str, schema: str, version: int, durable:
     found = db.execute("PRAGMA user_version").fetchone()[0]
     if found > version:
         db.close()
-        raise RuntimeError(f"the {what} {path} was written by a newer gptoss (schema {found}; "
-                           f"this one reads up to {version})")
+        raise RuntimeError(
+            f"the {what} {path} was written by a newer gptoss (schema {found}; this one reads up to {version})"
+        )
     db.executescript(schema)
     db.execute(f"PRAGMA user_version={version}")
     return db

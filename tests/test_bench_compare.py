@@ -20,9 +20,22 @@ def ckpt(tmp_path_factory):
 
 
 def _args(ckpt, **kw):
-    base = dict(model=str(ckpt), device="cpu", threads=2, seed=0, prompt_len=20, decode_tokens=2,
-                batch_decode_tokens=1, rounds=1, gguf=None, llama_cpp_converter=None, transformers_prompt_len=8,
-                transformers_decode_tokens=1, transformers_rounds=1, engine_timeout=1800)
+    base = dict(
+        model=str(ckpt),
+        device="cpu",
+        threads=2,
+        seed=0,
+        prompt_len=20,
+        decode_tokens=2,
+        batch_decode_tokens=1,
+        rounds=1,
+        gguf=None,
+        llama_cpp_converter=None,
+        transformers_prompt_len=8,
+        transformers_decode_tokens=1,
+        transformers_rounds=1,
+        engine_timeout=1800,
+    )
     return argparse.Namespace(**(base | kw))
 
 

@@ -21,7 +21,9 @@ def test_session_renders_effort_developer_and_history(ckpt, tokenizer):
     from gptoss.engine import LLM
 
     llm = LLM(ckpt, max_batch=1, max_model_len=2048, tokenizer=tokenizer)
-    session = ChatSession(llm, ChatSettings(reasoning_effort="high", developer="Answer in French.", max_tokens=12, seed=3))
+    session = ChatSession(
+        llm, ChatSettings(reasoning_effort="high", developer="Answer in French.", max_tokens=12, seed=3)
+    )
     deltas = list(session.send("What is 2+2?"))
     text = tokenizer.decode(session.prompt_tokens())
     assert "Reasoning: high" in text
@@ -59,8 +61,14 @@ def test_the_next_chat_turn_reuses_the_kv_of_the_earlier_ones(ckpt, tokenizer):
 
 def spawn_chat(ckpt, *extra):
     import pexpect  # a test dependency
-    child = pexpect.spawn(sys.executable, ["-m", "gptoss", "chat", "--model", str(ckpt), "--seed", "1", *extra],
-                          encoding="utf-8", timeout=120, dimensions=(40, 200))
+
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "gptoss", "chat", "--model", str(ckpt), "--seed", "1", *extra],
+        encoding="utf-8",
+        timeout=120,
+        dimensions=(40, 200),
+    )
     child.expect(">>> ")
     return child
 
@@ -71,7 +79,7 @@ def test_chat_in_a_terminal_turn_reset_save(ckpt, tmp_path):
     child.sendline("Hello there")
     child.expect(">>> ")
     # decoded under the Harmony grammar, even random weights give a final answer, streamed
-    lines = [l for l in child.before.splitlines() if l.strip()]
+    lines = [line for line in child.before.splitlines() if line.strip()]
     assert lines[0] == "Hello there" and len(lines) >= 2 and "<|" not in child.before
     child.sendline("/effort high")
     child.expect(">>> ")

@@ -33,22 +33,33 @@ def test_missing_tensor(hf_ckpt):
 
 def test_extra_tensor(hf_ckpt):
     rewrite(hf_ckpt / "original" / "model.safetensors", lambda t: t.update({"block.7.attn.sinks": torch.zeros(4)}))
-    with pytest.raises(CheckpointError, match=r"unexpected tensor block\.7\.attn\.sinks \(original layout, config has 2 layers"):
+    with pytest.raises(
+        CheckpointError, match=r"unexpected tensor block\.7\.attn\.sinks \(original layout, config has 2 layers"
+    ):
         Transformer.from_checkpoint(hf_ckpt / "original")
 
 
 def test_misshaped_tensor(hf_ckpt):
-    rewrite(hf_ckpt / "model.safetensors",
-            lambda t: t.update({"model.layers.0.mlp.experts.down_proj_scales": torch.zeros(8, 64, 3, dtype=torch.uint8)}))
-    with pytest.raises(CheckpointError, match=r"tensor model\.layers\.0\.mlp\.experts\.down_proj_scales: expected shape \[8, 64, 2\], found \[8, 64, 3\]"):
+    rewrite(
+        hf_ckpt / "model.safetensors",
+        lambda t: t.update({"model.layers.0.mlp.experts.down_proj_scales": torch.zeros(8, 64, 3, dtype=torch.uint8)}),
+    )
+    with pytest.raises(
+        CheckpointError,
+        match=r"tensor model\.layers\.0\.mlp\.experts\.down_proj_scales: "
+        r"expected shape \[8, 64, 2\], found \[8, 64, 3\]",
+    ):
         Transformer.from_checkpoint(hf_ckpt)
 
 
 def test_wrong_dtype_for_mxfp4(hf_ckpt):
     def change(t):
         t["block.0.mlp.mlp1_weight.blocks"] = t["block.0.mlp.mlp1_weight.blocks"].to(torch.int16).to(torch.bfloat16)
+
     rewrite(hf_ckpt / "original" / "model.safetensors", change)
-    with pytest.raises(CheckpointError, match=r"tensor block\.0\.mlp\.mlp1_weight\.blocks: expected dtype U8 \(MXFP4\), found BF16"):
+    with pytest.raises(
+        CheckpointError, match=r"tensor block\.0\.mlp\.mlp1_weight\.blocks: expected dtype U8 \(MXFP4\), found BF16"
+    ):
         Transformer.from_checkpoint(hf_ckpt / "original")
 
 
@@ -65,14 +76,18 @@ def test_bad_config(hf_ckpt):
     cfg = hf_ckpt / "config.json"
     data = json.loads(cfg.read_text())
     cfg.write_text(json.dumps(data | {"num_key_value_heads": 3}))
-    with pytest.raises(ConfigError, match=r"config\.json: config field 'num_key_value_heads': 3 does not divide num_attention_heads 4"):
+    with pytest.raises(
+        ConfigError, match=r"config\.json: config field 'num_key_value_heads': 3 does not divide num_attention_heads 4"
+    ):
         Transformer.from_checkpoint(hf_ckpt, layout="hf")
 
 
 def test_config_disagreeing_with_tensors(hf_ckpt):
     cfg = hf_ckpt / "original" / "config.json"
     cfg.write_text(json.dumps(json.loads(cfg.read_text()) | {"num_experts": 16}))
-    with pytest.raises(CheckpointError, match=r"block\.0\.mlp\.gate\.weight: expected shape \[16, 64\], found \[8, 64\]"):
+    with pytest.raises(
+        CheckpointError, match=r"block\.0\.mlp\.gate\.weight: expected shape \[16, 64\], found \[8, 64\]"
+    ):
         Transformer.from_checkpoint(hf_ckpt / "original")
 
 
@@ -102,16 +117,23 @@ def test_missing_folder_and_offline_hub_id(tmp_path, monkeypatch):
     import huggingface_hub.constants as c
 
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
-    with pytest.raises(CheckpointError, match=r"cannot fetch openai/gpt-oss-20b: offline mode .*hf download openai/gpt-oss-20b --local-dir DIR"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"cannot fetch openai/gpt-oss-20b: offline mode .*hf download openai/gpt-oss-20b --local-dir DIR",
+    ):
         Transformer.from_checkpoint("openai/gpt-oss-20b")
 
 
 def test_cli_prints_one_line_without_traceback(hf_ckpt):
     rewrite(hf_ckpt / "model.safetensors", lambda t: t.pop("lm_head.weight"))
-    proc = subprocess.run([sys.executable, "-m", "gptoss", "generate", "--model", str(hf_ckpt), "--prompt", "hi"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gptoss", "generate", "--model", str(hf_ckpt), "--prompt", "hi"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == [f"gptoss: error: {hf_ckpt}: missing tensor lm_head.weight (hf layout)"]
     assert "Traceback" not in proc.stderr
 
@@ -138,8 +160,9 @@ def sharded_template(tmp_path_factory):
     from gptoss.model.config import ModelConfig
     from gptoss.model.synthetic import write_checkpoint
 
-    return write_checkpoint(tmp_path_factory.mktemp("sharded"), ModelConfig.preset("tiny"), layout="hf", seed=2,
-                            max_shard_bytes=30_000_000)
+    return write_checkpoint(
+        tmp_path_factory.mktemp("sharded"), ModelConfig.preset("tiny"), layout="hf", seed=2, max_shard_bytes=30_000_000
+    )
 
 
 @pytest.fixture
@@ -149,15 +172,25 @@ def sharded(sharded_template, tmp_path):
     return shutil.copytree(sharded_template, tmp_path / "ck")
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda index: index | {"weight_map": list(index["weight_map"])},
-     r"'weight_map': expected an object \(tensor name -> file name\), found list"),
-    (lambda index: {"metadata": {}}, r"'weight_map': expected an object .*found nothing"),
-    (lambda index: index | {"weight_map": index["weight_map"] | {"lm_head.weight": 7}},
-     r"'weight_map\.lm_head\.weight': expected the name of a file in .*, found 7"),
-    (lambda index: index | {"weight_map": index["weight_map"] | {"lm_head.weight": "../../etc/passwd"}},
-     r"'weight_map\.lm_head\.weight': expected the name of a file in .*, found '\.\./\.\./etc/passwd'"),
-], ids=["weight_map a list", "no weight_map", "file not a string", "file outside the folder"])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (
+            lambda index: index | {"weight_map": list(index["weight_map"])},
+            r"'weight_map': expected an object \(tensor name -> file name\), found list",
+        ),
+        (lambda index: {"metadata": {}}, r"'weight_map': expected an object .*found nothing"),
+        (
+            lambda index: index | {"weight_map": index["weight_map"] | {"lm_head.weight": 7}},
+            r"'weight_map\.lm_head\.weight': expected the name of a file in .*, found 7",
+        ),
+        (
+            lambda index: index | {"weight_map": index["weight_map"] | {"lm_head.weight": "../../etc/passwd"}},
+            r"'weight_map\.lm_head\.weight': expected the name of a file in .*, found '\.\./\.\./etc/passwd'",
+        ),
+    ],
+    ids=["weight_map a list", "no weight_map", "file not a string", "file outside the folder"],
+)
 def test_malformed_index_is_one_line(sharded, change, message):
     path = sharded / "model.safetensors.index.json"
     path.write_text(json.dumps(change(json.loads(path.read_text()))))

@@ -17,7 +17,9 @@ def gptoss(*args, check=True, env=None):
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "tiny"
-    proc = gptoss("make-checkpoint", "--preset", "tiny", "--layers", "3", "--out", str(out), "--layout", "both", "--seed", "5")
+    proc = gptoss(
+        "make-checkpoint", "--preset", "tiny", "--layers", "3", "--out", str(out), "--layout", "both", "--seed", "5"
+    )
     assert "wrote synthetic tiny checkpoint (3 layers, 8 experts" in proc.stderr
     return out
 
@@ -30,14 +32,40 @@ def test_make_checkpoint_writes_both_layouts_and_tokenizer(ckpt):
 
 
 def test_generate_json_from_text_and_ids(ckpt):
-    a = json.loads(gptoss("generate", "--model", str(ckpt), "--prompt", "Hello", "--max-tokens", "6",
-                          "--temperature", "0", "--json", "--logprobs", "2").stdout)
+    a = json.loads(
+        gptoss(
+            "generate",
+            "--model",
+            str(ckpt),
+            "--prompt",
+            "Hello",
+            "--max-tokens",
+            "6",
+            "--temperature",
+            "0",
+            "--json",
+            "--logprobs",
+            "2",
+        ).stdout
+    )
     assert a["prompt_token_ids"] == [13225] and len(a["token_ids"]) == 6 and a["finish_reason"] == "length"
     assert len(a["logprobs"]) == 6 and all(len(x["top_logprobs"]) == 2 for x in a["logprobs"])
     assert all(x["logprob"] <= 0 for x in a["logprobs"])
     # the same prompt as ids, from the original layout: same tokens
-    b = json.loads(gptoss("generate", "--model", str(ckpt / "original"), "--prompt-ids", "13225", "--max-tokens", "6",
-                          "--temperature", "0", "--json").stdout)
+    b = json.loads(
+        gptoss(
+            "generate",
+            "--model",
+            str(ckpt / "original"),
+            "--prompt-ids",
+            "13225",
+            "--max-tokens",
+            "6",
+            "--temperature",
+            "0",
+            "--json",
+        ).stdout
+    )
     assert b["token_ids"] == a["token_ids"]
     text = gptoss("generate", "--model", str(ckpt), "--prompt", "Hello", "--max-tokens", "6", "--temperature", "0")
     assert text.stdout.rstrip("\n") == a["text"]
@@ -60,8 +88,21 @@ def test_generate_rejects_bad_flags(ckpt, capsys):
 
 
 def test_bench_prints_json():
-    out = json.loads(gptoss("bench", "--preset", "tiny", "--prompt-len", "32", "--decode-tokens", "4",
-                            "--batch-sizes", "1,2", "--repeats", "1").stdout)
+    out = json.loads(
+        gptoss(
+            "bench",
+            "--preset",
+            "tiny",
+            "--prompt-len",
+            "32",
+            "--decode-tokens",
+            "4",
+            "--batch-sizes",
+            "1,2",
+            "--repeats",
+            "1",
+        ).stdout
+    )
     assert out["prefill"]["tokens"] == 32 and out["prefill"]["tok_s"] > 0
     assert [d["batch"] for d in out["decode"]] == [1, 2] and all(d["tok_s"] > 0 for d in out["decode"])
     assert out["weights_bytes"]["mxfp4_experts"] > 0 and out["resident_bytes_model"] > 0
@@ -70,8 +111,22 @@ def test_bench_prints_json():
 def test_bench_agent_reuses_each_steps_history(ckpt):
     """The agent-loop benchmark: each step after the first finds the previous history in the prefix cache;
     the engine without reuse finds nothing (llama.cpp is reported skipped when it cannot run)."""
-    out = json.loads(gptoss("bench", "--agent", "--model", str(ckpt), "--agent-history", "40", "--agent-step", "20",
-                            "--agent-steps", "3", "--gguf", "/nonexistent.gguf").stdout)
+    out = json.loads(
+        gptoss(
+            "bench",
+            "--agent",
+            "--model",
+            str(ckpt),
+            "--agent-history",
+            "40",
+            "--agent-step",
+            "20",
+            "--agent-steps",
+            "3",
+            "--gguf",
+            "/nonexistent.gguf",
+        ).stdout
+    )
     steps = out["steps"]
     assert [s["history_tokens"] for s in steps] == [40, 60, 80]
     assert [s["gptoss_cached_tokens"] for s in steps] == [0, 32, 48]  # whole blocks of 16 of the last history
@@ -90,8 +145,12 @@ def test_serve_takes_a_memory_budget_for_all_python_sandboxes(ckpt):
 
     from gptoss.cli.serve import parse_size, python_config
 
-    assert [parse_size(t, "--f") for t in ("16g", "512m", "1048576", "1.5G")] == [16 * 2**30, 512 * 2**20, 2**20,
-                                                                                 3 * 2**29]
+    assert [parse_size(t, "--f") for t in ("16g", "512m", "1048576", "1.5G")] == [
+        16 * 2**30,
+        512 * 2**20,
+        2**20,
+        3 * 2**29,
+    ]
     config = python_config(argparse.Namespace(python_sandboxes_memory="8g"))
     assert config.limits.sandboxes_memory_bytes == 8 * 2**30 and config.limits.total_memory_bytes == 4 * 2**30
     proc = gptoss("serve", "--model", str(ckpt), "--tools", "python", "--python-sandboxes-memory", "lots", check=False)

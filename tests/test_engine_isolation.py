@@ -49,10 +49,13 @@ def bad_seed() -> SamplingParams:
     return p
 
 
-@pytest.mark.parametrize("bad", [
-    pytest.param(lambda: SamplingParams(max_tokens=4, logits_processors=[boom]), id="processor raises"),
-    pytest.param(bad_seed, id="seed out of range"),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(lambda: SamplingParams(max_tokens=4, logits_processors=[boom]), id="processor raises"),
+        pytest.param(bad_seed, id="seed out of range"),
+    ],
+)
 def test_a_request_whose_sampling_raises_fails_alone(model, expected, bad):
     engine = LLMEngine(model, max_batch=5, max_model_len=64)
     seqs = [engine.add_request(p, params(i)) for i, p in enumerate(PROMPTS[:2])]

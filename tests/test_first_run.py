@@ -46,8 +46,14 @@ def test_chat_demo_shows_thinking_at_once_and_answers_within_30s(demo_env):
     import pexpect
 
     # the demo's own reasoning budget; a shorter answer than its default only to keep the test short
-    child = pexpect.spawn(sys.executable, ["-m", "gptoss", "chat", "--seed", "0", "--max-tokens", "40"], env=demo_env,
-                          encoding="utf-8", timeout=180, dimensions=(40, 200))
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "gptoss", "chat", "--seed", "0", "--max-tokens", "40"],
+        env=demo_env,
+        encoding="utf-8",
+        timeout=180,
+        dimensions=(40, 200),
+    )
     try:
         child.expect(">>> ")
         assert "SYNTHETIC DEMO CHECKPOINT" in child.before and "demo settings: reasoning budget" in child.before
@@ -93,8 +99,13 @@ def free_port() -> int:
 
 def test_served_demo_says_synthetic_everywhere(demo_env):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gptoss", "serve", "--port", str(port), "--log-level", "warning"],
-                            env=demo_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptoss", "serve", "--port", str(port), "--log-level", "warning"],
+        env=demo_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180
@@ -183,11 +194,17 @@ def test_a_busy_port_fails_before_loading(tmp_path):
         busy.listen(1)
         port = busy.getsockname()[1]
         env = dict(os.environ, GPTOSS_CACHE=str(tmp_path), HF_HUB_OFFLINE="1")
-        proc = subprocess.run([sys.executable, "-m", "gptoss", "serve", "--port", str(port)], env=env,
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "gptoss", "serve", "--port", str(port)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        f"gptoss: error: --port {port}: 127.0.0.1:{port} is already in use (another server?); stop it or choose another --port"
+        f"gptoss: error: --port {port}: 127.0.0.1:{port} is already in use (another server?); "
+        "stop it or choose another --port"
     ]
     assert not any(tmp_path.iterdir())  # no demo written, no model loaded, no "serving"
 

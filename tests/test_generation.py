@@ -62,11 +62,14 @@ def test_greedy_generation_follows_the_full_forward_argmax(model):
         assert [t for t, _ in rec.top] == lp[i].topk(3).indices.tolist()
 
 
-@pytest.mark.parametrize("params", [
-    SamplingParams(temperature=0, max_tokens=25),
-    SamplingParams(temperature=0.9, top_p=0.8, max_tokens=25, seed=123),
-    SamplingParams(temperature=1.3, top_k=50, max_tokens=25, seed=7),
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0, max_tokens=25),
+        SamplingParams(temperature=0.9, top_p=0.8, max_tokens=25, seed=123),
+        SamplingParams(temperature=1.3, top_k=50, max_tokens=25, seed=7),
+    ],
+)
 def test_batched_generation_equals_generating_each_alone(model, params):
     llm = LLM(model, max_batch=4, max_model_len=256)
     prompts = [list(range(100, 100 + n)) for n in (3, 17, 60, 140)]
@@ -140,7 +143,9 @@ def test_logits_processor_constrains_sampling(model):
         out[forced[len(output_ids) % len(forced)]] = 0.0
         return out
 
-    res = llm.generate([[1, 2, 3]], SamplingParams(temperature=1.0, seed=0, max_tokens=6, logprobs=0, logits_processors=[force]))[0]
+    res = llm.generate(
+        [[1, 2, 3]], SamplingParams(temperature=1.0, seed=0, max_tokens=6, logprobs=0, logits_processors=[force])
+    )[0]
     assert res.token_ids == forced + forced[:2]
     assert all(lp.logprob <= 0 for lp in res.logprobs)  # log-probabilities stay the model's own
 
@@ -150,8 +155,10 @@ def test_logit_bias_is_added_per_request_in_one_batch(model):
     batch samples as it would alone."""
     llm = LLM(model, max_batch=3, max_model_len=128)
     alone = llm.generate([[1, 2, 3]], SamplingParams(temperature=1.0, seed=7, max_tokens=5))[0].token_ids
-    forced, banned = SamplingParams(temperature=1.0, seed=1, max_tokens=5, logit_bias={4242: 100.0}), \
-        SamplingParams(temperature=0, max_tokens=5, logit_bias={alone[0]: -100.0})
+    forced, banned = (
+        SamplingParams(temperature=1.0, seed=1, max_tokens=5, logit_bias={4242: 100.0}),
+        SamplingParams(temperature=0, max_tokens=5, logit_bias={alone[0]: -100.0}),
+    )
     out = llm.generate([[1, 2, 3]] * 3, [forced, SamplingParams(temperature=1.0, seed=7, max_tokens=5), banned])
     assert out[0].token_ids == [4242] * 5
     assert out[1].token_ids == alone

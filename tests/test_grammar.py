@@ -6,8 +6,12 @@ from gptoss.engine.guided import GrammarConstraint, compile_lark
 from gptoss.errors import GptossError
 from gptoss.harmony.grammar import TurnGrammar
 
-SCHEMA = {"type": "object", "properties": {"city": {"enum": ["Paris", "Tokyo"]}}, "required": ["city"],
-          "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"enum": ["Paris", "Tokyo"]}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
 
 
 def accepts(tokenizer, grammar: TurnGrammar, text: str) -> bool:
@@ -62,7 +66,9 @@ def test_reasoning_budget_bounds_one_message(tokenizer):
     g = TurnGrammar(reasoning_max_tokens=4)
     assert accepts(tokenizer, g, THINK + FINAL)
     assert not accepts(tokenizer, g, THINK + THINK + FINAL)
-    assert not accepts(tokenizer, g, "<|channel|>analysis<|message|>" + "word " * 20 + "<|end|><|start|>assistant" + FINAL)
+    assert not accepts(
+        tokenizer, g, "<|channel|>analysis<|message|>" + "word " * 20 + "<|end|><|start|>assistant" + FINAL
+    )
 
 
 def test_bad_grammar_inputs():
@@ -71,7 +77,7 @@ def test_bad_grammar_inputs():
     with pytest.raises(ValueError, match="requires a tool call"):
         TurnGrammar(tool_choice="required").lark()
     with pytest.raises(GptossError, match="invalid grammar"):
-        compile_lark("start: %json {\"type\": \"bogus\"}")
+        compile_lark('start: %json {"type": "bogus"}')
 
 
 PREAMBLE = "<|channel|>commentary<|message|>Checking the weather.<|end|><|start|>assistant"
@@ -89,9 +95,18 @@ def test_no_preamble_when_a_response_format_holds_the_answer(tokenizer):
 
 
 def test_loose_schemas_are_closed_and_numbers_bounded(tokenizer):
-    loose = {"type": "object", "properties": {"n": {"type": "integer"}, "x": {"type": "number"},
-                                              "open": {"type": "object", "additionalProperties": True,
-                                                       "properties": {"a": {"type": "integer", "maximum": 10**30}}}}}
+    loose = {
+        "type": "object",
+        "properties": {
+            "n": {"type": "integer"},
+            "x": {"type": "number"},
+            "open": {
+                "type": "object",
+                "additionalProperties": True,
+                "properties": {"a": {"type": "integer", "maximum": 10**30}},
+            },
+        },
+    }
     g = TurnGrammar(functions={"f": loose}, tool_choice="required")
 
     def call(args: str) -> str:

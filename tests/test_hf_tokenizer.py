@@ -6,9 +6,9 @@ import json
 import pytest
 
 from gptoss import hf_tokenizer
+from gptoss.hf_tokenizer import hf_special_tokens
 from gptoss.model import ModelConfig
 from gptoss.model.synthetic import write_checkpoint
-from gptoss.hf_tokenizer import hf_special_tokens
 from gptoss.tokenizer import Tokenizer
 
 from .test_tokenizer import SAMPLES
@@ -32,9 +32,14 @@ def test_checkpoint_carries_the_hf_tokenizer_files(ckpt):
     added = {t["content"]: t["id"] for t in spec["added_tokens"]}
     assert added == hf_special_tokens() and all(t["special"] for t in spec["added_tokens"])
     config = json.loads((ckpt / "tokenizer_config.json").read_text())
-    assert (config["bos_token"], config["eos_token"], config["pad_token"]) == ("<|startoftext|>", "<|return|>", "<|endoftext|>")
+    assert (config["bos_token"], config["eos_token"], config["pad_token"]) == (
+        "<|startoftext|>",
+        "<|return|>",
+        "<|endoftext|>",
+    )
     assert {int(i): t["content"] for i, t in config["added_tokens_decoder"].items()} == {
-        i: n for n, i in hf_special_tokens().items()}
+        i: n for n, i in hf_special_tokens().items()
+    }
 
 
 @pytest.mark.parametrize("text", SAMPLES)

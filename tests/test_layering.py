@@ -10,16 +10,24 @@ ROOT = Path(__file__).resolve().parent.parent / "gptoss"
 
 # Higher imports lower, never the reverse; one rank may import its own rank only where listed in SIBLINGS.
 RANK = {
-    "__main__": 10, "cli": 9,
+    "__main__": 10,
+    "cli": 9,
     "server": 8,
-    "eval": 7, "finetune": 7, "bench": 7,
+    "eval": 7,
+    "finetune": 7,
+    "bench": 7,
     "guard": 6,
     "conversation": 5,
     "tools": 4,
-    "harmony": 3, "engine": 3,
-    "model": 2, "kernels": 2,
-    "hf_tokenizer": 1.5, "tokenizer": 1,
-    "errors": 0, "storage": 0, "__init__": 0,
+    "harmony": 3,
+    "engine": 3,
+    "model": 2,
+    "kernels": 2,
+    "hf_tokenizer": 1.5,
+    "tokenizer": 1,
+    "errors": 0,
+    "storage": 0,
+    "__init__": 0,
 }
 SIBLINGS = {frozenset({"model", "kernels"})}  # each fast path beside the reference it must match
 NO_TENSORS = ("harmony", "server", "conversation", "tools", "eval")
@@ -82,9 +90,13 @@ def test_imports_point_down():
 
 
 def test_the_layers_above_the_engine_touch_no_tensor():
-    wrong = [f"{module} imports {target}"
-             for module, path in _modules().items() if _package(module) in NO_TENSORS
-             for target in _imports(path, top_level=False) if target.split(".")[0] in ARRAY_LIBRARIES]
+    wrong = [
+        f"{module} imports {target}"
+        for module, path in _modules().items()
+        if _package(module) in NO_TENSORS
+        for target in _imports(path, top_level=False)
+        if target.split(".")[0] in ARRAY_LIBRARIES
+    ]
     assert not wrong, "\n".join(sorted(set(wrong)))
 
 
@@ -95,8 +107,10 @@ def test_no_import_cycle_when_modules_load():
         parts = m.split(".")
         return {".".join(parts[:i]) for i in range(1, len(parts))}
 
-    graph = {m: {t for t in _imports(p, top_level=True) if t in modules and t != m and t not in ancestors(m)}
-             for m, p in modules.items()}
+    graph = {
+        m: {t for t in _imports(p, top_level=True) if t in modules and t != m and t not in ancestors(m)}
+        for m, p in modules.items()
+    }
     cycles = []
     state: dict[str, int] = {}  # 1: on the current path, 2: done
 
@@ -104,7 +118,7 @@ def test_no_import_cycle_when_modules_load():
         state[m] = 1
         for t in sorted(graph[m]):
             if state.get(t) == 1:
-                cycles.append(" -> ".join(path[path.index(t):] + [t]))
+                cycles.append(" -> ".join(path[path.index(t) :] + [t]))
             elif t not in state:
                 visit(t, path + [t])
         state[m] = 2
@@ -118,8 +132,10 @@ def test_no_import_cycle_when_modules_load():
 def test_the_rules_catch_what_they_forbid(tmp_path):
     """The reader of imports sees function-level and ``from`` imports and skips TYPE_CHECKING ones."""
     src = tmp_path / "m.py"
-    src.write_text("from typing import TYPE_CHECKING\nimport torch\nif TYPE_CHECKING:\n    import gptoss.cli\n"
-                   "def f():\n    from gptoss.server import app\n")
+    src.write_text(
+        "from typing import TYPE_CHECKING\nimport torch\nif TYPE_CHECKING:\n    import gptoss.cli\n"
+        "def f():\n    from gptoss.server import app\n"
+    )
     assert {"torch", "gptoss.server", "gptoss.server.app"} <= _imports(src, top_level=False)
     assert "gptoss.cli" not in _imports(src, top_level=False)
     assert "gptoss.server" not in _imports(src, top_level=True)

@@ -13,8 +13,15 @@ CONFIGS = {
     # the real 128-token window, GQA 8:2, sequences past the window
     "small-window128": dict(preset="small"),
     # top-2 of 4 experts, 3 layers (odd count), one KV head, wider intermediate
-    "odd": dict(preset="tiny", num_hidden_layers=3, num_experts=4, experts_per_token=2, num_key_value_heads=1,
-                intermediate_size=96, sliding_window=32),
+    "odd": dict(
+        preset="tiny",
+        num_hidden_layers=3,
+        num_experts=4,
+        experts_per_token=2,
+        num_key_value_heads=1,
+        intermediate_size=96,
+        sliding_window=32,
+    ),
 }
 
 

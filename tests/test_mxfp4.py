@@ -41,7 +41,9 @@ def test_bf16_unpack_equals_float32_unpack():
     g = torch.Generator().manual_seed(1)
     blocks = torch.randint(0, 256, (4, 64, 2, 16), dtype=torch.uint8, generator=g)
     scales = torch.randint(110, 135, (4, 64, 2), dtype=torch.uint8, generator=g)
-    assert torch.equal(mxfp4.dequantize(blocks, scales, torch.bfloat16).float(), mxfp4.dequantize(blocks, scales, torch.float32))
+    assert torch.equal(
+        mxfp4.dequantize(blocks, scales, torch.bfloat16).float(), mxfp4.dequantize(blocks, scales, torch.float32)
+    )
 
 
 def test_pack_then_unpack_of_representable_values_is_exact():
@@ -88,7 +90,14 @@ def test_packed_weights_stay_packed():
 def test_ties_round_to_the_even_code():
     lut = torch.tensor(mxfp4.FP4_VALUES[:8])
     mids = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0])
-    xs = torch.cat([torch.linspace(0, 7, 2001), mids, torch.nextafter(mids, torch.tensor(0.0)), torch.nextafter(mids, torch.tensor(9.0))])
+    xs = torch.cat(
+        [
+            torch.linspace(0, 7, 2001),
+            mids,
+            torch.nextafter(mids, torch.tensor(0.0)),
+            torch.nextafter(mids, torch.tensor(9.0)),
+        ]
+    )
     xs = torch.cat([xs, -xs])
     codes = mxfp4._nearest_code(xs).long()
     dist = (xs.abs()[:, None] - lut[None, :]).abs()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -55,7 +53,7 @@ def _compare(rank: int, world: int, folder: str, layouts, splits, tol: float) ->
         assert cache.k[0].shape[2] == CONFIG.num_key_value_heads // world
         outs = []
         for start, n in ((0, 100), (100, 49), (149, 1)):
-            outs.append(model.step(tokens[start:start + n], StepBatch.single(n, start), cache))
+            outs.append(model.step(tokens[start : start + n], StepBatch.single(n, start), cache))
         err = (torch.cat(outs) - expected).abs().max().item()
         assert err <= tol, f"{layout} with a KV cache: max |diff| {err}"
 
@@ -79,8 +77,13 @@ def test_rows_are_read_in_slices(tmp_path):
     folder = write_checkpoint(tmp_path / "ckpt", CONFIG, layout="both", dtype=torch.float32, tokenizer=False)
     for layout in ("hf", "original"):
         reader = CheckpointReader(locate(folder, layout))
-        for name in ("block.0.attn.qkv.weight", "block.1.attn.out.weight", "block.0.mlp.mlp1_weight.blocks",
-                     "block.1.mlp.mlp2_weight.scales", "unembedding.weight"):
+        for name in (
+            "block.0.attn.qkv.weight",
+            "block.1.attn.out.weight",
+            "block.0.mlp.mlp1_weight.blocks",
+            "block.1.mlp.mlp2_weight.scales",
+            "unembedding.weight",
+        ):
             dim, ranges = Shard(1, WORLD).slices(CONFIG, name)
             whole = reader.get(name)
             expect = torch.cat([whole.narrow(dim, a, b - a) for a, b in ranges], dim=dim)
@@ -109,8 +112,17 @@ def test_tensor_parallel_llm_generates_as_one_process(tmp_path, tokenizer, monke
 
     single = LLM(folder, device="cpu", dtype=torch.float32, max_batch=2, max_model_len=256, tokenizer=tokenizer)
     expected = run(single)
-    sharded = LLM(folder, device="cpu", dtype=torch.float32, max_batch=2, max_model_len=256, tokenizer=tokenizer,
-                  kv_cache="paged", tensor_parallel_size=2, distributed_timeout=60)
+    sharded = LLM(
+        folder,
+        device="cpu",
+        dtype=torch.float32,
+        max_batch=2,
+        max_model_len=256,
+        tokenizer=tokenizer,
+        kv_cache="paged",
+        tensor_parallel_size=2,
+        distributed_timeout=60,
+    )
     try:
         assert sharded.model.config.num_key_value_heads == config.num_key_value_heads // 2
         assert run(sharded) == expected
@@ -125,8 +137,25 @@ def test_bench_tensor_parallel_prints_the_same_fields(capsys):
 
     from gptoss.cli.main import main
 
-    argv = ["bench", "--preset", "tiny", "--device", "cpu", "--dtype", "float32", "--tensor-parallel", "2",
-            "--prompt-len", "8", "--decode-tokens", "2", "--batch-sizes", "1,2", "--repeats", "1"]
+    argv = [
+        "bench",
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--tensor-parallel",
+        "2",
+        "--prompt-len",
+        "8",
+        "--decode-tokens",
+        "2",
+        "--batch-sizes",
+        "1,2",
+        "--repeats",
+        "1",
+    ]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["tensor_parallel"] == 2

@@ -32,10 +32,35 @@ def served(tmp_path_factory):
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gptoss", "serve", "--model", str(folder), "--port", str(port), "--device", "cpu",
-         "--dtype", "float32", "--tensor-parallel", "2", "--distributed-timeout", str(TIMEOUT_S),
-         "--max-model-len", "1024", "--max-batch", "2", "--log-level", "warning"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "gptoss",
+            "serve",
+            "--model",
+            str(folder),
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--tensor-parallel",
+            "2",
+            "--distributed-timeout",
+            str(TIMEOUT_S),
+            "--max-model-len",
+            "1024",
+            "--max-batch",
+            "2",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 240
     while True:
@@ -58,11 +83,13 @@ def test_openai_client_then_a_killed_rank_ends_the_server(served):
     proc, base = served
     client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
     model = client.models.list().data[0].id
-    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
-                                           seed=0)
+    reply = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, seed=0
+    )
     assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage.completion_tokens >= 1
-    streamed = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=3,
-                                              seed=0, stream=True)
+    streamed = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=3, seed=0, stream=True
+    )
     assert [c for c in streamed]
 
     # The spawned rank announced itself on stderr; kill it.

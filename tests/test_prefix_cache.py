@@ -135,8 +135,9 @@ def test_eviction_under_a_tiny_budget_keeps_answers_right(model):
 def test_preemption_recomputes_from_cached_blocks_and_answers_right(model):
     prompts = [_tokens(n, seed=30 + n).tolist() for n in (30, 45, 20)]
     params = SamplingParams(temperature=0, max_tokens=40)
-    want = [o.token_ids for o in LLM(model, max_batch=3, max_model_len=128, prefix_caching=False)
-            .generate(prompts, params)]
+    want = [
+        o.token_ids for o in LLM(model, max_batch=3, max_model_len=128, prefix_caching=False).generate(prompts, params)
+    ]
     llm = LLM(model, max_batch=3, max_model_len=128, kv_cache_tokens=10 * 16)
     got = [o.token_ids for o in llm.generate(prompts, params)]
     assert got == want

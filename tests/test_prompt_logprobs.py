@@ -38,10 +38,11 @@ def test_prompt_logprobs_equal_a_forward_pass_alone_and_batched(model, prefix_ca
     gen = torch.Generator().manual_seed(3)
     prompts = [torch.randint(0, 199998, (n,), generator=gen).tolist() for n in (2, 9, 37, 70)]
     # prefill chunks of 24 tokens: the long prompts are computed over several steps, beside other requests
-    engine = LLMEngine(model, max_batch=4, max_model_len=128, max_prefill_tokens=24,
-                       prefix_caching=prefix_caching)
-    seqs = [engine.add_request(ids, SamplingParams(max_tokens=2, prompt_logprobs=k, temperature=0))
-            for ids, k in zip(prompts, (0, 3, 5, 2))]
+    engine = LLMEngine(model, max_batch=4, max_model_len=128, max_prefill_tokens=24, prefix_caching=prefix_caching)
+    seqs = [
+        engine.add_request(ids, SamplingParams(max_tokens=2, prompt_logprobs=k, temperature=0))
+        for ids, k in zip(prompts, (0, 3, 5, 2))
+    ]
     plain = engine.add_request(prompts[1], SamplingParams(max_tokens=2, temperature=0))  # asks for none
     while engine.has_work:
         engine.step()
@@ -58,5 +59,7 @@ def test_prompt_logprobs_equal_a_forward_pass_alone_and_batched(model, prefix_ca
         alone.step()
     check(model, prompts[3], one.prompt_logprobs, 2)
     # alone in one chunk or batched in three: the same tokens at the top, values within float noise
-    assert [[t for t, _ in e.top] for e in one.prompt_logprobs[1:]] == [[t for t, _ in e.top] for e in seqs[3].prompt_logprobs[1:]]
+    assert [[t for t, _ in e.top] for e in one.prompt_logprobs[1:]] == [
+        [t for t, _ in e.top] for e in seqs[3].prompt_logprobs[1:]
+    ]
     assert max(abs(a.logprob - b.logprob) for a, b in zip(one.prompt_logprobs[1:], seqs[3].prompt_logprobs[1:])) < 1e-4

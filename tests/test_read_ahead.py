@@ -12,8 +12,9 @@ def test_files_that_fit_are_read_ahead(tmp_path, monkeypatch):
         files.append(f)
     advised = []
     real = checkpoint.os.posix_fadvise
-    monkeypatch.setattr(checkpoint.os, "posix_fadvise",
-                        lambda fd, off, n, how: advised.append(how) or real(fd, off, n, how))
+    monkeypatch.setattr(
+        checkpoint.os, "posix_fadvise", lambda fd, off, n, how: advised.append(how) or real(fd, off, n, how)
+    )
     thread = checkpoint.read_ahead(files, available=10_000_000)
     assert thread is not None
     thread.join(10)
@@ -29,8 +30,8 @@ def test_files_larger_than_the_free_memory_are_left_alone(tmp_path):
 
 def test_loading_a_cpu_model_reads_its_files_ahead(tmp_path, monkeypatch):
     from gptoss.model import Transformer
-    from gptoss.model.synthetic import write_checkpoint
     from gptoss.model.config import ModelConfig
+    from gptoss.model.synthetic import write_checkpoint
 
     seen = []
     monkeypatch.setattr(checkpoint, "read_ahead", lambda files, available=None: seen.append(files))

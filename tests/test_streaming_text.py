@@ -28,8 +28,13 @@ def test_a_long_message_is_streamed_with_linear_work(tokenizer, monkeypatch):
     monkeypatch.setattr(GrowingText, "__str__", counting)
     n = 20_000
     words = tokenizer.encode(" word" * n)[:n]
-    stream = [tokenizer.special_id("<|channel|>"), *tokenizer.encode("final"), tokenizer.special_id("<|message|>"),
-              *words, tokenizer.special_id("<|return|>")]
+    stream = [
+        tokenizer.special_id("<|channel|>"),
+        *tokenizer.encode("final"),
+        tokenizer.special_id("<|message|>"),
+        *words,
+        tokenizer.special_id("<|return|>"),
+    ]
     decoder, items = TurnDecoder(tokenizer), TurnItems()
     for token in stream:
         decoder.feed(token)

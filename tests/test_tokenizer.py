@@ -43,9 +43,18 @@ def test_special_token_strings_in_text_stay_plain_text(tokenizer, text):
 
 
 def test_special_token_ids(tokenizer):
-    names = {"<|start|>": 200006, "<|end|>": 200007, "<|message|>": 200008, "<|channel|>": 200005,
-             "<|constrain|>": 200003, "<|return|>": 200002, "<|call|>": 200012, "<|endoftext|>": 199999,
-             "<|startoftext|>": 199998, "<|reserved_201087|>": 201087}
+    names = {
+        "<|start|>": 200006,
+        "<|end|>": 200007,
+        "<|message|>": 200008,
+        "<|channel|>": 200005,
+        "<|constrain|>": 200003,
+        "<|return|>": 200002,
+        "<|call|>": 200012,
+        "<|endoftext|>": 199999,
+        "<|startoftext|>": 199998,
+        "<|reserved_201087|>": 201087,
+    }
     for name, token in names.items():
         assert tokenizer.special_id(name) == token
         assert tokenizer.decode([token]) == name

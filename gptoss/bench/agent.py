@@ -61,8 +61,9 @@ def run(args) -> int:
     folder = Path(args.model)
     warm_page_cache(checkpoint_files(str(folder)))
     model = Transformer.from_checkpoint(folder, device="cpu", dtype=torch.bfloat16)
-    prompts = history(min(model.config.vocab_size, 200_000), args.agent_history, args.agent_step, args.agent_steps,
-                      args.seed)
+    prompts = history(
+        min(model.config.vocab_size, 200_000), args.agent_history, args.agent_step, args.agent_steps, args.seed
+    )
     context = len(prompts[-1]) + 64
     engines = {
         "gptoss": LLM(model, max_batch=1, max_model_len=context, tokenizer=object()),
@@ -101,8 +102,9 @@ def open_llama_cpp(args, folder: Path, context: int, threads: int, skipped: dict
     import llama_cpp
 
     warm_page_cache([str(gguf)])
-    return llama_cpp.Llama(model_path=str(gguf), n_ctx=context, n_batch=512, n_threads=threads,
-                           n_threads_batch=threads, verbose=False)
+    return llama_cpp.Llama(
+        model_path=str(gguf), n_ctx=context, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False
+    )
 
 
 def ttft_gptoss(llm: LLM, prompt: list[int]) -> tuple[float, int]:
@@ -147,16 +149,24 @@ def summary(steps: list[dict], with_llama: bool) -> dict:
     """Reuse's time per new token over the warm steps (all but the first), and the ratios near 4k tokens."""
     warm = steps[1:]
     timed = [r for r in steps if "cold_over_reuse" in r]
-    at4k = min((r for r in timed if r["history_tokens"] >= 4000), key=lambda r: r["history_tokens"],
-               default=timed[-1] if timed else {"cold_over_reuse": None, "history_tokens": None})
+    at4k = min(
+        (r for r in timed if r["history_tokens"] >= 4000),
+        key=lambda r: r["history_tokens"],
+        default=timed[-1] if timed else {"cold_over_reuse": None, "history_tokens": None},
+    )
     return {
-        "reuse_ttft_s_per_new_token": round(sum(r["gptoss_ttft_s"] for r in warm)
-                                            / sum(r["new_tokens"] for r in warm), 5) if warm else None,
+        "reuse_ttft_s_per_new_token": round(
+            sum(r["gptoss_ttft_s"] for r in warm) / sum(r["new_tokens"] for r in warm), 5
+        )
+        if warm
+        else None,
         "reuse_ttft_first_warm_step_s": warm[0]["gptoss_ttft_s"] if warm else None,
         "reuse_ttft_last_step_s": steps[-1]["gptoss_ttft_s"],
         "cold_over_reuse_at_4k": at4k["cold_over_reuse"],
         "history_at_4k": at4k["history_tokens"],
-        "llama_cpp_over_reuse_warm_steps": round(sum(r["llama_cpp_ttft_s"] for r in warm)
-                                                 / sum(r["gptoss_ttft_s"] for r in warm), 2)
-        if with_llama and warm else None,
+        "llama_cpp_over_reuse_warm_steps": round(
+            sum(r["llama_cpp_ttft_s"] for r in warm) / sum(r["gptoss_ttft_s"] for r in warm), 2
+        )
+        if with_llama and warm
+        else None,
     }

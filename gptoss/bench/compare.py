@@ -39,8 +39,10 @@ from gptoss.bench.memory import copy_bandwidth_gbs, read_bandwidth_gbs
 ENGINES = ("gptoss", "llama.cpp", "transformers")
 CONVERTER_ENV = "GPTOSS_LLAMA_CPP_CONVERTER"
 NO_LLAMA_CPP = "llama_cpp is not installed: pip install llama-cpp-python (built for this CPU), then rerun"
-NO_CONVERTER = (f"no GGUF of the checkpoint: pass --gguf FILE, or point --llama-cpp-converter (or ${CONVERTER_ENV}) "
-                "at llama.cpp's convert_hf_to_gguf.py to write one")
+NO_CONVERTER = (
+    f"no GGUF of the checkpoint: pass --gguf FILE, or point --llama-cpp-converter (or ${CONVERTER_ENV}) "
+    "at llama.cpp's convert_hf_to_gguf.py to write one"
+)
 
 
 def parse_engines(text: str) -> list[str]:
@@ -49,8 +51,9 @@ def parse_engines(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     bad = [n for n in names if n not in ENGINES[1:]]
     if bad or not names:
-        raise GptossError(f"--compare: unknown engine {', '.join(bad) or repr(text)} "
-                          "(choose from llama.cpp, transformers)")
+        raise GptossError(
+            f"--compare: unknown engine {', '.join(bad) or repr(text)} (choose from llama.cpp, transformers)"
+        )
     return ["gptoss"] + [n for n in ENGINES[1:] if n in names]
 
 
@@ -115,8 +118,11 @@ def find_gguf(folder: Path, gguf: str | None, converter: str | None) -> tuple[Pa
         return None, f"llama.cpp converter {converter}: not found (expected convert_hf_to_gguf.py)"
     log(f"converting {folder} to {target} with {script}")
     tmp = target.with_suffix(".gguf.partial")
-    proc = subprocess.run([sys.executable, str(script), str(folder), "--outtype", "bf16", "--outfile", str(tmp)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(folder), "--outtype", "bf16", "--outfile", str(tmp)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     if proc.returncode != 0 or not tmp.is_file():
         tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
         return None, f"llama.cpp's converter failed on {folder}: {tail[0][:300]}"
@@ -146,8 +152,12 @@ def _spread(values: list[float]) -> dict | None:
     values = [v for v in values if v is not None]
     if not values:
         return None
-    return {"min": round(min(values), 3), "median": round(statistics.median(values), 3), "max": round(max(values), 3),
-            "n": len(values)}
+    return {
+        "min": round(min(values), 3),
+        "median": round(statistics.median(values), 3),
+        "max": round(max(values), 3),
+        "n": len(values),
+    }
 
 
 def _decode(result: dict, batch: int) -> float | None:
@@ -163,8 +173,10 @@ def run_compare(args, engines: list[str]) -> dict:
     from gptoss.model.hub import resolve_model_path
 
     if not args.model:
-        raise GptossError("--compare needs --model CHECKPOINT (a folder in the Hugging Face layout; "
-                          "write one with `gptoss make-checkpoint`)")
+        raise GptossError(
+            "--compare needs --model CHECKPOINT (a folder in the Hugging Face layout; "
+            "write one with `gptoss make-checkpoint`)"
+        )
     if args.device != "cpu":
         raise GptossError(f"--compare runs on the CPU (--device cpu), not {args.device}")
     folder = Path(resolve_model_path(args.model))
@@ -173,8 +185,15 @@ def run_compare(args, engines: list[str]) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     prompt = torch.randint(0, 199998, (args.prompt_len,), generator=gen).tolist()  # ordinary tokens only
     decode_ids = torch.randint(0, 199998, (max(args.decode_tokens, 64),), generator=gen).tolist()
-    spec = {"model": str(folder), "threads": threads, "prompt": prompt, "decode_ids": decode_ids,
-            "decode_tokens": args.decode_tokens, "batch": 8, "batch_decode_tokens": args.batch_decode_tokens}
+    spec = {
+        "model": str(folder),
+        "threads": threads,
+        "prompt": prompt,
+        "decode_ids": decode_ids,
+        "decode_tokens": args.decode_tokens,
+        "batch": 8,
+        "batch_decode_tokens": args.batch_decode_tokens,
+    }
     skipped: dict[str, str] = {}
     if "llama.cpp" in engines:
         if llama_cpp_version() is None:
@@ -232,9 +251,15 @@ def run_rounds(args, engines: list[str], spec: dict, skipped: dict[str, str], co
             res = run_worker(engine, engine_spec(args, engine, spec), args.engine_timeout)
             res["round"] = r + 1
             runs[engine].append(res)
-            log(f"round {r + 1}: {engine}: " + (res["error"] if "error" in res else
-                f"prefill {res['prefill']['tok_s']} tok/s, decode b1 {_decode(res, 1)} tok/s, "
-                f"peak RSS {res['peak_rss_gib']} GiB"))
+            log(
+                f"round {r + 1}: {engine}: "
+                + (
+                    res["error"]
+                    if "error" in res
+                    else f"prefill {res['prefill']['tok_s']} tok/s, decode b1 {_decode(res, 1)} tok/s, "
+                    f"peak RSS {res['peak_rss_gib']} GiB"
+                )
+            )
     return runs, bandwidth, read_bw
 
 
@@ -252,8 +277,12 @@ def summarize(args, engines, folder, config, threads, runs, skipped, bandwidth, 
         "model": str(folder),
         "config": {"layers": config.num_hidden_layers, "experts": config.num_experts, "hidden": config.hidden_size},
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "platform": platform.platform(),
-                    "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+        "machine": {
+            "cpu": cpu_name(),
+            "logical_cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        },
         "torch": torch.__version__,
         "llama_cpp_python": llama_cpp_version(),
         "threads": threads,
@@ -273,10 +302,12 @@ def engine_summary(engine: str, rounds: list[dict], good: list[dict]) -> dict:
     """One engine's rounds, and the spread of its figures over those that did not fail."""
     entry: dict = {"rounds": rounds}
     if good:
-        entry |= {"prefill_tok_s": _spread([r["prefill"]["tok_s"] for r in good]),
-                  "prefill_tokens": good[0]["prefill"]["tokens"],
-                  "decode_b1_tok_s": _spread([_decode(r, 1) for r in good]),
-                  "peak_rss_gib": _spread([r["peak_rss_gib"] for r in good])}
+        entry |= {
+            "prefill_tok_s": _spread([r["prefill"]["tok_s"] for r in good]),
+            "prefill_tokens": good[0]["prefill"]["tokens"],
+            "decode_b1_tok_s": _spread([_decode(r, 1) for r in good]),
+            "peak_rss_gib": _spread([r["peak_rss_gib"] for r in good]),
+        }
         if engine == "gptoss":
             entry["decode_b8_tok_s"] = _spread([_decode(r, 8) for r in good])
         if engine != "gptoss":
@@ -291,11 +322,17 @@ def floor_summary(gptoss_rounds: list[dict] | None, bandwidth: list[float], read
     if not gptoss_rounds or not best_bw:
         return None
     step = gptoss_rounds[0]["bytes_per_step"]["1"]
-    floor = {"measured_copy_gbs": _spread(bandwidth), "bandwidth_gbs": best_bw,
-             "batch1_bytes_per_token": step, "batch1_floor_tok_s": round(best_bw * 1e9 / step["total"], 2)}
+    floor = {
+        "measured_copy_gbs": _spread(bandwidth),
+        "bandwidth_gbs": best_bw,
+        "batch1_bytes_per_token": step,
+        "batch1_floor_tok_s": round(best_bw * 1e9 / step["total"], 2),
+    }
     if read_bw:  # context: a copy of 128 MiB can sit in a large L3; reading 1 GiB cannot
-        floor |= {"measured_read_1gib_gbs": _spread(list(read_bw)),
-                  "batch1_floor_at_read_1gib_tok_s": round(max(read_bw) * 1e9 / step["total"], 2)}
+        floor |= {
+            "measured_read_1gib_gbs": _spread(list(read_bw)),
+            "batch1_floor_at_read_1gib_tok_s": round(max(read_bw) * 1e9 / step["total"], 2),
+        }
     return floor
 
 
@@ -328,12 +365,15 @@ def ratio_summary(ok: dict[str, list[dict]], floor: dict | None, rounds: int) ->
     ratios["gptoss_b8_to_b1"] = per_round(lambda r: fig("gptoss", r, "b8") / fig("gptoss", r, "b1"))
     if ok.get("llama.cpp"):
         ratios["gptoss_to_llama_cpp_prefill"] = per_round(
-            lambda r: fig("gptoss", r, "prefill") / fig("llama.cpp", r, "prefill"))
+            lambda r: fig("gptoss", r, "prefill") / fig("llama.cpp", r, "prefill")
+        )
         ratios["gptoss_to_llama_cpp_decode_b1"] = per_round(
-            lambda r: fig("gptoss", r, "b1") / fig("llama.cpp", r, "b1"))
+            lambda r: fig("gptoss", r, "b1") / fig("llama.cpp", r, "b1")
+        )
     if ok.get("transformers"):
         ratios["gptoss_to_transformers_decode_b1"] = per_round(
-            lambda r: fig("gptoss", r, "b1") / fig("transformers", r, "b1"))
+            lambda r: fig("gptoss", r, "b1") / fig("transformers", r, "b1")
+        )
     return ratios
 
 

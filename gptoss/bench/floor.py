@@ -16,8 +16,12 @@ def decode_step_bytes(model, batch: int, context: int) -> dict[str, float]:
     c = model.config
     dense = emb = 0
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if t.dtype == torch.uint8 or name.endswith(("inv_freq", "_weight.weight")) or ".mlp.mlp1_bias" in name \
-                or ".mlp.mlp2_bias" in name:  # experts (packed, or dense "mlpN_weight.weight") are counted below
+        if (
+            t.dtype == torch.uint8
+            or name.endswith(("inv_freq", "_weight.weight"))
+            or ".mlp.mlp1_bias" in name
+            or ".mlp.mlp2_bias" in name
+        ):  # experts (packed, or dense "mlpN_weight.weight") are counted below
             continue
         if name == "embedding.weight":
             emb = batch * t.shape[1] * t.element_size()
@@ -30,8 +34,9 @@ def decode_step_bytes(model, batch: int, context: int) -> dict[str, float]:
     per_expert = sum(x[0].numel() * x.element_size() for x in weights + [mlp.mlp1_bias, mlp.mlp2_bias])
     experts = c.num_hidden_layers * touched * per_expert
     per_pos = 2 * c.num_key_value_heads * c.head_dim * model.unembedding.weight.element_size()
-    kv = sum(batch * (min(context, c.window(n)) if c.window(n) else context) * per_pos
-             for n in range(c.num_hidden_layers))
+    kv = sum(
+        batch * (min(context, c.window(n)) if c.window(n) else context) * per_pos for n in range(c.num_hidden_layers)
+    )
     return {"dense_weights": dense + emb, "experts": experts, "kv_cache": kv, "total": dense + emb + experts + kv}
 
 
@@ -65,12 +70,23 @@ def decode_row(model, batch: int, steps: int, seconds: float, context: int, band
     tok_s = batch * steps / seconds
     step_bytes = decode_step_bytes(model, batch, context)
     floor = batch / (step_bytes["total"] / (bandwidth * 1e9))
-    return {"batch": batch, "tokens": batch * steps, "seconds": round(seconds, 4), "tok_s": round(tok_s, 2),
-            "ms_per_step": round(1000 * seconds / steps, 3), "bytes_per_step": int(step_bytes["total"]),
-            "floor_tok_s": round(floor, 1), "ratio_to_floor": round(tok_s / floor, 3)}
+    return {
+        "batch": batch,
+        "tokens": batch * steps,
+        "seconds": round(seconds, 4),
+        "tok_s": round(tok_s, 2),
+        "ms_per_step": round(1000 * seconds / steps, 3),
+        "bytes_per_step": int(step_bytes["total"]),
+        "floor_tok_s": round(floor, 1),
+        "ratio_to_floor": round(tok_s / floor, 3),
+    }
 
 
 def prefill_row(config, tokens: int, seconds: float) -> dict:
     """One prefill measurement with the matrix TFLOP/s it reached."""
-    return {"tokens": tokens, "seconds": round(seconds, 4), "tok_s": round(tokens / seconds, 2),
-            "tflops": round(prefill_flops(config, tokens) / seconds / 1e12, 2)}
+    return {
+        "tokens": tokens,
+        "seconds": round(seconds, 4),
+        "tok_s": round(tokens / seconds, 2),
+        "tflops": round(prefill_flops(config, tokens) / seconds / 1e12, 2),
+    }

@@ -18,8 +18,9 @@ def build_transformers(model, dtype):
     from transformers import GptOssConfig, GptOssForCausalLM
 
     c = model.config
-    cfg = GptOssConfig(**{k: v for k, v in c.to_hf().items()
-                          if k not in ("quantization_config", "architectures", "model_type")})
+    cfg = GptOssConfig(
+        **{k: v for k, v in c.to_hf().items() if k not in ("quantization_config", "architectures", "model_type")}
+    )
     cfg._attn_implementation = "eager"
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # allocate in dtype directly: a float32 20b would not fit next to ours
@@ -61,9 +62,12 @@ def compare_transformers(model, args, batch_sizes, prompt, device, dtype) -> dic
     t0 = time.perf_counter()
     hf = build_transformers(model, dtype)
     sync(device)
-    out = {"version": transformers.__version__, "attention": "eager",
-           "experts": f"dequantized to {str(dtype).replace('torch.', '')}",
-           "build_seconds": round(time.perf_counter() - t0, 2)}
+    out = {
+        "version": transformers.__version__,
+        "attention": "eager",
+        "experts": f"dequantized to {str(dtype).replace('torch.', '')}",
+        "build_seconds": round(time.perf_counter() - t0, 2),
+    }
     check = prompt[:64]
     with torch.no_grad():
         theirs = hf(check[None]).logits[0].float()
@@ -82,6 +86,7 @@ def compare_transformers(model, args, batch_sizes, prompt, device, dtype) -> dic
         decode = []
         steps = args.transformers_decode_tokens
         for b in batch_sizes:
+
             def run_decode(b=b) -> None:
                 past = copy.deepcopy(base)
                 past.batch_repeat_interleave(b)
@@ -96,8 +101,9 @@ def compare_transformers(model, args, batch_sizes, prompt, device, dtype) -> dic
                 decode.append({"batch": b, "error": "out of memory"})
                 torch.cuda.empty_cache()
                 continue
-            decode.append({"batch": b, "tok_s": round(b * steps / seconds, 2),
-                           "ms_per_step": round(1000 * seconds / steps, 2)})
+            decode.append(
+                {"batch": b, "tok_s": round(b * steps / seconds, 2), "ms_per_step": round(1000 * seconds / steps, 2)}
+            )
             log(f"transformers decode batch {b}: {decode[-1]['tok_s']} tok/s")
         out["decode"] = decode
     if device.startswith("cuda"):

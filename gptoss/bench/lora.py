@@ -20,8 +20,12 @@ def lora_costs(model, args, device: str, dtype) -> dict:
     if args.lora_rank < 1:
         raise GptossError(f"--lora-rank: expected a positive rank, found {args.lora_rank}")
     lora = LoraSet.of(model)
-    lora.add_all([(f"bench-{k}", random_adapter(config, f"bench-{k}", args.lora_rank, args.lora_experts, seed=k))
-                  for k in range(4)])
+    lora.add_all(
+        [
+            (f"bench-{k}", random_adapter(config, f"bench-{k}", args.lora_rank, args.lora_experts, seed=k))
+            for k in range(4)
+        ]
+    )
     seqs, per_seq = 4, max(1, args.prompt_len // 4)
     b = 4
     ctx = args.prompt_len + args.decode_tokens + 1
@@ -35,6 +39,7 @@ def lora_costs(model, args, device: str, dtype) -> dict:
         def run():
             with lora.active([(s, per_seq) for s in slots]):
                 model.step(prompt, prefill_batch, cache, logits_index=prefill_batch.last_index)
+
         return run
 
     def decode(slots):
@@ -44,14 +49,25 @@ def lora_costs(model, args, device: str, dtype) -> dict:
                 toks = torch.randint(0, config.vocab_size, (b,), generator=gen).to(device)
                 with lora.active([(s, 1) for s in slots]):
                     model.step(toks, batch, cache, logits_index=batch.last_index)
+
         return run
 
-    out: dict = {"rank": args.lora_rank, "targets": lora.adapters[0].targets,
-                 "adapter_bytes": lora.adapters[0].nbytes(),
-                 "prefill_sequences": seqs, "prefill_tokens": seqs * per_seq, "decode_batch": b,
-                 "decode_tokens": args.decode_tokens, "prefill": {}, "decode": {}}
-    runs = {(phase, name): (prefill if phase == "prefill" else decode)(slots)
-            for phase in ("prefill", "decode") for name, slots in layouts.items()}
+    out: dict = {
+        "rank": args.lora_rank,
+        "targets": lora.adapters[0].targets,
+        "adapter_bytes": lora.adapters[0].nbytes(),
+        "prefill_sequences": seqs,
+        "prefill_tokens": seqs * per_seq,
+        "decode_batch": b,
+        "decode_tokens": args.decode_tokens,
+        "prefill": {},
+        "decode": {},
+    }
+    runs = {
+        (phase, name): (prefill if phase == "prefill" else decode)(slots)
+        for phase in ("prefill", "decode")
+        for name, slots in layouts.items()
+    }
     for fn in runs.values():  # warm-up (kernel compilation, allocator)
         fn()
     best: dict = {}
@@ -69,9 +85,11 @@ def lora_costs(model, args, device: str, dtype) -> dict:
         base = out[phase]["base"]["seconds"]
         for name in ("one_adapter", "four_adapters"):
             out[phase][name]["cost_vs_base"] = round(out[phase][name]["seconds"] / base, 3)
-    log(f"lora rank {args.lora_rank}: prefill x{out['prefill']['one_adapter']['cost_vs_base']} (one), "
-         f"x{out['prefill']['four_adapters']['cost_vs_base']} (four); "
-         f"decode x{out['decode']['one_adapter']['cost_vs_base']} "
-         f"(one), x{out['decode']['four_adapters']['cost_vs_base']} (four) of the base's time")
+    log(
+        f"lora rank {args.lora_rank}: prefill x{out['prefill']['one_adapter']['cost_vs_base']} (one), "
+        f"x{out['prefill']['four_adapters']['cost_vs_base']} (four); "
+        f"decode x{out['decode']['one_adapter']['cost_vs_base']} "
+        f"(one), x{out['decode']['four_adapters']['cost_vs_base']} (four) of the base's time"
+    )
     lora.adapters.clear()
     return out

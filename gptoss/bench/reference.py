@@ -24,12 +24,18 @@ def check_against_reference(model, device: str, length: int = 160) -> dict:
         start += n
     fast = torch.cat(outs)
     err = lambda a, b: float(((a - b).norm(dim=-1) / b.norm(dim=-1)).max())  # noqa: E731 - worst position
-    out = {"tokens": length, "max_rel_err_vs_reference": round(err(fast, ref), 5),
-           "argmax_agreement": round(float((fast.argmax(-1) == ref.argmax(-1)).float().mean()), 4)}
+    out = {
+        "tokens": length,
+        "max_rel_err_vs_reference": round(err(fast, ref), 5),
+        "argmax_agreement": round(float((fast.argmax(-1) == ref.argmax(-1)).float().mean()), 4),
+    }
     dense = sum(t.numel() for t in model.parameters() if t.dtype != torch.uint8) * 4
     if device.startswith("cuda") and model.dtype != torch.float32 and torch.cuda.mem_get_info()[0] > 2 * dense + 4e9:
-        named = [(n, t) for n, t in list(model.named_parameters()) + list(model.named_buffers())
-                 if not n.endswith("inv_freq")]
+        named = [
+            (n, t)
+            for n, t in list(model.named_parameters()) + list(model.named_buffers())
+            if not n.endswith("inv_freq")
+        ]
         ref32_model = Transformer.from_tensors(model.config, iter(named), device=device, dtype=torch.float32)
         with kernels.use("off"):
             ref32 = ref32_model(tokens)

@@ -20,15 +20,25 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     def pick(q: float) -> float:
         return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
-    return {"mean": round(statistics.fmean(ordered), 6), "p50": round(pick(0.5), 6), "p90": round(pick(0.9), 6),
-            "p99": round(pick(0.99), 6)}
+    return {
+        "mean": round(statistics.fmean(ordered), 6),
+        "p50": round(pick(0.5), 6),
+        "p90": round(pick(0.9), 6),
+        "p99": round(pick(0.99), 6),
+    }
 
 
 async def one_request(client, model: str, i: int, args) -> dict:
     # " hello" is one o200k token; a request number keeps prompts distinct.
     prompt = f"Request {i}:" + " hello" * max(0, args.prompt_tokens - 4)
-    kw = dict(model=model, messages=[{"role": "user", "content": prompt}], max_tokens=args.output_tokens,
-              seed=args.seed + i, stream=True, stream_options={"include_usage": True})
+    kw = dict(
+        model=model,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=args.output_tokens,
+        seed=args.seed + i,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     if args.reasoning_effort:
         kw["reasoning_effort"] = args.reasoning_effort
     start = time.perf_counter()
@@ -50,7 +60,9 @@ async def one_request(client, model: str, i: int, args) -> dict:
     end = time.perf_counter()
     tokens = usage.completion_tokens if usage else 0
     return {
-        "ok": True, "tokens": tokens, "prompt_tokens": usage.prompt_tokens if usage else None,
+        "ok": True,
+        "tokens": tokens,
+        "prompt_tokens": usage.prompt_tokens if usage else None,
         "ttft": (first - start) if first else None,
         "tpot": ((last - first) / (tokens - 1)) if first and last and tokens > 1 else None,
         "latency": end - start,
@@ -77,9 +89,14 @@ async def drive(args) -> dict:
     ok = [r for r in results if r["ok"]]
     tokens = sum(r["tokens"] for r in ok)
     return {
-        "base_url": args.base_url, "model": model, "requests": args.requests, "concurrency": args.concurrency,
-        "prompt_tokens": args.prompt_tokens, "output_tokens": args.output_tokens,
-        "completed": len(ok), "failed": len(results) - len(ok),
+        "base_url": args.base_url,
+        "model": model,
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "prompt_tokens": args.prompt_tokens,
+        "output_tokens": args.output_tokens,
+        "completed": len(ok),
+        "failed": len(results) - len(ok),
         "errors": sorted({r["error"] for r in results if not r["ok"]})[:5],
         "wall_seconds": round(wall, 3),
         "output_tokens_per_second": round(tokens / wall, 2) if wall else None,

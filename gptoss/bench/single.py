@@ -130,8 +130,9 @@ def load(args: argparse.Namespace, device: str) -> Loaded:
     else:
         config = ModelConfig.preset(args.preset)
         dtype = resolve_dtype(args.dtype, device, config.weight_bytes())
-        tensors = (random_tensors_on(config, device, dtype, args.seed) if is_cuda
-                   else random_tensors(config, args.seed, dtype))
+        tensors = (
+            random_tensors_on(config, device, dtype, args.seed) if is_cuda else random_tensors(config, args.seed, dtype)
+        )
         model = Transformer.from_tensors(config, tensors, device=device, dtype=dtype)
         source = f"random {args.preset}"
     sync(device)
@@ -147,22 +148,30 @@ def describe(loaded: Loaded, device: str, gpu_name: str | None) -> dict:
     model, config = loaded.model, loaded.model.config
     fast = kernels.active(model.unembedding.weight)
     native = cpu_kernels(model)  # the native CPU kernels (GPTOSS_KERNELS=auto)
-    log(f"{loaded.source}: {model.memory_bytes()['total'] / 2**30:.2f} GiB of weights in {loaded.load_seconds:.1f}s on "
+    log(
+        f"{loaded.source}: {model.memory_bytes()['total'] / 2**30:.2f} GiB of weights in {loaded.load_seconds:.1f}s on "
         f"{gpu_name or device}; kv cache {KV_CACHE}, kernels {'on' if fast else 'off'}"
-        + (f", native CPU kernels {native['isa']} on {native['threads']} threads" if native else ""))
+        + (f", native CPU kernels {native['isa']} on {native['threads']} threads" if native else "")
+    )
+    return header(loaded.source, device, gpu_name, loaded.dtype, config, KV_CACHE, fast, loaded.load_seconds) | {
+        "cpu_kernels": native
+    }
+
+
+def header(source, device: str, gpu_name, dtype, config, kv_cache: str, fast: bool, load_s: float) -> dict:
+    """The fields every benchmark's JSON opens with: the model, where it ran, the software, when."""
     return {
-        "model": loaded.source,
+        "model": source,
         "device": device,
         "gpu": gpu_name,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "torch": torch.__version__,
         "triton": kernels.triton_version(),
-        "dtype": str(loaded.dtype).replace("torch.", ""),
+        "dtype": str(dtype).replace("torch.", ""),
         "config": {"layers": config.num_hidden_layers, "experts": config.num_experts, "hidden": config.hidden_size},
-        "kv_cache": KV_CACHE,
+        "kv_cache": kv_cache,
         "kernels": fast,
-        "cpu_kernels": native,
-        "load_seconds": round(loaded.load_seconds, 3),
+        "load_seconds": round(load_s, 3),
     }
 
 
@@ -173,8 +182,15 @@ def paged_cache(model, args: argparse.Namespace, batch_sizes: list[int], device:
     ctx = args.prompt_len + args.decode_tokens + 1
     max_len = max(ctx, args.kv_tokens or 0)
     blocks = max((max_b + 1) * -(-ctx // 16), -(-(args.kv_tokens or 0) // 16))
-    return PagedKVCache(model.config, max_b + 1, max_len, num_blocks=2 + blocks,
-                        max_step_tokens=max(args.prompt_len, max_b), device=device, dtype=dtype)
+    return PagedKVCache(
+        model.config,
+        max_b + 1,
+        max_len,
+        num_blocks=2 + blocks,
+        max_step_tokens=max(args.prompt_len, max_b),
+        device=device,
+        dtype=dtype,
+    )
 
 
 def decode_graphs(model, cache, args: argparse.Namespace, batch_sizes: list[int], device: str, fast: bool):
@@ -217,13 +233,22 @@ def time_decode(model, cache, graphs, args, batch_sizes: list[int], gen, device:
 
         seconds = best_time(run_decode, device, args.repeats)
         rows.append(decode_row(model, b, steps, seconds, prompt_len + steps // 2, bandwidth))
-        log(f"decode batch {b}: {b * steps / seconds:.1f} tok/s "
-            f"({rows[-1]['ratio_to_floor']:.2f} of the bandwidth floor)")
+        log(
+            f"decode batch {b}: {b * steps / seconds:.1f} tok/s "
+            f"({rows[-1]['ratio_to_floor']:.2f} of the bandwidth floor)"
+        )
     return rows
 
 
-def figures(loaded: Loaded, gpu_name: str | None, prefill_s: float, prompt_len: int, bandwidth: float,
-            measured_bw: float, kv_cache_bytes: int) -> dict:
+def figures(
+    loaded: Loaded,
+    gpu_name: str | None,
+    prefill_s: float,
+    prompt_len: int,
+    bandwidth: float,
+    measured_bw: float,
+    kv_cache_bytes: int,
+) -> dict:
     """The weights' and the cache's memory, the floors, and the prefill against its compute floor (where the
     GPU's peak is known)."""
     model = loaded.model
@@ -240,10 +265,13 @@ def figures(loaded: Loaded, gpu_name: str | None, prefill_s: float, prompt_len: 
         "weights_gib": round(mem["total"] / 2**30, 3),
         "resident_bytes_model": loaded.resident_bytes,
         "kv_cache_bytes": kv_cache_bytes,
-        "floor": {"bandwidth_gbs": bandwidth, "measured_copy_gbs": measured_bw,
-                  "batch1_bytes_per_token": {k: int(v) for k, v in b1.items()},
-                  "batch1_floor_tok_s": round(1 / (b1["total"] / (bandwidth * 1e9)), 1),
-                  "peak_bf16_tflops": peak},
+        "floor": {
+            "bandwidth_gbs": bandwidth,
+            "measured_copy_gbs": measured_bw,
+            "batch1_bytes_per_token": {k: int(v) for k, v in b1.items()},
+            "batch1_floor_tok_s": round(1 / (b1["total"] / (bandwidth * 1e9)), 1),
+            "peak_bf16_tflops": peak,
+        },
         "prefill": prefill,
     }
 
@@ -269,12 +297,24 @@ def summary_table(r: dict) -> list[dict]:
     rows = []
     for d in r["decode"]:
         theirs = hf_decode.get(d["batch"])
-        rows.append({"what": f"decode batch {d['batch']}", "gptoss_tok_s": d["tok_s"], "transformers_tok_s": theirs,
-                     "speedup": round(d["tok_s"] / theirs, 1) if theirs else None,
-                     "ratio_to_floor": d["ratio_to_floor"]})
+        rows.append(
+            {
+                "what": f"decode batch {d['batch']}",
+                "gptoss_tok_s": d["tok_s"],
+                "transformers_tok_s": theirs,
+                "speedup": round(d["tok_s"] / theirs, 1) if theirs else None,
+                "ratio_to_floor": d["ratio_to_floor"],
+            }
+        )
     p = r["prefill"]
     theirs = (hf.get("prefill") or {}).get("tok_s")
-    rows.append({"what": f"prefill {p['tokens']}", "gptoss_tok_s": p["tok_s"], "transformers_tok_s": theirs,
-                 "speedup": round(p["tok_s"] / theirs, 1) if theirs else None,
-                 "ratio_to_floor": p.get("ratio_to_compute_floor")})
+    rows.append(
+        {
+            "what": f"prefill {p['tokens']}",
+            "gptoss_tok_s": p["tok_s"],
+            "transformers_tok_s": theirs,
+            "speedup": round(p["tok_s"] / theirs, 1) if theirs else None,
+            "ratio_to_floor": p.get("ratio_to_compute_floor"),
+        }
+    )
     return rows

@@ -13,15 +13,13 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from datetime import datetime, timezone
 
 import torch
 
-from gptoss import kernels
 from gptoss.bench.common import emit_json, log
 from gptoss.bench.floor import decode_row, floor_bandwidth, prefill_row
 from gptoss.bench.memory import copy_bandwidth_gbs
-from gptoss.bench.single import summary_table
+from gptoss.bench.single import header, summary_table
 from gptoss.engine import LLM, SamplingParams, check_device, resolve_dtype
 from gptoss.model import ModelConfig
 
@@ -53,8 +51,14 @@ def checkpoint(args: argparse.Namespace, device: str, tmp) -> tuple[str, str]:
     config = ModelConfig.preset(args.preset)
     dtype = resolve_dtype(args.dtype, device, config.weight_bytes())
     log(f"writing random {args.preset} weights to {tmp.name} (each rank reads its slices)")
-    folder = write_checkpoint(tmp.name, config, layout="original", seed=args.seed,
-                              dtype=torch.float32 if dtype == torch.float32 else torch.bfloat16, tokenizer=False)
+    folder = write_checkpoint(
+        tmp.name,
+        config,
+        layout="original",
+        seed=args.seed,
+        dtype=torch.float32 if dtype == torch.float32 else torch.bfloat16,
+        tokenizer=False,
+    )
     return folder, f"random {args.preset}"
 
 
@@ -85,8 +89,16 @@ def measure(args: argparse.Namespace, batch_sizes: list[int], device: str, folde
     is_cuda = device.startswith("cuda")
     ctx = args.prompt_len + args.decode_tokens + 2
     t0 = time.perf_counter()
-    llm = LLM(folder, device=device, dtype=args.dtype, max_batch=max(batch_sizes + [1]), max_model_len=ctx,
-              tokenizer=object(), kv_cache=args.kv_cache, tensor_parallel_size=n)
+    llm = LLM(
+        folder,
+        device=device,
+        dtype=args.dtype,
+        max_batch=max(batch_sizes + [1]),
+        max_model_len=ctx,
+        tokenizer=object(),
+        kv_cache=args.kv_cache,
+        tensor_parallel_size=n,
+    )
     try:
         load_s = time.perf_counter() - t0
         model, engine = llm.model, llm.engine
@@ -104,16 +116,12 @@ def measure(args: argparse.Namespace, batch_sizes: list[int], device: str, folde
         decode = []
         for b in batch_sizes:
             seconds = min(decode_seconds(engine, prompts(b), args.decode_tokens) for _ in range(args.repeats))
-            decode.append(decode_row(model, b, args.decode_tokens, seconds, args.prompt_len + args.decode_tokens // 2,
-                                     bandwidth))
+            decode.append(
+                decode_row(model, b, args.decode_tokens, seconds, args.prompt_len + args.decode_tokens // 2, bandwidth)
+            )
             log(f"decode batch {b}: {b * args.decode_tokens / seconds:.1f} tok/s on {n} ranks")
         mem = model.memory_bytes()
-        result: dict = {
-            "model": source, "device": device, "gpu": gpu_name,
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "torch": torch.__version__,
-            "triton": kernels.triton_version(), "dtype": str(model.dtype).replace("torch.", ""),
-            "config": {"layers": config.num_hidden_layers, "experts": config.num_experts, "hidden": config.hidden_size},
-            "kv_cache": engine.runner.kind, "kernels": False, "load_seconds": round(load_s, 3),
+        result: dict = header(source, device, gpu_name, model.dtype, config, engine.runner.kind, False, load_s) | {
             "tensor_parallel": n,
             "weights_bytes": mem,  # rank 0's share
             "weights_gib": round(mem["total"] / 2**30, 3),

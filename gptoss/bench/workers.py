@@ -23,6 +23,26 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _decode_row(batch: int, steps: int, seconds: float) -> dict:
+    """``steps`` decode steps of ``batch`` sequences that took ``seconds``."""
+    return {
+        "batch": batch,
+        "tokens": batch * steps,
+        "tok_s": round(batch * steps / seconds, 3),
+        "ms_per_step": round(1000 * seconds / steps, 1),
+    }
+
+
+def _timings(warm_s: float, load_s: float, prompt: int, prefill_s: float, steps: int, decode_s: float) -> dict:
+    """What every engine's worker reports: page-cache warming, load, the prefill and the batch-1 decode."""
+    return {
+        "page_cache_warm_seconds": round(warm_s, 2),
+        "load_seconds": round(load_s, 2),
+        "prefill": {"tokens": prompt, "seconds": round(prefill_s, 3), "tok_s": round(prompt / prefill_s, 2)},
+        "decode": [_decode_row(1, steps, decode_s)],
+    }
+
+
 def worker_gptoss(spec: dict) -> dict:
     import torch
 
@@ -62,20 +82,14 @@ def worker_gptoss(spec: dict) -> dict:
             decode(list(range(1, wide + 1)), 1)
         decode_s = timed(lambda: decode([0], steps))
         wide_s = timed(lambda: decode(list(range(1, wide + 1)), b8_steps)) if wide > 1 and b8_steps else None
-    out = {
-        "page_cache_warm_seconds": round(warm_s, 2),
-        "load_seconds": round(load_s, 2),
+    out = _timings(warm_s, load_s, p, prefill_s, steps, decode_s) | {
         "kernels": kernels.mode(),
         "cpu_kernels": cpu_kernels(model),
         "torch_threads": torch.get_num_threads(),
-        "prefill": {"tokens": p, "seconds": round(prefill_s, 3), "tok_s": round(p / prefill_s, 2)},
-        "decode": [{"batch": 1, "tokens": steps, "tok_s": round(steps / decode_s, 3),
-                    "ms_per_step": round(1000 * decode_s / steps, 1)}],
         "bytes_per_step": {str(b): {k: int(v) for k, v in decode_step_bytes(model, b, p).items()} for b in (1, wide)},
     }
     if wide_s is not None:
-        out["decode"].append({"batch": wide, "tokens": wide * b8_steps, "tok_s": round(wide * b8_steps / wide_s, 3),
-                              "ms_per_step": round(1000 * wide_s / b8_steps, 1)})
+        out["decode"].append(_decode_row(wide, b8_steps, wide_s))
     return out
 
 
@@ -85,8 +99,15 @@ def worker_llama_cpp(spec: dict) -> dict:
     p, steps = len(spec["prompt"]), spec["decode_tokens"]
     warm_s = warm_page_cache([spec["gguf"]])
     t0 = time.perf_counter()
-    llm = llama_cpp.Llama(model_path=spec["gguf"], n_ctx=p + steps + 64, n_batch=p, n_ubatch=p,
-                          n_threads=spec["threads"], n_threads_batch=spec["threads"], verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=spec["gguf"],
+        n_ctx=p + steps + 64,
+        n_batch=p,
+        n_ubatch=p,
+        n_threads=spec["threads"],
+        n_threads_batch=spec["threads"],
+        verbose=False,
+    )
     load_s = time.perf_counter() - t0
     llm.eval(spec["prompt"][:WARMUP_TOKENS])
     llm.reset()
@@ -98,16 +119,10 @@ def worker_llama_cpp(spec: dict) -> dict:
             llm.eval([ids[i % len(ids)]])
 
     decode_s = timed(decode)
-    out = {
-        "page_cache_warm_seconds": round(warm_s, 2),
-        "load_seconds": round(load_s, 2),
+    return _timings(warm_s, load_s, p, prefill_s, steps, decode_s) | {
         "version": llama_cpp.__version__,
         "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
-        "prefill": {"tokens": p, "seconds": round(prefill_s, 3), "tok_s": round(p / prefill_s, 2)},
-        "decode": [{"batch": 1, "tokens": steps, "tok_s": round(steps / decode_s, 3),
-                    "ms_per_step": round(1000 * decode_s / steps, 1)}],
     }
-    return out
 
 
 def worker_transformers(spec: dict) -> dict:
@@ -118,8 +133,9 @@ def worker_transformers(spec: dict) -> dict:
     _set_threads(spec["threads"])
     warm_s = warm_page_cache(checkpoint_files(spec["model"]))
     t0 = time.perf_counter()
-    hf = GptOssForCausalLM.from_pretrained(spec["model"], dtype=torch.bfloat16, device_map="cpu",
-                                           quantization_config=Mxfp4Config(dequantize=True))
+    hf = GptOssForCausalLM.from_pretrained(
+        spec["model"], dtype=torch.bfloat16, device_map="cpu", quantization_config=Mxfp4Config(dequantize=True)
+    )
     hf.eval()
     load_s = time.perf_counter() - t0
     prompt = torch.tensor([spec["prompt"]])
@@ -136,15 +152,10 @@ def worker_transformers(spec: dict) -> dict:
                 hf(torch.tensor([[ids[i % len(ids)]]]), past_key_values=past, use_cache=True, logits_to_keep=1)
 
         decode_s = timed(decode)
-    return {
-        "page_cache_warm_seconds": round(warm_s, 2),
-        "load_seconds": round(load_s, 2),
+    return _timings(warm_s, load_s, p, prefill_s, steps, decode_s) | {
         "version": transformers.__version__,
         "attention": hf.config._attn_implementation,
         "experts": "dequantized to bfloat16",
-        "prefill": {"tokens": p, "seconds": round(prefill_s, 3), "tok_s": round(p / prefill_s, 2)},
-        "decode": [{"batch": 1, "tokens": steps, "tok_s": round(steps / decode_s, 3),
-                    "ms_per_step": round(1000 * decode_s / steps, 1)}],
     }
 
 

@@ -23,8 +23,12 @@ def add_parser(sub) -> None:
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
     p.add_argument("--prompt-tokens", type=int, default=128, help="approximate prompt length in tokens")
     p.add_argument("--output-tokens", type=int, default=64, help="tokens to generate per request")
-    p.add_argument("--reasoning-effort", default=None, choices=EFFORT_NAMES,
-                   help="reasoning_effort sent with each request (default: none sent, the server's)")
+    p.add_argument(
+        "--reasoning-effort",
+        default=None,
+        choices=EFFORT_NAMES,
+        help="reasoning_effort sent with each request (default: none sent, the server's)",
+    )
     p.add_argument("--seed", type=int, default=0, help="request i is sent with seed SEED+i")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one response")
     p.set_defaults(func=run)

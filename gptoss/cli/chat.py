@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 
-from gptoss.cli.common import DEMO_MAX_TOKENS, DEMO_REASONING_MAX_TOKENS, add_model_args, load_llm
+from gptoss.cli.common import DEMO_MAX_TOKENS, DEMO_REASONING_MAX_TOKENS, add_browser_args, add_model_args, load_llm
 from gptoss.errors import GptossError
 from gptoss.harmony import EFFORT_NAMES
 
@@ -36,30 +36,45 @@ Ctrl-C stops the answer being generated."""
 def add_parser(sub) -> None:
     p = sub.add_parser("chat", help="chat with gpt-oss in the terminal", description=__doc__)
     add_model_args(p)
-    p.add_argument("--reasoning-effort", default="medium", choices=EFFORT_NAMES,
-                   help="how much the model reasons before answering: low, medium or high")
+    p.add_argument(
+        "--reasoning-effort",
+        default="medium",
+        choices=EFFORT_NAMES,
+        help="how much the model reasons before answering: low, medium or high",
+    )
     p.add_argument("--developer", default=None, help="developer instructions (the system prompt, in Harmony terms)")
     p.add_argument("--show-reasoning", action="store_true", help="show the analysis channel, dimmed")
-    p.add_argument("--max-tokens", type=int, default=None,
-                   help=f"most tokens per assistant turn (default 2048; {DEMO_MAX_TOKENS} for the synthetic demo)")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help=f"most tokens per assistant turn (default 2048; {DEMO_MAX_TOKENS} for the synthetic demo)",
+    )
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 is greedy")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens up to this probability")
+    p.add_argument(
+        "--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens up to this probability"
+    )
     p.add_argument("--seed", type=int, default=None, help="sampling seed, for repeatable answers (default: random)")
-    p.add_argument("--reasoning-max-tokens", type=int, default=None,
-                   help="reasoning budget: at most one analysis message of this many tokens before the answer "
-                        f"(default: none; {DEMO_REASONING_MAX_TOKENS} for the synthetic demo)")
-    p.add_argument("--unconstrained", action="store_true",
-                   help="sample freely instead of under the Harmony turn grammar")
-    p.add_argument("--tools", default="", metavar="LIST",
-                   help="built-in tools the model may use, comma-separated: browser, python")
-    p.add_argument("--functions", default=None, metavar="FILE",
-                   help="a Python module whose functions the model may call (functions.NAME)")
-    p.add_argument("--corpus", default=None, metavar="DIR",
-                   help="the browser's local corpus: a folder of HTML, Markdown, text or PDF files (indexed on start)")
-    p.add_argument("--browser-allow-hosts", default=None, metavar="LIST",
-                   help="hosts the browser may open although they are not public (it refuses loopback, private and "
-                        "link-local addresses): comma-separated names (*.corp.example), addresses or networks "
-                        "(10.0.0.0/8), each optionally :PORT (default: GPTOSS_BROWSER_ALLOW_HOSTS)")
+    p.add_argument(
+        "--reasoning-max-tokens",
+        type=int,
+        default=None,
+        help="reasoning budget: at most one analysis message of this many tokens before the answer "
+        f"(default: none; {DEMO_REASONING_MAX_TOKENS} for the synthetic demo)",
+    )
+    p.add_argument(
+        "--unconstrained", action="store_true", help="sample freely instead of under the Harmony turn grammar"
+    )
+    p.add_argument(
+        "--tools", default="", metavar="LIST", help="built-in tools the model may use, comma-separated: browser, python"
+    )
+    p.add_argument(
+        "--functions",
+        default=None,
+        metavar="FILE",
+        help="a Python module whose functions the model may call (functions.NAME)",
+    )
+    add_browser_args(p)
     p.add_argument("--max-tool-calls", type=int, default=16, help="most tool calls in one answer (default 16)")
     p.set_defaults(func=run)
 
@@ -91,7 +106,9 @@ class ChatUI:
             self.say("(new conversation)")
         elif name == "effort":
             if arg not in EFFORT_NAMES:
-                self.say(f"usage: /effort {'|'.join(EFFORT_NAMES)} (now {self.session.settings.reasoning_effort})", "yellow")
+                self.say(
+                    f"usage: /effort {'|'.join(EFFORT_NAMES)} (now {self.session.settings.reasoning_effort})", "yellow"
+                )
             else:
                 self.session.settings.reasoning_effort = arg
                 self.say(f"(reasoning effort: {arg})")
@@ -160,7 +177,9 @@ class ChatUI:
                     if channel is not None:
                         self.out.print()
                     if not is_final:
-                        self.console.print(f"[{delta.channel or 'no channel'}]", style="dim italic", end=" ", markup=False)
+                        self.console.print(
+                            f"[{delta.channel or 'no channel'}]", style="dim italic", end=" ", markup=False
+                        )
                     channel = delta.channel
                 self.out.print(delta.text, end="", style=None if is_final else "dim")
         except KeyboardInterrupt:
@@ -250,14 +269,18 @@ def _make_tools(args: argparse.Namespace):
         raise GptossError("--corpus: the browser is not enabled (add --tools browser)")
     if args.max_tool_calls < 0:
         raise GptossError(f"--max-tool-calls: expected a number >= 0, found {args.max_tool_calls}")
-    toolbox = make_toolbox(names, corpus=args.corpus, functions=args.functions,
-                           browser_allow_hosts=args.browser_allow_hosts)
+    toolbox = make_toolbox(
+        names, corpus=args.corpus, functions=args.functions, browser_allow_hosts=args.browser_allow_hosts
+    )
     browser = toolbox.get("browser")
     if browser is not None:
         backends = getattr(browser.backend, "backends", [browser.backend])
         if not any(b.can_search() for b in backends):
-            print("browser: no --corpus and no web search provider (SEARXNG_URL, EXA_API_KEY or YDC_API_KEY): "
-                  "searches will fail; pages can still be opened by URL", flush=True)
+            print(
+                "browser: no --corpus and no web search provider (SEARXNG_URL, EXA_API_KEY or YDC_API_KEY): "
+                "searches will fail; pages can still be opened by URL",
+                flush=True,
+            )
         for backend in backends:
             if hasattr(backend, "index"):
                 stats = backend.index()
@@ -285,13 +308,23 @@ def run(args: argparse.Namespace) -> int:
                 args.max_tokens = DEMO_MAX_TOKENS
             if args.reasoning_max_tokens is None:
                 args.reasoning_max_tokens = DEMO_REASONING_MAX_TOKENS
-            print(f"gptoss: demo settings: reasoning budget {args.reasoning_max_tokens} tokens, answers up to "
-                  f"{args.max_tokens} tokens (--reasoning-max-tokens, --max-tokens)", file=sys.stderr)
+            print(
+                f"gptoss: demo settings: reasoning budget {args.reasoning_max_tokens} tokens, answers up to "
+                f"{args.max_tokens} tokens (--reasoning-max-tokens, --max-tokens)",
+                file=sys.stderr,
+            )
         elif args.max_tokens is None:
             args.max_tokens = 2048
-        settings = ChatSettings(reasoning_effort=args.reasoning_effort, developer=args.developer, max_tokens=args.max_tokens,
-                                temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                                constrained=not args.unconstrained, reasoning_max_tokens=args.reasoning_max_tokens)
+        settings = ChatSettings(
+            reasoning_effort=args.reasoning_effort,
+            developer=args.developer,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+            constrained=not args.unconstrained,
+            reasoning_max_tokens=args.reasoning_max_tokens,
+        )
         forced = forced_turns_from_env(llm.tokenizer) if os.environ.get("GPTOSS_TESTING_FORCE_TURNS") else None
         session = ChatSession(llm, settings, tools=toolbox, logits_processors_factory=forced)
         session.prepare()
@@ -299,4 +332,3 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if tool_loop is not None:
             tool_loop.close()
-

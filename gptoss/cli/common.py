@@ -21,27 +21,68 @@ DEMO_MAX_TOKENS = 96
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", "-m", default=None,
-                        help=f"checkpoint folder or hub id (default: {DEFAULT_MODEL}; without a network, the synthetic demo)")
+    parser.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help=f"checkpoint folder or hub id (default: {DEFAULT_MODEL}; without a network, the synthetic demo)",
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
-    parser.add_argument("--max-model-len", type=positive_int, default=None,
-                        help="tokens of context per sequence (default: the model's own, 131072 for gpt-oss)")
-    parser.add_argument("--kv-cache-tokens", type=positive_int, default=None,
-                        help="positions the KV cache holds, one pool for all sequences, filled as tokens arrive "
-                             "(default: what 70%% of the free memory holds, at most every sequence at full length)")
-    parser.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
-                        help="do not keep the KV of finished requests for later ones that share their prefix "
-                             "(default: kept, evicted least recently used when memory is needed)")
-    parser.add_argument("--quantize", default=None, choices=["mxfp4"],
-                        help="pack a dense-expert (fine-tuned) checkpoint's experts into MXFP4 on load "
-                             "(default: keep them as stored)")
+    parser.add_argument(
+        "--max-model-len",
+        type=positive_int,
+        default=None,
+        help="tokens of context per sequence (default: the model's own, 131072 for gpt-oss)",
+    )
+    parser.add_argument(
+        "--kv-cache-tokens",
+        type=positive_int,
+        default=None,
+        help="positions the KV cache holds, one pool for all sequences, filled as tokens arrive "
+        "(default: what 70%% of the free memory holds, at most every sequence at full length)",
+    )
+    parser.add_argument(
+        "--no-prefix-cache",
+        dest="prefix_cache",
+        action="store_false",
+        help="do not keep the KV of finished requests for later ones that share their prefix "
+        "(default: kept, evicted least recently used when memory is needed)",
+    )
+    parser.add_argument(
+        "--quantize",
+        default=None,
+        choices=["mxfp4"],
+        help="pack a dense-expert (fine-tuned) checkpoint's experts into MXFP4 on load (default: keep them as stored)",
+    )
     add_threads_arg(parser)
 
 
+def add_browser_args(parser: argparse.ArgumentParser) -> None:
+    """The browser tool's flags: its local corpus and the non-public hosts it may open."""
+    parser.add_argument(
+        "--corpus",
+        default=None,
+        metavar="DIR",
+        help="the browser's local corpus: a folder of HTML, Markdown, text or PDF files (indexed on start)",
+    )
+    parser.add_argument(
+        "--browser-allow-hosts",
+        default=None,
+        metavar="LIST",
+        help="hosts the browser may open although they are not public (it refuses loopback, private and "
+        "link-local addresses): comma-separated names (*.corp.example), addresses or networks "
+        "(10.0.0.0/8), each optionally :PORT (default: GPTOSS_BROWSER_ALLOW_HOSTS)",
+    )
+
+
 def add_threads_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=positive_int, default=None,
-                        help="CPU threads for the model (default: $GPTOSS_NUM_THREADS, else the physical cores)")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads for the model (default: $GPTOSS_NUM_THREADS, else the physical cores)",
+    )
 
 
 def positive_int(text: str) -> int:
@@ -104,12 +145,21 @@ def resolve_model_arg(model: str | None) -> Path:
 
 
 def add_tensor_parallel_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
-                        help="shard the model over N local ranks (processes; GPUs 0..N-1 on CUDA): attention by "
-                             "heads, experts across ranks. Under torchrun, the group torchrun starts instead")
-    parser.add_argument("--distributed-timeout", type=float, default=None, metavar="SECONDS",
-                        help="seconds a tensor parallel collective may wait before the rank is declared gone "
-                             "(default 300)")
+    parser.add_argument(
+        "--tensor-parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="shard the model over N local ranks (processes; GPUs 0..N-1 on CUDA): attention by "
+        "heads, experts across ranks. Under torchrun, the group torchrun starts instead",
+    )
+    parser.add_argument(
+        "--distributed-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds a tensor parallel collective may wait before the rank is declared gone (default 300)",
+    )
 
 
 def tensor_parallel_kwargs(args: argparse.Namespace) -> dict:
@@ -139,9 +189,15 @@ def follow_if_not_rank0(args: argparse.Namespace, max_batch: int = 8) -> bool:
     topology = from_environment(args.device, getattr(args, "distributed_timeout", None) or DEFAULT_TIMEOUT_S)
     if topology is None or topology.rank == 0:
         return False
-    follow_rank0(resolve_model_arg(args.model), topology, dtype=args.dtype, max_batch=max_batch,
-                 max_model_len=args.max_model_len, kv_cache_tokens=getattr(args, "kv_cache_tokens", None),
-                 prefix_caching=getattr(args, "prefix_cache", True))
+    follow_rank0(
+        resolve_model_arg(args.model),
+        topology,
+        dtype=args.dtype,
+        max_batch=max_batch,
+        max_model_len=args.max_model_len,
+        kv_cache_tokens=getattr(args, "kv_cache_tokens", None),
+        prefix_caching=getattr(args, "prefix_cache", True),
+    )
     return True
 
 
@@ -166,10 +222,19 @@ def load_llm(args: argparse.Namespace, max_batch: int = 8):
     apply_threads(args)  # an explicit --threads wins
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SyntheticCheckpointWarning)  # announced below, in the CLI's words
-        llm = LLM(folder, device=args.device, dtype=args.dtype, max_batch=max_batch, max_model_len=args.max_model_len,
-                  progress=sys.stderr.isatty(), kv_cache_tokens=getattr(args, "kv_cache_tokens", None),
-                  prefix_caching=getattr(args, "prefix_cache", True), quantize=getattr(args, "quantize", None),
-                  lora=getattr(args, "lora", None) or None, **tensor_parallel_kwargs(args))
+        llm = LLM(
+            folder,
+            device=args.device,
+            dtype=args.dtype,
+            max_batch=max_batch,
+            max_model_len=args.max_model_len,
+            progress=sys.stderr.isatty(),
+            kv_cache_tokens=getattr(args, "kv_cache_tokens", None),
+            prefix_caching=getattr(args, "prefix_cache", True),
+            quantize=getattr(args, "quantize", None),
+            lora=getattr(args, "lora", None) or None,
+            **tensor_parallel_kwargs(args),
+        )
     for rank, proc in enumerate(llm.workers, start=1):
         print(f"gptoss: tensor parallel rank {rank} is process {proc.pid}", file=sys.stderr)
     llm.is_demo = demo

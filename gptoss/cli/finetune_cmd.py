@@ -24,8 +24,11 @@ def add_parser(sub) -> None:
     p.add_argument("--out", "-o", required=True, help="folder to write the adapter to")
     p.add_argument("--rank", type=positive_int, default=8, help="LoRA rank r")
     p.add_argument("--alpha", type=float, default=16, help="LoRA alpha (scaling alpha / r)")
-    p.add_argument("--experts", action="store_true",
-                   help="also adapt the experts' gate_up_proj and down_proj (as OpenAI's cookbook does)")
+    p.add_argument(
+        "--experts",
+        action="store_true",
+        help="also adapt the experts' gate_up_proj and down_proj (as OpenAI's cookbook does)",
+    )
     p.add_argument("--learning-rate", type=float, default=2e-4, help="learning rate")
     p.add_argument("--epochs", type=float, default=1.0, help="passes over the data")
     p.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps (-1: --epochs)")
@@ -42,11 +45,27 @@ def run(args: argparse.Namespace) -> int:
 
     if args.learning_rate <= 0:
         raise GptossError(f"--learning-rate: expected a positive number, found {args.learning_rate}")
-    report = finetune(args.model, args.data, args.out, rank=args.rank, alpha=args.alpha, experts=args.experts,
-                      learning_rate=args.learning_rate, epochs=args.epochs, max_steps=args.max_steps,
-                      batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length,
-                      device=args.device, seed=args.seed, log=True if sys.stderr.isatty() else None)
+    report = finetune(
+        args.model,
+        args.data,
+        args.out,
+        rank=args.rank,
+        alpha=args.alpha,
+        experts=args.experts,
+        learning_rate=args.learning_rate,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        max_length=args.max_length,
+        device=args.device,
+        seed=args.seed,
+        log=True if sys.stderr.isatty() else None,
+    )
     print(json.dumps(report))
-    print(f"gptoss: wrote the adapter to {args.out}; serve it with: gptoss serve --model {args.model} "
-          f"--lora NAME={args.out}", file=sys.stderr)
+    print(
+        f"gptoss: wrote the adapter to {args.out}; serve it with: gptoss serve --model {args.model} "
+        f"--lora NAME={args.out}",
+        file=sys.stderr,
+    )
     return 0

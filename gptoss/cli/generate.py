@@ -18,14 +18,20 @@ def add_parser(sub) -> None:
     src.add_argument("--prompt-ids", help="prompt as token ids: '1,2,3' or a JSON list")
     p.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 is greedy")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens up to this probability")
+    p.add_argument(
+        "--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens up to this probability"
+    )
     p.add_argument("--top-k", type=int, default=0, help="keep only the K most likely tokens; 0 keeps all")
     p.add_argument("--seed", type=int, default=None, help="sampling seed, for repeatable output (default: random)")
     p.add_argument("--stop-token-ids", default="", help="comma-separated token ids that end generation")
     p.add_argument("--logprobs", type=int, default=None, help="with --json: top-K alternatives per token (0-20)")
     p.add_argument("--json", action="store_true", help="print tokens, text and log-probabilities as JSON")
-    p.add_argument("--lora", default=None, metavar="PATH", help="apply this PEFT LoRA adapter (a folder with "
-                   "adapter_config.json and adapter_model.safetensors)")
+    p.add_argument(
+        "--lora",
+        default=None,
+        metavar="PATH",
+        help="apply this PEFT LoRA adapter (a folder with adapter_config.json and adapter_model.safetensors)",
+    )
     p.set_defaults(func=run)
 
 
@@ -48,7 +54,11 @@ def run(args: argparse.Namespace) -> int:
     if args.logprobs is not None and not args.json:
         raise GptossError("--logprobs: log-probabilities are printed only in the JSON output; add --json")
     params = SamplingParams(
-        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_tokens=args.max_tokens, seed=args.seed,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
         stop_token_ids=parse_ids(args.stop_token_ids, "--stop-token-ids"),
         logprobs=args.logprobs if args.json else None,
     )
@@ -67,9 +77,14 @@ def run(args: argparse.Namespace) -> int:
         }
         if args.logprobs is not None:
             record["logprobs"] = [
-                {"token": lp.token, "text": tok.decode([lp.token]), "logprob": lp.logprob,
-                 "top_logprobs": [{"token": t, "text": tok.decode([t]), "logprob": v} for t, v in lp.top]}
-                for lp in out.logprobs if lp is not None
+                {
+                    "token": lp.token,
+                    "text": tok.decode([lp.token]),
+                    "logprob": lp.logprob,
+                    "top_logprobs": [{"token": t, "text": tok.decode([t]), "logprob": v} for t, v in lp.top],
+                }
+                for lp in out.logprobs
+                if lp is not None
             ]
         print(json.dumps(record, ensure_ascii=False))
         return 0

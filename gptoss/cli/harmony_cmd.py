@@ -10,8 +10,11 @@ from gptoss.errors import GptossError
 
 
 def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    parser = subparsers.add_parser("harmony", help="render / parse the Harmony chat format",
-                                   description="Render Harmony conversations to token ids, or parse token ids.")
+    parser = subparsers.add_parser(
+        "harmony",
+        help="render / parse the Harmony chat format",
+        description="Render Harmony conversations to token ids, or parse token ids.",
+    )
 
     def show_help(args: argparse.Namespace) -> int:
         parser.print_help()
@@ -22,17 +25,28 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
 
     render = sub.add_parser("render", help="conversation JSON on stdin -> token ids (JSON list) on stdout")
     mode = render.add_mutually_exclusive_group()
-    mode.add_argument("--for-completion", metavar="ROLE", choices=["user", "assistant", "system", "developer", "tool"],
-                      help="append <|start|>ROLE, the prompt for sampling the next message")
+    mode.add_argument(
+        "--for-completion",
+        metavar="ROLE",
+        choices=["user", "assistant", "system", "developer", "tool"],
+        help="append <|start|>ROLE, the prompt for sampling the next message",
+    )
     mode.add_argument("--training", action="store_true", help="end a last assistant final message with <|return|>")
-    render.add_argument("--keep-analysis", action="store_true",
-                        help="do not drop earlier analysis messages (auto_drop_analysis=False)")
+    render.add_argument(
+        "--keep-analysis", action="store_true", help="do not drop earlier analysis messages (auto_drop_analysis=False)"
+    )
     render.add_argument("--tokenizer", metavar="FILE", help="o200k_base.tiktoken or tokenizer.json to use")
     render.set_defaults(func=run_render)
 
-    parse = sub.add_parser("parse", help="token ids (JSON list) on stdin -> messages JSON on stdout, warnings on stderr")
-    parse.add_argument("--role", choices=["user", "assistant", "system", "developer", "tool"], default=None,
-                       help="role announced by the prompt's trailing <|start|>ROLE (default: tokens start with <|start|>)")
+    parse = sub.add_parser(
+        "parse", help="token ids (JSON list) on stdin -> messages JSON on stdout, warnings on stderr"
+    )
+    parse.add_argument(
+        "--role",
+        choices=["user", "assistant", "system", "developer", "tool"],
+        default=None,
+        help="role announced by the prompt's trailing <|start|>ROLE (default: tokens start with <|start|>)",
+    )
     parse.add_argument("--tokenizer", metavar="FILE", help="o200k_base.tiktoken or tokenizer.json to use")
     parse.set_defaults(func=run_parse)
 

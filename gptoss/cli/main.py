@@ -35,8 +35,14 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if ("default" in text.lower() or default is None or default is argparse.SUPPRESS or isinstance(default, bool)
-                or action.option_strings == [] or default in ("", [])):
+        if (
+            "default" in text.lower()
+            or default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+            or action.option_strings == []
+            or default in ("", [])
+        ):
             return text
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else "%(default)s"
         return f"{text} (default: {shown})" if text else f"default: {shown}"

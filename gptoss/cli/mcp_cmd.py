@@ -13,8 +13,12 @@ def add_parser(sub) -> None:
     p = sub.add_parser("mcp", help="serve the Python and browser tools over MCP", description=__doc__)
     p.add_argument("--tools", default="python,browser", help="the tools to serve: python, browser, or both")
     p.add_argument("--corpus", default=None, metavar="DIR", help="folder of documents the browser searches")
-    p.add_argument("--transport", default="stdio", choices=["stdio", "http"],
-                   help="stdio (an agent starts this command) or http (streamable HTTP at /mcp)")
+    p.add_argument(
+        "--transport",
+        default="stdio",
+        choices=["stdio", "http"],
+        help="stdio (an agent starts this command) or http (streamable HTTP at /mcp)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on with --transport http (default: loopback)")
     p.add_argument("--port", type=int, default=8765, help="TCP port with --transport http")
     p.set_defaults(func=run)

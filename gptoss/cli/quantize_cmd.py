@@ -10,7 +10,6 @@ import argparse
 import json
 import sys
 
-from gptoss.cli.common import positive_int
 from gptoss.errors import GptossError
 
 
@@ -20,8 +19,12 @@ def add_parser(sub) -> None:
     p.add_argument("output", help="folder to write the MXFP4 checkpoint to")
     p.add_argument("--layout", default="hf", choices=["hf", "original", "both"], help="layout of the output")
     p.add_argument("--shard-gb", type=float, default=4.0, help="largest safetensors shard (GB)")
-    p.add_argument("--check-tokens", type=int, default=0,
-                   help="afterwards, compare both models' float32 logits on this many random tokens (0: no check)")
+    p.add_argument(
+        "--check-tokens",
+        type=int,
+        default=0,
+        help="afterwards, compare both models' float32 logits on this many random tokens (0: no check)",
+    )
     p.set_defaults(func=run)
 
 
@@ -38,9 +41,12 @@ def logits_distance(dense_dir, packed_dir, tokens: int, seed: int = 0) -> dict:
     del dense
     got = Transformer.from_checkpoint(packed_dir, dtype=torch.float32)(ids)
     per_pos = (got - want).norm(dim=-1) / want.norm(dim=-1)
-    return {"tokens": tokens, "logits_rel_err": float((got - want).norm() / want.norm()),
-            "logits_rel_err_max_position": float(per_pos.max()),
-            "top1_agreement": float((got.argmax(-1) == want.argmax(-1)).float().mean())}
+    return {
+        "tokens": tokens,
+        "logits_rel_err": float((got - want).norm() / want.norm()),
+        "logits_rel_err_max_position": float(per_pos.max()),
+        "top1_agreement": float((got.argmax(-1) == want.argmax(-1)).float().mean()),
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,11 +56,19 @@ def run(args: argparse.Namespace) -> int:
         raise GptossError(f"--shard-gb: expected a positive size, found {args.shard_gb}")
     if args.check_tokens < 0:
         raise GptossError(f"--check-tokens: expected a number >= 0, found {args.check_tokens}")
-    out = quantize_checkpoint(args.input, args.output, layout=args.layout, max_shard_bytes=int(args.shard_gb * 2**30),
-                              progress=sys.stderr.isatty())
+    out = quantize_checkpoint(
+        args.input,
+        args.output,
+        layout=args.layout,
+        max_shard_bytes=int(args.shard_gb * 2**30),
+        progress=sys.stderr.isatty(),
+    )
     print(f"wrote MXFP4 checkpoint to {out}", file=sys.stderr)
     if args.check_tokens:
         packed = out / "original" if args.layout == "both" else out
-        print(json.dumps({"input": str(args.input), "output": str(out),
-                          **logits_distance(args.input, packed, args.check_tokens)}))
+        print(
+            json.dumps(
+                {"input": str(args.input), "output": str(out), **logits_distance(args.input, packed, args.check_tokens)}
+            )
+        )
     return 0

@@ -8,8 +8,15 @@ import os
 import socket
 import sys
 
-from gptoss.cli.common import (DEMO_MODEL_NAME, DEMO_REASONING_MAX_TOKENS, add_model_args,
-                               add_tensor_parallel_args, follow_if_not_rank0, load_llm)
+from gptoss.cli.common import (
+    DEMO_MODEL_NAME,
+    DEMO_REASONING_MAX_TOKENS,
+    add_browser_args,
+    add_model_args,
+    add_tensor_parallel_args,
+    follow_if_not_rank0,
+    load_llm,
+)
 from gptoss.cli.guard_args import add_guard_args, guard_settings, load_guard_llm
 from gptoss.errors import GptossError
 
@@ -20,42 +27,76 @@ def add_parser(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port to listen on (checked before the model loads)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set GPTOSS_API_KEY)")
-    p.add_argument("--api-keys-file", default=None,
-                   help="file of API keys, one a line; each key sees only the responses it stored")
+    p.add_argument(
+        "--api-keys-file", default=None, help="file of API keys, one a line; each key sees only the responses it stored"
+    )
     p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (default 8)")
-    p.add_argument("--share-prefix-cache", action="store_true",
-                   help="let requests of different API keys reuse each other's cached prompt prefixes (default: "
-                        "only within one key, since reuse shows in response times; see docs/security.md)")
+    p.add_argument(
+        "--share-prefix-cache",
+        action="store_true",
+        help="let requests of different API keys reuse each other's cached prompt prefixes (default: "
+        "only within one key, since reuse shows in response times; see docs/security.md)",
+    )
     add_tensor_parallel_args(p)
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests before answering 429 (default 256)")
-    p.add_argument("--served-model-name", default=None,
-                   help=f"the model name clients send (default: the --model argument; {DEMO_MODEL_NAME} for the synthetic demo)")
-    p.add_argument("--lora", action="append", default=[], metavar="NAME=PATH",
-                   help="also serve this PEFT LoRA adapter as the model NAME (repeatable; the base stays served, "
-                        "requests for different adapters share batches)")
-    p.add_argument("--reasoning-max-tokens", type=int, default=None,
-                   help="cap on tokens in one reasoning (analysis) message; the model is then made to move on "
-                        f"(default: none; {DEMO_REASONING_MAX_TOKENS} for the synthetic demo)")
-    p.add_argument("--store", default=None, help="SQLite file for stored responses (default: ~/.cache/gptoss/responses.sqlite)")
-    p.add_argument("--store-ttl", type=float, default=30 * 86400,
-                   help="seconds a stored response is kept (default 30 days; 0: forever)")
+    p.add_argument(
+        "--served-model-name",
+        default=None,
+        help=f"the model name clients send (default: the --model argument; {DEMO_MODEL_NAME} for the synthetic demo)",
+    )
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="also serve this PEFT LoRA adapter as the model NAME (repeatable; the base stays served, "
+        "requests for different adapters share batches)",
+    )
+    p.add_argument(
+        "--reasoning-max-tokens",
+        type=int,
+        default=None,
+        help="cap on tokens in one reasoning (analysis) message; the model is then made to move on "
+        f"(default: none; {DEMO_REASONING_MAX_TOKENS} for the synthetic demo)",
+    )
+    p.add_argument(
+        "--store", default=None, help="SQLite file for stored responses (default: ~/.cache/gptoss/responses.sqlite)"
+    )
+    p.add_argument(
+        "--store-ttl",
+        type=float,
+        default=30 * 86400,
+        help="seconds a stored response is kept (default 30 days; 0: forever)",
+    )
     p.add_argument("--tools", default="", help="built-in tools the Responses API may run: browser,python")
-    p.add_argument("--corpus", default=None, help="folder of documents the browser searches (indexed on start)")
-    p.add_argument("--python-sandboxes-memory", default=None, metavar="SIZE",
-                   help="memory of all Python sandboxes together (processes and their files on tmpfs), e.g. 16g: "
-                        "a parent memory cgroup, as root (default: no budget beyond each conversation's 4g)")
-    p.add_argument("--mcp", action="append", default=[], metavar="NAME=URL",
-                   help="an MCP server (streamable HTTP) whose tools Responses requests may offer the model with "
-                        '{"type": "mcp", "server_label": NAME}; repeatable. Only servers declared here are used')
-    p.add_argument("--strict-max-tokens", action="store_true",
-                   help="answer 400 when max_tokens / max_output_tokens is more than the context leaves after the "
-                        "prompt (as OpenAI does); default: generate up to the end of the context")
-    p.add_argument("--browser-allow-hosts", default=None, metavar="LIST",
-                   help="hosts the browser may open although they are not public (it refuses loopback, private and "
-                        "link-local addresses): comma-separated names (*.corp.example), addresses or networks "
-                        "(10.0.0.0/8), each optionally :PORT (default: GPTOSS_BROWSER_ALLOW_HOSTS)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug", "trace"],
-                   help="uvicorn's log level")
+    add_browser_args(p)
+    p.add_argument(
+        "--python-sandboxes-memory",
+        default=None,
+        metavar="SIZE",
+        help="memory of all Python sandboxes together (processes and their files on tmpfs), e.g. 16g: "
+        "a parent memory cgroup, as root (default: no budget beyond each conversation's 4g)",
+    )
+    p.add_argument(
+        "--mcp",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="an MCP server (streamable HTTP) whose tools Responses requests may offer the model with "
+        '{"type": "mcp", "server_label": NAME}; repeatable. Only servers declared here are used',
+    )
+    p.add_argument(
+        "--strict-max-tokens",
+        action="store_true",
+        help="answer 400 when max_tokens / max_output_tokens is more than the context leaves after the "
+        "prompt (as OpenAI does); default: generate up to the end of the context",
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug", "trace"],
+        help="uvicorn's log level",
+    )
     add_guard_args(p)
     p.set_defaults(func=run)
 
@@ -64,8 +105,9 @@ def listen(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port``, taken before the model loads, so that a busy port fails at once
     (in one line) and nothing announces a server that cannot start."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
     except socket.gaierror as exc:
         raise GptossError(f"--host {host!r}: cannot resolve it ({exc.strerror})") from None
     sock = socket.socket(family, kind, proto)
@@ -76,8 +118,9 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise GptossError(f"--port {port}: {host}:{port} is already in use (another server?); "
-                              "stop it or choose another --port") from None
+            raise GptossError(
+                f"--port {port}: {host}:{port} is already in use (another server?); stop it or choose another --port"
+            ) from None
         raise GptossError(f"--host {host} --port {port}: cannot listen there ({exc.strerror})") from None
     sock.set_inheritable(True)
     return sock
@@ -97,11 +140,13 @@ def python_config(args: argparse.Namespace):
     """The Python tool's configuration from the flags (None: the defaults)."""
     if not args.python_sandboxes_memory:
         return None
-    from gptoss.tools.python import PythonConfig
-    from gptoss.tools.python import SandboxLimits
+    from gptoss.tools.python import PythonConfig, SandboxLimits
 
-    return PythonConfig(limits=SandboxLimits(sandboxes_memory_bytes=parse_size(args.python_sandboxes_memory,
-                                                                               "--python-sandboxes-memory")))
+    return PythonConfig(
+        limits=SandboxLimits(
+            sandboxes_memory_bytes=parse_size(args.python_sandboxes_memory, "--python-sandboxes-memory")
+        )
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -129,8 +174,12 @@ def run(args: argparse.Namespace) -> int:
     if args.tools:  # checked before the (slow) model load
         from gptoss.tools import make_toolbox
 
-        toolbox = make_toolbox(args.tools, corpus=args.corpus, python_config=python_config(args),
-                               browser_allow_hosts=args.browser_allow_hosts)
+        toolbox = make_toolbox(
+            args.tools,
+            corpus=args.corpus,
+            python_config=python_config(args),
+            browser_allow_hosts=args.browser_allow_hosts,
+        )
     cache = os.environ.get("GPTOSS_CACHE") or os.path.expanduser("~/.cache/gptoss")
     guard = guard_settings(args, cache)  # policies read before the (slow) model load
     sock = listen(args.host, args.port)  # a busy port fails here, in one line, before the model loads
@@ -145,13 +194,23 @@ def run(args: argparse.Namespace) -> int:
         load_guard_llm(args, guard)
         name, aliases = served_names(args, llm)
         store = args.store or os.path.join(cache, "responses.sqlite")
-        config = ServerConfig(model_name=name, aliases=aliases, api_key=args.api_key or os.environ.get("GPTOSS_API_KEY"),
-                              api_keys=api_keys, store_ttl=args.store_ttl or None,
-                              max_queue=args.max_queue, store_path=store,
-                              persona=ServerPersona(reasoning_max_tokens=args.reasoning_max_tokens), toolbox=toolbox,
-                              guard=guard, reasoning=args.reasoning, strict_max_tokens=args.strict_max_tokens,
-                              mcp_servers=mcp_servers, share_prefix_cache=args.share_prefix_cache,
-                              adapters=_adapter_names(llm, name, aliases))
+        config = ServerConfig(
+            model_name=name,
+            aliases=aliases,
+            api_key=args.api_key or os.environ.get("GPTOSS_API_KEY"),
+            api_keys=api_keys,
+            store_ttl=args.store_ttl or None,
+            max_queue=args.max_queue,
+            store_path=store,
+            persona=ServerPersona(reasoning_max_tokens=args.reasoning_max_tokens),
+            toolbox=toolbox,
+            guard=guard,
+            reasoning=args.reasoning,
+            strict_max_tokens=args.strict_max_tokens,
+            mcp_servers=mcp_servers,
+            share_prefix_cache=args.share_prefix_cache,
+            adapters=_adapter_names(llm, name, aliases),
+        )
         app = create_app(llm, config)
         if llm.model_dir is not None:  # weights are memory-mapped: a bus error gets one line saying why
             from gptoss.server.crash import explain_fatal_signals
@@ -197,8 +256,10 @@ def served_names(args: argparse.Namespace, llm) -> tuple[str, list[str]]:
     model's name (nor the generic gpt-oss): its name says what it is. Also sets the demo's reasoning budget."""
     if llm.is_demo:
         if args.served_model_name and "synthetic" not in args.served_model_name.lower():
-            raise GptossError(f"--served-model-name {args.served_model_name!r}: the synthetic demo is served only "
-                              "under a name containing 'synthetic'")
+            raise GptossError(
+                f"--served-model-name {args.served_model_name!r}: the synthetic demo is served only "
+                "under a name containing 'synthetic'"
+            )
         if args.reasoning_max_tokens is None:
             args.reasoning_max_tokens = DEMO_REASONING_MAX_TOKENS
         return args.served_model_name or DEMO_MODEL_NAME, []

@@ -18,8 +18,14 @@ class ThinkingIndicator:
     """``count()`` returns a running total of generated tokens; the indicator shows those generated
     between :meth:`start` and :meth:`stop`. ``live``: redraw one line in place (a terminal)."""
 
-    def __init__(self, out: TextIO, count: Callable[[], int], live: bool, interval: float = 0.25,
-                 hint: str = "/reasoning on shows it"):
+    def __init__(
+        self,
+        out: TextIO,
+        count: Callable[[], int],
+        live: bool,
+        interval: float = 0.25,
+        hint: str = "/reasoning on shows it",
+    ):
         self.out = out
         self.count = count
         self.live = live

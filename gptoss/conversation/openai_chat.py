@@ -82,7 +82,9 @@ def text_of(content: Any, where: str, allowed: tuple[str, ...] = ("text", "input
             elif kind in ("image_url", "input_image", "input_audio", "input_file", "file"):
                 raise ConversationError(f"{where}[{i}]: {kind} content is not supported by gpt-oss (text only)", where)
             else:
-                raise ConversationError(f"{where}[{i}]: expected a text part ({' or '.join(allowed)}), found {kind!r}", where)
+                raise ConversationError(
+                    f"{where}[{i}]: expected a text part ({' or '.join(allowed)}), found {kind!r}", where
+                )
         return "".join(parts)
     raise ConversationError(f"{where}: expected a string or a list of text parts", where)
 
@@ -100,7 +102,9 @@ def function_tools(tools: list[dict] | None, where: str = "tools") -> dict[str, 
         at = fn.get("_where") or f"{where}[{i}].function"
         name = fn.get("name")
         if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_-." for c in name):
-            raise ConversationError(f"{at}.name: expected letters, digits, '_', '-' or '.', found {name!r}", f"{at}.name")
+            raise ConversationError(
+                f"{at}.name: expected letters, digits, '_', '-' or '.', found {name!r}", f"{at}.name"
+            )
         if name in out:
             raise ConversationError(f"{at}: function {name!r} is declared twice", f"{at}.name")
         params = fn.get("parameters")
@@ -113,8 +117,9 @@ def function_tools(tools: list[dict] | None, where: str = "tools") -> dict[str, 
         if fn.get("strict") is True:
             error = strict_schema_error(params or {})
             if error:
-                raise ConversationError(f"{at}.parameters: invalid schema for strict function {name!r}: {error}",
-                                        f"{at}.parameters")
+                raise ConversationError(
+                    f"{at}.parameters: invalid schema for strict function {name!r}: {error}", f"{at}.parameters"
+                )
         out[name] = params or None
     return out
 
@@ -136,8 +141,10 @@ def strict_schema_error(schema: dict, at: str = "") -> str | None:
         required = schema.get("required") or []
         missing = [k for k in props if k not in required]
         if missing:
-            return (f"{where}, 'required' is required to be supplied and to be an array including every key in "
-                    f"properties; missing {', '.join(repr(k) for k in missing)}")
+            return (
+                f"{where}, 'required' is required to be supplied and to be an array including every key in "
+                f"properties; missing {', '.join(repr(k) for k in missing)}"
+            )
     children: list[tuple[str, Any]] = []
     for key in ("properties", "$defs", "definitions"):
         if isinstance(schema.get(key), dict):
@@ -163,8 +170,9 @@ def tool_descriptions(tools: list[dict] | None) -> list[ToolDescription]:
     return descs
 
 
-def developer_message(instructions: list[str], tools: list[dict] | None,
-                      response_format: dict | None = None) -> Message | None:
+def developer_message(
+    instructions: list[str], tools: list[dict] | None, response_format: dict | None = None
+) -> Message | None:
     """Instructions, function tools, and a json_schema response format (told to the model under
     ``# Response Formats``, as gpt-oss was trained; the grammar then enforces it)."""
     content = DeveloperContent.new()
@@ -176,24 +184,38 @@ def developer_message(instructions: list[str], tools: list[dict] | None,
         content = content.with_function_tools(descs)
     spec = (response_format or {}).get("json_schema") or response_format or {}
     if (response_format or {}).get("type") == "json_schema" and isinstance(spec.get("schema"), dict):
-        content = content.with_response_format(spec.get("name") or "response", spec["schema"], spec.get("description") or "")
+        content = content.with_response_format(
+            spec.get("name") or "response", spec["schema"], spec.get("description") or ""
+        )
     if content == DeveloperContent.new():
         return None
     return Message.from_role_and_content(Role.DEVELOPER, content)
 
 
 def assistant_call(name: str, arguments: str) -> Message:
-    return (Message.from_role_and_content(Role.ASSISTANT, arguments).with_channel("commentary")
-            .with_recipient(f"functions.{name}").with_content_type("<|constrain|>json"))
+    return (
+        Message.from_role_and_content(Role.ASSISTANT, arguments)
+        .with_channel("commentary")
+        .with_recipient(f"functions.{name}")
+        .with_content_type("<|constrain|>json")
+    )
 
 
 def tool_result(name: str, output: str) -> Message:
-    return (Message.from_author_and_content(Author.new(Role.TOOL, f"functions.{name}"), output)
-            .with_channel("commentary").with_recipient("assistant"))
+    return (
+        Message.from_author_and_content(Author.new(Role.TOOL, f"functions.{name}"), output)
+        .with_channel("commentary")
+        .with_recipient("assistant")
+    )
 
 
-def chat_prompt(persona: ServerPersona, messages: list[dict], tools: list[dict] | None, effort: str | None,
-                response_format: dict | None = None) -> TurnPrompt:
+def chat_prompt(
+    persona: ServerPersona,
+    messages: list[dict],
+    tools: list[dict] | None,
+    effort: str | None,
+    response_format: dict | None = None,
+) -> TurnPrompt:
     """Chat Completions messages -> the Harmony conversation to complete."""
     instructions: list[str] = []
     history: list[Message] = []
@@ -203,7 +225,9 @@ def chat_prompt(persona: ServerPersona, messages: list[dict], tools: list[dict] 
         if role in ("system", "developer"):
             if history:
                 # A system message mid-conversation: keep it where it is, as developer text.
-                history.append(Message.from_role_and_content(Role.DEVELOPER, text_of(m.get("content"), f"{where}.content")))
+                history.append(
+                    Message.from_role_and_content(Role.DEVELOPER, text_of(m.get("content"), f"{where}.content"))
+                )
             else:
                 instructions.append(text_of(m.get("content"), f"{where}.content"))
         elif role == "user":
@@ -229,11 +253,13 @@ def chat_prompt(persona: ServerPersona, messages: list[dict], tools: list[dict] 
             name = call_names.get(call_id) or m.get("name")
             if not name:
                 raise ConversationError(
-                    f"{where}.tool_call_id: {call_id!r} matches no earlier assistant tool call", f"{where}.tool_call_id")
+                    f"{where}.tool_call_id: {call_id!r} matches no earlier assistant tool call", f"{where}.tool_call_id"
+                )
             history.append(tool_result(name, text_of(m.get("content"), f"{where}.content")))
         else:
-            raise ConversationError(f"{where}.role: expected system, developer, user, assistant or tool, found {role!r}",
-                                    f"{where}.role")
+            raise ConversationError(
+                f"{where}.role: expected system, developer, user, assistant or tool, found {role!r}", f"{where}.role"
+            )
     head = [persona.system_message(effort)]
     dev = developer_message(instructions, tools, response_format)
     if dev is not None:
@@ -241,15 +267,17 @@ def chat_prompt(persona: ServerPersona, messages: list[dict], tools: list[dict] 
     return TurnPrompt(head + history, shared=len(head))
 
 
-def turn_grammar(persona: ServerPersona, functions: dict[str, dict | None], tool_choice: Any,
-                 response_format: dict | None) -> TurnGrammar:
+def turn_grammar(
+    persona: ServerPersona, functions: dict[str, dict | None], tool_choice: Any, response_format: dict | None
+) -> TurnGrammar:
     """The grammar of the next turn from an API request's tool_choice and response_format."""
     choice = "auto" if functions else "none"
     if tool_choice is not None:
         if isinstance(tool_choice, str):
             if tool_choice not in ("auto", "none", "required"):
-                raise ConversationError(f"tool_choice: expected auto, none, required or a function, found {tool_choice!r}",
-                                        "tool_choice")
+                raise ConversationError(
+                    f"tool_choice: expected auto, none, required or a function, found {tool_choice!r}", "tool_choice"
+                )
             choice = tool_choice
         elif isinstance(tool_choice, dict):
             fn = tool_choice.get("function") if isinstance(tool_choice.get("function"), dict) else tool_choice
@@ -270,20 +298,31 @@ def turn_grammar(persona: ServerPersona, functions: dict[str, dict | None], tool
             spec = response_format.get("json_schema") or response_format
             schema = spec.get("schema")
             if not isinstance(schema, dict):
-                raise ConversationError("response_format.json_schema.schema: expected a JSON Schema object",
-                                        "response_format")
+                raise ConversationError(
+                    "response_format.json_schema.schema: expected a JSON Schema object", "response_format"
+                )
             strict_error = strict_schema_error(schema) if spec.get("strict") is True else None
             if strict_error:
-                raise ConversationError(f"response_format.json_schema.schema: invalid schema for strict response "
-                                        f"format {spec.get('name') or 'response'!r}: {strict_error}", "response_format")
+                raise ConversationError(
+                    f"response_format.json_schema.schema: invalid schema for strict response "
+                    f"format {spec.get('name') or 'response'!r}: {strict_error}",
+                    "response_format",
+                )
             from gptoss.engine.guided import json_schema_error
 
             error = json_schema_error(schema)
             if error:
-                raise ConversationError(f"response_format.json_schema.schema: invalid JSON Schema ({error})", "response_format")
+                raise ConversationError(
+                    f"response_format.json_schema.schema: invalid JSON Schema ({error})", "response_format"
+                )
             final_schema = schema
         elif kind not in ("text", None):
-            raise ConversationError(f"response_format.type: expected text, json_object or json_schema, found {kind!r}",
-                                    "response_format")
-    return TurnGrammar(functions=functions, tool_choice=choice, final_schema=final_schema,
-                       reasoning_max_tokens=persona.reasoning_max_tokens)
+            raise ConversationError(
+                f"response_format.type: expected text, json_object or json_schema, found {kind!r}", "response_format"
+            )
+    return TurnGrammar(
+        functions=functions,
+        tool_choice=choice,
+        final_schema=final_schema,
+        reasoning_max_tokens=persona.reasoning_max_tokens,
+    )

@@ -12,8 +12,8 @@ keep their exact Harmony messages (``_harmony``), search results included.
 
 Output: :class:`TurnItems` follows the Harmony parser of a generated turn and cuts it into output items
 (reasoning, message, function_call, web_search_call, code_interpreter_call), announcing each as it
-begins, grows and ends, so that one code path serves streamed and non-streamed responses. Items and events here are plain data; the server dresses
-them in the ``openai`` SDK's types.
+begins, grows and ends, so that one code path serves streamed and non-streamed responses. Items and events here
+are plain data; the server dresses them in the ``openai`` SDK's types.
 """
 
 from __future__ import annotations
@@ -38,12 +38,23 @@ from gptoss.harmony.grammar import TurnGrammar
 from gptoss.harmony.parser import STOP_TOKENS
 
 MESSAGE_ROLES = ("user", "assistant", "system", "developer")
-ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning", "code_interpreter_call",
-              "web_search_call", "mcp_call", "mcp_list_tools")
+ITEM_TYPES = (
+    "message",
+    "function_call",
+    "function_call_output",
+    "reasoning",
+    "code_interpreter_call",
+    "web_search_call",
+    "mcp_call",
+    "mcp_list_tools",
+)
 # Responses API hosted tool types -> the built-in gpt-oss tool that serves them, and its recipients.
 HOSTED_TOOLS = {
-    "web_search": "browser", "web_search_preview": "browser", "web_search_2025_08_26": "browser",
-    "web_search_preview_2025_03_11": "browser", "code_interpreter": "python",
+    "web_search": "browser",
+    "web_search_preview": "browser",
+    "web_search_2025_08_26": "browser",
+    "web_search_preview_2025_03_11": "browser",
+    "code_interpreter": "python",
     "browser_search": "browser",  # the name OpenAI's reference gpt-oss server gives the browser
 }
 BUILTIN_RECIPIENTS = {"browser": ["browser.search", "browser.open", "browser.find"], "python": ["python"]}
@@ -69,8 +80,9 @@ def _normalize_item(item: Any, where: str) -> dict[str, Any]:
     if kind == "message":
         role = item.get("role")
         if role not in MESSAGE_ROLES:
-            raise ConversationError(f"{where}.role: expected user, assistant, system or developer, found {role!r}",
-                                    f"{where}.role")
+            raise ConversationError(
+                f"{where}.role: expected user, assistant, system or developer, found {role!r}", f"{where}.role"
+            )
         allowed = ("output_text", "text") if role == "assistant" else ("input_text", "text", "output_text")
         content = item.get("content")
         if content is None:
@@ -85,11 +97,14 @@ def _normalize_item(item: Any, where: str) -> dict[str, Any]:
     if kind == "function_call":
         name, call_id, args = item.get("name"), item.get("call_id"), item.get("arguments", "")
         if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_-." for c in name):
-            raise ConversationError(f"{where}.name: expected a function name (letters, digits, '_', '-', '.'), "
-                                    f"found {name!r}", f"{where}.name")
+            raise ConversationError(
+                f"{where}.name: expected a function name (letters, digits, '_', '-', '.'), found {name!r}",
+                f"{where}.name",
+            )
         if not isinstance(call_id, str) or not call_id:
-            raise ConversationError(f"{where}.call_id: required for a function_call (a non-empty string)",
-                                    f"{where}.call_id")
+            raise ConversationError(
+                f"{where}.call_id: required for a function_call (a non-empty string)", f"{where}.call_id"
+            )
         if isinstance(args, (dict, list)):
             args = json.dumps(args)
         if not isinstance(args, str):
@@ -103,8 +118,10 @@ def _normalize_item(item: Any, where: str) -> dict[str, Any]:
     if kind == "function_call_output":
         call_id, output = item.get("call_id"), item.get("output")
         if not isinstance(call_id, str) or not call_id:
-            raise ConversationError(f"{where}.call_id: required for a function_call_output (the call_id of the "
-                                    "function_call it answers)", f"{where}.call_id")
+            raise ConversationError(
+                f"{where}.call_id: required for a function_call_output (the call_id of the function_call it answers)",
+                f"{where}.call_id",
+            )
         if output is None:
             raise ConversationError(f"{where}.output: required for a function_call_output", f"{where}.output")
         if not isinstance(output, str):
@@ -119,11 +136,15 @@ def _normalize_item(item: Any, where: str) -> dict[str, Any]:
     if kind == "code_interpreter_call":
         code, outputs = item.get("code") or "", item.get("outputs") or []
         if not isinstance(code, str) or not isinstance(outputs, list):
-            raise ConversationError(f"{where}: a code_interpreter_call needs 'code' (a string) and 'outputs' (a list)",
-                                    where)
+            raise ConversationError(
+                f"{where}: a code_interpreter_call needs 'code' (a string) and 'outputs' (a list)", where
+            )
         logs = [o.get("logs") for o in outputs if isinstance(o, dict) and o.get("type") == "logs"]
-        return {"type": "code_interpreter_call", "code": code,
-                "outputs": [{"type": "logs", "logs": str(x)} for x in logs if x is not None]}
+        return {
+            "type": "code_interpreter_call",
+            "code": code,
+            "outputs": [{"type": "logs", "logs": str(x)} for x in logs if x is not None],
+        }
     if kind == "web_search_call":
         # Its results are not part of the item: sent back by hand it adds nothing to the conversation.
         return {"type": "web_search_call", "action": item.get("action") if isinstance(item.get("action"), dict) else {}}
@@ -133,15 +154,19 @@ def _normalize_item(item: Any, where: str) -> dict[str, Any]:
         label, name, args = item.get("server_label"), item.get("name"), item.get("arguments", "")
         for key, value in (("server_label", label), ("name", name)):
             if not isinstance(value, str) or not value or not all(c.isalnum() or c in "_-" for c in value):
-                raise ConversationError(f"{where}.{key}: expected a name (letters, digits, '_', '-'), found {value!r}",
-                                        f"{where}.{key}")
+                raise ConversationError(
+                    f"{where}.{key}: expected a name (letters, digits, '_', '-'), found {value!r}", f"{where}.{key}"
+                )
         if not isinstance(args, str):
             raise ConversationError(f"{where}.arguments: expected a JSON string", f"{where}.arguments")
         result = item.get("output") if isinstance(item.get("output"), str) else (item.get("error") or "")
         return {"type": "mcp_call", "server_label": label, "name": name, "arguments": args, "output": str(result)}
     if kind == "item_reference":
-        raise ConversationError(f"{where}: item_reference items are not supported; send the item itself, or continue "
-                                "a stored response with previous_response_id", f"{where}.type")
+        raise ConversationError(
+            f"{where}: item_reference items are not supported; send the item itself, or continue "
+            "a stored response with previous_response_id",
+            f"{where}.type",
+        )
     if kind is None:
         raise ConversationError(f"{where}: an item needs a 'type' (or a 'role' for a message)", f"{where}.type")
     raise ConversationError(f"{where}.type: expected one of {', '.join(ITEM_TYPES)}, found {kind!r}", f"{where}.type")
@@ -156,15 +181,25 @@ def reasoning_text(item: dict[str, Any], where: str) -> str:
                 raise ConversationError(f"{where}.{key}: expected a list of {part_type} parts", f"{where}.{key}")
             return text_of(parts, f"{where}.{key}", (part_type, "text"))
     if item.get("encrypted_content"):
-        raise ConversationError(f"{where}: encrypted reasoning cannot be read here; send its reasoning_text content",
-                                f"{where}.encrypted_content")
+        raise ConversationError(
+            f"{where}: encrypted reasoning cannot be read here; send its reasoning_text content",
+            f"{where}.encrypted_content",
+        )
     return ""
 
 
-def responses_prompt(persona: ServerPersona, items: list[dict[str, Any]], instructions: str | None,
-                     tools: list[dict] | None, effort: str | None, *, first_new: int = 0,
-                     builtin_tools: list[str] = (), response_format: dict | None = None,
-                     namespaces: list = ()) -> TurnPrompt:
+def responses_prompt(
+    persona: ServerPersona,
+    items: list[dict[str, Any]],
+    instructions: str | None,
+    tools: list[dict] | None,
+    effort: str | None,
+    *,
+    first_new: int = 0,
+    builtin_tools: list[str] = (),
+    response_format: dict | None = None,
+    namespaces: list = (),
+) -> TurnPrompt:
     """Canonical items (see :func:`normalize_input`) -> the Harmony conversation to complete.
 
     ``first_new``: how many leading items came from earlier responses (``previous_response_id``); errors
@@ -198,8 +233,11 @@ def responses_prompt(persona: ServerPersona, items: list[dict[str, Any]], instru
         elif kind == "function_call_output":
             name = call_names.get(item["call_id"])
             if name is None:
-                raise ConversationError(f"{where}.call_id: {item['call_id']!r} matches no earlier function_call item "
-                                        "(in this input or the responses it continues)", f"{where}.call_id")
+                raise ConversationError(
+                    f"{where}.call_id: {item['call_id']!r} matches no earlier function_call item "
+                    "(in this input or the responses it continues)",
+                    f"{where}.call_id",
+                )
             history.append(tool_result(name, item["output"]))
         elif kind == "reasoning":
             text = reasoning_text(item, where)
@@ -209,16 +247,30 @@ def responses_prompt(persona: ServerPersona, items: list[dict[str, Any]], instru
             history += [Message.from_dict(m) for m in item[HARMONY_KEY]]
         elif kind == "mcp_call":
             recipient = f"{item['server_label']}.{item['name']}"
-            history.append(Message.from_role_and_content(Role.ASSISTANT, item["arguments"]).with_channel("commentary")
-                           .with_recipient(recipient).with_content_type("json"))
-            history.append(Message.from_author_and_content(Author(Role.TOOL, recipient), item["output"])
-                           .with_recipient("assistant").with_channel("commentary"))
+            history.append(
+                Message.from_role_and_content(Role.ASSISTANT, item["arguments"])
+                .with_channel("commentary")
+                .with_recipient(recipient)
+                .with_content_type("json")
+            )
+            history.append(
+                Message.from_author_and_content(Author(Role.TOOL, recipient), item["output"])
+                .with_recipient("assistant")
+                .with_channel("commentary")
+            )
         elif kind == "code_interpreter_call":
-            history.append(Message.from_role_and_content(Role.ASSISTANT, item["code"]).with_channel("analysis")
-                           .with_recipient("python").with_content_type("code"))
+            history.append(
+                Message.from_role_and_content(Role.ASSISTANT, item["code"])
+                .with_channel("analysis")
+                .with_recipient("python")
+                .with_content_type("code")
+            )
             logs = "\n".join(o["logs"] for o in item["outputs"])
-            history.append(Message.from_author_and_content(Author(Role.TOOL, "python"), logs)
-                           .with_recipient("assistant").with_channel("analysis"))
+            history.append(
+                Message.from_author_and_content(Author(Role.TOOL, "python"), logs)
+                .with_recipient("assistant")
+                .with_channel("analysis")
+            )
     head = [persona.system_message(effort, builtin_tools=list(builtin_tools), namespaces=list(namespaces))]
     dev = developer_message(texts, tools, response_format)
     if dev is not None:
@@ -242,24 +294,32 @@ def split_tools(tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
         elif kind == "namespace":
             space, inner = tool.get("name"), tool.get("tools")
             if not isinstance(space, str) or not space or not isinstance(inner, list):
-                raise ConversationError(f"tools[{i}]: a namespace tool needs a 'name' and a list of 'tools'",
-                                        f"tools[{i}]")
+                raise ConversationError(
+                    f"tools[{i}]: a namespace tool needs a 'name' and a list of 'tools'", f"tools[{i}]"
+                )
             for j, fn in enumerate(inner):
                 if not isinstance(fn, dict) or fn.get("type") != "function" or not fn.get("name"):
                     found = fn.get("type") if isinstance(fn, dict) else type(fn).__name__
-                    raise ConversationError(f"tools[{i}].tools[{j}]: only named function tools are supported in a "
-                                            f"namespace, found {found!r}", f"tools[{i}].tools[{j}]")
-                functions.append({k: fn[k] for k in keys if fn.get(k) is not None}
-                                 | {"name": f"{space}.{fn['name']}", "_where": f"tools[{i}].tools[{j}]"})
+                    raise ConversationError(
+                        f"tools[{i}].tools[{j}]: only named function tools are supported in a "
+                        f"namespace, found {found!r}",
+                        f"tools[{i}].tools[{j}]",
+                    )
+                functions.append(
+                    {k: fn[k] for k in keys if fn.get(k) is not None}
+                    | {"name": f"{space}.{fn['name']}", "_where": f"tools[{i}].tools[{j}]"}
+                )
         elif kind in HOSTED_TOOLS:
             if HOSTED_TOOLS[kind] not in builtins:
                 builtins.append(HOSTED_TOOLS[kind])
         elif kind == "mcp":
             continue  # see mcp_requests
         else:
-            raise ConversationError(f"tools[{i}].type: {kind!r} tools are not supported; expected function, "
-                                    "namespace, web_search (web_search_preview, browser_search) or code_interpreter",
-                                    f"tools[{i}].type")
+            raise ConversationError(
+                f"tools[{i}].type: {kind!r} tools are not supported; expected function, "
+                "namespace, web_search (web_search_preview, browser_search) or code_interpreter",
+                f"tools[{i}].type",
+            )
     return functions, builtins
 
 
@@ -288,18 +348,25 @@ def mcp_requests(tools: list[dict[str, Any]]) -> list[McpRequest]:
         approval = tool.get("require_approval", "always")
         never = approval == "never" or (isinstance(approval, dict) and set(approval) == {"never"})
         if not never:
-            raise ConversationError(f"tools[{i}].require_approval: only \"never\" is supported (this server has no "
-                                    f"approval flow), found {approval!r}", f"tools[{i}].require_approval")
+            raise ConversationError(
+                f'tools[{i}].require_approval: only "never" is supported (this server has no '
+                f"approval flow), found {approval!r}",
+                f"tools[{i}].require_approval",
+            )
         allowed = tool.get("allowed_tools")
         if isinstance(allowed, dict):
             allowed = allowed.get("tool_names")
         if allowed is not None and (not isinstance(allowed, list) or not all(isinstance(a, str) for a in allowed)):
-            raise ConversationError(f"tools[{i}].allowed_tools: expected a list of tool names",
-                                    f"tools[{i}].allowed_tools")
+            raise ConversationError(
+                f"tools[{i}].allowed_tools: expected a list of tool names", f"tools[{i}].allowed_tools"
+            )
         for key in ("connector_id", "authorization", "headers"):
             if tool.get(key):
-                raise ConversationError(f"tools[{i}].{key}: not supported; MCP servers are declared by the operator "
-                                        "(gptoss serve --mcp NAME=URL)", f"tools[{i}].{key}")
+                raise ConversationError(
+                    f"tools[{i}].{key}: not supported; MCP servers are declared by the operator "
+                    "(gptoss serve --mcp NAME=URL)",
+                    f"tools[{i}].{key}",
+                )
         url = tool.get("server_url")
         out.append(McpRequest(i, label, url if isinstance(url, str) else None, allowed))
     return out
@@ -310,9 +377,16 @@ def namespaces(tools: list[dict[str, Any]]) -> set[str]:
     return {t["name"] for t in tools if t.get("type") == "namespace" and isinstance(t.get("name"), str)}
 
 
-def responses_grammar(persona: ServerPersona, functions: dict[str, dict | None], builtins: list[str], tool_choice: Any,
-                      response_format: dict | None, *, first_turn: bool = True,
-                      namespace_tools: dict[str, dict | None] | None = None) -> TurnGrammar:
+def responses_grammar(
+    persona: ServerPersona,
+    functions: dict[str, dict | None],
+    builtins: list[str],
+    tool_choice: Any,
+    response_format: dict | None,
+    *,
+    first_turn: bool = True,
+    namespace_tools: dict[str, dict | None] | None = None,
+) -> TurnGrammar:
     """The grammar of one turn. ``builtins``: the built-in tools the model may call now. A forcing
     tool_choice (required, a function, a hosted tool) holds for the first turn only: once a built-in
     call has run, the model is free to answer."""
@@ -322,20 +396,27 @@ def responses_grammar(persona: ServerPersona, functions: dict[str, dict | None],
     if isinstance(tool_choice, dict) and tool_choice.get("type") not in ("function", None):
         hosted = HOSTED_TOOLS.get(tool_choice.get("type"))
         if hosted is None:
-            raise ConversationError(f"tool_choice: {tool_choice.get('type')!r} is not supported; expected auto, none, "
-                                    "required, {\"type\": \"function\", \"name\": ...} or a built-in tool type",
-                                    "tool_choice")
+            raise ConversationError(
+                f"tool_choice: {tool_choice.get('type')!r} is not supported; expected auto, none, "
+                'required, {"type": "function", "name": ...} or a built-in tool type',
+                "tool_choice",
+            )
         if hosted not in builtins and first_turn:
             raise ConversationError(f"tool_choice: {tool_choice['type']!r} is not among the tools", "tool_choice")
     namespace_tools = namespace_tools or {}
     if not builtins and not namespace_tools and hosted is None:
-        return turn_grammar(persona, functions, tool_choice if first_turn or tool_choice == "none" else None,
-                            response_format)
+        return turn_grammar(
+            persona, functions, tool_choice if first_turn or tool_choice == "none" else None, response_format
+        )
     base = turn_grammar(persona, {}, None, response_format)  # validates response_format
     recipients = [r for b in builtins for r in BUILTIN_RECIPIENTS[b]]
     if tool_choice == "none":
-        return TurnGrammar(functions=functions, tool_choice="none", final_schema=base.final_schema,
-                           reasoning_max_tokens=persona.reasoning_max_tokens)
+        return TurnGrammar(
+            functions=functions,
+            tool_choice="none",
+            final_schema=base.final_schema,
+            reasoning_max_tokens=persona.reasoning_max_tokens,
+        )
     choice = "auto"
     if first_turn and hosted is not None:
         functions, recipients, choice = {}, BUILTIN_RECIPIENTS[hosted], "required"
@@ -349,9 +430,14 @@ def responses_grammar(persona: ServerPersona, functions: dict[str, dict | None],
         raise ConversationError("tool_choice: 'required' needs at least one tool", "tool_choice")
     if choice == "auto" and not functions and not recipients and not namespace_tools:
         choice = "none"
-    return TurnGrammar(functions=functions, tool_choice=choice, builtin_tools=recipients,
-                       final_schema=base.final_schema, reasoning_max_tokens=persona.reasoning_max_tokens,
-                       namespace_tools=namespace_tools)
+    return TurnGrammar(
+        functions=functions,
+        tool_choice=choice,
+        builtin_tools=recipients,
+        final_schema=base.final_schema,
+        reasoning_max_tokens=persona.reasoning_max_tokens,
+        namespace_tools=namespace_tools,
+    )
 
 
 def text_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -360,12 +446,17 @@ def text_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
     if fmt is None:
         return None
     if not isinstance(fmt, dict):
-        raise ConversationError("text.format: expected an object such as {\"type\": \"json_schema\", ...}",
-                                "text.format")
+        raise ConversationError('text.format: expected an object such as {"type": "json_schema", ...}', "text.format")
     if fmt.get("type") == "json_schema":
-        return {"type": "json_schema", "json_schema": {"schema": fmt.get("schema"), "name": fmt.get("name"),
-                                                       "description": fmt.get("description"),
-                                                       "strict": fmt.get("strict")}}
+        return {
+            "type": "json_schema",
+            "json_schema": {
+                "schema": fmt.get("schema"),
+                "name": fmt.get("name"),
+                "description": fmt.get("description"),
+                "strict": fmt.get("strict"),
+            },
+        }
     return fmt
 
 
@@ -451,7 +542,7 @@ class TurnItems:
                 item = self._new(msg.channel, msg.recipient)
                 events.append(ItemEvent("added", item))
             text, streamed = msg.text, item.text
-            tail = text[len(streamed):] if text.startswith(streamed) else ""
+            tail = text[len(streamed) :] if text.startswith(streamed) else ""
             if tail:
                 item.append(tail)
                 events.append(ItemEvent("delta", item, tail))
@@ -484,7 +575,8 @@ class TurnItems:
         elif channel == "analysis":
             item = OutputItem("reasoning", _item_id("rs"), index)
         else:
-            item = OutputItem("message", _item_id("msg"), index,
-                              phase="commentary" if channel == "commentary" else "final_answer")
+            item = OutputItem(
+                "message", _item_id("msg"), index, phase="commentary" if channel == "commentary" else "final_answer"
+            )
         self.items.append(item)
         return item

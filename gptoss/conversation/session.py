@@ -77,8 +77,13 @@ class ChatSession:
     python) and the developer message (functions). ``logits_processors_factory``: a hook for tests and
     constrained decoding, called with the session before each turn, returning extra logits processors."""
 
-    def __init__(self, llm: LLM, settings: ChatSettings | None = None, tools: "Toolbox | None" = None,
-                 logits_processors_factory: Callable[["ChatSession"], list] | None = None):
+    def __init__(
+        self,
+        llm: LLM,
+        settings: ChatSettings | None = None,
+        tools: "Toolbox | None" = None,
+        logits_processors_factory: Callable[["ChatSession"], list] | None = None,
+    ):
         self.llm = llm
         self.settings = settings or ChatSettings()
         self.tools = tools
@@ -132,9 +137,12 @@ class ChatSession:
                     elif ns.name == "python":
                         builtins.append("python")
                     else:
-                        builtins += [f"{ns.name}.{t.name}" for t in ns.tools if f"{ns.name}.{t.name}" in BUILTIN_TOOL_HEADERS]
-        return TurnGrammar(functions=functions, builtin_tools=builtins,
-                           reasoning_max_tokens=self.settings.reasoning_max_tokens)
+                        builtins += [
+                            f"{ns.name}.{t.name}" for t in ns.tools if f"{ns.name}.{t.name}" in BUILTIN_TOOL_HEADERS
+                        ]
+        return TurnGrammar(
+            functions=functions, builtin_tools=builtins, reasoning_max_tokens=self.settings.reasoning_max_tokens
+        )
 
     def transcript(self) -> Conversation:
         return Conversation.from_messages(self.messages())
@@ -165,8 +173,13 @@ class ChatSession:
     def continue_turn(self) -> Iterator[TurnDelta]:
         s = self.settings
         tok = self.llm.tokenizer
-        params = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed,
-                                stop_token_ids=stop_tokens_for_assistant_actions(tok))
+        params = SamplingParams(
+            temperature=s.temperature,
+            top_p=s.top_p,
+            max_tokens=s.max_tokens,
+            seed=s.seed,
+            stop_token_ids=stop_tokens_for_assistant_actions(tok),
+        )
         if self.logits_processors_factory is not None:
             params.logits_processors = list(self.logits_processors_factory(self))
         elif s.constrained:
@@ -192,8 +205,13 @@ class ChatSession:
             parser.process_eos()
             new = [m for m in parser.messages if m.text or m.recipient]
             self.history.extend(new)
-            self.last = TurnResult(new, finish, count, [str(w) for w in parser.warnings],
-                                   stop_token=last_token if finish == "stop" else None)
+            self.last = TurnResult(
+                new,
+                finish,
+                count,
+                [str(w) for w in parser.warnings],
+                stop_token=last_token if finish == "stop" else None,
+            )
 
 
 # ---------------------------------------------------------------------------------------------------- testing

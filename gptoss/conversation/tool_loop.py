@@ -127,7 +127,11 @@ class ToolLoop:
         if stop_token is not None and stop_token != Tokenizer.CALL:
             return None
         last = messages[-1]
-        if last.author.role is not Role.ASSISTANT or not last.recipient or last.recipient in ("assistant", "all", "user"):
+        if (
+            last.author.role is not Role.ASSISTANT
+            or not last.recipient
+            or last.recipient in ("assistant", "all", "user")
+        ):
             return None
         return ToolCall(last)
 
@@ -150,16 +154,27 @@ class ToolLoop:
         try:
             result = await self.toolbox.run(call)
         except Exception as exc:  # noqa: BLE001 - a broken tool must not end the conversation
-            result = ToolResult([tool_message(call.recipient, f"Error: the tool failed: {type(exc).__name__}: {exc}",
-                                              call.channel)], status="failed")
+            result = ToolResult(
+                [tool_message(call.recipient, f"Error: the tool failed: {type(exc).__name__}: {exc}", call.channel)],
+                status="failed",
+            )
         meta = dict(started.details)
         meta.update(result.metadata)
-        return ToolCallFinished(call.call_id, call.recipient, started.kind, result.output, result.status,
-                                result.messages, meta, time.monotonic() - t0)
+        return ToolCallFinished(
+            call.call_id,
+            call.recipient,
+            started.kind,
+            result.output,
+            result.status,
+            result.messages,
+            meta,
+            time.monotonic() - t0,
+        )
 
     # ------------------------------------------------------------------ the loop, once
-    def _steps(self, history: list[Message], user_text: str | None,
-               runs_here: Callable[[ToolCall], bool]) -> Generator[_Step | LoopEvent, Any, None]:
+    def _steps(
+        self, history: list[Message], user_text: str | None, runs_here: Callable[[ToolCall], bool]
+    ) -> Generator[_Step | LoopEvent, Any, None]:
         """The loop without I/O: yields :class:`_GenerateTurn` (the driver generates the turn, adds its
         messages to ``history`` and sends back its :class:`TurnResult`, or None when there is none),
         :class:`_RunCall` (the driver runs the call and sends back its :class:`ToolCallFinished`) and the
@@ -194,8 +209,11 @@ class ToolLoop:
             yield finished
 
     def _limit_message(self, call: ToolCall) -> Message:
-        return tool_message(call.recipient, f"Error: the limit of {self.max_tool_calls} tool calls in one turn was "
-                            "reached; this call was not run.", call.channel)
+        return tool_message(
+            call.recipient,
+            f"Error: the limit of {self.max_tool_calls} tool calls in one turn was reached; this call was not run.",
+            call.channel,
+        )
 
     @staticmethod
     def _interrupted_message(call: ToolCall) -> Message:
@@ -224,6 +242,7 @@ class ToolLoop:
 
     async def astream(self, session: ChatSession, user_text: str | None = None) -> AsyncIterator[LoopEvent]:
         """:meth:`stream` from asyncio: generation runs in a worker thread."""
+
         async def generate_turn(calls: int) -> AsyncIterator[TurnDelta | TurnResult | None]:
             async for delta in _athread_iter(session.continue_turn()):
                 yield delta
@@ -232,10 +251,15 @@ class ToolLoop:
         async for event in self.arun(session.history, generate_turn, user_text):
             yield event
 
-    async def arun(self, history: list[Message], generate_turn: Callable[[int], AsyncIterator[Any]],
-                   user_text: str | None = None, *, runs_here: Callable[[ToolCall], bool] | None = None,
-                   after_call: Callable[[ToolCall, ToolCallFinished], Awaitable[list[Message]]] | None = None,
-                   ) -> AsyncIterator[Any]:
+    async def arun(
+        self,
+        history: list[Message],
+        generate_turn: Callable[[int], AsyncIterator[Any]],
+        user_text: str | None = None,
+        *,
+        runs_here: Callable[[ToolCall], bool] | None = None,
+        after_call: Callable[[ToolCall, ToolCallFinished], Awaitable[list[Message]]] | None = None,
+    ) -> AsyncIterator[Any]:
         """The loop over a conversation of its caller's. ``generate_turn(calls)`` (after ``calls`` tool calls)
         generates one assistant turn: it adds the turn's messages to ``history``, yields what it streams
         (passed on) and, last, the turn's :class:`TurnResult` (None: no turn). ``runs_here(call)`` tells

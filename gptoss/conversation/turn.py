@@ -151,7 +151,7 @@ class TurnDecoder:
         if len(self.parser.messages) > before and self._open == before:
             text = self.parser.messages[-1].text
             if len(text) > len(held):
-                out.append(self._text(text[len(held):], None))
+                out.append(self._text(text[len(held) :], None))
         return out
 
     @property
@@ -165,11 +165,13 @@ class TurnDecoder:
     def _begin(self, channel: str | None, recipient: str | None) -> list[Delta]:
         if recipient and recipient != "assistant":
             builtin = not recipient.startswith("functions.")
-            name = recipient if builtin else recipient[len("functions."):]
+            name = recipient if builtin else recipient[len("functions.") :]
             call = ToolCall(len(self.tool_calls), new_call_id(), name, builtin=builtin)
             self.tool_calls.append(call)
             self._kind = "builtin_args" if builtin else "tool_args"
-            return [Delta("builtin_call" if builtin else "tool_call", index=call.index, name=name, call_id=call.call_id)]
+            return [
+                Delta("builtin_call" if builtin else "tool_call", index=call.index, name=name, call_id=call.call_id)
+            ]
         if channel == "analysis":
             if len(self._reasoning):
                 self._reasoning.append("\n\n")

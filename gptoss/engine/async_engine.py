@@ -17,7 +17,6 @@ from gptoss.engine.llm import LLMEngine
 from gptoss.engine.sampling import SamplingParams, TokenLogprobs
 from gptoss.errors import GptossError
 
-
 log = logging.getLogger("gptoss.engine")
 
 
@@ -130,8 +129,9 @@ class AsyncEngine:
                     self._aborts.append(request_id)
             self._wake.set()
 
-    async def generate(self, prompt_ids: list[int], params: SamplingParams,
-                       cache_salt: str | bytes | None = None) -> AsyncIterator[EngineEvent]:
+    async def generate(
+        self, prompt_ids: list[int], params: SamplingParams, cache_salt: str | bytes | None = None
+    ) -> AsyncIterator[EngineEvent]:
         request_id = self.submit(prompt_ids, params, cache_salt)
         async for event in self.stream(request_id):
             yield event
@@ -228,5 +228,7 @@ class AsyncEngine:
             with self._lock:
                 for seq, token in produced:
                     prompt_lp = seq.prompt_logprobs if len(seq.output_ids) == 1 else None
-                    self._deliver(seq.request_id, EngineEvent(token, seq.logprobs[-1], seq.finish_reason, prompt_lp,
-                                                              seq.cached_tokens or 0))
+                    self._deliver(
+                        seq.request_id,
+                        EngineEvent(token, seq.logprobs[-1], seq.finish_reason, prompt_lp, seq.cached_tokens or 0),
+                    )

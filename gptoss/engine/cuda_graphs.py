@@ -47,11 +47,15 @@ class DecodeGraphs:
 
     def _meta(self, b: int) -> PagedMeta:
         return PagedMeta(
-            positions=self.positions[:b], cu_q=self.cu_q[:b], q_lens=self.q_lens[:b], kv_lens=self.kv_lens[:b],
+            positions=self.positions[:b],
+            cu_q=self.cu_q[:b],
+            q_lens=self.q_lens[:b],
+            kv_lens=self.kv_lens[:b],
             last_index=torch.arange(b, device=self.tokens.device),
             block_tables={g: t[:b] for g, t in self.tables.items()},
             slot_mapping={g: t[:b] for g, t in self.mapping.items()},
-            max_q_len=1, seq_index=self.cu_q[:b],
+            max_q_len=1,
+            seq_index=self.cu_q[:b],
         )
 
     def capture(self) -> None:
@@ -82,7 +86,9 @@ class DecodeGraphs:
                 self.failed = True
                 self.graphs.clear()
                 self.outputs.clear()
-                warnings.warn(f"CUDA graph capture failed, decoding without graphs: {exc!r}", RuntimeWarning)
+                warnings.warn(
+                    f"CUDA graph capture failed, decoding without graphs: {exc!r}", RuntimeWarning, stacklevel=2
+                )
                 return self.model.step_paged(tokens, meta, self.cache, logits_index=meta.last_index)
         n = tokens.numel()
         b = next(s for s in self.sizes if s >= n)

@@ -72,8 +72,9 @@ class StepChannel:
         except Exception as exc:
             raise self.fail(exc) from exc
         if self.topology.rank == 0 and self.topology.world > 1:
-            threading.Thread(target=self._heartbeat, args=(self._heartbeat_s,), name="gptoss-tp-heartbeat",
-                             daemon=True).start()
+            threading.Thread(
+                target=self._heartbeat, args=(self._heartbeat_s,), name="gptoss-tp-heartbeat", daemon=True
+            ).start()
 
     @property
     def world(self) -> int:

@@ -22,8 +22,11 @@ def _ll_tokenizer(tokenizer: Tokenizer):
     # o200k_harmony names id 200018 twice (<|endofprompt|> and <|reserved_200018|>); llguidance wants one name an id.
     specials = {name: i for name, i in enc._special_tokens.items() if name != "<|endofprompt|>"}
     return llguidance.LLTokenizer.from_tiktoken(
-        encoder=enc._mergeable_ranks, special_tokens=specials, pattern=enc._pat_str,
-        eos_token=Tokenizer.RETURN, n_vocab=tokenizer.vocab_size,
+        encoder=enc._mergeable_ranks,
+        special_tokens=specials,
+        pattern=enc._pat_str,
+        eos_token=Tokenizer.RETURN,
+        n_vocab=tokenizer.vocab_size,
     )
 
 
@@ -68,7 +71,7 @@ class GrammarConstraint:
     def __call__(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
         if self.failed:
             return logits
-        for token in output_ids[self.consumed:]:
+        for token in output_ids[self.consumed :]:
             if not self.matcher.consume_token(token):
                 self.failed = self.matcher.get_error() or f"token {token} rejected"
                 return logits

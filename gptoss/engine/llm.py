@@ -1,8 +1,8 @@
 """The engine loop (schedule -> run -> postprocess) and the Python API built on it.
 
-    from gptoss.engine import LLM, SamplingParams
-    llm = LLM("openai/gpt-oss-20b")            # or a local folder
-    outs = llm.generate(["Hello"], SamplingParams(max_tokens=32))
+from gptoss.engine import LLM, SamplingParams
+llm = LLM("openai/gpt-oss-20b")            # or a local folder
+outs = llm.generate(["Hello"], SamplingParams(max_tokens=32))
 """
 
 from __future__ import annotations
@@ -51,9 +51,18 @@ class TokenEvent:
 
 
 class LLMEngine:
-    def __init__(self, model: Transformer, max_batch: int = 8, max_model_len: int | None = None,
-                 max_prefill_tokens: int = 2048, kv_cache: str = "auto", kv_cache_tokens: int | None = None,
-                 cuda_graphs: bool | None = None, channel=None, prefix_caching: bool = True):
+    def __init__(
+        self,
+        model: Transformer,
+        max_batch: int = 8,
+        max_model_len: int | None = None,
+        max_prefill_tokens: int = 2048,
+        kv_cache: str = "auto",
+        kv_cache_tokens: int | None = None,
+        cuda_graphs: bool | None = None,
+        channel=None,
+        prefix_caching: bool = True,
+    ):
         """``kv_cache_tokens``: positions the KV cache holds, one pool shared by every sequence (default
         :func:`~gptoss.engine.model_runner.default_kv_tokens`: from free memory). ``max_model_len``: the
         longest sequence (default: the model's context). ``prefix_caching``: keep the KV of finished requests
@@ -62,11 +71,22 @@ class LLMEngine:
         when ``model`` is one shard of a tensor parallel model (the other ranks build their runner from
         :func:`~gptoss.engine.ranks.group_runner_kwargs`)."""
         self.model = model
-        self.max_model_len = min(max_model_len or model.config.max_position_embeddings,
-                                 model.config.max_position_embeddings)
-        self.runner = ModelRunner(model, channel=channel, **runner_kwargs(
-            max_batch, self.max_model_len, max_prefill_tokens, kv_cache, kv_cache_tokens, cuda_graphs,
-            prefix_caching))
+        self.max_model_len = min(
+            max_model_len or model.config.max_position_embeddings, model.config.max_position_embeddings
+        )
+        self.runner = ModelRunner(
+            model,
+            channel=channel,
+            **runner_kwargs(
+                max_batch,
+                self.max_model_len,
+                max_prefill_tokens,
+                kv_cache,
+                kv_cache_tokens,
+                cuda_graphs,
+                prefix_caching,
+            ),
+        )
         self.scheduler = Scheduler(max_batch, max_prefill_tokens, blocks=self.runner.blocks)
         self.capacity = self.runner.local_cache.capacity_tokens
         self.prefix_hits = 0  # requests that reused a cached prefix
@@ -82,8 +102,13 @@ class LLMEngine:
         """Share of admitted prompt tokens that came from the prefix cache."""
         return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
-    def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None,
-                    cache_salt: str | bytes | None = None) -> Sequence:
+    def add_request(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        cache_salt: str | bytes | None = None,
+    ) -> Sequence:
         """Queue a request. ``cache_salt``: cached prefixes are shared only among requests with the same salt
         (the server passes the API key's identity); None for all requests of the Python API."""
         if not prompt_ids:
@@ -108,8 +133,12 @@ class LLMEngine:
                 raise GptossError(f"unknown LoRA adapter {params.lora!r} (none is loaded)")
             lora.slot(params.lora)  # an unknown name is refused here, before the request is queued
             # An adapter computes other keys and values from the same tokens: its cached blocks are its own.
-            cache_salt = b"lora\0" + params.lora.encode() + b"\0" + (
-                cache_salt.encode() if isinstance(cache_salt, str) else (cache_salt or b""))
+            cache_salt = (
+                b"lora\0"
+                + params.lora.encode()
+                + b"\0"
+                + (cache_salt.encode() if isinstance(cache_salt, str) else (cache_salt or b""))
+            )
         seq = Sequence(prompt_ids, params, request_id, cache_salt=cache_salt)
         if seq.request_id in self.sequences:
             raise GptossError(f"request id {seq.request_id!r} is already in use")
@@ -203,7 +232,7 @@ class LLMEngine:
             if first >= stop:
                 continue
             lp = torch.log_softmax(rows[first:stop].float(), dim=-1)
-            targets = seq.prompt_ids[start + first + 1: start + stop + 1]
+            targets = seq.prompt_ids[start + first + 1 : start + stop + 1]
             chosen = lp.gather(1, torch.tensor(targets, device=lp.device).unsqueeze(1)).squeeze(1).tolist()
             k = seq.params.prompt_logprobs
             tops = torch.topk(lp, k, dim=-1) if k else None
@@ -282,11 +311,14 @@ def check_device(device: str | torch.device) -> str:
     if dev.type != "cuda":
         raise GptossError(f"device {str(device)!r}: gptoss runs on cpu or cuda, not {dev.type}")
     if torch.version.cuda is None:
-        raise GptossError(f"device {str(device)!r}: this torch ({torch.__version__}) is built without CUDA; "
-                          "use --device cpu, or install a CUDA build of torch")
+        raise GptossError(
+            f"device {str(device)!r}: this torch ({torch.__version__}) is built without CUDA; "
+            "use --device cpu, or install a CUDA build of torch"
+        )
     if not torch.cuda.is_available():
-        raise GptossError(f"device {str(device)!r}: torch {torch.__version__} has CUDA but finds no usable GPU; "
-                          "use --device cpu")
+        raise GptossError(
+            f"device {str(device)!r}: torch {torch.__version__} has CUDA but finds no usable GPU; use --device cpu"
+        )
     if dev.index is not None and dev.index >= torch.cuda.device_count():
         raise GptossError(f"device {str(device)!r}: only {torch.cuda.device_count()} GPU(s) present")
     return str(dev)
@@ -300,8 +332,14 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: str, weight_bytes: in
     if dtype in (None, "auto"):
         # bf16 as trained where it pays (GPU, or big models on the CPU); float32 for small CPU models.
         return torch.bfloat16 if device.startswith("cuda") or weight_bytes > 2**31 else torch.float32
-    table = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
-             "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in table:
         raise GptossError(f"unknown dtype {dtype!r} (choose auto, bfloat16, float16 or float32)")
     return table[dtype]
@@ -348,8 +386,13 @@ class LLM:
         sharded = tensor_parallel_size > 1 or topology is not None
         if lora_specs and sharded:
             raise GptossError("LoRA adapters are not supported under tensor parallelism")
-        engine = dict(max_batch=max_batch, max_model_len=max_model_len, kv_cache=kv_cache,
-                      kv_cache_tokens=kv_cache_tokens, prefix_caching=prefix_caching)
+        engine = dict(
+            max_batch=max_batch,
+            max_model_len=max_model_len,
+            kv_cache=kv_cache,
+            kv_cache_tokens=kv_cache_tokens,
+            prefix_caching=prefix_caching,
+        )
         self.channel = None
         if isinstance(model, Transformer):
             if sharded:
@@ -363,12 +406,13 @@ class LLM:
                 raise GptossError(f"tensor_parallel_size must be at least 1, got {tensor_parallel_size}")
             if sharded:
                 self.model, self.channel, engine["kv_cache_tokens"] = ranks.start_rank0(
-                    self.model_dir, config, dev, dt, layout, engine, topology, tensor_parallel_size,
-                    distributed_timeout)
+                    self.model_dir, config, dev, dt, layout, engine, topology, tensor_parallel_size, distributed_timeout
+                )
                 atexit.register(self.close)
             else:
-                self.model = Transformer.from_checkpoint(self.model_dir, device=dev, dtype=dt, layout=layout,
-                                                         progress=progress, quantize=quantize)
+                self.model = Transformer.from_checkpoint(
+                    self.model_dir, device=dev, dtype=dt, layout=layout, progress=progress, quantize=quantize
+                )
         self.workers = self.channel.workers if self.channel is not None else []  # the local ranks spawned here
         self.default_lora = _add_adapters(self.model, lora, lora_specs)
         self.engine = LLMEngine(self.model, channel=self.channel, **engine)
@@ -427,8 +471,15 @@ class LLM:
             for s in seqs:
                 self.engine.abort(s.request_id)
         return [
-            RequestOutput(s.request_id, s.prompt_ids, s.output_ids, self.tokenizer.decode(s.output_ids), s.finish_reason,
-                          s.logprobs, s.prompt_logprobs)
+            RequestOutput(
+                s.request_id,
+                s.prompt_ids,
+                s.output_ids,
+                self.tokenizer.decode(s.output_ids),
+                s.finish_reason,
+                s.logprobs,
+                s.prompt_logprobs,
+            )
             for s in seqs
         ]
 
@@ -449,18 +500,31 @@ class LLM:
             self.engine.abort(seq.request_id)
 
 
-def follow_rank0(model: str | os.PathLike, topology, device: str | None = None,
-                 dtype: torch.dtype | str | None = None, max_batch: int = 8, max_model_len: int | None = None,
-                 layout: str = "auto", kv_cache: str = "auto", kv_cache_tokens: int | None = None,
-                 prefix_caching: bool = True) -> None:
+def follow_rank0(
+    model: str | os.PathLike,
+    topology,
+    device: str | None = None,
+    dtype: torch.dtype | str | None = None,
+    max_batch: int = 8,
+    max_model_len: int | None = None,
+    layout: str = "auto",
+    kv_cache: str = "auto",
+    kv_cache_tokens: int | None = None,
+    prefix_caching: bool = True,
+) -> None:
     """A rank other than 0 of a tensor parallel group started by ``torchrun``: load this rank's shard and run
     the steps rank 0 sends until it stops (:func:`gptoss.engine.ranks.follow`). Give it the same settings as
     rank 0's :class:`LLM`."""
     folder, config = _checkpoint(model, layout)
     dt = resolve_dtype(dtype, topology.device, config.weight_bytes())
-    runner = ranks.group_runner_kwargs(config, max_batch, max_model_len, kv_cache,
-                                       kv_cache_tokens or None,  # 0 too: max_batch full contexts
-                                       prefix_caching)
+    runner = ranks.group_runner_kwargs(
+        config,
+        max_batch,
+        max_model_len,
+        kv_cache,
+        kv_cache_tokens or None,  # 0 too: max_batch full contexts
+        prefix_caching,
+    )
     ranks.follow(topology, folder, dt, layout, runner)
 
 

@@ -40,12 +40,18 @@ def check_cache_kind(kind: str) -> None:
 
 def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
     """Bytes one position takes in the cache over all layers (keys and values)."""
-    return config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim * \
-        torch.empty((), dtype=dtype).element_size()
+    return (
+        config.num_hidden_layers
+        * 2
+        * config.num_key_value_heads
+        * config.head_dim
+        * torch.empty((), dtype=dtype).element_size()
+    )
 
 
-def default_kv_tokens(config, dtype: torch.dtype, device: torch.device, weight_bytes: int, max_batch: int,
-                      max_model_len: int) -> int:
+def default_kv_tokens(
+    config, dtype: torch.dtype, device: torch.device, weight_bytes: int, max_batch: int, max_model_len: int
+) -> int:
     """How many positions the pool holds when not told: every slot reaching ``max_model_len`` if memory
     allows, else what the memory left holds (on CUDA 80% of the GPU's free memory; on the CPU the smaller of
     70% of MemAvailable and the RAM beside the weights less 2 GiB), never less than 64 blocks. A prompt
@@ -76,21 +82,44 @@ def _cpu_budget(weight_bytes: int) -> float | None:
         return None
 
 
-def runner_kwargs(max_batch: int = 8, max_model_len: int = 4096, max_prefill_tokens: int = 2048,
-                  kv_cache: str = "auto", kv_cache_tokens: int | None = None, cuda_graphs: bool | None = None,
-                  prefix_caching: bool = True) -> dict:
+def runner_kwargs(
+    max_batch: int = 8,
+    max_model_len: int = 4096,
+    max_prefill_tokens: int = 2048,
+    kv_cache: str = "auto",
+    kv_cache_tokens: int | None = None,
+    cuda_graphs: bool | None = None,
+    prefix_caching: bool = True,
+) -> dict:
     """The :class:`ModelRunner` arguments of an :class:`~gptoss.engine.llm.LLMEngine` so configured (every
     tensor parallel rank builds the same runner)."""
-    return dict(max_batch=max_batch, max_model_len=max_model_len, kv_cache=kv_cache, kv_cache_tokens=kv_cache_tokens,
-                max_step_tokens=max_prefill_tokens, cuda_graphs=cuda_graphs, decode_batch=max_batch,
-                prefix_caching=prefix_caching)
+    return dict(
+        max_batch=max_batch,
+        max_model_len=max_model_len,
+        kv_cache=kv_cache,
+        kv_cache_tokens=kv_cache_tokens,
+        max_step_tokens=max_prefill_tokens,
+        cuda_graphs=cuda_graphs,
+        decode_batch=max_batch,
+        prefix_caching=prefix_caching,
+    )
 
 
 class ModelRunner:
-    def __init__(self, model: Transformer, max_batch: int, max_model_len: int, kv_cache: str = "auto",
-                 kv_cache_tokens: int | None = None, block_size: int = BLOCK_SIZE, max_step_tokens: int = 2048,
-                 cuda_graphs: bool | None = None, decode_batch: int | None = None, channel=None,
-                 prefix_caching: bool = True):
+    def __init__(
+        self,
+        model: Transformer,
+        max_batch: int,
+        max_model_len: int,
+        kv_cache: str = "auto",
+        kv_cache_tokens: int | None = None,
+        block_size: int = BLOCK_SIZE,
+        max_step_tokens: int = 2048,
+        cuda_graphs: bool | None = None,
+        decode_batch: int | None = None,
+        channel=None,
+        prefix_caching: bool = True,
+    ):
         """``max_batch``: cache slots. ``kv_cache_tokens``: positions the pool holds, shared by every sequence
         (default :func:`default_kv_tokens`). ``prefix_caching``: keep full blocks after their sequence ends and
         hand them to a new one with the same prefix. ``cuda_graphs``: capture decode graphs (default: on CUDA),
@@ -107,14 +136,22 @@ class ModelRunner:
         self.kind = "paged"
         self.graphs = None
         if kv_cache_tokens is None:
-            kv_cache_tokens = default_kv_tokens(model.config, model.dtype, model.device, model.memory_bytes()["total"],
-                                                max_batch, max_model_len)
+            kv_cache_tokens = default_kv_tokens(
+                model.config, model.dtype, model.device, model.memory_bytes()["total"], max_batch, max_model_len
+            )
         if kv_cache_tokens < block_size:
             raise GptossError(f"kv_cache_tokens {kv_cache_tokens}: the cache needs at least one block of {block_size}")
-        self.local_cache = PagedKVCache(model.config, max_batch, max_model_len, block_size=block_size,
-                                        num_blocks=1 + -(-kv_cache_tokens // block_size),
-                                        max_step_tokens=max(max_step_tokens, max_batch), device=model.device,
-                                        dtype=model.dtype, prefix_caching=prefix_caching)
+        self.local_cache = PagedKVCache(
+            model.config,
+            max_batch,
+            max_model_len,
+            block_size=block_size,
+            num_blocks=1 + -(-kv_cache_tokens // block_size),
+            max_step_tokens=max(max_step_tokens, max_batch),
+            device=model.device,
+            dtype=model.dtype,
+            prefix_caching=prefix_caching,
+        )
         if cuda_graphs is None:
             cuda_graphs = model.device.type == "cuda"
         if cuda_graphs:
@@ -134,8 +171,13 @@ class ModelRunner:
         """Feed each sequence its next ``n`` uncached tokens; returns logits ``[B, V]`` of each one's last token.
         Under tensor parallelism (``channel``), the plan goes to the other ranks first."""
         full = [seq.wants_prompt_logits for seq, _ in work]
-        plan = StepPlan([t for seq, n in work for t in seq.pending()[:n]], [s.slot for s, _ in work],
-                        [s.num_cached for s, _ in work], [n for _, n in work], full if any(full) else [])
+        plan = StepPlan(
+            [t for seq, n in work for t in seq.pending()[:n]],
+            [s.slot for s, _ in work],
+            [s.num_cached for s, _ in work],
+            [n for _, n in work],
+            full if any(full) else [],
+        )
         lora = getattr(self.model, "lora", None)
         if lora is not None and any(s.lora for s, _ in work):  # per-token adapters (gptoss.model.lora)
             if self.channel is not None:
@@ -175,20 +217,32 @@ class ModelRunner:
             index = torch.tensor(rows, dtype=torch.long, device=self.model.device)
         cache = self.local_cache
         meta = cache.prepare(plan.slots, plan.starts, plan.lens, plan.tokens)
-        if graphs and index is None and self.graphs is not None and meta.max_q_len == 1 and self.graphs.supports(len(plan.lens)):
+        if (
+            graphs
+            and index is None
+            and self.graphs is not None
+            and meta.max_q_len == 1
+            and self.graphs.supports(len(plan.lens))
+        ):
             logits = self.graphs.run(tokens, meta)
         else:
-            logits = self.model.step_paged(tokens, meta, cache, logits_index=meta.last_index if index is None else index)
+            logits = self.model.step_paged(
+                tokens, meta, cache, logits_index=meta.last_index if index is None else index
+            )
         cache.finish(meta)
         if index is None:
             return logits
-        self.full_logits = [logits[end - n + 1: end + 1] if full else None
-                            for n, full, end in zip(plan.lens, plan.full, last)]
+        self.full_logits = [
+            logits[end - n + 1 : end + 1] if full else None for n, full, end in zip(plan.lens, plan.full, last)
+        ]
         return logits[last]
 
 
 def _is_collective_failure(exc: BaseException) -> bool:
     """A failed torch.distributed collective (a dead or hung peer), as opposed to an error of the request."""
-    return isinstance(exc, getattr(torch.distributed, "DistBackendError", ())) or type(exc).__name__ in (
-        "DistBackendError", "DistNetworkError", "DistError") or "Connection closed by peer" in str(exc) or \
-        "Timed out" in str(exc)
+    return (
+        isinstance(exc, getattr(torch.distributed, "DistBackendError", ()))
+        or type(exc).__name__ in ("DistBackendError", "DistNetworkError", "DistError")
+        or "Connection closed by peer" in str(exc)
+        or "Timed out" in str(exc)
+    )

@@ -48,8 +48,14 @@ def init(topology: Topology) -> None:
     kwargs: dict[str, Any] = {}
     if topology.backend == "nccl":
         kwargs["device_id"] = torch.device(topology.device)
-    dist.init_process_group(topology.backend, init_method=topology.init_method, rank=topology.rank,
-                            world_size=topology.world, timeout=timeout, **kwargs)
+    dist.init_process_group(
+        topology.backend,
+        init_method=topology.init_method,
+        rank=topology.rank,
+        world_size=topology.world,
+        timeout=timeout,
+        **kwargs,
+    )
 
 
 def from_environment(device: str | None, timeout_s: float = DEFAULT_TIMEOUT_S) -> Topology | None:
@@ -66,9 +72,16 @@ def from_environment(device: str | None, timeout_s: float = DEFAULT_TIMEOUT_S) -
     return Topology(rank, world, device, default_backend(device), timeout_s, "env://", local)
 
 
-def group_runner_kwargs(config, max_batch: int, max_model_len: int | None, kv_cache: str,
-                        kv_cache_tokens: int | None, prefix_caching: bool, measured_on: str | None = None,
-                        dtype: torch.dtype | None = None) -> dict:
+def group_runner_kwargs(
+    config,
+    max_batch: int,
+    max_model_len: int | None,
+    kv_cache: str,
+    kv_cache_tokens: int | None,
+    prefix_caching: bool,
+    measured_on: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> dict:
     """The :class:`ModelRunner` arguments every rank of a group builds, for rank 0's engine so configured:
     every rank's KV pool must be the same. Left unset, its size is decided on rank 0 from the free memory of
     device ``measured_on`` for weights in ``dtype`` (spawned ranks, which receive it), or is ``max_batch``
@@ -77,10 +90,12 @@ def group_runner_kwargs(config, max_batch: int, max_model_len: int | None, kv_ca
     if kv_cache_tokens is None and measured_on is None:
         kv_cache_tokens = max_batch * context
     elif kv_cache_tokens is None:
-        kv_cache_tokens = default_kv_tokens(config, dtype, torch.device(measured_on), config.weight_bytes(),
-                                            max_batch, context)
-    return runner_kwargs(max_batch, context, kv_cache=kv_cache, kv_cache_tokens=kv_cache_tokens,
-                         prefix_caching=prefix_caching)
+        kv_cache_tokens = default_kv_tokens(
+            config, dtype, torch.device(measured_on), config.weight_bytes(), max_batch, context
+        )
+    return runner_kwargs(
+        max_batch, context, kv_cache=kv_cache, kv_cache_tokens=kv_cache_tokens, prefix_caching=prefix_caching
+    )
 
 
 def load_shard(model_dir, topology: Topology, dtype, layout: str) -> ShardedTransformer:
@@ -108,8 +123,9 @@ def follow(topology: Topology, model_dir, dtype, layout: str, runner: dict) -> N
     channel.close()
 
 
-def _spawned_main(topology: Topology, model_dir: str, dtype, layout: str, runner: dict, threads: int | None,
-                  ready) -> None:
+def _spawned_main(
+    topology: Topology, model_dir: str, dtype, layout: str, runner: dict, threads: int | None, ready
+) -> None:
     """Entry point of a spawned local rank: say it started, then :func:`follow`. A failure is one line on
     stderr naming the rank, and exit code 1."""
     if threads:
@@ -124,8 +140,16 @@ def _spawned_main(topology: Topology, model_dir: str, dtype, layout: str, runner
         sys.exit(1)
 
 
-def spawn_workers(world: int, device: str, model_dir: str, dtype, layout: str, runner: dict,
-                  timeout_s: float = DEFAULT_TIMEOUT_S, threads: int | None = None) -> tuple[Topology, list]:
+def spawn_workers(
+    world: int,
+    device: str,
+    model_dir: str,
+    dtype,
+    layout: str,
+    runner: dict,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    threads: int | None = None,
+) -> tuple[Topology, list]:
     """Start local ranks ``1..world-1`` (spawned processes); returns rank 0's topology (this process) and
     the worker processes."""
     import multiprocessing
@@ -139,8 +163,12 @@ def spawn_workers(world: int, device: str, model_dir: str, dtype, layout: str, r
     for rank in range(1, world):
         dev = f"cuda:{rank}" if device.startswith("cuda") else device
         topo = Topology(rank, world, dev, default_backend(dev), timeout_s, init_method, rank)
-        proc = ctx.Process(target=_spawned_main, args=(topo, str(model_dir), dtype, layout, runner, threads, ready),
-                           name=f"gptoss-tp-rank{rank}", daemon=True)
+        proc = ctx.Process(
+            target=_spawned_main,
+            args=(topo, str(model_dir), dtype, layout, runner, threads, ready),
+            name=f"gptoss-tp-rank{rank}",
+            daemon=True,
+        )
         proc.start()
         procs.append(proc)
     # Wait until every rank has started (a rank that dies while starting is named here, not after the
@@ -164,8 +192,17 @@ def spawn_workers(world: int, device: str, model_dir: str, dtype, layout: str, r
     return Topology(0, world, dev0, default_backend(dev0), timeout_s, init_method, 0), procs
 
 
-def start_rank0(model_dir, config, device: str, dtype, layout: str, engine: dict, topology: Topology | None = None,
-                world: int = 1, timeout_s: float | None = None) -> tuple[ShardedTransformer, StepChannel, int]:
+def start_rank0(
+    model_dir,
+    config,
+    device: str,
+    dtype,
+    layout: str,
+    engine: dict,
+    topology: Topology | None = None,
+    world: int = 1,
+    timeout_s: float | None = None,
+) -> tuple[ShardedTransformer, StepChannel, int]:
     """Rank 0 of a tensor parallel group: of the one ``torchrun`` started (``topology``), else of ``world``
     ranks, ``1..world-1`` spawned here (each local rank gets an equal share of this process's CPU threads).
     ``engine``: the settings of rank 0's engine (``max_batch``, ``max_model_len``, ``kv_cache``,

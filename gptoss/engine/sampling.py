@@ -10,7 +10,6 @@ import torch
 
 from gptoss.errors import GptossError
 
-
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # OpenAI's range for ``seed``: a signed 64-bit integer
 LOGIT_BIAS_MAX_ENTRIES, LOGIT_BIAS_LIMIT = 300, 100.0  # OpenAI's limits for ``logit_bias``
 
@@ -52,26 +51,50 @@ class SamplingParams:
             (self.temperature >= 0, "temperature", "a number >= 0", self.temperature),
             (0 < self.top_p <= 1, "top_p", "a number in (0, 1]", self.top_p),
             (isinstance(self.top_k, int) and self.top_k >= 0, "top_k", "an integer >= 0", self.top_k),
-            (isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens", "an integer >= 1", self.max_tokens),
-            (self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20),
-             "logprobs", "None or an integer in [0, 20]", self.logprobs),
-            (self.prompt_logprobs is None or (isinstance(self.prompt_logprobs, int) and 0 <= self.prompt_logprobs <= 20),
-             "prompt_logprobs", "None or an integer in [0, 20]", self.prompt_logprobs),
-            (self.seed is None or (isinstance(self.seed, int) and SEED_MIN <= self.seed <= SEED_MAX),
-             "seed", f"None or an integer in [{SEED_MIN}, {SEED_MAX}] (signed 64-bit)", self.seed),
+            (
+                isinstance(self.max_tokens, int) and self.max_tokens >= 1,
+                "max_tokens",
+                "an integer >= 1",
+                self.max_tokens,
+            ),
+            (
+                self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20),
+                "logprobs",
+                "None or an integer in [0, 20]",
+                self.logprobs,
+            ),
+            (
+                self.prompt_logprobs is None
+                or (isinstance(self.prompt_logprobs, int) and 0 <= self.prompt_logprobs <= 20),
+                "prompt_logprobs",
+                "None or an integer in [0, 20]",
+                self.prompt_logprobs,
+            ),
+            (
+                self.seed is None or (isinstance(self.seed, int) and SEED_MIN <= self.seed <= SEED_MAX),
+                "seed",
+                f"None or an integer in [{SEED_MIN}, {SEED_MAX}] (signed 64-bit)",
+                self.seed,
+            ),
         ]
         for ok, name, want, found in checks:
             if not ok:
                 raise GptossError(f"sampling parameter {name!r}: expected {want}, found {found!r}")
         if len(self.logit_bias) > LOGIT_BIAS_MAX_ENTRIES:
-            raise GptossError(f"sampling parameter 'logit_bias': at most {LOGIT_BIAS_MAX_ENTRIES} entries, "
-                              f"found {len(self.logit_bias)}")
+            raise GptossError(
+                f"sampling parameter 'logit_bias': at most {LOGIT_BIAS_MAX_ENTRIES} entries, "
+                f"found {len(self.logit_bias)}"
+            )
         for token, bias in self.logit_bias.items():
             if not isinstance(token, int) or isinstance(token, bool) or token < 0:
-                raise GptossError(f"sampling parameter 'logit_bias': keys are token ids (integers >= 0), found {token!r}")
+                raise GptossError(
+                    f"sampling parameter 'logit_bias': keys are token ids (integers >= 0), found {token!r}"
+                )
             if not isinstance(bias, (int, float)) or not -LOGIT_BIAS_LIMIT <= bias <= LOGIT_BIAS_LIMIT:
-                raise GptossError(f"sampling parameter 'logit_bias': the bias of token {token} should be in "
-                                  f"[-100, 100], found {bias!r}")
+                raise GptossError(
+                    f"sampling parameter 'logit_bias': the bias of token {token} should be in "
+                    f"[-100, 100], found {bias!r}"
+                )
 
     @property
     def greedy(self) -> bool:

@@ -20,8 +20,13 @@ class Status(enum.Enum):
 
 
 class Sequence:
-    def __init__(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None,
-                 cache_salt: str | bytes | None = None):
+    def __init__(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        cache_salt: str | bytes | None = None,
+    ):
         self.request_id = request_id or f"req-{next(_ids)}"
         self.prompt_ids = list(prompt_ids)
         self.output_ids: list[int] = []
@@ -63,9 +68,12 @@ class Sequence:
     @property
     def wants_prompt_logits(self) -> bool:
         """The next chunk predicts prompt tokens whose log-probabilities were asked for (and not yet taken)."""
-        return self.prompt_logprobs is not None and len(self.prompt_logprobs) < len(self.prompt_ids) and \
-            self.num_cached < len(self.prompt_ids) - 1
+        return (
+            self.prompt_logprobs is not None
+            and len(self.prompt_logprobs) < len(self.prompt_ids)
+            and self.num_cached < len(self.prompt_ids) - 1
+        )
 
     def pending(self) -> list[int]:
         """Tokens not yet in the cache (the whole prompt at first, then the last sampled token)."""
-        return self.token_ids[self.num_cached:]
+        return self.token_ids[self.num_cached :]

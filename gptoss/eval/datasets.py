@@ -125,7 +125,9 @@ def read_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise GptossError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow), or convert it to JSONL") from None
+            raise GptossError(
+                f"{path}: reading Parquet needs pyarrow (pip install pyarrow), or convert it to JSONL"
+            ) from None
         for i, row in enumerate(pq.read_table(path).to_pylist(), 1):
             yield i, {_norm_key(k): v for k, v in row.items()}
     else:
@@ -162,7 +164,10 @@ def _parse_choice_question(record: dict, where: str, default_id: str) -> ChoiceQ
         if isinstance(wrong, list):
             wrong = [str(w).strip() for w in wrong]
         else:
-            keys = sorted((k for k in record if re.fullmatch(r"incorrect_answer_?\d+", k)), key=lambda k: int(re.sub(r"\D", "", k)))
+            keys = sorted(
+                (k for k in record if re.fullmatch(r"incorrect_answer_?\d+", k)),
+                key=lambda k: int(re.sub(r"\D", "", k)),
+            )
             wrong = [str(record[k]).strip() for k in keys if record[k] is not None and str(record[k]).strip()]
         if not wrong:
             raise GptossError(f"{where}: missing field 'incorrect_answers' (or 'Incorrect Answer 1'...)")
@@ -173,7 +178,9 @@ def _parse_choice_question(record: dict, where: str, default_id: str) -> ChoiceQ
         else:
             options = tuple(str(record[k.lower()]).strip() for k in LETTERS if record.get(k.lower()) not in (None, ""))
         if len(options) < 2:
-            raise GptossError(f"{where}: expected options in fields 'A', 'B', 'C', 'D' (or a 'choices' list), found {len(options)}")
+            raise GptossError(
+                f"{where}: expected options in fields 'A', 'B', 'C', 'D' (or a 'choices' list), found {len(options)}"
+            )
         raw = record.get("answer")
         raw_s = str(raw).strip() if raw is not None else ""
         if raw_s.upper() in LETTERS[: len(options)] and raw_s.isalpha():
@@ -181,8 +188,10 @@ def _parse_choice_question(record: dict, where: str, default_id: str) -> ChoiceQ
         elif raw_s.isdigit() and int(raw_s) < len(options):
             index = int(raw_s)
         else:
-            raise GptossError(f"{where}: field 'answer' must be a letter A-{LETTERS[len(options) - 1]} "
-                              f"or an index 0-{len(options) - 1}, found {raw!r}")
+            raise GptossError(
+                f"{where}: field 'answer' must be a letter A-{LETTERS[len(options) - 1]} "
+                f"or an index 0-{len(options) - 1}, found {raw!r}"
+            )
     if len(options) > len(LETTERS):
         raise GptossError(f"{where}: at most {len(LETTERS)} options are supported, found {len(options)}")
     return ChoiceQuestion(qid, question, tuple(options), index, subject, where)
@@ -196,8 +205,14 @@ def _parse_rubric_conversation(record: dict, where: str, default_id: str) -> Rub
         raise GptossError(f"{where}: field 'prompt' must be a non-empty list of {{'role', 'content'}} messages")
     messages = []
     for i, m in enumerate(prompt):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant") or not isinstance(m.get("content"), str):
-            raise GptossError(f"{where}: prompt[{i}] must be {{'role': system|developer|user|assistant, 'content': str}}")
+        if (
+            not isinstance(m, dict)
+            or m.get("role") not in ("system", "developer", "user", "assistant")
+            or not isinstance(m.get("content"), str)
+        ):
+            raise GptossError(
+                f"{where}: prompt[{i}] must be {{'role': system|developer|user|assistant, 'content': str}}"
+            )
         messages.append({"role": m["role"], "content": m["content"]})
     rubrics = record.get("rubrics")
     if not isinstance(rubrics, list) or not rubrics:
@@ -299,7 +314,10 @@ def parse_data_spec(spec: str | None, evals: list[str]) -> dict[str, list[str]]:
         out[name] = [v.strip() for v in value.split("+") if v.strip()]
     missing = [e for e in evals if e not in out]
     if missing:
-        raise GptossError(f"--data names no source for {', '.join(missing)} (add {missing[0]}=PATH, {missing[0]}=samples or {missing[0]}=hub)")
+        raise GptossError(
+            f"--data names no source for {', '.join(missing)} "
+            f"(add {missing[0]}=PATH, {missing[0]}=samples or {missing[0]}=hub)"
+        )
     return out
 
 
@@ -312,14 +330,18 @@ def hub_download(url: str) -> Path:
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
-        raise GptossError("downloading from the Hugging Face hub needs huggingface_hub (pip install huggingface_hub)") from None
+        raise GptossError(
+            "downloading from the Hugging Face hub needs huggingface_hub (pip install huggingface_hub)"
+        ) from None
     print(f"gptoss eval: fetching {filename} from the Hugging Face dataset {repo_id} ...", file=sys.stderr)
     try:
         return Path(hf_hub_download(repo_id=repo_id, filename=filename, repo_type="dataset", revision=revision))
     except Exception as exc:  # network, gated repository, missing file: one line for the user
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GptossError(f"{url}: cannot fetch from the Hugging Face hub ({first}); "
-                          "gated sets need `huggingface-cli login`, offline use needs a local file") from None
+        raise GptossError(
+            f"{url}: cannot fetch from the Hugging Face hub ({first}); "
+            "gated sets need `huggingface-cli login`, offline use needs a local file"
+        ) from None
 
 
 def load_eval(name: str, sources: list[str]) -> Dataset:
@@ -328,13 +350,17 @@ def load_eval(name: str, sources: list[str]) -> Dataset:
     for s in sources:
         if s == "hub":
             if name not in DEFAULT_HUB:
-                raise GptossError(f"--data hub: {name} has no Hugging Face hub default; download it and pass {name}=PATH")
+                raise GptossError(
+                    f"--data hub: {name} has no Hugging Face hub default; download it and pass {name}=PATH"
+                )
             expanded.extend(DEFAULT_HUB[name])
         else:
             expanded.append(s)
     items: list = []
     for s in expanded:
-        path = sample_path(name) if s == "samples" else hub_download(s) if s.startswith("hf://") else Path(s).expanduser()
+        path = (
+            sample_path(name) if s == "samples" else hub_download(s) if s.startswith("hf://") else Path(s).expanduser()
+        )
         prefix = f"{path.stem}:" if len(expanded) > 1 else ""
         items.extend(load_file(name, path, prefix))
     return Dataset(name, items, "+".join(expanded))

@@ -45,7 +45,7 @@ def boxed_contents(text: str) -> list[str]:
                     if depth == 0:
                         break
                 k += 1
-            out.append(text[j + 1:k])
+            out.append(text[j + 1 : k])
             i = k + 1
         else:
             m = re.match(r"\S+", text[j:])
@@ -118,7 +118,7 @@ def extract_integer(text: str | None) -> int | None:
         return _integer_in_box(boxes[-1])
     markers = list(_ANSWER_MARKER.finditer(text))
     for marker in reversed(markers):
-        tail = text[marker.end():marker.end() + 80]
+        tail = text[marker.end() : marker.end() + 80]
         tail = tail.split("\n\n")[0]
         first = re.match(r"\s*[\\$*({\[\s]*(?:\\text\{)?\s*(-?[\d,{}\\]*\d(?:\.\d+)?)", clean_latex(tail))
         if first:
@@ -180,7 +180,7 @@ def extract_choice(text: str | None, letters: str = "ABCD") -> str | None:
             return c.upper()
     # 2) explicit answer markers, the last decisive one wins
     for marker in reversed(list(_CHOICE_MARKER.finditer(text))):
-        letter, ambiguous = _letter_after_marker(text[marker.end():], letters)
+        letter, ambiguous = _letter_after_marker(text[marker.end() :], letters)
         if ambiguous:
             return None
         if letter:

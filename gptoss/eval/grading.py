@@ -86,7 +86,9 @@ def format_conversation(messages: Sequence[dict], reply: str) -> str:
 
 def grader_prompt(messages: Sequence[dict], reply: str, item: RubricItem) -> str:
     points = int(item.points) if float(item.points).is_integer() else item.points
-    return GRADER_TEMPLATE.format(conversation=format_conversation(messages, reply), points=points, criterion=item.criterion)
+    return GRADER_TEMPLATE.format(
+        conversation=format_conversation(messages, reply), points=points, criterion=item.criterion
+    )
 
 
 def parse_criteria_met(text: str | None) -> bool | None:
@@ -142,8 +144,10 @@ class RubricGrader:
     async def grade(self, messages: Sequence[dict], reply: str, rubric: Sequence[RubricItem]) -> RubricGrade:
         results = await asyncio.gather(*(self._grade_item(messages, reply, item) for item in rubric))
         met = [bool(verdict) for verdict, _, _ in results]
-        details = [{"criterion": item.criterion, "points": item.points, "met": verdict}
-                   for item, (verdict, _, _) in zip(rubric, results, strict=True)]
+        details = [
+            {"criterion": item.criterion, "points": item.points, "met": verdict}
+            for item, (verdict, _, _) in zip(rubric, results, strict=True)
+        ]
         return RubricGrade(
             met=met,
             score=rubric_score(rubric, met),

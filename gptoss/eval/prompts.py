@@ -8,10 +8,7 @@ from typing import Sequence
 
 from gptoss.eval.datasets import LETTERS, SAFETY_EVALS, ChoiceQuestion, IntegerProblem, RubricConversation
 
-INTEGER_TEMPLATE = (
-    "{problem}\n\n"
-    "Please reason step by step, and put your final answer, an integer, within \\boxed{{}}."
-)
+INTEGER_TEMPLATE = "{problem}\n\nPlease reason step by step, and put your final answer, an integer, within \\boxed{{}}."
 INTEGER_TOOL_HINT = "\n\nYou can run Python code with the `python` tool to check your work."
 
 CHOICE_TEMPLATE = (

@@ -63,9 +63,14 @@ def summarize(config, datasets: dict, plan: list, records: dict[str, dict]) -> d
                 no_answer += 1
         item_means = {i: sum(v) / len(v) for i, v in per_item.items()}
         row: dict[str, Any] = {
-            "eval": name, "effort": effort, "metric": METRIC.get(name) or SAFETY_METRICS[name],
-            "items": len({a.item.id for a in attempts}), "samples": config.samples,
-            "attempts": len(attempts), "completed": len(done), "errors": errors,
+            "eval": name,
+            "effort": effort,
+            "metric": METRIC.get(name) or SAFETY_METRICS[name],
+            "items": len({a.item.id for a in attempts}),
+            "samples": config.samples,
+            "attempts": len(attempts),
+            "completed": len(done),
+            "errors": errors,
             "missing": len(attempts) - len(done) - errors,
         }
         if name in SAFETY_METRICS:
@@ -92,7 +97,12 @@ def summarize(config, datasets: dict, plan: list, records: dict[str, dict]) -> d
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "data": {name: ds.source for name, ds in datasets.items()},
         "config": config_dict(config),
-        "attempts": {"planned": planned, "completed": completed, "errors": failed, "missing": planned - completed - failed},
+        "attempts": {
+            "planned": planned,
+            "completed": completed,
+            "errors": failed,
+            "missing": planned - completed - failed,
+        },
         "results": results,
     }
 
@@ -112,50 +122,69 @@ def markdown(summary: dict[str, Any], plots: list[str]) -> str:
         f"# gptoss eval: {summary['model']}",
         "",
         f"- endpoint: `{summary['base_url']}`, written {summary['created']}",
-        f"- samples per item: {cfg['samples']}, temperature: {cfg['temperature']}, max tokens: {cfg['max_tokens'] or 'server default'}, "
+        f"- samples per item: {cfg['samples']}, temperature: {cfg['temperature']}, "
+        f"max tokens: {cfg['max_tokens'] or 'server default'}, "
         f"seed: {cfg['seed']}" + (f", tools: {', '.join(cfg['tools'])} (AIME)" if cfg["tools"] else ""),
         "- data: " + "; ".join(f"{k}: `{v}`" for k, v in summary["data"].items()),
         f"- attempts: {summary['attempts']['completed']} of {summary['attempts']['planned']} completed, "
         f"{summary['attempts']['errors']} failed",
         "",
-        "| eval | effort | metric | score (%) | ± s.e. | items | completed | errors | no answer | mean output tokens | mean reasoning chars |",
+        "| eval | effort | metric | score (%) | ± s.e. | items | completed | errors | no answer "
+        "| mean output tokens | mean reasoning chars |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in summary["results"]:
         lines.append(
-            f"| {r['eval']} | {r['effort']} | {r['metric']} | {_fmt(r['accuracy'])} | {_fmt(r['stderr'])} | {r['items']} | "
+            f"| {r['eval']} | {r['effort']} | {r['metric']} | {_fmt(r['accuracy'])} | {_fmt(r['stderr'])} "
+            f"| {r['items']} | "
             f"{r['completed']}/{r['attempts']} | {r['errors']} | {r.get('no_answer', '–')} | "
             f"{_fmt(r['mean_completion_tokens'], False)} | {_fmt(r['mean_reasoning_chars'], False)} |"
         )
     hb = [r for r in summary["results"] if r["eval"] == "healthbench"]
     if hb:
         themes = sorted({t for r in hb for t in r["themes"]})
-        lines += ["", "## HealthBench by theme (score %, clipped to [0, 100])", "",
-                  "| theme | " + " | ".join(r["effort"] for r in hb) + " |",
-                  "|---|" + "---:|" * len(hb)]
+        lines += [
+            "",
+            "## HealthBench by theme (score %, clipped to [0, 100])",
+            "",
+            "| theme | " + " | ".join(r["effort"] for r in hb) + " |",
+            "|---|" + "---:|" * len(hb),
+        ]
         lines += [f"| {t} | " + " | ".join(_fmt(r["themes"].get(t)) for r in hb) + " |" for t in themes]
         unparsed = sum(r["grader_unparsed"] for r in hb)
         if unparsed:
-            lines += ["", f"{unparsed} rubric verdicts could not be read from the grader's replies and counted as not met."]
+            lines += [
+                "",
+                f"{unparsed} rubric verdicts could not be read from the grader's replies and counted as not met.",
+            ]
     safety = [r for r in summary["results"] if r["eval"] in SAFETY_METRICS]
     if safety:
-        lines += ["", "## Safety (%; compare with the gpt-oss model card's tables)", "",
-                  "| eval | effort | " + " | ".join(SAFETY_FIELDS) + " | detail |",
-                  "|---|---|" + "---:|" * len(SAFETY_FIELDS) + "---|"]
+        lines += [
+            "",
+            "## Safety (%; compare with the gpt-oss model card's tables)",
+            "",
+            "| eval | effort | " + " | ".join(SAFETY_FIELDS) + " | detail |",
+            "|---|---|" + "---:|" * len(SAFETY_FIELDS) + "---|",
+        ]
         for r in safety:
             detail = r.get("by_template") or r.get("by_kind") or {}
             text = ", ".join(f"{k}: {_fmt(v)}" for k, v in detail.items())
             if r["eval"] == "guard":
                 text = f"tp {r['tp']}, fp {r['fp']}, fn {r['fn']}, unparsed {r['unparsed']}"
-            lines.append(f"| {r['eval']} | {r['effort']} | " + " | ".join(_fmt(r.get(f)) for f in SAFETY_FIELDS) + f" | {text} |")
+            lines.append(
+                f"| {r['eval']} | {r['effort']} | " + " | ".join(_fmt(r.get(f)) for f in SAFETY_FIELDS) + f" | {text} |"
+            )
         unparsed = sum(r.get("grader_unparsed", 0) for r in safety)
         if unparsed:
             lines += ["", f"{unparsed} safety grader replies held no verdict; they count against the model."]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p[:-4].replace('_', ' ')}]({p})" for p in plots]
     if summary["attempts"]["errors"] or summary["attempts"]["missing"]:
-        lines += ["", f"**Incomplete:** {summary['attempts']['errors']} attempts failed and {summary['attempts']['missing']} "
-                  "were not run; rerun the same command to retry only those."]
+        lines += [
+            "",
+            f"**Incomplete:** {summary['attempts']['errors']} attempts failed and {summary['attempts']['missing']} "
+            "were not run; rerun the same command to retry only those.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -198,8 +227,11 @@ def plot(summary: dict[str, Any], out: Path) -> list[str]:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for name, rows in by_eval.items():
-        pts = [(r["mean_completion_tokens"], 100 * r["accuracy"], r["effort"]) for r in rows
-               if r["accuracy"] is not None and r["mean_completion_tokens"] is not None]
+        pts = [
+            (r["mean_completion_tokens"], 100 * r["accuracy"], r["effort"])
+            for r in rows
+            if r["accuracy"] is not None and r["mean_completion_tokens"] is not None
+        ]
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
             for x, y, effort in pts:
@@ -229,7 +261,9 @@ def text_table(summary: dict[str, Any]) -> str:
     """A compact table for the terminal."""
     rows = [f"{'eval':<12} {'effort':<7} {'score%':>7} {'done':>9} {'errors':>6} {'out tokens':>10}"]
     for r in summary["results"]:
-        rows.append(f"{r['eval']:<12} {r['effort']:<7} {_fmt(r['accuracy']):>7} {str(r['completed']) + '/' + str(r['attempts']):>9} "
-                    f"{r['errors']:>6} {_fmt(r['mean_completion_tokens'], False):>10}")
+        rows.append(
+            f"{r['eval']:<12} {r['effort']:<7} {_fmt(r['accuracy']):>7} "
+            f"{str(r['completed']) + '/' + str(r['attempts']):>9} "
+            f"{r['errors']:>6} {_fmt(r['mean_completion_tokens'], False):>10}"
+        )
     return "\n".join(rows)
-

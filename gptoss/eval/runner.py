@@ -34,8 +34,17 @@ EFFORTS = EFFORT_NAMES
 ATTEMPTS_FILE = "attempts.jsonl"
 RUN_FILE = "run.json"
 # Settings that change results: a resumed run must use the same ones.
-PINNED = ("model", "temperature", "max_tokens", "seed", "tools", "data", "grader_model", "grader_max_tokens",
-          "guard_policy")
+PINNED = (
+    "model",
+    "temperature",
+    "max_tokens",
+    "seed",
+    "tools",
+    "data",
+    "grader_model",
+    "grader_max_tokens",
+    "guard_policy",
+)
 GRADED_EVALS = ("healthbench", "disallowed", "jailbreak", "simpleqa")
 
 PYTHON_TOOL = {
@@ -94,10 +103,14 @@ class EvalConfig:
         self.out = Path(self.out)
         bad = [e for e in self.evals if e not in ALL_EVALS]
         if bad or not self.evals:
-            raise GptossError(f"--eval: unknown eval {bad[0] if bad else '(none)'!r}; choose from {', '.join(ALL_EVALS)}")
+            raise GptossError(
+                f"--eval: unknown eval {bad[0] if bad else '(none)'!r}; choose from {', '.join(ALL_EVALS)}"
+            )
         bad = [e for e in self.efforts if e not in EFFORTS]
         if bad or not self.efforts:
-            raise GptossError(f"--reasoning-effort: unknown effort {bad[0] if bad else '(none)'!r}; choose from {', '.join(EFFORTS)}")
+            raise GptossError(
+                f"--reasoning-effort: unknown effort {bad[0] if bad else '(none)'!r}; choose from {', '.join(EFFORTS)}"
+            )
         bad = [t for t in self.tools if t != "python"]
         if bad:
             raise GptossError(f"--tools: unknown tool {bad[0]!r}; only 'python' is supported")
@@ -116,9 +129,14 @@ class EvalConfig:
     def pinned(self) -> dict[str, Any]:
         grader = self.grader_endpoint
         return {
-            "model": self.endpoint.model, "temperature": self.temperature, "max_tokens": self.max_tokens,
-            "seed": self.seed, "tools": sorted(self.tools), "data": parse_data_spec(self.data, self.evals),
-            "grader_model": grader.model, "grader_max_tokens": self.grader_max_tokens or self.max_tokens,
+            "model": self.endpoint.model,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "tools": sorted(self.tools),
+            "data": parse_data_spec(self.data, self.evals),
+            "grader_model": grader.model,
+            "grader_max_tokens": self.grader_max_tokens or self.max_tokens,
             "guard_policy": self.policy().version if "guard" in self.evals else None,
         }
 
@@ -186,7 +204,9 @@ class AttemptStore:
     def append(self, record: dict) -> None:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            needs_newline = self.path.is_file() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
+            needs_newline = (
+                self.path.is_file() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
+            )
             self._file = open(self.path, "a", encoding="utf-8")
             if needs_newline:  # the previous run died mid-line: keep that fragment on a line of its own
                 self._file.write("\n")
@@ -214,8 +234,10 @@ def check_run_file(out: Path, pinned: dict[str, Any]) -> None:
                 before, now = ({e: before[e] for e in clash}, {e: now[e] for e in clash}) if clash else (None, None)
                 pinned = {**pinned, "data": {**previous["data"], **pinned["data"]}}
             if key in previous and before != now:
-                raise GptossError(f"{path}: this folder holds a run with {key}={before!r}, not {now!r}; "
-                                  "use another --out (or delete the folder) to start a different run")
+                raise GptossError(
+                    f"{path}: this folder holds a run with {key}={before!r}, not {now!r}; "
+                    "use another --out (or delete the folder) to start a different run"
+                )
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"pinned": pinned}, indent=2) + "\n")
 
@@ -240,7 +262,9 @@ class ChatClient:
         self.endpoint = endpoint
         self.retries = retries
         self.backoff = backoff
-        self.client = openai.AsyncOpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, max_retries=0, timeout=timeout)
+        self.client = openai.AsyncOpenAI(
+            base_url=endpoint.base_url, api_key=endpoint.api_key, max_retries=0, timeout=timeout
+        )
 
     async def check(self) -> str:
         """Reach the server before starting; returns the model to use (the only one listed if none given)."""
@@ -248,19 +272,28 @@ class ChatClient:
         try:
             listed = [m.id async for m in self.client.models.list()]
         except openai.APIConnectionError as exc:
-            raise GptossError(f"cannot reach {self.endpoint.base_url} ({exc.__cause__ or exc}); is the server running?") from None
+            raise GptossError(
+                f"cannot reach {self.endpoint.base_url} ({exc.__cause__ or exc}); is the server running?"
+            ) from None
         except openai.APIStatusError as exc:
             if exc.status_code in (401, 403):
-                raise GptossError(f"{self.endpoint.base_url}: authentication failed ({exc.status_code}); set --api-key or $OPENAI_API_KEY") from None
+                raise GptossError(
+                    f"{self.endpoint.base_url}: authentication failed ({exc.status_code}); "
+                    "set --api-key or $OPENAI_API_KEY"
+                ) from None
             listed = []  # a server without /models: trust --model
         model = self.endpoint.model
         if not model:
             if len(listed) != 1:
-                raise GptossError(f"--model is required: {self.endpoint.base_url} serves "
-                                  f"{', '.join(listed[:8]) if listed else 'no model list'}")
+                raise GptossError(
+                    f"--model is required: {self.endpoint.base_url} serves "
+                    f"{', '.join(listed[:8]) if listed else 'no model list'}"
+                )
             model = self.endpoint.model = listed[0]
         elif listed and model not in listed:
-            raise GptossError(f"{self.endpoint.base_url} does not serve model {model!r}; it serves {', '.join(listed[:8])}")
+            raise GptossError(
+                f"{self.endpoint.base_url} does not serve model {model!r}; it serves {', '.join(listed[:8])}"
+            )
         return model
 
     async def create(self, **kwargs):
@@ -272,10 +305,14 @@ class ChatClient:
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 if status in (401, 403):
-                    raise GptossError(f"{self.endpoint.base_url}: authentication failed ({status}); set --api-key or $OPENAI_API_KEY") from None
+                    raise GptossError(
+                        f"{self.endpoint.base_url}: authentication failed ({status}); set --api-key or $OPENAI_API_KEY"
+                    ) from None
                 if status == 404:
-                    raise GptossError(f"{self.endpoint.base_url}: 404 for model {self.endpoint.model!r} "
-                                      f"at /chat/completions ({_short(exc)})") from None
+                    raise GptossError(
+                        f"{self.endpoint.base_url}: 404 for model {self.endpoint.model!r} "
+                        f"at /chat/completions ({_short(exc)})"
+                    ) from None
                 if status != 429 and status < 500 or attempt == self.retries:
                     raise
             except openai.APIConnectionError:  # includes timeouts
@@ -295,7 +332,9 @@ def _message_text(message) -> tuple[str, str]:
     """(content, reasoning) of a chat completion message; reasoning from ``reasoning_content`` (ours and
     others) or ``reasoning``, empty when the server does not return it."""
     extra = getattr(message, "model_extra", None) or {}
-    reasoning = extra.get("reasoning_content") or extra.get("reasoning") or getattr(message, "reasoning_content", None) or ""
+    reasoning = (
+        extra.get("reasoning_content") or extra.get("reasoning") or getattr(message, "reasoning_content", None) or ""
+    )
     return message.content or "", reasoning if isinstance(reasoning, str) else json.dumps(reasoning)
 
 
@@ -310,12 +349,16 @@ def python_tool_class():
     except (ModuleNotFoundError, ValueError):
         spec = None
     if spec is None:
-        raise GptossError("--tools python: the model called the python tool, but the python tool is unavailable "
-                          "(gptoss.tools.python is not part of this installation); run without --tools python")
+        raise GptossError(
+            "--tools python: the model called the python tool, but the python tool is unavailable "
+            "(gptoss.tools.python is not part of this installation); run without --tools python"
+        )
     try:
         module = importlib.import_module("gptoss.tools.python")
     except ImportError as exc:
-        raise GptossError(f"--tools python: the python tool is unavailable (importing gptoss.tools.python failed: {exc})") from None
+        raise GptossError(
+            f"--tools python: the python tool is unavailable (importing gptoss.tools.python failed: {exc})"
+        ) from None
     cls = getattr(module, "PythonTool", None)
     if cls is None:
         raise GptossError("--tools python: the python tool is unavailable (gptoss.tools.python has no PythonTool)")
@@ -369,11 +412,13 @@ class Runner:
         return out
 
     def plan(self, datasets: dict[str, Dataset]) -> list[Attempt]:
-        return [Attempt(name, effort, item, s)
-                for effort in self.config.efforts
-                for name in self.config.evals
-                for item in datasets[name].items
-                for s in range(self.config.samples)]
+        return [
+            Attempt(name, effort, item, s)
+            for effort in self.config.efforts
+            for name in self.config.evals
+            for item in datasets[name].items
+            for s in range(self.config.samples)
+        ]
 
     def request_seed(self, key: str) -> int:
         return (self.config.seed * 1_000_003 + zlib.crc32(key.encode())) % 2**31
@@ -396,8 +441,13 @@ class Runner:
         use_tools = "python" in cfg.tools and a.eval == "aime"
         prompt = build_prompt(a.eval, a.item, a.sample, cfg.seed, tools=use_tools, policy=self.guard_policy)
         record: dict[str, Any] = {
-            "key": a.key, "eval": a.eval, "effort": a.effort, "item": a.item.id, "sample": a.sample,
-            "prompt": prompt.messages, "expected": prompt.expected,
+            "key": a.key,
+            "eval": a.eval,
+            "effort": a.effort,
+            "item": a.item.id,
+            "sample": a.sample,
+            "prompt": prompt.messages,
+            "expected": prompt.expected,
         }
         if a.eval == "healthbench":
             record["theme"] = a.item.theme
@@ -419,9 +469,16 @@ class Runner:
                 record["extracted"] = extract_choice(content, prompt.letters)
                 record["score"] = grade_exact(record["extracted"], prompt.expected)
             else:
-                grade = await RubricGrader(self._grader_complete, cfg.grader_retries).grade(prompt.messages, content, a.item.rubric)
-                record.update(extracted=None, score=grade.score, grades=grade.details,
-                              grader_unparsed=grade.unparsed, grader_tokens=grade.grader_tokens)
+                grade = await RubricGrader(self._grader_complete, cfg.grader_retries).grade(
+                    prompt.messages, content, a.item.rubric
+                )
+                record.update(
+                    extracted=None,
+                    score=grade.score,
+                    grades=grade.details,
+                    grader_unparsed=grade.unparsed,
+                    grader_tokens=grade.grader_tokens,
+                )
             record["error"] = None
         except GptossError:
             raise
@@ -431,7 +488,9 @@ class Runner:
         record["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         return record
 
-    async def _converse(self, a: Attempt, messages: list[dict], use_tools: bool, response_format: dict | None = None) -> dict:
+    async def _converse(
+        self, a: Attempt, messages: list[dict], use_tools: bool, response_format: dict | None = None
+    ) -> dict:
         cfg = self.config
         kwargs: dict[str, Any] = {"reasoning_effort": a.effort, "seed": self.request_seed(a.key)}
         if cfg.max_tokens:
@@ -463,21 +522,33 @@ class Runner:
                 calls = list(choice.message.tool_calls or []) if use_tools else []
                 if not calls or turn == cfg.max_tool_turns:
                     break
-                turn_message = {"role": "assistant", "content": content or None,
-                                "tool_calls": [c.model_dump(exclude_none=True) for c in calls]}
+                turn_message = {
+                    "role": "assistant",
+                    "content": content or None,
+                    "tool_calls": [c.model_dump(exclude_none=True) for c in calls],
+                }
                 if reasoning:  # the chain of thought carries across tool calls within one turn
                     turn_message["reasoning_content"] = reasoning
                 history.append(turn_message)
                 for call in calls:
                     tool_calls += 1
                     name = getattr(getattr(call, "function", None), "name", None)
-                    output = await python.run(call.function.arguments or "") if name == "python" else f"Error: unknown tool {name!r}"
+                    output = (
+                        await python.run(call.function.arguments or "")
+                        if name == "python"
+                        else f"Error: unknown tool {name!r}"
+                    )
                     history.append({"role": "tool", "tool_call_id": call.id, "content": output})
         finally:
             await python.close()
-        out = {"response": content, "reasoning_chars": reasoning_chars, "reasoning_tokens": reasoning_tokens,
-               "completion_tokens": completion_tokens, "prompt_tokens": prompt_tokens,
-               "finish_reason": choice.finish_reason}
+        out = {
+            "response": content,
+            "reasoning_chars": reasoning_chars,
+            "reasoning_tokens": reasoning_tokens,
+            "completion_tokens": completion_tokens,
+            "prompt_tokens": prompt_tokens,
+            "finish_reason": choice.finish_reason,
+        }
         if use_tools:
             out["tool_calls"] = tool_calls
         return out
@@ -530,8 +601,16 @@ def _progress_bar(total: int, initial: int, enabled: bool | None):
     from tqdm.auto import tqdm
 
     enabled = sys.stderr.isatty() if enabled is None else enabled
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="attempt", desc="gptoss eval",
-                dynamic_ncols=True, smoothing=0.1, file=sys.stderr)
+    return tqdm(
+        total=total,
+        initial=initial,
+        disable=not enabled,
+        unit="attempt",
+        desc="gptoss eval",
+        dynamic_ncols=True,
+        smoothing=0.1,
+        file=sys.stderr,
+    )
 
 
 def run_eval(config: EvalConfig, report_only: bool = False) -> dict:

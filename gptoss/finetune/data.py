@@ -54,7 +54,11 @@ def harmony_messages(record: dict, where: str = "conversation", persona: ServerP
     for i, m in enumerate(record["messages"]):
         if not isinstance(m, dict):
             raise DataError(f"{where}.messages[{i}]: expected an object, found {type(m).__name__}")
-        if m.get("role") == "assistant" and m.get("thinking") and not (m.get("reasoning_content") or m.get("reasoning")):
+        if (
+            m.get("role") == "assistant"
+            and m.get("thinking")
+            and not (m.get("reasoning_content") or m.get("reasoning"))
+        ):
             m = {**m, "reasoning_content": m["thinking"]}
         messages.append(m)
     if not any(m.get("role") == "assistant" for m in messages):
@@ -81,7 +85,7 @@ def render_example(messages: list[Message], tokenizer: Tokenizer) -> Example:
     """Token ids and loss mask of one conversation (see the module's notes)."""
     has_functions = conversation_has_function_tools(messages)
     last_user = max((i for i, m in enumerate(messages) if m.author.role is Role.USER), default=-1)
-    prompt, turn = messages[: last_user + 1], messages[last_user + 1:]
+    prompt, turn = messages[: last_user + 1], messages[last_user + 1 :]
     ids: list[int] = []
     mask: list[int] = []
     for message in visible_messages(prompt):

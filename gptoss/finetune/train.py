@@ -28,8 +28,9 @@ def _require():
         import peft  # noqa: F401
         import trl  # noqa: F401
     except ImportError as exc:
-        raise GptossError(f"gptoss finetune needs TRL and PEFT ({exc.name} is missing): "
-                          "pip install 'gptoss[finetune]'") from None
+        raise GptossError(
+            f"gptoss finetune needs TRL and PEFT ({exc.name} is missing): pip install 'gptoss[finetune]'"
+        ) from None
 
 
 def _hf_tokenizer():
@@ -45,10 +46,24 @@ def _hf_tokenizer():
     return tok
 
 
-def finetune(base: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, *, rank: int = 8,
-             alpha: float = 16, experts: bool = False, learning_rate: float = 2e-4, epochs: float = 1.0,
-             max_steps: int = -1, batch_size: int = 1, grad_accum: int = 1, max_length: int = 4096,
-             device: str | None = None, seed: int = 0, log=None) -> dict:
+def finetune(
+    base: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    rank: int = 8,
+    alpha: float = 16,
+    experts: bool = False,
+    learning_rate: float = 2e-4,
+    epochs: float = 1.0,
+    max_steps: int = -1,
+    batch_size: int = 1,
+    grad_accum: int = 1,
+    max_length: int = 4096,
+    device: str | None = None,
+    seed: int = 0,
+    log=None,
+) -> dict:
     """Train a LoRA adapter on the conversations of ``data`` (JSONL) over the checkpoint ``base`` (HF
     layout) and write it to ``out`` in PEFT's format. Returns the report (also ``out/gptoss_finetune.json``):
     the loss of each logged step, the settings, and the examples' token counts."""
@@ -73,26 +88,55 @@ def finetune(base: str | os.PathLike, data: str | os.PathLike, out: str | os.Pat
     kwargs = {"quantization_config": Mxfp4Config(dequantize=True)} if files.experts == "mxfp4" else {}
     model = GptOssForCausalLM.from_pretrained(files.folder, dtype=dtype, **kwargs).to(device)
     model.config.use_cache = False
-    lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(ATTENTION),
-                      target_parameters=list(EXPERTS) if experts else None, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=list(ATTENTION),
+        target_parameters=list(EXPERTS) if experts else None,
+        task_type="CAUSAL_LM",
+    )
     dataset = Dataset.from_list([{"input_ids": e.input_ids, "assistant_masks": e.assistant_masks} for e in examples])
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="gptoss-finetune-") as work:
-        args = SFTConfig(output_dir=work, per_device_train_batch_size=batch_size, gradient_accumulation_steps=grad_accum,
-                         learning_rate=learning_rate, num_train_epochs=epochs, max_steps=max_steps, logging_steps=1,
-                         save_strategy="no", report_to="none", use_cpu=device == "cpu", bf16=dtype == torch.bfloat16,
-                         seed=seed, max_length=None, dataloader_num_workers=0, disable_tqdm=log is None,
-                         lr_scheduler_type="constant")
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=_hf_tokenizer(),
-                             peft_config=lora)
+        args = SFTConfig(
+            output_dir=work,
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=grad_accum,
+            learning_rate=learning_rate,
+            num_train_epochs=epochs,
+            max_steps=max_steps,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=device == "cpu",
+            bf16=dtype == torch.bfloat16,
+            seed=seed,
+            max_length=None,
+            dataloader_num_workers=0,
+            disable_tqdm=log is None,
+            lr_scheduler_type="constant",
+        )
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=dataset, processing_class=_hf_tokenizer(), peft_config=lora
+        )
         with contextlib.redirect_stdout(sys.stderr):  # the trainer's log lines: stdout stays for the report
             trainer.train()
         trainer.model.save_pretrained(out)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    report = {"base": str(base), "data": str(data), "adapter": str(out), "examples": len(examples),
-              "tokens": sum(len(e.input_ids) for e in examples),
-              "loss_tokens": sum(sum(e.assistant_masks) for e in examples), "rank": rank, "alpha": alpha,
-              "targets": ATTENTION + (EXPERTS if experts else []), "learning_rate": learning_rate,
-              "steps": trainer.state.global_step, "losses": losses}
+    report = {
+        "base": str(base),
+        "data": str(data),
+        "adapter": str(out),
+        "examples": len(examples),
+        "tokens": sum(len(e.input_ids) for e in examples),
+        "loss_tokens": sum(sum(e.assistant_masks) for e in examples),
+        "rank": rank,
+        "alpha": alpha,
+        "targets": ATTENTION + (EXPERTS if experts else []),
+        "learning_rate": learning_rate,
+        "steps": trainer.state.global_step,
+        "losses": losses,
+    }
     (out / REPORT).write_text(json.dumps(report, indent=2))
     return report

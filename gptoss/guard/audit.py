@@ -62,15 +62,32 @@ class AuditLog:
         self._db = open_sqlite(self.path, "audit log", _SCHEMA, SCHEMA_VERSION)
 
     def write(self, r: AuditRecord) -> None:
-        row = (r.time or time.time(), r.request_id, r.endpoint, r.stage, r.policy, r.policy_version,
-               None if r.violation is None else int(r.violation), r.category, r.rationale, r.action, r.latency_ms, r.error)
+        row = (
+            r.time or time.time(),
+            r.request_id,
+            r.endpoint,
+            r.stage,
+            r.policy,
+            r.policy_version,
+            None if r.violation is None else int(r.violation),
+            r.category,
+            r.rationale,
+            r.action,
+            r.latency_ms,
+            r.error,
+        )
         with self._lock:
-            self._db.execute("INSERT INTO decisions (time, request_id, endpoint, stage, policy, policy_version, violation, "
-                             "category, rationale, action, latency_ms, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", row)
+            self._db.execute(
+                "INSERT INTO decisions (time, request_id, endpoint, stage, policy, policy_version, violation, "
+                "category, rationale, action, latency_ms, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                row,
+            )
 
     def records(self, request_id: str | None = None, limit: int = 1000) -> list[AuditRecord]:
-        query = ("SELECT id, time, request_id, endpoint, stage, policy, policy_version, violation, category, rationale, "
-                 "action, latency_ms, error FROM decisions")
+        query = (
+            "SELECT id, time, request_id, endpoint, stage, policy, policy_version, violation, category, rationale, "
+            "action, latency_ms, error FROM decisions"
+        )
         args: tuple = ()
         if request_id is not None:
             query += " WHERE request_id = ?"
@@ -78,9 +95,24 @@ class AuditLog:
         query += " ORDER BY id LIMIT ?"
         with self._lock:
             rows = self._db.execute(query, args + (limit,)).fetchall()
-        return [AuditRecord(request_id=r[2], endpoint=r[3], stage=r[4], policy=r[5], policy_version=r[6],
-                            violation=None if r[7] is None else bool(r[7]), category=r[8], rationale=r[9], action=r[10],
-                            latency_ms=r[11], error=r[12], time=r[1], id=r[0]) for r in rows]
+        return [
+            AuditRecord(
+                request_id=r[2],
+                endpoint=r[3],
+                stage=r[4],
+                policy=r[5],
+                policy_version=r[6],
+                violation=None if r[7] is None else bool(r[7]),
+                category=r[8],
+                rationale=r[9],
+                action=r[10],
+                latency_ms=r[11],
+                error=r[12],
+                time=r[1],
+                id=r[0],
+            )
+            for r in rows
+        ]
 
     def close(self) -> None:
         with self._lock:

@@ -34,8 +34,15 @@ class LocalGuard:
     """The guard model on an :class:`~gptoss.engine.async_engine.AsyncEngine` (the server's own, so guard
     checks share its batches, or one loaded for ``--guard-model``), decoded under the verdict grammar."""
 
-    def __init__(self, engine, tokenizer, effort: str = "low", reasoning_max_tokens: int = 256,
-                 rationale_max: int = RATIONALE_MAX_CHARS, max_model_len: int | None = None):
+    def __init__(
+        self,
+        engine,
+        tokenizer,
+        effort: str = "low",
+        reasoning_max_tokens: int = 256,
+        rationale_max: int = RATIONALE_MAX_CHARS,
+        max_model_len: int | None = None,
+    ):
         self.engine = engine
         self.tokenizer = tokenizer
         self.effort = effort
@@ -68,11 +75,18 @@ class LocalGuard:
             ids, _ = await asyncio.to_thread(self.prompt_ids, policy, content)
         max_tokens = self.max_tokens(policy)
         if self.max_model_len is not None and len(ids) + max_tokens > self.max_model_len:
-            raise GptossError(f"the content to check ({len(ids)} prompt tokens with the policy) does not fit the guard "
-                              f"model's context of {self.max_model_len} tokens")
-        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop_token_ids=stop_tokens_for_assistant_actions(tok),
-                                logits_processors=[GrammarConstraint(tok, verdict_grammar(policy, self.reasoning_max_tokens,
-                                                                                          self.rationale_max))])
+            raise GptossError(
+                f"the content to check ({len(ids)} prompt tokens with the policy) does not fit the guard "
+                f"model's context of {self.max_model_len} tokens"
+            )
+        params = SamplingParams(
+            temperature=0.0,
+            max_tokens=max_tokens,
+            stop_token_ids=stop_tokens_for_assistant_actions(tok),
+            logits_processors=[
+                GrammarConstraint(tok, verdict_grammar(policy, self.reasoning_max_tokens, self.rationale_max))
+            ],
+        )
         decoder = TurnDecoder(tok)
         tokens, finish = 0, None
         # Checks share cached prefixes (the policy) among themselves only, never with the requests they check.
@@ -91,8 +105,15 @@ class EndpointGuard:
     """The guard model behind an OpenAI-compatible Chat Completions endpoint (``--guard-base-url``); the
     verdict's schema goes as a strict ``json_schema`` response format."""
 
-    def __init__(self, base_url: str, model: str | None, api_key: str | None = None, effort: str | None = "low",
-                 timeout: float = 60.0, max_tokens: int | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None,
+        api_key: str | None = None,
+        effort: str | None = "low",
+        timeout: float = 60.0,
+        max_tokens: int | None = None,
+    ):
         import openai
 
         self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout, max_retries=1)
@@ -105,28 +126,39 @@ class EndpointGuard:
         if self.model is None:
             listed = [m.id async for m in self.client.models.list()]
             if len(listed) != 1:
-                raise GptossError(f"--guard-model is required: {self.base_url} serves {', '.join(listed[:8]) or 'no model'}")
+                raise GptossError(
+                    f"--guard-model is required: {self.base_url} serves {', '.join(listed[:8]) or 'no model'}"
+                )
             self.model = listed[0]
         return self.model
 
     async def classify(self, policy: Policy, content: str) -> GuardReply:
-        kwargs = {"temperature": 0.0,
-                  "response_format": {"type": "json_schema",
-                                      "json_schema": {"name": "verdict", "schema": verdict_schema(policy), "strict": True}}}
+        kwargs = {
+            "temperature": 0.0,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "verdict", "schema": verdict_schema(policy), "strict": True},
+            },
+        }
         if self.effort:
             kwargs["reasoning_effort"] = self.effort
         if self.max_tokens:
             kwargs["max_tokens"] = self.max_tokens
-        resp = await self.client.chat.completions.create(model=await self._model(), messages=guard_messages(policy, content),
-                                                         **kwargs)
+        resp = await self.client.chat.completions.create(
+            model=await self._model(), messages=guard_messages(policy, content), **kwargs
+        )
         if not resp.choices:
             raise GptossError(f"{self.base_url}: the guard returned no choices")
         choice = resp.choices[0]
         extra = getattr(choice.message, "model_extra", None) or {}
         reasoning = extra.get("reasoning_content") or extra.get("reasoning") or ""
         tokens = resp.usage.completion_tokens if resp.usage else 0
-        return GuardReply(choice.message.content or "", reasoning if isinstance(reasoning, str) else "", tokens or 0,
-                          choice.finish_reason)
+        return GuardReply(
+            choice.message.content or "",
+            reasoning if isinstance(reasoning, str) else "",
+            tokens or 0,
+            choice.finish_reason,
+        )
 
     async def aclose(self) -> None:
         await self.client.close()

@@ -40,7 +40,9 @@ class GuardSettings:
     check_output: bool = True
     check_tools: bool = False
     check_reasoning: bool = False
-    stream: str = "end"  # end: release the answer after it passed whole; chunks: in checked pieces (see guard/stream.py)
+    stream: str = (
+        "end"  # end: release the answer after it passed whole; chunks: in checked pieces (see guard/stream.py)
+    )
     chunk_chars: int = 400
     on_error: str = "block"  # block (fail closed) or allow (fail open)
     audit_path: str | None = None
@@ -84,8 +86,9 @@ class Decision:
 
     @property
     def culprit(self) -> PolicyResult | None:
-        return next((r for r in self.results if r.action == ("block" if self.blocked else "flag")), None) or \
-            next((r for r in self.results if r.action == "error"), None)
+        return next((r for r in self.results if r.action == ("block" if self.blocked else "flag")), None) or next(
+            (r for r in self.results if r.action == "error"), None
+        )
 
     def refusal(self) -> str:
         """What the client is told instead of blocked content (the rationale stays in the audit log)."""
@@ -101,10 +104,19 @@ class GuardMetrics:
     def __init__(self, registry):
         from prometheus_client import Counter, Histogram
 
-        self.decisions = Counter("gptoss_guard_decisions", "Guard decisions, by stage, policy and action",
-                                 ["stage", "policy", "action"], registry=registry)
-        self.latency = Histogram("gptoss_guard_latency_seconds", "Time the guard added per check, by stage", ["stage"],
-                                 registry=registry, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.decisions = Counter(
+            "gptoss_guard_decisions",
+            "Guard decisions, by stage, policy and action",
+            ["stage", "policy", "action"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "gptoss_guard_latency_seconds",
+            "Time the guard added per check, by stage",
+            ["stage"],
+            registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
 
 
 class Guard:
@@ -117,13 +129,15 @@ class Guard:
         self._owned_engine = None
 
     @classmethod
-    def build(cls, settings: GuardSettings, engine=None, tokenizer=None, max_model_len: int | None = None,
-              registry=None) -> "Guard":
+    def build(
+        cls, settings: GuardSettings, engine=None, tokenizer=None, max_model_len: int | None = None, registry=None
+    ) -> "Guard":
         """The guard for ``settings``: over its endpoint, on its own LLM, or on ``engine`` (the served model)."""
         owned = None
         if settings.base_url:
-            backend: GuardBackend = EndpointGuard(settings.base_url, settings.model, settings.api_key, settings.effort,
-                                                  settings.timeout)
+            backend: GuardBackend = EndpointGuard(
+                settings.base_url, settings.model, settings.api_key, settings.effort, settings.timeout
+            )
         else:
             if settings.llm is not None:
                 from gptoss.engine.async_engine import AsyncEngine
@@ -132,8 +146,14 @@ class Guard:
                 tokenizer, max_model_len = settings.llm.tokenizer, settings.llm.max_model_len
             if engine is None or tokenizer is None:
                 raise GptossError("the guard needs a model: --guard-model, --guard-base-url, or the served model")
-            backend = LocalGuard(engine, tokenizer, settings.effort, settings.reasoning_max_tokens,
-                                 settings.rationale_max_chars, max_model_len=max_model_len)
+            backend = LocalGuard(
+                engine,
+                tokenizer,
+                settings.effort,
+                settings.reasoning_max_tokens,
+                settings.rationale_max_chars,
+                max_model_len=max_model_len,
+            )
         guard = cls(settings, backend, registry=registry)
         guard._owned_engine = owned
         return guard
@@ -150,9 +170,21 @@ class Guard:
         decision = Decision(stage, action, list(results), latency)
         for r in results:
             v = r.verdict
-            self.audit.write(AuditRecord(request_id, endpoint, stage, r.policy.name, r.policy.version,
-                                         None if v is None else v.violation, None if v is None else v.category,
-                                         None if v is None else v.rationale, r.action, round(latency * 1000, 3), r.error))
+            self.audit.write(
+                AuditRecord(
+                    request_id,
+                    endpoint,
+                    stage,
+                    r.policy.name,
+                    r.policy.version,
+                    None if v is None else v.violation,
+                    None if v is None else v.category,
+                    None if v is None else v.rationale,
+                    r.action,
+                    round(latency * 1000, 3),
+                    r.error,
+                )
+            )
             if self.metrics is not None:
                 self.metrics.decisions.labels(stage, r.policy.name, r.action).inc()
         if self.metrics is not None:

@@ -58,9 +58,11 @@ def parse_policy(raw: str, source: str, default_name: str, default_action: str =
                 raise GptossError(f"{source}:{n}: expected 'key: value' in the front matter, found {line.strip()!r}")
             key, value = (p.strip() for p in text.split(":", 1))
             if key not in ("name", "action", "categories"):
-                raise GptossError(f"{source}:{n}: unknown front matter key {key!r} (expected name, action or categories)")
+                raise GptossError(
+                    f"{source}:{n}: unknown front matter key {key!r} (expected name, action or categories)"
+                )
             meta[key] = value
-        body = "\n".join(lines[end + 1:])
+        body = "\n".join(lines[end + 1 :])
     body = body.strip()
     if not body:
         raise GptossError(f"{source}: the policy text is empty")
@@ -73,7 +75,9 @@ def parse_policy(raw: str, source: str, default_name: str, default_action: str =
     categories = tuple(c.strip() for c in meta.get("categories", "").split(",") if c.strip())
     bad = [c for c in categories if not _CATEGORY.match(c)]
     if bad:
-        raise GptossError(f"{source}: category {bad[0]!r} may hold only letters, digits, spaces and '_.-/' (at most 64)")
+        raise GptossError(
+            f"{source}: category {bad[0]!r} may hold only letters, digits, spaces and '_.-/' (at most 64)"
+        )
     return Policy(name, body, version, action, categories, source)
 
 
@@ -95,7 +99,9 @@ def load_policies(paths: list[str], default_action: str = "block") -> list[Polic
     seen: dict[str, str] = {}
     for pol in policies:
         if pol.name in seen:
-            raise GptossError(f"--guard {pol.source}: policy name {pol.name!r} is also used by {seen[pol.name]}; "
-                              "set 'name:' in the front matter of one of them")
+            raise GptossError(
+                f"--guard {pol.source}: policy name {pol.name!r} is also used by {seen[pol.name]}; "
+                "set 'name:' in the front matter of one of them"
+            )
         seen[pol.name] = pol.source
     return policies

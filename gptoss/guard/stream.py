@@ -19,8 +19,15 @@ from gptoss.guard.guard import Decision, Guard
 
 
 class OutputGate:
-    def __init__(self, guard: Guard, request_id: str, endpoint: str, context: str = "",
-                 kinds: tuple[str, ...] = ("content",), text_of: Callable[[Any], tuple[str, str]] | None = None):
+    def __init__(
+        self,
+        guard: Guard,
+        request_id: str,
+        endpoint: str,
+        context: str = "",
+        kinds: tuple[str, ...] = ("content",),
+        text_of: Callable[[Any], tuple[str, str]] | None = None,
+    ):
         """``text_of(delta) -> (kind, text)``; deltas whose kind is in ``kinds`` are checked."""
         self.guard = guard
         self.request_id = request_id
@@ -84,8 +91,9 @@ class OutputGate:
         return out
 
 
-OUTPUT_PREAMBLE = ("Classify the assistant's response below. The user's request is context only. Both are given "
-                   "as one JSON object:\n")
+OUTPUT_PREAMBLE = (
+    "Classify the assistant's response below. The user's request is context only. Both are given as one JSON object:\n"
+)
 
 
 def compose_output(request: str, answer: str) -> str:

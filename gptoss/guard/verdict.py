@@ -24,10 +24,13 @@ from gptoss.harmony.grammar import TurnGrammar
 RATIONALE_MAX_CHARS = 240
 CATEGORY_MAX_CHARS = 64
 
-OUTPUT_INSTRUCTIONS = """# Output format
+OUTPUT_INSTRUCTIONS = (
+    """# Output format
 Decide whether the content in the user message violates the policy above. Reason about it first, then answer
 with one JSON object and nothing else:
-{{"violation": 1 if the content violates the policy else 0, "policy_category": {category_hint}, "rationale": "one short sentence explaining the decision"}}"""
+{{"violation": 1 if the content violates the policy else 0, "policy_category": {category_hint}, """
+    '"rationale": "one short sentence explaining the decision"}}'
+)
 
 
 class VerdictError(ValueError):
@@ -61,8 +64,11 @@ def verdict_schema(policy: Policy, rationale_max: int = RATIONALE_MAX_CHARS) -> 
 
 def developer_text(policy: Policy) -> str:
     """The policy and the output instructions: the developer message of the guard's prompt."""
-    hint = ("one of " + ", ".join(json.dumps(c) for c in policy.categories) + " or null" if policy.categories
-            else "the policy's name for the violated rule, or null")
+    hint = (
+        "one of " + ", ".join(json.dumps(c) for c in policy.categories) + " or null"
+        if policy.categories
+        else "the policy's name for the violated rule, or null"
+    )
     return f"{policy.text}\n\n{OUTPUT_INSTRUCTIONS.format(category_hint=hint)}"
 
 
@@ -73,7 +79,9 @@ def guard_messages(policy: Policy, content: str) -> list[dict[str, str]]:
 
 def verdict_grammar(policy: Policy, reasoning_max_tokens: int | None, rationale_max: int = RATIONALE_MAX_CHARS) -> str:
     """The Lark grammar of the guard's turn: at most one bounded analysis message, then the verdict as JSON."""
-    return TurnGrammar(final_schema=verdict_schema(policy, rationale_max), reasoning_max_tokens=reasoning_max_tokens).lark()
+    return TurnGrammar(
+        final_schema=verdict_schema(policy, rationale_max), reasoning_max_tokens=reasoning_max_tokens
+    ).lark()
 
 
 def parse_verdict(text: str | None, policy: Policy | None = None) -> Verdict:

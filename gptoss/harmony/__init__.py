@@ -42,9 +42,9 @@ from gptoss.harmony.render import (
 )
 from gptoss.harmony.schema_ts import json_schema_to_typescript, render_tools_section
 from gptoss.harmony.system import (
-    ChannelConfig,
     DEFAULT_KNOWLEDGE_CUTOFF,
     EFFORT_NAMES,
+    ChannelConfig,
     DeveloperContent,
     EffortName,
     ReasoningEffort,

@@ -83,8 +83,11 @@ class TurnGrammar:
                 raise ValueError(f"tool_choice names function {self.tool_choice!r}, which is not among the tools")
             names = [self.tool_choice]
             return [_rule_name("fn", n) for n in names]
-        return ([_rule_name("fn", n) for n in names] + [_rule_name("bt", n) for n in self.builtin_tools]
-                + [_rule_name("ns", n) for n in self.namespace_tools])
+        return (
+            [_rule_name("fn", n) for n in names]
+            + [_rule_name("bt", n) for n in self.builtin_tools]
+            + [_rule_name("ns", n) for n in self.namespace_tools]
+        )
 
     def _call_rules(self) -> list[str]:
         rules = []
@@ -105,8 +108,11 @@ class TurnGrammar:
             )
         for recipient in self.builtin_tools:
             channel, ctype = BUILTIN_TOOL_HEADERS[recipient]
-            body = "%json {\"type\": \"object\"}" if recipient.startswith("browser.") else "TEXT"
-            rules.append(f'{_rule_name("bt", recipient)}: <|channel|> "{channel} to={recipient} {ctype}" <|message|> {body} <|call|>')
+            body = '%json {"type": "object"}' if recipient.startswith("browser.") else "TEXT"
+            rules.append(
+                f"{_rule_name('bt', recipient)}: "
+                f'<|channel|> "{channel} to={recipient} {ctype}" <|message|> {body} <|call|>'
+            )
         return rules
 
 

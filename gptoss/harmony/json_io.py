@@ -13,7 +13,7 @@ from gptoss.tokenizer import VOCAB_SIZE
 def load_conversation(text: str, source: str = "conversation") -> Conversation:
     """A conversation in openai-harmony's JSON shape (``{"messages": [...]}`` or a bare list)."""
     if not text.strip():
-        raise HarmonyError(f"{source}: empty input, expected a JSON conversation {{\"messages\": [...]}}")
+        raise HarmonyError(f'{source}: empty input, expected a JSON conversation {{"messages": [...]}}')
     try:
         raw = json.loads(text)
     except ValueError as exc:

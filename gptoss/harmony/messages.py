@@ -84,7 +84,9 @@ def content_from_dict(raw: Any) -> Content:
         return SystemContent.from_dict(raw)
     if kind == "developer_content":
         return DeveloperContent.from_dict(raw)
-    raise HarmonyError(f"message content item: unknown type {kind!r} (expected text, system_content or developer_content)")
+    raise HarmonyError(
+        f"message content item: unknown type {kind!r} (expected text, system_content or developer_content)"
+    )
 
 
 def _as_content(content: "str | Content") -> Content:
@@ -93,7 +95,8 @@ def _as_content(content: "str | Content") -> Content:
 
 @dataclass
 class Message:
-    """One Harmony message: ``<|start|>{author}[ to={recipient}][<|channel|>{channel}][ {content_type}]<|message|>...``."""
+    """One Harmony message:
+    ``<|start|>{author}[ to={recipient}][<|channel|>{channel}][ {content_type}]<|message|>...``."""
 
     author: Author
     content: list[Content] = field(default_factory=list)

@@ -173,8 +173,12 @@ class StreamParser:
         end = len(self._tokens)
         self.last_content_delta = None
         if self._state is StreamState.CONTENT:
-            self._warn("truncated", "stream ended inside a message without a stop token; kept the partial message",
-                       self._header_start, end)
+            self._warn(
+                "truncated",
+                "stream ended inside a message without a stop token; kept the partial message",
+                self._header_start,
+                end,
+            )
             self._finish_message(end)
         elif self._state is StreamState.HEADER:
             if self._header_tokens:
@@ -202,8 +206,12 @@ class StreamParser:
                 self._open_content(idx, lenient=False)
             else:
                 author = self._fallback_author()
-                self._warn("unexpected_token", f"<|message|> outside any message; started a {author.role.value} message",
-                           idx, idx + 1)
+                self._warn(
+                    "unexpected_token",
+                    f"<|message|> outside any message; started a {author.role.value} message",
+                    idx,
+                    idx + 1,
+                )
                 self._header_start = idx
                 self._start_content(ParsedHeader(author), idx + 1)
         elif not special or token in HEADER_SPECIALS:
@@ -227,8 +235,9 @@ class StreamParser:
             self._begin_header(idx, None, explicit=True)
         elif token in STOP_TOKENS:
             if self._header_tokens:
-                self._close_header_without_message(idx + 1, "header_without_message",
-                                                   f"{self._name(token)} before <|message|>")
+                self._close_header_without_message(
+                    idx + 1, "header_without_message", f"{self._name(token)} before <|message|>"
+                )
             else:
                 self._warn("unexpected_token", f"{self._name(token)} right after <|start|>; ignored", idx, idx + 1)
             self._state = StreamState.EXPECT_START
@@ -254,8 +263,13 @@ class StreamParser:
         elif token == Tokenizer.CHANNEL:
             assert self._header is not None
             author = self._header.author
-            self._warn("missing_end", "<|channel|> inside a message: closed it and started a new message "
-                       f"from the same author ({author.name or author.role.value})", idx, idx + 1)
+            self._warn(
+                "missing_end",
+                "<|channel|> inside a message: closed it and started a new message "
+                f"from the same author ({author.name or author.role.value})",
+                idx,
+                idx + 1,
+            )
             self._finish_message(idx)
             self._begin_header(idx, author, explicit=False)
             self._header_tokens.append(token)
@@ -273,8 +287,13 @@ class StreamParser:
     def _open_content(self, idx: int, lenient: bool) -> None:
         header, leftover = self._parse_header(lenient)
         if leftover:
-            self._warn("header_leftover", "unexpected text in the message header; left out of the header",
-                       self._header_start, idx + 1, leftover)
+            self._warn(
+                "header_leftover",
+                "unexpected text in the message header; left out of the header",
+                self._header_start,
+                idx + 1,
+                leftover,
+            )
         self._start_content(header, idx + 1)
 
     def _start_content(self, header: ParsedHeader, content_start: int) -> None:
@@ -290,16 +309,25 @@ class StreamParser:
         tail = self._decoder.decode(b"", final=True)
         text = "".join(self._parts) + tail
         h = self._header
-        msg = Message(author=h.author, content=[TextContent(text)], channel=h.channel, recipient=h.recipient,
-                      content_type=h.content_type)
+        msg = Message(
+            author=h.author,
+            content=[TextContent(text)],
+            channel=h.channel,
+            recipient=h.recipient,
+            content_type=h.content_type,
+        )
         self.messages.append(msg)
         self.spans.append(MessageSpan(self._header_start, self._content_start, end))
         if h.content_type is not None and "json" in h.content_type.lower():
             try:
                 json.loads(text)
             except ValueError as exc:
-                self._warn("invalid_json", f"content of a {h.content_type} message is not valid JSON ({exc})",
-                           self._content_start, end)
+                self._warn(
+                    "invalid_json",
+                    f"content of a {h.content_type} message is not valid JSON ({exc})",
+                    self._content_start,
+                    end,
+                )
         self._state = StreamState.EXPECT_START
         self._header = None
         self._parts = []
@@ -309,8 +337,15 @@ class StreamParser:
         """A header that never reached ``<|message|>``: keep what it says, its stray words become content."""
         header, leftover = self._parse_header(lenient=True)
         self._warn(kind, f"{why}: kept as a message whose header may be incomplete", self._header_start, end)
-        self.messages.append(Message(author=header.author, content=[TextContent(leftover)], channel=header.channel,
-                                     recipient=header.recipient, content_type=header.content_type))
+        self.messages.append(
+            Message(
+                author=header.author,
+                content=[TextContent(leftover)],
+                channel=header.channel,
+                recipient=header.recipient,
+                content_type=header.content_type,
+            )
+        )
         self.spans.append(MessageSpan(self._header_start, end, end))
         self._header_tokens = []
         self._hint = None
@@ -340,7 +375,7 @@ class StreamParser:
         channel: str | None = None
         i = s.find(CHANNEL_MARKER)
         if i >= 0:
-            after = s[i + len(CHANNEL_MARKER):]
+            after = s[i + len(CHANNEL_MARKER) :]
             j = next((k for k, ch in enumerate(after) if ch in UNICODE_WHITESPACE or ch == "<"), len(after))
             if j == 0:
                 self._warn("empty_channel", "<|channel|> without a channel name", start, end)
@@ -393,8 +428,9 @@ class StreamParser:
             return self._hint
         if not parts or parts[0].startswith("to="):
             author = self._fallback_author()
-            self._warn("missing_role", f"message header names no role; assumed {author.name or author.role.value}",
-                       start, end)
+            self._warn(
+                "missing_role", f"message header names no role; assumed {author.name or author.role.value}", start, end
+            )
             return author
         first = parts[0]
         role = Role.lookup(first)

@@ -91,7 +91,9 @@ def developer_content_text(dev: DeveloperContent) -> str:
     return "\n\n".join(sections)
 
 
-def render(message: Message, *, conversation_has_function_tools: bool = False, tokenizer: Tokenizer | None = None) -> list[int]:
+def render(
+    message: Message, *, conversation_has_function_tools: bool = False, tokenizer: Tokenizer | None = None
+) -> list[int]:
     """One message, from ``<|start|>`` to its ``<|end|>`` (``<|call|>`` for an assistant tool call)."""
     tok = _tok(tokenizer)
     out: list[int] = []
@@ -131,11 +133,15 @@ def _render_into(tok: Tokenizer, message: Message, out: list[int], has_functions
             out += tok.encode(content.text)
         elif isinstance(content, SystemContent):
             if role is not Role.SYSTEM:
-                raise HarmonyError(f"system content may only appear in a system message, found in a {role.value} message")
+                raise HarmonyError(
+                    f"system content may only appear in a system message, found in a {role.value} message"
+                )
             out += tok.encode(system_content_text(content, has_functions))
         elif isinstance(content, DeveloperContent):
             if role is not Role.DEVELOPER:
-                raise HarmonyError(f"developer content may only appear in a developer message, found in a {role.value} message")
+                raise HarmonyError(
+                    f"developer content may only appear in a developer message, found in a {role.value} message"
+                )
             out += tok.encode(developer_content_text(content))
         else:
             raise HarmonyError(f"unsupported message content {type(content).__name__}")

@@ -139,7 +139,9 @@ def _default_channel_config() -> ChannelConfig:
     return ChannelConfig.require_channels(DEFAULT_CHANNELS)
 
 
-def _add_namespace(tools: dict[str, ToolNamespaceConfig] | None, ns: ToolNamespaceConfig) -> dict[str, ToolNamespaceConfig]:
+def _add_namespace(
+    tools: dict[str, ToolNamespaceConfig] | None, ns: ToolNamespaceConfig
+) -> dict[str, ToolNamespaceConfig]:
     out = dict(tools or {})
     out[ns.name] = ns
     return out
@@ -270,7 +272,9 @@ class DeveloperContent:
         if self.tools is not None:
             out["tools"] = {k: ns.to_dict() for k, ns in self.tools.items()}
         if self.response_formats:
-            out["response_formats"] = [{"name": n, "description": d, "schema": sc} for n, d, sc in self.response_formats]
+            out["response_formats"] = [
+                {"name": n, "description": d, "schema": sc} for n, d, sc in self.response_formats
+            ]
         out["type"] = "developer_content"
         return out
 
@@ -278,11 +282,21 @@ class DeveloperContent:
     def from_dict(cls, raw: Mapping[str, Any]) -> "DeveloperContent":
         _expect_mapping(raw, "developer_content")
         formats = raw.get("response_formats")
-        if formats is not None and not (isinstance(formats, list) and all(
-                isinstance(f, dict) and isinstance(f.get("name"), str) and isinstance(f.get("schema"), dict) for f in formats)):
+        if formats is not None and not (
+            isinstance(formats, list)
+            and all(
+                isinstance(f, dict) and isinstance(f.get("name"), str) and isinstance(f.get("schema"), dict)
+                for f in formats
+            )
+        ):
             raise HarmonyError("developer_content.response_formats: expected a list of {name, description, schema}")
-        return cls(instructions=_opt_str(raw, "instructions"), tools=_tools_from_dict(raw.get("tools")),
-                   response_formats=[(f["name"], f.get("description") or "", f["schema"]) for f in formats] if formats else None)
+        return cls(
+            instructions=_opt_str(raw, "instructions"),
+            tools=_tools_from_dict(raw.get("tools")),
+            response_formats=[(f["name"], f.get("description") or "", f["schema"]) for f in formats]
+            if formats
+            else None,
+        )
 
 
 def _tools_from_dict(raw: Any) -> dict[str, ToolNamespaceConfig] | None:

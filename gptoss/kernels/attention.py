@@ -38,10 +38,26 @@ if triton is not None:
 
     @triton.jit
     def _prefill_kernel(
-        q_ptr, k_ptr, v_ptr, o_ptr, table_ptr, cu_q_ptr, q_len_ptr, kv_len_ptr, sinks_ptr,
-        qk_scale, table_stride, tiles_per_seq,
-        HQ: tl.constexpr, HK: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
-        WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        q_ptr,
+        k_ptr,
+        v_ptr,
+        o_ptr,
+        table_ptr,
+        cu_q_ptr,
+        q_len_ptr,
+        kv_len_ptr,
+        sinks_ptr,
+        qk_scale,
+        table_stride,
+        tiles_per_seq,
+        HQ: tl.constexpr,
+        HK: tl.constexpr,
+        G: tl.constexpr,
+        D: tl.constexpr,
+        BS: tl.constexpr,
+        WINDOW: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
     ):
         pid = tl.program_id(0)
         h = tl.program_id(1)
@@ -95,10 +111,27 @@ if triton is not None:
 
     @triton.jit
     def _decode_kernel(
-        q_ptr, k_ptr, v_ptr, o_ptr, po_ptr, pm_ptr, pl_ptr, table_ptr, kv_len_ptr, sinks_ptr,
-        qk_scale, table_stride,
-        HQ: tl.constexpr, HK: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
-        WINDOW: tl.constexpr, SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
+        q_ptr,
+        k_ptr,
+        v_ptr,
+        o_ptr,
+        po_ptr,
+        pm_ptr,
+        pl_ptr,
+        table_ptr,
+        kv_len_ptr,
+        sinks_ptr,
+        qk_scale,
+        table_stride,
+        HQ: tl.constexpr,
+        HK: tl.constexpr,
+        G: tl.constexpr,
+        D: tl.constexpr,
+        BS: tl.constexpr,
+        WINDOW: tl.constexpr,
+        SPLITS: tl.constexpr,
+        BLOCK_G: tl.constexpr,
+        BLOCK_N: tl.constexpr,
     ):
         seq = tl.program_id(0)
         h = tl.program_id(1)
@@ -141,8 +174,11 @@ if triton is not None:
             m_i = m_new
         if SPLITS == 1:  # the whole answer: normalise and write it, no reduce needed
             out = acc / l_i[:, None]
-            tl.store(o_ptr + (seq.to(tl.int64) * HQ + head[:, None]) * D + d[None, :], out.to(o_ptr.dtype.element_ty),
-                     mask=gmask[:, None])
+            tl.store(
+                o_ptr + (seq.to(tl.int64) * HQ + head[:, None]) * D + d[None, :],
+                out.to(o_ptr.dtype.element_ty),
+                mask=gmask[:, None],
+            )
         else:
             part = (seq.to(tl.int64) * HQ + head) * SPLITS + split
             tl.store(pm_ptr + part, m_i, mask=gmask)
@@ -150,8 +186,9 @@ if triton is not None:
             tl.store(po_ptr + part[:, None] * D + d[None, :], acc, mask=gmask[:, None])
 
     @triton.jit
-    def _decode_reduce_kernel(po_ptr, pm_ptr, pl_ptr, o_ptr, HQ: tl.constexpr, D: tl.constexpr,
-                              SPLITS: tl.constexpr, BLOCK_S: tl.constexpr):
+    def _decode_reduce_kernel(
+        po_ptr, pm_ptr, pl_ptr, o_ptr, HQ: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr, BLOCK_S: tl.constexpr
+    ):
         seq = tl.program_id(0).to(tl.int64)
         head = tl.program_id(1)
         s = tl.arange(0, BLOCK_S)
@@ -222,21 +259,61 @@ def paged_attention(
         pm = torch.empty(parts, dtype=torch.float32, device=q.device)
         pl = torch.empty_like(pm)
         _decode_kernel[(b, hk, splits)](
-            q, k_pages, v_pages, out, po, pm, pl, block_table, kv_lens, sinks, qk_scale, block_table.stride(0),
-            HQ=hq, HK=hk, G=g, D=d, BS=bs, WINDOW=window, SPLITS=splits, BLOCK_G=block_g, BLOCK_N=32,
-            num_warps=4, num_stages=3,
+            q,
+            k_pages,
+            v_pages,
+            out,
+            po,
+            pm,
+            pl,
+            block_table,
+            kv_lens,
+            sinks,
+            qk_scale,
+            block_table.stride(0),
+            HQ=hq,
+            HK=hk,
+            G=g,
+            D=d,
+            BS=bs,
+            WINDOW=window,
+            SPLITS=splits,
+            BLOCK_G=block_g,
+            BLOCK_N=32,
+            num_warps=4,
+            num_stages=3,
         )
         if splits > 1:
-            _decode_reduce_kernel[(b, hq)](po, pm, pl, out, HQ=hq, D=d, SPLITS=splits,
-                                           BLOCK_S=triton.next_power_of_2(splits), num_warps=1)
+            _decode_reduce_kernel[(b, hq)](
+                po, pm, pl, out, HQ=hq, D=d, SPLITS=splits, BLOCK_S=triton.next_power_of_2(splits), num_warps=1
+            )
         return out.view(n, hq * d)
     if g & (g - 1):
         raise ValueError(f"paged_attention: query heads per KV head ({g}) must be a power of two")
     block_m = max(16, g, min(128, triton.next_power_of_2(max_q_len * g)))
     tiles = triton.cdiv(max_q_len, block_m // g)
     _prefill_kernel[(b * tiles, hk)](
-        q, k_pages, v_pages, out, block_table, cu_q, q_lens, kv_lens, sinks, qk_scale, block_table.stride(0), tiles,
-        HQ=hq, HK=hk, G=g, D=d, BS=bs, WINDOW=window, BLOCK_M=block_m, BLOCK_N=64 if d <= 64 else 32,
-        num_warps=4 if block_m <= 64 else 8, num_stages=2,
+        q,
+        k_pages,
+        v_pages,
+        out,
+        block_table,
+        cu_q,
+        q_lens,
+        kv_lens,
+        sinks,
+        qk_scale,
+        block_table.stride(0),
+        tiles,
+        HQ=hq,
+        HK=hk,
+        G=g,
+        D=d,
+        BS=bs,
+        WINDOW=window,
+        BLOCK_M=block_m,
+        BLOCK_N=64 if d <= 64 else 32,
+        num_warps=4 if block_m <= 64 else 8,
+        num_stages=2,
     )
     return out.view(n, hq * d)

@@ -100,9 +100,22 @@ if triton is not None:
 
     @triton.jit
     def _mlp1_kernel(
-        x_ptr, pair_ptr, block_expert_ptr, w_ptr, s_ptr, bias_ptr, h_ptr,
-        H, I, E, alpha, limit,
-        K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        x_ptr,
+        pair_ptr,
+        block_expert_ptr,
+        w_ptr,
+        s_ptr,
+        bias_ptr,
+        h_ptr,
+        H,
+        inter,
+        E,
+        alpha,
+        limit,
+        K: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
     ):
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
@@ -115,11 +128,11 @@ if triton is not None:
         valid = pair >= 0
         tok = tl.where(valid, pair // K, 0).to(tl.int64)
         n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        nmask = n < I
+        nmask = n < inter
         row_bytes = H // 2
         row_groups = H // 32
-        w_base = w_ptr + e64 * (2 * I) * row_bytes
-        s_base = s_ptr + e64 * (2 * I) * row_groups
+        w_base = w_ptr + e64 * (2 * inter) * row_bytes
+        s_base = s_ptr + e64 * (2 * inter) * row_groups
         jj = tl.arange(0, BLOCK_K // 2)
         acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         acc_l = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -133,19 +146,32 @@ if triton is not None:
             l_lo, l_hi = _dequant_pair(w_base, s_base, 2 * n + 1, nmask, j, row_bytes, row_groups)
             acc_l = tl.dot(x_even, tl.trans(l_lo.to(x_even.dtype)), acc_l)
             acc_l = tl.dot(x_odd, tl.trans(l_hi.to(x_even.dtype)), acc_l)
-        bias = bias_ptr + e64 * (2 * I)
+        bias = bias_ptr + e64 * (2 * inter)
         g = acc_g + tl.load(bias + 2 * n, mask=nmask, other=0.0).to(tl.float32)[None, :]
         lin = acc_l + tl.load(bias + 2 * n + 1, mask=nmask, other=0.0).to(tl.float32)[None, :]
         g = tl.minimum(g, limit)
         lin = tl.minimum(tl.maximum(lin, -limit), limit)
         out = g * tl.sigmoid(alpha * g) * (lin + 1.0)
-        tl.store(h_ptr + rows[:, None].to(tl.int64) * I + n[None, :], out.to(h_ptr.dtype.element_ty), mask=nmask[None, :])
+        tl.store(
+            h_ptr + rows[:, None].to(tl.int64) * inter + n[None, :], out.to(h_ptr.dtype.element_ty), mask=nmask[None, :]
+        )
 
     @triton.jit
     def _mlp2_kernel(
-        h_ptr, pair_ptr, block_expert_ptr, w_ptr, s_ptr, bias_ptr, route_ptr, y_ptr,
-        H, I, E,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        h_ptr,
+        pair_ptr,
+        block_expert_ptr,
+        w_ptr,
+        s_ptr,
+        bias_ptr,
+        route_ptr,
+        y_ptr,
+        H,
+        inter,
+        E,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
     ):
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
@@ -158,14 +184,14 @@ if triton is not None:
         valid = pair >= 0
         n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         nmask = n < H
-        row_bytes = I // 2
-        row_groups = I // 32
+        row_bytes = inter // 2
+        row_groups = inter // 32
         w_base = w_ptr + e64 * H * row_bytes
         s_base = s_ptr + e64 * H * row_groups
         jj = tl.arange(0, BLOCK_K // 2)
-        h_rows = h_ptr + rows[:, None].to(tl.int64) * I
+        h_rows = h_ptr + rows[:, None].to(tl.int64) * inter
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k0 in range(0, I, BLOCK_K):
+        for k0 in range(0, inter, BLOCK_K):
             h_even = tl.load(h_rows + (k0 + 2 * jj)[None, :], mask=valid[:, None], other=0.0)
             h_odd = tl.load(h_rows + (k0 + 2 * jj + 1)[None, :], mask=valid[:, None], other=0.0)
             w_lo, w_hi = _dequant_pair(w_base, s_base, n, nmask, k0 // 2 + jj, row_bytes, row_groups)
@@ -194,9 +220,22 @@ if triton is not None:
 
     @triton.jit
     def _route_kernel(
-        logits_ptr, w_ptr, idx_ptr, pair_ptr, block_expert_ptr, N, E, P_MAX, NUM_BLOCKS,
-        K: tl.constexpr, BM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr,
-        BLOCK_PMAX: tl.constexpr, BLOCK_NB: tl.constexpr,
+        logits_ptr,
+        w_ptr,
+        idx_ptr,
+        pair_ptr,
+        block_expert_ptr,
+        N,
+        E,
+        P_MAX,
+        NUM_BLOCKS,
+        K: tl.constexpr,
+        BM: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        BLOCK_E: tl.constexpr,
+        BLOCK_PMAX: tl.constexpr,
+        BLOCK_NB: tl.constexpr,
     ):
         """One program: top-k by repeated arg-max, softmax over the chosen logits, then the pairs counted
         per expert, each expert's run padded to BM, and every pair written to its padded row."""
@@ -205,8 +244,9 @@ if triton is not None:
         kk = tl.arange(0, BLOCK_K)
         nmask = n < N
         emask = e < E
-        x = tl.load(logits_ptr + n[:, None] * E + e[None, :], mask=nmask[:, None] & emask[None, :],
-                    other=float("-inf")).to(tl.float32)
+        x = tl.load(
+            logits_ptr + n[:, None] * E + e[None, :], mask=nmask[:, None] & emask[None, :], other=float("-inf")
+        ).to(tl.float32)
         top_e = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.int32)
         top_v = tl.full((BLOCK_N, BLOCK_K), float("-inf"), dtype=tl.float32)
         for j in tl.static_range(K):
@@ -261,9 +301,23 @@ def route(logits: torch.Tensor, k: int, block_m: int):
     sorted_pair = torch.empty(p_max, dtype=torch.int32, device=logits.device)
     block_expert = torch.empty(p_max // block_m, dtype=torch.int32, device=logits.device)
     _route_kernel[(1,)](
-        logits.contiguous(), weights, indices, sorted_pair, block_expert, n, e, p_max, p_max // block_m,
-        K=k, BM=block_m, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_E=block_e,
-        BLOCK_PMAX=triton.next_power_of_2(p_max), BLOCK_NB=triton.next_power_of_2(p_max // block_m), num_warps=8,
+        logits.contiguous(),
+        weights,
+        indices,
+        sorted_pair,
+        block_expert,
+        n,
+        e,
+        p_max,
+        p_max // block_m,
+        K=k,
+        BM=block_m,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        BLOCK_E=block_e,
+        BLOCK_PMAX=triton.next_power_of_2(p_max),
+        BLOCK_NB=triton.next_power_of_2(p_max // block_m),
+        num_warps=8,
     )
     return weights, indices, sorted_pair, block_expert
 
@@ -283,12 +337,10 @@ def moe_forward(
     """The fast MoE from router logits: :func:`route` then the expert kernels. Equals routing with
     :meth:`MLPBlock.route` and :func:`gptoss.model.moe.experts_reference` (bf16 tolerance)."""
     check_device("moe_forward", t, mlp1_weight.blocks)
-    n_tok, hidden = t.shape
-    num_experts, inter = mlp1_weight.blocks.shape[0], mlp1_weight.blocks.shape[1] // 2
-    cfg = _config(n_tok * k, num_experts, hidden, inter)
+    cfg = _shape_config(t, k, mlp1_weight)
     weights, _, sorted_pair, block_expert = route(router_logits, k, cfg[0])
-    return _experts(t, weights, sorted_pair, block_expert, k, mlp1_weight, mlp1_bias, mlp2_weight, mlp2_bias,
-                    alpha, limit, residual, cfg)
+    experts = (mlp1_weight, mlp1_bias, mlp2_weight, mlp2_bias, alpha, limit)
+    return _experts(t, weights, sorted_pair, block_expert, k, experts, residual, cfg)
 
 
 def moe_experts(
@@ -306,18 +358,23 @@ def moe_experts(
     """Same arguments and result as :func:`gptoss.model.moe.experts_reference`: ``t [N, hidden]``, routing
     ``weights, indices [N, k]``, packed ``MXFP4Weight`` s (``.blocks``, ``.scales``) and biases."""
     check_device("moe_experts", t, mlp1_weight.blocks)
-    n_tok, hidden = t.shape
     k = indices.shape[1]
-    num_experts = mlp1_weight.blocks.shape[0]
-    inter = mlp1_weight.blocks.shape[1] // 2
-    cfg = _config(n_tok * k, num_experts, hidden, inter)
-    sorted_pair, block_expert = sort_by_expert(indices, num_experts, cfg[0]) if n_tok else (None, None)
-    return _experts(t, weights, sorted_pair, block_expert, k, mlp1_weight, mlp1_bias, mlp2_weight, mlp2_bias,
-                    alpha, limit, residual, cfg)
+    cfg = _shape_config(t, k, mlp1_weight)
+    sorted_pair, block_expert = sort_by_expert(indices, mlp1_weight.blocks.shape[0], cfg[0]) if len(t) else (None, None)
+    experts = (mlp1_weight, mlp1_bias, mlp2_weight, mlp2_bias, alpha, limit)
+    return _experts(t, weights, sorted_pair, block_expert, k, experts, residual, cfg)
 
 
-def _experts(t, weights, sorted_pair, block_expert, k, mlp1_weight, mlp1_bias, mlp2_weight, mlp2_bias,
-             alpha, limit, residual, cfg) -> torch.Tensor:
+def _shape_config(t: torch.Tensor, k: int, mlp1_weight) -> tuple:
+    """The tile configuration for ``t [N, hidden]`` routed to ``k`` experts each of ``mlp1_weight``'s."""
+    n_tok, hidden = t.shape
+    num_experts, inter = mlp1_weight.blocks.shape[0], mlp1_weight.blocks.shape[1] // 2
+    return _config(n_tok * k, num_experts, hidden, inter)
+
+
+def _experts(t, weights, sorted_pair, block_expert, k, experts: tuple, residual, cfg) -> torch.Tensor:
+    """Both expert products over tokens sorted by expert; ``experts``: the weights, biases, alpha and limit."""
+    mlp1_weight, mlp1_bias, mlp2_weight, mlp2_bias, alpha, limit = experts
     n_tok, hidden = t.shape
     num_experts, inter = mlp1_weight.blocks.shape[0], mlp1_weight.blocks.shape[1] // 2
     if hidden % 32 or inter % 32:
@@ -330,18 +387,48 @@ def _experts(t, weights, sorted_pair, block_expert, k, mlp1_weight, mlp1_bias, m
     h = torch.empty(sorted_pair.numel(), inter, dtype=t.dtype, device=t.device)
     grid1 = (block_expert.numel(), triton.cdiv(inter, bn))
     _mlp1_kernel[grid1](
-        t, sorted_pair, block_expert, mlp1_weight.blocks, mlp1_weight.scales, mlp1_bias.contiguous(), h,
-        hidden, inter, num_experts, float(alpha), float(limit),
-        K=k, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages,
+        t,
+        sorted_pair,
+        block_expert,
+        mlp1_weight.blocks,
+        mlp1_weight.scales,
+        mlp1_bias.contiguous(),
+        h,
+        hidden,
+        inter,
+        num_experts,
+        float(alpha),
+        float(limit),
+        K=k,
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        BLOCK_K=bk,
+        num_warps=warps,
+        num_stages=stages,
     )
     y = torch.empty(n_tok * k, hidden, dtype=t.dtype, device=t.device)
     grid2 = (block_expert.numel(), triton.cdiv(hidden, bn))
     _mlp2_kernel[grid2](
-        h, sorted_pair, block_expert, mlp2_weight.blocks, mlp2_weight.scales, mlp2_bias.contiguous(),
-        weights.reshape(-1).contiguous(), y, hidden, inter, num_experts,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages,
+        h,
+        sorted_pair,
+        block_expert,
+        mlp2_weight.blocks,
+        mlp2_weight.scales,
+        mlp2_bias.contiguous(),
+        weights.reshape(-1).contiguous(),
+        y,
+        hidden,
+        inter,
+        num_experts,
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        BLOCK_K=bk,
+        num_warps=warps,
+        num_stages=stages,
     )
     block = min(1024, triton.next_power_of_2(hidden))
     res = residual.contiguous() if residual is not None else y
-    _combine_kernel[(n_tok, triton.cdiv(hidden, block))](y, res, out, hidden, K=k, HAS_RES=residual is not None, BLOCK=block)
+    _combine_kernel[(n_tok, triton.cdiv(hidden, block))](
+        y, res, out, hidden, K=k, HAS_RES=residual is not None, BLOCK=block
+    )
     return out

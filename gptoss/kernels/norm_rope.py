@@ -35,8 +35,18 @@ if triton is not None:
 
     @triton.jit
     def _rope_store_kernel(
-        qkv_ptr, cos_ptr, sin_ptr, slot_ptr, q_ptr, k_ptr, v_ptr,
-        HQ: tl.constexpr, HK: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr,
+        qkv_ptr,
+        cos_ptr,
+        sin_ptr,
+        slot_ptr,
+        q_ptr,
+        k_ptr,
+        v_ptr,
+        HQ: tl.constexpr,
+        HK: tl.constexpr,
+        D: tl.constexpr,
+        HALF: tl.constexpr,
+        BLOCK_HALF: tl.constexpr,
     ):
         tok = tl.program_id(0).to(tl.int64)
         head = tl.program_id(1)
@@ -73,14 +83,28 @@ def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float = 1e-5) -> torch.T
     flat = x.reshape(-1, h).contiguous()
     out = torch.empty_like(flat)
     if flat.shape[0]:
-        _rms_norm_kernel[(flat.shape[0],)](flat, scale.contiguous(), out, h, float(eps),
-                                           BLOCK=triton.next_power_of_2(h), num_warps=8 if h >= 2048 else 4)
+        _rms_norm_kernel[(flat.shape[0],)](
+            flat,
+            scale.contiguous(),
+            out,
+            h,
+            float(eps),
+            BLOCK=triton.next_power_of_2(h),
+            num_warps=8 if h >= 2048 else 4,
+        )
     return out.view(x.shape)
 
 
 def rope_store(
-    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot_mapping: torch.Tensor,
-    k_pages: torch.Tensor, v_pages: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: int,
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    k_pages: torch.Tensor,
+    v_pages: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
 ) -> torch.Tensor:
     """``qkv [N, (HQ + 2 HK) * D]``, ``cos, sin [N, D/2]`` (float32), ``slot_mapping [N]`` (cache row of each
     token: ``block * block_size + offset``), pages ``[blocks, block_size, HK, D]``. Writes rotated keys and
@@ -91,8 +115,18 @@ def rope_store(
     if n:
         half = head_dim // 2
         _rope_store_kernel[(n, num_heads + 2 * num_kv_heads)](
-            qkv.contiguous(), cos.contiguous(), sin.contiguous(), slot_mapping, q, k_pages, v_pages,
-            HQ=num_heads, HK=num_kv_heads, D=head_dim, HALF=half, BLOCK_HALF=triton.next_power_of_2(half),
+            qkv.contiguous(),
+            cos.contiguous(),
+            sin.contiguous(),
+            slot_mapping,
+            q,
+            k_pages,
+            v_pages,
+            HQ=num_heads,
+            HK=num_kv_heads,
+            D=head_dim,
+            HALF=half,
+            BLOCK_HALF=triton.next_power_of_2(half),
             num_warps=1,
         )
     return q

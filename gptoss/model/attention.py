@@ -33,8 +33,15 @@ def sdpa_with_sinks(
 
 
 def rope_store_reference(
-    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot_mapping: torch.Tensor,
-    k_pages: torch.Tensor, v_pages: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: int,
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    k_pages: torch.Tensor,
+    v_pages: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
 ) -> torch.Tensor:
     """Split ``qkv [N, (HQ + 2 HK) * D]``, rotate queries and keys, write keys and values into the pages
     ``[blocks, block_size, HK, D]`` at cache rows ``slot_mapping [N]``; returns the queries ``[N, HQ, D]``.
@@ -103,11 +110,19 @@ class AttentionBlock(torch.nn.Module):
         qkv_dim = config.head_dim * (config.num_attention_heads + 2 * config.num_key_value_heads)
         self.qkv = torch.nn.Linear(config.hidden_size, qkv_dim, device=device, dtype=dtype)
         self.sinks = torch.nn.Parameter(torch.zeros(config.num_attention_heads, device=device, dtype=torch.float32))
-        self.out = torch.nn.Linear(config.head_dim * config.num_attention_heads, config.hidden_size, device=device, dtype=dtype)
+        self.out = torch.nn.Linear(
+            config.head_dim * config.num_attention_heads, config.hidden_size, device=device, dtype=dtype
+        )
         self.sm_scale = 1 / math.sqrt(config.head_dim)
 
-    def forward(self, x: torch.Tensor, meta: PagedMeta, rope: tuple[torch.Tensor, torch.Tensor],
-                cache: PagedKVCache, ops: Reference) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        meta: PagedMeta,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        cache: PagedKVCache,
+        ops: Reference,
+    ) -> torch.Tensor:
         """``x [N, hidden]`` flat tokens of the step ``meta``; writes their keys and values into ``cache``'s
         pages, attends over the pages, returns ``x`` plus the attention output."""
         group = cache.layer_group[self.layer_idx]
@@ -118,8 +133,9 @@ class AttentionBlock(torch.nn.Module):
         qkv = ops.linear(self.qkv, h)
         if lora is not None:
             qkv = lora.qkv(h, qkv)
-        q = ops.rope_store(qkv, cos, sin, meta.slot_mapping[group], kp, vp, self.num_heads, self.num_kv_heads,
-                           self.head_dim)
+        q = ops.rope_store(
+            qkv, cos, sin, meta.slot_mapping[group], kp, vp, self.num_heads, self.num_kv_heads, self.head_dim
+        )
         out = ops.attend(q, kp, vp, meta, group, self.sinks, self.sm_scale, self.window)
         y = ops.residual(x, self.out, out)
         return y if lora is None else lora.out(out, y)

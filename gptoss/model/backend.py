@@ -44,8 +44,19 @@ class Reference:
     def attend(self, q, k_pages, v_pages, meta: PagedMeta, group: str, sinks, sm_scale: float, window: int):
         from gptoss.model.attention import paged_attention_reference
 
-        return paged_attention_reference(q, k_pages, v_pages, meta.block_tables[group], meta.cu_q, meta.q_lens,
-                                         meta.kv_lens, sinks, sm_scale, window, meta.max_q_len)
+        return paged_attention_reference(
+            q,
+            k_pages,
+            v_pages,
+            meta.block_tables[group],
+            meta.cu_q,
+            meta.q_lens,
+            meta.kv_lens,
+            sinks,
+            sm_scale,
+            window,
+            meta.max_q_len,
+        )
 
     def moe(self, block, x: torch.Tensor) -> torch.Tensor:
         return block.forward_reference(x)
@@ -71,8 +82,9 @@ class NativeCPU(Reference):
     def attend(self, q, k_pages, v_pages, meta, group, sinks, sm_scale, window):
         from gptoss.kernels import cpu
 
-        return cpu.paged_attention(q, k_pages, v_pages, meta.block_tables[group], meta.seq_index, meta.positions,
-                                   sinks, sm_scale, window).to(q.dtype)
+        return cpu.paged_attention(
+            q, k_pages, v_pages, meta.block_tables[group], meta.seq_index, meta.positions, sinks, sm_scale, window
+        ).to(q.dtype)
 
     def moe(self, block, x):
         return block.forward_cpu(x)
@@ -99,8 +111,19 @@ class Triton(Reference):
     def attend(self, q, k_pages, v_pages, meta, group, sinks, sm_scale, window):
         from gptoss.kernels.attention import paged_attention
 
-        return paged_attention(q, k_pages, v_pages, meta.block_tables[group], meta.cu_q, meta.q_lens, meta.kv_lens,
-                               sinks, sm_scale, window, meta.max_q_len)
+        return paged_attention(
+            q,
+            k_pages,
+            v_pages,
+            meta.block_tables[group],
+            meta.cu_q,
+            meta.q_lens,
+            meta.kv_lens,
+            sinks,
+            sm_scale,
+            window,
+            meta.max_q_len,
+        )
 
     def moe(self, block, x):
         return block.forward_triton(x)
@@ -120,4 +143,3 @@ def select(device: torch.device) -> Reference:
     if kernels.cpu_active(probe):
         return NATIVE_CPU
     return REFERENCE
-

@@ -16,11 +16,18 @@ from gptoss.model.config import ModelConfig
 from gptoss.model.paged_cache import PagedKVCache
 
 
-def KVCache(config: ModelConfig, num_slots: int, max_len: int, device=None, dtype=torch.float32,  # noqa: N802
-            block_size: int = 16) -> PagedKVCache:
+def KVCache(
+    config: ModelConfig,
+    num_slots: int,
+    max_len: int,
+    device=None,
+    dtype=torch.float32,  # noqa: N802
+    block_size: int = 16,
+) -> PagedKVCache:
     """A paged cache in which each of ``num_slots`` sequences can reach ``max_len`` positions."""
-    return PagedKVCache(config, num_slots, max_len, block_size=block_size, max_step_tokens=max_len, device=device,
-                        dtype=dtype)
+    return PagedKVCache(
+        config, num_slots, max_len, block_size=block_size, max_step_tokens=max_len, device=device, dtype=dtype
+    )
 
 
 @dataclass

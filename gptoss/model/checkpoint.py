@@ -103,7 +103,11 @@ _HF_LAYER = {
     "mlp.mlp1_weight.weight": "mlp.experts.gate_up_proj",
     "mlp.mlp2_weight.weight": "mlp.experts.down_proj",
 }
-_HF_GLOBAL = {"embedding.weight": "model.embed_tokens.weight", "norm.scale": "model.norm.weight", "unembedding.weight": "lm_head.weight"}
+_HF_GLOBAL = {
+    "embedding.weight": "model.embed_tokens.weight",
+    "norm.scale": "model.norm.weight",
+    "unembedding.weight": "lm_head.weight",
+}
 
 
 def hf_names(canonical: str) -> tuple[str, ...]:
@@ -144,7 +148,11 @@ class CheckpointFiles:
     def experts(self) -> str:
         """``dense`` when the expert weights are stored as floats (no ``_blocks`` / ``_scales``), else ``mxfp4``."""
         dense = "model.layers.0.mlp.experts.gate_up_proj" if self.layout == "hf" else "block.0.mlp.mlp1_weight.weight"
-        packed = "model.layers.0.mlp.experts.gate_up_proj_blocks" if self.layout == "hf" else "block.0.mlp.mlp1_weight.blocks"
+        packed = (
+            "model.layers.0.mlp.experts.gate_up_proj_blocks"
+            if self.layout == "hf"
+            else "block.0.mlp.mlp1_weight.blocks"
+        )
         return "dense" if dense in self.tensor_files and packed not in self.tensor_files else "mxfp4"
 
 
@@ -193,12 +201,14 @@ def locate(folder: str | os.PathLike, layout: str = "auto") -> CheckpointFiles:
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict):
             found = "nothing" if weight_map is None else type(weight_map).__name__
-            raise CheckpointError(f"{index_path}: 'weight_map': expected an object (tensor name -> file name), "
-                                  f"found {found}")
+            raise CheckpointError(
+                f"{index_path}: 'weight_map': expected an object (tensor name -> file name), found {found}"
+            )
         for name, file in weight_map.items():
             if not isinstance(file, str) or not file or file != os.path.basename(file) or file in (".", ".."):
-                raise CheckpointError(f"{index_path}: 'weight_map.{name}': expected the name of a file in "
-                                      f"{path}, found {file!r}")
+                raise CheckpointError(
+                    f"{index_path}: 'weight_map.{name}': expected the name of a file in {path}, found {file!r}"
+                )
             if not (path / file).is_file():
                 raise CheckpointError(f"{index_path}: tensor {name} is in {file}, which is missing")
             files[name] = path / file
@@ -247,14 +257,18 @@ class CheckpointReader:
             sl = handle.get_slice(name)
         except Exception as exc:  # safetensors raises its own error type
             if name not in handle.keys():
-                raise CheckpointError(f"{self.files.folder / HF_INDEX}: tensor {name} is mapped to {file.name}, "
-                                      "which does not hold it") from None
+                raise CheckpointError(
+                    f"{self.files.folder / HF_INDEX}: tensor {name} is mapped to {file.name}, which does not hold it"
+                ) from None
             raise CheckpointError(f"{file}: cannot read tensor {name} ({_short(exc)})") from None
         return tuple(sl.get_shape()), sl.get_dtype()
 
     def validate(self) -> None:
-        expected = (canonical_shapes(self.config, self.experts) if self.files.layout == "original"
-                    else hf_shapes(self.config, self.experts))
+        expected = (
+            canonical_shapes(self.config, self.experts)
+            if self.files.layout == "original"
+            else hf_shapes(self.config, self.experts)
+        )
         present = set(self.files.tensor_files)
         where = self.files.folder
         for name in expected:
@@ -262,14 +276,21 @@ class CheckpointReader:
                 raise CheckpointError(f"{where}: missing tensor {name} ({self.files.layout} layout)")
         extra = sorted(present - set(expected))
         if extra:
-            raise CheckpointError(f"{where}: unexpected tensor {extra[0]} ({self.files.layout} layout, "
-                                  f"config has {self.config.num_hidden_layers} layers, {self.config.num_experts} experts)")
+            raise CheckpointError(
+                f"{where}: unexpected tensor {extra[0]} ({self.files.layout} layout, "
+                f"config has {self.config.num_hidden_layers} layers, {self.config.num_experts} experts)"
+            )
         for name, (shape, kind) in expected.items():
             found, dtype = self._meta(name)
             if found != shape:
-                raise CheckpointError(f"{where}: tensor {name}: expected shape {list(shape)}, found {list(found)}"
-                                      + (" (dense experts are stored [experts, in, out], as transformers saves them)"
-                                         if name.endswith(("gate_up_proj", "down_proj", "mlp1_weight.weight", "mlp2_weight.weight")) else ""))
+                raise CheckpointError(
+                    f"{where}: tensor {name}: expected shape {list(shape)}, found {list(found)}"
+                    + (
+                        " (dense experts are stored [experts, in, out], as transformers saves them)"
+                        if name.endswith(("gate_up_proj", "down_proj", "mlp1_weight.weight", "mlp2_weight.weight"))
+                        else ""
+                    )
+                )
             if kind == "uint8" and dtype != "U8":
                 raise CheckpointError(f"{where}: tensor {name}: expected dtype U8 (MXFP4), found {dtype}")
             if kind == "float" and dtype not in ("BF16", "F16", "F32"):
@@ -319,7 +340,9 @@ class CheckpointReader:
                 try:
                     pieces.append(sl[(slice(None),) * dim + (slice(a, b),)])
                 except Exception as exc:
-                    raise CheckpointError(f"{file}: cannot read rows {a}:{b} of tensor {name} ({_short(exc)})") from None
+                    raise CheckpointError(
+                        f"{file}: cannot read rows {a}:{b} of tensor {name} ({_short(exc)})"
+                    ) from None
         if not pieces:
             raise CheckpointError(f"tensor {canonical}: the ranges {ranges} select nothing")
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dim)

@@ -60,22 +60,39 @@ class ModelConfig:
         for name, ceiling in CEILINGS.items():
             value = getattr(self, name)
             if isinstance(value, int) and not isinstance(value, bool) and value > ceiling:
-                raise ConfigError(f"config field {name!r}: {value} is over the ceiling of {ceiling} "
-                                  "(far above any gpt-oss model; a damaged or hostile config?)")
+                raise ConfigError(
+                    f"config field {name!r}: {value} is over the ceiling of {ceiling} "
+                    "(far above any gpt-oss model; a damaged or hostile config?)"
+                )
 
     def validate(self) -> None:
         self._check_ceilings()
         positive = [
-            "num_hidden_layers", "num_experts", "experts_per_token", "vocab_size", "hidden_size",
-            "intermediate_size", "head_dim", "num_attention_heads", "num_key_value_heads",
-            "initial_context_length", "max_position_embeddings",
+            "num_hidden_layers",
+            "num_experts",
+            "experts_per_token",
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "head_dim",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "initial_context_length",
+            "max_position_embeddings",
         ]
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"config field {name!r}: expected a positive integer, found {value!r}")
-        for name in ["swiglu_limit", "swiglu_alpha", "rope_theta", "rope_scaling_factor", "rope_ntk_alpha",
-                     "rope_ntk_beta", "rms_norm_eps"]:
+        for name in [
+            "swiglu_limit",
+            "swiglu_alpha",
+            "rope_theta",
+            "rope_scaling_factor",
+            "rope_ntk_alpha",
+            "rope_ntk_beta",
+            "rms_norm_eps",
+        ]:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or math.isinf(value):
                 raise ConfigError(f"config field {name!r}: expected a positive number, found {value!r}")
@@ -110,8 +127,16 @@ class ModelConfig:
                 )
         if self.rope_scaling_factor > 1.0:
             d_half = self.head_dim / 2
-            low = d_half * math.log(self.initial_context_length / (self.rope_ntk_beta * 2 * math.pi)) / math.log(self.rope_theta)
-            high = d_half * math.log(self.initial_context_length / (self.rope_ntk_alpha * 2 * math.pi)) / math.log(self.rope_theta)
+            low = (
+                d_half
+                * math.log(self.initial_context_length / (self.rope_ntk_beta * 2 * math.pi))
+                / math.log(self.rope_theta)
+            )
+            high = (
+                d_half
+                * math.log(self.initial_context_length / (self.rope_ntk_alpha * 2 * math.pi))
+                / math.log(self.rope_theta)
+            )
             if not (0 < low < high < d_half - 1):
                 raise ConfigError(
                     "config fields 'rope_ntk_alpha'/'rope_ntk_beta': the YaRN ramp "
@@ -258,12 +283,18 @@ class ModelConfig:
             if not isinstance(rope, dict):
                 raise ConfigError(f"{source}: field 'rope_scaling': expected an object, found {rope!r}")
             if rope.get("rope_type", rope.get("type")) not in ("yarn", None):
-                raise ConfigError(f"{source}: field 'rope_scaling.rope_type': expected 'yarn', found {rope.get('rope_type')!r}")
+                raise ConfigError(
+                    f"{source}: field 'rope_scaling.rope_type': expected 'yarn', found {rope.get('rope_type')!r}"
+                )
             if rope.get("truncate", False):
                 raise ConfigError(f"{source}: field 'rope_scaling.truncate': gpt-oss uses false, found true")
-            for key, ours in (("factor", "rope_scaling_factor"), ("beta_fast", "rope_ntk_beta"),
-                              ("beta_slow", "rope_ntk_alpha"), ("original_max_position_embeddings", "initial_context_length"),
-                              ("rope_theta", "rope_theta")):
+            for key, ours in (
+                ("factor", "rope_scaling_factor"),
+                ("beta_fast", "rope_ntk_beta"),
+                ("beta_slow", "rope_ntk_alpha"),
+                ("original_max_position_embeddings", "initial_context_length"),
+                ("rope_theta", "rope_theta"),
+            ):
                 if key in rope:
                     kwargs[ours] = _number(source, f"rope_scaling.{key}", rope[key])
         if "layer_types" in data and data["layer_types"] is not None:
@@ -303,9 +334,22 @@ class ModelConfig:
 
 
 ORIGINAL_FIELDS = [
-    "num_hidden_layers", "num_experts", "experts_per_token", "vocab_size", "hidden_size", "intermediate_size",
-    "swiglu_limit", "head_dim", "num_attention_heads", "num_key_value_heads", "sliding_window",
-    "initial_context_length", "rope_theta", "rope_scaling_factor", "rope_ntk_alpha", "rope_ntk_beta",
+    "num_hidden_layers",
+    "num_experts",
+    "experts_per_token",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "swiglu_limit",
+    "head_dim",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "sliding_window",
+    "initial_context_length",
+    "rope_theta",
+    "rope_scaling_factor",
+    "rope_ntk_alpha",
+    "rope_ntk_beta",
 ]
 
 HF_TO_OURS = {
@@ -330,10 +374,27 @@ HF_TO_OURS = {
 
 # Fields a Hugging Face gpt_oss config.json may carry; anything else is rejected as unknown.
 HF_FIELDS = set(HF_TO_OURS) | {
-    "architectures", "model_type", "attention_bias", "attention_dropout", "eos_token_id", "pad_token_id",
-    "bos_token_id", "hidden_act", "initializer_range", "layer_types", "output_router_logits", "quantization_config",
-    "rope_scaling", "rope_parameters", "router_aux_loss_coef", "tie_word_embeddings", "transformers_version",
-    "use_cache", "torch_dtype", "dtype", "_name_or_path",
+    "architectures",
+    "model_type",
+    "attention_bias",
+    "attention_dropout",
+    "eos_token_id",
+    "pad_token_id",
+    "bos_token_id",
+    "hidden_act",
+    "initializer_range",
+    "layer_types",
+    "output_router_logits",
+    "quantization_config",
+    "rope_scaling",
+    "rope_parameters",
+    "router_aux_loss_coef",
+    "tie_word_embeddings",
+    "transformers_version",
+    "use_cache",
+    "torch_dtype",
+    "dtype",
+    "_name_or_path",
 }
 
 
@@ -346,9 +407,20 @@ def _number(source: str, name: str, value: Any) -> Any:
 
 
 INTEGER_FIELDS = {
-    "num_hidden_layers", "num_experts", "num_local_experts", "experts_per_token", "num_experts_per_tok",
-    "vocab_size", "hidden_size", "intermediate_size", "head_dim", "num_attention_heads", "num_key_value_heads",
-    "sliding_window", "initial_context_length", "max_position_embeddings",
+    "num_hidden_layers",
+    "num_experts",
+    "num_local_experts",
+    "experts_per_token",
+    "num_experts_per_tok",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "head_dim",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "sliding_window",
+    "initial_context_length",
+    "max_position_embeddings",
     "rope_scaling.original_max_position_embeddings",
 }
 
@@ -356,9 +428,17 @@ INTEGER_FIELDS = {
 # Every size a config gives is bounded before anything is allocated by it: gpt-oss-120b has 36 layers, 128
 # experts, a width of 2880 and 201,088 tokens; these ceilings leave room for any variant, not for 10**7 layers.
 CEILINGS = {
-    "num_hidden_layers": 1024, "num_experts": 4096, "experts_per_token": 4096, "vocab_size": 2**22,
-    "hidden_size": 2**16, "intermediate_size": 2**18, "head_dim": 2**12, "num_attention_heads": 2**12,
-    "num_key_value_heads": 2**12, "sliding_window": 2**24, "initial_context_length": 2**24,
+    "num_hidden_layers": 1024,
+    "num_experts": 4096,
+    "experts_per_token": 4096,
+    "vocab_size": 2**22,
+    "hidden_size": 2**16,
+    "intermediate_size": 2**18,
+    "head_dim": 2**12,
+    "num_attention_heads": 2**12,
+    "num_key_value_heads": 2**12,
+    "sliding_window": 2**24,
+    "initial_context_length": 2**24,
     "max_position_embeddings": 2**24,
 }
 
@@ -373,22 +453,27 @@ def _build(source: str, kwargs: dict[str, Any]) -> ModelConfig:
         raise ConfigError(f"{source}: {exc}") from None
 
 
+def _miniature(layers: int, width: int, head_dim: int, heads: int, window: int) -> ModelConfig:
+    """gpt-oss's layout at small widths: 8 experts, 2 key-value heads, the real vocabulary."""
+    return ModelConfig(
+        num_hidden_layers=layers,
+        num_experts=8,
+        hidden_size=width,
+        intermediate_size=width,
+        head_dim=head_dim,
+        num_attention_heads=heads,
+        num_key_value_heads=2,
+        sliding_window=window,
+    )
+
+
 PRESETS: dict[str, ModelConfig] = {
     "gpt-oss-20b": ModelConfig(num_hidden_layers=24, num_experts=32),
     "gpt-oss-120b": ModelConfig(num_hidden_layers=36, num_experts=128),
     # Small shapes for tests and demos: real vocabulary (so the tokenizer works), tiny everything else.
-    "tiny": ModelConfig(
-        num_hidden_layers=2, num_experts=8, hidden_size=64, intermediate_size=64, head_dim=16,
-        num_attention_heads=4, num_key_value_heads=2, sliding_window=16,
-    ),
-    "small": ModelConfig(
-        num_hidden_layers=4, num_experts=8, hidden_size=128, intermediate_size=128, head_dim=32,
-        num_attention_heads=8, num_key_value_heads=2, sliding_window=128,
-    ),
+    "tiny": _miniature(layers=2, width=64, head_dim=16, heads=4, window=16),
+    "small": _miniature(layers=4, width=128, head_dim=32, heads=8, window=128),
     # The synthetic demo `gptoss chat` falls back to: gpt-oss's layout in miniature (banded and dense layers,
     # a 128-token window, top-4 of 8 experts, the real vocabulary), ~50 MB, tens of tokens/s on one CPU core.
-    "demo": ModelConfig(
-        num_hidden_layers=4, num_experts=8, hidden_size=64, intermediate_size=64, head_dim=16,
-        num_attention_heads=4, num_key_value_heads=2, sliding_window=128,
-    ),
+    "demo": _miniature(layers=4, width=64, head_dim=16, heads=4, window=128),
 }

@@ -10,8 +10,15 @@ from gptoss.errors import CheckpointError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # What a gpt-oss repository holds that we use (the HF layout and its tokenizer; not original/ nor metal/).
-ALLOW_PATTERNS = ["config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json",
-                  "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+ALLOW_PATTERNS = [
+    "config.json",
+    "generation_config.json",
+    "model*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+]
 
 
 def resolve_model_path(model: str) -> Path:

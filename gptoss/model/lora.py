@@ -71,8 +71,10 @@ class LoraSet:
         for name, path in specs:
             adapter = path if isinstance(path, LoraAdapter) else load_adapter(path, self.model.config, name)
             if not adapter.name.strip() or adapter.name != adapter.name.strip():
-                raise AdapterError(f"{path}: LoRA adapter name {adapter.name!r}: expected a name without "
-                                   "surrounding spaces (NAME=PATH)")
+                raise AdapterError(
+                    f"{path}: LoRA adapter name {adapter.name!r}: expected a name without "
+                    "surrounding spaces (NAME=PATH)"
+                )
             if adapter.name in names:
                 raise AdapterError(f"{path}: LoRA adapter name {adapter.name!r} is already in use")
             names.append(adapter.name)
@@ -105,8 +107,11 @@ class LoraSet:
         token_slot = torch.tensor(slots, dtype=torch.long, device=device)
         groups = []
         for slot in sorted({s for s, _ in per_sequence if s}):
-            rows = None if all(s == slot for s in slots) else torch.tensor(
-                [i for i, s in enumerate(slots) if s == slot], dtype=torch.long, device=device)
+            rows = (
+                None
+                if all(s == slot for s in slots)
+                else torch.tensor([i for i, s in enumerate(slots) if s == slot], dtype=torch.long, device=device)
+            )
             groups.append(_Group(slot, rows))
         self.step = StepAdapters(token_slot, groups)
         try:
@@ -176,7 +181,9 @@ class LayerLora:
         return y
 
 
-def random_adapter(config, name: str, rank: int, experts: bool = False, seed: int = 0, scale: float = 0.01) -> LoraAdapter:
+def random_adapter(
+    config, name: str, rank: int, experts: bool = False, seed: int = 0, scale: float = 0.01
+) -> LoraAdapter:
     """A random adapter of ``rank`` on q, k, v, o (and, with ``experts``, both expert parameters) of every
     layer, built in memory: what ``gptoss bench`` times adapters with."""
     from gptoss.model.peft_adapter import LayerDelta
@@ -190,13 +197,20 @@ def random_adapter(config, name: str, rank: int, experts: bool = False, seed: in
 
     layers = []
     for _ in range(config.num_hidden_layers):
-        delta = LayerDelta(qkv_a=r(3 * rank, h), qkv_b=r(d * (hq + 2 * hk), 3 * rank), out_a=r(rank, hq * d), out_b=r(h, rank))
+        delta = LayerDelta(
+            qkv_a=r(3 * rank, h), qkv_b=r(d * (hq + 2 * hk), 3 * rank), out_a=r(rank, hq * d), out_b=r(h, rank)
+        )
         if experts:
             delta.mlp1_a, delta.mlp1_b = r(e, rank, h), r(e, 2 * i, rank)
             delta.mlp2_a, delta.mlp2_b = r(e, rank, i), r(e, h, rank)
         layers.append(delta)
-    return LoraAdapter(name, "(random)", rank, layers, ["q_proj", "k_proj", "v_proj", "o_proj"] + (
-        ["gate_up_proj", "down_proj"] if experts else []))
+    return LoraAdapter(
+        name,
+        "(random)",
+        rank,
+        layers,
+        ["q_proj", "k_proj", "v_proj", "o_proj"] + (["gate_up_proj", "down_proj"] if experts else []),
+    )
 
 
 def parse_specs(lora) -> list[tuple[str | None, str]]:

@@ -20,8 +20,9 @@ from gptoss.model.quantize import _DTYPES, _copy_side_files, _write_hf
 from gptoss.model.synthetic import _make_folder
 
 
-def merge_adapter(base: str | os.PathLike, adapter: str | os.PathLike, out: str | os.PathLike,
-                  max_shard_bytes: int = 4 * 2**30) -> Path:
+def merge_adapter(
+    base: str | os.PathLike, adapter: str | os.PathLike, out: str | os.PathLike, max_shard_bytes: int = 4 * 2**30
+) -> Path:
     """Write ``base`` with ``adapter`` merged into it to ``out`` (HF layout, dense experts)."""
     reader = CheckpointReader(locate(base))
     config = reader.config
@@ -31,8 +32,11 @@ def merge_adapter(base: str | os.PathLike, adapter: str | os.PathLike, out: str 
         raise CheckpointError(f"{out}: the output folder must differ from the input")
     _make_folder(out)
     packed = reader.experts == "mxfp4"
-    attn_dtype = _DTYPES[reader._meta(next(n for n in reader.files.tensor_files if n.endswith("q_proj.weight")))[1]
-                         if reader.files.layout == "hf" else reader._meta("block.0.attn.qkv.weight")[1]]
+    attn_dtype = _DTYPES[
+        reader._meta(next(n for n in reader.files.tensor_files if n.endswith("q_proj.weight")))[1]
+        if reader.files.layout == "hf"
+        else reader._meta("block.0.attn.qkv.weight")[1]
+    ]
 
     def canonical(name: str) -> torch.Tensor:
         layer = int(name.split(".")[1]) if name.startswith("block.") else None
@@ -40,7 +44,9 @@ def merge_adapter(base: str | os.PathLike, adapter: str | os.PathLike, out: str 
         if name.endswith("_weight.weight"):  # experts, [E, in, out]
             stem = name.removesuffix(".weight")
             if packed:
-                w = dequantize(reader.get(stem + ".blocks"), reader.get(stem + ".scales"), torch.float32).transpose(1, 2)
+                w = dequantize(reader.get(stem + ".blocks"), reader.get(stem + ".scales"), torch.float32).transpose(
+                    1, 2
+                )
             else:
                 w = reader.get(name).float()
             a, b = (delta.mlp1_a, delta.mlp1_b) if ".mlp1_" in name else (delta.mlp2_a, delta.mlp2_b)
@@ -56,8 +62,7 @@ def merge_adapter(base: str | os.PathLike, adapter: str | os.PathLike, out: str 
 
     def dtype_of(name: str) -> torch.dtype:
         if name.endswith("_weight.weight"):
-            return attn_dtype if packed else _DTYPES[reader._meta(
-                next(iter(_hf_or_canonical(reader, name))))[1]]
+            return attn_dtype if packed else _DTYPES[reader._meta(next(iter(_hf_or_canonical(reader, name))))[1]]
         return _DTYPES[reader._meta(next(iter(_hf_or_canonical(reader, name))))[1]]
 
     _write_hf(out, config, canonical_shapes(config, "dense"), canonical, dtype_of, max_shard_bytes, experts="dense")

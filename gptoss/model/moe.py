@@ -62,6 +62,19 @@ class MLPBlock(torch.nn.Module):
         self.mlp2_weight = expert_weight(experts, e, h, i, device=device, dtype=dtype)
         self.mlp2_bias = torch.nn.Parameter(torch.zeros(e, h, device=device, dtype=dtype))
 
+    @property
+    def expert_args(self) -> tuple:
+        """What every experts implementation takes after the routing, in its order: the packed (or dense)
+        weights and biases of both products, then SwiGLU's alpha and limit."""
+        return (
+            self.mlp1_weight,
+            self.mlp1_bias,
+            self.mlp2_weight,
+            self.mlp2_bias,
+            self.swiglu_alpha,
+            self.swiglu_limit,
+        )
+
     def route(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``t [N, hidden]`` -> (expert weights ``[N, k]``, expert indices ``[N, k]``)."""
         logits = self.gate(t)
@@ -81,8 +94,7 @@ class MLPBlock(torch.nn.Module):
     def forward_reference(self, x: torch.Tensor, lora=None) -> torch.Tensor:
         t = self.norm(x)
         weights, indices = self.route(t)
-        return experts_reference(t, weights, indices, self.mlp1_weight, self.mlp1_bias, self.mlp2_weight,
-                                 self.mlp2_bias, self.swiglu_alpha, self.swiglu_limit, residual=x, lora=lora)
+        return experts_reference(t, weights, indices, *self.expert_args, residual=x, lora=lora)
 
     def forward_triton(self, x: torch.Tensor) -> torch.Tensor:
         """Fast path (Triton, see gptoss.kernels): fused RMSNorm, router, fused routing, grouped MXFP4 experts."""
@@ -90,8 +102,7 @@ class MLPBlock(torch.nn.Module):
         from gptoss.kernels.norm_rope import rms_norm
 
         t = rms_norm(x, self.norm.scale, self.norm.eps)
-        return moe_forward(t, self.gate(t), self.experts_per_token, self.mlp1_weight, self.mlp1_bias,
-                           self.mlp2_weight, self.mlp2_bias, self.swiglu_alpha, self.swiglu_limit, residual=x)
+        return moe_forward(t, self.gate(t), self.experts_per_token, *self.expert_args, residual=x)
 
     def forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
         """Fast path on the CPU (native kernels, see gptoss.kernels.cpu): router logits in float32, grouped
@@ -102,9 +113,7 @@ class MLPBlock(torch.nn.Module):
         logits = cpu.dense(self.gate, t)
         top = torch.topk(logits, k=self.experts_per_token, dim=-1, sorted=True)
         weights = torch.softmax(top.values, dim=-1)
-        out = cpu.moe_experts(t, weights, top.indices, self.mlp1_weight, self.mlp1_bias, self.mlp2_weight,
-                              self.mlp2_bias, self.swiglu_alpha, self.swiglu_limit,
-                              bf16_inputs=t.dtype == torch.bfloat16)
+        out = cpu.moe_experts(t, weights, top.indices, *self.expert_args, bf16_inputs=t.dtype == torch.bfloat16)
         return (x.float() + out).to(x.dtype)
 
 

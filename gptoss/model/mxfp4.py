@@ -57,7 +57,12 @@ def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if weight.shape[-1] % BLOCK_SIZE:
         raise ValueError(f"last dimension {weight.shape[-1]} is not a multiple of {BLOCK_SIZE}")
-    w = weight.detach().to(torch.float32).contiguous().reshape(*weight.shape[:-1], weight.shape[-1] // BLOCK_SIZE, BLOCK_SIZE)
+    w = (
+        weight.detach()
+        .to(torch.float32)
+        .contiguous()
+        .reshape(*weight.shape[:-1], weight.shape[-1] // BLOCK_SIZE, BLOCK_SIZE)
+    )
     amax = w.abs().amax(dim=-1)
     exp = torch.where(amax > 0, torch.floor(torch.log2(amax.clamp_min(torch.finfo(torch.float32).tiny))), 0.0)
     exp = (exp - E2M1_EMAX).clamp(-SCALE_BIAS, 127)
@@ -84,8 +89,10 @@ def quantize_experts(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # code: midpoints below an even code stay as they are (a tie is not above them: lower, even code), while
 # those below an odd code move down one ulp (a tie is above them: upper, even code).
 _MIDPOINTS = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0]
-_BOUNDS = torch.tensor([m if k % 2 == 0 else float(torch.nextafter(torch.tensor(m), torch.tensor(0.0)))
-                        for k, m in enumerate(_MIDPOINTS)], dtype=torch.float32)
+_BOUNDS = torch.tensor(
+    [m if k % 2 == 0 else float(torch.nextafter(torch.tensor(m), torch.tensor(0.0))) for k, m in enumerate(_MIDPOINTS)],
+    dtype=torch.float32,
+)
 
 
 def _nearest_code(x: torch.Tensor) -> torch.Tensor:
@@ -104,7 +111,9 @@ class MXFP4Weight(torch.nn.Module):
         super().__init__()
         self.rows, self.cols = rows, cols
         groups = cols // BLOCK_SIZE
-        self.register_buffer("blocks", torch.zeros(num_experts, rows, groups, BYTES_PER_BLOCK, dtype=torch.uint8, device=device))
+        self.register_buffer(
+            "blocks", torch.zeros(num_experts, rows, groups, BYTES_PER_BLOCK, dtype=torch.uint8, device=device)
+        )
         self.register_buffer("scales", torch.zeros(num_experts, rows, groups, dtype=torch.uint8, device=device))
 
     def dequantize(self, experts: torch.Tensor | int, dtype: torch.dtype) -> torch.Tensor:

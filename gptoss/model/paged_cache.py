@@ -372,7 +372,9 @@ class PagedKVCache:
         self.salts[dst] = self.salts[src]
 
     # ------------------------------------------------------------------ steps
-    def prepare(self, slots: list[int], starts: list[int], lens: list[int], tokens: list[int] | None = None) -> PagedMeta:
+    def prepare(
+        self, slots: list[int], starts: list[int], lens: list[int], tokens: list[int] | None = None
+    ) -> PagedMeta:
         """Allocate blocks for one step and describe it for the model. ``tokens`` (flat, as the step runs
         them): what :meth:`finish` keys the filled blocks by; without them the slots' blocks are never cached."""
         for slot, start, n in zip(slots, starts, lens):
@@ -410,9 +412,18 @@ class PagedKVCache:
             mapping[group] = dev[offset + b * width : offset + b * width + n_tok]
             offset += b * width + n_tok
         return PagedMeta(
-            positions=fields[0], cu_q=fields[1], q_lens=fields[2], kv_lens=fields[3], last_index=fields[4],
-            block_tables=tables, slot_mapping=mapping, max_q_len=max(lens) if lens else 0,
-            slots=list(slots), starts=list(starts), lens=list(lens), seq_index=fields[5],
+            positions=fields[0],
+            cu_q=fields[1],
+            q_lens=fields[2],
+            kv_lens=fields[3],
+            last_index=fields[4],
+            block_tables=tables,
+            slot_mapping=mapping,
+            max_q_len=max(lens) if lens else 0,
+            slots=list(slots),
+            starts=list(starts),
+            lens=list(lens),
+            seq_index=fields[5],
         )
 
     def _upload(self, values: list[int]) -> torch.Tensor:

@@ -61,8 +61,10 @@ class Shard:
         if not 0 <= self.rank < self.world:
             raise GptossError(f"rank {self.rank} is outside the world of {self.world} ranks")
         if self.heads and config.num_key_value_heads % self.world:
-            raise GptossError(f"tensor parallel size {self.world} does not divide the {config.num_key_value_heads} "
-                              f"KV heads (attention split by heads needs a divisor, at most {config.num_key_value_heads})")
+            raise GptossError(
+                f"tensor parallel size {self.world} does not divide the {config.num_key_value_heads} "
+                f"KV heads (attention split by heads needs a divisor, at most {config.num_key_value_heads})"
+            )
         if self.experts and config.num_experts % self.world:
             raise GptossError(f"tensor parallel size {self.world} does not divide the {config.num_experts} experts")
 
@@ -70,8 +72,10 @@ class Shard:
         """The config a rank's attention and KV cache see: its share of the heads."""
         if not self.heads or self.world == 1:
             return config
-        return config.replace(num_attention_heads=config.num_attention_heads // self.world,
-                              num_key_value_heads=config.num_key_value_heads // self.world)
+        return config.replace(
+            num_attention_heads=config.num_attention_heads // self.world,
+            num_key_value_heads=config.num_key_value_heads // self.world,
+        )
 
     def slices(self, config: ModelConfig, name: str) -> tuple[int, Ranges] | None:
         """The ``(dim, ranges)`` of canonical tensor ``name`` this rank holds; ``None``: all of it."""
@@ -105,8 +109,9 @@ class VocabParallelEmbedding(torch.nn.Module):
         super().__init__()
         self.group = shard.group
         self.lo, self.hi = shard.vocab_part(vocab)
-        self.weight = torch.nn.Parameter(torch.zeros(self.hi - self.lo, hidden, device=device, dtype=dtype),
-                                         requires_grad=False)
+        self.weight = torch.nn.Parameter(
+            torch.zeros(self.hi - self.lo, hidden, device=device, dtype=dtype), requires_grad=False
+        )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         local = tokens - self.lo
@@ -123,8 +128,9 @@ class VocabParallelUnembedding(torch.nn.Module):
         self.group, self.world, self.vocab = shard.group, shard.world, vocab
         self.lo, self.hi = shard.vocab_part(vocab)
         self.part = -(-vocab // shard.world)
-        self.weight = torch.nn.Parameter(torch.zeros(self.hi - self.lo, hidden, device=device, dtype=dtype),
-                                         requires_grad=False)
+        self.weight = torch.nn.Parameter(
+            torch.zeros(self.hi - self.lo, hidden, device=device, dtype=dtype), requires_grad=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         local = torch.nn.functional.linear(x, self.weight)
@@ -142,8 +148,9 @@ class RowParallelLinear(torch.nn.Module):
     def __init__(self, shard: Shard, in_local: int, out_features: int, device=None, dtype=torch.float32):
         super().__init__()
         self.group = shard.group
-        self.weight = torch.nn.Parameter(torch.zeros(out_features, in_local, device=device, dtype=dtype),
-                                         requires_grad=False)
+        self.weight = torch.nn.Parameter(
+            torch.zeros(out_features, in_local, device=device, dtype=dtype), requires_grad=False
+        )
         self.bias = torch.nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,10 +174,11 @@ class ExpertParallelMLP(MLPBlock):
         self.mlp2_bias = torch.nn.Parameter(torch.zeros(e, h, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor, ops=None) -> torch.Tensor:
-        """(Any backend ``ops``: the shards run this one plain-torch path.) Each token's ``k`` weighted expert outputs are computed on the ranks holding those experts into
-        ``[N, k, hidden]`` (zeros elsewhere), summed over ranks (exact: one rank holds each entry), then added
-        up in ascending expert order as :func:`~gptoss.model.moe.experts_reference` does, so the combine
-        rounds exactly as the single-process model's."""
+        """(Any backend ``ops``: the shards run this one plain-torch path.) Each token's ``k`` weighted expert
+        outputs are computed on the ranks holding those experts into ``[N, k, hidden]`` (zeros elsewhere),
+        summed over ranks (exact: one rank holds each entry), then added up in ascending expert order as
+        :func:`~gptoss.model.moe.experts_reference` does, so the combine rounds exactly as the single-process
+        model's."""
         t = self.norm(x)
         weights, indices = self.route(t)
         n, k = indices.shape
@@ -180,8 +188,9 @@ class ExpertParallelMLP(MLPBlock):
         for expert in torch.unique(local[mine]).tolist():
             token, slot = torch.where(local == expert)
             w1 = self.mlp1_weight.dequantize(expert, t.dtype)
-            hidden = swiglu(torch.nn.functional.linear(t[token], w1, self.mlp1_bias[expert]),
-                            self.swiglu_alpha, self.swiglu_limit)
+            hidden = swiglu(
+                torch.nn.functional.linear(t[token], w1, self.mlp1_bias[expert]), self.swiglu_alpha, self.swiglu_limit
+            )
             y = torch.nn.functional.linear(hidden, self.mlp2_weight.dequantize(expert, t.dtype), self.mlp2_bias[expert])
             parts[token, slot] = y * weights[token, slot, None]
         _all_reduce(parts, self.group)
@@ -206,24 +215,32 @@ class ShardedTransformer(Transformer):
         self.embedding = VocabParallelEmbedding(shard, v, h, device, dtype)
         self.unembedding = VocabParallelUnembedding(shard, v, h, device, dtype)
         local = self.config
-        for n, block in enumerate(self.block):
+        for block in self.block:
             if shard.heads and shard.world > 1:
                 block.attn.out = RowParallelLinear(shard, local.head_dim * local.num_attention_heads, h, device, dtype)
             if shard.experts and shard.world > 1:
                 block.mlp = ExpertParallelMLP(config, shard, device, dtype)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, shard: Shard, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32, layout: str = "auto",
-                        progress: bool = False) -> "ShardedTransformer":
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        shard: Shard,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        layout: str = "auto",
+        progress: bool = False,
+    ) -> "ShardedTransformer":
         """Read this rank's slices of a checkpoint (either layout, or a hub id)."""
         from gptoss.model.checkpoint import CheckpointReader, canonical_shapes, locate
         from gptoss.model.hub import resolve_model_path
 
         reader = CheckpointReader(locate(resolve_model_path(str(path)), layout))
         if reader.experts != "mxfp4":
-            raise CheckpointError(f"{path}: tensor parallelism needs MXFP4 experts; this checkpoint's are dense "
-                                  "(pack them first: gptoss quantize IN OUT)")
+            raise CheckpointError(
+                f"{path}: tensor parallelism needs MXFP4 experts; this checkpoint's are dense "
+                "(pack them first: gptoss quantize IN OUT)"
+            )
         config = reader.config
         model = cls(config, shard, device="meta", dtype=dtype)
         names = list(canonical_shapes(config))
@@ -240,8 +257,9 @@ class ShardedTransformer(Transformer):
         return model
 
     @classmethod
-    def from_tensors(cls, config: ModelConfig, tensors, shard: Shard, device="cpu",
-                     dtype=torch.float32) -> "ShardedTransformer":
+    def from_tensors(
+        cls, config: ModelConfig, tensors, shard: Shard, device="cpu", dtype=torch.float32
+    ) -> "ShardedTransformer":
         """Build from full canonical ``(name, tensor)`` pairs, keeping this rank's slices."""
         model = cls(config, shard, device="meta", dtype=dtype)
         for name, tensor in tensors:

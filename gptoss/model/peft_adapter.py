@@ -40,10 +40,14 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 EXPERT_TARGETS = ("gate_up_proj", "down_proj")  # in the order transformers registers them (PEFT's nesting order)
 _UNSUPPORTED = {
-    "use_dora": "DoRA", "lora_bias": "LoRA biases (lora_bias)", "fan_in_fan_out": "fan_in_fan_out",
+    "use_dora": "DoRA",
+    "lora_bias": "LoRA biases (lora_bias)",
+    "fan_in_fan_out": "fan_in_fan_out",
     "modules_to_save": "modules_to_save (whole modules trained beside the adapter)",
-    "trainable_token_indices": "trainable_token_indices", "layer_replication": "layer_replication",
-    "use_qalora": "QA-LoRA", "use_bdlora": "BD-LoRA",
+    "trainable_token_indices": "trainable_token_indices",
+    "layer_replication": "layer_replication",
+    "use_qalora": "QA-LoRA",
+    "use_bdlora": "BD-LoRA",
 }
 
 
@@ -127,8 +131,10 @@ def read_config(folder: Path) -> dict:
     return config
 
 
-_KEY = re.compile(r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)"
-                  r"|mlp\.experts((?:\.base_layer)*))\.lora_(A|B)\.weight$")
+_KEY = re.compile(
+    r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+    r"|mlp\.experts((?:\.base_layer)*))\.lora_(A|B)\.weight$"
+)
 
 
 def load_adapter(path: str | os.PathLike, config: ModelConfig, name: str | None = None) -> LoraAdapter:
@@ -141,8 +147,14 @@ def load_adapter(path: str | os.PathLike, config: ModelConfig, name: str | None 
     cfg = read_config(folder)
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
-        raise AdapterError(f"{folder}: no {WEIGHTS_FILE}" + (" (adapter_model.bin is not read: convert it to "
-                                                              "safetensors)" if (folder / "adapter_model.bin").exists() else ""))
+        raise AdapterError(
+            f"{folder}: no {WEIGHTS_FILE}"
+            + (
+                " (adapter_model.bin is not read: convert it to safetensors)"
+                if (folder / "adapter_model.bin").exists()
+                else ""
+            )
+        )
     try:
         with safe_open(str(weights), framework="pt") as f:
             raw = {k: f.get_tensor(k) for k in f.keys()}
@@ -150,48 +162,66 @@ def load_adapter(path: str | os.PathLike, config: ModelConfig, name: str | None 
         raise AdapterError(f"{weights}: unreadable safetensors file ({str(exc).strip().splitlines()[0]})") from None
 
     # Which expert parameters are targeted decides PEFT's nesting of their tensors.
-    expert_targets = [t for t in EXPERT_TARGETS
-                      if any(str(p).split(".")[-1] == t for p in (cfg.get("target_parameters") or []))]
+    expert_targets = [
+        t for t in EXPERT_TARGETS if any(str(p).split(".")[-1] == t for p in (cfg.get("target_parameters") or []))
+    ]
     unknown = [p for p in (cfg.get("target_parameters") or []) if str(p).split(".")[-1] not in EXPERT_TARGETS]
     if unknown:
-        raise AdapterError(f"{folder / CONFIG_FILE}: target_parameters {unknown[0]!r}: gptoss adapts only "
-                           "mlp.experts.gate_up_proj and mlp.experts.down_proj")
+        raise AdapterError(
+            f"{folder / CONFIG_FILE}: target_parameters {unknown[0]!r}: gptoss adapts only "
+            "mlp.experts.gate_up_proj and mlp.experts.down_proj"
+        )
     depth_of = {t: len(expert_targets) - 1 - i for i, t in enumerate(expert_targets)}
 
     found: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     for key, tensor in raw.items():
         m = _KEY.match(key)
         if not m:
-            raise AdapterError(f"{weights}: tensor {key}: gptoss applies LoRA to self_attn.q_proj/k_proj/v_proj/o_proj "
-                               "and mlp.experts.gate_up_proj/down_proj only")
+            raise AdapterError(
+                f"{weights}: tensor {key}: gptoss applies LoRA to self_attn.q_proj/k_proj/v_proj/o_proj "
+                "and mlp.experts.gate_up_proj/down_proj only"
+            )
         layer, attn, nesting, ab = int(m.group(1)), m.group(3), m.group(4), m.group(5)
         if layer >= config.num_hidden_layers:
-            raise AdapterError(f"{weights}: tensor {key}: layer {layer}, but the base model has "
-                               f"{config.num_hidden_layers} layers")
+            raise AdapterError(
+                f"{weights}: tensor {key}: layer {layer}, but the base model has {config.num_hidden_layers} layers"
+            )
         if attn:
             target = attn
         else:
             depth = nesting.count(".base_layer")
             target = next((t for t, d in depth_of.items() if d == depth), None)
             if target is None:
-                raise AdapterError(f"{weights}: tensor {key}: no expert parameter of target_parameters "
-                                   f"{cfg.get('target_parameters')!r} is stored there")
+                raise AdapterError(
+                    f"{weights}: tensor {key}: no expert parameter of target_parameters "
+                    f"{cfg.get('target_parameters')!r} is stored there"
+                )
         if tensor.dim() != 2 or not tensor.dtype.is_floating_point:
-            raise AdapterError(f"{weights}: tensor {key}: expected a 2-D float matrix, found {tensor.dtype} "
-                               f"{list(tensor.shape)}")
+            raise AdapterError(
+                f"{weights}: tensor {key}: expected a 2-D float matrix, found {tensor.dtype} {list(tensor.shape)}"
+            )
         found.setdefault((layer, target), {})[ab] = tensor
     if not found:
         raise AdapterError(f"{weights}: holds no LoRA tensors")
 
     h, i, e = config.hidden_size, config.intermediate_size, config.num_experts
     hq, hk, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-    dims = {"q_proj": (h, hq * d), "k_proj": (h, hk * d), "v_proj": (h, hk * d), "o_proj": (hq * d, h),
-            "gate_up_proj": (h, 2 * i), "down_proj": (i, h)}  # (in, out)
+    dims = {
+        "q_proj": (h, hq * d),
+        "k_proj": (h, hk * d),
+        "v_proj": (h, hk * d),
+        "o_proj": (hq * d, h),
+        "gate_up_proj": (h, 2 * i),
+        "down_proj": (i, h),
+    }  # (in, out)
     use_rslora = bool(cfg.get("use_rslora"))
     pieces: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
     for (layer, target), ab in sorted(found.items()):
-        module = (f"model.layers.{layer}.self_attn.{target}" if target in ATTENTION_TARGETS
-                  else f"model.layers.{layer}.mlp.experts.{target}")
+        module = (
+            f"model.layers.{layer}.self_attn.{target}"
+            if target in ATTENTION_TARGETS
+            else f"model.layers.{layer}.mlp.experts.{target}"
+        )
         where = f"{weights}: {module}"
         if set(ab) != {"A", "B"}:
             raise AdapterError(f"{where}: lora_{'B' if 'A' in ab else 'A'}.weight is missing")
@@ -201,14 +231,19 @@ def load_adapter(path: str | os.PathLike, config: ModelConfig, name: str | None 
         experts = e if target in EXPERT_TARGETS else 1
         fan_in, fan_out = dims[target]
         if a.shape[0] != b.shape[1]:
-            raise AdapterError(f"{where}: lora_A has {a.shape[0]} rows but lora_B {b.shape[1]} columns (they must agree)")
+            raise AdapterError(
+                f"{where}: lora_A has {a.shape[0]} rows but lora_B {b.shape[1]} columns (they must agree)"
+            )
         if a.shape[0] != r * experts:
             need = f"rank {r} x {e} experts = {r * experts}" if experts > 1 else f"rank {r}"
-            raise AdapterError(f"{where}: lora_A.weight {list(a.shape)} has {a.shape[0]} rows; the adapter's "
-                               f"{need} does not fit it")
+            raise AdapterError(
+                f"{where}: lora_A.weight {list(a.shape)} has {a.shape[0]} rows; the adapter's {need} does not fit it"
+            )
         if a.shape[1] != fan_in or b.shape[0] != fan_out:
-            raise AdapterError(f"{where}: expected lora_A [{r * experts}, {fan_in}] and lora_B [{fan_out}, {r * experts}] "
-                               f"for this base model, found {list(a.shape)} and {list(b.shape)}")
+            raise AdapterError(
+                f"{where}: expected lora_A [{r * experts}, {fan_in}] and lora_B [{fan_out}, {r * experts}] "
+                f"for this base model, found {list(a.shape)} and {list(b.shape)}"
+            )
         scaling = alpha / math.sqrt(r) if use_rslora else alpha / r
         if experts > 1:
             a = a.reshape(e, r, fan_in)  # expert e: rows e*r .. e*r+r
@@ -232,8 +267,8 @@ def _fuse(config: ModelConfig, n: int, pieces) -> LayerDelta:
         row = col = 0
         for (p, rows), r in zip(qkv, ranks):
             if p is not None:
-                a[col:col + r] = p[0]
-                b[row:row + rows, col:col + r] = p[1]
+                a[col : col + r] = p[0]
+                b[row : row + rows, col : col + r] = p[1]
             row, col = row + rows, col + r
         out.qkv_a, out.qkv_b = a, b
     if (n, "o_proj") in pieces:

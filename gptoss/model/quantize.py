@@ -24,8 +24,13 @@ from gptoss.model.synthetic import SYNTHETIC_MARKER, _make_folder, _shards, writ
 _DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "U8": torch.uint8}
 
 
-def quantize_checkpoint(src: str | os.PathLike, out: str | os.PathLike, layout: str = "hf",
-                        max_shard_bytes: int = 4 * 2**30, progress: bool = False) -> Path:
+def quantize_checkpoint(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    layout: str = "hf",
+    max_shard_bytes: int = 4 * 2**30,
+    progress: bool = False,
+) -> Path:
     """Read the dense-expert checkpoint ``src`` (HF layout) and write its MXFP4 twin to ``out`` in
     ``layout`` ``hf``, ``original`` or ``both`` (HF at the root, ``original/`` beside it, as released).
     Tokenizer and generation files beside the weights are copied. Returns ``out``."""
@@ -43,8 +48,12 @@ def quantize_checkpoint(src: str | os.PathLike, out: str | os.PathLike, layout: 
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=config.num_hidden_layers * 2 * (2 if layout == "both" else 1), unit="expert tensor",
-                   desc="quantizing", disable=None)
+        bar = tqdm(
+            total=config.num_hidden_layers * 2 * (2 if layout == "both" else 1),
+            unit="expert tensor",
+            desc="quantizing",
+            disable=None,
+        )
     packed: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # the last quantized expert tensor
 
     def canonical(name: str) -> torch.Tensor:
@@ -62,7 +71,9 @@ def quantize_checkpoint(src: str | os.PathLike, out: str | os.PathLike, layout: 
     def dtype_of(name: str) -> torch.dtype:
         if name.endswith((".blocks", ".scales")):
             return torch.uint8
-        stored = [reader._meta(n)[1] for n in hf_names(name)] if reader.files.layout == "hf" else [reader._meta(name)[1]]
+        stored = (
+            [reader._meta(n)[1] for n in hf_names(name)] if reader.files.layout == "hf" else [reader._meta(name)[1]]
+        )
         return _DTYPES[stored[0]]
 
     shapes = canonical_shapes(config, "mxfp4")
@@ -72,7 +83,9 @@ def quantize_checkpoint(src: str | os.PathLike, out: str | os.PathLike, layout: 
         target = out / "original" if layout == "both" else out
         target.mkdir(parents=True, exist_ok=True)
         entries = [(n, dtype_of(n), shape) for n, (shape, _) in shapes.items()]
-        _write_files(target, entries, lambda n: canonical(n).to(dtype_of(n)), max_shard_bytes, "model--{i:05d}-of-{n:05d}")
+        _write_files(
+            target, entries, lambda n: canonical(n).to(dtype_of(n)), max_shard_bytes, "model--{i:05d}-of-{n:05d}"
+        )
         (target / "config.json").write_text(json.dumps(config.to_original(), indent=2))
     if bar is not None:
         bar.close()

@@ -38,8 +38,13 @@ def is_synthetic_checkpoint(folder: str | os.PathLike) -> bool:
 
 
 def announce_synthetic(folder: str | os.PathLike, stacklevel: int = 3) -> None:
-    warnings.warn(f"SYNTHETIC DEMO CHECKPOINT ({folder}): random weights, its output is noise",
-                  SyntheticCheckpointWarning, stacklevel=stacklevel)
+    warnings.warn(
+        f"SYNTHETIC DEMO CHECKPOINT ({folder}): random weights, its output is noise",
+        SyntheticCheckpointWarning,
+        stacklevel=stacklevel,
+    )
+
+
 _DTYPE_NAMES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.uint8: "U8"}
 
 
@@ -61,7 +66,11 @@ def random_tensor(config: ModelConfig, name: str, seed: int = 0, dtype: torch.dt
     elif name.endswith("embedding.weight"):
         t = torch.randn(shape, generator=g)
     else:  # linear weights and biases
-        t = 0.02 * torch.randn(shape, generator=g) if name.endswith("weight") else 0.01 * torch.randn(shape, generator=g)
+        t = (
+            0.02 * torch.randn(shape, generator=g)
+            if name.endswith("weight")
+            else 0.01 * torch.randn(shape, generator=g)
+        )
     return t.to(dtype)
 
 
@@ -78,7 +87,9 @@ def _expert_matrix(config: ModelConfig, seed: int, base: str) -> tuple[torch.Ten
     return blocks, scales
 
 
-def random_tensors(config: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> Iterator[tuple[str, torch.Tensor]]:
+def random_tensors(
+    config: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.bfloat16
+) -> Iterator[tuple[str, torch.Tensor]]:
     """All canonical tensors of the synthetic model, one at a time."""
     for name in canonical_shapes(config):
         yield name, random_tensor(config, name, seed, dtype)
@@ -99,8 +110,9 @@ def _header(entries: list[tuple[str, torch.dtype, tuple[int, ...]]]) -> tuple[by
     return struct.pack("<Q", len(raw)) + raw, sizes
 
 
-def write_safetensors_stream(path: Path, entries: list[tuple[str, torch.dtype, tuple[int, ...]]],
-                             produce: Callable[[str], torch.Tensor]) -> int:
+def write_safetensors_stream(
+    path: Path, entries: list[tuple[str, torch.dtype, tuple[int, ...]]], produce: Callable[[str], torch.Tensor]
+) -> int:
     """Write a safetensors file whose tensors are produced one at a time by ``produce(name)``.
     (The safetensors library needs every tensor in memory at once; this needs one.) Returns bytes written."""
     header, sizes = _header(entries)
@@ -184,13 +196,18 @@ def write_checkpoint(
     (out / "generation_config.json").write_text(
         json.dumps({"bos_token_id": 199998, "eos_token_id": [200002, 199999, 200012], "pad_token_id": 199999}, indent=2)
     )
-    (out / SYNTHETIC_MARKER).write_text(json.dumps({
-        "synthetic": True,
-        "note": "Random weights with real MXFP4 packing, written by `gptoss make-checkpoint`. Not a trained model: "
-                "its text is noise.",
-        "seed": seed,
-        "layout": layout,
-    }, indent=2))
+    (out / SYNTHETIC_MARKER).write_text(
+        json.dumps(
+            {
+                "synthetic": True,
+                "note": "Random weights with real MXFP4 packing, written by `gptoss make-checkpoint`. "
+                "Not a trained model: its text is noise.",
+                "seed": seed,
+                "layout": layout,
+            },
+            indent=2,
+        )
+    )
     return out
 
 

@@ -43,7 +43,9 @@ class Transformer(torch.nn.Module):
             TransformerBlock(config, n, device, dtype, experts) for n in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, device=device)
-        self.unembedding = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False, device=device, dtype=dtype)
+        self.unembedding = torch.nn.Linear(
+            config.hidden_size, config.vocab_size, bias=False, device=device, dtype=dtype
+        )
         self.rope = RotaryEmbedding(config, device=None if device == "meta" else device)
         self._backends: dict[tuple[str, str], backend.Reference] = {}
 
@@ -68,8 +70,16 @@ class Transformer(torch.nn.Module):
             raise ValueError(f"expected a 1-D tensor of token ids, got shape {tuple(tokens.shape)}")
         tokens = tokens.to(self.device)
         n = tokens.numel()
-        cache = PagedKVCache(self.config, 1, max(n, 1), block_size=16, max_step_tokens=max(n, 1), device=self.device,
-                             dtype=self.dtype, prefix_caching=False)
+        cache = PagedKVCache(
+            self.config,
+            1,
+            max(n, 1),
+            block_size=16,
+            max_step_tokens=max(n, 1),
+            device=self.device,
+            dtype=self.dtype,
+            prefix_caching=False,
+        )
         return self.step(tokens, StepBatch.single(n, device=self.device), cache)
 
     @torch.inference_mode()
@@ -86,8 +96,11 @@ class Transformer(torch.nn.Module):
         :meth:`PagedKVCache.prepare`) and the band's old blocks given back after."""
         if tokens.numel() and int(tokens.max()) >= self.config.vocab_size:
             raise ValueError(f"token id {int(tokens.max())} is outside the vocabulary ({self.config.vocab_size})")
-        meta = batch if isinstance(batch, PagedMeta) else cache.prepare(
-            batch.slots.tolist(), batch.starts.tolist(), batch.lens.tolist(), tokens.tolist())
+        meta = (
+            batch
+            if isinstance(batch, PagedMeta)
+            else cache.prepare(batch.slots.tolist(), batch.starts.tolist(), batch.lens.tolist(), tokens.tolist())
+        )
         logits = self.step_paged(tokens, meta, cache, logits_index)
         cache.finish(meta)
         return logits

@@ -44,7 +44,9 @@ class BodyLimit:
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
-                raise StarletteHTTPException(408, f"the request body did not arrive within {self.timeout:g} s") from None
+                raise StarletteHTTPException(
+                    408, f"the request body did not arrive within {self.timeout:g} s"
+                ) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
@@ -84,24 +86,41 @@ def create_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
             token = (header[7:] if header.lower().startswith("bearer ") else "").encode()
             matched = [k for k in keys if hmac.compare_digest(token, k)]  # every key compared, in constant time
             if not matched:
-                return JSONResponse(errors.error_body("invalid or missing API key (send 'Authorization: Bearer KEY')",
-                                                     "authentication_error", code="invalid_api_key"), status_code=401)
+                return JSONResponse(
+                    errors.error_body(
+                        "invalid or missing API key (send 'Authorization: Bearer KEY')",
+                        "authentication_error",
+                        code="invalid_api_key",
+                    ),
+                    status_code=401,
+                )
             request.scope[OWNER_KEY] = hashlib.sha256(matched[0]).hexdigest()[:32]
         if request.method in ("POST", "PUT", "PATCH"):
             length = request.headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > config.max_body_bytes:
-                return JSONResponse(errors.error_body(f"the request body is {int(length)} bytes; the limit is "
-                                                      f"{config.max_body_bytes}", "invalid_request_error",
-                                                      code="body_too_large"), status_code=413)
+                return JSONResponse(
+                    errors.error_body(
+                        f"the request body is {int(length)} bytes; the limit is {config.max_body_bytes}",
+                        "invalid_request_error",
+                        code="body_too_large",
+                    ),
+                    status_code=413,
+                )
         return await call_next(request)
 
     @app.get("/health")
     async def health():
         if state.engine.error is not None:  # a tensor parallel rank is gone: say which, and that we are down
-            return JSONResponse({"status": "error", "error": state.engine.error, "model": config.model_name},
-                                status_code=503)
-        return {"status": "ok", "model": config.model_name, "synthetic": state.llm.is_synthetic,
-                "running": state.engine.stats.running, "waiting": state.engine.pending}
+            return JSONResponse(
+                {"status": "error", "error": state.engine.error, "model": config.model_name}, status_code=503
+            )
+        return {
+            "status": "ok",
+            "model": config.model_name,
+            "synthetic": state.llm.is_synthetic,
+            "running": state.engine.stats.running,
+            "waiting": state.engine.pending,
+        }
 
     @app.get("/metrics")
     async def metrics():
@@ -113,8 +132,10 @@ def create_app(llm: LLM, config: ServerConfig | None = None) -> FastAPI:
 
         names = [config.model_name] + config.aliases
         data = [Model(id=n, created=state.started, object="model", owned_by="gptoss").model_dump() for n in names]
-        data += [Model(id=n, created=state.started, object="model", owned_by="gptoss", parent=config.model_name).model_dump()
-                 for n in config.adapters]  # LoRA adapters: "parent" names their base, as vLLM lists them
+        data += [
+            Model(id=n, created=state.started, object="model", owned_by="gptoss", parent=config.model_name).model_dump()
+            for n in config.adapters
+        ]  # LoRA adapters: "parent" names their base, as vLLM lists them
         return {"object": "list", "data": data}
 
     chat_completions.register(app, state)

@@ -9,7 +9,6 @@ import time
 
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage, ChatCompletionTokenLogprob
 from openai.types.chat.chat_completion import Choice, ChoiceLogprobs
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
@@ -17,16 +16,25 @@ from openai.types.chat.chat_completion_chunk import ChoiceDelta, ChoiceDeltaTool
 from openai.types.chat.chat_completion_message_function_tool_call import ChatCompletionMessageFunctionToolCall, Function
 from openai.types.chat.chat_completion_token_logprob import TopLogprob
 from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage, PromptTokensDetails
+from starlette.concurrency import run_in_threadpool
 
 from gptoss.conversation.openai_chat import chat_prompt, function_tools, turn_grammar
 from gptoss.engine.guided import GrammarConstraint
 from gptoss.engine.sampling import SamplingParams, offset_seed
 from gptoss.harmony import stop_tokens_for_assistant_actions
-from gptoss.server.state import cache_salt, message_texts
 from gptoss.server.errors import APIError
-from gptoss.server.generation import stream_error, Completion, cancel_on_disconnect, dump, dump_json, observe, run_completion
+from gptoss.server.generation import (
+    Completion,
+    cancel_on_disconnect,
+    dump,
+    dump_json,
+    observe,
+    run_completion,
+    stream_error,
+)
 from gptoss.server.guarding import ChatGuard, chat_blocked
 from gptoss.server.schemas import ChatCompletionRequest
+from gptoss.server.state import cache_salt, message_texts
 
 
 async def _prepare(state, body: ChatCompletionRequest):
@@ -56,9 +64,16 @@ def register(app, state) -> None:
         _, prompt_ids, prefix_len, chars = await _prepare(state, body)
 
         def answer() -> bytes:  # decoding and encoding a big prompt's answer take as long as tokenizing it
-            return json.dumps({"tokens": prompt_ids, "count": len(prompt_ids), "prompt": tok.decode(prompt_ids),
-                               "shared_prefix_tokens": prefix_len, "max_model_len": state.max_model_len},
-                              separators=(",", ":")).encode()
+            return json.dumps(
+                {
+                    "tokens": prompt_ids,
+                    "count": len(prompt_ids),
+                    "prompt": tok.decode(prompt_ids),
+                    "shared_prefix_tokens": prefix_len,
+                    "max_model_len": state.max_model_len,
+                },
+                separators=(",", ":"),
+            ).encode()
 
         return Response(await state.off_loop(chars, answer), media_type="application/json")
 
@@ -67,8 +82,9 @@ def register(app, state) -> None:
         state.check_model(body.model)
         grammar, prompt_ids, _, _ = await _prepare(state, body)
         requested = body.max_completion_tokens or body.max_tokens
-        max_tokens = state.check_length(len(prompt_ids), requested,
-                                        "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
+        max_tokens = state.check_length(
+            len(prompt_ids), requested, "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        )
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stops) > 4:
             raise APIError(400, f"stop: at most 4 stop sequences, found {len(stops)}", param="stop")
@@ -81,11 +97,14 @@ def register(app, state) -> None:
 
         def params(i: int) -> SamplingParams:
             return SamplingParams(
-                temperature=body.temperature, top_p=body.top_p, max_tokens=max_tokens,
+                temperature=body.temperature,
+                top_p=body.top_p,
+                max_tokens=max_tokens,
                 seed=offset_seed(body.seed, i),
                 stop_token_ids=stop_tokens_for_assistant_actions(tok),
                 logprobs=(body.top_logprobs or 0) if body.logprobs else None,
-                logits_processors=[constraints[i]], logit_bias=logit_bias,
+                logits_processors=[constraints[i]],
+                logit_bias=logit_bias,
                 lora=state.lora_of(body.model),
             )
 
@@ -96,8 +115,16 @@ def register(app, state) -> None:
         decision = await guard.input_decision()
         if decision is not None and decision.blocked:  # nothing is generated
             state.metrics.requests.labels("chat", "content_filter").inc()
-            answer = chat_blocked(rid, created, body.model, body.n, len(prompt_ids), decision, bool(body.stream),
-                                  bool(body.stream_options and body.stream_options.include_usage))
+            answer = chat_blocked(
+                rid,
+                created,
+                body.model,
+                body.n,
+                len(prompt_ids),
+                decision,
+                bool(body.stream),
+                bool(body.stream_options and body.stream_options.include_usage),
+            )
             if body.stream:
                 return StreamingResponse(answer, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
             return answer
@@ -105,8 +132,11 @@ def register(app, state) -> None:
         runs = [run_completion(state.engine, tok, prompt_ids, salt, params(i), i, stops) for i in range(body.n)]
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_stream(state, rid, created, body, runs, len(prompt_ids), include_usage, guard),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(
+                _stream(state, rid, created, body, runs, len(prompt_ids), include_usage, guard),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
         tasks = [asyncio.ensure_future(_drain(run)) for run in runs]
         watcher = asyncio.ensure_future(cancel_on_disconnect(request, tasks))
         try:
@@ -122,12 +152,21 @@ def register(app, state) -> None:
         completion_tokens = sum(c.tokens for c in comps)
         choices = [_choice(tok, c, body.logprobs) for c in comps]
         await guard.check_choices(comps, choices)
-        out = dump(ChatCompletion(
-            id=rid, object="chat.completion", created=created, model=body.model,
-            choices=choices,
-            usage=_usage(len(prompt_ids), completion_tokens, sum(c.decoder.reasoning_tokens for c in comps),
-                         comps[0].cached_tokens),
-        ))
+        out = dump(
+            ChatCompletion(
+                id=rid,
+                object="chat.completion",
+                created=created,
+                model=body.model,
+                choices=choices,
+                usage=_usage(
+                    len(prompt_ids),
+                    completion_tokens,
+                    sum(c.decoder.reasoning_tokens for c in comps),
+                    comps[0].cached_tokens,
+                ),
+            )
+        )
         for choice in out["choices"]:
             choice["message"].setdefault("content", None)  # a tool-call message says content: null, as OpenAI's do
         return out
@@ -141,43 +180,59 @@ def parse_logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int
     if not bias:
         return {}
     if len(bias) > LOGIT_BIAS_MAX_ENTRIES:
-        raise APIError(400, f"logit_bias: at most {LOGIT_BIAS_MAX_ENTRIES} entries, found {len(bias)}", param="logit_bias")
+        raise APIError(
+            400, f"logit_bias: at most {LOGIT_BIAS_MAX_ENTRIES} entries, found {len(bias)}", param="logit_bias"
+        )
     out = {}
     for key, value in bias.items():
         token = key.strip()
         if not (token.isascii() and token.isdigit()) or int(token) >= vocab_size:
-            raise APIError(400, f"logit_bias: the key {key!r} is not a token id (an integer from 0 to {vocab_size - 1})",
-                           param="logit_bias")
+            raise APIError(
+                400,
+                f"logit_bias: the key {key!r} is not a token id (an integer from 0 to {vocab_size - 1})",
+                param="logit_bias",
+            )
         if not -LOGIT_BIAS_LIMIT <= value <= LOGIT_BIAS_LIMIT:
-            raise APIError(400, f"logit_bias: the bias of token {token} should be in [-100, 100], found {value}",
-                           param="logit_bias")
+            raise APIError(
+                400,
+                f"logit_bias: the bias of token {token} should be in [-100, 100], found {value}",
+                param="logit_bias",
+            )
         out[int(token)] = float(value)
     return out
 
 
 async def _drain(run) -> Completion:
-    comp = None
+    last = None
     async for comp, _ in run:
-        pass
-    return comp
-
-
+        last = comp
+    return last
 
 
 def _usage(prompt: int, completion: int, reasoning: int, cached: int = 0) -> CompletionUsage:
     """``cached``: prompt tokens the first choice found in the prefix cache (the prompt is counted once)."""
-    return CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
-                           completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning),
-                           prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
+    return CompletionUsage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning),
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+    )
 
 
 def _token_logprobs(tok, entries) -> list[ChatCompletionTokenLogprob]:
     out = []
     for token, lp in entries:
-        out.append(ChatCompletionTokenLogprob(
-            token=tok.decode([token]), logprob=lp.logprob, bytes=list(tok.token_bytes(token)),
-            top_logprobs=[TopLogprob(token=tok.decode([t]), logprob=v, bytes=list(tok.token_bytes(t))) for t, v in lp.top],
-        ))
+        out.append(
+            ChatCompletionTokenLogprob(
+                token=tok.decode([token]),
+                logprob=lp.logprob,
+                bytes=list(tok.token_bytes(token)),
+                top_logprobs=[
+                    TopLogprob(token=tok.decode([t]), logprob=v, bytes=list(tok.token_bytes(t))) for t, v in lp.top
+                ],
+            )
+        )
     return out
 
 
@@ -185,14 +240,22 @@ def _tool_calls(c: Completion) -> list[ChatCompletionMessageFunctionToolCall] | 
     calls = [t for t in c.tool_calls if not t.builtin]
     if not calls:
         return None
-    return [ChatCompletionMessageFunctionToolCall(id=t.call_id, type="function",
-                                                  function=Function(name=t.name, arguments=t.arguments)) for t in calls]
+    return [
+        ChatCompletionMessageFunctionToolCall(
+            id=t.call_id, type="function", function=Function(name=t.name, arguments=t.arguments)
+        )
+        for t in calls
+    ]
 
 
 def _choice(tok, c: Completion, logprobs: bool) -> Choice:
-    message = ChatCompletionMessage(role="assistant", content=c.content if (c.content or not c.tool_calls) else None,
-                                    tool_calls=_tool_calls(c), reasoning_content=c.decoder.reasoning or None,
-                                    reasoning=c.decoder.reasoning or None)  # the name Ollama, vLLM and gpt-oss's own clients read
+    message = ChatCompletionMessage(
+        role="assistant",
+        content=c.content if (c.content or not c.tool_calls) else None,
+        tool_calls=_tool_calls(c),
+        reasoning_content=c.decoder.reasoning or None,
+        reasoning=c.decoder.reasoning or None,
+    )  # the name Ollama, vLLM and gpt-oss's own clients read
     lp = ChoiceLogprobs(content=_token_logprobs(tok, c.content_logprobs)) if logprobs else None
     return Choice(index=c.index, finish_reason=c.api_finish_reason(), message=message, logprobs=lp)
 
@@ -203,8 +266,9 @@ async def _stream(state, rid, created, body, runs, prompt_len, include_usage, gu
     done = object()
 
     def chunk(choices, usage=None) -> str:
-        c = ChatCompletionChunk(id=rid, object="chat.completion.chunk", created=created, model=body.model,
-                                choices=choices, usage=usage)
+        c = ChatCompletionChunk(
+            id=rid, object="chat.completion.chunk", created=created, model=body.model, choices=choices, usage=usage
+        )
         return f"data: {dump_json(c)}\n\n"
 
     async def pump(run):
@@ -252,9 +316,15 @@ async def _stream(state, rid, created, body, runs, prompt_len, include_usage, gu
         state.metrics.requests.labels("chat", "ok").inc()
         if include_usage:
             first = min(finished, key=lambda c: c.index, default=None)
-            yield chunk([], _usage(prompt_len, sum(c.tokens for c in finished),
-                                   sum(c.decoder.reasoning_tokens for c in finished),
-                                   first.cached_tokens if first is not None else 0))
+            yield chunk(
+                [],
+                _usage(
+                    prompt_len,
+                    sum(c.tokens for c in finished),
+                    sum(c.decoder.reasoning_tokens for c in finished),
+                    first.cached_tokens if first is not None else 0,
+                ),
+            )
         yield "data: [DONE]\n\n"
     except asyncio.CancelledError:
         state.metrics.requests.labels("chat", "disconnected").inc()
@@ -272,13 +342,29 @@ def _delta_choice(tok, comp: Completion, d, logprobs: bool) -> ChunkChoice:
     elif d.kind == "content":
         delta = ChoiceDelta(content=d.text)
     elif d.kind == "tool_call":
-        delta = ChoiceDelta(tool_calls=[ChoiceDeltaToolCall(index=d.index, id=d.call_id, type="function",
-                                                            function=ChoiceDeltaToolCallFunction(name=d.name, arguments=""))])
+        delta = ChoiceDelta(
+            tool_calls=[
+                ChoiceDeltaToolCall(
+                    index=d.index,
+                    id=d.call_id,
+                    type="function",
+                    function=ChoiceDeltaToolCallFunction(name=d.name, arguments=""),
+                )
+            ]
+        )
     elif d.kind == "tool_args":
-        delta = ChoiceDelta(tool_calls=[ChoiceDeltaToolCall(index=d.index, function=ChoiceDeltaToolCallFunction(arguments=d.text))])
+        delta = ChoiceDelta(
+            tool_calls=[ChoiceDeltaToolCall(index=d.index, function=ChoiceDeltaToolCallFunction(arguments=d.text))]
+        )
     else:
         delta = ChoiceDelta()
     lp = None
-    if logprobs and d.kind == "content" and d.token is not None and comp.content_logprobs and comp.content_logprobs[-1][0] == d.token:
+    if (
+        logprobs
+        and d.kind == "content"
+        and d.token is not None
+        and comp.content_logprobs
+        and comp.content_logprobs[-1][0] == d.token
+    ):
         lp = ChoiceLogprobs(content=_token_logprobs(tok, [comp.content_logprobs[-1]]))
     return ChunkChoice(index=comp.index, delta=delta, logprobs=lp)

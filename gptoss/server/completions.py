@@ -27,11 +27,11 @@ from openai.types.completion_usage import CompletionUsage, PromptTokensDetails
 from starlette.concurrency import run_in_threadpool
 
 from gptoss.engine.sampling import SamplingParams, TokenLogprobs, offset_seed
-from gptoss.server.state import cache_salt
 from gptoss.server.errors import APIError
-from gptoss.server.generation import stream_error, StopStrings, cancel_on_disconnect
+from gptoss.server.generation import StopStrings, cancel_on_disconnect, stream_error
 from gptoss.server.guarding import check_inputs, hidden_reasoning
 from gptoss.server.schemas import CompletionRequest
+from gptoss.server.state import cache_salt
 
 MAX_CHOICES = 128  # prompts x n in one request
 
@@ -101,8 +101,9 @@ def _tokenize(state, prompts: list[str | list[int]]) -> list[_Prompt]:
         else:
             bad = next((j for j, t in enumerate(p) if not 0 <= t < vocab), None)
             if bad is not None:
-                raise APIError(400, f"{where}[{bad}]: token id {p[bad]} is outside the vocabulary [0, {vocab})",
-                               param="prompt")
+                raise APIError(
+                    400, f"{where}[{bad}]: token id {p[bad]} is outside the vocabulary [0, {vocab})", param="prompt"
+                )
             ids = list(p)
             text, offsets = _offsets(tok, ids)
         if not ids:
@@ -144,8 +145,13 @@ def _new_entries(tok, c: _Choice, echo: bool, final: bool) -> list:
     upto = c.kept_tokens if (final or c.stops.hit) else sum(1 for o in c.offsets if o < len(c.text))
     shift = len(c.prompt.text) if echo else 0
     if upto > c.sent_tokens:
-        entries += _entries(tok, c.tokens[c.sent_tokens:upto], c.logprobs[c.sent_tokens:upto],
-                            c.offsets[c.sent_tokens:upto], shift)
+        entries += _entries(
+            tok,
+            c.tokens[c.sent_tokens : upto],
+            c.logprobs[c.sent_tokens : upto],
+            c.offsets[c.sent_tokens : upto],
+            shift,
+        )
         c.sent_tokens = upto
     return entries
 
@@ -193,8 +199,12 @@ def _usage(prompts: list[_Prompt], choices: list[_Choice]) -> CompletionUsage:
     firsts = {}  # each prompt is counted once: what its first choice found cached
     for x in choices:
         firsts.setdefault(x.prompt.index, x.cached_tokens)
-    return CompletionUsage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c,
-                           prompt_tokens_details=PromptTokensDetails(cached_tokens=sum(firsts.values())))
+    return CompletionUsage(
+        prompt_tokens=p,
+        completion_tokens=c,
+        total_tokens=p + c,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=sum(firsts.values())),
+    )
 
 
 def register(app, state) -> None:
@@ -207,21 +217,27 @@ def register(app, state) -> None:
         if body.suffix:
             raise APIError(400, "suffix: not supported (gpt-oss has no fill-in-the-middle mode)", param="suffix")
         if body.best_of is not None and body.best_of != body.n:
-            raise APIError(400, f"best_of: only best_of equal to n ({body.n}) is supported, found {body.best_of}",
-                           param="best_of")
+            raise APIError(
+                400, f"best_of: only best_of equal to n ({body.n}) is supported, found {body.best_of}", param="best_of"
+            )
         if body.max_tokens == 0 and not body.echo:
             raise APIError(400, "max_tokens: 0 is only allowed with echo (to score the prompt)", param="max_tokens")
         if hidden_reasoning(state):
-            raise APIError(400, "this server hides the analysis channel (--reasoning hidden); raw completions "
-                                "would show it: use /v1/chat/completions or /v1/responses", param="prompt",
-                           code="unsupported_endpoint")
+            raise APIError(
+                400,
+                "this server hides the analysis channel (--reasoning hidden); raw completions "
+                "would show it: use /v1/chat/completions or /v1/responses",
+                param="prompt",
+                code="unsupported_endpoint",
+            )
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stops) > 4:
             raise APIError(400, f"stop: at most 4 stop sequences, found {len(stops)}", param="stop")
         raw = _prompts(state, body)
         if len(raw) * body.n > MAX_CHOICES:
-            raise APIError(400, f"prompt: {len(raw)} prompts x n={body.n} is more than {MAX_CHOICES} choices",
-                           param="prompt")
+            raise APIError(
+                400, f"prompt: {len(raw)} prompts x n={body.n} is more than {MAX_CHOICES} choices", param="prompt"
+            )
         state.check_text_size([p for p in raw if isinstance(p, str)], "prompt")
         prompts = await run_in_threadpool(_tokenize, state, raw)
         score_only = body.max_tokens == 0
@@ -238,17 +254,26 @@ def register(app, state) -> None:
         for p in prompts:
             decision = await check_inputs(state, rid, "completions", p.text, [])
             if decision is not None and decision.blocked:
-                raise APIError(400, f"the prompt was blocked by the server's policy: {decision.refusal()}",
-                               param="prompt", code="content_filter")
+                raise APIError(
+                    400,
+                    f"the prompt was blocked by the server's policy: {decision.refusal()}",
+                    param="prompt",
+                    code="content_filter",
+                )
             state.metrics.prompt_tokens.inc(len(p.ids))
         choices = [_Choice(p.index * body.n + i, p, StopStrings(stops)) for p in prompts for i in range(body.n)]
 
         def params(c: _Choice) -> SamplingParams:
             return SamplingParams(
-                temperature=body.temperature, top_p=body.top_p, max_tokens=limits[c.prompt.index],
-                seed=offset_seed(body.seed, c.index), stop_token_ids=end_tokens, logprobs=body.logprobs,
+                temperature=body.temperature,
+                top_p=body.top_p,
+                max_tokens=limits[c.prompt.index],
+                seed=offset_seed(body.seed, c.index),
+                stop_token_ids=end_tokens,
+                logprobs=body.logprobs,
                 prompt_logprobs=body.logprobs if body.echo and body.logprobs is not None else None,
-                lora=state.lora_of(body.model))
+                lora=state.lora_of(body.model),
+            )
 
         salt = cache_salt(request, state.config)
         runs = [_run(state, c, params(c), score_only, salt) for c in choices]
@@ -256,8 +281,11 @@ def register(app, state) -> None:
         hold = guard is not None and guard.settings.check_output  # answers are checked whole before release
         if body.stream and not hold:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_stream(state, rid, created, body, prompts, choices, runs, include_usage),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(
+                _stream(state, rid, created, body, prompts, choices, runs, include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
 
         async def drain(run):
             async for _ in run:
@@ -291,17 +319,25 @@ def register(app, state) -> None:
             lp = _legacy_logprobs(tok, _new_entries(tok, c, body.echo, True)) if body.logprobs is not None else None
             text = (c.prompt.text if body.echo else "") + c.text
             out.append(CompletionChoice(index=c.index, text=text, finish_reason=c.finish_reason, logprobs=lp))
-        completion = Completion(id=rid, object="text_completion", created=created, model=body.model, choices=out,
-                                usage=_usage(prompts, choices))
+        completion = Completion(
+            id=rid,
+            object="text_completion",
+            created=created,
+            model=body.model,
+            choices=out,
+            usage=_usage(prompts, choices),
+        )
         if body.stream:  # held for the guard: sent whole, as one chunk per choice
-            return StreamingResponse(_replay(completion), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(
+                _replay(completion), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            )
         return completion.model_dump(mode="json", by_alias=True, exclude_none=True, warnings=False)
 
 
 def _chunk(rid, created, model, choices, usage=None) -> str:
-    c = Completion.model_construct(id=rid, object="text_completion", created=created, model=model, choices=choices,
-                                   usage=usage)
+    c = Completion.model_construct(
+        id=rid, object="text_completion", created=created, model=model, choices=choices, usage=usage
+    )
     return f"data: {json.dumps(c.model_dump(mode='json', exclude_none=False, warnings=False))}\n\n"
 
 
@@ -330,8 +366,9 @@ async def _stream(state, rid, created, body: CompletionRequest, prompts, choices
         lp = None
         if body.logprobs is not None:
             lp = _legacy_logprobs(tok, _new_entries(tok, c, body.echo, final))
-        return CompletionChoice.model_construct(index=c.index, text=text, logprobs=lp,
-                                                finish_reason=c.finish_reason if final else None)
+        return CompletionChoice.model_construct(
+            index=c.index, text=text, logprobs=lp, finish_reason=c.finish_reason if final else None
+        )
 
     tasks = [asyncio.ensure_future(pump(c, r)) for c, r in zip(choices, runs)]
     echoed: set[int] = set()

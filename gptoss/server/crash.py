@@ -36,8 +36,12 @@ def explain_fatal_signals(checkpoint_dir: str) -> subprocess.Popen | None:
     reports to stderr directly)."""
     read, write = os.pipe()
     try:
-        watcher = subprocess.Popen([sys.executable, "-c", _WATCHER, checkpoint_dir], stdin=read,
-                                   stdout=subprocess.DEVNULL, start_new_session=True)
+        watcher = subprocess.Popen(
+            [sys.executable, "-c", _WATCHER, checkpoint_dir],
+            stdin=read,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     except OSError:
         os.close(read)
         os.close(write)

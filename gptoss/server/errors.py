@@ -13,10 +13,24 @@ from gptoss.errors import GptossError
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code, self.headers = status, message, type, param, code, headers
+        self.status, self.message, self.type, self.param, self.code, self.headers = (
+            status,
+            message,
+            type,
+            param,
+            code,
+            headers,
+        )
 
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
@@ -24,7 +38,9 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
 
 
 def _response(exc: APIError) -> JSONResponse:
-    return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status, headers=exc.headers)
+    return JSONResponse(
+        error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status, headers=exc.headers
+    )
 
 
 def _loc(loc) -> str:
@@ -53,8 +69,13 @@ def install(app) -> None:
     async def _validation(request: Request, exc: RequestValidationError):
         first = exc.errors()[0]
         if first.get("type") == "json_invalid":
-            return _response(APIError(400, f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})",
-                                      code="invalid_json"))
+            return _response(
+                APIError(
+                    400,
+                    f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})",
+                    code="invalid_json",
+                )
+            )
         where = _loc(first.get("loc", ()))
         if first.get("type") == "missing":
             message = f"{where}: required field is missing"
@@ -62,7 +83,10 @@ def install(app) -> None:
             message = "the request body must be a JSON object"
         else:
             message = f"{where}: {first.get('msg', 'invalid value')}" + (
-                f" (found {first['input']!r})" if "input" in first and not isinstance(first["input"], (dict, list)) else "")
+                f" (found {first['input']!r})"
+                if "input" in first and not isinstance(first["input"], (dict, list))
+                else ""
+            )
         return _response(APIError(400, message, param=where or None, code="invalid_value"))
 
     @app.exception_handler(ConversationError)
@@ -71,8 +95,15 @@ def install(app) -> None:
 
     @app.exception_handler(QueueFull)
     async def _busy(request: Request, exc: QueueFull):
-        return _response(APIError(429, f"the server is busy: {exc}; retry shortly", type="rate_limit_error",
-                                  code="queue_full", headers={"Retry-After": "1"}))
+        return _response(
+            APIError(
+                429,
+                f"the server is busy: {exc}; retry shortly",
+                type="rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": "1"},
+            )
+        )
 
     @app.exception_handler(EngineStopped)
     async def _stopped(request: Request, exc: EngineStopped):  # a tensor parallel rank is gone; the server exits

@@ -23,7 +23,9 @@ def dump(obj) -> dict:
 
 def stream_error(exc: BaseException) -> str:
     """The SSE frame that reports, inside a stream already under way, what went wrong (the server keeps serving)."""
-    return f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
+    return (
+        f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
+    )
 
 
 def dump_json(obj) -> str:
@@ -51,7 +53,7 @@ class StopStrings:
             out, self.pending = self.pending, ""
             return out
         out = self.pending[: -self.keep] if len(self.pending) > self.keep else ""
-        self.pending = self.pending[len(out):]
+        self.pending = self.pending[len(out) :]
         return out
 
     def flush(self) -> str:
@@ -92,8 +94,13 @@ class Completion:
 
 
 async def run_completion(
-    engine: AsyncEngine, tokenizer: Tokenizer, prompt_ids: list[int], cache_salt: str | None, params: SamplingParams,
-    index: int = 0, stop: list[str] | None = None,
+    engine: AsyncEngine,
+    tokenizer: Tokenizer,
+    prompt_ids: list[int],
+    cache_salt: str | None,
+    params: SamplingParams,
+    index: int = 0,
+    stop: list[str] | None = None,
 ) -> AsyncIterator[tuple[Completion, list[Delta]]]:
     """Yields ``(completion, deltas)`` after each generated token; stop strings end the answer early.
     ``cache_salt``: the request reuses cached prefixes only of requests with the same salt."""

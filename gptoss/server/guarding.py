@@ -61,8 +61,9 @@ async def check_inputs(state, request_id: str, endpoint: str, user: str, tools: 
     if guard is None:
         return None
     decision = None
-    checks = ([("input", user)] if guard.settings.check_input and user else []) + \
-             ([("tool", t) for t in tools] if guard.settings.check_tools else [])
+    checks = ([("input", user)] if guard.settings.check_input and user else []) + (
+        [("tool", t) for t in tools] if guard.settings.check_tools else []
+    )
     for stage, text in checks:
         decision = await guard.check(text, stage, request_id, endpoint)
         if decision.blocked:
@@ -140,8 +141,16 @@ def _drop_reasoning(message) -> None:
             setattr(message, name, None)
 
 
-def chat_blocked(rid: str, created: int, model: str, n: int, prompt_tokens: int, decision: Decision, stream: bool,
-                 include_usage: bool):
+def chat_blocked(
+    rid: str,
+    created: int,
+    model: str,
+    n: int,
+    prompt_tokens: int,
+    decision: Decision,
+    stream: bool,
+    include_usage: bool,
+):
     """The answer to a chat request whose input was blocked: no token generated."""
     from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
     from openai.types.chat.chat_completion import Choice
@@ -152,14 +161,26 @@ def chat_blocked(rid: str, created: int, model: str, n: int, prompt_tokens: int,
     usage = CompletionUsage(prompt_tokens=prompt_tokens, completion_tokens=0, total_tokens=prompt_tokens)
     refusal = decision.refusal()
     if not stream:
-        return ChatCompletion(id=rid, object="chat.completion", created=created, model=model, usage=usage, choices=[
-            Choice(index=i, finish_reason="content_filter",
-                   message=ChatCompletionMessage(role="assistant", content=None, refusal=refusal)) for i in range(n)],
+        return ChatCompletion(
+            id=rid,
+            object="chat.completion",
+            created=created,
+            model=model,
+            usage=usage,
+            choices=[
+                Choice(
+                    index=i,
+                    finish_reason="content_filter",
+                    message=ChatCompletionMessage(role="assistant", content=None, refusal=refusal),
+                )
+                for i in range(n)
+            ],
         ).model_dump(mode="json", by_alias=True, exclude_none=True)
 
     def chunk(choices, usage=None) -> str:
-        c = ChatCompletionChunk(id=rid, object="chat.completion.chunk", created=created, model=model, choices=choices,
-                                usage=usage)
+        c = ChatCompletionChunk(
+            id=rid, object="chat.completion.chunk", created=created, model=model, choices=choices, usage=usage
+        )
         return f"data: {c.model_dump_json(by_alias=True, exclude_none=True)}\n\n"
 
     async def events():
@@ -185,7 +206,11 @@ def responses_inputs(items: list[dict[str, Any]]) -> tuple[str, list[str]]:
             tools = []
         elif kind == "function_call_output":
             out = item.get("output")
-            tools.append(out if isinstance(out, str) else text_of(out, f"input[{i}].output", ("input_text", "text", "output_text")))
+            tools.append(
+                out
+                if isinstance(out, str)
+                else text_of(out, f"input[{i}].output", ("input_text", "text", "output_text"))
+            )
     return user, tools
 
 
@@ -209,29 +234,44 @@ async def guard_response_events(state, store, turn, events: AsyncIterator) -> As
             yield ev
         return
     seq = itertools.count()
-    new_items = turn.items[len(turn.items) - _new_count(turn):]
+    new_items = turn.items[len(turn.items) - _new_count(turn) :]
     user, tools = responses_inputs(new_items)
     decision = await check_inputs(state, turn.id, "responses", user, tools)
 
     def blocked(decision: Decision) -> list:
-        refusal = ResponseOutputMessage(id="msg_" + turn.id.removeprefix("resp_")[:24], type="message", role="assistant",
-                                        status="completed",
-                                        content=[ResponseOutputRefusal(type="refusal", refusal=decision.refusal())])
+        refusal = ResponseOutputMessage(
+            id="msg_" + turn.id.removeprefix("resp_")[:24],
+            type="message",
+            role="assistant",
+            status="completed",
+            content=[ResponseOutputRefusal(type="refusal", refusal=decision.refusal())],
+        )
         final = turn.response("incomplete", [refusal], incomplete="content_filter")
         if turn.body.store:
-            store.put(turn.id, final.model_dump(mode="json", by_alias=True, exclude_none=True), turn.items,
-                      [refusal.model_dump(mode="json", by_alias=True, exclude_none=True)])
-        return [ResponseOutputItemAddedEvent(type="response.output_item.added", output_index=0, item=refusal,
-                                             sequence_number=0),
-                ResponseOutputItemDoneEvent(type="response.output_item.done", output_index=0, item=refusal,
-                                            sequence_number=0),
-                ResponseIncompleteEvent(type="response.incomplete", response=final, sequence_number=0)]
+            store.put(
+                turn.id,
+                final.model_dump(mode="json", by_alias=True, exclude_none=True),
+                turn.items,
+                [refusal.model_dump(mode="json", by_alias=True, exclude_none=True)],
+            )
+        return [
+            ResponseOutputItemAddedEvent(
+                type="response.output_item.added", output_index=0, item=refusal, sequence_number=0
+            ),
+            ResponseOutputItemDoneEvent(
+                type="response.output_item.done", output_index=0, item=refusal, sequence_number=0
+            ),
+            ResponseIncompleteEvent(type="response.incomplete", response=final, sequence_number=0),
+        ]
 
     if decision is not None and decision.blocked:
         await events.aclose()
-        for ev in [ResponseCreatedEvent(type="response.created", sequence_number=0, response=turn.response("in_progress", [])),
-                   ResponseInProgressEvent(type="response.in_progress", sequence_number=0,
-                                           response=turn.response("in_progress", []))] + blocked(decision):
+        for ev in [
+            ResponseCreatedEvent(type="response.created", sequence_number=0, response=turn.response("in_progress", [])),
+            ResponseInProgressEvent(
+                type="response.in_progress", sequence_number=0, response=turn.response("in_progress", [])
+            ),
+        ] + blocked(decision):
             yield ev.model_copy(update={"sequence_number": next(seq)})
         return
     hold = guard is not None and guard.settings.check_output
@@ -261,8 +301,9 @@ async def guard_response_events(state, store, turn, events: AsyncIterator) -> As
                 held = []
             else:
                 answer, reasoning = _response_texts(end.response)
-                checks = [("output", answer)] + ([("reasoning", reasoning)] if guard.settings.check_reasoning and
-                                                 reasoning else [])
+                checks = [("output", answer)] + (
+                    [("reasoning", reasoning)] if guard.settings.check_reasoning and reasoning else []
+                )
                 for stage, text in checks:
                     decision = await guard.check(compose_output(user, text), stage, turn.id, "responses")
                     if decision.blocked:
@@ -286,8 +327,12 @@ TERMINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed
 def _store_response(store, turn, response) -> None:
     stored = store.get(turn.id)
     if stored is not None:
-        store.put(turn.id, response.model_dump(mode="json", by_alias=True, exclude_none=True), stored.input_items,
-                  stored.output_items)
+        store.put(
+            turn.id,
+            response.model_dump(mode="json", by_alias=True, exclude_none=True),
+            stored.input_items,
+            stored.output_items,
+        )
 
 
 def _withhold_stored(store, turn) -> None:
@@ -296,8 +341,13 @@ def _withhold_stored(store, turn) -> None:
     if stored is None:
         return
     response = dict(stored.response)
-    response.update(status="failed", output=[], incomplete_details=None, completed_at=None,
-                    error={"code": "server_error", "message": "the response ended before the guard checked its output"})
+    response.update(
+        status="failed",
+        output=[],
+        incomplete_details=None,
+        completed_at=None,
+        error={"code": "server_error", "message": "the response ended before the guard checked its output"},
+    )
     store.put(turn.id, response, stored.input_items, [])
 
 
@@ -308,8 +358,10 @@ def _hide_stored_reasoning(store, turn) -> None:
     if stored is None:
         return
     response = dict(stored.response)
-    response["output"] = [{k: v for k, v in i.items() if k != "content"} if i.get("type") == "reasoning" else i
-                          for i in response.get("output") or []]
+    response["output"] = [
+        {k: v for k, v in i.items() if k != "content"} if i.get("type") == "reasoning" else i
+        for i in response.get("output") or []
+    ]
     store.put(turn.id, response, stored.input_items, stored.output_items)
 
 
@@ -352,7 +404,9 @@ def _hide_reasoning(ev, reasoning_items: set[int]):
     t = ev.type
     if t == "response.output_item.added" and ev.item.type == "reasoning":
         reasoning_items.add(ev.output_index)
-    if t.startswith("response.reasoning_text.") or (t.startswith("response.content_part.") and ev.output_index in reasoning_items):
+    if t.startswith("response.reasoning_text.") or (
+        t.startswith("response.content_part.") and ev.output_index in reasoning_items
+    ):
         return None
     if t in ("response.output_item.added", "response.output_item.done") and ev.item.type == "reasoning":
         return ev.model_copy(update={"item": ev.item.model_copy(update={"content": None})})

@@ -63,8 +63,11 @@ class DeadlineH11Protocol(H11Protocol):
         self._header_deadline = None
         if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
             return
-        log.warning("%s: no complete request headers within %.0f s; connection closed",
-                    "%s:%d" % self.client if self.client else "a client", self.header_timeout)
+        log.warning(
+            "%s: no complete request headers within %.0f s; connection closed",
+            "%s:%d" % self.client if self.client else "a client",
+            self.header_timeout,
+        )
         self.transport.close()
 
 
@@ -76,5 +79,13 @@ def uvicorn_config(app, host: str = "127.0.0.1", port: int = 8000, log_level: st
     """The uvicorn configuration ``gptoss serve`` runs with (and the tests' live servers); the header
     deadline comes from the app's ``ServerConfig.header_timeout``."""
     header_timeout = app.state.gptoss.config.header_timeout
-    return Config(app, host=host, port=port, log_level=log_level, http=protocol_with(header_timeout),
-                  timeout_keep_alive=KEEP_ALIVE, h11_max_incomplete_event_size=MAX_HEADER_BYTES, **kwargs)
+    return Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=protocol_with(header_timeout),
+        timeout_keep_alive=KEEP_ALIVE,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        **kwargs,
+    )

@@ -14,15 +14,26 @@ class Metrics:
         self.tps = Gauge("gptoss_generation_tokens_per_second", "Tokens generated per second (10 s window)", registry=r)
         self.tokens = Counter("gptoss_generation_tokens", "Tokens generated", registry=r)
         self.prompt_tokens = Counter("gptoss_prompt_tokens", "Prompt tokens received", registry=r)
-        self.requests = Counter("gptoss_requests", "Requests finished, by endpoint and outcome", ["endpoint", "outcome"], registry=r)
+        self.requests = Counter(
+            "gptoss_requests", "Requests finished, by endpoint and outcome", ["endpoint", "outcome"], registry=r
+        )
         self.prefix_hits = Gauge("gptoss_prefix_cache_hits", "Requests that reused a cached prompt prefix", registry=r)
         self.cached_tokens = Gauge("gptoss_prefix_cache_tokens", "Prompt tokens found in the prefix cache", registry=r)
-        self.hit_rate = Gauge("gptoss_prefix_cache_hit_rate",
-                              "Share of admitted prompt tokens found in the prefix cache", registry=r)
-        self.ttft = Histogram("gptoss_time_to_first_token_seconds", "Time to first token", registry=r,
-                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
-        self.tpot = Histogram("gptoss_time_per_output_token_seconds", "Time per output token after the first", registry=r,
-                              buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
+        self.hit_rate = Gauge(
+            "gptoss_prefix_cache_hit_rate", "Share of admitted prompt tokens found in the prefix cache", registry=r
+        )
+        self.ttft = Histogram(
+            "gptoss_time_to_first_token_seconds",
+            "Time to first token",
+            registry=r,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.tpot = Histogram(
+            "gptoss_time_per_output_token_seconds",
+            "Time per output token after the first",
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+        )
         self._stats = stats
 
     def render(self) -> bytes:

@@ -40,9 +40,13 @@ def _texts(value: str | list[Any]) -> list[str]:
         elif isinstance(v, dict) and v.get("type") == "text" and isinstance(v.get("text"), str):
             out.append(v["text"])
         elif isinstance(v, dict) and v.get("type") == "image_url":
-            raise APIError(400, f"input[{i}]: image inputs are not supported (this guard reads text only)", param=f"input[{i}]")
+            raise APIError(
+                400, f"input[{i}]: image inputs are not supported (this guard reads text only)", param=f"input[{i}]"
+            )
         else:
-            raise APIError(400, f"input[{i}]: expected a string or {{'type': 'text', 'text': ...}}", param=f"input[{i}]")
+            raise APIError(
+                400, f"input[{i}]: expected a string or {{'type': 'text', 'text': ...}}", param=f"input[{i}]"
+            )
     return out
 
 
@@ -56,8 +60,12 @@ def register(app, state) -> None:
     async def moderations(body: ModerationRequest):
         guard = getattr(state, "guard", None)
         if guard is None:
-            raise APIError(404, "this server has no moderation guard; start it with --guard POLICY.md",
-                           type="not_found_error", code="moderation_unavailable")
+            raise APIError(
+                404,
+                "this server has no moderation guard; start it with --guard POLICY.md",
+                type="not_found_error",
+                code="moderation_unavailable",
+            )
         texts = _texts(body.input)
         rid = "modr-" + secrets.token_hex(12)
         results = []
@@ -72,12 +80,14 @@ def register(app, state) -> None:
                     key = category.lower() if category.lower() in standard else f"{r.policy.name}/{category}"
                     flags[key] = flags.get(key, False) or violated
             applied = {key: ["text"] for key in standard}
-            results.append(Moderation(
-                flagged=any(r.verdict is not None and r.verdict.violation for r in decision.results)
-                or decision.blocked,  # a guard that could not decide, failing closed, flags too
-                categories=Categories.model_validate(flags),
-                category_scores=CategoryScores.model_validate({k: float(v) for k, v in flags.items()}),
-                category_applied_input_types=CategoryAppliedInputTypes.model_validate(applied),
-            ))
+            results.append(
+                Moderation(
+                    flagged=any(r.verdict is not None and r.verdict.violation for r in decision.results)
+                    or decision.blocked,  # a guard that could not decide, failing closed, flags too
+                    categories=Categories.model_validate(flags),
+                    category_scores=CategoryScores.model_validate({k: float(v) for k, v in flags.items()}),
+                    category_applied_input_types=CategoryAppliedInputTypes.model_validate(applied),
+                )
+            )
         model = body.model or guard.settings.model or state.config.model_name
         return ModerationCreateResponse(id=rid, model=model, results=results).model_dump(by_alias=True)

@@ -46,9 +46,7 @@ from typing import Any, AsyncIterator, Literal
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
 from openai.types.responses import (
-    ResponseOutputTextAnnotationAddedEvent,
     Response,
     ResponseCodeInterpreterCallCodeDeltaEvent,
     ResponseCodeInterpreterCallCodeDoneEvent,
@@ -68,10 +66,18 @@ from openai.types.responses import (
     ResponseFunctionWebSearch,
     ResponseIncompleteEvent,
     ResponseInProgressEvent,
+    ResponseMcpCallArgumentsDeltaEvent,
+    ResponseMcpCallArgumentsDoneEvent,
+    ResponseMcpCallCompletedEvent,
+    ResponseMcpCallFailedEvent,
+    ResponseMcpCallInProgressEvent,
+    ResponseMcpListToolsCompletedEvent,
+    ResponseMcpListToolsInProgressEvent,
     ResponseOutputItemAddedEvent,
     ResponseOutputItemDoneEvent,
     ResponseOutputMessage,
     ResponseOutputText,
+    ResponseOutputTextAnnotationAddedEvent,
     ResponseReasoningItem,
     ResponseReasoningTextDeltaEvent,
     ResponseReasoningTextDoneEvent,
@@ -82,31 +88,23 @@ from openai.types.responses import (
     ResponseWebSearchCallInProgressEvent,
     ResponseWebSearchCallSearchingEvent,
 )
-from openai.types.responses import (
-    ResponseMcpCallArgumentsDeltaEvent,
-    ResponseMcpCallArgumentsDoneEvent,
-    ResponseMcpCallCompletedEvent,
-    ResponseMcpCallFailedEvent,
-    ResponseMcpCallInProgressEvent,
-    ResponseMcpListToolsCompletedEvent,
-    ResponseMcpListToolsInProgressEvent,
-)
-from openai.types.responses.response_output_item import McpCall, McpListTools, McpListToolsTool
 from openai.types.responses.response_content_part_added_event import PartReasoningText
 from openai.types.responses.response_content_part_done_event import PartReasoningText as DonePartReasoningText
-from openai.types.responses.response_reasoning_item import Content as ReasoningContent
+from openai.types.responses.response_output_item import McpCall, McpListTools, McpListToolsTool
 from openai.types.responses.response_output_text import AnnotationURLCitation
+from openai.types.responses.response_reasoning_item import Content as ReasoningContent
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from gptoss.conversation.openai_chat import ConversationError, ServerPersona, function_tools
 from gptoss.conversation.openai_responses import (
     HARMONY_KEY,
     HOSTED_TOOLS,
     ItemEvent,
+    McpRequest,
     OutputItem,
     TurnItems,
-    McpRequest,
     mcp_requests,
     namespaces,
     normalize_input,
@@ -121,11 +119,11 @@ from gptoss.conversation.turn import TurnPrompt
 from gptoss.engine.guided import GrammarConstraint
 from gptoss.engine.sampling import SamplingParams, offset_seed
 from gptoss.harmony import Message, stop_tokens_for_assistant_actions
-from gptoss.server.state import cache_salt, key_owner, message_texts
 from gptoss.server.errors import APIError
 from gptoss.server.generation import cancel_on_disconnect, dump, dump_json, observe, run_completion
 from gptoss.server.guarding import guard_response_events, guard_tool_messages, hidden_reasoning
 from gptoss.server.schemas import ResponsesRequest
+from gptoss.server.state import cache_salt, key_owner, message_texts
 from gptoss.server.store import ResponseStore
 from gptoss.tools.base import Toolbox, ToolCall
 
@@ -160,14 +158,17 @@ def register(app, state) -> None:
         state.check_text_size(texts + [body.instructions or ""], "input")
         owner = key_owner(request)
         mcp = await _offer_mcp(state, body)  # listed from the servers before the prompt is rendered
-        turn = await run_in_threadpool(_prepare, state, store, body, owner, mcp)  # rendering and tokenizing: off the loop
+        turn = await run_in_threadpool(
+            _prepare, state, store, body, owner, mcp
+        )  # rendering and tokenizing: off the loop
         turn.cache_salt = cache_salt(request, state.config)
         if body.store:
             store.claim(turn.id, owner)
         events = _recorded(store, turn, guard_response_events(state, store, turn, _events(state, store, turn)))
         if body.stream:
-            return StreamingResponse(_sse(state, events), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(
+                _sse(state, events), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            )
         task = asyncio.ensure_future(_last(events))
         watcher = asyncio.ensure_future(cancel_on_disconnect(request, [task]))
         try:
@@ -178,8 +179,9 @@ def register(app, state) -> None:
         finally:
             watcher.cancel()
         if isinstance(final, ResponseFailedEvent):
-            raise APIError(500, final.response.error.message if final.response.error else "generation failed",
-                           type="server_error")
+            raise APIError(
+                500, final.response.error.message if final.response.error else "generation failed", type="server_error"
+            )
         state.metrics.requests.labels("responses", "ok").inc()
         return dump(final.response)
 
@@ -190,12 +192,18 @@ def register(app, state) -> None:
             return stored.response
         events = store.events(response_id)
         if events is None:
-            raise APIError(400, f"stream: response {response_id!r} was stored without its events; retrieve it "
-                                "without stream=true", param="stream")
+            raise APIError(
+                400,
+                f"stream: response {response_id!r} was stored without its events; retrieve it without stream=true",
+                param="stream",
+            )
         if starting_after is not None and not -1 <= starting_after < len(events):
-            raise APIError(400, f"starting_after: expected a sequence number from -1 to {len(events) - 1} "
-                                f"(the response streamed {len(events)} events), found {starting_after}",
-                           param="starting_after")
+            raise APIError(
+                400,
+                f"starting_after: expected a sequence number from -1 to {len(events) - 1} "
+                f"(the response streamed {len(events)} events), found {starting_after}",
+                param="starting_after",
+            )
         first = 0 if starting_after is None else starting_after + 1
 
         async def replay():
@@ -205,26 +213,36 @@ def register(app, state) -> None:
         return StreamingResponse(replay(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.get("/v1/responses/{response_id}/input_items")
-    async def input_items(response_id: str, request: Request, after: str | None = None, limit: int = 20,
-                          order: Literal["asc", "desc"] = "desc"):
+    async def input_items(
+        response_id: str,
+        request: Request,
+        after: str | None = None,
+        limit: int = 20,
+        order: Literal["asc", "desc"] = "desc",
+    ):
         if not 1 <= limit <= 100:
             raise APIError(400, f"limit: expected 1 to 100, found {limit}", param="limit")
         stored = _stored(store, response_id, owner=key_owner(request))
         items = [_listed_item(item, f"{response_id}:{k}") for k, item in enumerate(stored.input_items)]
         if hidden_reasoning(state):  # earlier turns' reasoning stays as hidden as their responses
-            items = [{k: v for k, v in i.items() if k != "content"} if i.get("type") == "reasoning" else i
-                     for i in items]
+            items = [
+                {k: v for k, v in i.items() if k != "content"} if i.get("type") == "reasoning" else i for i in items
+            ]
         if order == "desc":
             items.reverse()
         if after is not None:
             at = next((k for k, item in enumerate(items) if item["id"] == after), None)
             if at is None:
-                raise APIError(400, f"after: {after!r} is not an input item of response {response_id!r}",
-                               param="after")
-            items = items[at + 1:]
+                raise APIError(400, f"after: {after!r} is not an input item of response {response_id!r}", param="after")
+            items = items[at + 1 :]
         page = items[:limit]
-        return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
-                "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit}
+        return {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(items) > limit,
+        }
 
     @app.delete("/v1/responses/{response_id}")
     async def delete_response(response_id: str, request: Request):
@@ -258,8 +276,13 @@ def _stored(store: ResponseStore, response_id: str, param: str | None = None, ow
     """A stored response ``owner`` may see (another key's is as absent as a missing one)."""
     stored = store.get(response_id, owner)
     if stored is None:
-        raise APIError(404, f"no stored response with id {response_id!r} (responses created with store=false are "
-                            "not kept)", type="not_found_error", param=param, code="response_not_found")
+        raise APIError(
+            404,
+            f"no stored response with id {response_id!r} (responses created with store=false are not kept)",
+            type="not_found_error",
+            param=param,
+            code="response_not_found",
+        )
     return stored
 
 
@@ -302,17 +325,37 @@ class _Turn:
     def container_id(self) -> str:
         return "cntr_" + self.id.removeprefix("resp_")
 
-    def response(self, status: str, output: list[BaseModel], usage: ResponseUsage | None = None,
-                 incomplete: str | None = None, error: str | None = None) -> Response:
+    def response(
+        self,
+        status: str,
+        output: list[BaseModel],
+        usage: ResponseUsage | None = None,
+        incomplete: str | None = None,
+        error: str | None = None,
+    ) -> Response:
         b = self.body
         return Response(
-            id=self.id, object="response", created_at=self.created, model=b.model, status=status,
-            output=output, usage=usage, instructions=b.instructions, tools=self.tools,
-            tool_choice=self.tool_choice, parallel_tool_calls=b.parallel_tool_calls,
-            temperature=b.temperature, top_p=b.top_p, max_output_tokens=b.max_output_tokens,
-            max_tool_calls=b.max_tool_calls, previous_response_id=b.previous_response_id,
-            reasoning={"effort": self.effort}, text=b.text or {"format": {"type": "text"}}, metadata=b.metadata,
-            store=b.store, incomplete_details={"reason": incomplete} if incomplete else None,
+            id=self.id,
+            object="response",
+            created_at=self.created,
+            model=b.model,
+            status=status,
+            output=output,
+            usage=usage,
+            instructions=b.instructions,
+            tools=self.tools,
+            tool_choice=self.tool_choice,
+            parallel_tool_calls=b.parallel_tool_calls,
+            temperature=b.temperature,
+            top_p=b.top_p,
+            max_output_tokens=b.max_output_tokens,
+            max_tool_calls=b.max_tool_calls,
+            previous_response_id=b.previous_response_id,
+            reasoning={"effort": self.effort},
+            text=b.text or {"format": {"type": "text"}},
+            metadata=b.metadata,
+            store=b.store,
+            incomplete_details={"reason": incomplete} if incomplete else None,
             error=ResponseError(code="server_error", message=error) if error else None,
             completed_at=int(time.time()) if status == "completed" else None,
         )
@@ -324,9 +367,15 @@ class _Turn:
     def grammar(self, calls: int) -> str:
         """The Lark grammar of the assistant turn after ``calls`` built-in tool calls ran."""
         builtins = self.builtins if calls < self.max_tool_calls else []
-        g = responses_grammar(self.persona, self.functions, builtins, self.body.tool_choice,
-                              text_format(self.body.text), first_turn=calls == 0,
-                              namespace_tools=self.namespace_tools() if calls < self.max_tool_calls else None)
+        g = responses_grammar(
+            self.persona,
+            self.functions,
+            builtins,
+            self.body.tool_choice,
+            text_format(self.body.text),
+            first_turn=calls == 0,
+            namespace_tools=self.namespace_tools() if calls < self.max_tool_calls else None,
+        )
         try:
             return g.lark()
         except ValueError as exc:
@@ -338,8 +387,11 @@ def _effort(body: ResponsesRequest) -> str | None:
     gpt-oss server spell it); both given and different is a 400 rather than a silent choice."""
     nested = body.reasoning.effort if body.reasoning else None
     if nested and body.reasoning_effort and nested != body.reasoning_effort:
-        raise APIError(400, f"reasoning_effort: {body.reasoning_effort!r} disagrees with reasoning.effort {nested!r}; "
-                            "send one of them", param="reasoning_effort")
+        raise APIError(
+            400,
+            f"reasoning_effort: {body.reasoning_effort!r} disagrees with reasoning.effort {nested!r}; send one of them",
+            param="reasoning_effort",
+        )
     return nested or body.reasoning_effort
 
 
@@ -366,13 +418,21 @@ async def _offer_mcp(state, body: ResponsesRequest) -> list[Any]:
         url = declared.get(req.server_label)
         if url is None:
             names = ", ".join(sorted(declared)) or "none"
-            raise APIError(400, f"{where}.server_label: {req.server_label!r} is not an MCP server this server trusts "
-                                f"(declared with gptoss serve --mcp NAME=URL: {names})", param=f"{where}.server_label",
-                           code="unsupported_tool")
+            raise APIError(
+                400,
+                f"{where}.server_label: {req.server_label!r} is not an MCP server this server trusts "
+                f"(declared with gptoss serve --mcp NAME=URL: {names})",
+                param=f"{where}.server_label",
+                code="unsupported_tool",
+            )
         if req.server_url is not None and req.server_url.rstrip("/") != url.rstrip("/"):
-            raise APIError(400, f"{where}.server_url: only the URL the operator declared for {req.server_label!r} "
-                                "may be used; leave server_url out", param=f"{where}.server_url",
-                           code="unsupported_tool")
+            raise APIError(
+                400,
+                f"{where}.server_url: only the URL the operator declared for {req.server_label!r} "
+                "may be used; leave server_url out",
+                param=f"{where}.server_url",
+                code="unsupported_tool",
+            )
         try:
             listed = await list_mcp_tools(req.server_label, url)
         except McpError as exc:
@@ -383,8 +443,9 @@ async def _offer_mcp(state, body: ResponsesRequest) -> list[Any]:
     return offered
 
 
-def _prepare(state, store: ResponseStore, body: ResponsesRequest, owner: str | None = None,
-             mcp: list[Any] = ()) -> _Turn:
+def _prepare(
+    state, store: ResponseStore, body: ResponsesRequest, owner: str | None = None, mcp: list[Any] = ()
+) -> _Turn:
     state.check_model(body.model)
     tok = state.tokenizer
     persona = state.config.persona
@@ -402,25 +463,53 @@ def _prepare(state, store: ResponseStore, body: ResponsesRequest, owner: str | N
             if name == "browser" and not _forces(body.tool_choice, "browser"):
                 # Searching is the model's choice, and answering without it is a valid answer: clients that
                 # always declare web_search (Codex) keep working on a server without a browser.
-                log.warning("tools[%d]: %s is ignored: this server has no browser tool (--tools browser)", i,
-                            tools[i].get("type"))
+                log.warning(
+                    "tools[%d]: %s is ignored: this server has no browser tool (--tools browser)",
+                    i,
+                    tools[i].get("type"),
+                )
                 builtins.remove(name)
                 continue
             kind = tools[i].get("type")
-            raise APIError(400, f"tools[{i}].type: this server has no {name} tool for {kind} (start the server "
-                                f"with the {name} tool enabled)", param=f"tools[{i}].type", code="unsupported_tool")
+            raise APIError(
+                400,
+                f"tools[{i}].type: this server has no {name} tool for {kind} (start the server "
+                f"with the {name} tool enabled)",
+                param=f"tools[{i}].type",
+                code="unsupported_tool",
+            )
     effort = _effort(body) or persona.default_effort
     items = previous + new_items
-    prompt = responses_prompt(persona, items, body.instructions, functions, effort, first_new=len(previous),
-                              builtin_tools=builtins, response_format=text_format(body.text),
-                              namespaces=[t.namespace() for t in mcp])
+    prompt = responses_prompt(
+        persona,
+        items,
+        body.instructions,
+        functions,
+        effort,
+        first_new=len(previous),
+        builtin_tools=builtins,
+        response_format=text_format(body.text),
+        namespaces=[t.namespace() for t in mcp],
+    )
     echo = [t if t.get("type") != "code_interpreter" else {"container": {"type": "auto"}} | t for t in tools]
     # browser_search (the reference server's name) is echoed as the SDK's own type for the same tool
     echo = [t if t.get("type") != "browser_search" else {"type": "web_search"} for t in echo]
-    turn = _Turn(body=body, id="resp_" + secrets.token_hex(24), created=int(time.time()), effort=effort, items=items,
-                 tools=echo, prompt=prompt, functions=function_tools(functions), builtins=builtins,
-                 toolbox=templates if builtins else None, max_tokens=body.max_output_tokens, persona=persona,
-                 namespaces=namespaces(tools), mcp=list(mcp))
+    turn = _Turn(
+        body=body,
+        id="resp_" + secrets.token_hex(24),
+        created=int(time.time()),
+        effort=effort,
+        items=items,
+        tools=echo,
+        prompt=prompt,
+        functions=function_tools(functions),
+        builtins=builtins,
+        toolbox=templates if builtins else None,
+        max_tokens=body.max_output_tokens,
+        persona=persona,
+        namespaces=namespaces(tools),
+        mcp=list(mcp),
+    )
     turn.grammar(0)  # a bad tool_choice or text.format is a 400 before anything runs
     try:
         turn.response("in_progress", [])
@@ -471,7 +560,9 @@ class _Generation:
         # compiling the turn grammar (large tool schemas: seconds) runs off the event loop, like tokenizing
         constraint = await run_in_threadpool(lambda: GrammarConstraint(tok, turn.grammar(calls)))
         params = SamplingParams(
-            temperature=turn.body.temperature, top_p=turn.body.top_p, max_tokens=budget,
+            temperature=turn.body.temperature,
+            top_p=turn.body.top_p,
+            max_tokens=budget,
             seed=offset_seed(turn.body.seed, calls),
             stop_token_ids=stop_tokens_for_assistant_actions(tok),
             logits_processors=[constraint],
@@ -517,28 +608,32 @@ class _Generation:
 async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[BaseModel]:
     """The SDK-typed events of one response, ending with completed / incomplete / failed."""
     seq = turn.seq
-    yield ResponseCreatedEvent(type="response.created", sequence_number=next(seq),
-                               response=turn.response("in_progress", []))
-    yield ResponseInProgressEvent(type="response.in_progress", sequence_number=next(seq),
-                                  response=turn.response("in_progress", []))
+    yield ResponseCreatedEvent(
+        type="response.created", sequence_number=next(seq), response=turn.response("in_progress", [])
+    )
+    yield ResponseInProgressEvent(
+        type="response.in_progress", sequence_number=next(seq), response=turn.response("in_progress", [])
+    )
     toolbox = None
     if turn.toolbox is not None or turn.mcp:  # built-in tools: fresh ones for this response
-        toolbox = Toolbox([turn.toolbox.get(n).new_conversation() for n in turn.builtins if turn.toolbox is not None]
-                          + [t.new_conversation() for t in turn.mcp])
+        toolbox = Toolbox(
+            [turn.toolbox.get(n).new_conversation() for n in turn.builtins if turn.toolbox is not None]
+            + [t.new_conversation() for t in turn.mcp]
+        )
         turn.live_tools = toolbox
     gen = _Generation(state, turn, toolbox, messages=list(turn.prompt.messages))
     items = gen.items
     loop = ToolLoop(toolbox if toolbox is not None else Toolbox(), max_tool_calls=turn.max_tool_calls)
     for tool in turn.mcp:  # the tools offered from each MCP server, first in the output (as OpenAI lists them)
-        listed = OutputItem("mcp_list_tools", "mcpl_" + secrets.token_hex(16), len(items), name=tool.label,
-                            done=True, complete=True)
+        listed = OutputItem(
+            "mcp_list_tools", "mcpl_" + secrets.token_hex(16), len(items), name=tool.label, done=True, complete=True
+        )
         items.append(listed)
         for out in _mcp_listed_events(listed, seq, turn):
             yield out
     truncated = False  # max_output_tokens (or the context) ended the response before the model did
     try:
-        async for ev in loop.arun(gen.messages, gen.generate_turn, runs_here=gen.runs_here,
-                                  after_call=gen.after_call):
+        async for ev in loop.arun(gen.messages, gen.generate_turn, runs_here=gen.runs_here, after_call=gen.after_call):
             if isinstance(ev, BaseModel):
                 yield ev
             elif isinstance(ev, ToolCallStarted):
@@ -552,8 +647,11 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
         raise
     except Exception as exc:  # report what went wrong in the response; the server keeps serving
         log.exception("response %s failed", turn.id)
-        failed = turn.response("failed", [_sdk_item(i, turn, None if i.done else "incomplete") for i in items],
-                               error=f"generation failed: {exc}")
+        failed = turn.response(
+            "failed",
+            [_sdk_item(i, turn, None if i.done else "incomplete") for i in items],
+            error=f"generation failed: {exc}",
+        )
         end: BaseModel = ResponseFailedEvent(type="response.failed", sequence_number=next(seq), response=failed)
         _save(store, turn, end, items)
         state.metrics.requests.labels("responses", "failed").inc()
@@ -565,11 +663,19 @@ async def _events(state, store: ResponseStore, turn: _Turn) -> AsyncIterator[Bas
     for item in items:  # a built-in call that did not run (the loop stopped): close it
         if item.builtin and item.done and item.complete and item.status is None:
             item.status = "incomplete"
-            yield ResponseOutputItemDoneEvent(type="response.output_item.done", output_index=item.index,
-                                              item=_sdk_item(item, turn), sequence_number=next(seq))
+            yield ResponseOutputItemDoneEvent(
+                type="response.output_item.done",
+                output_index=item.index,
+                item=_sdk_item(item, turn),
+                sequence_number=next(seq),
+            )
     output = [_sdk_item(i, turn) for i in items]
-    final = turn.response("incomplete" if truncated else "completed", output,
-                          _usage(gen.totals), incomplete="max_output_tokens" if truncated else None)
+    final = turn.response(
+        "incomplete" if truncated else "completed",
+        output,
+        _usage(gen.totals),
+        incomplete="max_output_tokens" if truncated else None,
+    )
     if truncated:
         end = ResponseIncompleteEvent(type="response.incomplete", sequence_number=next(seq), response=final)
     else:
@@ -651,13 +757,14 @@ async def _sse(state, events: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
         raise
 
 
-
-
 def _usage(t: _Totals) -> ResponseUsage:
-    return ResponseUsage(input_tokens=t.input_tokens, output_tokens=t.output_tokens,
-                         total_tokens=t.input_tokens + t.output_tokens,
-                         input_tokens_details=InputTokensDetails(cached_tokens=t.cached_tokens, cache_write_tokens=0),
-                         output_tokens_details=OutputTokensDetails(reasoning_tokens=t.reasoning_tokens))
+    return ResponseUsage(
+        input_tokens=t.input_tokens,
+        output_tokens=t.output_tokens,
+        total_tokens=t.input_tokens + t.output_tokens,
+        input_tokens_details=InputTokensDetails(cached_tokens=t.cached_tokens, cache_write_tokens=0),
+        output_tokens_details=OutputTokensDetails(reasoning_tokens=t.reasoning_tokens),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- items
@@ -669,8 +776,11 @@ def _status(item: OutputItem) -> str:
             return item.status
         if item.kind == "mcp_call":
             return "calling" if item.complete else "incomplete"
-        return "interpreting" if item.kind == "code_interpreter_call" and item.complete else (
-            "searching" if item.complete else "incomplete")
+        return (
+            "interpreting"
+            if item.kind == "code_interpreter_call" and item.complete
+            else ("searching" if item.complete else "incomplete")
+        )
     return "completed" if item.complete else "incomplete"
 
 
@@ -678,7 +788,11 @@ def _web_action(item: OutputItem) -> dict[str, Any]:
     action = dict(item.action or {})
     kind = action.get("type") or {"browser.open": "open_page", "browser.find": "find"}.get(item.name or "", "search")
     if kind == "find":
-        return {"type": "find_in_page", "pattern": str(action.get("pattern") or ""), "url": str(action.get("url") or "")}
+        return {
+            "type": "find_in_page",
+            "pattern": str(action.get("pattern") or ""),
+            "url": str(action.get("url") or ""),
+        }
     if kind == "open_page":
         return {"type": "open_page", "url": action.get("url")}
     return {"type": "search", "query": action.get("query")}
@@ -694,139 +808,289 @@ def _sdk_item(item: OutputItem, turn: _Turn, status: str | None = None) -> BaseM
     if item.kind == "function_call":
         space, _, short = (item.name or "").rpartition(".")
         name, namespace = (short, space) if space in turn.namespaces else (item.name, None)
-        return ResponseFunctionToolCall(id=item.id, type="function_call", call_id=item.call_id, name=name,
-                                        namespace=namespace, arguments=item.text if item.done else "", status=status)
+        return ResponseFunctionToolCall(
+            id=item.id,
+            type="function_call",
+            call_id=item.call_id,
+            name=name,
+            namespace=namespace,
+            arguments=item.text if item.done else "",
+            status=status,
+        )
     if item.kind == "code_interpreter_call":
-        return ResponseCodeInterpreterToolCall(id=item.id, type="code_interpreter_call", code=item.text,
-                                               container_id=turn.container_id, outputs=item.outputs,
-                                               status=status)
+        return ResponseCodeInterpreterToolCall(
+            id=item.id,
+            type="code_interpreter_call",
+            code=item.text,
+            container_id=turn.container_id,
+            outputs=item.outputs,
+            status=status,
+        )
     if item.kind == "web_search_call":
-        return ResponseFunctionWebSearch(id=item.id, type="web_search_call", action=_web_action(item),
-                                         status=status)
+        return ResponseFunctionWebSearch(id=item.id, type="web_search_call", action=_web_action(item), status=status)
     if item.kind == "mcp_call":
         label, _, name = (item.name or "").partition(".")
         mcp_status = {"completed": "completed", "failed": "failed", "incomplete": "incomplete"}.get(status, status)
-        return McpCall(id=item.id, type="mcp_call", server_label=label, name=name,
-                       arguments=item.text if item.done else "", output=item.output, error=item.error,
-                       status=mcp_status)
+        return McpCall(
+            id=item.id,
+            type="mcp_call",
+            server_label=label,
+            name=name,
+            arguments=item.text if item.done else "",
+            output=item.output,
+            error=item.error,
+            status=mcp_status,
+        )
     if item.kind == "mcp_list_tools":
         tool = next(t for t in turn.mcp if t.label == item.name)
-        return McpListTools(id=item.id, type="mcp_list_tools", server_label=tool.label, tools=[
-            McpListToolsTool(name=t.name, description=t.description, input_schema=t.input_schema or {"type": "object"},
-                             annotations=t.annotations) for t in tool.tools])
+        return McpListTools(
+            id=item.id,
+            type="mcp_list_tools",
+            server_label=tool.label,
+            tools=[
+                McpListToolsTool(
+                    name=t.name,
+                    description=t.description,
+                    input_schema=t.input_schema or {"type": "object"},
+                    annotations=t.annotations,
+                )
+                for t in tool.tools
+            ],
+        )
     content = [_output_text(item)] if item.done else []
-    return ResponseOutputMessage(id=item.id, type="message", role="assistant", status=status, content=content,
-                                 phase=item.phase)
+    return ResponseOutputMessage(
+        id=item.id, type="message", role="assistant", status=status, content=content, phase=item.phase
+    )
 
 
 def _output_text(item: OutputItem) -> ResponseOutputText:
-    return ResponseOutputText(type="output_text", text=item.text,
-                              annotations=[AnnotationURLCitation(**a) for a in item.annotations])
+    return ResponseOutputText(
+        type="output_text", text=item.text, annotations=[AnnotationURLCitation(**a) for a in item.annotations]
+    )
 
 
 def _builtin_done(item: OutputItem, seq: itertools.count, turn: _Turn) -> list[BaseModel]:
     """After a built-in call ran: its completed event, then output_item.done."""
     at = {"item_id": item.id, "output_index": item.index}
     if item.kind == "code_interpreter_call":
-        first: BaseModel = ResponseCodeInterpreterCallCompletedEvent(type="response.code_interpreter_call.completed",
-                                                                     **at, sequence_number=next(seq))
+        first: BaseModel = ResponseCodeInterpreterCallCompletedEvent(
+            type="response.code_interpreter_call.completed", **at, sequence_number=next(seq)
+        )
     elif item.kind == "mcp_call":
         if item.status == "completed":
             first = ResponseMcpCallCompletedEvent(type="response.mcp_call.completed", **at, sequence_number=next(seq))
         else:
             first = ResponseMcpCallFailedEvent(type="response.mcp_call.failed", **at, sequence_number=next(seq))
     else:
-        first = ResponseWebSearchCallCompletedEvent(type="response.web_search_call.completed", **at,
-                                                    sequence_number=next(seq))
-    return [first, ResponseOutputItemDoneEvent(type="response.output_item.done", output_index=item.index,
-                                               item=_sdk_item(item, turn), sequence_number=next(seq))]
+        first = ResponseWebSearchCallCompletedEvent(
+            type="response.web_search_call.completed", **at, sequence_number=next(seq)
+        )
+    return [
+        first,
+        ResponseOutputItemDoneEvent(
+            type="response.output_item.done",
+            output_index=item.index,
+            item=_sdk_item(item, turn),
+            sequence_number=next(seq),
+        ),
+    ]
 
 
 def _item_events(ev: ItemEvent, seq: itertools.count, turn: _Turn) -> list[BaseModel]:
     item = ev.item
     at = {"item_id": item.id, "output_index": item.index}
     if ev.kind == "added":
-        out: list[BaseModel] = [ResponseOutputItemAddedEvent(type="response.output_item.added", output_index=item.index,
-                                                             item=_sdk_item(item, turn), sequence_number=next(seq))]
+        out: list[BaseModel] = [
+            ResponseOutputItemAddedEvent(
+                type="response.output_item.added",
+                output_index=item.index,
+                item=_sdk_item(item, turn),
+                sequence_number=next(seq),
+            )
+        ]
         if item.kind == "reasoning":
-            out.append(ResponseContentPartAddedEvent(type="response.content_part.added", content_index=0, **at,
-                                                     part=PartReasoningText(type="reasoning_text", text=""),
-                                                     sequence_number=next(seq)))
+            out.append(
+                ResponseContentPartAddedEvent(
+                    type="response.content_part.added",
+                    content_index=0,
+                    **at,
+                    part=PartReasoningText(type="reasoning_text", text=""),
+                    sequence_number=next(seq),
+                )
+            )
         elif item.kind == "message":
-            out.append(ResponseContentPartAddedEvent(type="response.content_part.added", content_index=0, **at,
-                                                     part=ResponseOutputText(type="output_text", text="", annotations=[]),
-                                                     sequence_number=next(seq)))
+            out.append(
+                ResponseContentPartAddedEvent(
+                    type="response.content_part.added",
+                    content_index=0,
+                    **at,
+                    part=ResponseOutputText(type="output_text", text="", annotations=[]),
+                    sequence_number=next(seq),
+                )
+            )
         elif item.kind == "code_interpreter_call":
-            out.append(ResponseCodeInterpreterCallInProgressEvent(type="response.code_interpreter_call.in_progress",
-                                                                  **at, sequence_number=next(seq)))
+            out.append(
+                ResponseCodeInterpreterCallInProgressEvent(
+                    type="response.code_interpreter_call.in_progress", **at, sequence_number=next(seq)
+                )
+            )
         elif item.kind == "web_search_call":
-            out.append(ResponseWebSearchCallInProgressEvent(type="response.web_search_call.in_progress", **at,
-                                                            sequence_number=next(seq)))
+            out.append(
+                ResponseWebSearchCallInProgressEvent(
+                    type="response.web_search_call.in_progress", **at, sequence_number=next(seq)
+                )
+            )
         elif item.kind == "mcp_call":
-            out.append(ResponseMcpCallInProgressEvent(type="response.mcp_call.in_progress", **at,
-                                                      sequence_number=next(seq)))
+            out.append(
+                ResponseMcpCallInProgressEvent(type="response.mcp_call.in_progress", **at, sequence_number=next(seq))
+            )
         return out
     if ev.kind == "delta":
         if item.kind == "reasoning":
-            return [ResponseReasoningTextDeltaEvent(type="response.reasoning_text.delta", content_index=0, **at,
-                                                    delta=ev.text, sequence_number=next(seq))]
+            return [
+                ResponseReasoningTextDeltaEvent(
+                    type="response.reasoning_text.delta",
+                    content_index=0,
+                    **at,
+                    delta=ev.text,
+                    sequence_number=next(seq),
+                )
+            ]
         if item.kind == "function_call":
-            return [ResponseFunctionCallArgumentsDeltaEvent(type="response.function_call_arguments.delta", **at,
-                                                            delta=ev.text, sequence_number=next(seq))]
+            return [
+                ResponseFunctionCallArgumentsDeltaEvent(
+                    type="response.function_call_arguments.delta", **at, delta=ev.text, sequence_number=next(seq)
+                )
+            ]
         if item.kind == "code_interpreter_call":
-            return [ResponseCodeInterpreterCallCodeDeltaEvent(type="response.code_interpreter_call_code.delta", **at,
-                                                              delta=ev.text, sequence_number=next(seq))]
+            return [
+                ResponseCodeInterpreterCallCodeDeltaEvent(
+                    type="response.code_interpreter_call_code.delta", **at, delta=ev.text, sequence_number=next(seq)
+                )
+            ]
         if item.kind == "web_search_call":
             return []  # the search arguments are not streamed; the action comes with the item
         if item.kind == "mcp_call":
-            return [ResponseMcpCallArgumentsDeltaEvent(type="response.mcp_call_arguments.delta", **at, delta=ev.text,
-                                                       sequence_number=next(seq))]
-        return [ResponseTextDeltaEvent(type="response.output_text.delta", content_index=0, **at, delta=ev.text,
-                                       logprobs=[], sequence_number=next(seq))]
+            return [
+                ResponseMcpCallArgumentsDeltaEvent(
+                    type="response.mcp_call_arguments.delta", **at, delta=ev.text, sequence_number=next(seq)
+                )
+            ]
+        return [
+            ResponseTextDeltaEvent(
+                type="response.output_text.delta",
+                content_index=0,
+                **at,
+                delta=ev.text,
+                logprobs=[],
+                sequence_number=next(seq),
+            )
+        ]
     # done
     out = []
     if item.kind == "reasoning":
-        out.append(ResponseReasoningTextDoneEvent(type="response.reasoning_text.done", content_index=0, **at,
-                                                  text=item.text, sequence_number=next(seq)))
-        out.append(ResponseContentPartDoneEvent(type="response.content_part.done", content_index=0, **at,
-                                                part=DonePartReasoningText(type="reasoning_text", text=item.text),
-                                                sequence_number=next(seq)))
+        out.append(
+            ResponseReasoningTextDoneEvent(
+                type="response.reasoning_text.done", content_index=0, **at, text=item.text, sequence_number=next(seq)
+            )
+        )
+        out.append(
+            ResponseContentPartDoneEvent(
+                type="response.content_part.done",
+                content_index=0,
+                **at,
+                part=DonePartReasoningText(type="reasoning_text", text=item.text),
+                sequence_number=next(seq),
+            )
+        )
     elif item.kind == "function_call":
         if not item.complete:  # cut off by max_output_tokens: no arguments.done, the item ends incomplete
-            return [ResponseOutputItemDoneEvent(type="response.output_item.done", output_index=item.index,
-                                                item=_sdk_item(item, turn), sequence_number=next(seq))]
-        out.append(ResponseFunctionCallArgumentsDoneEvent(type="response.function_call_arguments.done", **at,
-                                                          name=_sdk_item(item, turn).name, arguments=item.text,
-                                                          sequence_number=next(seq)))
+            return [
+                ResponseOutputItemDoneEvent(
+                    type="response.output_item.done",
+                    output_index=item.index,
+                    item=_sdk_item(item, turn),
+                    sequence_number=next(seq),
+                )
+            ]
+        out.append(
+            ResponseFunctionCallArgumentsDoneEvent(
+                type="response.function_call_arguments.done",
+                **at,
+                name=_sdk_item(item, turn).name,
+                arguments=item.text,
+                sequence_number=next(seq),
+            )
+        )
     elif item.kind == "code_interpreter_call":
-        out.append(ResponseCodeInterpreterCallCodeDoneEvent(type="response.code_interpreter_call_code.done", **at,
-                                                            code=item.text, sequence_number=next(seq)))
+        out.append(
+            ResponseCodeInterpreterCallCodeDoneEvent(
+                type="response.code_interpreter_call_code.done", **at, code=item.text, sequence_number=next(seq)
+            )
+        )
         if item.complete:  # it runs next; completed and output_item.done follow (_builtin_done)
-            out.append(ResponseCodeInterpreterCallInterpretingEvent(
-                type="response.code_interpreter_call.interpreting", **at, sequence_number=next(seq)))
+            out.append(
+                ResponseCodeInterpreterCallInterpretingEvent(
+                    type="response.code_interpreter_call.interpreting", **at, sequence_number=next(seq)
+                )
+            )
             return out
     elif item.kind == "web_search_call":
         if item.complete:
-            return [ResponseWebSearchCallSearchingEvent(type="response.web_search_call.searching", **at,
-                                                        sequence_number=next(seq))]
+            return [
+                ResponseWebSearchCallSearchingEvent(
+                    type="response.web_search_call.searching", **at, sequence_number=next(seq)
+                )
+            ]
     elif item.kind == "mcp_call":
         if item.complete:  # it runs next; completed (or failed) and output_item.done follow (_builtin_done)
-            return [ResponseMcpCallArgumentsDoneEvent(type="response.mcp_call_arguments.done", **at,
-                                                      arguments=item.text, sequence_number=next(seq))]
+            return [
+                ResponseMcpCallArgumentsDoneEvent(
+                    type="response.mcp_call_arguments.done", **at, arguments=item.text, sequence_number=next(seq)
+                )
+            ]
     else:
         # Browser citations in the answer become url_citation annotations over their 【cursor†Lx-Ly】 spans
         # (the text stays as streamed).
         item.annotations = turn.live_tools.annotate(item.text) if turn.live_tools is not None else []
         for i, ann in enumerate(item.annotations):
-            out.append(ResponseOutputTextAnnotationAddedEvent(
-                type="response.output_text.annotation.added", content_index=0, **at, annotation_index=i,
-                annotation=ann, sequence_number=next(seq)))
-        out.append(ResponseTextDoneEvent(type="response.output_text.done", content_index=0, **at, text=item.text,
-                                         logprobs=[], sequence_number=next(seq)))
-        out.append(ResponseContentPartDoneEvent(type="response.content_part.done", content_index=0, **at,
-                                                part=_output_text(item), sequence_number=next(seq)))
-    out.append(ResponseOutputItemDoneEvent(type="response.output_item.done", output_index=item.index,
-                                           item=_sdk_item(item, turn), sequence_number=next(seq)))
+            out.append(
+                ResponseOutputTextAnnotationAddedEvent(
+                    type="response.output_text.annotation.added",
+                    content_index=0,
+                    **at,
+                    annotation_index=i,
+                    annotation=ann,
+                    sequence_number=next(seq),
+                )
+            )
+        out.append(
+            ResponseTextDoneEvent(
+                type="response.output_text.done",
+                content_index=0,
+                **at,
+                text=item.text,
+                logprobs=[],
+                sequence_number=next(seq),
+            )
+        )
+        out.append(
+            ResponseContentPartDoneEvent(
+                type="response.content_part.done",
+                content_index=0,
+                **at,
+                part=_output_text(item),
+                sequence_number=next(seq),
+            )
+        )
+    out.append(
+        ResponseOutputItemDoneEvent(
+            type="response.output_item.done",
+            output_index=item.index,
+            item=_sdk_item(item, turn),
+            sequence_number=next(seq),
+        )
+    )
     return out
 
 
@@ -834,11 +1098,15 @@ def _mcp_listed_events(item: OutputItem, seq: itertools.count, turn: _Turn) -> l
     """An mcp_list_tools item: added, in_progress, completed, done (the listing ran before the response began)."""
     at = {"item_id": item.id, "output_index": item.index}
     sdk = _sdk_item(item, turn)
-    return [ResponseOutputItemAddedEvent(type="response.output_item.added", output_index=item.index, item=sdk,
-                                         sequence_number=next(seq)),
-            ResponseMcpListToolsInProgressEvent(type="response.mcp_list_tools.in_progress", **at,
-                                                sequence_number=next(seq)),
-            ResponseMcpListToolsCompletedEvent(type="response.mcp_list_tools.completed", **at,
-                                               sequence_number=next(seq)),
-            ResponseOutputItemDoneEvent(type="response.output_item.done", output_index=item.index, item=sdk,
-                                        sequence_number=next(seq))]
+    return [
+        ResponseOutputItemAddedEvent(
+            type="response.output_item.added", output_index=item.index, item=sdk, sequence_number=next(seq)
+        ),
+        ResponseMcpListToolsInProgressEvent(
+            type="response.mcp_list_tools.in_progress", **at, sequence_number=next(seq)
+        ),
+        ResponseMcpListToolsCompletedEvent(type="response.mcp_list_tools.completed", **at, sequence_number=next(seq)),
+        ResponseOutputItemDoneEvent(
+            type="response.output_item.done", output_index=item.index, item=sdk, sequence_number=next(seq)
+        ),
+    ]

@@ -114,7 +114,9 @@ class ResponsesRequest(_Lenient):
     text: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
     seed: int | None = SEED
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)  # accepted (in range); log-probabilities are not returned here
+    top_logprobs: int | None = Field(
+        default=None, ge=0, le=20
+    )  # accepted (in range); log-probabilities are not returned here
 
 
 class CompletionRequest(_Lenient):

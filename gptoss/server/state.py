@@ -30,7 +30,9 @@ class ServerConfig:
     model_name: str = "gpt-oss"
     aliases: list[str] = field(default_factory=list)
     api_key: str | None = None
-    api_keys: list[str] = field(default_factory=list)  # more keys (--api-keys-file); each sees only its own stored responses
+    api_keys: list[str] = field(
+        default_factory=list
+    )  # more keys (--api-keys-file); each sees only its own stored responses
     max_queue: int = 256
     max_body_bytes: int = 4 * 2**20
     header_timeout: float = HEADER_TIMEOUT  # seconds for a request's headers (server/http.py)
@@ -111,19 +113,29 @@ class ServerState:
         self.started = int(time.time())
         # Tokenizing and rendering big prompts (and encoding their answers) runs here, off the event loop, a
         # few at a time: /health and small requests keep being served while megabytes are tokenized.
-        self.workers = ThreadPoolExecutor(max_workers=max(2, min(4, (os.cpu_count() or 2) // 2)),
-                                          thread_name_prefix="gptoss-tokenize")
+        self.workers = ThreadPoolExecutor(
+            max_workers=max(2, min(4, (os.cpu_count() or 2) // 2)), thread_name_prefix="gptoss-tokenize"
+        )
         self.guard = None
         if config.guard is not None:
             from gptoss.guard import Guard
 
-            self.guard = Guard.build(config.guard, self.engine, self.tokenizer, self.max_model_len, self.metrics.registry)
+            self.guard = Guard.build(
+                config.guard, self.engine, self.tokenizer, self.max_model_len, self.metrics.registry
+            )
 
     def check_model(self, name: str) -> None:
         if name != self.config.model_name and name not in self.config.aliases and name not in self.config.adapters:
-            also = f" and the LoRA adapters {', '.join(map(repr, self.config.adapters))}" if self.config.adapters else ""
-            raise APIError(404, f"the model {name!r} does not exist; this server serves {self.config.model_name!r}{also}",
-                           param="model", code="model_not_found", type="not_found_error")
+            also = (
+                f" and the LoRA adapters {', '.join(map(repr, self.config.adapters))}" if self.config.adapters else ""
+            )
+            raise APIError(
+                404,
+                f"the model {name!r} does not exist; this server serves {self.config.model_name!r}{also}",
+                param="model",
+                code="model_not_found",
+                type="not_found_error",
+            )
 
     def lora_of(self, name: str) -> str | None:
         """The LoRA adapter a request's model name selects (None: the base model)."""
@@ -143,9 +155,13 @@ class ServerState:
         chars = sum(len(t) for t in texts)
         least = -(-chars // self.tokenizer.max_token_bytes)
         if least >= self.max_model_len:
-            raise APIError(400, f"{field_name}: {chars} characters of text are at least {least} tokens; this model's "
-                                f"maximum context length is {self.max_model_len} tokens. Shorten the {field_name}.",
-                           param=field_name, code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"{field_name}: {chars} characters of text are at least {least} tokens; this model's "
+                f"maximum context length is {self.max_model_len} tokens. Shorten the {field_name}.",
+                param=field_name,
+                code="context_length_exceeded",
+            )
         return chars
 
     def check_length(self, prompt_len: int, max_tokens: int | None, field_name: str) -> int:
@@ -158,6 +174,9 @@ class ServerState:
             raise APIError(
                 400,
                 f"this model's maximum context length is {self.max_model_len} tokens; the request needs {wanted} "
-                f"({prompt_len} in the prompt, {max_tokens or 0} to generate). Shorten the messages or lower {field_name}.",
-                param=field_name if room > 0 else "messages", code="context_length_exceeded")
+                f"({prompt_len} in the prompt, {max_tokens or 0} to generate). "
+                f"Shorten the messages or lower {field_name}.",
+                param=field_name if room > 0 else "messages",
+                code="context_length_exceeded",
+            )
         return room if max_tokens is None or over else max_tokens

@@ -66,7 +66,9 @@ class ResponseStore:
         """Record who created ``response_id`` (before anything of it is stored)."""
         if owner:
             with self._lock:
-                self._db.execute("INSERT OR REPLACE INTO response_owners (id, owner) VALUES (?, ?)", (response_id, owner))
+                self._db.execute(
+                    "INSERT OR REPLACE INTO response_owners (id, owner) VALUES (?, ?)", (response_id, owner)
+                )
 
     def visible(self, response_id: str, owner: str | None) -> bool:
         """Whether ``response_id`` exists, has not expired and may be seen by ``owner`` (None: the server
@@ -74,17 +76,27 @@ class ResponseStore:
         with self._lock:
             row = self._db.execute(
                 "SELECT r.created_at, COALESCE(o.owner, '') FROM responses r LEFT JOIN response_owners o "
-                "ON o.id = r.id WHERE r.id = ?", (response_id,)).fetchone()
+                "ON o.id = r.id WHERE r.id = ?",
+                (response_id,),
+            ).fetchone()
         if row is None or (self.ttl is not None and row[0] < time.time() - self.ttl):
             return False
         return owner is None or row[1] in ("", owner)
 
-    def put(self, response_id: str, response: dict[str, Any], input_items: list[dict[str, Any]],
-            output_items: list[dict[str, Any]]) -> None:
+    def put(
+        self,
+        response_id: str,
+        response: dict[str, Any],
+        input_items: list[dict[str, Any]],
+        output_items: list[dict[str, Any]],
+    ) -> None:
         row = (response_id, time.time(), json.dumps(response), json.dumps(input_items), json.dumps(output_items))
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO responses (id, created_at, response, input_items, output_items) "
-                             "VALUES (?, ?, ?, ?, ?)", row)
+            self._db.execute(
+                "INSERT OR REPLACE INTO responses (id, created_at, response, input_items, output_items) "
+                "VALUES (?, ?, ?, ?, ?)",
+                row,
+            )
             if self.ttl is not None and row[1] >= self._next_purge:
                 self._purge()
                 self._next_purge = row[1] + min(60.0, self.ttl / 4)
@@ -93,15 +105,17 @@ class ResponseStore:
         """Drop expired responses (the lock is held)."""
         cutoff = time.time() - self.ttl
         for table in ("response_events", "response_owners"):
-            self._db.execute(f"DELETE FROM {table} WHERE id IN (SELECT id FROM responses WHERE created_at < ?)",
-                             (cutoff,))
+            self._db.execute(
+                f"DELETE FROM {table} WHERE id IN (SELECT id FROM responses WHERE created_at < ?)", (cutoff,)
+            )
         self._db.execute("DELETE FROM responses WHERE created_at < ?", (cutoff,))
 
     def put_events(self, response_id: str, events: list[dict[str, Any]]) -> None:
         """Every event a stored response streamed, in order (for ``GET ...?stream=true``)."""
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO response_events (id, events) VALUES (?, ?)",
-                             (response_id, json.dumps(events)))
+            self._db.execute(
+                "INSERT OR REPLACE INTO response_events (id, events) VALUES (?, ?)", (response_id, json.dumps(events))
+            )
 
     def events(self, response_id: str, owner: str | None = None) -> list[dict[str, Any]] | None:
         """The events a stored response streamed, in order (None if it was stored without them)."""
@@ -116,8 +130,9 @@ class ResponseStore:
         if not self.visible(response_id, owner):
             return None
         with self._lock:
-            row = self._db.execute("SELECT response, input_items, output_items FROM responses WHERE id = ?",
-                                   (response_id,)).fetchone()
+            row = self._db.execute(
+                "SELECT response, input_items, output_items FROM responses WHERE id = ?", (response_id,)
+            ).fetchone()
         if row is None:
             return None
         return StoredResponse(response_id, json.loads(row[0]), json.loads(row[1]), json.loads(row[2]))

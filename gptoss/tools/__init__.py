@@ -12,8 +12,15 @@ __all__ = ["Tool", "ToolCall", "ToolError", "ToolResult", "ToolUsageError", "Too
 TOOL_NAMES = ("browser", "python")
 
 
-def make_toolbox(names: "list[str] | str" = (), *, corpus: str | None = None, functions: str | None = None,
-                 python_config=None, web: bool = True, browser_allow_hosts: str | None = None) -> Toolbox:
+def make_toolbox(
+    names: "list[str] | str" = (),
+    *,
+    corpus: str | None = None,
+    functions: str | None = None,
+    python_config=None,
+    web: bool = True,
+    browser_allow_hosts: str | None = None,
+) -> Toolbox:
     """A toolbox from names (``"browser,python"``), a corpus folder for the browser, and a module of
     functions. ``browser_allow_hosts``: the operator's allow-list that opens non-public hosts to the
     browser (``--browser-allow-hosts``; None: ``GPTOSS_BROWSER_ALLOW_HOSTS``). Raises ToolError for an

@@ -132,7 +132,11 @@ class Tool(ABC):
         return {}
 
     async def aclose(self) -> None:
-        """Release what the conversation holds (a kernel, a container)."""
+        """Release what the conversation holds (a kernel, a container).
+
+        A concrete default, not an abstract method: a tool that holds nothing has nothing to release, so
+        this does nothing; tools with a kernel or a container override it."""
+        return None
 
     def close(self) -> None:
         _run_sync(self.aclose())
@@ -211,8 +215,16 @@ class Toolbox:
         tool = self.find(call.recipient)
         if tool is None:
             names = ", ".join(sorted(self.tools)) or "none"
-            return ToolResult([tool_message(call.recipient or "unknown", f"Error: there is no tool {call.recipient!r} "
-                                            f"(tools available: {names})", call.channel)], status="failed")
+            return ToolResult(
+                [
+                    tool_message(
+                        call.recipient or "unknown",
+                        f"Error: there is no tool {call.recipient!r} (tools available: {names})",
+                        call.channel,
+                    )
+                ],
+                status="failed",
+            )
         return await tool.run(call)
 
     def cite(self, text: str) -> tuple[str, list[dict[str, Any]]]:

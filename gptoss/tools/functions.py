@@ -41,8 +41,13 @@ from gptoss.tools.base import Tool, ToolCall, ToolError, ToolResult, ToolUsageEr
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def function_tool(fn: Callable | None = None, *, name: str | None = None, description: str | None = None,
-                  parameters: dict | None = None):
+def function_tool(
+    fn: Callable | None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    parameters: dict | None = None,
+):
     """Mark a function as a tool, optionally giving its name, description or JSON Schema explicitly."""
 
     def mark(f: Callable) -> Callable:
@@ -95,7 +100,7 @@ def _doc_parts(doc: str | None) -> tuple[str, dict[str, str]]:
     description = doc[: match.start()].strip()
     params: dict[str, str] = {}
     current = None
-    for line in doc[match.end():].splitlines():
+    for line in doc[match.end() :].splitlines():
         if re.match(r"^\S", line) and line.strip().endswith(":"):  # the next section
             break
         m = re.match(r"^\s+(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$", line)
@@ -187,8 +192,11 @@ def functions_of(module: types.ModuleType) -> list[Callable]:
     if chosen is None and hasattr(module, "__all__"):
         chosen = [getattr(module, n) for n in module.__all__]
     if chosen is None:
-        chosen = [obj for name, obj in vars(module).items()
-                  if not name.startswith("_") and inspect.isfunction(obj) and obj.__module__ == module.__name__]
+        chosen = [
+            obj
+            for name, obj in vars(module).items()
+            if not name.startswith("_") and inspect.isfunction(obj) and obj.__module__ == module.__name__
+        ]
     out = [f for f in chosen if callable(f)]
     return out
 
@@ -222,7 +230,9 @@ class FunctionsTool(Tool):
         return cls(Function(d) for d in descriptions)
 
     def namespace(self) -> ToolNamespaceConfig:
-        return ToolNamespaceConfig(name="functions", description=None, tools=[f.description for f in self.functions.values()])
+        return ToolNamespaceConfig(
+            name="functions", description=None, tools=[f.description for f in self.functions.values()]
+        )
 
     def new_conversation(self) -> FunctionsTool:
         return FunctionsTool(self.functions.values(), self.timeout)
@@ -239,15 +249,20 @@ class FunctionsTool(Tool):
         fn = self.functions.get(name)
         try:
             if fn is None:
-                raise ToolUsageError(f"Error: no function named {name!r} (functions: {', '.join(self.functions) or 'none'})")
+                raise ToolUsageError(
+                    f"Error: no function named {name!r} (functions: {', '.join(self.functions) or 'none'})"
+                )
             if fn.fn is None:
                 raise ToolUsageError(f"Error: function {name!r} is declared but has no implementation here")
             args = call.json_arguments()
             output = await self._invoke(fn.fn, args)
         except ToolUsageError as exc:
             text = str(exc)
-            return ToolResult([tool_message(call.recipient, text if text.startswith("Error") else f"Error: {text}", call.channel)],
-                              status="failed", metadata={"name": name})
+            return ToolResult(
+                [tool_message(call.recipient, text if text.startswith("Error") else f"Error: {text}", call.channel)],
+                status="failed",
+                metadata={"name": name},
+            )
         return ToolResult([tool_message(call.recipient, output, call.channel)], metadata={"name": name})
 
     async def _invoke(self, fn: Callable, args: dict) -> str:

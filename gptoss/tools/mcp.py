@@ -38,8 +38,9 @@ def parse_mcp_servers(specs: list[str]) -> dict[str, str]:
     for spec in specs:
         name, sep, url = spec.partition("=")
         if not sep or not _LABEL.match(name):
-            raise GptossError(f"--mcp {spec!r}: expected NAME=URL, NAME of letters, digits, '_' or '-' "
-                              "starting with a letter")
+            raise GptossError(
+                f"--mcp {spec!r}: expected NAME=URL, NAME of letters, digits, '_' or '-' starting with a letter"
+            )
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise GptossError(f"--mcp {spec!r}: expected an http(s) URL of a streamable HTTP MCP server")
@@ -127,8 +128,10 @@ class McpTool(Tool):
 
     def namespace(self) -> ToolNamespaceConfig:
         return ToolNamespaceConfig(
-            name=self.label, description=self.description or f"Tools of the MCP server {self.label}.",
-            tools=[ToolDescription.new(t.name, t.description, t.input_schema) for t in self.tools])
+            name=self.label,
+            description=self.description or f"Tools of the MCP server {self.label}.",
+            tools=[ToolDescription.new(t.name, t.description, t.input_schema) for t in self.tools],
+        )
 
     def recipients(self) -> dict[str, dict[str, Any] | None]:
         """``LABEL.TOOL`` -> the JSON Schema of its arguments."""
@@ -162,7 +165,9 @@ class McpTool(Tool):
             return ToolResult([tool_message(author, text, call.channel)], "failed", {"error": text})
         text = result_text(list(result.content or []))
         if result.is_error:
-            return ToolResult([tool_message(author, text or "Error", call.channel)], "failed", {"error": text or "error"})
+            return ToolResult(
+                [tool_message(author, text or "Error", call.channel)], "failed", {"error": text or "error"}
+            )
         return ToolResult([tool_message(author, text, call.channel)], "completed", {"output": text})
 
     def new_conversation(self) -> McpTool:

@@ -20,8 +20,10 @@ from gptoss.tools.base import Toolbox, ToolCall
 
 MAX_SESSIONS = 16
 
-PYTHON_DESCRIPTION = ("Run Python code in a sandboxed, stateful kernel (variables persist between calls of one "
-                      "session) and return what it printed. No network access.")
+PYTHON_DESCRIPTION = (
+    "Run Python code in a sandboxed, stateful kernel (variables persist between calls of one "
+    "session) and return what it printed. No network access."
+)
 
 
 class ToolSessions:
@@ -73,11 +75,13 @@ def build_server(templates: Toolbox):
         return headers.get("mcp-session-id")
 
     if templates.get("python") is not None:
+
         @srv.tool(name="python", description=PYTHON_DESCRIPTION)
         async def python(code: str, ctx: Context) -> str:
             return await sessions.run(key(ctx), "python", code)
 
     if templates.get("browser") is not None:
+
         def args(**kw: Any) -> str:
             return json.dumps({k: v for k, v in kw.items() if v is not None})
 
@@ -85,11 +89,17 @@ def build_server(templates: Toolbox):
         async def browser_search(query: str, ctx: Context, topn: int = 10) -> str:
             return await sessions.run(key(ctx), "browser.search", args(query=query, topn=topn))
 
-        @srv.tool(name="browser_open", description="Open a result of the last page by its number, or a URL; "
-                                                   "scroll with loc (the line to start at) and num_lines.")
-        async def browser_open(ctx: Context, id: int | str = -1, cursor: int = -1, loc: int = -1,
-                               num_lines: int = -1) -> str:
-            return await sessions.run(key(ctx), "browser.open", args(id=id, cursor=cursor, loc=loc, num_lines=num_lines))
+        @srv.tool(
+            name="browser_open",
+            description="Open a result of the last page by its number, or a URL; "
+            "scroll with loc (the line to start at) and num_lines.",
+        )
+        async def browser_open(
+            ctx: Context, id: int | str = -1, cursor: int = -1, loc: int = -1, num_lines: int = -1
+        ) -> str:
+            return await sessions.run(
+                key(ctx), "browser.open", args(id=id, cursor=cursor, loc=loc, num_lines=num_lines)
+            )
 
         @srv.tool(name="browser_find", description="Find a pattern in the page open at cursor (the last by default).")
         async def browser_find(pattern: str, ctx: Context, cursor: int = -1) -> str:

@@ -17,8 +17,9 @@ def dense_checkpoint(tmp_path_factory, mxfp4_checkpoint):
     from transformers import GptOssForCausalLM, Mxfp4Config
 
     out = tmp_path_factory.mktemp("dense")
-    hf = GptOssForCausalLM.from_pretrained(mxfp4_checkpoint, dtype=torch.float32,
-                                           quantization_config=Mxfp4Config(dequantize=True))
+    hf = GptOssForCausalLM.from_pretrained(
+        mxfp4_checkpoint, dtype=torch.float32, quantization_config=Mxfp4Config(dequantize=True)
+    )
     hf.save_pretrained(out)
     return out
 
@@ -38,8 +39,14 @@ def make_adapter(base, out, seed: int, target_modules=(), target_parameters=(), 
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(target_modules) or None,
-                        target_parameters=list(target_parameters) or None, init_lora_weights=False, **extra)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        target_modules=list(target_modules) or None,
+        target_parameters=list(target_parameters) or None,
+        init_lora_weights=False,
+        **extra,
+    )
     peft_model = get_peft_model(hf_model(base), config)
     with torch.no_grad():  # keep the update moderate: the tests compare outputs, not noise
         for name, p in peft_model.named_parameters():
@@ -56,8 +63,9 @@ def adapters(tmp_path_factory, dense_checkpoint):
     root = tmp_path_factory.mktemp("adapters")
     return {
         "attn": make_adapter(dense_checkpoint, root / "attn", 1, ["q_proj", "k_proj", "v_proj", "o_proj"]),
-        "experts": make_adapter(dense_checkpoint, root / "experts", 2, ["v_proj"],
-                                ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]),
+        "experts": make_adapter(
+            dense_checkpoint, root / "experts", 2, ["v_proj"], ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+        ),
         "gate_up": make_adapter(dense_checkpoint, root / "gate_up", 3, [], ["mlp.experts.gate_up_proj"], r=2),
         "rs": make_adapter(dense_checkpoint, root / "rs", 4, ["q_proj", "o_proj"], r=2, alpha=3, use_rslora=True),
     }

@@ -22,11 +22,13 @@ def test_dense_experts_match_transformers_logits_and_greedy(dense_checkpoint):
     hf = hf_model(dense_checkpoint)
     with torch.no_grad():
         want = hf(TOKENS[None]).logits[0]
-        hf_ids = hf.generate(TOKENS[None, :12], max_new_tokens=6, do_sample=False, eos_token_id=None,
-                             pad_token_id=0)[0, 12:].tolist()
+        hf_ids = hf.generate(TOKENS[None, :12], max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)[
+            0, 12:
+        ].tolist()
     assert rel_err(ours(TOKENS), want) < 1e-4
-    out = LLM(ours, max_batch=2).generate([TOKENS[:12].tolist()], SamplingParams(temperature=0, max_tokens=6,
-                                                                                 ignore_stop=True))
+    out = LLM(ours, max_batch=2).generate(
+        [TOKENS[:12].tolist()], SamplingParams(temperature=0, max_tokens=6, ignore_stop=True)
+    )
     assert out[0].token_ids == hf_ids
 
 
@@ -59,8 +61,11 @@ def test_missing_expert_bias_is_named(tmp_path, dense_checkpoint):
 def test_transposed_expert_weight_is_named_with_the_expected_layout(tmp_path, dense_checkpoint):
     name = "model.layers.0.mlp.experts.gate_up_proj"
     folder = _broken(tmp_path, dense_checkpoint, lambda t: t.__setitem__(name, t[name].transpose(1, 2).contiguous()))
-    with pytest.raises(CheckpointError, match=rf"tensor {name}: expected shape \[8, 64, 128\], found \[8, 128, 64\]"
-                                              r".*\[experts, in, out\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"tensor {name}: expected shape \[8, 64, 128\], found \[8, 128, 64\]"
+        r".*\[experts, in, out\]",
+    ):
         Transformer.from_checkpoint(folder)
 
 

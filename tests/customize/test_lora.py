@@ -29,8 +29,17 @@ def peft_reference(base, adapter, tokens, new_tokens=4):
     model = PeftModel.from_pretrained(hf_model(base), adapter).eval()
     with torch.no_grad():
         logits = model(tokens[None]).logits[0]
-        ids = model.generate(input_ids=tokens[None, :10], max_new_tokens=new_tokens, do_sample=False,
-                             eos_token_id=None, pad_token_id=0)[0, 10:].tolist() if new_tokens else None
+        ids = (
+            model.generate(
+                input_ids=tokens[None, :10],
+                max_new_tokens=new_tokens,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=0,
+            )[0, 10:].tolist()
+            if new_tokens
+            else None
+        )
     return logits, ids
 
 
@@ -50,7 +59,10 @@ def test_adapter_matches_peft_on_transformers(base, which, adapters, dense_check
     if not greedy:
         return
     llm = LLM(model, max_batch=2)
-    assert llm.generate([TOKENS[:10].tolist()], SamplingParams(**{**GREEDY.__dict__, "lora": "x"}))[0].token_ids == want_ids
+    assert (
+        llm.generate([TOKENS[:10].tolist()], SamplingParams(**{**GREEDY.__dict__, "lora": "x"}))[0].token_ids
+        == want_ids
+    )
 
 
 def test_adapters_batched_together_equal_each_alone(adapters, mxfp4_checkpoint):
@@ -71,12 +83,12 @@ def test_adapters_batched_together_equal_each_alone(adapters, mxfp4_checkpoint):
     with lora.active([(1, 8), (0, 8), (2, 8)]):
         got = model.step(mixed, batch, KVCache(model.config, num_slots=3, max_len=9, dtype=model.dtype))
     for i, slot in enumerate([1, 0, 2]):
-        part = mixed[8 * i: 8 * i + 8]
+        part = mixed[8 * i : 8 * i + 8]
         with lora.active([(slot, 8)]):
             alone_logits = model(part)
-        assert rel_err(got[8 * i: 8 * i + 8], alone_logits) < 1e-5
+        assert rel_err(got[8 * i : 8 * i + 8], alone_logits) < 1e-5
         if slot:  # and each adapter's rows are its own, not the base's
-            assert rel_err(got[8 * i: 8 * i + 8], model(part)) > 1e-3
+            assert rel_err(got[8 * i : 8 * i + 8], model(part)) > 1e-3
 
 
 def test_unknown_adapter_name_is_refused(adapters, mxfp4_checkpoint):
@@ -102,22 +114,48 @@ def _edited(tmp_path, adapter, edit_tensors=None, edit_config=None):
 KEY = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"
 
 
-@pytest.mark.parametrize("case, edit_tensors, edit_config, message", [
-    ("shape", lambda t: t.__setitem__(KEY, t[KEY][:16]), None,
-     r"model\.layers\.1\.self_attn\.v_proj: expected lora_A \[4, 64\] and lora_B \[32, 4\].*found \[4, 64\] and \[16, 4\]"),
-    ("rank", None, lambda c: c.__setitem__("r", 8),
-     r"mlp\.experts\.down_proj: lora_A\.weight \[32, 64\] has 32 rows; the adapter's rank 8 x 8 experts = 64 does not fit"),
-    ("attention rank", None, lambda c: c.__setitem__("rank_pattern", {"v_proj": 3}),
-     r"v_proj: lora_A\.weight \[4, 64\] has 4 rows; the adapter's rank 3 does not fit"),
-    ("target", lambda t: t.__setitem__("base_model.model.model.layers.0.mlp.router.lora_A.weight", torch.zeros(4, 64)), None,
-     r"tensor base_model\.model\.model\.layers\.0\.mlp\.router\.lora_A\.weight: gptoss applies LoRA to"),
-    ("layer", lambda t: t.__setitem__(KEY.replace("layers.1", "layers.5"), t[KEY].clone()), None,
-     r"layer 5, but the base model has 2 layers"),
-    ("half", lambda t: t.pop(KEY.replace("lora_B", "lora_A")), None, r"v_proj: lora_A\.weight is missing"),
-    ("dora", None, lambda c: c.__setitem__("use_dora", True), r"use_dora: DoRA is not supported"),
-])
-def test_bad_adapter_is_refused_in_one_line_and_nothing_is_loaded(tmp_path, adapters, mxfp4_checkpoint, case,
-                                                                  edit_tensors, edit_config, message):
+@pytest.mark.parametrize(
+    "case, edit_tensors, edit_config, message",
+    [
+        (
+            "shape",
+            lambda t: t.__setitem__(KEY, t[KEY][:16]),
+            None,
+            r"model\.layers\.1\.self_attn\.v_proj: expected lora_A \[4, 64\] and lora_B \[32, 4\]"
+            r".*found \[4, 64\] and \[16, 4\]",
+        ),
+        (
+            "rank",
+            None,
+            lambda c: c.__setitem__("r", 8),
+            r"mlp\.experts\.down_proj: lora_A\.weight \[32, 64\] has 32 rows; "
+            r"the adapter's rank 8 x 8 experts = 64 does not fit",
+        ),
+        (
+            "attention rank",
+            None,
+            lambda c: c.__setitem__("rank_pattern", {"v_proj": 3}),
+            r"v_proj: lora_A\.weight \[4, 64\] has 4 rows; the adapter's rank 3 does not fit",
+        ),
+        (
+            "target",
+            lambda t: t.__setitem__("base_model.model.model.layers.0.mlp.router.lora_A.weight", torch.zeros(4, 64)),
+            None,
+            r"tensor base_model\.model\.model\.layers\.0\.mlp\.router\.lora_A\.weight: gptoss applies LoRA to",
+        ),
+        (
+            "layer",
+            lambda t: t.__setitem__(KEY.replace("layers.1", "layers.5"), t[KEY].clone()),
+            None,
+            r"layer 5, but the base model has 2 layers",
+        ),
+        ("half", lambda t: t.pop(KEY.replace("lora_B", "lora_A")), None, r"v_proj: lora_A\.weight is missing"),
+        ("dora", None, lambda c: c.__setitem__("use_dora", True), r"use_dora: DoRA is not supported"),
+    ],
+)
+def test_bad_adapter_is_refused_in_one_line_and_nothing_is_loaded(
+    tmp_path, adapters, mxfp4_checkpoint, case, edit_tensors, edit_config, message
+):
     bad = _edited(tmp_path, adapters["experts"], edit_tensors, edit_config)
     model = Transformer.from_checkpoint(mxfp4_checkpoint)
     with pytest.raises(AdapterError, match=message) as info:

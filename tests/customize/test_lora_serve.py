@@ -16,16 +16,20 @@ from tests.server.conftest import serve
 
 @pytest.fixture(scope="module")
 def server(adapters, mxfp4_checkpoint):
-    llm = LLM(Transformer.from_checkpoint(mxfp4_checkpoint), max_batch=4, max_model_len=1024,
-              lora={"attn-ft": adapters["attn"], "expert-ft": adapters["experts"]})
-    with serve(llm, model_name="gpt-oss", adapters=llm.model.lora.names,
-               persona=ServerPersona(reasoning_max_tokens=4)) as base:
+    llm = LLM(
+        Transformer.from_checkpoint(mxfp4_checkpoint),
+        max_batch=4,
+        max_model_len=1024,
+        lora={"attn-ft": adapters["attn"], "expert-ft": adapters["experts"]},
+    )
+    with serve(
+        llm, model_name="gpt-oss", adapters=llm.model.lora.names, persona=ServerPersona(reasoning_max_tokens=4)
+    ) as base:
         yield base
 
 
 def _ask(model):
-    return dict(model=model, messages=[{"role": "user", "content": "Hi"}], temperature=0, max_tokens=16,
-                logprobs=True)
+    return dict(model=model, messages=[{"role": "user", "content": "Hi"}], temperature=0, max_tokens=16, logprobs=True)
 
 
 def _answer(completion):
@@ -51,8 +55,20 @@ def test_adapters_are_listed_and_answer_as_when_alone(server):
 
 
 def test_generate_cli_applies_the_adapter(adapters, mxfp4_checkpoint, capsys):
-    argv = ["generate", "--model", str(mxfp4_checkpoint), "--prompt-ids", "1,2,3,4,5", "--temperature", "0",
-            "--max-tokens", "4", "--json", "--dtype", "float32"]
+    argv = [
+        "generate",
+        "--model",
+        str(mxfp4_checkpoint),
+        "--prompt-ids",
+        "1,2,3,4,5",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "4",
+        "--json",
+        "--dtype",
+        "float32",
+    ]
     assert main(argv + ["--lora", str(adapters["experts"])]) == 0
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["token_ids"]
     llm = LLM(Transformer.from_checkpoint(mxfp4_checkpoint), max_batch=1, lora={"e": adapters["experts"]})

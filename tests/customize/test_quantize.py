@@ -56,7 +56,12 @@ def test_sharded_output_has_an_index_and_loads(tmp_path, finetuned):
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
     tokens = torch.arange(10)
-    assert rel_err(Transformer.from_checkpoint(out)(tokens), Transformer.from_checkpoint(finetuned, quantize="mxfp4")(tokens)) < 1e-6
+    assert (
+        rel_err(
+            Transformer.from_checkpoint(out)(tokens), Transformer.from_checkpoint(finetuned, quantize="mxfp4")(tokens)
+        )
+        < 1e-6
+    )
 
 
 def test_an_mxfp4_input_is_refused(tmp_path, mxfp4_checkpoint):

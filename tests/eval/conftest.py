@@ -54,18 +54,29 @@ def _get_json(url: str, timeout: float = 2.0):
 @pytest.fixture(scope="session")
 def serve_backend(tmp_path_factory):
     ckpt = tmp_path_factory.mktemp("eval-serve") / "tiny"
-    subprocess.run([sys.executable, "-m", "gptoss", "make-checkpoint", "--preset", "tiny", "--out", str(ckpt)],
-                   check=True, cwd=REPO, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "gptoss", "make-checkpoint", "--preset", "tiny", "--out", str(ckpt)],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
+    )
     port = _free_port()
     log = open(ckpt.parent / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "gptoss", "serve", "--model", str(ckpt), "--port", str(port)],
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptoss", "serve", "--model", str(ckpt), "--port", str(port)],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180
         while True:
             if proc.poll() is not None:
-                raise AssertionError(f"gptoss serve exited with {proc.returncode}: {(ckpt.parent / 'serve.log').read_text()[-2000:]}")
+                raise AssertionError(
+                    f"gptoss serve exited with {proc.returncode}: {(ckpt.parent / 'serve.log').read_text()[-2000:]}"
+                )
             try:
                 _get_json(f"{base}/health")
                 break

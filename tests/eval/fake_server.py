@@ -78,18 +78,30 @@ class FakeServer:
         if req.kind == "grader":
             m = re.search(r"# Rubric item\n\[(-?[\d.]+)\]", req.content)
             met = m is not None and float(m.group(1)) > 0
-            return {"content": f'```json\n{{"explanation": "checked", "criteria_met": {str(met).lower()}}}\n```', "reasoning_content": ""}
+            return {
+                "content": f'```json\n{{"explanation": "checked", "criteria_met": {str(met).lower()}}}\n```',
+                "reasoning_content": "",
+            }
         if req.kind == "aime":
             problem = req.content.split("\n\nPlease reason step by step")[0]
             answer = self.integers.get(problem, 0)
             if self.python_tool_calls and req.body.get("tools"):
-                call = {"id": f"call_{self._counter}", "type": "function",
-                        "function": {"name": "python", "arguments": json.dumps({"code": f"print({answer})"})}}
+                call = {
+                    "id": f"call_{self._counter}",
+                    "type": "function",
+                    "function": {"name": "python", "arguments": json.dumps({"code": f"print({answer})"})},
+                }
                 return {"content": None, "reasoning_content": reasoning, "tool_calls": [call]}
-            return {"content": f"Working it out step by step.\n\nThe answer is $\\boxed{{{answer}}}$.", "reasoning_content": reasoning}
+            return {
+                "content": f"Working it out step by step.\n\nThe answer is $\\boxed{{{answer}}}$.",
+                "reasoning_content": reasoning,
+            }
         if req.kind == "tool-followup":
             out = req.body["messages"][-1]["content"].strip()
-            return {"content": f"The tool printed {out}, so the answer is \\boxed{{{out}}}.", "reasoning_content": reasoning}
+            return {
+                "content": f"The tool printed {out}, so the answer is \\boxed{{{out}}}.",
+                "reasoning_content": reasoning,
+            }
         if req.kind == "choice":
             question = req.content.split("\n\n")[1]
             correct = self.choices.get(question)
@@ -98,7 +110,10 @@ class FakeServer:
                 if m.group(2) == correct:
                     letter = m.group(1)
             return {"content": f"Let me compare the options.\n\n**Answer: {letter}**", "reasoning_content": reasoning}
-        return {"content": "Please call emergency services now if symptoms are severe; see a clinician.", "reasoning_content": reasoning}
+        return {
+            "content": "Please call emergency services now if symptoms are severe; see a clinician.",
+            "reasoning_content": reasoning,
+        }
 
     def completion(self, body: dict) -> tuple[int, dict]:
         req = self.classify(body)
@@ -119,10 +134,16 @@ class FakeServer:
         if tool_calls:
             message["tool_calls"] = tool_calls
         return 200, {
-            "id": f"chatcmpl-{self._counter}", "object": "chat.completion", "created": 0, "model": body.get("model"),
+            "id": f"chatcmpl-{self._counter}",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body.get("model"),
             "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if tool_calls else "stop"}],
-            "usage": {"prompt_tokens": len(req.content.split()), "completion_tokens": content_tokens + reasoning_tokens,
-                      "total_tokens": len(req.content.split()) + content_tokens + reasoning_tokens},
+            "usage": {
+                "prompt_tokens": len(req.content.split()),
+                "completion_tokens": content_tokens + reasoning_tokens,
+                "total_tokens": len(req.content.split()) + content_tokens + reasoning_tokens,
+            },
         }
 
     def requests_of(self, *kinds: str) -> list[LoggedRequest]:
@@ -153,7 +174,13 @@ class FakeServer:
                 if self.path.rstrip("/") in ("/health", "/v1/health"):
                     self._send(200, {"status": "ok"})
                 elif self.path.rstrip("/") == "/v1/models":
-                    self._send(200, {"object": "list", "data": [{"id": server.model, "object": "model", "created": 0, "owned_by": "test"}]})
+                    self._send(
+                        200,
+                        {
+                            "object": "list",
+                            "data": [{"id": server.model, "object": "model", "created": 0, "owned_by": "test"}],
+                        },
+                    )
                 else:
                     self._send(404, {"error": {"message": "not found"}})
 

@@ -35,18 +35,29 @@ def write(tmp_path, name, text):
 
 
 def test_jsonl_and_csv_schemas(tmp_path):
-    aime = write(tmp_path, "a.csv", "problem,answer\nWhat is 2+2?,4\n\"Sum 1,000 and 1\",\"1,001\"\n")
+    aime = write(tmp_path, "a.csv", 'problem,answer\nWhat is 2+2?,4\n"Sum 1,000 and 1","1,001"\n')
     items = load_file("aime", aime)
     assert [(i.id, i.answer) for i in items] == [("2", 4), ("3", 1001)]
-    gpqa = write(tmp_path, "g.jsonl", json.dumps({"id": "x", "question": "Q?", "correct_answer": "yes",
-                                                   "incorrect_answers": ["no", "maybe"]}) + "\n")
+    gpqa = write(
+        tmp_path,
+        "g.jsonl",
+        json.dumps({"id": "x", "question": "Q?", "correct_answer": "yes", "incorrect_answers": ["no", "maybe"]}) + "\n",
+    )
     (q,) = load_file("gpqa", gpqa)
     assert q.options == ("yes", "no", "maybe") and q.correct == 0
-    mmlu = write(tmp_path, "m.jsonl", json.dumps({"question": "Q?", "choices": ["a", "b", "c"], "answer": 2}) + "\n"
-                 + json.dumps({"question": "R?", "A": "x", "B": "y", "answer": "b"}) + "\n")
+    mmlu = write(
+        tmp_path,
+        "m.jsonl",
+        json.dumps({"question": "Q?", "choices": ["a", "b", "c"], "answer": 2})
+        + "\n"
+        + json.dumps({"question": "R?", "A": "x", "B": "y", "answer": "b"})
+        + "\n",
+    )
     q1, q2 = load_file("mmlu", mmlu)
     assert (q1.options, q1.correct, q2.options, q2.correct) == (("a", "b", "c"), 2, ("x", "y"), 1)
-    hb = write(tmp_path, "h.jsonl", json.dumps({"prompt": "Is it ok?", "rubrics": [{"criterion": "c", "points": 3}]}) + "\n")
+    hb = write(
+        tmp_path, "h.jsonl", json.dumps({"prompt": "Is it ok?", "rubrics": [{"criterion": "c", "points": 3}]}) + "\n"
+    )
     (c,) = load_file("healthbench", hb)
     assert isinstance(c, RubricConversation) and c.messages == ({"role": "user", "content": "Is it ok?"},)
     assert c.theme == "unspecified"
@@ -55,21 +66,52 @@ def test_jsonl_and_csv_schemas(tmp_path):
 @pytest.mark.parametrize(
     "name, filename, text, message",
     [
-        ("aime", "a.jsonl", '{"problem": "p", "answer": "seven"}\n', r"a.jsonl:1: field 'answer' must be an integer, found 'seven'"),
-        ("aime", "a.jsonl", '{"problem": "p", "answer": 1}\n{"answer": 2}\n', r"a.jsonl:2: missing field 'problem' or 'question'"),
+        (
+            "aime",
+            "a.jsonl",
+            '{"problem": "p", "answer": "seven"}\n',
+            r"a.jsonl:1: field 'answer' must be an integer, found 'seven'",
+        ),
+        (
+            "aime",
+            "a.jsonl",
+            '{"problem": "p", "answer": 1}\n{"answer": 2}\n',
+            r"a.jsonl:2: missing field 'problem' or 'question'",
+        ),
         ("aime", "a.jsonl", '{"problem": "p", "answer": 1}\n{oops\n', r"a.jsonl:2: not valid JSON"),
-        ("aime", "a.jsonl", '{"id": 1, "problem": "p", "answer": 1}\n{"id": 1, "problem": "q", "answer": 2}\n',
-         r"a.jsonl:2: duplicate id '1' \(first at line 1\)"),
+        (
+            "aime",
+            "a.jsonl",
+            '{"id": 1, "problem": "p", "answer": 1}\n{"id": 1, "problem": "q", "answer": 2}\n',
+            r"a.jsonl:2: duplicate id '1' \(first at line 1\)",
+        ),
         ("aime", "a.jsonl", "\n", r"a.jsonl: no aime items found"),
         ("aime", "a.txt", "x", r"unknown data file type '.txt'"),
-        ("mmlu", "m.csv", "Question,A,B,C,D,Answer\nQ,1,2,3,4,E\n", r"m.csv:2: field 'answer' must be a letter A-D or an index 0-3, found 'E'"),
+        (
+            "mmlu",
+            "m.csv",
+            "Question,A,B,C,D,Answer\nQ,1,2,3,4,E\n",
+            r"m.csv:2: field 'answer' must be a letter A-D or an index 0-3, found 'E'",
+        ),
         ("gpqa", "g.csv", "Question,Correct Answer\nQ,yes\n", r"g.csv:2: missing field 'incorrect_answers'"),
-        ("healthbench", "h.jsonl", '{"prompt": [{"role": "user", "content": "x"}], "rubrics": [{"criterion": "c", "points": "5"}]}\n',
-         r"h.jsonl:1: rubrics\[0\].points must be a number, found '5'"),
-        ("healthbench", "h.jsonl", '{"prompt": [{"role": "bot", "content": "x"}], "rubrics": [{"criterion": "c", "points": 5}]}\n',
-         r"h.jsonl:1: prompt\[0\] must be"),
-        ("healthbench", "h.jsonl", '{"prompt": "x", "rubrics": [{"criterion": "c", "points": -5}]}\n',
-         r"h.jsonl:1: 'rubrics' has no item with positive points"),
+        (
+            "healthbench",
+            "h.jsonl",
+            '{"prompt": [{"role": "user", "content": "x"}], "rubrics": [{"criterion": "c", "points": "5"}]}\n',
+            r"h.jsonl:1: rubrics\[0\].points must be a number, found '5'",
+        ),
+        (
+            "healthbench",
+            "h.jsonl",
+            '{"prompt": [{"role": "bot", "content": "x"}], "rubrics": [{"criterion": "c", "points": 5}]}\n',
+            r"h.jsonl:1: prompt\[0\] must be",
+        ),
+        (
+            "healthbench",
+            "h.jsonl",
+            '{"prompt": "x", "rubrics": [{"criterion": "c", "points": -5}]}\n',
+            r"h.jsonl:1: 'rubrics' has no item with positive points",
+        ),
     ],
 )
 def test_schema_errors_name_file_line_and_field(tmp_path, name, filename, text, message):
@@ -90,7 +132,10 @@ def test_data_spec(tmp_path):
     assert parse_data_spec(str(tmp_path), ["aime"]) == {"aime": [str(tmp_path / "aime.csv")]}
     with pytest.raises(GptossError, match="no gpqa.jsonl, gpqa.csv or gpqa.parquet"):
         parse_data_spec(str(tmp_path), ["aime", "gpqa"])
-    assert parse_data_spec("aime=a.jsonl+b.jsonl,gpqa=samples", ["aime", "gpqa"]) == {"aime": ["a.jsonl", "b.jsonl"], "gpqa": ["samples"]}
+    assert parse_data_spec("aime=a.jsonl+b.jsonl,gpqa=samples", ["aime", "gpqa"]) == {
+        "aime": ["a.jsonl", "b.jsonl"],
+        "gpqa": ["samples"],
+    }
     with pytest.raises(GptossError, match="names no source for gpqa"):
         parse_data_spec("aime=a.jsonl", ["aime", "gpqa"])
     with pytest.raises(GptossError, match="unknown eval 'aimee'"):
@@ -119,8 +164,10 @@ def test_hub_only_when_named(tmp_path, monkeypatch):
     load_eval("aime", ["samples"])
     assert calls == []  # samples never touch the hub
     ds = load_eval("aime", ["hub"])
-    assert [c[:3] for c in calls] == [("opencompass/AIME2025", "aime2025-I.jsonl", "dataset"),
-                                      ("opencompass/AIME2025", "aime2025-II.jsonl", "dataset")]
+    assert [c[:3] for c in calls] == [
+        ("opencompass/AIME2025", "aime2025-I.jsonl", "dataset"),
+        ("opencompass/AIME2025", "aime2025-II.jsonl", "dataset"),
+    ]
     assert len(ds.items) == 2
     load_eval("aime", ["hf://me/data/sub/set.jsonl@v1"])
     assert calls[-1] == ("me/data", "sub/set.jsonl", "dataset", "v1")
@@ -135,5 +182,7 @@ def test_hub_failure_is_one_clear_line(monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co'\nmore lines")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
-    with pytest.raises(GptossError, match=r"hf://a/b/c.jsonl: cannot fetch from the Hugging Face hub \(We couldn't connect"):
+    with pytest.raises(
+        GptossError, match=r"hf://a/b/c.jsonl: cannot fetch from the Hugging Face hub \(We couldn't connect"
+    ):
         load_eval("aime", ["hf://a/b/c.jsonl"])

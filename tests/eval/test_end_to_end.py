@@ -59,7 +59,8 @@ def test_every_item_attempted_summary_and_plots(backend, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["attempts"] == {"planned": len(expected), "completed": len(expected), "errors": 0, "missing": 0}
     assert [(r["eval"], r["effort"]) for r in summary["results"]] == [
-        (e, eff) for eff in ("low", "medium", "high") for e in SAMPLE_SIZES]
+        (e, eff) for eff in ("low", "medium", "high") for e in SAMPLE_SIZES
+    ]
     for r in summary["results"]:
         assert r["items"] == (limit or SAMPLE_SIZES[r["eval"]])
         assert 0.0 <= r["accuracy"] <= 1.0
@@ -73,7 +74,9 @@ def test_every_item_attempted_summary_and_plots(backend, tmp_path, capsys):
     if backend.fake:  # the oracle answers everything right; reasoning grows with effort
         assert all(r["accuracy"] == 1.0 for r in summary["results"])
         hb = [r for r in summary["results"] if r["eval"] == "healthbench"]
-        assert all(r["themes"] == {"context_seeking": 1.0, "emergency_referrals": 1.0, "global_health": 1.0} for r in hb)
+        assert all(
+            r["themes"] == {"context_seeking": 1.0, "emergency_referrals": 1.0, "global_health": 1.0} for r in hb
+        )
         tokens = {r["effort"]: r["mean_completion_tokens"] for r in summary["results"] if r["eval"] == "aime"}
         assert tokens["low"] < tokens["medium"] < tokens["high"]
         assert backend.fake.requests_of("grader")  # HealthBench went through the grader
@@ -86,12 +89,15 @@ def test_every_item_attempted_summary_and_plots(backend, tmp_path, capsys):
 def test_killed_run_resumes_without_redoing_finished_items(backend, tmp_path):
     out = tmp_path / "run"
     evals, efforts = ["aime", "mmlu", "healthbench"], ["low", "high"]
-    args = eval_args(backend, out, "--eval", ",".join(evals), "--reasoning-effort", ",".join(efforts), "--concurrency", "2", limit=2)
+    args = eval_args(
+        backend, out, "--eval", ",".join(evals), "--reasoning-effort", ",".join(efforts), "--concurrency", "2", limit=2
+    )
     limit = 2 if backend.name == "serve" else None
     expected = planned_keys(evals, efforts, limit)
     attempts = out / "attempts.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "gptoss", *args], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptoss", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.time() + 120
         while not (attempts.is_file() and attempts.read_text().count("\n") >= 3):
@@ -106,8 +112,9 @@ def test_killed_run_resumes_without_redoing_finished_items(backend, tmp_path):
     first = lines_per_key(attempts)
     finished = {k for k, r in AttemptStore(attempts).load().items() if r["error"] is None}
     assert 3 <= len(finished) < len(expected), "the run was not killed midway"
-    finished_prompts = {(r["prompt"][-1]["content"], r["effort"]) for k, r in AttemptStore(attempts).load().items()
-                        if k in finished}
+    finished_prompts = {
+        (r["prompt"][-1]["content"], r["effort"]) for k, r in AttemptStore(attempts).load().items() if k in finished
+    }
     if backend.fake:
         backend.fake.log.clear()
 

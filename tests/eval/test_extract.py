@@ -40,7 +40,11 @@ def test_extract_integer(text, expected):
 
 
 def test_boxed_contents_matches_braces():
-    assert boxed_contents(r"a \boxed{\frac{1}{2}} b \boxed{{3}} c \boxed{unclosed") == [r"\frac{1}{2}", "{3}", "unclosed"]
+    assert boxed_contents(r"a \boxed{\frac{1}{2}} b \boxed{{3}} c \boxed{unclosed") == [
+        r"\frac{1}{2}",
+        "{3}",
+        "unclosed",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -40,9 +40,17 @@ def test_shuffle_is_stable_across_processes():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", "from gptoss.eval.prompts import shuffle_options as s;"
-                          f"print(s({OPTIONS!r}, 0, '0:gpqa:q1:0')[1])"], capture_output=True, text=True,
-                         env={"PYTHONHASHSEED": "123", "PATH": ""}, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from gptoss.eval.prompts import shuffle_options as s;print(s({OPTIONS!r}, 0, '0:gpqa:q1:0')[1])",
+        ],
+        capture_output=True,
+        text=True,
+        env={"PYTHONHASHSEED": "123", "PATH": ""},
+        check=True,
+    )
     assert out.stdout.strip() == shuffle_options(OPTIONS, 0, "0:gpqa:q1:0")[1]
 
 

@@ -44,7 +44,7 @@ def test_failed_attempts_are_recorded_then_retried_on_resume(fake_server, tmp_pa
     records = AttemptStore(tmp_path / "attempts.jsonl").load()
     errors = {k: r["error"] for k, r in records.items() if r["error"]}
     assert len(records) == 8 and len(errors) == 1  # recorded, not dropped
-    (key, message), = errors.items()
+    ((key, message),) = errors.items()
     assert "InternalServerError" in message and records[key]["score"] is None
     assert len([r for r in fake_server.log if broken in r.content]) == 3  # 1 + 2 retries
     assert summary["attempts"] == {"planned": 8, "completed": 7, "errors": 1, "missing": 0}
@@ -113,8 +113,27 @@ def test_report_only_asks_nothing(fake_server, tmp_path, capsys):
     run_eval(cfg)
     n = len(fake_server.log)
     (tmp_path / "summary.json").unlink()
-    assert main(["eval", "--base-url", "http://127.0.0.1:9", "--model", "fake-model", "--eval", "gpqa",
-                 "--reasoning-effort", "low,high", "--limit", "3", "--out", str(tmp_path), "--report-only"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--base-url",
+                "http://127.0.0.1:9",
+                "--model",
+                "fake-model",
+                "--eval",
+                "gpqa",
+                "--reasoning-effort",
+                "low,high",
+                "--limit",
+                "3",
+                "--out",
+                str(tmp_path),
+                "--report-only",
+            ]
+        )
+        == 0
+    )
     assert len(fake_server.log) == n
     assert json.loads((tmp_path / "summary.json").read_text())["attempts"]["completed"] == 6
 
@@ -167,7 +186,9 @@ def test_extending_a_run_asks_only_what_is_new(fake_server, tmp_path):
     run_eval(config(fake_server, tmp_path, evals=["aime"], efforts=["low"], limit=2))
     assert len(fake_server.log) == 2
     fake_server.log.clear()
-    summary = run_eval(config(fake_server, tmp_path, evals=["aime", "gpqa"], efforts=["low", "high"], limit=2, samples=2))
+    summary = run_eval(
+        config(fake_server, tmp_path, evals=["aime", "gpqa"], efforts=["low", "high"], limit=2, samples=2)
+    )
     assert summary["attempts"]["completed"] == 16
     assert len(fake_server.requests_of("aime", "choice")) == 16 - 2  # the first run's attempts are kept
     other = tmp_path / "other.jsonl"

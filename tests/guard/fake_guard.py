@@ -21,7 +21,7 @@ def answer_of(content: str) -> str | None:
     """The assistant response of an output check (None for other checks)."""
     if not content.startswith(OUTPUT_PREAMBLE):
         return None
-    return json.loads(content[len(OUTPUT_PREAMBLE):])["assistant_response"]
+    return json.loads(content[len(OUTPUT_PREAMBLE) :])["assistant_response"]
 
 
 @dataclass
@@ -42,8 +42,11 @@ class FakeGuard:
         hit = word in (answer if answer is not None else content)
         if limit and answer is not None and len(answer) >= int(limit.group(1)):
             hit = True
-        return {"violation": int(hit), "policy_category": word if hit else None,
-                "rationale": f"{'contains' if hit else 'no'} {word}"}
+        return {
+            "violation": int(hit),
+            "policy_category": word if hit else None,
+            "rationale": f"{'contains' if hit else 'no'} {word}",
+        }
 
     def completion(self, body: dict) -> tuple[int, dict]:
         if self.delay:
@@ -56,9 +59,14 @@ class FakeGuard:
         policy = next((m["content"] for m in messages if m.get("role") == "system"), "")
         content = next((m["content"] for m in messages if m.get("role") == "user"), "")
         text = "no verdict here" if self.garbage else json.dumps(self.verdict(policy, content))
-        return 200, {"id": "chatcmpl-guard", "object": "chat.completion", "created": 0, "model": self.model,
-                     "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+        return 200, {
+            "id": "chatcmpl-guard",
+            "object": "chat.completion",
+            "created": 0,
+            "model": self.model,
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
 
     def contents(self, word: str | None = None) -> list[str]:
         return [c for w, c in list(self.log) if word is None or w == word]
@@ -81,8 +89,13 @@ class FakeGuard:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:
-                self._send(200, {"object": "list", "data": [{"id": fake.model, "object": "model", "created": 0,
-                                                             "owned_by": "test"}]})
+                self._send(
+                    200,
+                    {
+                        "object": "list",
+                        "data": [{"id": fake.model, "object": "model", "created": 0, "owned_by": "test"}],
+                    },
+                )
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")

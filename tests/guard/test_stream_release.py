@@ -25,7 +25,7 @@ class LengthGuard:
         self.settings, self.limit, self.checked = settings, limit, []
 
     async def check(self, content: str, stage: str, request_id: str, endpoint: str) -> Decision:
-        answer = json.loads(content[len(OUTPUT_PREAMBLE):])["assistant_response"]
+        answer = json.loads(content[len(OUTPUT_PREAMBLE) :])["assistant_response"]
         self.checked.append(answer)
         return Decision(stage=stage, action="block" if len(answer) >= self.limit else "allow")
 

@@ -89,27 +89,35 @@ def test_random_conversation_matches_oracle(seed, oracle, tokenizer):
 
     # Rendering, every way.
     next_role = rng.choice([Role.ASSISTANT, Role.ASSISTANT, Role.USER, Role.TOOL])
-    assert h.render_conversation_for_completion(conv, next_role, tokenizer=tokenizer) == \
-        oracle.render_conversation_for_completion(theirs, oh.Role(next_role.value))
-    assert h.render_conversation_for_training(conv, tokenizer=tokenizer) == oracle.render_conversation_for_training(theirs)
+    assert h.render_conversation_for_completion(
+        conv, next_role, tokenizer=tokenizer
+    ) == oracle.render_conversation_for_completion(theirs, oh.Role(next_role.value))
+    assert h.render_conversation_for_training(conv, tokenizer=tokenizer) == oracle.render_conversation_for_training(
+        theirs
+    )
     assert h.render_conversation(conv, tokenizer=tokenizer) == oracle.render_conversation(theirs)
     keep = h.RenderConfig(auto_drop_analysis=False)
     keep_oh = oh.RenderConversationConfig(auto_drop_analysis=False)
-    assert h.render_conversation_for_training(conv, keep, tokenizer=tokenizer) == \
-        oracle.render_conversation_for_training(theirs, keep_oh)
-    assert h.render_conversation_for_completion(conv, "assistant", keep, tokenizer=tokenizer) == \
-        oracle.render_conversation_for_completion(theirs, oh.Role.ASSISTANT, keep_oh)
+    assert h.render_conversation_for_training(
+        conv, keep, tokenizer=tokenizer
+    ) == oracle.render_conversation_for_training(theirs, keep_oh)
+    assert h.render_conversation_for_completion(
+        conv, "assistant", keep, tokenizer=tokenizer
+    ) == oracle.render_conversation_for_completion(theirs, oh.Role.ASSISTANT, keep_oh)
     has_functions = h.conversation_has_function_tools(conv)
     for m in conv.messages:
         assert h.render(m, conversation_has_function_tools=has_functions, tokenizer=tokenizer) == oracle.render(
-            to_oracle_message(m), oh.RenderOptions(conversation_has_function_tools=has_functions))
+            to_oracle_message(m), oh.RenderOptions(conversation_has_function_tools=has_functions)
+        )
 
     # Parsing: the last turn's assistant messages as a completion, streamed token by token.
     tail = [m for m in _last_turn_assistant_messages(conv) if oracle_parses_alike(m)]
     if tail and tail[0].role is Role.ASSISTANT:
         tokens = _completion_tokens(tail, tokenizer)
         expected = _oracle_dicts(oracle.parse_messages_from_completion_tokens(tokens, oh.Role.ASSISTANT))
-        assert _our_dicts(h.parse_messages_from_completion_tokens(tokens, Role.ASSISTANT, tokenizer=tokenizer)) == expected
+        assert (
+            _our_dicts(h.parse_messages_from_completion_tokens(tokens, Role.ASSISTANT, tokenizer=tokenizer)) == expected
+        )
         _compare_streaming(oracle, tokenizer, tokens, Role.ASSISTANT)
 
     # Parsing the whole rendered conversation, roles read from the headers.
@@ -144,9 +152,15 @@ def test_generator_covers_every_feature(tokenizer):
                     if c.has_function_tools():
                         seen.add("functions")
                         text = h.developer_content_text(c)
-                        for marker, name in [("oneOf", " | "), ("[]", "array"), ("?:", "optional"),
-                                             ("// default:", "default"), ("() => any", "no-params"),
-                                             ("| null", "nullable"), ('"', "enum")]:
+                        for marker, name in [
+                            ("oneOf", " | "),
+                            ("[]", "array"),
+                            ("?:", "optional"),
+                            ("// default:", "default"),
+                            ("() => any", "no-params"),
+                            ("| null", "nullable"),
+                            ('"', "enum"),
+                        ]:
                             if marker in text:
                                 seen.add(f"schema:{name}")
             if m.role is Role.TOOL:
@@ -158,15 +172,38 @@ def test_generator_covers_every_feature(tokenizer):
             if m.channel:
                 seen.add(f"channel:{m.channel}")
         finals = [i for i, m in enumerate(conv.messages) if m.channel == "final"]
-        if finals and any(m.channel == "analysis" for m in conv.messages[finals[0]:]):
+        if finals and any(m.channel == "analysis" for m in conv.messages[finals[0] :]):
             seen.add("analysis-after-final")
         if any(m.channel == "analysis" for m in conv.messages[: finals[0] if finals else 0]):
             seen.add("analysis-before-final")
-    expected = {"system", "browser", "python", "date", "effort:Low", "effort:Medium", "effort:High", "instructions",
-                "functions", "schema:array", "schema:optional", "schema:default", "schema:no-params",
-                "schema:nullable", "schema:enum", "tool-result", "call:functions", "call:browser", "call:python",
-                "ctype:<|constrain|>json", "ctype:json", "channel:analysis", "channel:commentary", "channel:final",
-                "analysis-after-final", "analysis-before-final"}
+    expected = {
+        "system",
+        "browser",
+        "python",
+        "date",
+        "effort:Low",
+        "effort:Medium",
+        "effort:High",
+        "instructions",
+        "functions",
+        "schema:array",
+        "schema:optional",
+        "schema:default",
+        "schema:no-params",
+        "schema:nullable",
+        "schema:enum",
+        "tool-result",
+        "call:functions",
+        "call:browser",
+        "call:python",
+        "ctype:<|constrain|>json",
+        "ctype:json",
+        "channel:analysis",
+        "channel:commentary",
+        "channel:final",
+        "analysis-after-final",
+        "analysis-before-final",
+    }
     assert expected <= seen, expected - seen
 
 
@@ -193,4 +230,6 @@ def test_invalid_utf8_content_matches_oracle(oracle, tokenizer):
             body += [rng.choice(byte_tokens)] if rng.random() < 0.7 else rng.choice(words)
         tokens = head + body + ([Tokenizer.RETURN] if rng.random() < 0.5 else [])
         expected = _oracle_dicts(oracle.parse_messages_from_completion_tokens(tokens, oh.Role.ASSISTANT))
-        assert _our_dicts(h.parse_messages_from_completion_tokens(tokens, Role.ASSISTANT, tokenizer=tokenizer)) == expected
+        assert (
+            _our_dicts(h.parse_messages_from_completion_tokens(tokens, Role.ASSISTANT, tokenizer=tokenizer)) == expected
+        )

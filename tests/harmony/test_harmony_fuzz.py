@@ -13,12 +13,46 @@ from gptoss.harmony import Role, StreamParser
 from gptoss.tokenizer import Tokenizer
 
 N_STREAMS = 10_000
-SPECIALS = [Tokenizer.START, Tokenizer.END, Tokenizer.MESSAGE, Tokenizer.CHANNEL, Tokenizer.CONSTRAIN,
-            Tokenizer.RETURN, Tokenizer.CALL, Tokenizer.ENDOFTEXT, Tokenizer.STARTOFTEXT, 200018, 200013, 201087]
-HEADER_BITS = ["<|start|>assistant", "<|start|>", "assistant", "user", "tool", "system", "<|channel|>analysis",
-               "<|channel|>final", "<|channel|>commentary", "<|channel|>", " to=functions.get_weather", "to=python",
-               " <|constrain|>json", " json", "<|message|>", "functions.lookup to=assistant", "wizard", "user:bob",
-               " to=", "<|end|>", "<|return|>", "<|call|>", '{"a": 1', "}"]
+SPECIALS = [
+    Tokenizer.START,
+    Tokenizer.END,
+    Tokenizer.MESSAGE,
+    Tokenizer.CHANNEL,
+    Tokenizer.CONSTRAIN,
+    Tokenizer.RETURN,
+    Tokenizer.CALL,
+    Tokenizer.ENDOFTEXT,
+    Tokenizer.STARTOFTEXT,
+    200018,
+    200013,
+    201087,
+]
+HEADER_BITS = [
+    "<|start|>assistant",
+    "<|start|>",
+    "assistant",
+    "user",
+    "tool",
+    "system",
+    "<|channel|>analysis",
+    "<|channel|>final",
+    "<|channel|>commentary",
+    "<|channel|>",
+    " to=functions.get_weather",
+    "to=python",
+    " <|constrain|>json",
+    " json",
+    "<|message|>",
+    "functions.lookup to=assistant",
+    "wizard",
+    "user:bob",
+    " to=",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    '{"a": 1',
+    "}",
+]
 
 
 class Pools:
@@ -142,6 +176,17 @@ def test_fuzz_streaming_parser(tokenizer):
         check_accounting(tokenizer, tokens, first)
         kinds_seen.update(w.kind for w in first.warnings)
     # the streams really reach every repair path
-    assert kinds_seen >= {"unexpected_token", "text_outside_message", "missing_start", "header_without_message",
-                          "unknown_role", "truncated", "invalid_json", "missing_end", "header_leftover",
-                          "invalid_token", "missing_role", "empty_channel"}, kinds_seen
+    assert kinds_seen >= {
+        "unexpected_token",
+        "text_outside_message",
+        "missing_start",
+        "header_without_message",
+        "unknown_role",
+        "truncated",
+        "invalid_json",
+        "missing_end",
+        "header_leftover",
+        "invalid_token",
+        "missing_role",
+        "empty_channel",
+    }, kinds_seen

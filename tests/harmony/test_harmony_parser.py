@@ -37,28 +37,39 @@ def kinds(parser: StreamParser) -> list[str]:
 
 
 def test_well_formed_completion_has_no_warnings(tokenizer):
-    p = run(tokenizer, "<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>final<|message|>Hi!<|return|>")
-    assert summary(p) == [("assistant", None, "analysis", None, None, "Think."),
-                          ("assistant", None, "final", None, None, "Hi!")]
+    p = run(
+        tokenizer,
+        "<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>final<|message|>Hi!<|return|>",
+    )
+    assert summary(p) == [
+        ("assistant", None, "analysis", None, None, "Think."),
+        ("assistant", None, "final", None, None, "Hi!"),
+    ]
     assert p.warnings == []
     assert p.state is StreamState.EXPECT_START
 
 
-@pytest.mark.parametrize("header", [
-    "<|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>",
-    "<|start|>assistant<|channel|>commentary to=functions.get_weather json<|message|>",
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "<|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>",
+        "<|start|>assistant<|channel|>commentary to=functions.get_weather json<|message|>",
+    ],
+)
 def test_recipient_in_either_header_position(tokenizer, header):
     p = run(tokenizer, header + '{"city":"Paris"}<|call|>', role=None)
     assert summary(p) == [("assistant", None, "commentary", "functions.get_weather", "json", '{"city":"Paris"}')]
     assert p.warnings == []
 
 
-@pytest.mark.parametrize("header", [
-    "<|start|>assistant to=functions.f<|channel|>commentary <|constrain|>json<|message|>",
-    "<|start|>assistant<|channel|>commentary to=functions.f <|constrain|>json<|message|>",
-    "<|start|>assistant<|channel|>commentary to=functions.f<|constrain|>json<|message|>",
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "<|start|>assistant to=functions.f<|channel|>commentary <|constrain|>json<|message|>",
+        "<|start|>assistant<|channel|>commentary to=functions.f <|constrain|>json<|message|>",
+        "<|start|>assistant<|channel|>commentary to=functions.f<|constrain|>json<|message|>",
+    ],
+)
 def test_constrained_content_type(tokenizer, header):
     p = run(tokenizer, header + "{}<|call|>", role=None)
     assert summary(p) == [("assistant", None, "commentary", "functions.f", "<|constrain|>json", "{}")]
@@ -98,15 +109,23 @@ def test_header_missing_start_token(tokenizer):
 
 def test_header_without_message_token(tokenizer):
     p = run(tokenizer, "<|channel|>final Hello there<|end|><|start|>assistant<|channel|>final<|message|>Ok<|return|>")
-    assert summary(p) == [("assistant", None, "final", None, None, "Hello there"),
-                          ("assistant", None, "final", None, None, "Ok")]
+    assert summary(p) == [
+        ("assistant", None, "final", None, None, "Hello there"),
+        ("assistant", None, "final", None, None, "Ok"),
+    ]
     assert kinds(p) == ["header_without_message"]
 
 
 def test_header_cut_by_start(tokenizer):
-    p = run(tokenizer, "<|start|>assistant<|channel|>analysis<|start|>assistant<|channel|>final<|message|>x<|end|>",
-            role=None)
-    assert summary(p) == [("assistant", None, "analysis", None, None, ""), ("assistant", None, "final", None, None, "x")]
+    p = run(
+        tokenizer,
+        "<|start|>assistant<|channel|>analysis<|start|>assistant<|channel|>final<|message|>x<|end|>",
+        role=None,
+    )
+    assert summary(p) == [
+        ("assistant", None, "analysis", None, None, ""),
+        ("assistant", None, "final", None, None, "x"),
+    ]
     assert kinds(p) == ["header_without_message"]
 
 
@@ -117,7 +136,9 @@ def test_unknown_role(tokenizer):
 
 
 def test_tool_author_with_recipient_is_not_a_warning(tokenizer):
-    p = run(tokenizer, "<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>{}<|end|>", role=None)
+    p = run(
+        tokenizer, "<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>{}<|end|>", role=None
+    )
     assert summary(p) == [("tool", "functions.get_weather", "commentary", "assistant", None, "{}")]
     assert p.warnings == []
 
@@ -160,13 +181,19 @@ def test_malformed_tool_call_json(tokenizer):
 
 def test_missing_end_before_start(tokenizer):
     p = run(tokenizer, "<|channel|>analysis<|message|>A<|start|>assistant<|channel|>final<|message|>B<|return|>")
-    assert summary(p) == [("assistant", None, "analysis", None, None, "A"), ("assistant", None, "final", None, None, "B")]
+    assert summary(p) == [
+        ("assistant", None, "analysis", None, None, "A"),
+        ("assistant", None, "final", None, None, "B"),
+    ]
     assert kinds(p) == ["missing_end"]
 
 
 def test_channel_inside_content_starts_a_new_message(tokenizer):
     p = run(tokenizer, "<|channel|>analysis<|message|>A<|channel|>final<|message|>B<|return|>")
-    assert summary(p) == [("assistant", None, "analysis", None, None, "A"), ("assistant", None, "final", None, None, "B")]
+    assert summary(p) == [
+        ("assistant", None, "analysis", None, None, "A"),
+        ("assistant", None, "final", None, None, "B"),
+    ]
     assert kinds(p) == ["missing_end"]
 
 
@@ -224,8 +251,9 @@ def test_invalid_utf8_becomes_replacement_character(tokenizer):
 
 def test_completion_parsing_starts_after_prompt_role(tokenizer):
     tokens = T(tokenizer, "<|channel|>final<|message|>Hi<|return|>")
-    assert [m.to_dict() for m in parse_messages_from_completion_tokens(tokens, Role.ASSISTANT, tokenizer=tokenizer)] == [
-        {"role": "assistant", "name": None, "content": [{"type": "text", "text": "Hi"}], "channel": "final"}]
+    assert [
+        m.to_dict() for m in parse_messages_from_completion_tokens(tokens, Role.ASSISTANT, tokenizer=tokenizer)
+    ] == [{"role": "assistant", "name": None, "content": [{"type": "text", "text": "Hi"}], "channel": "final"}]
     p = StreamParser(tokenizer, "assistant")
     assert p.current_role is Role.ASSISTANT and p.state is StreamState.HEADER
 
@@ -235,7 +263,12 @@ def test_streaming_attributes(tokenizer):
     for t in T(tokenizer, " to=functions.f<|channel|>commentary <|constrain|>json<|message|>"):
         p.process(t)
     assert (p.state, p.current_role, p.current_channel, p.current_recipient, p.current_content_type) == (
-        StreamState.CONTENT, Role.ASSISTANT, "commentary", "functions.f", "<|constrain|>json")
+        StreamState.CONTENT,
+        Role.ASSISTANT,
+        "commentary",
+        "functions.f",
+        "<|constrain|>json",
+    )
     p.process(tokenizer.encode("{}")[0])
     assert p.last_content_delta == "{}" and p.current_content == "{}"
     p.process(Tokenizer.CALL)
@@ -244,8 +277,19 @@ def test_streaming_attributes(tokenizer):
 
 
 def test_parser_never_raises_on_garbage(tokenizer):
-    specials = [Tokenizer.START, Tokenizer.END, Tokenizer.MESSAGE, Tokenizer.CHANNEL, Tokenizer.CONSTRAIN,
-                Tokenizer.RETURN, Tokenizer.CALL, Tokenizer.ENDOFTEXT, Tokenizer.STARTOFTEXT, 200018, 201087]
+    specials = [
+        Tokenizer.START,
+        Tokenizer.END,
+        Tokenizer.MESSAGE,
+        Tokenizer.CHANNEL,
+        Tokenizer.CONSTRAIN,
+        Tokenizer.RETURN,
+        Tokenizer.CALL,
+        Tokenizer.ENDOFTEXT,
+        Tokenizer.STARTOFTEXT,
+        200018,
+        201087,
+    ]
     for role in (None, Role.ASSISTANT, Role.TOOL):
         for a in specials:
             for b in specials:

@@ -27,8 +27,10 @@ CASES = {
             "filter": {
                 "type": "object",
                 "description": "What to keep",
-                "properties": {"tags": {"type": "array", "items": {"type": "string"}}, "deep": {
-                    "type": "object", "properties": {"x": {"type": "number"}}, "required": ["x"]}},
+                "properties": {
+                    "tags": {"type": "array", "items": {"type": "string"}},
+                    "deep": {"type": "object", "properties": {"x": {"type": "number"}}, "required": ["x"]},
+                },
                 "required": ["tags"],
             }
         },
@@ -57,11 +59,12 @@ CASES = {
             },
             "mode": {
                 "description": "Mode",
-                "oneOf": [{"type": "string", "enum": ["a", "b"], "default": "a", "description": "letters"},
-                          {"type": "boolean", "description": "Mode"}],
+                "oneOf": [
+                    {"type": "string", "enum": ["a", "b"], "default": "a", "description": "letters"},
+                    {"type": "boolean", "description": "Mode"},
+                ],
             },
-            "enum_default": {"type": "string", "enum": ["x"], "default": "x",
-                             "oneOf": [{"type": "string"}]},
+            "enum_default": {"type": "string", "enum": ["x"], "default": "x", "oneOf": [{"type": "string"}]},
         },
         "required": ["target"],
     },
@@ -151,9 +154,17 @@ def test_top_level_union_quotes_enum_default():
 
 
 def test_json_display_matches_serde_json():
-    assert json_display({"a": [1, 1.0, None, True, "x\"\n\u0001ü/"]}) == '{"a":[1,1.0,null,true,"x\\"\\n\\u0001ü/"]}'
+    assert json_display({"a": [1, 1.0, None, True, 'x"\n\u0001ü/']}) == '{"a":[1,1.0,null,true,"x\\"\\n\\u0001ü/"]}'
     assert [json_display(v) for v in (1e-6, 1e-5, 1e20, 1e16, 1e15, 2**64, 0.1, -0.0)] == [
-        "1e-6", "0.00001", "1e20", "1e16", "1000000000000000.0", "1.8446744073709552e19", "0.1", "-0.0"]
+        "1e-6",
+        "0.00001",
+        "1e20",
+        "1e16",
+        "1000000000000000.0",
+        "1.8446744073709552e19",
+        "0.1",
+        "-0.0",
+    ]
 
 
 def test_rust_lines():

@@ -28,8 +28,11 @@ def compile_one(name, fn, types, const, warps, stages) -> bool:
     signature = {p: "constexpr" if p in const else types[p] for p in params}
     constexprs = {(params.index(p),): v for p, v in const.items()}
     try:
-        k = triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=TARGET,
-                           options={"num_warps": warps, "num_stages": stages})
+        k = triton.compile(
+            ASTSource(fn, signature, constexprs=constexprs),
+            target=TARGET,
+            options={"num_warps": warps, "num_stages": stages},
+        )
     except Exception as exc:  # report every failure, not only the first
         print(f"FAIL {name}: {type(exc).__name__}: {str(exc)[:2000]}")
         return False
@@ -51,39 +54,147 @@ def main() -> int:
     h, i = 2880, 2880
     for n_tok, experts in [(1, 32), (64, 32), (2048, 32), (16384, 32), (64, 128)]:
         bm, bn, bk, warps, stages = moe._config(n_tok * 4, experts, h, i)
-        ok &= compile_one(f"mlp1 {bm}x{bn}x{bk}/{warps}w", moe._mlp1_kernel, dict(
-            x_ptr=bf16, pair_ptr="*i32", block_expert_ptr="*i32", w_ptr="*u8", s_ptr="*u8", bias_ptr=bf16, h_ptr=bf16,
-            H="i32", I="i32", E="i32", alpha="fp32", limit="fp32"), dict(K=4, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk), warps, stages)
-        ok &= compile_one(f"mlp2 {bm}x{bn}x{bk}/{warps}w", moe._mlp2_kernel, dict(
-            h_ptr=bf16, pair_ptr="*i32", block_expert_ptr="*i32", w_ptr="*u8", s_ptr="*u8", bias_ptr=bf16,
-            route_ptr="*fp32", y_ptr=bf16, H="i32", I="i32", E="i32"), dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk), warps, stages)
+        ok &= compile_one(
+            f"mlp1 {bm}x{bn}x{bk}/{warps}w",
+            moe._mlp1_kernel,
+            dict(
+                x_ptr=bf16,
+                pair_ptr="*i32",
+                block_expert_ptr="*i32",
+                w_ptr="*u8",
+                s_ptr="*u8",
+                bias_ptr=bf16,
+                h_ptr=bf16,
+                H="i32",
+                I="i32",
+                E="i32",
+                alpha="fp32",
+                limit="fp32",
+            ),
+            dict(K=4, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk),
+            warps,
+            stages,
+        )
+        ok &= compile_one(
+            f"mlp2 {bm}x{bn}x{bk}/{warps}w",
+            moe._mlp2_kernel,
+            dict(
+                h_ptr=bf16,
+                pair_ptr="*i32",
+                block_expert_ptr="*i32",
+                w_ptr="*u8",
+                s_ptr="*u8",
+                bias_ptr=bf16,
+                route_ptr="*fp32",
+                y_ptr=bf16,
+                H="i32",
+                I="i32",
+                E="i32",
+            ),
+            dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk),
+            warps,
+            stages,
+        )
     for n_tok, experts in [(1, 32), (64, 32), (64, 128)]:
         p = n_tok * 4
         p_max = -(-(p + min(experts, p) * 15) // 16) * 16
-        ok &= compile_one(f"route {n_tok}x{experts}", moe._route_kernel, dict(
-            logits_ptr=bf16, w_ptr="*fp32", idx_ptr="*i32", pair_ptr="*i32", block_expert_ptr="*i32", N="i32", E="i32",
-            P_MAX="i32", NUM_BLOCKS="i32"), dict(K=4, BM=16, BLOCK_N=triton.next_power_of_2(n_tok), BLOCK_K=4,
-            BLOCK_E=experts, BLOCK_PMAX=triton.next_power_of_2(p_max), BLOCK_NB=triton.next_power_of_2(p_max // 16)), 8, 1)
-    ok &= compile_one("combine", moe._combine_kernel, dict(y_ptr=bf16, res_ptr=bf16, out_ptr=bf16, H="i32"),
-                      dict(K=4, HAS_RES=True, BLOCK=1024), 4, 1)
+        ok &= compile_one(
+            f"route {n_tok}x{experts}",
+            moe._route_kernel,
+            dict(
+                logits_ptr=bf16,
+                w_ptr="*fp32",
+                idx_ptr="*i32",
+                pair_ptr="*i32",
+                block_expert_ptr="*i32",
+                N="i32",
+                E="i32",
+                P_MAX="i32",
+                NUM_BLOCKS="i32",
+            ),
+            dict(
+                K=4,
+                BM=16,
+                BLOCK_N=triton.next_power_of_2(n_tok),
+                BLOCK_K=4,
+                BLOCK_E=experts,
+                BLOCK_PMAX=triton.next_power_of_2(p_max),
+                BLOCK_NB=triton.next_power_of_2(p_max // 16),
+            ),
+            8,
+            1,
+        )
+    ok &= compile_one(
+        "combine",
+        moe._combine_kernel,
+        dict(y_ptr=bf16, res_ptr=bf16, out_ptr=bf16, H="i32"),
+        dict(K=4, HAS_RES=True, BLOCK=1024),
+        4,
+        1,
+    )
     meta = dict(table_ptr="*i64", kv_len_ptr="*i64", sinks_ptr="*fp32", qk_scale="fp32", table_stride="i32")
     heads = dict(HQ=64, HK=8, G=8, D=64, BS=16)
     for window in (0, 128):
         for block_m in (16, 128):
-            ok &= compile_one(f"prefill window {window} rows {block_m}", attention._prefill_kernel, dict(
-                q_ptr=bf16, k_ptr=bf16, v_ptr=bf16, o_ptr=bf16, cu_q_ptr="*i64", q_len_ptr="*i64", tiles_per_seq="i32", **meta),
-                dict(WINDOW=window, BLOCK_M=block_m, BLOCK_N=64, **heads), 4 if block_m <= 64 else 8, 2)
+            ok &= compile_one(
+                f"prefill window {window} rows {block_m}",
+                attention._prefill_kernel,
+                dict(
+                    q_ptr=bf16,
+                    k_ptr=bf16,
+                    v_ptr=bf16,
+                    o_ptr=bf16,
+                    cu_q_ptr="*i64",
+                    q_len_ptr="*i64",
+                    tiles_per_seq="i32",
+                    **meta,
+                ),
+                dict(WINDOW=window, BLOCK_M=block_m, BLOCK_N=64, **heads),
+                4 if block_m <= 64 else 8,
+                2,
+            )
         for splits in (1, 16):
-            ok &= compile_one(f"decode window {window} splits {splits}", attention._decode_kernel, dict(
-                q_ptr=bf16, k_ptr=bf16, v_ptr=bf16, o_ptr=bf16, po_ptr="*fp32", pm_ptr="*fp32", pl_ptr="*fp32", **meta),
-                dict(WINDOW=window, SPLITS=splits, BLOCK_G=16, BLOCK_N=32, **heads), 4, 3)
-    ok &= compile_one("decode reduce", attention._decode_reduce_kernel, dict(
-        po_ptr="*fp32", pm_ptr="*fp32", pl_ptr="*fp32", o_ptr=bf16), dict(HQ=64, D=64, SPLITS=16, BLOCK_S=16), 1, 1)
-    ok &= compile_one("rms_norm", norm_rope._rms_norm_kernel, dict(x_ptr=bf16, scale_ptr="*fp32", out_ptr=bf16, H="i32",
-                      eps="fp32"), dict(BLOCK=4096), 8, 1)
-    ok &= compile_one("rope_store", norm_rope._rope_store_kernel, dict(
-        qkv_ptr=bf16, cos_ptr="*fp32", sin_ptr="*fp32", slot_ptr="*i64", q_ptr=bf16, k_ptr=bf16, v_ptr=bf16),
-        dict(HQ=64, HK=8, D=64, HALF=32, BLOCK_HALF=32), 1, 1)
+            ok &= compile_one(
+                f"decode window {window} splits {splits}",
+                attention._decode_kernel,
+                dict(
+                    q_ptr=bf16,
+                    k_ptr=bf16,
+                    v_ptr=bf16,
+                    o_ptr=bf16,
+                    po_ptr="*fp32",
+                    pm_ptr="*fp32",
+                    pl_ptr="*fp32",
+                    **meta,
+                ),
+                dict(WINDOW=window, SPLITS=splits, BLOCK_G=16, BLOCK_N=32, **heads),
+                4,
+                3,
+            )
+    ok &= compile_one(
+        "decode reduce",
+        attention._decode_reduce_kernel,
+        dict(po_ptr="*fp32", pm_ptr="*fp32", pl_ptr="*fp32", o_ptr=bf16),
+        dict(HQ=64, D=64, SPLITS=16, BLOCK_S=16),
+        1,
+        1,
+    )
+    ok &= compile_one(
+        "rms_norm",
+        norm_rope._rms_norm_kernel,
+        dict(x_ptr=bf16, scale_ptr="*fp32", out_ptr=bf16, H="i32", eps="fp32"),
+        dict(BLOCK=4096),
+        8,
+        1,
+    )
+    ok &= compile_one(
+        "rope_store",
+        norm_rope._rope_store_kernel,
+        dict(qkv_ptr=bf16, cos_ptr="*fp32", sin_ptr="*fp32", slot_ptr="*i64", q_ptr=bf16, k_ptr=bf16, v_ptr=bf16),
+        dict(HQ=64, HK=8, D=64, HALF=32, BLOCK_HALF=32),
+        1,
+        1,
+    )
     return 0 if ok else 1
 
 

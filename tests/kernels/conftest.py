@@ -9,7 +9,6 @@ Triton (the ``test`` extra), so there they run.
 """
 
 import os
-
 import sys
 
 import pytest
@@ -21,8 +20,10 @@ if not HAS_CUDA:
 
 from gptoss import kernels  # noqa: E402
 
-NO_TRITON = ("Triton is not installed, so this kernel test did NOT run: pip install 'triton>=3.2' "
-             "(on the CPU it runs under TRITON_INTERPRET=1)")
+NO_TRITON = (
+    "Triton is not installed, so this kernel test did NOT run: pip install 'triton>=3.2' "
+    "(on the CPU it runs under TRITON_INTERPRET=1)"
+)
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -58,4 +59,6 @@ def f32_tol(device: str) -> float:
     return 2e-3 if device == "cuda" else 1e-5
 
 
-gpu_only = pytest.mark.skipif(not HAS_CUDA, reason="real gpt-oss sizes: needs a CUDA GPU (the CPU runs the small sizes)")
+gpu_only = pytest.mark.skipif(
+    not HAS_CUDA, reason="real gpt-oss sizes: needs a CUDA GPU (the CPU runs the small sizes)"
+)

@@ -56,10 +56,15 @@ def test_low_precision(device, precision):
 
 
 @gpu_only
-@pytest.mark.parametrize("starts,lens,window", [
-    ([0], [2048], 0), ([0], [2048], 128),                      # 2k prefill, dense and banded
-    ([1000, 3000], [300, 1], 128),                              # chunk after a prefix, banded
-    ([2048] * 64, [1] * 64, 0), ([4000], [1], 0),               # decode: batch 64, and batch 1 long context
-])
+@pytest.mark.parametrize(
+    "starts,lens,window",
+    [
+        ([0], [2048], 0),
+        ([0], [2048], 128),  # 2k prefill, dense and banded
+        ([1000, 3000], [300, 1], 128),  # chunk after a prefix, banded
+        ([2048] * 64, [1] * 64, 0),
+        ([4000], [1], 0),  # decode: batch 64, and batch 1 long context
+    ],
+)
 def test_gpt_oss_shapes(device, starts, lens, window):
     check(starts, lens, 64, 8, 64, 16, window, device, torch.bfloat16, 1.6e-2)

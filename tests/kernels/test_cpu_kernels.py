@@ -158,12 +158,15 @@ def test_without_a_compiler_the_reference_path_runs_and_says_why(monkeypatch, tm
     assert err.count("native CPU kernels are unavailable") == 1 and "no C++ compiler found" in err
 
 
-
 @pytest.mark.parametrize("isa", ISAS)
 def test_linear_split_across_threads(isa):
     # large enough (rows * K * tokens >= 2**20) that the rows are split across the threads
     g = torch.Generator().manual_seed(2)
-    x, w, b = torch.randn(2, 1024, generator=g), torch.randn(1027, 1024, generator=g).bfloat16(), torch.randn(1027).bfloat16()
+    x, w, b = (
+        torch.randn(2, 1024, generator=g),
+        torch.randn(1027, 1024, generator=g).bfloat16(),
+        torch.randn(1027).bfloat16(),
+    )
     want = torch.nn.functional.linear(x, w.float(), b.float())
     assert rel_err(cpu.linear(x, w, b, isa=isa), want) < 1e-6
 
@@ -337,12 +340,15 @@ def test_paged_attention_in_query_tiles_matches_the_reference(isa, window, dtype
 def test_paged_attention_names_a_table_outside_the_pages():
     q, pages = torch.zeros(1, 4, 8), torch.zeros(3, 4, 2, 8)
     with pytest.raises(ValueError, match="outside the 3 pages"):
-        cpu.paged_attention(q, pages, pages, torch.tensor([[5]]), torch.tensor([0]), torch.tensor([0]),
-                            torch.zeros(4), 1.0, 0)
+        cpu.paged_attention(
+            q, pages, pages, torch.tensor([[5]]), torch.tensor([0]), torch.tensor([0]), torch.zeros(4), 1.0, 0
+        )
     with pytest.raises(ValueError, match="outside the block table"):
-        cpu.paged_attention(q, pages, pages, torch.tensor([[1]]), torch.tensor([0]), torch.tensor([4]),
-                            torch.zeros(4), 1.0, 0)
+        cpu.paged_attention(
+            q, pages, pages, torch.tensor([[1]]), torch.tensor([0]), torch.tensor([4]), torch.zeros(4), 1.0, 0
+        )
     with pytest.raises(ValueError, match="page dtype torch.float16"):
         half = pages.half()
-        cpu.paged_attention(q, half, half, torch.tensor([[1]]), torch.tensor([0]), torch.tensor([0]),
-                            torch.zeros(4), 1.0, 0)
+        cpu.paged_attention(
+            q, half, half, torch.tensor([[1]]), torch.tensor([0]), torch.tensor([0]), torch.zeros(4), 1.0, 0
+        )

@@ -29,15 +29,23 @@ def test_adapter_logits_through_kernels_equal_reference(device, experts):
     with kernels.use("on"):
         for n in [10] + [1] * 3:
             with lora.active([(1, n)]):
-                out.append(model.step(tokens[start:start + n], StepBatch.single(n, start=start, slot=1, device=device), cache))
+                out.append(
+                    model.step(
+                        tokens[start : start + n], StepBatch.single(n, start=start, slot=1, device=device), cache
+                    )
+                )
             start += n
     assert rel_err(torch.cat(out), want) < 1e-5
 
 
 def test_mixed_adapter_batch_through_the_kernels_equals_the_reference_engine(device):
     model = tiny_model(seed=5)
-    LoraSet.of(model).add_all([(n, random_adapter(model.config, n, 4, experts=n == "e", seed=k, scale=0.05))
-                               for k, n in enumerate(["a", "e"])])
+    LoraSet.of(model).add_all(
+        [
+            (n, random_adapter(model.config, n, 4, experts=n == "e", seed=k, scale=0.05))
+            for k, n in enumerate(["a", "e"])
+        ]
+    )
     prompts = [list(range(100, 103)), list(range(200, 209)), list(range(300, 305))]
     params = [SamplingParams(temperature=0, max_tokens=3, lora=n) for n in ("a", None, "e")]
     with kernels.use("off"):

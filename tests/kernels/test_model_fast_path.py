@@ -19,12 +19,15 @@ from tests.kernels.conftest import gpu_only, rel_err
 def run_fast(model, tokens, chunks, device):
     """Prefill ``tokens`` in ``chunks`` then decode the rest one by one, through the kernels; returns
     the logits of every position."""
-    cache = PagedKVCache(model.config, num_slots=2, max_len=len(tokens) + 1, block_size=8, device=device,
-                         dtype=model.dtype)
+    cache = PagedKVCache(
+        model.config, num_slots=2, max_len=len(tokens) + 1, block_size=8, device=device, dtype=model.dtype
+    )
     out, start = [], 0
     with kernels.use("on"):
         for n in chunks + [1] * (len(tokens) - sum(chunks)):
-            out.append(model.step(tokens[start : start + n], StepBatch.single(n, start=start, slot=1, device=device), cache))
+            out.append(
+                model.step(tokens[start : start + n], StepBatch.single(n, start=start, slot=1, device=device), cache)
+            )
             start += n
     return torch.cat(out)
 
@@ -57,7 +60,11 @@ def gpu_model(config, dtype):
 @pytest.mark.parametrize("preset", ["small", "20b-2-layers"])
 def test_bf16_logits_through_kernels_within_bf16_tolerance(device, preset):
     """Fast bf16 logits are as close to the float32 reference as the bf16 reference path is (or 2e-2)."""
-    config = ModelConfig.preset("small") if preset == "small" else ModelConfig.preset("gpt-oss-20b").replace(num_hidden_layers=2)
+    config = (
+        ModelConfig.preset("small")
+        if preset == "small"
+        else ModelConfig.preset("gpt-oss-20b").replace(num_hidden_layers=2)
+    )
     ref32 = gpu_model(config, torch.float32)
     tokens = torch.randint(0, 199998, (300,), generator=torch.Generator().manual_seed(1)).cuda()
     want = ref32(tokens)

@@ -53,11 +53,14 @@ def test_sort_by_expert_groups_pairs_and_pads_blocks():
         assert bool((block_expert[:used] < e).all()) and bool((block_expert[used:] == e).all())
 
 
-@pytest.mark.parametrize("n,num_experts,k,hidden,inter", [
-    (1, 8, 4, 64, 64),      # decode, one token
-    (5, 4, 4, 64, 96),      # every expert chosen by several tokens; intermediate not a power of two
-    (37, 8, 2, 96, 64),     # blocks partly filled, padding rows
-])
+@pytest.mark.parametrize(
+    "n,num_experts,k,hidden,inter",
+    [
+        (1, 8, 4, 64, 64),  # decode, one token
+        (5, 4, 4, 64, 96),  # every expert chosen by several tokens; intermediate not a power of two
+        (37, 8, 2, 96, 64),  # blocks partly filled, padding rows
+    ],
+)
 def test_moe_experts_match_reference(device, n, num_experts, k, hidden, inter):
     check_moe(device, torch.float32, f32_tol(device), n, num_experts, k, hidden, inter)
 
@@ -73,8 +76,9 @@ def check_moe(device, dtype, tol, n, num_experts, k, hidden, inter, residual=Tru
     weights, indices = routing(n, num_experts, k, device, dtype)
     t = torch.randn(n, hidden, generator=torch.Generator().manual_seed(2)).to(device, dtype)
     x = torch.randn(n, hidden, generator=torch.Generator().manual_seed(3)).to(device, dtype) if residual else None
-    ref = experts_reference(t.float(), weights.float(), indices, w1, b1.float(), w2, b2.float(),
-                            residual=None if x is None else x.float())
+    ref = experts_reference(
+        t.float(), weights.float(), indices, w1, b1.float(), w2, b2.float(), residual=None if x is None else x.float()
+    )
     out = moe_experts(t, weights, indices, w1, b1, w2, b2, residual=x)
     assert out.dtype == dtype and out.shape == (n, hidden)
     assert rel_err(out, ref) < tol
@@ -108,13 +112,16 @@ def test_moe_experts_gpt_oss_20b_shapes(device, n):
     assert rel_err(moe_experts(t, weights, indices, w1, b1, w2, b2, residual=t), ref) < 1.6e-2
 
 
-@pytest.mark.parametrize("n,num_experts,k,block_m", [
-    (1, 32, 4, 16),     # gpt-oss-20b decode
-    (64, 32, 4, 16),    # batch 64
-    (13, 128, 4, 16),   # gpt-oss-120b
-    (3, 5, 3, 4),       # k and E not powers of two
-    (300, 32, 4, 64),   # too big for one program: the torch path
-])
+@pytest.mark.parametrize(
+    "n,num_experts,k,block_m",
+    [
+        (1, 32, 4, 16),  # gpt-oss-20b decode
+        (64, 32, 4, 16),  # batch 64
+        (13, 128, 4, 16),  # gpt-oss-120b
+        (3, 5, 3, 4),  # k and E not powers of two
+        (300, 32, 4, 64),  # too big for one program: the torch path
+    ],
+)
 def test_route_equals_topk_softmax_and_sort(device, n, num_experts, k, block_m):
     from gptoss.kernels.moe import route
 
@@ -137,6 +144,16 @@ def test_moe_forward_equals_the_reference_block(device):
     with torch.no_grad():
         want = block(x)
         t = block.norm(x)
-        got = moe_forward(t, block.gate(t), block.experts_per_token, block.mlp1_weight, block.mlp1_bias,
-                          block.mlp2_weight, block.mlp2_bias, block.swiglu_alpha, block.swiglu_limit, residual=x)
+        got = moe_forward(
+            t,
+            block.gate(t),
+            block.experts_per_token,
+            block.mlp1_weight,
+            block.mlp1_bias,
+            block.mlp2_weight,
+            block.mlp2_bias,
+            block.swiglu_alpha,
+            block.swiglu_limit,
+            residual=x,
+        )
     assert rel_err(got, want) < f32_tol(device)

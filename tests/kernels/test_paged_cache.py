@@ -100,10 +100,13 @@ def test_copy_slot_shares_whole_blocks_and_copies_the_last(model):
 PROMPTS = [list(range(100, 100 + n)) for n in (3, 17, 60, 140)]
 
 
-@pytest.mark.parametrize("params", [
-    SamplingParams(temperature=0, max_tokens=20),
-    SamplingParams(temperature=0.9, top_p=0.8, max_tokens=20, seed=123),
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0, max_tokens=20),
+        SamplingParams(temperature=0.9, top_p=0.8, max_tokens=20, seed=123),
+    ],
+)
 def test_engine_generates_the_same_with_and_without_prefix_caching(model, params):
     slot = LLM(model, max_batch=4, max_model_len=256, prefix_caching=False).generate(PROMPTS, params)
     paged_llm = LLM(model, max_batch=4, max_model_len=256, kv_cache="paged")

@@ -10,7 +10,6 @@ import time
 import httpx
 import pytest
 
-
 # Arguments whose values end under random weights (enums, booleans, bounded integers, no extra keys):
 # free strings never close when the model is noise.
 WEATHER_SCHEMA = {
@@ -76,5 +75,6 @@ def tiny_ckpt(tmp_path_factory):
 def tiny_llm(tiny_ckpt):
     from gptoss.engine import LLM
 
-    return lambda max_batch=8, max_model_len=2048: LLM(tiny_ckpt, device="cpu", dtype="float32", max_batch=max_batch,
-                                                     max_model_len=max_model_len)
+    return lambda max_batch=8, max_model_len=2048: LLM(
+        tiny_ckpt, device="cpu", dtype="float32", max_batch=max_batch, max_model_len=max_model_len
+    )

@@ -10,9 +10,26 @@ from tests.server.conftest import serve
 def test_bench_serve_reports_throughput_and_latency_percentiles(tiny_llm):
     with serve(tiny_llm(max_batch=4)) as base:
         proc = subprocess.run(
-            [sys.executable, "-m", "gptoss", "bench-serve", "--base-url", base + "/v1", "--requests", "12",
-             "--concurrency", "4", "--prompt-tokens", "32", "--output-tokens", "8"],
-            capture_output=True, text=True, timeout=300)
+            [
+                sys.executable,
+                "-m",
+                "gptoss",
+                "bench-serve",
+                "--base-url",
+                base + "/v1",
+                "--requests",
+                "12",
+                "--concurrency",
+                "4",
+                "--prompt-tokens",
+                "32",
+                "--output-tokens",
+                "8",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["completed"] == 12 and out["failed"] == 0
@@ -24,7 +41,11 @@ def test_bench_serve_reports_throughput_and_latency_percentiles(tiny_llm):
 
 
 def test_bench_serve_unreachable_server_is_one_clear_line():
-    proc = subprocess.run([sys.executable, "-m", "gptoss", "bench-serve", "--base-url", "http://127.0.0.1:9/v1",
-                           "--requests", "1"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gptoss", "bench-serve", "--base-url", "http://127.0.0.1:9/v1", "--requests", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("gptoss: error: cannot reach http://127.0.0.1:9/v1")

@@ -84,16 +84,25 @@ def test_tool_choice_required_gives_arguments_that_validate(client, stream):
             assert deltas[0].id.startswith("call_") and deltas[0].function.name
             name = deltas[0].function.name
             args = "".join(d.function.arguments or "" for d in deltas)
-            assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+            assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+                "tool_calls"
+            ]
         assert name == "get_weather"
         jsonschema.validate(json.loads(args), schema)
 
 
 def test_named_tool_choice_and_tool_none(client):
-    other = {"type": "function", "function": {"name": "noop", "parameters": {"type": "object", "properties": {},
-                                                                             "additionalProperties": False}}}
-    r = ask(client, seed=3, tools=[WEATHER, other], tool_choice={"type": "function", "function": {"name": "noop"}},
-            max_tokens=60)
+    other = {
+        "type": "function",
+        "function": {"name": "noop", "parameters": {"type": "object", "properties": {}, "additionalProperties": False}},
+    }
+    r = ask(
+        client,
+        seed=3,
+        tools=[WEATHER, other],
+        tool_choice={"type": "function", "function": {"name": "noop"}},
+        max_tokens=60,
+    )
     assert [c.function.name for c in r.choices[0].message.tool_calls] == ["noop"]
     assert json.loads(r.choices[0].message.tool_calls[0].function.arguments) == {}
     r = ask(client, seed=3, tools=[WEATHER], tool_choice="none", max_tokens=10)
@@ -110,18 +119,25 @@ def test_tool_result_round_trip(client, server):
     ]
     r = ask(client, seed=2, tools=[WEATHER], messages=messages, max_tokens=10)
     assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
-    prompt = httpx.post(server + "/tokenize", json={"model": MODEL, "messages": messages, "tools": [WEATHER]}).json()["prompt"]
+    prompt = httpx.post(server + "/tokenize", json={"model": MODEL, "messages": messages, "tools": [WEATHER]}).json()[
+        "prompt"
+    ]
     # history tool calls render as openai-harmony renders them: the recipient in the role header
-    assert (f"<|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json<|message|>"
-            f"{call.function.arguments}<|call|>") in prompt
+    assert (
+        f"<|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json<|message|>"
+        f"{call.function.arguments}<|call|>"
+    ) in prompt
     assert '<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>{"temp_c": 21}<|end|>' in prompt
     assert "namespace functions {" in prompt and "type get_weather = (_: {" in prompt
 
 
 def test_reasoning_effort_and_instructions_in_the_prompt(server):
     for effort in ("low", "medium", "high"):
-        body = {"model": MODEL, "reasoning_effort": effort,
-                "messages": [{"role": "system", "content": "Speak like a pirate."}, {"role": "user", "content": "Hi"}]}
+        body = {
+            "model": MODEL,
+            "reasoning_effort": effort,
+            "messages": [{"role": "system", "content": "Speak like a pirate."}, {"role": "user", "content": "Hi"}],
+        }
         prompt = httpx.post(server + "/tokenize", json=body).json()["prompt"]
         assert f"Reasoning: {effort}" in prompt
         assert "<|start|>developer<|message|># Instructions\n\nSpeak like a pirate.<|end|>" in prompt
@@ -144,23 +160,40 @@ def test_reasoning_is_separate_from_content(client):
 
 @pytest.mark.parametrize("name", ["reasoning_content", "reasoning"])
 def test_assistant_reasoning_is_accepted_under_either_name(server, name):
-    body = {"model": MODEL, "messages": [
-        {"role": "user", "content": "Weather in Lima?"},
-        {"role": "assistant", name: "The user wants Lima.", "content": None,
-         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
-        {"role": "tool", "tool_call_id": "c1", "content": "sunny"}], "tools": [WEATHER]}
+    body = {
+        "model": MODEL,
+        "messages": [
+            {"role": "user", "content": "Weather in Lima?"},
+            {
+                "role": "assistant",
+                name: "The user wants Lima.",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        ],
+        "tools": [WEATHER],
+    }
     prompt = httpx.post(server + "/tokenize", json=body).json()["prompt"]
     assert "<|channel|>analysis<|message|>The user wants Lima.<|end|>" in prompt
 
 
 def test_json_schema_response_format(client, server):
-    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"enum": [1, 2, 3]}},
-              "required": ["ok", "n"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}, "n": {"enum": [1, 2, 3]}},
+        "required": ["ok", "n"],
+        "additionalProperties": False,
+    }
     fmt = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema}}
     r = ask(client, seed=4, max_tokens=80, response_format=fmt)
     jsonschema.validate(json.loads(r.choices[0].message.content), schema)
-    prompt = httpx.post(server + "/tokenize", json={"model": MODEL, "messages": [{"role": "user", "content": "x"}],
-                                                    "response_format": fmt}).json()["prompt"]
+    prompt = httpx.post(
+        server + "/tokenize",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], "response_format": fmt},
+    ).json()["prompt"]
     assert "# Response Formats\n\n## verdict\n\n" + json.dumps(schema, separators=(",", ":")) + "<|end|>" in prompt
 
 
@@ -183,8 +216,12 @@ def test_n_seed_stop_and_logprobs(client):
 def test_64_concurrent_streams_equal_each_alone(server):
     async def one(client, i):
         stream = await client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": f"Request {i % 8}"}], max_tokens=6 + i % 5,
-            seed=i, stream=True)
+            model=MODEL,
+            messages=[{"role": "user", "content": f"Request {i % 8}"}],
+            max_tokens=6 + i % 5,
+            seed=i,
+            stream=True,
+        )
         return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
 
     async def main():
@@ -215,17 +252,30 @@ def test_disconnect_frees_the_slot(server, client):
 
 def test_metrics_and_models(server, client):
     def hits() -> float:
-        line = next(l for l in httpx.get(server + "/metrics").text.splitlines() if l.startswith("gptoss_prefix_cache_hits "))
+        line = next(
+            row
+            for row in httpx.get(server + "/metrics").text.splitlines()
+            if row.startswith("gptoss_prefix_cache_hits ")
+        )
         return float(line.split()[1])
 
     before = hits()
     for i in range(2):  # the same system and developer messages: the second reuses their KV cache
-        ask(client, seed=i, max_tokens=4, messages=[{"role": "system", "content": "You are terse."},
-                                                    {"role": "user", "content": f"question {i}"}])
+        ask(
+            client,
+            seed=i,
+            max_tokens=4,
+            messages=[{"role": "system", "content": "You are terse."}, {"role": "user", "content": f"question {i}"}],
+        )
     assert hits() >= before + 1
     text = httpx.get(server + "/metrics").text
-    for name in ("gptoss_queue_depth", "gptoss_running_requests", "gptoss_generation_tokens_per_second",
-                 "gptoss_time_to_first_token_seconds_bucket", "gptoss_time_per_output_token_seconds_bucket"):
+    for name in (
+        "gptoss_queue_depth",
+        "gptoss_running_requests",
+        "gptoss_generation_tokens_per_second",
+        "gptoss_time_to_first_token_seconds_bucket",
+        "gptoss_time_per_output_token_seconds_bucket",
+    ):
         assert name in text
     assert MODEL in [m.id for m in client.models.list().data]
 
@@ -242,8 +292,11 @@ def test_hidden_reasoning_hides_it_under_both_names(tiny_llm):
                 break
         assert reasoned is not None, "some random turns reason first: there is something to hide"
         chunks = list(ask(c, seed=reasoned, max_tokens=12, stream=True))
-        assert not any({"reasoning", "reasoning_content"} & set(ch.choices[0].delta.model_extra or {})
-                       for ch in chunks if ch.choices)
+        assert not any(
+            {"reasoning", "reasoning_content"} & set(ch.choices[0].delta.model_extra or {})
+            for ch in chunks
+            if ch.choices
+        )
 
 
 def test_logit_bias_of_100_forces_a_token_and_bad_entries_are_a_400(client, server, tokenizer):
@@ -254,11 +307,16 @@ def test_logit_bias_of_100_forces_a_token_and_bad_entries_are_a_400(client, serv
     assert content and content.replace(" panda", "") == "", content  # the grammar lets it in; the bias forces it
     plain = ask(client, seed=3, max_tokens=24, temperature=1.0)
     assert (plain.choices[0].message.content or "").replace(" panda", "") != ""
-    for bias, words in [({"abc": 5}, "'abc' is not a token id"), ({"999999999": 5}, "not a token id"),
-                        ({str(panda[0]): 101}, "should be in [-100, 100], found 101"),
-                        ({str(i): 1 for i in range(301)}, "at most 300 entries, found 301")]:
-        resp = httpx.post(server + "/v1/chat/completions", json={"model": MODEL, "max_tokens": 4, "logit_bias": bias,
-                                                                "messages": [{"role": "user", "content": "Hi"}]})
+    for bias, words in [
+        ({"abc": 5}, "'abc' is not a token id"),
+        ({"999999999": 5}, "not a token id"),
+        ({str(panda[0]): 101}, "should be in [-100, 100], found 101"),
+        ({str(i): 1 for i in range(301)}, "at most 300 entries, found 301"),
+    ]:
+        resp = httpx.post(
+            server + "/v1/chat/completions",
+            json={"model": MODEL, "max_tokens": 4, "logit_bias": bias, "messages": [{"role": "user", "content": "Hi"}]},
+        )
         assert resp.status_code == 400, resp.text
         err = resp.json()["error"]
         assert err["param"] == "logit_bias" and words in err["message"], err

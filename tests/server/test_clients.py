@@ -27,10 +27,22 @@ MODEL = "gpt-oss"
 PERSONA = ServerPersona(reasoning_max_tokens=6)
 CITIES = ("Paris", "Tokyo", "Lima")
 STRICT_WEATHER = WEATHER_SCHEMA | {"required": ["city", "days", "metric"]}  # what OpenAI's strict mode accepts
-CHAT_WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
-                                                 "parameters": STRICT_WEATHER, "strict": True}}
-RESP_WEATHER = {"type": "function", "name": "get_weather", "description": "Current weather in a city",
-                "parameters": STRICT_WEATHER, "strict": True}
+CHAT_WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": STRICT_WEATHER,
+        "strict": True,
+    },
+}
+RESP_WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Current weather in a city",
+    "parameters": STRICT_WEATHER,
+    "strict": True,
+}
 
 
 class Mood(BaseModel):
@@ -109,9 +121,14 @@ def _weather_agent(server, api: str, calls: list):
         calls.append((city, metric))
         return f"sunny in {city}"
 
-    return Agent(name="weather", instructions="Answer with the weather tool.", tools=[get_weather],
-                 model=_agents_model(server, api), tool_use_behavior="stop_on_first_tool",
-                 model_settings=ModelSettings(tool_choice="get_weather", max_tokens=80, extra_body={"seed": 3}))
+    return Agent(
+        name="weather",
+        instructions="Answer with the weather tool.",
+        tools=[get_weather],
+        model=_agents_model(server, api),
+        tool_use_behavior="stop_on_first_tool",
+        model_settings=ModelSettings(tool_choice="get_weather", max_tokens=80, extra_body={"seed": 3}),
+    )
 
 
 @pytest.mark.parametrize("api", ["chat", "responses"])
@@ -149,9 +166,14 @@ def test_agents_output_type_with_tools_declared(server, api, streamed):
 
     calls: list = []
     tool = _weather_agent(server, api, calls).tools[0]
-    agent = Agent(name="mood", instructions="Say how you feel.", tools=[tool], output_type=Mood,
-                  model=_agents_model(server, api),
-                  model_settings=ModelSettings(tool_choice="none", max_tokens=80, extra_body={"seed": 4}))
+    agent = Agent(
+        name="mood",
+        instructions="Say how you feel.",
+        tools=[tool],
+        output_type=Mood,
+        model=_agents_model(server, api),
+        model_settings=ModelSettings(tool_choice="none", max_tokens=80, extra_body={"seed": 4}),
+    )
 
     async def go():
         if not streamed:
@@ -172,8 +194,13 @@ def test_chat_completions_parse_with_tools_declared(client):
     outcomes = set()
     for seed in range(2):
         r = client.chat.completions.parse(
-            model=MODEL, messages=[{"role": "user", "content": "How are you, and how is Paris?"}], seed=seed,
-            response_format=Mood, tools=[openai.pydantic_function_tool(GetWeather)], max_tokens=80)
+            model=MODEL,
+            messages=[{"role": "user", "content": "How are you, and how is Paris?"}],
+            seed=seed,
+            response_format=Mood,
+            tools=[openai.pydantic_function_tool(GetWeather)],
+            max_tokens=80,
+        )
         msg = r.choices[0].message
         if r.choices[0].finish_reason == "tool_calls":
             assert isinstance(msg.tool_calls[0].function.parsed_arguments, GetWeather) and msg.parsed is None
@@ -186,17 +213,33 @@ def test_chat_completions_parse_with_tools_declared(client):
 
 
 def test_responses_parse_with_tools_declared(client):
-    r = client.responses.parse(model=MODEL, input="How do you feel?", text_format=Mood, tools=[RESP_WEATHER],
-                               tool_choice="none", max_output_tokens=80, extra_body={"seed": 2})
+    r = client.responses.parse(
+        model=MODEL,
+        input="How do you feel?",
+        text_format=Mood,
+        tools=[RESP_WEATHER],
+        tool_choice="none",
+        max_output_tokens=80,
+        extra_body={"seed": 2},
+    )
     assert r.status == "completed" and isinstance(r.output_parsed, Mood)
     assert [o.type for o in r.output if o.type == "message"] == ["message"]  # no preamble message to misparse
-    assert r.text.format.type == "json_schema" and r.text.format.schema_["properties"]["mood"]["enum"] == ["happy", "sad"]
+    assert r.text.format.type == "json_schema" and r.text.format.schema_["properties"]["mood"]["enum"] == [
+        "happy",
+        "sad",
+    ]
 
 
 def test_stored_response_replays_as_a_stream(client):
     # (the helper parses the arguments of the tools it was given: parsed_arguments is the client's, not the wire's)
-    with client.responses.stream(model=MODEL, input="Weather?", tools=[RESP_WEATHER], tool_choice="required",
-                                 max_output_tokens=80, extra_body={"seed": 6}) as stream:
+    with client.responses.stream(
+        model=MODEL,
+        input="Weather?",
+        tools=[RESP_WEATHER],
+        tool_choice="required",
+        max_output_tokens=80,
+        extra_body={"seed": 6},
+    ) as stream:
         original = [_without_parsed(dump(ev)) for ev in stream]
     rid = original[-1]["response"]["id"]
     assert original[-1]["type"] == "response.completed"
@@ -213,13 +256,22 @@ def test_stored_response_replays_as_a_stream(client):
 
 
 def test_input_items_list(client):
-    first = client.responses.create(model=MODEL, input=[{"role": "user", "content": "Weather in Lima?"}],
-                                    tools=[RESP_WEATHER], tool_choice="required", max_output_tokens=80,
-                                    extra_body={"seed": 7})
+    first = client.responses.create(
+        model=MODEL,
+        input=[{"role": "user", "content": "Weather in Lima?"}],
+        tools=[RESP_WEATHER],
+        tool_choice="required",
+        max_output_tokens=80,
+        extra_body={"seed": 7},
+    )
     call = first.output[-1]
     second = client.responses.create(
-        model=MODEL, previous_response_id=first.id, tools=[RESP_WEATHER], max_output_tokens=2,
-        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
+        model=MODEL,
+        previous_response_id=first.id,
+        tools=[RESP_WEATHER],
+        max_output_tokens=2,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+    )
     items = list(client.responses.input_items.list(second.id, order="asc"))
     # the whole context the model saw: the first input, the first output, then the new input
     assert [i.type for i in items] == ["message"] + [o.type for o in first.output] + ["function_call_output"]
@@ -243,10 +295,23 @@ def test_every_echoed_object_round_trips_through_the_sdk(server):
     from openai.types.chat import ChatCompletion, ChatCompletionChunk
     from openai.types.responses import Response, ResponseStreamEvent
 
-    text = {"format": {"type": "json_schema", "name": "mood", "schema": Mood.model_json_schema() |
-                       {"additionalProperties": False}, "strict": True}}
-    body = {"model": MODEL, "input": "Feelings?", "text": text, "max_output_tokens": 60, "seed": 1,
-            "tools": [RESP_WEATHER], "parallel_tool_calls": True}
+    text = {
+        "format": {
+            "type": "json_schema",
+            "name": "mood",
+            "schema": Mood.model_json_schema() | {"additionalProperties": False},
+            "strict": True,
+        }
+    }
+    body = {
+        "model": MODEL,
+        "input": "Feelings?",
+        "text": text,
+        "max_output_tokens": 60,
+        "seed": 1,
+        "tools": [RESP_WEATHER],
+        "parallel_tool_calls": True,
+    }
     posted = httpx.post(server + "/v1/responses", json=body, timeout=120).json()
     assert posted["text"]["format"]["schema"]["properties"]["mood"] and "schema_" not in json.dumps(posted)
     assert posted["parallel_tool_calls"] is True and posted["tools"][0]["strict"] is True
@@ -261,8 +326,14 @@ def test_every_echoed_object_round_trips_through_the_sdk(server):
     replay = sse(httpx.get(f"{server}/v1/responses/{events[-1]['response']['id']}?stream=true").text)
     assert replay == events
 
-    chat = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 60, "seed": 2,
-            "tools": [CHAT_WEATHER], "tool_choice": "required"}
+    chat = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 60,
+        "seed": 2,
+        "tools": [CHAT_WEATHER],
+        "tool_choice": "required",
+    }
     raw = httpx.post(server + "/v1/chat/completions", json=chat, timeout=120).json()
     message = raw["choices"][0]["message"]
     assert raw["choices"][0]["finish_reason"] == "tool_calls" and message["tool_calls"]
@@ -274,84 +345,152 @@ def test_every_echoed_object_round_trips_through_the_sdk(server):
 
 def test_tools_echo_as_sent(client):
     loose = {"type": "function", "name": "note", "parameters": {"type": "object", "properties": {}}}
-    r = client.responses.create(model=MODEL, input="Hi", max_output_tokens=1, parallel_tool_calls=False,
-                                tools=[RESP_WEATHER | {"strict": False}, loose])
+    r = client.responses.create(
+        model=MODEL,
+        input="Hi",
+        max_output_tokens=1,
+        parallel_tool_calls=False,
+        tools=[RESP_WEATHER | {"strict": False}, loose],
+    )
     assert r.tools[0].strict is False and r.tools[1].strict is None and r.parallel_tool_calls is False
     assert client.responses.create(model=MODEL, input="Hi", max_output_tokens=1).parallel_tool_calls is True
 
 
 # ---------------------------------------------------------------------------------------------- strict schemas
 LOOSE = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
-PARTIAL = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
-           "required": ["city"], "additionalProperties": False}
-NESTED = {"type": "object", "properties": {"where": {"type": "object", "properties": {"city": {"type": "string"}},
-                                                     "required": ["city"]}},
-          "required": ["where"], "additionalProperties": False}
+PARTIAL = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+NESTED = {
+    "type": "object",
+    "properties": {"where": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}},
+    "required": ["where"],
+    "additionalProperties": False,
+}
 
 
-@pytest.mark.parametrize("schema, message", [
-    (LOOSE, r"at \(root\), 'additionalProperties' is required to be supplied and to be false"),
-    (PARTIAL, r"at \(root\), 'required' is required to be supplied and to be an array including every key in properties; "
-              r"missing 'days'"),
-    (NESTED, r"at properties.where, 'additionalProperties' is required"),
-])
+@pytest.mark.parametrize(
+    "schema, message",
+    [
+        (LOOSE, r"at \(root\), 'additionalProperties' is required to be supplied and to be false"),
+        (
+            PARTIAL,
+            r"at \(root\), 'required' is required to be supplied and to be an array including every key in properties; "
+            r"missing 'days'",
+        ),
+        (NESTED, r"at properties.where, 'additionalProperties' is required"),
+    ],
+)
 def test_strict_schemas_openai_rejects_are_400(client, schema, message):
     chat_tool = {"type": "function", "function": {"name": "f", "parameters": schema, "strict": True}}
-    with pytest.raises(openai.BadRequestError, match=r"tools\[0\]\.function\.parameters: invalid schema for strict "
-                                                     r"function 'f': " + message) as err:
+    with pytest.raises(
+        openai.BadRequestError,
+        match=r"tools\[0\]\.function\.parameters: invalid schema for strict "
+        r"function 'f': " + message,
+    ) as err:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], tools=[chat_tool])
     assert err.value.body["param"] == "tools[0].function.parameters"
-    with pytest.raises(openai.BadRequestError, match=r"tools\[0\]\.parameters: invalid schema for strict function "
-                                                     r"'f': " + message):
-        client.responses.create(model=MODEL, input="x", tools=[{"type": "function", "name": "f", "parameters": schema,
-                                                                "strict": True}])
+    with pytest.raises(
+        openai.BadRequestError,
+        match=r"tools\[0\]\.parameters: invalid schema for strict function "
+        r"'f': " + message,
+    ):
+        client.responses.create(
+            model=MODEL, input="x", tools=[{"type": "function", "name": "f", "parameters": schema, "strict": True}]
+        )
     with pytest.raises(openai.BadRequestError, match="invalid schema for strict response format 'r'"):
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], response_format={
-            "type": "json_schema", "json_schema": {"name": "r", "schema": schema, "strict": True}})
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "x"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema, "strict": True}},
+        )
     # the same schema without strict is accepted (and held closed by the grammar)
-    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=1,
-                                   tools=[{"type": "function", "function": {"name": "f", "parameters": schema}}])
+    client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "x"}],
+        max_tokens=1,
+        tools=[{"type": "function", "function": {"name": "f", "parameters": schema}}],
+    )
 
 
 def test_loose_schema_arguments_hold_to_declared_properties(client):
     """additionalProperties unspecified: the call carries only declared keys; integers stay within 64 bits."""
-    schema = {"type": "object", "properties": {"n": {"type": "integer"}, "ok": {"type": "boolean"}},
-              "required": ["n", "ok"]}
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer"}, "ok": {"type": "boolean"}},
+        "required": ["n", "ok"],
+    }
     tool = {"type": "function", "function": {"name": "count", "parameters": schema}}
     for seed in range(2):
-        r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Count"}], seed=seed,
-                                           tools=[tool], tool_choice="required", max_tokens=80)
+        r = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Count"}],
+            seed=seed,
+            tools=[tool],
+            tool_choice="required",
+            max_tokens=80,
+        )
         assert r.choices[0].finish_reason == "tool_calls"
         args = json.loads(r.choices[0].message.tool_calls[0].function.arguments)
-        assert set(args) == {"n", "ok"} and -2**63 <= args["n"] < 2**63
+        assert set(args) == {"n", "ok"} and -(2**63) <= args["n"] < 2**63
 
 
 # ---------------------------------------------------------------------------------------------- Codex's tool list
 def test_namespace_and_web_search_tools_without_a_browser(client):
     """Codex declares web_search and MCP tools in a namespace: the namespace's functions run (the call names
     its namespace), web_search without a browser is left out (the model answers without searching)."""
-    crm = {"type": "namespace", "name": "crm", "description": "Customer records",
-           "tools": [{"type": "function", "name": "lookup", "description": "Find a customer",
-                      "parameters": STRICT_WEATHER, "strict": True}]}
-    r = client.responses.create(model=MODEL, input="Find Lima", tools=[{"type": "web_search"}, crm, RESP_WEATHER],
-                                tool_choice={"type": "function", "name": "lookup", "namespace": "crm"},
-                                max_output_tokens=80, extra_body={"seed": 3})
+    crm = {
+        "type": "namespace",
+        "name": "crm",
+        "description": "Customer records",
+        "tools": [
+            {
+                "type": "function",
+                "name": "lookup",
+                "description": "Find a customer",
+                "parameters": STRICT_WEATHER,
+                "strict": True,
+            }
+        ],
+    }
+    r = client.responses.create(
+        model=MODEL,
+        input="Find Lima",
+        tools=[{"type": "web_search"}, crm, RESP_WEATHER],
+        tool_choice={"type": "function", "name": "lookup", "namespace": "crm"},
+        max_output_tokens=80,
+        extra_body={"seed": 3},
+    )
     call = r.output[-1]
     assert r.status == "completed" and call.type == "function_call"
     assert (call.namespace, call.name) == ("crm", "lookup")
     jsonschema.validate(json.loads(call.arguments), WEATHER_SCHEMA)
     assert [t.type for t in r.tools] == ["web_search", "namespace", "function"] and r.tools[1].tools[0].name == "lookup"
     # the call goes back as input with its namespace, and the conversation continues
-    again = client.responses.create(model=MODEL, tools=[crm], max_output_tokens=2, input=[
-        {"role": "user", "content": "Find Lima"}, call.model_dump(exclude_none=True),
-        {"type": "function_call_output", "call_id": call.call_id, "output": "found"}])
+    again = client.responses.create(
+        model=MODEL,
+        tools=[crm],
+        max_output_tokens=2,
+        input=[
+            {"role": "user", "content": "Find Lima"},
+            call.model_dump(exclude_none=True),
+            {"type": "function_call_output", "call_id": call.call_id, "output": "found"},
+        ],
+    )
     assert again.status in ("completed", "incomplete")
     with pytest.raises(openai.BadRequestError, match=r"tools\[0\]\.type: this server has no browser tool"):
-        client.responses.create(model=MODEL, input="x", tools=[{"type": "web_search"}],
-                                tool_choice={"type": "web_search"})
+        client.responses.create(
+            model=MODEL, input="x", tools=[{"type": "web_search"}], tool_choice={"type": "web_search"}
+        )
     with pytest.raises(openai.BadRequestError, match=r"tools\[0\]\.tools\[0\]: only named function tools"):
-        client.responses.create(model=MODEL, input="x", tools=[{"type": "namespace", "name": "n", "description": "",
-                                                                "tools": [{"type": "custom", "name": "c"}]}])
+        client.responses.create(
+            model=MODEL,
+            input="x",
+            tools=[{"type": "namespace", "name": "n", "description": "", "tools": [{"type": "custom", "name": "c"}]}],
+        )
     with pytest.raises(openai.BadRequestError, match=r"tools\[0\]\.type: 'custom' tools are not supported"):
         client.responses.create(model=MODEL, input="x", tools=[{"type": "custom", "name": "apply_patch"}])
 
@@ -360,8 +499,13 @@ def test_namespace_and_web_search_tools_without_a_browser(client):
 def test_a_call_cut_by_max_tokens_is_never_reported_complete(client, server):
     """Seeded requests repeat their tokens, so a forced call that takes T tokens is cut at T - 1 (all but its
     closing <|call|>: the arguments may even parse) and inside its arguments."""
-    chat = {"model": MODEL, "messages": [{"role": "user", "content": "Weather?"}], "seed": 1, "tools": [CHAT_WEATHER],
-            "tool_choice": "required"}
+    chat = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Weather?"}],
+        "seed": 1,
+        "tools": [CHAT_WEATHER],
+        "tool_choice": "required",
+    }
     whole = client.chat.completions.create(**chat, max_tokens=80)
     assert whole.choices[0].finish_reason == "tool_calls"
     jsonschema.validate(json.loads(whole.choices[0].message.tool_calls[0].function.arguments), STRICT_WEATHER)
@@ -372,8 +516,14 @@ def test_a_call_cut_by_max_tokens_is_never_reported_complete(client, server):
         args = cut.choices[0].message.tool_calls[0].function.arguments
         assert whole.choices[0].message.tool_calls[0].function.arguments.startswith(args)
 
-    body = {"model": MODEL, "input": "Weather?", "tools": [RESP_WEATHER], "tool_choice": "required", "seed": 1,
-            "stream": True}
+    body = {
+        "model": MODEL,
+        "input": "Weather?",
+        "tools": [RESP_WEATHER],
+        "tool_choice": "required",
+        "seed": 1,
+        "stream": True,
+    }
     events = sse(httpx.post(server + "/v1/responses", json=body | {"max_output_tokens": 80}, timeout=120).text)
     final = events[-1]["response"]
     assert final["status"] == "completed" and final["output"][-1]["status"] == "completed"
@@ -390,22 +540,48 @@ def test_a_call_cut_by_max_tokens_is_never_reported_complete(client, server):
 
 # ---------------------------------------------------------------------------------------------- the rest of the API
 def test_ignored_parameters_are_accepted(server):
-    chat = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1,
-            "frequency_penalty": 0.5, "presence_penalty": 0.5, "logit_bias": {"1": 5}, "user": "u", "store": True,
-            "metadata": {"a": "b"}, "service_tier": "auto", "prediction": {"type": "content", "content": "x"},
-            "modalities": ["text"], "audio": None, "web_search_options": {}, "parallel_tool_calls": False}
+    chat = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 1,
+        "frequency_penalty": 0.5,
+        "presence_penalty": 0.5,
+        "logit_bias": {"1": 5},
+        "user": "u",
+        "store": True,
+        "metadata": {"a": "b"},
+        "service_tier": "auto",
+        "prediction": {"type": "content", "content": "x"},
+        "modalities": ["text"],
+        "audio": None,
+        "web_search_options": {},
+        "parallel_tool_calls": False,
+    }
     r = httpx.post(server + "/v1/chat/completions", json=chat, timeout=60)
     assert r.status_code == 200, r.text
-    resp = {"model": MODEL, "input": "Hi", "max_output_tokens": 1, "background": False, "include": [],
-            "truncation": "disabled", "prompt_cache_key": "k", "service_tier": "auto", "top_logprobs": 0,
-            "user": "u", "safety_identifier": "s", "reasoning": {"effort": "low", "summary": "auto"}}
+    resp = {
+        "model": MODEL,
+        "input": "Hi",
+        "max_output_tokens": 1,
+        "background": False,
+        "include": [],
+        "truncation": "disabled",
+        "prompt_cache_key": "k",
+        "service_tier": "auto",
+        "top_logprobs": 0,
+        "user": "u",
+        "safety_identifier": "s",
+        "reasoning": {"effort": "low", "summary": "auto"},
+    }
     r = httpx.post(server + "/v1/responses", json=resp, timeout=60)
     assert r.status_code == 200, r.text
     assert r.json()["output"] == [] or all(o.get("summary", []) == [] for o in r.json()["output"])
 
 
-@pytest.mark.parametrize("method, path", [("POST", "/v1/embeddings"),
-                                          ("POST", "/v1/responses/resp_1/cancel"), ("POST", "/v1/images/generations")])
+@pytest.mark.parametrize(
+    "method, path",
+    [("POST", "/v1/embeddings"), ("POST", "/v1/responses/resp_1/cancel"), ("POST", "/v1/images/generations")],
+)
 def test_other_endpoints_are_404(server, method, path):
     r = httpx.request(method, server + path, json={"model": MODEL})
     assert r.status_code == 404 and r.json()["error"]["message"] == f"no route {method} {path}"
@@ -418,8 +594,11 @@ def test_every_compatibility_row_names_a_test():
 
     here = pathlib.Path(__file__).parent
     doc = (here.parents[1] / "docs" / "compatibility.md").read_text().split("## Tried by hand")[0]
-    rows = [line for line in doc.splitlines() if line.startswith("| ") and not line.startswith(("| Endpoint ",
-                                                                                                "| Parameter ", "| Client "))]
+    rows = [
+        line
+        for line in doc.splitlines()
+        if line.startswith("| ") and not line.startswith(("| Endpoint ", "| Parameter ", "| Client "))
+    ]
     named = [re.search(r"`(test_\w+\.py)::(test_\w+)`", row) for row in rows]
     assert len(rows) > 30 and all(named), [r for r, m in zip(rows, named) if not m]
     for m in named:

@@ -70,12 +70,17 @@ def test_prompt_logprobs_batched_equal_alone(client, llm):
     assert [c.index for c in r.choices] == [0, 1, 2]
     for ids, c in zip(batch, r.choices):
         assert_prompt_logprobs(llm, ids, c.logprobs, 1)
-        assert len(c.logprobs.tokens) == len(ids) + len(c.logprobs.tokens[len(ids):])
+        assert len(c.logprobs.tokens) == len(ids) + len(c.logprobs.tokens[len(ids) :])
         assert c.text.startswith(llm.tokenizer.decode(ids))
     alone = client.completions.create(model=MODEL, prompt=batch[1], max_tokens=2, echo=True, logprobs=1, temperature=0)
     assert alone.choices[0].logprobs.tokens == r.choices[1].logprobs.tokens
-    assert max(abs(a - b) for a, b in zip(alone.choices[0].logprobs.token_logprobs[1:],
-                                          r.choices[1].logprobs.token_logprobs[1:])) < 1e-4
+    assert (
+        max(
+            abs(a - b)
+            for a, b in zip(alone.choices[0].logprobs.token_logprobs[1:], r.choices[1].logprobs.token_logprobs[1:])
+        )
+        < 1e-4
+    )
 
 
 def test_greedy_continuation_follows_the_forward_argmax(client, llm):
@@ -85,7 +90,7 @@ def test_greedy_continuation_follows_the_forward_argmax(client, llm):
     out = list(ids)
     for _ in range(len(c.logprobs.tokens)):
         out.append(int(forward_logprobs(llm, out)[-1].argmax()))
-    generated = out[len(ids):]
+    generated = out[len(ids) :]
     assert c.logprobs.tokens == [llm.tokenizer.decode([t]) for t in generated]
     assert c.text == llm.tokenizer.decode(generated) and r.usage.completion_tokens == len(generated)
     assert c.finish_reason == "length" and len(generated) == 6 or c.finish_reason == "stop"
@@ -116,7 +121,9 @@ def test_stop_strings_cut_the_text_and_its_logprobs(client):
     cut = client.completions.create(model=MODEL, prompt="abc", max_tokens=10, temperature=0, logprobs=0, stop=[stop])
     c = cut.choices[0]
     assert c.text == text[: text.index(stop)] and c.finish_reason == "stop"
-    assert all(o < len(c.text) for o in c.logprobs.text_offset) and cut.usage.completion_tokens == len(c.logprobs.tokens)
+    assert all(o < len(c.text) for o in c.logprobs.text_offset) and cut.usage.completion_tokens == len(
+        c.logprobs.tokens
+    )
 
 
 def test_max_tokens_beyond_the_context_is_clamped(client):
@@ -124,17 +131,20 @@ def test_max_tokens_beyond_the_context_is_clamped(client):
     assert r.choices[0].finish_reason in ("stop", "length") and r.usage.total_tokens <= 512
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"suffix": "x"}, "suffix: not supported"),
-    ({"best_of": 3}, "best_of: only best_of equal to n (1) is supported"),
-    ({"max_tokens": 0}, "max_tokens: 0 is only allowed with echo"),
-    ({"logprobs": 6}, "logprobs: Input should be less than or equal to 5"),
-    ({"prompt": []}, "prompt: empty"),
-    ({"prompt": ""}, "prompt: empty; at least one token is needed"),
-    ({"prompt": [[1, 2], [3, 201088]]}, "prompt[1][1]: token id 201088 is outside the vocabulary"),
-    ({"prompt": "word " * 600}, "maximum context length is 512 tokens"),
-    ({"stop": ["a", "b", "c", "d", "e"]}, "stop: at most 4 stop sequences"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"suffix": "x"}, "suffix: not supported"),
+        ({"best_of": 3}, "best_of: only best_of equal to n (1) is supported"),
+        ({"max_tokens": 0}, "max_tokens: 0 is only allowed with echo"),
+        ({"logprobs": 6}, "logprobs: Input should be less than or equal to 5"),
+        ({"prompt": []}, "prompt: empty"),
+        ({"prompt": ""}, "prompt: empty; at least one token is needed"),
+        ({"prompt": [[1, 2], [3, 201088]]}, "prompt[1][1]: token id 201088 is outside the vocabulary"),
+        ({"prompt": "word " * 600}, "maximum context length is 512 tokens"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop: at most 4 stop sequences"),
+    ],
+)
 def test_bad_requests_are_400(server, body, message):
     r = httpx.post(server + "/v1/completions", json={"model": MODEL, "prompt": "Hi", **body})
     assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
@@ -154,8 +164,12 @@ def test_the_guard_checks_raw_completions(tiny_llm, tmp_path):
     (tmp_path / "p.md").write_text("---\nname: p\naction: block\n---\n# P\nTRIGGER=FORBIDDEN\nANSWER_LIMIT=24\n")
     fake = FakeGuard().start()
     try:
-        s = GuardSettings(policies=load_policies([str(tmp_path / "p.md")]), base_url=fake.base_url, model=fake.model,
-                          audit_path=str(tmp_path / "audit.sqlite"))
+        s = GuardSettings(
+            policies=load_policies([str(tmp_path / "p.md")]),
+            base_url=fake.base_url,
+            model=fake.model,
+            audit_path=str(tmp_path / "audit.sqlite"),
+        )
         with serve(tiny_llm(max_batch=1, max_model_len=512), guard=s) as base:  # its own engine
             c = OpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
             with pytest.raises(openai.BadRequestError, match="blocked by the server's policy"):
@@ -172,8 +186,16 @@ def test_the_guard_checks_raw_completions(tiny_llm, tmp_path):
 
 
 def test_ignored_parameters_are_accepted(client):
-    r = client.completions.create(model=MODEL, prompt="Hi", max_tokens=1, frequency_penalty=0.5, presence_penalty=0.5,
-                                  logit_bias={"15": 1}, user="u", best_of=1)
+    r = client.completions.create(
+        model=MODEL,
+        prompt="Hi",
+        max_tokens=1,
+        frequency_penalty=0.5,
+        presence_penalty=0.5,
+        logit_bias={"15": 1},
+        user="u",
+        best_of=1,
+    )
     assert r.usage.completion_tokens <= 1
 
 
@@ -195,6 +217,7 @@ def test_a_stream_that_fails_midway_says_so_in_the_stream_and_the_server_goes_on
         frames = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
     monkeypatch.undo()
     assert r.status_code == 200 and len(calls) >= 2
-    assert json.loads(frames[-1]) == {"error": {"message": "token bytes unavailable", "type": "server_error",
-                                                "param": None, "code": None}}
+    assert json.loads(frames[-1]) == {
+        "error": {"message": "token bytes unavailable", "type": "server_error", "param": None, "code": None}
+    }
     assert client.completions.create(model=MODEL, prompt="Hello", max_tokens=2).usage.completion_tokens == 2

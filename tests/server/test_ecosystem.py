@@ -15,8 +15,10 @@ from tests.server.conftest import serve
 
 CONTEXT = 256
 MODEL = "gpt-oss-20b"
-DOCS = [{"question": "What color is the sky?", "choices": [" blue", " green", " red"], "answer": 0},
-        {"question": "How many legs has a cat?", "choices": [" two", " four"], "answer": 1}]
+DOCS = [
+    {"question": "What color is the sky?", "choices": [" blue", " green", " red"], "answer": 0},
+    {"question": "How many legs has a cat?", "choices": [" two", " four"], "answer": 1},
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +40,23 @@ def tasks(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lm_eval_tasks")
     data = folder / "docs.jsonl"
     data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
-    common = (f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
-              "doc_to_text: \"Question: {{question}}\\nAnswer:\"\n")
-    (folder / "tiny_mc.yaml").write_text("task: tiny_mc\noutput_type: multiple_choice\n" + common +
-                                         "doc_to_choice: \"{{choices}}\"\ndoc_to_target: \"{{answer}}\"\n"
-                                         "metric_list:\n  - metric: acc\n")
-    (folder / "tiny_gen.yaml").write_text("task: tiny_gen\noutput_type: generate_until\n" + common +
-                                          "doc_to_target: \"{{choices[answer]}}\"\ngeneration_kwargs:\n"
-                                          "  until: [\"\\n\\n\"]\n  max_gen_toks: 8\n"
-                                          "metric_list:\n  - metric: exact_match\n")
+    common = (
+        f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+        'doc_to_text: "Question: {{question}}\\nAnswer:"\n'
+    )
+    (folder / "tiny_mc.yaml").write_text(
+        "task: tiny_mc\noutput_type: multiple_choice\n"
+        + common
+        + 'doc_to_choice: "{{choices}}"\ndoc_to_target: "{{answer}}"\n'
+        "metric_list:\n  - metric: acc\n"
+    )
+    (folder / "tiny_gen.yaml").write_text(
+        "task: tiny_gen\noutput_type: generate_until\n"
+        + common
+        + 'doc_to_target: "{{choices[answer]}}"\ngeneration_kwargs:\n'
+        '  until: ["\\n\\n"]\n  max_gen_toks: 8\n'
+        "metric_list:\n  - metric: exact_match\n"
+    )
     return folder
 
 
@@ -54,8 +64,9 @@ def evaluate(folder, **kw):
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    return lm_eval.simple_evaluate(task_manager=TaskManager(include_path=str(folder), include_defaults=False), log_samples=True,
-                                   **kw)
+    return lm_eval.simple_evaluate(
+        task_manager=TaskManager(include_path=str(folder), include_defaults=False), log_samples=True, **kw
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -65,9 +76,13 @@ def offline(monkeypatch):
 
 
 def test_lm_eval_local_completions_loglikelihood_is_the_models_own(server, llm, tasks, tiny_ckpt):
-    out = evaluate(tasks, model="local-completions", tasks=["tiny_mc"],
-                   model_args=f"model={MODEL},base_url={server}/v1/completions,tokenizer_backend=huggingface,"
-                              f"tokenizer={tiny_ckpt},num_concurrent=2")
+    out = evaluate(
+        tasks,
+        model="local-completions",
+        tasks=["tiny_mc"],
+        model_args=f"model={MODEL},base_url={server}/v1/completions,tokenizer_backend=huggingface,"
+        f"tokenizer={tiny_ckpt},num_concurrent=2",
+    )
     assert out["results"]["tiny_mc"]["acc,none"] in (0.0, 0.5, 1.0)
     tok = llm.tokenizer
     scored = 0
@@ -75,7 +90,7 @@ def test_lm_eval_local_completions_loglikelihood_is_the_models_own(server, llm, 
         for (context, continuation), (logprob, greedy) in zip(sample["arguments"], [r[0] for r in sample["resps"]]):
             # (context, continuation) as lm-eval asked to score them
             ctx = tok.encode(context)
-            cont = tok.encode(context + continuation)[len(ctx):]  # lm-eval's split: the whole, then the context
+            cont = tok.encode(context + continuation)[len(ctx) :]  # lm-eval's split: the whole, then the context
             lp = torch.log_softmax(llm.model(torch.tensor(ctx + cont)).float(), dim=-1)
             want = sum(float(lp[len(ctx) + i - 1, t]) for i, t in enumerate(cont))
             assert abs(float(logprob) - want) < 1e-3, (continuation, logprob, want)
@@ -85,8 +100,13 @@ def test_lm_eval_local_completions_loglikelihood_is_the_models_own(server, llm, 
 
 
 def test_lm_eval_local_chat_completions_generates(server, tasks):
-    out = evaluate(tasks, model="local-chat-completions", tasks=["tiny_gen"], apply_chat_template=True,
-                   model_args=f"model={MODEL},base_url={server}/v1/chat/completions")
+    out = evaluate(
+        tasks,
+        model="local-chat-completions",
+        tasks=["tiny_gen"],
+        apply_chat_template=True,
+        model_args=f"model={MODEL},base_url={server}/v1/chat/completions",
+    )
     samples = out["samples"]["tiny_gen"]
     assert len(samples) == 2 and all(isinstance(s["resps"][0][0], str) for s in samples)
     assert "exact_match,none" in out["results"]["tiny_gen"]
@@ -98,14 +118,16 @@ def test_gpt_oss_eval_samplers_requests_are_answered(server):
     would score as an answer) and the reasoning read from ``message.reasoning``."""
     client = OpenAI(base_url=server + "/v1", timeout=24 * 60 * 60)
     messages = [{"role": "user", "content": "hi"}]
-    chat = client.chat.completions.create(model=MODEL, messages=messages, reasoning_effort="low", temperature=1.0,
-                                          max_tokens=131_072)  # ChatCompletionsSampler, reasoning_model=True
+    chat = client.chat.completions.create(
+        model=MODEL, messages=messages, reasoning_effort="low", temperature=1.0, max_tokens=131_072
+    )  # ChatCompletionsSampler, reasoning_model=True
     choice = chat.choices[0]
     assert chat.usage.prompt_tokens + chat.usage.completion_tokens <= CONTEXT
     assert choice.finish_reason in ("stop", "length")
     assert getattr(choice.message, "reasoning", None) == getattr(choice.message, "reasoning_content", None)
-    resp = client.responses.create(model=MODEL, input=messages, temperature=1.0, max_output_tokens=131_072,
-                                   reasoning={"effort": "low"})  # ResponsesSampler, reasoning_model=True
+    resp = client.responses.create(
+        model=MODEL, input=messages, temperature=1.0, max_output_tokens=131_072, reasoning={"effort": "low"}
+    )  # ResponsesSampler, reasoning_model=True
     assert resp.status in ("completed", "incomplete") and resp.reasoning.effort == "low"
     assert resp.usage.input_tokens + resp.usage.output_tokens <= CONTEXT
     assert isinstance(resp.output_text, str)

@@ -30,26 +30,66 @@ def body(**changes):
 CASES = {
     "body that is not JSON": ("POST", URL, b'{"model": "gpt-oss", ', {"content-type": "application/json"}),
     "body that is a JSON list": ("POST", URL, [1, 2], None),
-    "body that is not UTF-8": ("POST", URL, b'{"model": "gpt-oss", "messages": [{"role": "user", "content": "\xff"}]}',
-                               {"content-type": "application/json"}),
-    "body nested 20,000 levels deep": ("POST", URL, b'{"model": "gpt-oss", "metadata": ' + b"[" * 20_000 + b"]" * 20_000
-                                        + b"}", {"content-type": "application/json"}),
+    "body that is not UTF-8": (
+        "POST",
+        URL,
+        b'{"model": "gpt-oss", "messages": [{"role": "user", "content": "\xff"}]}',
+        {"content-type": "application/json"},
+    ),
+    "body nested 20,000 levels deep": (
+        "POST",
+        URL,
+        b'{"model": "gpt-oss", "metadata": ' + b"[" * 20_000 + b"]" * 20_000 + b"}",
+        {"content-type": "application/json"},
+    ),
     "`seed` beyond signed 64-bit (`2**64`)": ("POST", URL, body(seed=2**64), None),
     '`temperature: "hot"`': ("POST", URL, body(temperature="hot"), None),
     "`messages: []`": ("POST", URL, body(messages=[]), None),
     "no `messages`": ("POST", URL, body(messages=None), None),
     'message with `role: "robot"`': ("POST", URL, body(messages=[{"role": "robot", "content": "x"}]), None),
-    "image content part": ("POST", URL, body(messages=[{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "http://127.0.0.1/x.png"}}]}]), None),
+    "image content part": (
+        "POST",
+        URL,
+        body(
+            messages=[
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://127.0.0.1/x.png"}}]}
+            ]
+        ),
+        None,
+    ),
     '`model: "gpt-5"`': ("POST", URL, body(model="gpt-5"), None),
-    "prompt alone beyond the context": ("POST", URL, body(messages=[{"role": "user", "content": "word " * 2500}]), None),
-    "tool whose `parameters` is not a valid JSON Schema": ("POST", URL, body(tools=[{"type": "function", "function": {
-        "name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "strin"}}}}}]), None),
-    "`tool_choice` naming an undeclared function": ("POST", URL, body(tools=[TOOL], tool_choice={
-        "type": "function", "function": {"name": "nope"}}), None),
+    "prompt alone beyond the context": (
+        "POST",
+        URL,
+        body(messages=[{"role": "user", "content": "word " * 2500}]),
+        None,
+    ),
+    "tool whose `parameters` is not a valid JSON Schema": (
+        "POST",
+        URL,
+        body(
+            tools=[
+                {
+                    "type": "function",
+                    "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "strin"}}}},
+                }
+            ]
+        ),
+        None,
+    ),
+    "`tool_choice` naming an undeclared function": (
+        "POST",
+        URL,
+        body(tools=[TOOL], tool_choice={"type": "function", "function": {"name": "nope"}}),
+        None,
+    ),
     '`tool_choice: "required"` without tools': ("POST", URL, body(tool_choice="required"), None),
-    "tool message whose `tool_call_id` matches no call": ("POST", URL, body(messages=[
-        {"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "call_x", "content": "1"}]), None),
+    "tool message whose `tool_call_id` matches no call": (
+        "POST",
+        URL,
+        body(messages=[{"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "call_x", "content": "1"}]),
+        None,
+    ),
     "five `stop` strings": ("POST", URL, body(stop=["a", "b", "c", "d", "e"]), None),
     "`top_logprobs` without `logprobs`": ("POST", URL, body(top_logprobs=2), None),
     "body over the size limit": ("POST", URL, body(messages=[{"role": "user", "content": "x" * 70_000}]), None),
@@ -69,8 +109,11 @@ def readme_rows() -> list[tuple[str, int, str]]:
 
 
 ROWS = readme_rows()
-SPECIAL = {"missing or wrong API key (server started with `--api-key`)", "request while the queue is full",
-           "body still incomplete after `body_timeout` (30 s)"}  # the last: tests/server/test_security.py
+SPECIAL = {
+    "missing or wrong API key (server started with `--api-key`)",
+    "request while the queue is full",
+    "body still incomplete after `body_timeout` (30 s)",
+}  # the last: tests/server/test_security.py
 
 
 def test_every_readme_row_is_tested():

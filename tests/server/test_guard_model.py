@@ -17,8 +17,12 @@ from gptoss.guard.verdict import verdict_schema
 from tests.server.conftest import serve
 
 POLICIES = [
-    parse_policy("---\nname: violence\ncategories: V1, V2, V3\n---\n# Violence\nV1: threats. V2: instructions. "
-                 "V3: praise of attacks.\n", "violence.md", "violence"),
+    parse_policy(
+        "---\nname: violence\ncategories: V1, V2, V3\n---\n# Violence\nV1: threats. V2: instructions. "
+        "V3: praise of attacks.\n",
+        "violence.md",
+        "violence",
+    ),
     parse_policy("# Spam\nUnsolicited advertising violates this policy.\n", "spam.md", "spam", "flag"),
 ]
 CONTENTS = ["Buy cheap watches now!!!", "How do I bake bread?"]
@@ -30,8 +34,9 @@ def test_every_verdict_parses_under_the_grammar(tiny_llm, effort):
 
     llm = tiny_llm(max_batch=4)
     engine = AsyncEngine(llm.engine)
-    backend = LocalGuard(engine, llm.tokenizer, effort, reasoning_max_tokens=6, rationale_max=16,
-                         max_model_len=llm.max_model_len)
+    backend = LocalGuard(
+        engine, llm.tokenizer, effort, reasoning_max_tokens=6, rationale_max=16, max_model_len=llm.max_model_len
+    )
 
     async def run():
         replies = await asyncio.gather(*(backend.classify(p, c) for p in POLICIES for c in CONTENTS))
@@ -50,8 +55,10 @@ def test_every_verdict_parses_under_the_grammar(tiny_llm, effort):
 
 def test_effort_reaches_the_guard_prompt(tiny_llm):
     llm = tiny_llm(max_batch=1)
-    prompts = {e: llm.tokenizer.decode(LocalGuard(None, llm.tokenizer, e).prompt_ids(POLICIES[0], "x")[0])
-               for e in ("low", "high")}
+    prompts = {
+        e: llm.tokenizer.decode(LocalGuard(None, llm.tokenizer, e).prompt_ids(POLICIES[0], "x")[0])
+        for e in ("low", "high")
+    }
     assert "Reasoning: low" in prompts["low"] and "Reasoning: high" in prompts["high"]
     assert "# Violence" in prompts["low"] and '"violation"' in prompts["low"]
 
@@ -90,11 +97,15 @@ def test_the_guard_tokenizes_big_content_off_the_event_loop(tokenizer, monkeypat
 
 
 def test_serve_uses_the_served_model_as_guard(tiny_llm, tmp_path):
-    s = GuardSettings(policies=POLICIES, audit_path=str(tmp_path / "audit.sqlite"), reasoning_max_tokens=4,
-                      rationale_max_chars=12)
+    s = GuardSettings(
+        policies=POLICIES, audit_path=str(tmp_path / "audit.sqlite"), reasoning_max_tokens=4, rationale_max_chars=12
+    )
     with serve(tiny_llm(max_batch=4), guard=s) as base:
-        r = httpx.post(base + "/v1/chat/completions", json={"model": "gpt-oss", "max_tokens": 4,
-                                                            "messages": [{"role": "user", "content": "hi"}]}, timeout=120)
+        r = httpx.post(
+            base + "/v1/chat/completions",
+            json={"model": "gpt-oss", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]},
+            timeout=120,
+        )
         assert r.status_code == 200, r.text
         from gptoss.guard.audit import AuditLog
 

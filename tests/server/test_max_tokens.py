@@ -34,19 +34,25 @@ def test_max_tokens_beyond_the_context_is_clamped_to_what_it_leaves(llm):
     with serve(llm) as base:
         messages = _filler(base, room=4)  # fewer tokens than the shortest whole turn: it must end by length
         for field in ("max_tokens", "max_completion_tokens"):
-            r = httpx.post(base + "/v1/chat/completions", timeout=60,
-                           json={"model": MODEL, "messages": messages, field: 131072})
+            r = httpx.post(
+                base + "/v1/chat/completions", timeout=60, json={"model": MODEL, "messages": messages, field: 131072}
+            )
             assert r.status_code == 200, r.text
             assert r.json()["choices"][0]["finish_reason"] == "length"
             assert r.json()["usage"]["completion_tokens"] == 4
-        r = httpx.post(base + "/v1/responses", timeout=60,
-                       json={"model": MODEL, "input": "Hi", "max_output_tokens": 131072, "temperature": 0})
+        r = httpx.post(
+            base + "/v1/responses",
+            timeout=60,
+            json={"model": MODEL, "input": "Hi", "max_output_tokens": 131072, "temperature": 0},
+        )
         assert r.status_code == 200, r.text
         usage = r.json()["usage"]
         assert usage["input_tokens"] + usage["output_tokens"] <= CONTEXT
         # the prompt alone over the context stays a 400
-        r = httpx.post(base + "/v1/chat/completions", json={"model": MODEL, "messages": [
-            {"role": "user", "content": "word " * (CONTEXT + 10)}]})
+        r = httpx.post(
+            base + "/v1/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "word " * (CONTEXT + 10)}]},
+        )
         assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
         assert r.json()["error"]["param"] == "messages"
 
@@ -54,16 +60,26 @@ def test_max_tokens_beyond_the_context_is_clamped_to_what_it_leaves(llm):
 def test_strict_max_tokens_refuses_as_openai_does(llm):
     with serve(llm, strict_max_tokens=True) as base:
         for path, body, field in (
-                ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 131072},
-                 "max_tokens"),
-                ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}],
-                                          "max_completion_tokens": 131072}, "max_completion_tokens"),
-                ("/v1/responses", {"input": "Hi", "max_output_tokens": 131072}, "max_output_tokens")):
+            (
+                "/v1/chat/completions",
+                {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 131072},
+                "max_tokens",
+            ),
+            (
+                "/v1/chat/completions",
+                {"messages": [{"role": "user", "content": "Hi"}], "max_completion_tokens": 131072},
+                "max_completion_tokens",
+            ),
+            ("/v1/responses", {"input": "Hi", "max_output_tokens": 131072}, "max_output_tokens"),
+        ):
             r = httpx.post(base + path, json={"model": MODEL, **body})
             assert r.status_code == 400, r.text
             err = r.json()["error"]
             assert err["code"] == "context_length_exceeded" and err["param"] == field
             assert f"maximum context length is {CONTEXT} tokens" in err["message"]
-        ok = httpx.post(base + "/v1/chat/completions", timeout=60,
-                        json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+        ok = httpx.post(
+            base + "/v1/chat/completions",
+            timeout=60,
+            json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+        )
         assert ok.status_code == 200

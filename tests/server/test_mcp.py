@@ -46,8 +46,9 @@ def mcp_server():
         return "x" * 1_000_000
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(srv.streamable_http_app(host="127.0.0.1"), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(srv.streamable_http_app(host="127.0.0.1"), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 20
@@ -70,8 +71,11 @@ def mcp_url():
 
 @pytest.fixture(scope="module")
 def server(tiny_llm, mcp_url):
-    with serve(tiny_llm(max_batch=2, max_model_len=1024), persona=ServerPersona(reasoning_max_tokens=4),
-               mcp_servers={"weather": mcp_url}) as base:
+    with serve(
+        tiny_llm(max_batch=2, max_model_len=1024),
+        persona=ServerPersona(reasoning_max_tokens=4),
+        mcp_servers={"weather": mcp_url},
+    ) as base:
         yield base
 
 
@@ -94,8 +98,15 @@ def test_a_forced_mcp_call_runs_and_its_result_reaches_the_model(client, monkeyp
         return real(engine, tok, prompt_ids, *a, **kw)
 
     monkeypatch.setattr(responses, "run_completion", spy)
-    with client.responses.create(model=MODEL, input="Weather in Paris?", tools=[MCP], tool_choice="required",
-                                 max_output_tokens=120, stream=True, extra_body={"seed": 1}) as stream:
+    with client.responses.create(
+        model=MODEL,
+        input="Weather in Paris?",
+        tools=[MCP],
+        tool_choice="required",
+        max_output_tokens=120,
+        stream=True,
+        extra_body={"seed": 1},
+    ) as stream:
         events = list(stream)
     final = events[-1].response
     listed = final.output[0]
@@ -109,54 +120,84 @@ def test_a_forced_mcp_call_runs_and_its_result_reaches_the_model(client, monkeyp
     assert "namespace weather" in prompts[0] and "type lookup" in prompts[0] and "wipe" not in prompts[0]
     assert len(prompts) >= 2 and MARK in prompts[1]
     types = [e.type for e in events]
-    for expected in ("response.mcp_list_tools.in_progress", "response.mcp_list_tools.completed",
-                     "response.mcp_call.in_progress", "response.mcp_call_arguments.delta",
-                     "response.mcp_call_arguments.done", "response.mcp_call.completed"):
+    for expected in (
+        "response.mcp_list_tools.in_progress",
+        "response.mcp_list_tools.completed",
+        "response.mcp_call.in_progress",
+        "response.mcp_call_arguments.delta",
+        "response.mcp_call_arguments.done",
+        "response.mcp_call.completed",
+    ):
         assert expected in types, expected
     # the stored response continues: its call and result are replayed, not re-run
-    follow = client.responses.create(model=MODEL, previous_response_id=final.id, input="And Lima?",
-                                     max_output_tokens=1)
+    follow = client.responses.create(model=MODEL, previous_response_id=final.id, input="And Lima?", max_output_tokens=1)
     assert MARK in prompts[-1] and follow.status == "incomplete"
     # sent back as input items (the SDK's output as the next input), they are accepted too
     items = [o.model_dump(exclude_none=True) for o in final.output if o.type in ("mcp_list_tools", "mcp_call")]
-    again = client.responses.create(model=MODEL, input=items + [{"role": "user", "content": "Thanks"}],
-                                    max_output_tokens=1)
+    again = client.responses.create(
+        model=MODEL, input=items + [{"role": "user", "content": "Thanks"}], max_output_tokens=1
+    )
     assert again.status == "incomplete" and MARK in prompts[-1]
 
 
 def test_without_allowed_tools_every_well_named_tool_is_offered(client):
-    r = client.responses.create(model=MODEL, input="Hi", max_output_tokens=1,
-                                tools=[{k: v for k, v in MCP.items() if k != "allowed_tools"}])
+    r = client.responses.create(
+        model=MODEL, input="Hi", max_output_tokens=1, tools=[{k: v for k, v in MCP.items() if k != "allowed_tools"}]
+    )
     assert [t.name for t in r.output[0].tools] == ["lookup", "wipe", "flood"]  # the hostile name is left out
 
 
 def test_results_are_capped(client, monkeypatch):
     from gptoss.tools import mcp
 
-    r = client.responses.create(model=MODEL, input="Flood", tool_choice="required", max_output_tokens=60,
-                                tools=[MCP | {"allowed_tools": ["flood"]}])
+    r = client.responses.create(
+        model=MODEL,
+        input="Flood",
+        tool_choice="required",
+        max_output_tokens=60,
+        tools=[MCP | {"allowed_tools": ["flood"]}],
+    )
     call = next(o for o in r.output if o.type == "mcp_call")
     assert call.status == "completed" and len(call.output) < mcp.MAX_RESULT_CHARS + 100
     assert call.output.endswith(f"[truncated: the result was over {mcp.MAX_RESULT_CHARS} characters]")
 
 
-@pytest.mark.parametrize("tool, message", [
-    ({"type": "mcp", "server_label": "evil", "server_url": "http://127.0.0.1:9/mcp", "require_approval": "never"},
-     "'evil' is not an MCP server this server trusts"),
-    (MCP | {"server_url": "http://127.0.0.1:9/mcp"}, "server_url: only the URL the operator declared"),
-    (MCP | {"require_approval": "always"}, "require_approval: only \"never\" is supported"),
-    ({k: v for k, v in MCP.items() if k != "require_approval"}, "require_approval: only \"never\" is supported"),
-    (MCP | {"headers": {"Authorization": "Bearer x"}}, "headers: not supported"),
-])
+@pytest.mark.parametrize(
+    "tool, message",
+    [
+        (
+            {
+                "type": "mcp",
+                "server_label": "evil",
+                "server_url": "http://127.0.0.1:9/mcp",
+                "require_approval": "never",
+            },
+            "'evil' is not an MCP server this server trusts",
+        ),
+        (MCP | {"server_url": "http://127.0.0.1:9/mcp"}, "server_url: only the URL the operator declared"),
+        (MCP | {"require_approval": "always"}, 'require_approval: only "never" is supported'),
+        ({k: v for k, v in MCP.items() if k != "require_approval"}, 'require_approval: only "never" is supported'),
+        (MCP | {"headers": {"Authorization": "Bearer x"}}, "headers: not supported"),
+    ],
+)
 def test_undeclared_servers_and_approvals_are_refused(client, tool, message):
     with pytest.raises(openai.BadRequestError, match=message):
         client.responses.create(model=MODEL, input="Hi", tools=[tool], max_output_tokens=1)
 
 
 def test_a_declared_server_that_is_down_is_a_502_naming_it(tiny_llm):
-    with serve(tiny_llm(max_batch=1, max_model_len=256), mcp_servers={"gone": f"http://127.0.0.1:{free_port()}/mcp"}) as base:
-        r = httpx.post(base + "/v1/responses", timeout=60, json={
-            "model": MODEL, "input": "Hi", "tools": [{"type": "mcp", "server_label": "gone", "require_approval": "never"}]})
+    with serve(
+        tiny_llm(max_batch=1, max_model_len=256), mcp_servers={"gone": f"http://127.0.0.1:{free_port()}/mcp"}
+    ) as base:
+        r = httpx.post(
+            base + "/v1/responses",
+            timeout=60,
+            json={
+                "model": MODEL,
+                "input": "Hi",
+                "tools": [{"type": "mcp", "server_label": "gone", "require_approval": "never"}],
+            },
+        )
         assert r.status_code == 502 and "MCP server 'gone': cannot list its tools" in r.json()["error"]["message"]
 
 
@@ -172,9 +213,12 @@ def test_gptoss_mcp_serves_our_tools_to_the_sdk_client(tmp_path):
 
     (tmp_path / "koala.txt").write_text("Koalas\n\nKoalas are arboreal marsupials native to Australia.\n")
     root = str(Path(__file__).resolve().parents[2])
-    params = StdioServerParameters(command=sys.executable, cwd=str(tmp_path),
-                                   args=["-m", "gptoss", "mcp", "--tools", "python,browser", "--corpus", str(tmp_path)],
-                                   env={**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    params = StdioServerParameters(
+        command=sys.executable,
+        cwd=str(tmp_path),
+        args=["-m", "gptoss", "mcp", "--tools", "python,browser", "--corpus", str(tmp_path)],
+        env={**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")},
+    )
 
     async def session():
         async with Client(params, read_timeout_seconds=60) as client:
@@ -202,27 +246,47 @@ def test_the_guard_checks_mcp_results_like_other_tool_output(tiny_llm, tmp_path)
     (tmp_path / "p.md").write_text("---\nname: p\naction: block\n---\n# P\nTRIGGER=LOOKUP-RESULT\n")
     fake = FakeGuard().start()
     try:
-        settings = GuardSettings(policies=load_policies([str(tmp_path / "p.md")]), base_url=fake.base_url,
-                                 model=fake.model, audit_path=str(tmp_path / "audit.sqlite"), check_tools=True,
-                                 check_output=False)
-        with mcp_server() as url, serve(tiny_llm(max_batch=1, max_model_len=1024), guard=settings,
-                                        persona=ServerPersona(reasoning_max_tokens=4),
-                                        mcp_servers={"weather": url}) as base:
+        settings = GuardSettings(
+            policies=load_policies([str(tmp_path / "p.md")]),
+            base_url=fake.base_url,
+            model=fake.model,
+            audit_path=str(tmp_path / "audit.sqlite"),
+            check_tools=True,
+            check_output=False,
+        )
+        with (
+            mcp_server() as url,
+            serve(
+                tiny_llm(max_batch=1, max_model_len=1024),
+                guard=settings,
+                persona=ServerPersona(reasoning_max_tokens=4),
+                mcp_servers={"weather": url},
+            ) as base,
+        ):
             c = OpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
-            r = c.responses.create(model=MODEL, input="Weather in Paris?", tools=[MCP], tool_choice="required",
-                                   max_output_tokens=80, extra_body={"seed": 1})
+            r = c.responses.create(
+                model=MODEL,
+                input="Weather in Paris?",
+                tools=[MCP],
+                tool_choice="required",
+                max_output_tokens=80,
+                extra_body={"seed": 1},
+            )
             call = next(o for o in r.output if o.type == "mcp_call")
             assert MARK not in call.output and "withheld" in call.output
     finally:
         fake.stop()
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("weather", "expected NAME=URL"),
-    ("we.ather=http://127.0.0.1:1/mcp", "expected NAME=URL"),
-    ("weather=file:///etc/passwd", r"expected an http\(s\) URL"),
-    ("weather=http://127.0.0.1:1/mcp weather=http://127.0.0.1:2/mcp", "declared twice"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("weather", "expected NAME=URL"),
+        ("we.ather=http://127.0.0.1:1/mcp", "expected NAME=URL"),
+        ("weather=file:///etc/passwd", r"expected an http\(s\) URL"),
+        ("weather=http://127.0.0.1:1/mcp weather=http://127.0.0.1:2/mcp", "declared twice"),
+    ],
+)
 def test_bad_mcp_flags_are_one_line_errors(spec, message):
     from gptoss.errors import GptossError
     from gptoss.tools.mcp import parse_mcp_servers
@@ -243,9 +307,13 @@ def test_gptoss_mcp_over_streamable_http(tmp_path):
 
     root = str(Path(__file__).resolve().parents[2])
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gptoss", "mcp", "--tools", "python", "--transport", "http",
-                             "--port", str(port)], cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptoss", "mcp", "--tools", "python", "--transport", "http", "--port", str(port)],
+        cwd=str(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")},
+    )
     try:
         deadline = time.time() + 60
         while True:

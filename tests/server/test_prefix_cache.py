@@ -14,13 +14,15 @@ MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "c
 
 
 def chat(client, messages=MESSAGES, **kw):
-    return client.chat.completions.create(model="gpt-oss", messages=messages, max_tokens=kw.pop("max_tokens", 4),
-                                          temperature=0, **kw)
+    return client.chat.completions.create(
+        model="gpt-oss", messages=messages, max_tokens=kw.pop("max_tokens", 4), temperature=0, **kw
+    )
 
 
 def prompt_len(base, key, messages=MESSAGES):
-    r = httpx.post(base + "/tokenize", json={"model": "gpt-oss", "messages": messages},
-                   headers={"Authorization": f"Bearer {key}"})
+    r = httpx.post(
+        base + "/tokenize", json={"model": "gpt-oss", "messages": messages}, headers={"Authorization": f"Bearer {key}"}
+    )
     return r.json()["count"]
 
 
@@ -47,8 +49,11 @@ def test_another_key_reuses_nothing_of_a_cached_prompt(keyed):
     chat(alice, messages)
     assert chat(alice, messages).usage.prompt_tokens_details.cached_tokens > 0
     assert chat(bob, messages).usage.prompt_tokens_details.cached_tokens == 0
-    line = next(l for l in httpx.get(keyed + "/metrics", headers={"Authorization": "Bearer bob-key"}).text.splitlines()
-                if l.startswith("gptoss_prefix_cache_hit_rate "))
+    line = next(
+        row
+        for row in httpx.get(keyed + "/metrics", headers={"Authorization": "Bearer bob-key"}).text.splitlines()
+        if row.startswith("gptoss_prefix_cache_hit_rate ")
+    )
     assert 0 < float(line.split()[1]) < 1
 
 
@@ -63,8 +68,10 @@ def test_a_shared_cache_is_an_operator_opt_in(tiny_llm):
 def test_the_next_chat_turn_reuses_the_earlier_ones(keyed):
     alice = OpenAI(base_url=keyed + "/v1", api_key="alice-key", max_retries=0)
     first = chat(alice, max_tokens=24)
-    turn = MESSAGES + [{"role": "assistant", "content": first.choices[0].message.content or ""},
-                       {"role": "user", "content": "Another."}]
+    turn = MESSAGES + [
+        {"role": "assistant", "content": first.choices[0].message.content or ""},
+        {"role": "user", "content": "Another."},
+    ]
     second = chat(alice, turn)
     cached = second.usage.prompt_tokens_details.cached_tokens
     # at least the first prompt's whole blocks (Harmony drops the finished turn's analysis, so the shared
@@ -76,8 +83,7 @@ def test_the_next_chat_turn_reuses_the_earlier_ones(keyed):
 def test_previous_response_id_reuses_the_stored_turn(keyed):
     alice = OpenAI(base_url=keyed + "/v1", api_key="alice-key", max_retries=0)
     first = alice.responses.create(model="gpt-oss", input="Tell me about koalas.", max_output_tokens=16)
-    second = alice.responses.create(model="gpt-oss", previous_response_id=first.id, input="More.",
-                                    max_output_tokens=8)
+    second = alice.responses.create(model="gpt-oss", previous_response_id=first.id, input="More.", max_output_tokens=8)
     details = second.usage.input_tokens_details
     assert first.usage.input_tokens // BLOCK * BLOCK - BLOCK <= details.cached_tokens < second.usage.input_tokens
     assert details.cached_tokens % BLOCK == 0 and details.cached_tokens > 0

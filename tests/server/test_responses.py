@@ -105,15 +105,20 @@ def call_weather(client, **kw):
 
 # ---------------------------------------------------------------------------------------------- conversion
 def test_items_become_harmony_messages():
-    items = normalize_input([
-        {"role": "system", "content": "Be brief."},
-        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather "},
-                                                        {"type": "input_text", "text": "in Lima?"}]},
-        {"type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": "Need the tool."}]},
-        {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": {"city": "Lima", "days": 1}},
-        {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
-        {"role": "assistant", "content": [{"type": "output_text", "text": "Sunny."}]},
-    ])
+    items = normalize_input(
+        [
+            {"role": "system", "content": "Be brief."},
+            {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "Weather "}, {"type": "input_text", "text": "in Lima?"}],
+            },
+            {"type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": "Need the tool."}]},
+            {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": {"city": "Lima", "days": 1}},
+            {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+            {"role": "assistant", "content": [{"type": "output_text", "text": "Sunny."}]},
+        ]
+    )
     prompt = responses_prompt(PERSONA, items, "Answer in English.", [WEATHER], "low")
     sysm, dev, *rest = prompt.messages
     assert prompt.shared == 2 and sysm.role is Role.SYSTEM and dev.role is Role.DEVELOPER
@@ -130,21 +135,45 @@ def test_items_become_harmony_messages():
     # a string is one user message; earlier items (previous_response_id) are named apart from input[i]
     assert normalize_input("Hi") == [{"type": "message", "role": "user", "content": "Hi"}]
     with pytest.raises(ConversationError, match=r"input\[0\]\.call_id: 'nope' matches no earlier function_call"):
-        responses_prompt(PERSONA, items[:1] + [{"type": "function_call_output", "call_id": "nope", "output": ""}],
-                         None, None, None, first_new=1)
+        responses_prompt(
+            PERSONA,
+            items[:1] + [{"type": "function_call_output", "call_id": "nope", "output": ""}],
+            None,
+            None,
+            None,
+            first_new=1,
+        )
 
 
 def test_builtin_call_items_become_harmony_messages():
-    items = normalize_input([
-        {"role": "user", "content": "6*7?"},
-        {"type": "code_interpreter_call", "id": "ci_1", "code": "print(6*7)", "container_id": "c",
-         "outputs": [{"type": "logs", "logs": "42"}], "status": "completed"},
-        {"type": "web_search_call", "id": "ws_1", "action": {"type": "search", "query": "q"}, "status": "completed"},
-    ])
+    items = normalize_input(
+        [
+            {"role": "user", "content": "6*7?"},
+            {
+                "type": "code_interpreter_call",
+                "id": "ci_1",
+                "code": "print(6*7)",
+                "container_id": "c",
+                "outputs": [{"type": "logs", "logs": "42"}],
+                "status": "completed",
+            },
+            {
+                "type": "web_search_call",
+                "id": "ws_1",
+                "action": {"type": "search", "query": "q"},
+                "status": "completed",
+            },
+        ]
+    )
     messages = responses_prompt(PERSONA, items, None, None, None, builtin_tools=["python"]).messages
     call, answer = messages[-2:]
     assert (call.role, call.channel, call.recipient, call.content_type, call.text) == (
-        Role.ASSISTANT, "analysis", "python", "code", "print(6*7)")
+        Role.ASSISTANT,
+        "analysis",
+        "python",
+        "code",
+        "print(6*7)",
+    )
     assert (answer.role, answer.author.name, answer.recipient, answer.text) == (Role.TOOL, "python", "assistant", "42")
     assert "python" in str(messages[0].content[0].tools)  # the system message declares the tool
     # a web_search_call sent back by hand carries no results: it adds nothing; a stored one replays exactly
@@ -157,8 +186,10 @@ def test_builtin_call_items_become_harmony_messages():
 def test_turn_items_follow_the_parser(tokenizer):
     from gptoss.harmony import StreamParser
 
-    text = ("<|channel|>analysis<|message|>think<|end|><|start|>assistant<|channel|>commentary to=functions.f "
-            "<|constrain|>json<|message|>{\"a\":1}<|call|>")
+    text = (
+        "<|channel|>analysis<|message|>think<|end|><|start|>assistant<|channel|>commentary to=functions.f "
+        '<|constrain|>json<|message|>{"a":1}<|call|>'
+    )
     parser = StreamParser(tokenizer, role=Role.ASSISTANT)
     items, events = TurnItems(), []
     for t in tokenizer.encoding.encode(text, allowed_special="all"):
@@ -166,8 +197,10 @@ def test_turn_items_follow_the_parser(tokenizer):
         events += items.update(parser)
     parser.process_eos()
     events += items.update(parser)
-    assert [(i.kind, i.text, i.name) for i in items.items] == [("reasoning", "think", None),
-                                                              ("function_call", '{"a":1}', "f")]
+    assert [(i.kind, i.text, i.name) for i in items.items] == [
+        ("reasoning", "think", None),
+        ("function_call", '{"a":1}', "f"),
+    ]
     kinds = [(e.kind, e.item.index) for e in events if e.kind != "delta"]
     assert kinds == [("added", 0), ("done", 0), ("added", 1), ("done", 1)]
     assert "".join(e.text for e in events if e.kind == "delta" and e.item.index == 1) == '{"a":1}'
@@ -198,8 +231,13 @@ def test_store_persists_and_is_thread_safe(tmp_path):
 # ---------------------------------------------------------------------------------------------- live server
 def test_response_with_reasoning_item_and_retrieve(client):
     for seed in range(8):  # random weights: most turns start with reasoning; find one that does
-        r = create(client, input=[{"role": "user", "content": "Hello"}], instructions="Be brief.",
-                   reasoning={"effort": "low"}, seed=seed)
+        r = create(
+            client,
+            input=[{"role": "user", "content": "Hello"}],
+            instructions="Be brief.",
+            reasoning={"effort": "low"},
+            seed=seed,
+        )
         if r.output and r.output[0].type == "reasoning":
             break
     assert r.object == "response" and r.id.startswith("resp_") and r.model == MODEL
@@ -219,8 +257,9 @@ def test_response_with_reasoning_item_and_retrieve(client):
 
 
 def test_stream_events_in_order(client, server):
-    with client.responses.create(model=MODEL, input="Hello", max_output_tokens=24, stream=True,
-                                 extra_body={"seed": 3}) as stream:
+    with client.responses.create(
+        model=MODEL, input="Hello", max_output_tokens=24, stream=True, extra_body={"seed": 3}
+    ) as stream:
         events = list(stream)
     types = [e.type for e in events]
     assert types[:2] == ["response.created", "response.in_progress"]
@@ -234,8 +273,10 @@ def test_stream_events_in_order(client, server):
         added = events[i]
         assert added.type == "response.output_item.added" and added.output_index == len(items)
         kind = added.item.type
-        expect = {"reasoning": ("response.reasoning_text.delta", "response.reasoning_text.done"),
-                  "message": ("response.output_text.delta", "response.output_text.done")}[kind]
+        expect = {
+            "reasoning": ("response.reasoning_text.delta", "response.reasoning_text.done"),
+            "message": ("response.output_text.delta", "response.output_text.done"),
+        }[kind]
         assert events[i + 1].type == "response.content_part.added" and events[i + 1].part.text == ""
         j = i + 2
         deltas = []
@@ -252,15 +293,23 @@ def test_stream_events_in_order(client, server):
     assert [it.model_dump() for it in items] == [it.model_dump() for it in final.output]
     assert client.responses.retrieve(final.id).model_dump() == final.model_dump()
     # the wire format: "event: <type>" then "data: <json>"
-    with httpx.stream("POST", server + "/v1/responses", json={"model": MODEL, "input": "Hi", "max_output_tokens": 2,
-                                                              "stream": True}) as raw:
+    with httpx.stream(
+        "POST", server + "/v1/responses", json={"model": MODEL, "input": "Hi", "max_output_tokens": 2, "stream": True}
+    ) as raw:
         lines = [line for line in raw.iter_lines() if line]
     assert lines[0] == "event: response.created" and json.loads(lines[1][6:])["type"] == "response.created"
 
 
 def test_function_call_streamed_validates_against_the_schema(client):
-    with client.responses.create(model=MODEL, input="Weather in Paris?", tools=[WEATHER], tool_choice="required",
-                                 max_output_tokens=160, stream=True, extra_body={"seed": 1}) as stream:
+    with client.responses.create(
+        model=MODEL,
+        input="Weather in Paris?",
+        tools=[WEATHER],
+        tool_choice="required",
+        max_output_tokens=160,
+        stream=True,
+        extra_body={"seed": 1},
+    ) as stream:
         events = list(stream)
     final = events[-1].response
     assert events[-1].type == "response.completed" and final.status == "completed"
@@ -278,18 +327,26 @@ def test_function_call_streamed_validates_against_the_schema(client):
 def test_function_call_output_round_trip_via_previous_response_id(client):
     first = call_weather(client, input="Weather in Lima?", seed=2)
     call = first.output[-1]
-    second = create(client, previous_response_id=first.id, tools=[WEATHER], text={"format": {
-        "type": "json_schema", "name": "answer", "schema": {"enum": ["sunny", "rainy"]}}},
+    second = create(
+        client,
+        previous_response_id=first.id,
+        tools=[WEATHER],
+        text={"format": {"type": "json_schema", "name": "answer", "schema": {"enum": ["sunny", "rainy"]}}},
         input=[{"type": "function_call_output", "call_id": call.call_id, "output": '{"sky": "sunny"}'}],
-        max_output_tokens=120, seed=2)
+        max_output_tokens=120,
+        seed=2,
+    )
     assert second.previous_response_id == first.id and second.status == "completed"
     assert second.output[-1].type == "message" and json.loads(second.output[-1].content[0].text) in ("sunny", "rainy")
     # the stored input holds the earlier turn: the user message, the call, then its output
     assert second.usage.input_tokens > first.usage.input_tokens
     # a call_id that no earlier function_call made is a 400 naming the item
     with pytest.raises(openai.BadRequestError, match=r"input\[0\]\.call_id: 'call_nope' matches no earlier"):
-        create(client, previous_response_id=first.id, input=[{"type": "function_call_output", "call_id": "call_nope",
-                                                              "output": "x"}])
+        create(
+            client,
+            previous_response_id=first.id,
+            input=[{"type": "function_call_output", "call_id": "call_nope", "output": "x"}],
+        )
 
 
 def test_output_items_sent_back_as_input(client):
@@ -297,8 +354,12 @@ def test_output_items_sent_back_as_input(client):
     first = call_weather(client, input="Weather in Tokyo?", seed=4)
     answer = {"type": "function_call_output", "call_id": first.output[-1].call_id, "output": "cold"}
     items = [o.model_dump(exclude_none=True) for o in first.output]
-    by_hand = create(client, input=[{"role": "user", "content": "Weather in Tokyo?"}, *items, answer],
-                     tools=[WEATHER], max_output_tokens=2)
+    by_hand = create(
+        client,
+        input=[{"role": "user", "content": "Weather in Tokyo?"}, *items, answer],
+        tools=[WEATHER],
+        max_output_tokens=2,
+    )
     chained = create(client, previous_response_id=first.id, input=[answer], tools=[WEATHER], max_output_tokens=2)
     assert by_hand.usage.input_tokens == chained.usage.input_tokens > first.usage.input_tokens
 
@@ -320,17 +381,23 @@ def test_store_false_and_404s(client):
         client.responses.retrieve(kept.id)
 
 
-@pytest.mark.parametrize("input_, message", [
-    ([{"type": "bogus"}], r"input\[0\]\.type: expected one of message, function_call, .* found 'bogus'"),
-    ([42], r"input\[0\]: expected an object \(an input item\), found int"),
-    ([{"role": "user", "content": "a"}, {"role": "wizard", "content": "b"}], r"input\[1\]\.role: expected user"),
-    ([{"role": "user"}], r"input\[0\]\.content: required"),
-    ([{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}], r"input_image content is not supported"),
-    ([{"type": "function_call", "name": "f", "arguments": "{}"}], r"input\[0\]\.call_id: required"),
-    ([{"type": "function_call_output", "call_id": "c9", "output": "x"}], r"'c9' matches no earlier function_call"),
-    ([{"type": "item_reference", "id": "msg_1"}], r"item_reference items are not supported"),
-    ([], r"input: the conversation is empty"),
-])
+@pytest.mark.parametrize(
+    "input_, message",
+    [
+        ([{"type": "bogus"}], r"input\[0\]\.type: expected one of message, function_call, .* found 'bogus'"),
+        ([42], r"input\[0\]: expected an object \(an input item\), found int"),
+        ([{"role": "user", "content": "a"}, {"role": "wizard", "content": "b"}], r"input\[1\]\.role: expected user"),
+        ([{"role": "user"}], r"input\[0\]\.content: required"),
+        (
+            [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}],
+            r"input_image content is not supported",
+        ),
+        ([{"type": "function_call", "name": "f", "arguments": "{}"}], r"input\[0\]\.call_id: required"),
+        ([{"type": "function_call_output", "call_id": "c9", "output": "x"}], r"'c9' matches no earlier function_call"),
+        ([{"type": "item_reference", "id": "msg_1"}], r"item_reference items are not supported"),
+        ([], r"input: the conversation is empty"),
+    ],
+)
 def test_bad_items_are_400(server, input_, message):
     r = httpx.post(server + "/v1/responses", json={"model": MODEL, "input": input_})
     assert r.status_code == 400, r.text
@@ -365,8 +432,11 @@ def forced_turns(monkeypatch, tokenizer):
 
     def force(turns):
         encoded = [tokenizer.encoding.encode(t, allowed_special="all") for t in turns]
-        monkeypatch.setattr(responses, "GrammarConstraint",
-                            lambda tok, lark: force_tokens(encoded.pop(0)) if encoded else real(tok, lark))
+        monkeypatch.setattr(
+            responses,
+            "GrammarConstraint",
+            lambda tok, lark: force_tokens(encoded.pop(0)) if encoded else real(tok, lark),
+        )
 
     return force
 
@@ -375,30 +445,48 @@ def test_builtin_tools_run_in_the_loop_and_stream_their_events(client, toolbox, 
     tools = [{"type": "code_interpreter", "container": {"type": "auto"}}, {"type": "web_search_preview"}]
     one_turn = create(client, input="What is 6*7?", tools=tools, max_output_tokens=1).usage.input_tokens
     forced_turns([PYTHON_CALL, SEARCH_CALL, ANSWER])
-    with client.responses.create(model=MODEL, input="What is 6*7?", max_output_tokens=200, stream=True,
-                                 tools=tools) as stream:
+    with client.responses.create(
+        model=MODEL, input="What is 6*7?", max_output_tokens=200, stream=True, tools=tools
+    ) as stream:
         events = list(stream)
     types = [e.type for e in events]
     assert [e.sequence_number for e in events] == list(range(len(events)))
     final = events[-1].response
     assert types[-1] == "response.completed" and [o.type for o in final.output] == [
-        "code_interpreter_call", "web_search_call", "message"]
+        "code_interpreter_call",
+        "web_search_call",
+        "message",
+    ]
     code, search, answer = final.output
     assert code.code == "print(6*7)" and code.status == "completed" and code.outputs[0].logs.strip() == "42"
     assert search.status == "completed" and search.action.type == "search" and search.action.query == "harmony channels"
     assert answer.content[0].text == "It is 42."
-    ci = [t for t, e in zip(types, events) if getattr(e, "item_id", None) == code.id or
-          getattr(getattr(e, "item", None), "id", None) == code.id]
+    ci = [
+        t
+        for t, e in zip(types, events)
+        if getattr(e, "item_id", None) == code.id or getattr(getattr(e, "item", None), "id", None) == code.id
+    ]
     assert ci[0] == "response.output_item.added" and ci[1] == "response.code_interpreter_call.in_progress"
-    assert ci[-5:] == ["response.code_interpreter_call_code.delta", "response.code_interpreter_call_code.done",
-                       "response.code_interpreter_call.interpreting", "response.code_interpreter_call.completed",
-                       "response.output_item.done"]
+    assert ci[-5:] == [
+        "response.code_interpreter_call_code.delta",
+        "response.code_interpreter_call_code.done",
+        "response.code_interpreter_call.interpreting",
+        "response.code_interpreter_call.completed",
+        "response.output_item.done",
+    ]
     assert "".join(e.delta for e in events if e.type == "response.code_interpreter_call_code.delta") == "print(6*7)"
-    ws = [t for t, e in zip(types, events) if getattr(e, "item_id", None) == search.id or
-          getattr(getattr(e, "item", None), "id", None) == search.id]
-    assert ws == ["response.output_item.added", "response.web_search_call.in_progress",
-                  "response.web_search_call.searching", "response.web_search_call.completed",
-                  "response.output_item.done"]
+    ws = [
+        t
+        for t, e in zip(types, events)
+        if getattr(e, "item_id", None) == search.id or getattr(getattr(e, "item", None), "id", None) == search.id
+    ]
+    assert ws == [
+        "response.output_item.added",
+        "response.web_search_call.in_progress",
+        "response.web_search_call.searching",
+        "response.web_search_call.completed",
+        "response.output_item.done",
+    ]
     # three turns, each prompt holding the calls and answers before it
     assert final.usage.input_tokens > 3 * one_turn
     # each step of the loop reuses the KV of the steps before it (one turn: its analysis stays in the prompt),
@@ -419,8 +507,13 @@ def test_browser_citations_become_url_annotations(client, toolbox, forced_turns)
     opened = '<|channel|>analysis to=browser.open code<|message|>{"id": 0}<|call|>'
     cited = "<|channel|>final<|message|>Harmony has three channels 【1†L2-L3】.<|return|>"
     forced_turns([SEARCH_CALL, opened, cited])
-    with client.responses.create(model=MODEL, input="How many channels?", max_output_tokens=200, stream=True,
-                                 tools=[{"type": "web_search_preview"}]) as stream:
+    with client.responses.create(
+        model=MODEL,
+        input="How many channels?",
+        max_output_tokens=200,
+        stream=True,
+        tools=[{"type": "web_search_preview"}],
+    ) as stream:
         events = list(stream)
     answer = events[-1].response.output[-1]
     text = answer.content[0].text
@@ -428,7 +521,7 @@ def test_browser_citations_become_url_annotations(client, toolbox, forced_turns)
     deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert deltas == text
     (ann,) = answer.content[0].annotations
-    assert ann.type == "url_citation" and text[ann.start_index:ann.end_index] == "【1†L2-L3】"
+    assert ann.type == "url_citation" and text[ann.start_index : ann.end_index] == "【1†L2-L3】"
     assert ann.url.endswith("harmony.md") and ann.title
     added = [e for e in events if e.type == "response.output_text.annotation.added"]
     assert len(added) == 1 and added[0].annotation.url == ann.url
@@ -440,8 +533,9 @@ def test_builtin_tool_choice_forces_the_first_call_only(client, toolbox):
 
     first = responses_grammar(PERSONA, {"f": None}, ["browser", "python"], {"type": "web_search_preview"}, None)
     assert "ending: bt_browser_2e_search | bt_browser_2e_open | bt_browser_2e_find\n" in first.lark()
-    later = responses_grammar(PERSONA, {"f": None}, ["browser", "python"], {"type": "web_search_preview"}, None,
-                              first_turn=False)
+    later = responses_grammar(
+        PERSONA, {"f": None}, ["browser", "python"], {"type": "web_search_preview"}, None, first_turn=False
+    )
     assert later.tool_choice == "auto" and "final" in later.lark() and "bt_python" in later.lark()
     spent = responses_grammar(PERSONA, {}, [], "required", None, first_turn=False)  # max_tool_calls reached
     assert spent.tool_choice == "none" and not spent.builtin_tools
@@ -461,8 +555,13 @@ def test_previous_response_survives_a_restart(checkpoint, tmp_path):
     with serve(_llm(checkpoint), persona=PERSONA, store_path=path) as base:
         c = OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
         assert c.responses.retrieve(first.id).model_dump() == first.model_dump()
-        second = create(c, previous_response_id=first.id, tools=[WEATHER], max_output_tokens=4,
-                        input=[{"type": "function_call_output", "call_id": first.output[-1].call_id, "output": "warm"}])
+        second = create(
+            c,
+            previous_response_id=first.id,
+            tools=[WEATHER],
+            max_output_tokens=4,
+            input=[{"type": "function_call_output", "call_id": first.output[-1].call_id, "output": "warm"}],
+        )
         assert second.previous_response_id == first.id and second.status in ("completed", "incomplete")
         assert second.usage.input_tokens > first.usage.input_tokens
         assert c.responses.retrieve(second.id).id == second.id
@@ -482,7 +581,9 @@ def _sandboxes_left() -> tuple[list[str], list[str], set[int]]:
     from gptoss.tools.python.processes import descendants, host_tag
 
     tag = host_tag()
-    folders = sorted(n for n in os.listdir(tempfile.gettempdir()) if n.startswith((f"gptoss-py-{tag}-", f"gptoss-data-{tag}-")))
+    folders = sorted(
+        n for n in os.listdir(tempfile.gettempdir()) if n.startswith((f"gptoss-py-{tag}-", f"gptoss-data-{tag}-"))
+    )
     with open("/proc/self/mountinfo") as f:
         mounts = sorted(p for p in (line.split()[4] for line in f) if f"-{tag}-" in p)
     return folders, mounts, set(descendants(os.getpid()))
@@ -497,13 +598,22 @@ def test_a_client_that_disconnects_during_a_tool_call_leaks_no_sandbox(server, t
     before = _sandboxes_left()
     delays = (0.0, 1.0, 4.0)  # while the kernel starts, and while the code runs
     forced_turns([SLEEP_CALL] * len(delays))
-    body = json.dumps({"model": MODEL, "input": "Sleep.", "max_output_tokens": 200, "stream": True,
-                       "tools": [{"type": "code_interpreter", "container": {"type": "auto"}}]}).encode()
+    body = json.dumps(
+        {
+            "model": MODEL,
+            "input": "Sleep.",
+            "max_output_tokens": 200,
+            "stream": True,
+            "tools": [{"type": "code_interpreter", "container": {"type": "auto"}}],
+        }
+    ).encode()
     host, port = server.removeprefix("http://").split(":")
     for delay in delays:
         with socket.create_connection((host, int(port)), timeout=60) as sock:  # a client that just goes away
-            sock.sendall(b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            sock.sendall(
+                b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
             seen = b""
             while b"event: response.code_interpreter_call.interpreting" not in seen:
                 chunk = sock.recv(65536)
@@ -557,8 +667,12 @@ def test_a_server_start_removes_what_a_crashed_one_left(checkpoint, tmp_path):
         except OSError:
             cgroup = None
     try:
-        with serve(_llm(checkpoint), persona=PERSONA, store_path=str(tmp_path / "store.sqlite"),
-                   toolbox=Toolbox([PythonTool()])):
+        with serve(
+            _llm(checkpoint),
+            persona=PERSONA,
+            store_path=str(tmp_path / "store.sqlite"),
+            toolbox=Toolbox([PythonTool()]),
+        ):
             assert not [d for d in stale if os.path.exists(d)] and os.path.isdir(live)
             if cgroup is not None:
                 assert sleeper.wait(timeout=10) == -9 and not os.path.exists(os.path.dirname(cgroup))
@@ -609,8 +723,13 @@ def test_closing_a_responses_tools_survives_the_cancellation_that_ended_it():
 
 def test_browser_search_is_the_browser_under_the_reference_servers_name(client, toolbox, forced_turns):
     forced_turns([SEARCH_CALL, ANSWER])
-    r = create(client, input="How many channels?", max_output_tokens=200, tools=[{"type": "browser_search"}],
-               tool_choice={"type": "browser_search"})
+    r = create(
+        client,
+        input="How many channels?",
+        max_output_tokens=200,
+        tools=[{"type": "browser_search"}],
+        tool_choice={"type": "browser_search"},
+    )
     assert [o.type for o in r.output] == ["web_search_call", "message"]
     assert r.output[0].status == "completed" and r.output[0].action.query == "harmony channels"
     assert r.tools[0].type == "web_search" and r.tool_choice.type == "web_search_preview"  # the SDK's own types

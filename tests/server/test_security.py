@@ -40,13 +40,26 @@ def resp(**kw):
 
 # ------------------------------------------------------------------------------------ sampling parameters
 OUT_OF_RANGE = [
-    (CHAT, chat, "seed", 2**64), (CHAT, chat, "seed", -(2**63) - 1), (CHAT, chat, "temperature", 2.5),
-    (CHAT, chat, "temperature", -0.1), (CHAT, chat, "top_p", 0), (CHAT, chat, "top_p", 1.5), (CHAT, chat, "n", 0),
-    (CHAT, chat, "n", 17), (CHAT, chat, "max_tokens", 0), (CHAT, chat, "max_completion_tokens", -1),
-    (CHAT, chat, "top_logprobs", 21), (CHAT, chat, "frequency_penalty", 2.5), (CHAT, chat, "presence_penalty", -3),
+    (CHAT, chat, "seed", 2**64),
+    (CHAT, chat, "seed", -(2**63) - 1),
+    (CHAT, chat, "temperature", 2.5),
+    (CHAT, chat, "temperature", -0.1),
+    (CHAT, chat, "top_p", 0),
+    (CHAT, chat, "top_p", 1.5),
+    (CHAT, chat, "n", 0),
+    (CHAT, chat, "n", 17),
+    (CHAT, chat, "max_tokens", 0),
+    (CHAT, chat, "max_completion_tokens", -1),
+    (CHAT, chat, "top_logprobs", 21),
+    (CHAT, chat, "frequency_penalty", 2.5),
+    (CHAT, chat, "presence_penalty", -3),
     (CHAT, chat, "stop", ["a", "b", "c", "d", "e"]),
-    (RESP, resp, "seed", 2**64), (RESP, resp, "temperature", 3), (RESP, resp, "top_p", 0),
-    (RESP, resp, "max_output_tokens", 0), (RESP, resp, "top_logprobs", 21), (RESP, resp, "max_tool_calls", -1),
+    (RESP, resp, "seed", 2**64),
+    (RESP, resp, "temperature", 3),
+    (RESP, resp, "top_p", 0),
+    (RESP, resp, "max_output_tokens", 0),
+    (RESP, resp, "top_logprobs", 21),
+    (RESP, resp, "max_tool_calls", -1),
 ]
 
 
@@ -63,7 +76,11 @@ def test_a_bad_seed_among_four_innocent_streams_fails_alone(server, path, make):
     """Seed 2**64 (outside what a generator takes) next to four streams: only its own request fails."""
 
     async def innocent(client, i):
-        body = chat(max_tokens=12, seed=i, stream=True) if path == CHAT else resp(max_output_tokens=12, seed=i, stream=True)
+        body = (
+            chat(max_tokens=12, seed=i, stream=True)
+            if path == CHAT
+            else resp(max_output_tokens=12, seed=i, stream=True)
+        )
         async with client.stream("POST", path, json=body) as r:
             assert r.status_code == 200
             text = "".join([line async for line in r.aiter_lines()])
@@ -85,8 +102,9 @@ def test_a_bad_seed_among_four_innocent_streams_fails_alone(server, path, make):
 
 
 # ------------------------------------------------------------------------------------ the event loop
-@pytest.mark.parametrize("path,make", [("/tokenize", chat), (CHAT, chat), (RESP, resp)],
-                         ids=["tokenize", "chat", "responses"])
+@pytest.mark.parametrize(
+    "path,make", [("/tokenize", chat), (CHAT, chat), (RESP, resp)], ids=["tokenize", "chat", "responses"]
+)
 def test_health_answers_while_a_prompt_is_being_tokenized(server, llm, monkeypatch, path, make):
     """Tokenizing runs off the event loop: with one tokenization held in progress, /health still answers
     (it used to wait for the whole tokenization: seconds for a 3.9 MB body)."""
@@ -103,7 +121,9 @@ def test_health_answers_while_a_prompt_is_being_tokenized(server, llm, monkeypat
         return encode(text)
 
     monkeypatch.setattr(tokenizer, "encode", held)
-    content = "HOLD-THIS-ONE" + " " * 40_000  # big enough to be tokenized off the loop (short text is inline), 300-odd tokens
+    content = (
+        "HOLD-THIS-ONE" + " " * 40_000
+    )  # big enough to be tokenized off the loop (short text is inline), 300-odd tokens
     body = make(messages=[{"role": "user", "content": content}]) if make is chat else make(input=content)
     result = []
     worker = threading.Thread(target=lambda: result.append(httpx.post(server + path, json=body, timeout=120)))
@@ -133,8 +153,10 @@ def test_health_stays_quick_while_three_megabyte_prompts_are_tokenized(tiny_llm)
 
         def post():
             with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-                sock.sendall(b"POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                             b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                sock.sendall(
+                    b"POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+                )
                 chunks = []
                 while chunk := sock.recv(1 << 20):
                     chunks.append(chunk)
@@ -193,10 +215,11 @@ def test_a_prompt_that_cannot_fit_is_refused_before_tokenizing(server, llm, monk
     encode = tokenizer.encode
     monkeypatch.setattr(tokenizer, "encode", lambda text: (longest.append(len(text)), encode(text))[1])
     huge = "word " * 780_000
-    for path, body, field in (("/tokenize", chat(messages=[{"role": "user", "content": huge}]), "messages"),
-                              (CHAT, chat(messages=[{"role": "user", "content": [{"type": "text", "text": huge}]}]),
-                               "messages"),
-                              (RESP, resp(input=[{"role": "user", "content": huge}]), "input")):
+    for path, body, field in (
+        ("/tokenize", chat(messages=[{"role": "user", "content": huge}]), "messages"),
+        (CHAT, chat(messages=[{"role": "user", "content": [{"type": "text", "text": huge}]}]), "messages"),
+        (RESP, resp(input=[{"role": "user", "content": huge}]), "input"),
+    ):
         r = httpx.post(server + path, json=body, timeout=60)
         assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
         assert r.json()["error"]["param"] == field
@@ -206,9 +229,17 @@ def test_a_prompt_that_cannot_fit_is_refused_before_tokenizing(server, llm, monk
 # ------------------------------------------------------------------------------------ the API key
 def test_every_route_but_health_wants_the_key(tiny_llm):
     with serve(tiny_llm(max_batch=1, max_model_len=256), api_key="sekret") as base:
-        routes = [("POST", "/tokenize", chat()), ("GET", "/metrics", None), ("GET", "/v1/models", None),
-                  ("POST", CHAT, chat()), ("POST", RESP, resp()), ("GET", "/v1/responses/resp_x", None),
-                  ("DELETE", "/v1/responses/resp_x", None), ("GET", "/openapi.json", None), ("GET", "/docs", None)]
+        routes = [
+            ("POST", "/tokenize", chat()),
+            ("GET", "/metrics", None),
+            ("GET", "/v1/models", None),
+            ("POST", CHAT, chat()),
+            ("POST", RESP, resp()),
+            ("GET", "/v1/responses/resp_x", None),
+            ("DELETE", "/v1/responses/resp_x", None),
+            ("GET", "/openapi.json", None),
+            ("GET", "/docs", None),
+        ]
         for method, path, body in routes:
             for headers in ({}, {"authorization": "Bearer wrong"}):
                 r = httpx.request(method, base + path, json=body, headers=headers, timeout=60)
@@ -227,12 +258,14 @@ def test_slow_headers_and_a_slow_body_are_dropped_while_others_are_served(tiny_l
         port = int(base.rsplit(":", 1)[1])
         slow = socket.create_connection(("127.0.0.1", port))
         slow.settimeout(0.4)
-        request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + b"X-A: b\r\n" * 40
+        request = (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + b"X-A: b\r\n" * 40
+        )
         closed_after = None
         start = time.monotonic()
         for i in range(len(request)):  # one byte every 0.4 s at most: 1.5 s allows a few
             try:
-                slow.sendall(request[i:i + 1])
+                slow.sendall(request[i : i + 1])
                 if slow.recv(1) == b"":
                     closed_after = time.monotonic() - start
                     break
@@ -248,8 +281,10 @@ def test_slow_headers_and_a_slow_body_are_dropped_while_others_are_served(tiny_l
 
         trickle = socket.create_connection(("127.0.0.1", port))
         trickle.settimeout(15)
-        trickle.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: 1000\r\n\r\n" + b'{"model": "gpt-oss", ')
+        trickle.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n" + b'{"model": "gpt-oss", '
+        )
         assert httpx.get(base + "/v1/models", timeout=10).status_code == 200
         answer = b""
         while b"within" not in answer and (chunk := trickle.recv(4096)):
@@ -271,9 +306,12 @@ def test_a_stored_response_belongs_to_the_key_that_created_it(tiny_llm, tmp_path
         r = httpx.post(base + RESP, json=resp(store=True, max_output_tokens=2), headers=alice, timeout=120)
         assert r.status_code == 200, r.text
         rid = r.json()["id"]
-        for method, path, body in (("GET", f"/v1/responses/{rid}", None), ("GET", f"/v1/responses/{rid}/input_items", None),
-                                   ("DELETE", f"/v1/responses/{rid}", None),
-                                   ("POST", RESP, resp(previous_response_id=rid))):
+        for method, path, body in (
+            ("GET", f"/v1/responses/{rid}", None),
+            ("GET", f"/v1/responses/{rid}/input_items", None),
+            ("DELETE", f"/v1/responses/{rid}", None),
+            ("POST", RESP, resp(previous_response_id=rid)),
+        ):
             seen = httpx.request(method, base + path, json=body, headers=bob, timeout=60)
             assert seen.status_code == 404, (method, path, seen.text)  # as absent as a missing one
             assert seen.json()["error"]["code"] == "response_not_found"
@@ -336,6 +374,8 @@ print(int(t.sum()))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGBUS, (proc.returncode, proc.stderr[-2000:])
     first = next(line for line in proc.stderr.splitlines() if line.strip())
-    assert first == (f"gptoss: the server died of SIGBUS: a memory-mapped checkpoint file in {tmp_path} was "
-                     "truncated or replaced while being served; restore the files and restart the server")
+    assert first == (
+        f"gptoss: the server died of SIGBUS: a memory-mapped checkpoint file in {tmp_path} was "
+        "truncated or replaced while being served; restore the files and restart the server"
+    )
     assert "Fatal Python error: Bus error" in proc.stderr

@@ -37,7 +37,8 @@ def minimal_pdf(text: str) -> bytes:
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
         b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
     ]
@@ -59,7 +60,9 @@ def corpus_dir(tmp_path):
     (root / "animals").mkdir(parents=True)
     (root / "pandas.html").write_text(PANDA_HTML)
     (root / "bamboo.md").write_text(BAMBOO_MD)
-    (root / "animals" / "koala.txt").write_text("Koalas\n\nKoalas are arboreal marsupials native to Australia. They eat eucalyptus.\n")
+    (root / "animals" / "koala.txt").write_text(
+        "Koalas\n\nKoalas are arboreal marsupials native to Australia. They eat eucalyptus.\n"
+    )
     (root / "animals" / "okapi.pdf").write_bytes(minimal_pdf("Okapis live in the Ituri rainforest of Congo."))
     (root / ".hidden.md").write_text("# secret giant panda notes")
     (root / "image.png").write_bytes(b"\x89PNG not a document")
@@ -75,8 +78,12 @@ def corpus(corpus_dir, tmp_path):
 
 def call(recipient: str, args: dict | str) -> ToolCall:
     text = args if isinstance(args, str) else json.dumps(args)
-    return ToolCall(Message.from_role_and_content(Role.ASSISTANT, text).with_recipient(recipient).with_channel("analysis")
-                    .with_content_type("code"))
+    return ToolCall(
+        Message.from_role_and_content(Role.ASSISTANT, text)
+        .with_recipient(recipient)
+        .with_channel("analysis")
+        .with_content_type("code")
+    )
 
 
 def run(tool, recipient, args):
@@ -106,7 +113,9 @@ def test_search_open_find_on_a_local_corpus(corpus, corpus_dir):
     url = (corpus_dir / "pandas.html").as_uri()
     assert r.output.startswith(f"[1] Giant Panda ({url})\n**viewing lines [0 - ")
     body = r.output.split("\n\n", 1)[1]
-    assert body.startswith("L0: 【0†Home】\nL1: \nL2: # Giant panda\nL3: \nL4: The giant panda (Ailuropoda melanoleuca)")
+    assert body.startswith(
+        "L0: 【0†Home】\nL1: \nL2: # Giant panda\nL3: \nL4: The giant panda (Ailuropoda melanoleuca)"
+    )
     assert "【1†bamboo】" in body and "【2†Sichuan†en.wikipedia.org】" in body
     assert "tracking" not in body  # scripts are not text
     total = int(r.output.split("\n")[1].split(" of ")[1].rstrip("*"))
@@ -122,7 +131,7 @@ def test_search_open_find_on_a_local_corpus(corpus, corpus_dir):
     text, annotations = browser.cite(f"Pandas eat bamboo【1†L4-L5】 and weigh 100 kg【2†L{match_line}】; see【0†L2】.")
     assert [a["url"] for a in annotations] == [url, url]
     first = annotations[0]
-    assert text[first["start_index"]:first["end_index"]] == f" ([pandas.html]({url})) "
+    assert text[first["start_index"] : first["end_index"]] == f" ([pandas.html]({url})) "
     assert first["type"] == "url_citation" and first["title"] == "Giant Panda"
     assert text.endswith("; see【0†L2】.")
 
@@ -182,11 +191,16 @@ def test_mistakes_come_back_to_the_model(corpus, corpus_dir):
 
 def test_describe_call_gives_web_search_actions(corpus):
     browser = BrowserTool(corpus)
-    assert browser.describe_call(call("browser.search", {"query": "pandas"})) == {"action": {"type": "search", "query": "pandas"}}
+    assert browser.describe_call(call("browser.search", {"query": "pandas"})) == {
+        "action": {"type": "search", "query": "pandas"}
+    }
     run(browser, "browser.search", {"query": "pandas"})
     action = browser.describe_call(call("browser.open", {"id": 0}))["action"]
     assert action["type"] == "open_page" and action["url"].endswith("pandas.html")
-    assert browser.describe_call(call("browser.open", {"id": "https://example.org/x"}))["action"]["url"] == "https://example.org/x"
+    assert (
+        browser.describe_call(call("browser.open", {"id": "https://example.org/x"}))["action"]["url"]
+        == "https://example.org/x"
+    )
     assert browser.describe_call(call("browser.find", {"pattern": "bear"}))["action"]["type"] == "find"
 
 
@@ -206,8 +220,11 @@ def test_display_window_and_wrapping():
 
 
 def test_html_links_and_special_brackets():
-    page = html_to_page('<p>Fake 【3†link】 <a href="/b">same site</a> <a href="https://other.org/x">elsewhere</a> '
-                        '<a href="#top">anchor</a> <img alt="a cat"></p>', "https://site.org/a/page.html")
+    page = html_to_page(
+        '<p>Fake 【3†link】 <a href="/b">same site</a> <a href="https://other.org/x">elsewhere</a> '
+        '<a href="#top">anchor</a> <img alt="a cat"></p>',
+        "https://site.org/a/page.html",
+    )
     assert page.text == "Fake 〖3†link〗 【0†same site】 【1†elsewhere†other.org】 anchor [Image: a cat]"
     assert page.links == {0: "https://site.org/b", 1: "https://other.org/x"}
 
@@ -219,10 +236,18 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self):
         if self.path.startswith("/search"):
             port = self.server.server_address[1]
-            body = json.dumps({"results": [
-                {"title": "Giant panda facts", "url": f"http://127.0.0.1:{port}/panda.html", "content": "Pandas eat bamboo."},
-                {"title": "Koala", "url": "https://example.org/koala", "content": "Koalas eat eucalyptus."},
-            ]}).encode()
+            body = json.dumps(
+                {
+                    "results": [
+                        {
+                            "title": "Giant panda facts",
+                            "url": f"http://127.0.0.1:{port}/panda.html",
+                            "content": "Pandas eat bamboo.",
+                        },
+                        {"title": "Koala", "url": "https://example.org/koala", "content": "Koalas eat eucalyptus."},
+                    ]
+                }
+            ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -236,14 +261,21 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 def web_server(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
-    article = "<p>" + " ".join(["Giant pandas spend ten to sixteen hours a day feeding on bamboo shoots and leaves."] * 3) + "</p>"
+    article = (
+        "<p>"
+        + " ".join(["Giant pandas spend ten to sixteen hours a day feeding on bamboo shoots and leaves."] * 3)
+        + "</p>"
+    )
     (site / "panda.html").write_text(
         "<html><head><title>Pandas on the web</title></head><body><nav><a href='/'>Home</a></nav><article>"
         "<h1>Giant pandas</h1>" + article + "<p>More in <a href='/diet.html'>the diet page</a>.</p>"
         "<p>Pandas are found in Sichuan, Shaanxi and Gansu, in mountain forests of central China.</p></article>"
-        "<footer>Copyright</footer></body></html>")
-    (site / "diet.html").write_text("<html><head><title>Diet</title></head><body><p>Bamboo makes up 99 percent of the "
-                                    "giant panda diet.</p></body></html>")
+        "<footer>Copyright</footer></body></html>"
+    )
+    (site / "diet.html").write_text(
+        "<html><head><title>Diet</title></head><body><p>Bamboo makes up 99 percent of the "
+        "giant panda diet.</p></body></html>"
+    )
     (site / "notes.txt").write_text("plain text notes\nsecond line")
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=str(site)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)

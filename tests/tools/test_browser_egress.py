@@ -82,13 +82,30 @@ def public():
 
 
 def open_url(backend, url: str):
-    call = ToolCall(Message.from_role_and_content(Role.ASSISTANT, json.dumps({"id": url})).with_recipient("browser.open")
-                    .with_channel("analysis").with_content_type("code"))
+    call = ToolCall(
+        Message.from_role_and_content(Role.ASSISTANT, json.dumps({"id": url}))
+        .with_recipient("browser.open")
+        .with_channel("analysis")
+        .with_content_type("code")
+    )
     return asyncio.run(BrowserTool(backend).run(call))
 
 
-SPELLINGS = ["127.0.0.1", "localhost", "[::1]", "0.0.0.0", "[::]", "127.1", "2130706433", "0x7f.1", "017700000001",
-             "[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "127.0.0.1.", "LOCALHOST"]
+SPELLINGS = [
+    "127.0.0.1",
+    "localhost",
+    "[::1]",
+    "0.0.0.0",
+    "[::]",
+    "127.1",
+    "2130706433",
+    "0x7f.1",
+    "017700000001",
+    "[::ffff:127.0.0.1]",
+    "[::ffff:7f00:1]",
+    "127.0.0.1.",
+    "LOCALHOST",
+]
 
 
 @pytest.mark.parametrize("host", SPELLINGS)
@@ -99,14 +116,24 @@ def test_every_spelling_of_loopback_is_refused_before_connecting(secret, host):
     assert "SECRET" not in r.output and secret.seen == []
 
 
-@pytest.mark.parametrize("url,kind", [
-    ("http://169.254.169.254/latest/meta-data/", "link-local"),  # the cloud metadata service
-    ("http://10.0.0.7/", "private"), ("http://172.16.5.4/", "private"), ("http://192.168.1.1/", "private"),
-    ("http://100.64.0.1/", "carrier-grade NAT"), ("http://[fd00::1]/", "private"),
-    ("http://[fe80::1]/", "link-local"), ("http://224.0.0.1/", "multicast"), ("http://[ff02::1]/", "multicast"),
-    ("http://[::ffff:10.0.0.1]/", "private"), ("http://[::ffff:169.254.169.254]/", "link-local"),
-    ("http://[2002:a00:1::]/", "private"), ("http://240.0.0.1/", "private"),
-])
+@pytest.mark.parametrize(
+    "url,kind",
+    [
+        ("http://169.254.169.254/latest/meta-data/", "link-local"),  # the cloud metadata service
+        ("http://10.0.0.7/", "private"),
+        ("http://172.16.5.4/", "private"),
+        ("http://192.168.1.1/", "private"),
+        ("http://100.64.0.1/", "carrier-grade NAT"),
+        ("http://[fd00::1]/", "private"),
+        ("http://[fe80::1]/", "link-local"),
+        ("http://224.0.0.1/", "multicast"),
+        ("http://[ff02::1]/", "multicast"),
+        ("http://[::ffff:10.0.0.1]/", "private"),
+        ("http://[::ffff:169.254.169.254]/", "link-local"),
+        ("http://[2002:a00:1::]/", "private"),
+        ("http://240.0.0.1/", "private"),
+    ],
+)
 def test_private_link_local_and_multicast_ranges_are_refused(url, kind):
     r = open_url(WebBackend(timeout=5), url)
     assert r.status == "failed" and "may not connect" in r.output and kind in r.output, r.output
@@ -200,8 +227,11 @@ def test_https_verifies_the_hosts_name_and_sends_it_as_sni():
 def test_a_name_that_resolves_to_loopback_or_to_a_mix_is_refused(secret):
     """DNS answers are checked, not names: a public-looking name that resolves to loopback (or to a public
     and a loopback address, letting the client pick) is refused, and nothing connects."""
-    answers = {"rebind.example": ["127.0.0.1"], "mixed.example": ["93.184.216.34", "127.0.0.1"],
-               "meta.example": ["::ffff:169.254.169.254"]}
+    answers = {
+        "rebind.example": ["127.0.0.1"],
+        "mixed.example": ["93.184.216.34", "127.0.0.1"],
+        "meta.example": ["::ffff:169.254.169.254"],
+    }
 
     async def resolver(host, port):
         return answers[host]
@@ -238,6 +268,7 @@ def test_the_allow_list_flag_is_checked_before_anything_starts(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- decompression
+
 
 def double_gzip_bomb() -> bytes:
     """gzip(gzip(1 GiB of zeros)) in a few kilobytes. The inner layer is 64 gzip members of 16 MiB each
@@ -288,8 +319,12 @@ def test_a_double_gzip_bomb_is_refused_while_inflating(public):
     assert len(bomb) < 50_000
     public.routes["/bomb"] = (200, {"Content-Type": "text/html", "Content-Encoding": "gzip, gzip"}, bomb)
     browser = BrowserTool(WebBackend(timeout=10, policy=EgressPolicy.from_spec(f"127.0.0.1:{public.port}")))
-    call = ToolCall(Message.from_role_and_content(Role.ASSISTANT, json.dumps({"id": f"{public.base}/bomb"}))
-                    .with_recipient("browser.open").with_channel("analysis").with_content_type("code"))
+    call = ToolCall(
+        Message.from_role_and_content(Role.ASSISTANT, json.dumps({"id": f"{public.base}/bomb"}))
+        .with_recipient("browser.open")
+        .with_channel("analysis")
+        .with_content_type("code")
+    )
     watch = Watch()
     started = time.perf_counter()
     r = asyncio.run(watch.run(browser.run(call)))
@@ -303,10 +338,16 @@ def test_a_double_gzip_bomb_is_refused_while_inflating(public):
 def test_stacked_unknown_and_corrupt_encodings_are_refused(public):
     text = b"<html><body><p>" + b"a readable gzip page " * 50 + b"</p></body></html>"
     public.routes["/ok"] = (200, {"Content-Type": "text/html", "Content-Encoding": "gzip"}, gzip.compress(text))
-    public.routes["/deflate"] = (200, {"Content-Type": "text/plain", "Content-Encoding": "deflate"},
-                                 zlib.compress(b"deflated words"))
-    public.routes["/three"] = (200, {"Content-Encoding": "gzip, gzip, gzip"},
-                               gzip.compress(gzip.compress(gzip.compress(b"x"))))
+    public.routes["/deflate"] = (
+        200,
+        {"Content-Type": "text/plain", "Content-Encoding": "deflate"},
+        zlib.compress(b"deflated words"),
+    )
+    public.routes["/three"] = (
+        200,
+        {"Content-Encoding": "gzip, gzip, gzip"},
+        gzip.compress(gzip.compress(gzip.compress(b"x"))),
+    )
     public.routes["/br"] = (200, {"Content-Encoding": "br"}, b"\x0b\x02\x80hello\x03")
     public.routes["/corrupt"] = (200, {"Content-Encoding": "gzip"}, b"\x1f\x8b\x08\x00garbage-garbage")
     backend = WebBackend(timeout=5, policy=EgressPolicy.from_spec(f"127.0.0.1:{public.port}"))
@@ -332,18 +373,23 @@ def test_the_decoder_never_inflates_far_past_its_budget():
 
 # ---------------------------------------------------------------------------------------- big pages
 
+
 @pytest.mark.parametrize("kind", ["text/plain", "text/html"])
 def test_a_ten_megabyte_page_leaves_the_event_loop_responsive(public, kind):
     line = "Giant pandas spend ten to sixteen hours a day feeding on bamboo shoots and leaves. "
-    text = (line * (10 * 2**20 // len(line) - 1000))
+    text = line * (10 * 2**20 // len(line) - 1000)
     body = (f"<html><body><article><p>{text}</p></article></body></html>" if kind == "text/html" else text).encode()
     assert 9.5 * 2**20 < len(body) <= 10 * 2**20
     public.routes["/big"] = (200, {"Content-Type": kind}, body)
     browser = BrowserTool(WebBackend(timeout=20, policy=EgressPolicy.from_spec(f"127.0.0.1:{public.port}")))
 
     def call(args):
-        return ToolCall(Message.from_role_and_content(Role.ASSISTANT, json.dumps(args)).with_recipient("browser.open")
-                        .with_channel("analysis").with_content_type("code"))
+        return ToolCall(
+            Message.from_role_and_content(Role.ASSISTANT, json.dumps(args))
+            .with_recipient("browser.open")
+            .with_channel("analysis")
+            .with_content_type("code")
+        )
 
     async def session():
         first = await browser.run(call({"id": f"{public.base}/big"}))
@@ -378,9 +424,18 @@ def test_a_parse_past_its_time_budget_is_given_up_and_the_loop_stays_free(public
     watch = Watch()
     started = time.perf_counter()
     try:
-        r = asyncio.run(watch.run(BrowserTool(backend).run(ToolCall(
-            Message.from_role_and_content(Role.ASSISTANT, json.dumps({"id": f"{public.base}/slow"}))
-            .with_recipient("browser.open").with_channel("analysis").with_content_type("code")))))
+        r = asyncio.run(
+            watch.run(
+                BrowserTool(backend).run(
+                    ToolCall(
+                        Message.from_role_and_content(Role.ASSISTANT, json.dumps({"id": f"{public.base}/slow"}))
+                        .with_recipient("browser.open")
+                        .with_channel("analysis")
+                        .with_content_type("code")
+                    )
+                )
+            )
+        )
     finally:
         release.set()
     assert r.status == "failed" and "took more than 0.3 s to read" in r.output, r.output

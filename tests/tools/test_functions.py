@@ -69,8 +69,12 @@ def module_path(tmp_path):
 
 def call(name, args):
     text = args if isinstance(args, str) else json.dumps(args)
-    return ToolCall(Message.from_role_and_content(Role.ASSISTANT, text).with_recipient(f"functions.{name}")
-                    .with_channel("commentary").with_content_type("<|constrain|>json"))
+    return ToolCall(
+        Message.from_role_and_content(Role.ASSISTANT, text)
+        .with_recipient(f"functions.{name}")
+        .with_channel("commentary")
+        .with_content_type("<|constrain|>json")
+    )
 
 
 def test_schemas_from_signatures_and_docstrings(module_path):

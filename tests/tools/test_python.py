@@ -26,8 +26,12 @@ def loop():
 
 @pytest.fixture(scope="module")
 def py(loop):
-    tool = PythonTool(timeout=4, max_output_chars=2000, interrupt_grace=4,
-                      limits=SandboxLimits(memory_bytes=MEMORY_LIMIT, processes=PROCESS_LIMIT))
+    tool = PythonTool(
+        timeout=4,
+        max_output_chars=2000,
+        interrupt_grace=4,
+        limits=SandboxLimits(memory_bytes=MEMORY_LIMIT, processes=PROCESS_LIMIT),
+    )
     loop.run_until_complete(tool.start())
     yield tool
     loop.run_until_complete(tool.aclose())
@@ -46,8 +50,12 @@ def test_state_persists_between_calls(loop, py):
 
 
 def test_call_through_the_tool_interface(loop, py):
-    call = Message.from_role_and_content(Role.ASSISTANT, "print('hi from the tool')").with_recipient("python") \
-        .with_channel("analysis").with_content_type("code")
+    call = (
+        Message.from_role_and_content(Role.ASSISTANT, "print('hi from the tool')")
+        .with_recipient("python")
+        .with_channel("analysis")
+        .with_content_type("code")
+    )
     messages = loop.run_until_complete(py.call(call))
     assert len(messages) == 1
     m = messages[0]
@@ -72,8 +80,12 @@ def test_infinite_loop_times_out_and_the_next_call_works(loop, py):
 
 def test_uninterruptible_code_is_restarted_after_timeout(loop, py):
     # SIGINT is ignored: the interrupt cannot take, so the kernel is restarted and the next call works
-    r = run(loop, py, "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: time.sleep(0.1)",
-            timeout=1)
+    r = run(
+        loop,
+        py,
+        "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: time.sleep(0.1)",
+        timeout=1,
+    )
     assert r.status == "timeout" and "restarted" in r.output
     r = run(loop, py, "print('alive')")
     assert r.output == "alive"
@@ -83,8 +95,13 @@ def test_far_more_memory_than_the_limit_fails_inside_the_tool(loop, py):
     before = _rss_of_this_process()
     r = run(loop, py, "big = bytearray(16 * 2**30)")
     assert r.status == "error" and "MemoryError" in r.output
-    r = run(loop, py, "chunks = []\ntry:\n    while True:\n        chunks.append(bytearray(64 * 2**20))\n"
-                      "except MemoryError:\n    n = len(chunks); del chunks\n    print('stopped at', n * 64, 'MiB')", timeout=60)
+    r = run(
+        loop,
+        py,
+        "chunks = []\ntry:\n    while True:\n        chunks.append(bytearray(64 * 2**20))\n"
+        "except MemoryError:\n    n = len(chunks); del chunks\n    print('stopped at', n * 64, 'MiB')",
+        timeout=60,
+    )
     assert r.output.startswith("stopped at")
     assert int(r.output.split()[2]) <= MEMORY_LIMIT // 2**20
     assert run(loop, py, "print('fine')").output == "fine"
@@ -115,8 +132,13 @@ def test_fork_bomb_is_contained(loop, py):
     t0 = time.monotonic()
     try:
         # a shell fork bomb left running in the background, and a Python one in the kernel itself
-        r1 = run(loop, py, "import subprocess, time\nsubprocess.Popen(['sh', '-c', 'b() { b | b & }; b'], stderr=subprocess.DEVNULL)\ntime.sleep(2)\n"
-                           "print('bombed')")
+        r1 = run(
+            loop,
+            py,
+            "import subprocess, time\n"
+            "subprocess.Popen(['sh', '-c', 'b() { b | b & }; b'], stderr=subprocess.DEVNULL)\ntime.sleep(2)\n"
+            "print('bombed')",
+        )
         r2 = run(loop, py, "import os\nwhile True:\n    os.fork()")
     finally:
         stop.set()
@@ -128,12 +150,18 @@ def test_fork_bomb_is_contained(loop, py):
     assert 0 < peak["n"] <= PROCESS_LIMIT + 2
     # everything the bombs started is gone, and the kernel can start processes again
     assert sandbox.strays() == []
-    r = run(loop, py, "import subprocess\nprint(subprocess.run(['echo', 'ok'], capture_output=True, text=True).stdout.strip())")
+    r = run(
+        loop,
+        py,
+        "import subprocess\nprint(subprocess.run(['echo', 'ok'], capture_output=True, text=True).stdout.strip())",
+    )
     assert r.output == "ok"
 
 
 def test_processes_left_running_are_stopped_when_the_call_ends(loop, py):
-    r = run(loop, py, "import subprocess\nfor _ in range(3):\n    subprocess.Popen(['sleep', '1000'])\nprint('started')")
+    r = run(
+        loop, py, "import subprocess\nfor _ in range(3):\n    subprocess.Popen(['sleep', '1000'])\nprint('started')"
+    )
     assert r.output == "started\n[stopped 3 processes the code left running]"
     assert py.runner.sandbox.strays() == []
 
@@ -189,8 +217,12 @@ def test_isolation_on_this_machine(loop, py):
     server.listen(1)
     port = server.getsockname()[1]
     try:
-        r = run(loop, py, f"import socket\ns = socket.socket()\ns.settimeout(2)\ntry:\n    s.connect(('127.0.0.1', {port}))\n"
-                          "    print('connected')\nexcept OSError as e:\n    print('refused', type(e).__name__)")
+        r = run(
+            loop,
+            py,
+            f"import socket\ns = socket.socket()\ns.settimeout(2)\ntry:\n    s.connect(('127.0.0.1', {port}))\n"
+            "    print('connected')\nexcept OSError as e:\n    print('refused', type(e).__name__)",
+        )
     finally:
         server.close()
     if report["network"] == "host":
@@ -204,7 +236,9 @@ def test_isolation_on_this_machine(loop, py):
     else:
         assert report["filesystem"] == "host"
     # a few processes are fine
-    r = run(loop, py, "import subprocess\nprint(subprocess.run(['sh', '-c', 'echo $$'], capture_output=True).returncode)")
+    r = run(
+        loop, py, "import subprocess\nprint(subprocess.run(['sh', '-c', 'echo $$'], capture_output=True).returncode)"
+    )
     assert r.output == "0"
 
 
@@ -215,8 +249,11 @@ def test_cpu_time_limit_restarts_the_kernel_and_a_given_folder_is_handed_back(lo
     before = folder.stat()
     tool = PythonTool(timeout=60, work_dir=str(folder), limits=SandboxLimits(cpu_seconds=3, processes=PROCESS_LIMIT))
     try:
-        r = loop.run_until_complete(tool.execute("print(open('/mnt/data/input.csv').read().split()[1])\n"
-                                                 "_ = open('/mnt/data/out.txt', 'w').write('done')"))
+        r = loop.run_until_complete(
+            tool.execute(
+                "print(open('/mnt/data/input.csv').read().split()[1])\n_ = open('/mnt/data/out.txt', 'w').write('done')"
+            )
+        )
         assert r.output.startswith("1,2")
         r = loop.run_until_complete(tool.execute("while True:\n    pass"))
         assert r.status == "crashed" and "SIGXCPU" in r.output and "CPU time limit" in r.output
@@ -255,10 +292,16 @@ def test_docker_backend_without_an_engine_is_a_clear_error(loop, monkeypatch):
 
 def test_without_namespaces_the_report_says_what_is_left(loop, tmp_path):
     """isolation="none": limits and process cleanup only; the report must not claim more."""
-    tool = PythonTool(timeout=10, isolation="none", work_dir=str(tmp_path / "data"),
-                      limits=SandboxLimits(memory_bytes=MEMORY_LIMIT, processes=PROCESS_LIMIT))
+    tool = PythonTool(
+        timeout=10,
+        isolation="none",
+        work_dir=str(tmp_path / "data"),
+        limits=SandboxLimits(memory_bytes=MEMORY_LIMIT, processes=PROCESS_LIMIT),
+    )
     try:
-        r = loop.run_until_complete(tool.execute("import os\nprint(os.getcwd())\n_ = open('/mnt/data/x.txt', 'w').write('ok')"))
+        r = loop.run_until_complete(
+            tool.execute("import os\nprint(os.getcwd())\n_ = open('/mnt/data/x.txt', 'w').write('ok')")
+        )
         report = tool.isolation()
         assert report["network"] == "host" and report["filesystem"] == "host" and report["pid_namespace"] == "no"
         assert r.output == f"{tmp_path / 'data'}\n[note: the folder /mnt/data is {tmp_path / 'data'} here]"
@@ -280,7 +323,9 @@ def test_bubblewrap_isolation_where_installed(loop):
     """isolation="bwrap": the kernel runs under bubblewrap when it is installed; otherwise a clear error."""
     import shutil
 
-    tool = PythonTool(timeout=10, isolation="bwrap", limits=SandboxLimits(memory_bytes=MEMORY_LIMIT, processes=PROCESS_LIMIT))
+    tool = PythonTool(
+        timeout=10, isolation="bwrap", limits=SandboxLimits(memory_bytes=MEMORY_LIMIT, processes=PROCESS_LIMIT)
+    )
     try:
         if shutil.which("bwrap") is None:
             with pytest.raises(ToolError, match="bubblewrap"):
@@ -328,20 +373,35 @@ def test_links_and_fifos_planted_in_the_state_folder_are_never_followed(loop, tm
     host_socket.bind(str(tmp_path / "host.sock"))
     host_socket.listen(8)
     host_socket.setblocking(False)
-    names = {"launcher.log": files["log"], "sandbox.json": files["config"], "_sandbox_launch.py": files["launcher"],
-             "status.json.tmp": files["status"], "status.json": files["status"], "kernel.json": files["kernel"]}
-    plant_links = "import os, shutil\ns = os.path.dirname(os.environ['HOME'])\n" + "".join(
-        f"try:\n    os.unlink(os.path.join(s, {n!r}))\nexcept OSError:\n    pass\nos.symlink({str(t)!r}, os.path.join(s, {n!r}))\n"
-        for n, t in names.items()) + f"shutil.rmtree(os.environ['HOME'])\nos.symlink({str(folder)!r}, os.environ['HOME'])\n" \
+    names = {
+        "launcher.log": files["log"],
+        "sandbox.json": files["config"],
+        "_sandbox_launch.py": files["launcher"],
+        "status.json.tmp": files["status"],
+        "status.json": files["status"],
+        "kernel.json": files["kernel"],
+    }
+    plant_links = (
+        "import os, shutil\ns = os.path.dirname(os.environ['HOME'])\n"
+        + "".join(
+            f"try:\n    os.unlink(os.path.join(s, {n!r}))\nexcept OSError:\n    pass\n"
+            f"os.symlink({str(t)!r}, os.path.join(s, {n!r}))\n"
+            for n, t in names.items()
+        )
+        + f"shutil.rmtree(os.environ['HOME'])\nos.symlink({str(folder)!r}, os.environ['HOME'])\n"
         "print('planted')\nos._exit(1)"
-    plant_fifos = "import os, shutil\ns = os.path.dirname(os.environ['HOME'])\nfor n in " + repr(list(names)) + ":\n" \
-        "    p = os.path.join(s, n)\n    if os.path.lexists(p):\n        os.unlink(p)\n    os.mkfifo(p)\n" \
+    )
+    plant_fifos = (
+        "import os, shutil\ns = os.path.dirname(os.environ['HOME'])\nfor n in " + repr(list(names)) + ":\n"
+        "    p = os.path.join(s, n)\n    if os.path.lexists(p):\n        os.unlink(p)\n    os.mkfifo(p)\n"
         f"shutil.rmtree(os.environ['HOME'])\nos.symlink({str(files['log'])!r}, os.environ['HOME'])\nos._exit(1)"
+    )
     swap_sockets = (
         "import os\nh = os.environ['HOME']\nos.makedirs(h + '/.ipython/profile_default/startup', exist_ok=True)\n"
         "open(h + '/.ipython/profile_default/startup/00-swap.py', 'w').write('''\n"
         "import os, glob\nfor p in glob.glob(os.path.dirname(os.environ['HOME']) + '/k-*'):\n"
-        f"    os.unlink(p); os.symlink({str(tmp_path / 'host.sock')!r}, p)\n''')\nos._exit(1)")
+        f"    os.unlink(p); os.symlink({str(tmp_path / 'host.sock')!r}, p)\n''')\nos._exit(1)"
+    )
     tool = PythonTool(timeout=10, startup_timeout=15, limits=SandboxLimits(processes=PROCESS_LIMIT))
 
     def call(code):
@@ -374,8 +434,12 @@ def _cpu_seconds(pid):
 
 
 def test_a_thread_left_spinning_burns_no_cpu_between_calls(loop, py):
-    r = run(loop, py, "import threading\nstop_spinning = threading.Event()\ndef spin():\n    while not stop_spinning.is_set():\n"
-                      "        pass\nthreading.Thread(target=spin, daemon=True).start()\nprint('spinning')")
+    r = run(
+        loop,
+        py,
+        "import threading\nstop_spinning = threading.Event()\ndef spin():\n    while not stop_spinning.is_set():\n"
+        "        pass\nthreading.Thread(target=spin, daemon=True).start()\nprint('spinning')",
+    )
     assert r.output == "spinning"
     pid = py.runner.sandbox.kernel_pid()
     used = _cpu_seconds(pid)
@@ -393,11 +457,14 @@ from gptoss.tools.python.processes import descendants
 async def main():
     tool = PythonTool(timeout=600, limits=SandboxLimits(processes=48))
     await tool.start()
-    task = asyncio.ensure_future(tool.execute("import subprocess, time\\nsubprocess.Popen(['sleep', '1000'])\\ntime.sleep(1000)"))
+    code = "import subprocess, time\\nsubprocess.Popen(['sleep', '1000'])\\ntime.sleep(1000)"
+    task = asyncio.ensure_future(tool.execute(code))
     await asyncio.sleep(1.5)
     sb = tool.runner.sandbox
-    print(json.dumps({"pids": [sb.process.pid, *descendants(sb.process.pid)], "cgroups": [c["path"] for c in getattr(sb, "cgroups", [])],
-                      "dirs": [str(tool.runner.state_dir), str(tool.work_dir)]}), flush=True)
+    pids = [sb.process.pid, *descendants(sb.process.pid)]
+    cgroups = [c["path"] for c in getattr(sb, "cgroups", [])]
+    dirs = [str(tool.runner.state_dir), str(tool.work_dir)]
+    print(json.dumps({"pids": pids, "cgroups": cgroups, "dirs": dirs}), flush=True)
     await task
 
 asyncio.run(main())
@@ -416,7 +483,6 @@ def test_the_sandbox_dies_with_its_host_and_what_it_left_is_removed():
     """The host is SIGKILLed mid-call: launcher, reaper, kernel and the code's child die within seconds;
     its cgroups go with them, its folders at the next start (sweep_stale)."""
     import json
-    import signal
     import subprocess
     import sys
 
@@ -469,19 +535,26 @@ def _memory_cgroups_possible():
 def test_the_whole_conversation_has_one_memory_limit(loop):
     """Several children, each within the per-process limit, together past the conversation's limit."""
     limit = 384 * 2**20
-    tool = PythonTool(timeout=30, limits=SandboxLimits(memory_bytes=MEMORY_LIMIT, total_memory_bytes=limit,
-                                                       processes=PROCESS_LIMIT))
-    code = ("import subprocess, sys\nkids = [subprocess.Popen([sys.executable, '-c', "
-            "'import time; b = bytes(1) * (150 * 2**20); time.sleep(1)']) for _ in range(4)]\n"
-            "print(sorted(k.wait() for k in kids))")
+    tool = PythonTool(
+        timeout=30, limits=SandboxLimits(memory_bytes=MEMORY_LIMIT, total_memory_bytes=limit, processes=PROCESS_LIMIT)
+    )
+    code = (
+        "import subprocess, sys\nkids = [subprocess.Popen([sys.executable, '-c', "
+        "'import time; b = bytes(1) * (150 * 2**20); time.sleep(1)']) for _ in range(4)]\n"
+        "print(sorted(k.wait() for k in kids))"
+    )
     try:
         r = loop.run_until_complete(tool.execute(code))
         report = tool.isolation()
         if "memory cgroup" not in report["memory"]:  # documented: no memory cgroup can be made here
             assert report["memory"].startswith("RLIMIT_AS") and not _memory_cgroups_possible()
             return
-        peak_files = [os.path.join(c["path"], f) for c in tool.runner.sandbox.cgroups if "memory" in c["controllers"]
-                      for f in ("memory.peak", "memory.max_usage_in_bytes")]
+        peak_files = [
+            os.path.join(c["path"], f)
+            for c in tool.runner.sandbox.cgroups
+            if "memory" in c["controllers"]
+            for f in ("memory.peak", "memory.max_usage_in_bytes")
+        ]
         peaks = [int(open(f).read()) for f in peak_files if os.path.exists(f)]
         assert peaks == [] or max(peaks) <= limit
         assert "-9" in r.output.splitlines()[0], r.output  # the OOM killer ended at least one child
@@ -493,16 +566,18 @@ def test_the_whole_conversation_has_one_memory_limit(loop):
 
 def test_a_python_in_a_venv_under_tmp_runs_the_kernel(tmp_path):
     """The private /tmp must not hide a Python (or a venv) that lives under /tmp."""
+    import site
     import subprocess
     import sys
     import tempfile
 
-    import site
-
     root = tempfile.mkdtemp(prefix="gptoss-test-venv-", dir="/tmp")
     try:
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", f"{root}/venv"],
-                       check=True, timeout=60)
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", f"{root}/venv"],
+            check=True,
+            timeout=60,
+        )
         # --system-site-packages shows the BASE interpreter's packages; run from inside a venv, this test's
         # packages (ipykernel, an editable gptoss) are in that venv: the inner venv adds its site folders,
         # .pth files included (an editable install is one), as site.addsitedir does for its own.
@@ -510,13 +585,20 @@ def test_a_python_in_a_venv_under_tmp_runs_the_kernel(tmp_path):
         inner = f"{root}/venv/lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
         with open(f"{inner}/gptoss-test-outer-site.pth", "w") as f:
             f.write("import site; " + "; ".join(f"site.addsitedir({d!r})" for d in ours if os.path.isdir(d)) + "\n")
-        script = ("import asyncio\nfrom gptoss.tools.python import PythonTool\nasync def main():\n"
-                  "    t = PythonTool(timeout=20)\n    try:\n"
-                  "        r = await t.execute('import sys\\nprint(sys.executable)')\n        print(r.status, r.output)\n"
-                  "    finally:\n        await t.aclose()\nasyncio.run(main())")
+        script = (
+            "import asyncio\nfrom gptoss.tools.python import PythonTool\nasync def main():\n"
+            "    t = PythonTool(timeout=20)\n    try:\n"
+            "        r = await t.execute('import sys\\nprint(sys.executable)')\n        print(r.status, r.output)\n"
+            "    finally:\n        await t.aclose()\nasyncio.run(main())"
+        )
         repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        out = subprocess.run([f"{root}/venv/bin/python", "-c", script], capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "PYTHONPATH": repo})
+        out = subprocess.run(
+            [f"{root}/venv/bin/python", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": repo},
+        )
         assert out.stdout.strip() == f"ok {root}/venv/bin/python", out.stdout + out.stderr
     finally:
         import shutil
@@ -527,11 +609,16 @@ def test_a_python_in_a_venv_under_tmp_runs_the_kernel(tmp_path):
 def test_the_whole_conversation_has_one_disk_limit(loop):
     """Several files, each within the per-file limit, together past the conversation's limit: in /mnt/data
     and in its home (the other folder it can write that the host keeps)."""
-    tool = PythonTool(timeout=30, limits=SandboxLimits(memory_bytes=MEMORY_LIMIT, disk_bytes=64 * 2**20, tmp_size="32m",
-                                                       processes=PROCESS_LIMIT))
-    fill = ("import os\nwritten = 0\ntry:\n    for i in range(4):\n        with open(f'{folder}/part{{i}}.bin', 'wb') as f:\n"
-            "            for _ in range(24):\n                written += f.write(bytes(2**20))\n"
-            "except OSError as e:\n    print(e.strerror)\nprint(written // 2**20)")
+    tool = PythonTool(
+        timeout=30,
+        limits=SandboxLimits(memory_bytes=MEMORY_LIMIT, disk_bytes=64 * 2**20, tmp_size="32m", processes=PROCESS_LIMIT),
+    )
+    fill = (
+        "import os\nwritten = 0\ntry:\n    for i in range(4):\n"
+        "        with open(f'{folder}/part{{i}}.bin', 'wb') as f:\n"
+        "            for _ in range(24):\n                written += f.write(bytes(2**20))\n"
+        "except OSError as e:\n    print(e.strerror)\nprint(written // 2**20)"
+    )
     try:
         r = loop.run_until_complete(tool.execute(fill.format(folder="/mnt/data")))
         home = loop.run_until_complete(tool.execute(fill.format(folder='{os.environ["HOME"]}')))
@@ -545,8 +632,11 @@ def test_the_whole_conversation_has_one_disk_limit(loop):
         assert "/mnt/data is full: the conversation's files may use 64 MiB in all" in r.output
         assert on_disk <= 64 * 2**20
         assert home.output.startswith("No space left on device") and int(home.output.split("\n")[1]) <= 32, home.output
-        r = loop.run_until_complete(tool.execute("import os\nos.remove('/mnt/data/part0.bin')\n"
-                                                 "open('/mnt/data/small.txt', 'w').write('fits again')"))
+        r = loop.run_until_complete(
+            tool.execute(
+                "import os\nos.remove('/mnt/data/part0.bin')\nopen('/mnt/data/small.txt', 'w').write('fits again')"
+            )
+        )
         assert (tool.work_dir / "small.txt").read_text() == "fits again"
     finally:
         loop.run_until_complete(tool.aclose())
@@ -568,9 +658,15 @@ def test_a_huge_output_never_reaches_the_host_whole(loop, py):
     sampler.start()
     try:
         r = run(loop, py, "print('x' * 100_000_000)\nprint('end')", timeout=30)
-        assert r.output.startswith("xxx") and "characters truncated" in r.output and r.output.endswith("end"), r.output[-300:]
-        r = run(loop, py, "from IPython.display import display\ndisplay({'text/plain': 'y' * 100_000_000}, raw=True)",
-                timeout=30)
+        assert r.output.startswith("xxx") and "characters truncated" in r.output and r.output.endswith("end"), r.output[
+            -300:
+        ]
+        r = run(
+            loop,
+            py,
+            "from IPython.display import display\ndisplay({'text/plain': 'y' * 100_000_000}, raw=True)",
+            timeout=30,
+        )
         assert "some output was dropped" in r.output and "yyy" not in r.output, r.output[-300:]
         assert run(loop, py, "print('next')").output == "next"
     finally:
@@ -647,16 +743,23 @@ from gptoss.tools.python import PythonTool
 async def main():
     t = PythonTool(timeout=20)
     try:
-        r = await t.execute("import os\\nprint(open('/usr/local/src/marker').read(), os.path.ismount('/usr/local/src'))\\n"
-                            "try:\\n    open('/usr/local/src/x', 'w')\\nexcept OSError as e:\\n    print(e.strerror)")
+        r = await t.execute(
+            "import os\\nprint(open('/usr/local/src/marker').read(), os.path.ismount('/usr/local/src'))\\n"
+            "try:\\n    open('/usr/local/src/x', 'w')\\nexcept OSError as e:\\n    print(e.strerror)"
+        )
         print(t.isolation()["filesystem"], "|", r.output.replace("\\n", "|"))
     finally:
         await t.aclose()
 asyncio.run(main())
 """
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": repo})
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": repo},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     filesystem, shown = out.stdout.strip().split(" | ")
     if not filesystem.startswith("private root"):  # documented fallback: no mount namespace here
@@ -670,12 +773,26 @@ def test_one_memory_limit_across_kernel_restarts_and_one_budget_for_all_sandboxe
     from gptoss.tools.python.cgroups import set_sandboxes_memory
 
     mib = 2**20
-    fill = "with open('/mnt/data/big.bin', 'wb') as f:\n    for _ in range({}):\n        f.write(bytes(2**20))\nprint('written')"
+    fill = (
+        "with open('/mnt/data/big.bin', 'wb') as f:\n    for _ in range({}):\n        f.write(bytes(2**20))\n"
+        "print('written')"
+    )
     take = "b = bytes(1) * ({} * 2**20)\nprint('allocated')"
-    one = PythonTool(timeout=60, limits=SandboxLimits(memory_bytes=2 * MEMORY_LIMIT, total_memory_bytes=192 * mib,
-                                                      disk_bytes=512 * mib, processes=PROCESS_LIMIT))
-    other = PythonTool(timeout=60, limits=SandboxLimits(memory_bytes=2 * MEMORY_LIMIT, total_memory_bytes=512 * mib,
-                                                        processes=PROCESS_LIMIT, sandboxes_memory_bytes=288 * mib))
+    one = PythonTool(
+        timeout=60,
+        limits=SandboxLimits(
+            memory_bytes=2 * MEMORY_LIMIT, total_memory_bytes=192 * mib, disk_bytes=512 * mib, processes=PROCESS_LIMIT
+        ),
+    )
+    other = PythonTool(
+        timeout=60,
+        limits=SandboxLimits(
+            memory_bytes=2 * MEMORY_LIMIT,
+            total_memory_bytes=512 * mib,
+            processes=PROCESS_LIMIT,
+            sandboxes_memory_bytes=288 * mib,
+        ),
+    )
     try:
         assert loop.run_until_complete(one.execute(fill.format(128))).output == "written"
         if "memory cgroup" not in one.isolation()["memory"]:  # documented: no memory cgroup can be made here
@@ -704,7 +821,9 @@ def test_a_call_cancelled_while_the_kernel_starts_leaves_nothing(loop):
 
     def left():
         tag = host_tag()
-        folders = [n for n in os.listdir(tempfile.gettempdir()) if n.startswith((f"gptoss-py-{tag}-", f"gptoss-data-{tag}-"))]
+        folders = [
+            n for n in os.listdir(tempfile.gettempdir()) if n.startswith((f"gptoss-py-{tag}-", f"gptoss-data-{tag}-"))
+        ]
         with open("/proc/self/mountinfo") as f:
             mounts = [p for p in (line.split()[4] for line in f) if f"-{tag}-" in p]
         return folders, mounts, set(descendants(os.getpid()))

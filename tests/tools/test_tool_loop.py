@@ -62,8 +62,12 @@ def recording(turns, tokenizer, prompts):
 def test_python_call_runs_and_its_result_feeds_the_next_turn(llm, tokenizer):
     prompts = []
     toolbox = Toolbox([PythonTool(timeout=30)])
-    session = ChatSession(llm, ChatSettings(max_tokens=64, seed=1), tools=toolbox,
-                          logits_processors_factory=recording([PYTHON_CALL, ANSWER], tokenizer, prompts))
+    session = ChatSession(
+        llm,
+        ChatSettings(max_tokens=64, seed=1),
+        tools=toolbox,
+        logits_processors_factory=recording([PYTHON_CALL, ANSWER], tokenizer, prompts),
+    )
     loop = ToolLoop(toolbox)
     hits, cached = llm.engine.prefix_hits, llm.engine.cached_tokens
     try:
@@ -77,7 +81,11 @@ def test_python_call_runs_and_its_result_feeds_the_next_turn(llm, tokenizer):
     assert llm.engine.prefix_hits > hits
     assert llm.engine.cached_tokens - cached >= (first_prompt - 1) // 16 * 16 > 0
     started, finished, done = [e for e in events if not isinstance(e, TurnDelta)]
-    assert started.recipient == "python" and started.kind == "code_interpreter" and started.details == {"code": "print(6*7)"}
+    assert (
+        started.recipient == "python"
+        and started.kind == "code_interpreter"
+        and started.details == {"code": "print(6*7)"}
+    )
     assert finished.output == "42" and finished.status == "completed" and finished.call_id == started.call_id
     assert finished.metadata["outputs"] == [{"type": "logs", "logs": "42"}]
     assert done.reason == "stop" and done.tool_calls == 1
@@ -87,8 +95,11 @@ def test_python_call_runs_and_its_result_feeds_the_next_turn(llm, tokenizer):
     assert "# Tools\n\n## python\n\nUse this tool to execute Python code in your chain of thought." in prompts[0]
     assert "time out after 30.0 seconds" in prompts[0]
     # (the call re-rendered the canonical way openai-harmony renders it: recipient before channel)
-    assert prompts[1].endswith("<|start|>assistant to=python<|channel|>analysis code<|message|>print(6*7)<|call|>"
-                               + TOOL_MESSAGE + "<|start|>assistant")
+    assert prompts[1].endswith(
+        "<|start|>assistant to=python<|channel|>analysis code<|message|>print(6*7)<|call|>"
+        + TOOL_MESSAGE
+        + "<|start|>assistant"
+    )
     assert session.last.final_text == "The answer is 42."
     roles = [(m.author.role, m.author.name) for m in session.history]
     assert roles == [(Role.USER, None), (Role.ASSISTANT, None), (Role.TOOL, "python"), (Role.ASSISTANT, None)]
@@ -107,8 +118,12 @@ def test_async_loop_with_the_browser_and_citations(llm, tokenizer, tmp_path):
         "<|channel|>final<|message|>Pandas eat bamboo【1†L2】.<|return|>",
     ]
     prompts = []
-    session = ChatSession(llm, ChatSettings(max_tokens=64, seed=1), tools=toolbox,
-                          logits_processors_factory=recording(turns, tokenizer, prompts))
+    session = ChatSession(
+        llm,
+        ChatSettings(max_tokens=64, seed=1),
+        tools=toolbox,
+        logits_processors_factory=recording(turns, tokenizer, prompts),
+    )
 
     async def go():
         return [e async for e in ToolLoop(toolbox).astream(session, "What do pandas eat?")]
@@ -126,18 +141,38 @@ def test_async_loop_with_the_browser_and_citations(llm, tokenizer, tmp_path):
     assert "# Tools\n\n## browser\n\n// Tool for browsing." in prompts[0]
     assert isinstance(events[-1], LoopFinished) and events[-1].tool_calls == 2
     text, annotations = toolbox.cite(session.last.final_text)
-    assert annotations == [{"type": "url_citation", "start_index": 17, "end_index": 17 + len(f" ([pandas.md]({url})) "),
-                            "url": url, "title": "Giant panda"}]
+    assert annotations == [
+        {
+            "type": "url_citation",
+            "start_index": 17,
+            "end_index": 17 + len(f" ([pandas.md]({url})) "),
+            "url": url,
+            "title": "Giant panda",
+        }
+    ]
     assert text == f"Pandas eat bamboo ([pandas.md]({url})) ."
 
 
 def test_functions_run_here_or_are_returned_to_the_caller(llm, tokenizer, tmp_path):
     call = '<|channel|>commentary to=functions.get_time <|constrain|>json<|message|>{"zone": "UTC"}<|call|>'
     # declared only (an API): the call is handed back
-    declared = Toolbox([FunctionsTool.declared([ToolDescription.new("get_time", "The time.", {
-        "type": "object", "properties": {"zone": {"type": "string"}}})])])
-    session = ChatSession(llm, ChatSettings(max_tokens=64, seed=1), tools=declared,
-                          logits_processors_factory=forced_turns_factory([call], tokenizer))
+    declared = Toolbox(
+        [
+            FunctionsTool.declared(
+                [
+                    ToolDescription.new(
+                        "get_time", "The time.", {"type": "object", "properties": {"zone": {"type": "string"}}}
+                    )
+                ]
+            )
+        ]
+    )
+    session = ChatSession(
+        llm,
+        ChatSettings(max_tokens=64, seed=1),
+        tools=declared,
+        logits_processors_factory=forced_turns_factory([call], tokenizer),
+    )
     events = [e for e in ToolLoop(declared).stream(session, "Time?") if not isinstance(e, TurnDelta)]
     assert isinstance(events[0], FunctionCallRequested) and events[0].name == "get_time"
     assert json.loads(events[0].arguments) == {"zone": "UTC"}
@@ -148,9 +183,12 @@ def test_functions_run_here_or_are_returned_to_the_caller(llm, tokenizer, tmp_pa
     module.write_text("def get_time(zone: str = 'UTC') -> str:\n    '''The time.'''\n    return f'12:00 {zone}'\n")
     toolbox = Toolbox([FunctionsTool.from_module(module)])
     prompts = []
-    session = ChatSession(llm, ChatSettings(max_tokens=64, seed=1), tools=toolbox,
-                          logits_processors_factory=recording([call, "<|channel|>final<|message|>Noon.<|return|>"],
-                                                              tokenizer, prompts))
+    session = ChatSession(
+        llm,
+        ChatSettings(max_tokens=64, seed=1),
+        tools=toolbox,
+        logits_processors_factory=recording([call, "<|channel|>final<|message|>Noon.<|return|>"], tokenizer, prompts),
+    )
     events = [e for e in ToolLoop(toolbox).stream(session, "Time?") if not isinstance(e, TurnDelta)]
     assert [type(e).__name__ for e in events] == ["ToolCallStarted", "ToolCallFinished", "LoopFinished"]
     assert events[1].output == "12:00 UTC" and events[0].kind == "function"
@@ -159,8 +197,12 @@ def test_functions_run_here_or_are_returned_to_the_caller(llm, tokenizer, tmp_pa
 
 def test_the_number_of_tool_calls_is_bounded(llm, tokenizer):
     toolbox = Toolbox([PythonTool(timeout=30)])
-    session = ChatSession(llm, ChatSettings(max_tokens=64, seed=1), tools=toolbox,
-                          logits_processors_factory=forced_turns_factory([PYTHON_CALL] * 3, tokenizer))
+    session = ChatSession(
+        llm,
+        ChatSettings(max_tokens=64, seed=1),
+        tools=toolbox,
+        logits_processors_factory=forced_turns_factory([PYTHON_CALL] * 3, tokenizer),
+    )
     loop = ToolLoop(toolbox, max_tool_calls=1)
     try:
         events = [e for e in loop.stream(session, "Loop forever") if not isinstance(e, TurnDelta)]
@@ -174,26 +216,39 @@ def test_the_number_of_tool_calls_is_bounded(llm, tokenizer):
 
 def test_unknown_tool_is_answered_with_an_error(llm, tokenizer):
     toolbox = Toolbox()
-    turns = ['<|channel|>commentary to=functions.missing <|constrain|>json<|message|>{}<|call|>', ANSWER]
-    session = ChatSession(llm, ChatSettings(max_tokens=64, seed=1), tools=toolbox,
-                          logits_processors_factory=forced_turns_factory(turns, tokenizer))
+    turns = ["<|channel|>commentary to=functions.missing <|constrain|>json<|message|>{}<|call|>", ANSWER]
+    session = ChatSession(
+        llm,
+        ChatSettings(max_tokens=64, seed=1),
+        tools=toolbox,
+        logits_processors_factory=forced_turns_factory(turns, tokenizer),
+    )
     loop = ToolLoop(toolbox)
     try:
         events = [e for e in loop.stream(session, "?") if not isinstance(e, TurnDelta)]
     finally:
         loop.close()
-    assert events[1].status == "failed" and "there is no tool 'functions.missing' (tools available: none)" in events[1].output
+    assert (
+        events[1].status == "failed"
+        and "there is no tool 'functions.missing' (tools available: none)" in events[1].output
+    )
     assert events[-1].reason == "stop" and session.last.final_text == "The answer is 42."
 
 
 def test_gptoss_chat_runs_a_python_call(ckpt, tmp_path):
-    import pexpect  # a test dependency
     import os
 
+    import pexpect  # a test dependency
+
     env = dict(os.environ, **{FORCE_TURNS_ENV: json.dumps([PYTHON_CALL, ANSWER])})
-    child = pexpect.spawn(sys.executable, ["-m", "gptoss", "chat", "--model", str(ckpt), "--seed", "1", "--tools", "python",
-                                           "--max-tokens", "64"], encoding="utf-8", timeout=120, dimensions=(40, 200),
-                          env=env)
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "gptoss", "chat", "--model", str(ckpt), "--seed", "1", "--tools", "python", "--max-tokens", "64"],
+        encoding="utf-8",
+        timeout=120,
+        dimensions=(40, 200),
+        env=env,
+    )
     child.expect(">>> ")
     child.sendline("What is 6*7?")
     child.expect(">>> ")
@@ -210,8 +265,15 @@ def test_gptoss_chat_runs_a_python_call(ckpt, tmp_path):
     assert child.exitstatus == 0
     messages = json.loads(path.read_text())["messages"]
     tool = [m for m in messages if m["role"] == "tool"]
-    assert tool == [{"role": "tool", "name": "python", "content": [{"type": "text", "text": "42"}], "channel": "analysis",
-                     "recipient": "assistant"}]
+    assert tool == [
+        {
+            "role": "tool",
+            "name": "python",
+            "content": [{"type": "text", "text": "42"}],
+            "channel": "analysis",
+            "recipient": "assistant",
+        }
+    ]
     call = next(m for m in messages if m.get("recipient") == "python")
     assert call["content"][0]["text"] == "print(6*7)" and call["content_type"] == "code"
     assert messages[0]["content"][0]["tools"]["python"]["name"] == "python"
@@ -224,8 +286,13 @@ def test_gptoss_chat_rejects_unknown_tools(ckpt, tmp_path, monkeypatch):
     from gptoss.cli.chat import _make_tools
     from gptoss.errors import GptossError
 
-    r = subprocess.run([sys.executable, "-m", "gptoss", "chat", "--model", str(ckpt), "--tools", "shell"],
-                       capture_output=True, text=True, timeout=120, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "gptoss", "chat", "--model", str(ckpt), "--tools", "shell"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert r.returncode != 0 and "unknown tool 'shell'" in r.stderr and "Traceback" not in r.stderr
 
     def args(**kw):

@@ -14,9 +14,10 @@ The library is compiled on first use (see :mod:`gptoss.kernels.cpu.builder`) for
 CPU runs — AVX-512 (with or without its bf16 dot product), AVX2+FMA, NEON, a portable build — and each product of
 a real model's size runs in the variant measured fastest for it on this CPU (:mod:`gptoss.kernels.cpu.chooser`:
 the instruction set, a prefetch distance, or torch's GEMM, timed at first use and kept beside the libraries).
-``GPTOSS_CPU_ISA=portable|avx2|avx512|avx512bf16|neon`` forces one and skips the choice (tests force each in turn). ``GPTOSS_NUM_THREADS`` sets the threads (default: the physical cores); the same
-count is given to torch, whose OpenMP pool ours is (one libgomp), so the two never oversubscribe the cores;
-without either, ours follow torch's thread count, capped at the physical cores.
+``GPTOSS_CPU_ISA=portable|avx2|avx512|avx512bf16|neon`` forces one and skips the choice (tests force each in turn).
+``GPTOSS_NUM_THREADS`` sets the threads (default: the physical cores); the same count is given to torch, whose
+OpenMP pool ours is (one libgomp), so the two never oversubscribe the cores; without either, ours follow torch's
+thread count, capped at the physical cores.
 Where no compiler works, :func:`available` is False, the model runs its reference path, and one warning says why.
 """
 
@@ -89,13 +90,52 @@ def library(isa: str | None = None) -> ctypes.CDLL:
         lib.gptoss_max_threads.restype = _INT
         lib.gptoss_mxfp4_dequantize.argtypes = [_P, _P, _I64, _I64, _P]
         lib.gptoss_linear.argtypes = [_P, _I64, _I64, _P, _P, _INT, _I64, _P, _INT, _P, _INT, _INT]
-        lib.gptoss_moe_experts.argtypes = [_P, _I64, _I64, _I64, _P, _P, _I64, _I64, _P, _P, _P, _P, _P, _P, _INT,
-                                           _F, _F, _P, _INT, _INT]
+        lib.gptoss_moe_experts.argtypes = [
+            _P,
+            _I64,
+            _I64,
+            _I64,
+            _P,
+            _P,
+            _I64,
+            _I64,
+            _P,
+            _P,
+            _P,
+            _P,
+            _P,
+            _P,
+            _INT,
+            _F,
+            _F,
+            _P,
+            _INT,
+            _INT,
+        ]
         lib.gptoss_set_tuning.argtypes = [_I64, _I64]
         lib.gptoss_set_tuning.restype = _I64
         lib.gptoss_mxfp4_to_bf16.argtypes = [_P, _P, _I64, _I64, _P, _INT]
-        lib.gptoss_paged_attention.argtypes = [_P, _P, _P, _INT, _I64, _P, _I64, _P, _P, _I64, _I64, _I64, _I64, _P,
-                                               _F, _I64, _P, _I64, _INT]
+        lib.gptoss_paged_attention.argtypes = [
+            _P,
+            _P,
+            _P,
+            _INT,
+            _I64,
+            _P,
+            _I64,
+            _P,
+            _P,
+            _I64,
+            _I64,
+            _I64,
+            _I64,
+            _P,
+            _F,
+            _I64,
+            _P,
+            _I64,
+            _INT,
+        ]
         _libs[isa] = lib
         return lib
 
@@ -109,8 +149,11 @@ def available() -> bool:
     except BuildError as e:
         if not _warned:
             _warned = True
-            print(f"gptoss: the native CPU kernels are unavailable, so the model runs its plain-torch reference "
-                  f"path, which is far slower: {e}", file=sys.stderr)
+            print(
+                f"gptoss: the native CPU kernels are unavailable, so the model runs its plain-torch reference "
+                f"path, which is far slower: {e}",
+                file=sys.stderr,
+            )
         return False
 
 
@@ -204,9 +247,16 @@ def _check_cpu(what: str, *tensors: torch.Tensor | None) -> None:
 def mxfp4_dequantize(blocks: torch.Tensor, scales: torch.Tensor, isa: str | None = None) -> torch.Tensor:
     """``blocks [rows, G, 16]``, ``scales [rows, G]`` uint8 -> float32 ``[rows, G*32]`` (the kernels' own decode)."""
     _check_cpu("mxfp4_dequantize", blocks, scales)
-    if blocks.dtype != torch.uint8 or scales.dtype != torch.uint8 or blocks.dim() != 3 or blocks.shape[:2] != scales.shape:
-        raise ValueError(f"mxfp4_dequantize: expected uint8 blocks [rows, G, 16] and scales [rows, G], got "
-                         f"{blocks.dtype} {tuple(blocks.shape)} and {scales.dtype} {tuple(scales.shape)}")
+    if (
+        blocks.dtype != torch.uint8
+        or scales.dtype != torch.uint8
+        or blocks.dim() != 3
+        or blocks.shape[:2] != scales.shape
+    ):
+        raise ValueError(
+            f"mxfp4_dequantize: expected uint8 blocks [rows, G, 16] and scales [rows, G], got "
+            f"{blocks.dtype} {tuple(blocks.shape)} and {scales.dtype} {tuple(scales.shape)}"
+        )
     rows, groups = scales.shape
     blocks, scales = blocks.contiguous(), scales.contiguous()
     out = torch.empty(rows, groups * 32, dtype=torch.float32)
@@ -214,8 +264,14 @@ def mxfp4_dequantize(blocks: torch.Tensor, scales: torch.Tensor, isa: str | None
     return out
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-           scales: torch.Tensor | None = None, isa: str | None = None, bf16_inputs: bool = False) -> torch.Tensor:
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    scales: torch.Tensor | None = None,
+    isa: str | None = None,
+    bf16_inputs: bool = False,
+) -> torch.Tensor:
     """``x [..., K] @ weight.T + bias`` in float32 -> float32 ``[..., M]``. ``weight [M, K]`` float32 or
     bfloat16, or MXFP4 blocks ``[M, K/32, 16]`` uint8 with ``scales [M, K/32]``. ``bf16_inputs``: ``x`` may be
     rounded to bfloat16 (a bf16 model's activations are), so a CPU with bf16 dot products (``avx512bf16``) uses
@@ -239,14 +295,36 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     b, bkind = _bias_kind(bias)
     y = torch.empty(x2.shape[0], m, dtype=torch.float32)
     if x2.shape[0]:
-        library(isa).gptoss_linear(_ptr(x2), x2.shape[0], k, _ptr(weight), _ptr(scales), kind, m, _ptr(b), bkind,
-                                   _ptr(y), num_threads(), int(bf16_inputs))
+        library(isa).gptoss_linear(
+            _ptr(x2),
+            x2.shape[0],
+            k,
+            _ptr(weight),
+            _ptr(scales),
+            kind,
+            m,
+            _ptr(b),
+            bkind,
+            _ptr(y),
+            num_threads(),
+            int(bf16_inputs),
+        )
     return y.reshape(*lead, m)
 
 
-def moe_experts(t: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, mlp1_weight, mlp1_bias: torch.Tensor,
-                mlp2_weight, mlp2_bias: torch.Tensor, alpha: float = 1.702, limit: float = 7.0,
-                isa: str | None = None, bf16_inputs: bool = False) -> torch.Tensor:
+def moe_experts(
+    t: torch.Tensor,
+    weights: torch.Tensor,
+    indices: torch.Tensor,
+    mlp1_weight,
+    mlp1_bias: torch.Tensor,
+    mlp2_weight,
+    mlp2_bias: torch.Tensor,
+    alpha: float = 1.702,
+    limit: float = 7.0,
+    isa: str | None = None,
+    bf16_inputs: bool = False,
+) -> torch.Tensor:
     """The experts of each token, weighted and summed: ``t [N, hidden]``, routing ``weights, indices [N, k]``,
     ``mlp*_weight`` :class:`~gptoss.model.mxfp4.MXFP4Weight`. Returns float32 ``[N, hidden]`` (no residual).
     ``bf16_inputs``: ``t`` and the SwiGLU activations may be rounded to bfloat16, as a bf16 model's reference
@@ -272,13 +350,19 @@ def moe_experts(t: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, m
         def trial(v: Variant) -> torch.Tensor:
             _apply(v)
             return _moe_experts(tt, tw, ti, *args, isa=v.isa, bf16_inputs=bf16_inputs)
-    expert_bytes = (mlp1_weight.blocks[0].numel() + mlp1_weight.scales[0].numel() + mlp2_weight.blocks[0].numel()
-                    + mlp2_weight.scales[0].numel())
+
+    expert_bytes = (
+        mlp1_weight.blocks[0].numel()
+        + mlp1_weight.scales[0].numel()
+        + mlp2_weight.blocks[0].numel()
+        + mlp2_weight.scales[0].numel()
+    )
     return choice.chooser().run(key, expert_bytes, _candidates("experts", n), call, trial)
 
 
-def _moe_experts(t, weights, indices, mlp1_weight, mlp1_bias, mlp2_weight, mlp2_bias, alpha, limit, isa,
-                 bf16_inputs) -> torch.Tensor:
+def _moe_experts(
+    t, weights, indices, mlp1_weight, mlp1_bias, mlp2_weight, mlp2_bias, alpha, limit, isa, bf16_inputs
+) -> torch.Tensor:
     b1, s1, b2, s2 = mlp1_weight.blocks, mlp1_weight.scales, mlp2_weight.blocks, mlp2_weight.scales
     _check_cpu("moe_experts", t, weights, indices, b1, s1, b2, s2, mlp1_bias, mlp2_bias)
     n, h = t.shape
@@ -305,12 +389,31 @@ def _moe_experts(t, weights, indices, mlp1_weight, mlp1_bias, mlp2_weight, mlp2_
             idx = idx.masked_fill(torch.isin(idx, torch.tensor(big)), -1)
     if n:
         library(isa).gptoss_moe_experts(
-            _ptr(t32), n, h, i, _ptr(idx), _ptr(w32), idx.shape[1], e, _ptr(b1), _ptr(s1),
-            _ptr(bias1), _ptr(b2), _ptr(s2), _ptr(bias2), bkind, float(alpha), float(limit),
-            _ptr(out), num_threads(), int(bf16_inputs))
+            _ptr(t32),
+            n,
+            h,
+            i,
+            _ptr(idx),
+            _ptr(w32),
+            idx.shape[1],
+            e,
+            _ptr(b1),
+            _ptr(s1),
+            _ptr(bias1),
+            _ptr(b2),
+            _ptr(s2),
+            _ptr(bias2),
+            bkind,
+            float(alpha),
+            float(limit),
+            _ptr(out),
+            num_threads(),
+            int(bf16_inputs),
+        )
     if big:
-        _experts_by_gemm(t, w32, indices.to(torch.int64), big, mlp1_weight, mlp1_bias, mlp2_weight, mlp2_bias,
-                         alpha, limit, out, isa)
+        _experts_by_gemm(
+            t, w32, indices.to(torch.int64), big, mlp1_weight, mlp1_bias, mlp2_weight, mlp2_bias, alpha, limit, out, isa
+        )
     return out
 
 
@@ -326,8 +429,9 @@ def cpu_has_amx() -> bool:
     return "amx_bf16" in cpu_flags()
 
 
-def mxfp4_to_bf16(blocks: torch.Tensor, scales: torch.Tensor, out: torch.Tensor | None = None,
-                  isa: str | None = None) -> torch.Tensor:
+def mxfp4_to_bf16(
+    blocks: torch.Tensor, scales: torch.Tensor, out: torch.Tensor | None = None, isa: str | None = None
+) -> torch.Tensor:
     """MXFP4 rows ``blocks [rows, G, 16]``, ``scales [rows, G]`` -> bf16 ``[rows, G*32]`` (exact), threaded."""
     rows, groups = scales.shape
     if out is None:
@@ -353,8 +457,12 @@ def _experts_by_gemm(t, weights, indices, experts, w1, b1, w2, b2, alpha, limit,
         parts = []
         for r0 in range(0, rows, GEMM_ROWS):
             r1 = min(rows, r0 + GEMM_ROWS)
-            slice_ = mxfp4_to_bf16(weight.blocks[e, r0:r1], weight.scales[e, r0:r1],
-                                   out=buf[: (r1 - r0) * cols].view(r1 - r0, cols), isa=isa)
+            slice_ = mxfp4_to_bf16(
+                weight.blocks[e, r0:r1],
+                weight.scales[e, r0:r1],
+                out=buf[: (r1 - r0) * cols].view(r1 - r0, cols),
+                isa=isa,
+            )
             parts.append(torch.mm(x, slice_.t()))
         return torch.cat(parts, dim=1)
 
@@ -367,9 +475,19 @@ def _experts_by_gemm(t, weights, indices, experts, w1, b1, w2, b2, alpha, limit,
         out.index_add_(0, tokens, y * wflat[pairs, None])
 
 
-def paged_attention(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, block_table: torch.Tensor,
-                    seq: torch.Tensor, pos: torch.Tensor, sinks: torch.Tensor, sm_scale: float, window: int,
-                    isa: str | None = None, tile: int | None = None) -> torch.Tensor:
+def paged_attention(
+    q: torch.Tensor,
+    k_pages: torch.Tensor,
+    v_pages: torch.Tensor,
+    block_table: torch.Tensor,
+    seq: torch.Tensor,
+    pos: torch.Tensor,
+    sinks: torch.Tensor,
+    sm_scale: float,
+    window: int,
+    isa: str | None = None,
+    tile: int | None = None,
+) -> torch.Tensor:
     """Attention with sinks of ``N`` new tokens over a paged cache that already holds their keys: ``q [N, HQ, D]``
     (after RoPE), pages ``[blocks, block_size, HK, D]`` (float32 or bf16), ``block_table [B, width]``, per token
     its sequence's row ``seq`` and its position ``pos`` (int64 ``[N]``), a sequence's tokens side by side. Float32
@@ -392,8 +510,12 @@ def paged_attention(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tenso
     seq64, pos64 = seq.to(torch.int64).contiguous(), pos.to(torch.int64).contiguous()
     if n and table.numel() and (int(table.max()) >= blocks or int(table.min()) < 0):
         raise ValueError(f"paged_attention: a block table entry lies outside the {blocks} pages")
-    if n and (int(seq64.min()) < 0 or int(seq64.max()) >= table.shape[0]
-              or int(pos64.min()) < 0 or int(pos64.max()) >= table.shape[1] * bs):
+    if n and (
+        int(seq64.min()) < 0
+        or int(seq64.max()) >= table.shape[0]
+        or int(pos64.min()) < 0
+        or int(pos64.max()) >= table.shape[1] * bs
+    ):
         raise ValueError("paged_attention: a token's sequence or position lies outside the block table")
     args = (_f32(q), k_pages, v_pages, table, seq64, pos64, _f32(sinks), float(sm_scale), int(window))
     if tile is not None:
@@ -409,8 +531,10 @@ def paged_attention(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tenso
     trial_tokens = torch.arange(max(end - longest, end - ATTENTION_TRIAL_TOKENS), end)
     keys = min(int(pos64[end - 1]) + 1, window) if window else int(pos64[end - 1]) + 1
     kv_class = 1 << max(10, (keys - 1).bit_length())
-    key = (f"attention/{token_class(longest)}/{hq}x{hk}x{d}/{str(k_pages.dtype).removeprefix('torch.')}/"
-           f"{'banded' if window else 'dense'}/kv{kv_class}/t{num_threads()}")
+    key = (
+        f"attention/{token_class(longest)}/{hq}x{hk}x{d}/{str(k_pages.dtype).removeprefix('torch.')}/"
+        f"{'banded' if window else 'dense'}/kv{kv_class}/t{num_threads()}"
+    )
     isa = chosen_isa()
     cands = [Variant(isa, tile=t) for t in ATTENTION_TILES] + [Variant(isa)]
 
@@ -420,8 +544,13 @@ def paged_attention(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tenso
         return _paged_attention(tq, k_pages, v_pages, table, tseq, tpos, *args[6:], isa=v.isa, tile=v.tile)
 
     kv_bytes = 2 * keys * hk * d * k_pages.element_size()
-    return choice.chooser().run(key, kv_bytes, cands, lambda v: _paged_attention(*args, isa=v.isa, tile=v.tile),
-                                trial if n > ATTENTION_TRIAL_TOKENS else None)
+    return choice.chooser().run(
+        key,
+        kv_bytes,
+        cands,
+        lambda v: _paged_attention(*args, isa=v.isa, tile=v.tile),
+        trial if n > ATTENTION_TRIAL_TOKENS else None,
+    )
 
 
 # Queries a tile of the tiled attention, the first the default (a shape too small to time, a forced variant);
@@ -435,10 +564,27 @@ def _paged_attention(q32, k_pages, v_pages, table, seq64, pos64, s32, sm_scale, 
     out = torch.empty(n, hq * d, dtype=torch.float32)
     if n:
         kind = 2 if k_pages.dtype == torch.bfloat16 else 1
-        library(isa).gptoss_paged_attention(_ptr(q32), _ptr(k_pages), _ptr(v_pages), kind, k_pages.shape[1],
-                                            _ptr(table), table.shape[1], _ptr(seq64), _ptr(pos64), n, hq,
-                                            k_pages.shape[2], d, _ptr(s32), sm_scale, window, _ptr(out), int(tile),
-                                            num_threads())
+        library(isa).gptoss_paged_attention(
+            _ptr(q32),
+            _ptr(k_pages),
+            _ptr(v_pages),
+            kind,
+            k_pages.shape[1],
+            _ptr(table),
+            table.shape[1],
+            _ptr(seq64),
+            _ptr(pos64),
+            n,
+            hq,
+            k_pages.shape[2],
+            d,
+            _ptr(s32),
+            sm_scale,
+            window,
+            _ptr(out),
+            int(tile),
+            num_threads(),
+        )
     return out
 
 
@@ -493,15 +639,18 @@ def dense(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if n > TRIAL_TOKENS or m > rows:  # a slice: the first rows (still far larger than any L3), 64 tokens
         tx = x.reshape(-1, k)[:TRIAL_TOKENS]
         tw, tb = w[:rows], None if bias is None else bias[:rows]
-        trial = lambda v: run(v, tx, tw, tb)
+
+        def trial(v):
+            return run(v, tx, tw, tb)
+
     return choice.chooser().run(key, 2 * m * k, cands, lambda v: run(v, x, w, bias), trial)
 
 
 # ----------------------------------------------------------------------------- the choice of variant
-UNEMBEDDING_ROWS = 65536      # a product this tall is the unembedding (vocabulary rows)
-TRIAL_TOKENS = 64             # the trial of a prefill product: its first 64 tokens
-TRIAL_BYTES = 96 << 20        # the trial of a tall product: its first rows, this many bytes (> any L3 here)
-DEFAULT_PREFETCH = 32768      # bytes (the library's own default, PF_BYTES)
+UNEMBEDDING_ROWS = 65536  # a product this tall is the unembedding (vocabulary rows)
+TRIAL_TOKENS = 64  # the trial of a prefill product: its first 64 tokens
+TRIAL_BYTES = 96 << 20  # the trial of a tall product: its first rows, this many bytes (> any L3 here)
+DEFAULT_PREFETCH = 32768  # bytes (the library's own default, PF_BYTES)
 PREFETCH_CANDIDATES = (8192, 131072)  # besides the default, tried for the one-token products
 _tuning: dict[str, int] = {}
 

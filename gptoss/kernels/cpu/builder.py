@@ -24,17 +24,46 @@ SOURCE = Path(__file__).with_name("gptoss_cpu.cpp")
 
 # ISA -> (preprocessor define, compiler flags). The portable build uses only the compiler's baseline.
 ISA_FLAGS: dict[str, list[str]] = {
-    "avx512": ["-DGPTOSS_ISA_AVX512", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c",
-               "-mtune=skylake-avx512"],
+    "avx512": [
+        "-DGPTOSS_ISA_AVX512",
+        "-mavx512f",
+        "-mavx512bw",
+        "-mavx512vl",
+        "-mavx512dq",
+        "-mavx2",
+        "-mfma",
+        "-mf16c",
+        "-mtune=skylake-avx512",
+    ],
     # AVX-512 with the bf16 dot product (Sapphire Rapids, Zen 4 and later): bf16 models multiply in bf16
-    "avx512bf16": ["-DGPTOSS_ISA_AVX512", "-DGPTOSS_BF16DOT", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
-                   "-mavx512bf16", "-mavx2", "-mfma", "-mf16c", "-mtune=skylake-avx512"],
+    "avx512bf16": [
+        "-DGPTOSS_ISA_AVX512",
+        "-DGPTOSS_BF16DOT",
+        "-mavx512f",
+        "-mavx512bw",
+        "-mavx512vl",
+        "-mavx512dq",
+        "-mavx512bf16",
+        "-mavx2",
+        "-mfma",
+        "-mf16c",
+        "-mtune=skylake-avx512",
+    ],
     # (a -mtune other than generic: GCC's generic tuning splits every unaligned 256-bit load in two)
     "avx2": ["-DGPTOSS_ISA_AVX2", "-mavx2", "-mfma", "-mf16c", "-mtune=haswell"],
     "neon": ["-DGPTOSS_ISA_NEON"],
     "portable": [],
 }
-BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=fast", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
+BASE_FLAGS = [
+    "-O3",
+    "-std=c++17",
+    "-shared",
+    "-fPIC",
+    "-ffp-contract=fast",
+    "-fno-math-errno",
+    "-Wall",
+    "-Wno-unknown-pragmas",
+]
 OPENMP_FLAGS = ["-fopenmp"]
 
 
@@ -129,7 +158,9 @@ def build(isa: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     errors = []
     for flags in attempts:
-        key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), cxx.encode(), version.encode()])).hexdigest()[:16]
+        key = hashlib.sha256(
+            b"\0".join([source, " ".join(flags).encode(), cxx.encode(), version.encode()])
+        ).hexdigest()[:16]
         target = folder / f"gptoss_cpu-{isa}-{key}.so"
         if target.exists():
             return target
@@ -139,7 +170,9 @@ def build(isa: str) -> Path:
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
             os.close(fd)
             try:
-                proc = subprocess.run([cxx, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=600)
+                proc = subprocess.run(
+                    [cxx, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=600
+                )
                 if proc.returncode == 0:
                     os.replace(tmp, target)
                     return target

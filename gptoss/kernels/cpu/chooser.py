@@ -35,9 +35,9 @@ from gptoss.kernels.cpu import builder
 # Products whose weights are smaller than this are never timed (the router, tiny test models): they take the
 # default variant, so small runs stay deterministic and pay nothing for the choice.
 MIN_WEIGHT_BYTES = 4 << 20
-MARGIN = 1.05   # another variant replaces the default only when at least 5% faster (noise keeps the default)
+MARGIN = 1.05  # another variant replaces the default only when at least 5% faster (noise keeps the default)
 BUDGET_S = 0.5  # timing budget a product (after every candidate ran once)
-ROUNDS = 3      # at most this many timed rounds a product
+ROUNDS = 3  # at most this many timed rounds a product
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class Variant:
         values = {"pf": 0, "tile": 0}
         for option in options:
             name = option.rstrip("0123456789")
-            values[name] = int(option[len(name):])
+            values[name] = int(option[len(name) :])
         return cls(isa, values["pf"], values["tile"])
 
 
@@ -91,8 +91,12 @@ def build_identity() -> str:
     except builder.BuildError:
         version = ""
     h = hashlib.sha256()
-    for part in (builder.SOURCE.read_bytes(), cxx.encode(), version.encode(),
-                 json.dumps([builder.BASE_FLAGS, builder.OPENMP_FLAGS, builder.ISA_FLAGS], sort_keys=True).encode()):
+    for part in (
+        builder.SOURCE.read_bytes(),
+        cxx.encode(),
+        version.encode(),
+        json.dumps([builder.BASE_FLAGS, builder.OPENMP_FLAGS, builder.ISA_FLAGS], sort_keys=True).encode(),
+    ):
         h.update(hashlib.sha256(part).digest())
     return h.hexdigest()[:16]
 
@@ -152,8 +156,12 @@ class Chooser:
                 merged = {**theirs, **(self._choices or {})}
                 fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
                 with os.fdopen(fd, "w") as f:
-                    json.dump({"cpu": cpu, "build": build, "choices": merged, "timings_s": self._timings}, f,
-                              indent=1, sort_keys=True)
+                    json.dump(
+                        {"cpu": cpu, "build": build, "choices": merged, "timings_s": self._timings},
+                        f,
+                        indent=1,
+                        sort_keys=True,
+                    )
                 os.replace(tmp, path)
         except OSError:
             pass  # a read-only cache: the choice still holds for this process
@@ -163,8 +171,14 @@ class Chooser:
         with self._lock:
             return dict(self._load())
 
-    def run(self, key: str, weight_bytes: int, candidates: list[Variant], call: Callable[[Variant], Any],
-            trial: Callable[[Variant], Any] | None = None) -> Any:
+    def run(
+        self,
+        key: str,
+        weight_bytes: int,
+        candidates: list[Variant],
+        call: Callable[[Variant], Any],
+        trial: Callable[[Variant], Any] | None = None,
+    ) -> Any:
         """``call(v)`` with the chosen variant ``v`` for product ``key``, timing ``candidates`` (the first is
         the default) on ``trial`` (default: ``call`` itself) the first time ``key`` is seen. ``weight_bytes``:
         what the product reads, below :data:`MIN_WEIGHT_BYTES` the default runs untimed."""

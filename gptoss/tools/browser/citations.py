@@ -32,7 +32,9 @@ class CitedText:
     partial: bool = False
 
 
-def resolve_citations(text: str, lookup: Callable[[int], tuple[str | None, str | None]], hide_partial: bool = False) -> CitedText:
+def resolve_citations(
+    text: str, lookup: Callable[[int], tuple[str | None, str | None]], hide_partial: bool = False
+) -> CitedText:
     """Replace citations in ``text``. ``lookup(cursor)`` gives (url, title) of that page, or (None, None)."""
     partial = PARTIAL.search(text) is not None
     if hide_partial and partial:
@@ -49,8 +51,13 @@ def resolve_citations(text: str, lookup: Callable[[int], tuple[str | None, str |
         if url:
             label = label_of(url)
             link = f" ([{label}]({url})) "
-            ann: dict[str, Any] = {"type": "url_citation", "start_index": length, "end_index": length + len(link),
-                                   "url": url, "title": title or label}
+            ann: dict[str, Any] = {
+                "type": "url_citation",
+                "start_index": length,
+                "end_index": length + len(link),
+                "url": url,
+                "title": title or label,
+            }
             annotations.append(ann)
             out.append(link)
             length += len(link)
@@ -69,7 +76,13 @@ def citation_annotations(text: str, lookup: Callable[[int], tuple[str | None, st
     for m in CITATION.finditer(text):
         url, title = lookup(int(m.group("cursor")))
         if url:
-            annotations.append({"type": "url_citation", "start_index": m.start(), "end_index": m.end(),
-                                "url": url, "title": title or label_of(url)})
+            annotations.append(
+                {
+                    "type": "url_citation",
+                    "start_index": m.start(),
+                    "end_index": m.end(),
+                    "url": url,
+                    "title": title or label_of(url),
+                }
+            )
     return annotations
-

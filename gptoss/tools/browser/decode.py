@@ -30,11 +30,15 @@ def parse_encodings(header: str | None) -> list[str]:
     codings = [c.strip().lower() for c in header.split(",") if c.strip()]
     codings = [c for c in codings if c != "identity"]
     if len(codings) > MAX_STACKED:
-        raise DecodeError(f"the page stacks {len(codings)} content encodings ({header}); at most {MAX_STACKED} are decoded")
+        raise DecodeError(
+            f"the page stacks {len(codings)} content encodings ({header}); at most {MAX_STACKED} are decoded"
+        )
     for c in codings:
         if c not in ("gzip", "x-gzip", "deflate"):
-            raise DecodeError(f"the page uses the content encoding {c!r}, which the browser does not decode "
-                              "(it decodes gzip and deflate)")
+            raise DecodeError(
+                f"the page uses the content encoding {c!r}, which the browser does not decode "
+                "(it decodes gzip and deflate)"
+            )
     return codings
 
 
@@ -102,8 +106,9 @@ class BoundedDecoder:
         if level == len(self.layers):
             self.size += len(data)
             if self.size > self.budget:
-                raise DecodeError(f"{self.what} is larger than {self.budget} bytes" +
-                                  (" once decompressed" if self.layers else ""))
+                raise DecodeError(
+                    f"{self.what} is larger than {self.budget} bytes" + (" once decompressed" if self.layers else "")
+                )
             self.out.append(data)
             return
         for piece in self.layers[level].feed(data):

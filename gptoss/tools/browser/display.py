@@ -46,6 +46,7 @@ def _wrap(line: str, width: int) -> list[str]:
     lines of a segment can depend on what follows the cut (a word cut short may fit where the whole word
     would not); those are wrapped again with the next segment, which starts after whitespace, where the
     word split of the whole line would start a word too."""
+
     def wrap(text: str) -> list[str]:
         return textwrap.wrap(text, width=width, replace_whitespace=False, drop_whitespace=False, expand_tabs=False)
 
@@ -53,7 +54,7 @@ def _wrap(line: str, width: int) -> list[str]:
     out: list[str] = []
     pos = 0
     while len(line) - pos > _SEGMENT:
-        lines = wrap(line[pos:pos + _SEGMENT])
+        lines = wrap(line[pos : pos + _SEGMENT])
         keep = lines[:-2]
         while keep and not keep[-1][-1:].isspace():  # restart after whitespace: where a word starts
             keep.pop()
@@ -163,4 +164,6 @@ def search_results_page(query: str, hits: list[tuple[str, str, str, int | None]]
         text = " ".join(clean_text(snippet).split())
         items.append(f"* {marker} {text}".rstrip())
     body = "# Search Results\n\n" + ("\n".join(items) if items else f"No results for `{query}`.")
-    return Page(url=source_url, title=query, text=body, links=table.links, snippets=snippets, kind="search", cite_url="")
+    return Page(
+        url=source_url, title=query, text=body, links=table.links, snippets=snippets, kind="search", cite_url=""
+    )

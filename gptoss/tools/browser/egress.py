@@ -119,7 +119,7 @@ class AllowEntry:
             close = raw.find("]")
             if close < 0:
                 raise ValueError(f"{raw!r}: an unclosed [")
-            host, rest = raw[1:close], raw[close + 1:]
+            host, rest = raw[1:close], raw[close + 1 :]
             if rest:
                 if not rest.startswith(":"):
                     raise ValueError(f"{raw!r}: expected :PORT after ]")
@@ -234,8 +234,10 @@ class EgressPolicy:
             reason = self.check_address(bare, addr, port)
             if reason is not None:
                 shown = host if addr == bare else f"{host} (resolves to {addr})"
-                raise EgressRefused(f"the browser may not connect to {shown}: it is {reason}; "
-                                    "the operator can allow it with --browser-allow-hosts")
+                raise EgressRefused(
+                    f"the browser may not connect to {shown}: it is {reason}; "
+                    "the operator can allow it with --browser-allow-hosts"
+                )
         return addrs
 
 
@@ -256,6 +258,7 @@ def pinned_transport(policy: EgressPolicy, ssl_context):
     the checked address."""
     import httpcore
     import httpx
+
     class PinnedBackend(httpcore.AsyncNetworkBackend):
         def __init__(self) -> None:
             self.inner = httpcore.AnyIOBackend()
@@ -264,8 +267,9 @@ def pinned_transport(policy: EgressPolicy, ssl_context):
             addrs = await policy.resolve(host, port, timeout)
             for i, addr in enumerate(addrs):  # the checked addresses in the resolver's order, as a client would
                 try:
-                    return await self.inner.connect_tcp(addr, port, timeout=timeout, local_address=local_address,
-                                                        socket_options=socket_options)
+                    return await self.inner.connect_tcp(
+                        addr, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                    )
                 except (httpcore.ConnectError, httpcore.ConnectTimeout):
                     if i == len(addrs) - 1:
                         raise
@@ -278,7 +282,11 @@ def pinned_transport(policy: EgressPolicy, ssl_context):
 
     transport = httpx.AsyncHTTPTransport(trust_env=False, verify=ssl_context)  # a context is taken as it is
     # The transport's own pool, rebuilt around the pinning network backend (httpx takes no backend argument).
-    transport._pool = httpcore.AsyncConnectionPool(ssl_context=ssl_context, network_backend=PinnedBackend(),
-                                                   max_connections=100, max_keepalive_connections=20,
-                                                   keepalive_expiry=5.0)
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=ssl_context,
+        network_backend=PinnedBackend(),
+        max_connections=100,
+        max_keepalive_connections=20,
+        keepalive_expiry=5.0,
+    )
     return transport

@@ -27,8 +27,17 @@ from gptoss.tools.browser.backend import BackendError, BrowserBackend
 from gptoss.tools.browser.display import page_lines, search_results_page, strip_links, wrap_lines
 from gptoss.tools.browser.page import Page, html_to_page, markdown_to_page, pdf_to_page, source_page, text_to_page
 
-SUFFIXES = {".html": "html", ".htm": "html", ".xhtml": "html", ".md": "markdown", ".markdown": "markdown",
-            ".txt": "text", ".text": "text", ".rst": "text", ".pdf": "pdf"}
+SUFFIXES = {
+    ".html": "html",
+    ".htm": "html",
+    ".xhtml": "html",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".txt": "text",
+    ".text": "text",
+    ".rst": "text",
+    ".pdf": "pdf",
+}
 PASSAGE_LINES = 12
 SCHEMA_VERSION = "1"
 
@@ -66,11 +75,18 @@ def fts_query(query: str) -> str:
 
 
 class LocalCorpus(BrowserBackend):
-    def __init__(self, root: str | os.PathLike, index_path: str | os.PathLike | None = None, base_url: str | None = None,
-                 progress: bool | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        index_path: str | os.PathLike | None = None,
+        base_url: str | None = None,
+        progress: bool | None = None,
+    ):
         self.root = Path(root).expanduser().resolve()
         if not self.root.is_dir():
-            raise ToolError(f"browser corpus: {root} is not a folder (expected a folder of HTML, Markdown, text or PDF files)")
+            raise ToolError(
+                f"browser corpus: {root} is not a folder (expected a folder of HTML, Markdown, text or PDF files)"
+            )
         if index_path is None:
             key = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
             cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gptoss" / "corpus"
@@ -93,7 +109,7 @@ class LocalCorpus(BrowserBackend):
     def path_for(self, url: str) -> Path | None:
         """The corpus file a URL names, or None (also for anything outside the corpus folder)."""
         if self.base_url and url.startswith(self.base_url):
-            candidate = self.root / unquote(url[len(self.base_url):].split("?", 1)[0].split("#", 1)[0])
+            candidate = self.root / unquote(url[len(self.base_url) :].split("?", 1)[0].split("#", 1)[0])
         else:
             parsed = urlparse(url)
             if parsed.scheme == "file":
@@ -114,8 +130,9 @@ class LocalCorpus(BrowserBackend):
     @staticmethod
     def indexable(rel: Path) -> bool:
         """Whether a path relative to the corpus folder is a document: no hidden part, a known suffix."""
-        return (bool(rel.parts) and not any(part.startswith(".") for part in rel.parts)
-                and rel.suffix.lower() in SUFFIXES)
+        return (
+            bool(rel.parts) and not any(part.startswith(".") for part in rel.parts) and rel.suffix.lower() in SUFFIXES
+        )
 
     def can_fetch(self, url: str) -> bool:
         return self.path_for(url) is not None
@@ -130,10 +147,14 @@ class LocalCorpus(BrowserBackend):
             version = db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
             if version is None or version[0] != SCHEMA_VERSION:
                 db.executescript("DROP TABLE IF EXISTS docs; DROP TABLE IF EXISTS passages;")
-            db.execute("CREATE TABLE IF NOT EXISTS docs(id INTEGER PRIMARY KEY, path TEXT UNIQUE, mtime REAL, size INTEGER,"
-                       " title TEXT, url TEXT)")
-            db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS passages USING fts5(title, body, doc UNINDEXED, line UNINDEXED,"
-                       " tokenize='porter unicode61 remove_diacritics 2')")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS docs(id INTEGER PRIMARY KEY, path TEXT UNIQUE, mtime REAL, size INTEGER,"
+                " title TEXT, url TEXT)"
+            )
+            db.execute(
+                "CREATE VIRTUAL TABLE IF NOT EXISTS passages USING fts5(title, body, doc UNINDEXED, line UNINDEXED,"
+                " tokenize='porter unicode61 remove_diacritics 2')"
+            )
             db.execute("INSERT OR REPLACE INTO meta VALUES('version', ?)", (SCHEMA_VERSION,))
             db.commit()
             self._db = db
@@ -144,7 +165,9 @@ class LocalCorpus(BrowserBackend):
         of the folder must neither be read nor break the index."""
         out = []
         for dirpath, dirnames, filenames in os.walk(self.root):  # does not descend into linked folders
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not os.path.islink(os.path.join(dirpath, d)))
+            dirnames[:] = sorted(
+                d for d in dirnames if not d.startswith(".") and not os.path.islink(os.path.join(dirpath, d))
+            )
             for name in sorted(filenames):
                 path = Path(dirpath) / name
                 if self.indexable(path.relative_to(self.root)) and not path.is_symlink() and path.is_file():
@@ -174,7 +197,9 @@ class LocalCorpus(BrowserBackend):
                 db.execute("DELETE FROM docs WHERE id = ?", (doc_id,))
             show = self.progress if self.progress is not None else sys.stderr.isatty()
             skipped = []
-            for path, rel, st in tqdm(todo, desc=f"indexing {self.root.name}", unit="file", disable=not show or not todo):
+            for path, rel, st in tqdm(
+                todo, desc=f"indexing {self.root.name}", unit="file", disable=not show or not todo
+            ):
                 url = self.url_for(path)
                 try:
                     page = load_document(path, url)
@@ -185,8 +210,10 @@ class LocalCorpus(BrowserBackend):
                 if old is not None:
                     db.execute("DELETE FROM passages WHERE doc = ?", (old[2],))
                     db.execute("DELETE FROM docs WHERE id = ?", (old[2],))
-                cur = db.execute("INSERT INTO docs(path, mtime, size, title, url) VALUES (?, ?, ?, ?, ?)",
-                                 (rel, st.st_mtime, st.st_size, page.title, url))
+                cur = db.execute(
+                    "INSERT INTO docs(path, mtime, size, title, url) VALUES (?, ?, ?, ?, ?)",
+                    (rel, st.st_mtime, st.st_size, page.title, url),
+                )
                 doc_id = cur.lastrowid
                 lines = strip_links("\n".join(wrap_lines(page.text))).split("\n")
                 rows = []
@@ -207,11 +234,16 @@ class LocalCorpus(BrowserBackend):
         if not expr:
             raise BackendError(f"nothing to search for in `{query}`")
         with self._lock:
-            rows = self._connect().execute(
-                "SELECT d.title, d.url, snippet(passages, 1, '', '', '…', 24), p.line, bm25(passages, 4.0, 1.0) AS score"
-                " FROM passages p JOIN docs d ON d.id = p.doc WHERE passages MATCH ? ORDER BY score LIMIT ?",
-                (expr, max(topn, 1) * 20),
-            ).fetchall()
+            rows = (
+                self._connect()
+                .execute(
+                    "SELECT d.title, d.url, snippet(passages, 1, '', '', '…', 24), p.line,"
+                    " bm25(passages, 4.0, 1.0) AS score"
+                    " FROM passages p JOIN docs d ON d.id = p.doc WHERE passages MATCH ? ORDER BY score LIMIT ?",
+                    (expr, max(topn, 1) * 20),
+                )
+                .fetchall()
+            )
         hits, seen = [], set()
         for title, url, snippet, line, _score in rows:
             if url in seen:

@@ -13,14 +13,65 @@ from pathlib import PurePosixPath
 from urllib.parse import unquote, urljoin, urlparse
 
 _BLOCK_TAGS = {
-    "address", "article", "aside", "blockquote", "body", "dd", "details", "dialog", "div", "dl", "dt", "fieldset",
-    "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "html", "li",
-    "main", "nav", "ol", "p", "pre", "section", "summary", "table", "tbody", "thead", "tfoot", "tr", "ul", "br",
+    "address",
+    "article",
+    "aside",
+    "blockquote",
+    "body",
+    "dd",
+    "details",
+    "dialog",
+    "div",
+    "dl",
+    "dt",
+    "fieldset",
+    "figcaption",
+    "figure",
+    "footer",
+    "form",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "header",
+    "hr",
+    "html",
+    "li",
+    "main",
+    "nav",
+    "ol",
+    "p",
+    "pre",
+    "section",
+    "summary",
+    "table",
+    "tbody",
+    "thead",
+    "tfoot",
+    "tr",
+    "ul",
+    "br",
     "caption",
 }
 _PARA_TAGS = {"p", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote", "table", "ul", "ol", "dl", "figure"}
-_SKIP_TAGS = {"script", "style", "noscript", "template", "head", "svg", "math", "iframe", "object", "canvas", "button",
-              "select", "input", "textarea"}
+_SKIP_TAGS = {
+    "script",
+    "style",
+    "noscript",
+    "template",
+    "head",
+    "svg",
+    "math",
+    "iframe",
+    "object",
+    "canvas",
+    "button",
+    "select",
+    "input",
+    "textarea",
+}
 _MD_LINK = re.compile(r"(!?)\[([^\]\n]*)\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 
 
@@ -182,8 +233,16 @@ def _readable(html: str, url: str, title: str) -> Page | None:
         import trafilatura
     except ImportError:
         return None
-    md = trafilatura.extract(html, url=url or None, output_format="markdown", include_links=True, include_tables=True,
-                             include_images=False, include_comments=False, favor_recall=True)
+    md = trafilatura.extract(
+        html,
+        url=url or None,
+        output_format="markdown",
+        include_links=True,
+        include_tables=True,
+        include_images=False,
+        include_comments=False,
+        favor_recall=True,
+    )
     if not md or not md.strip():
         return None
     table = LinkTable(url)

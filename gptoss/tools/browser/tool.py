@@ -65,7 +65,9 @@ class BrowserState:
         return self.stack[cursor]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"pages": [{"cursor": i, "url": p.url, "title": p.title, "kind": p.kind} for i, p in enumerate(self.stack)]}
+        return {
+            "pages": [{"cursor": i, "url": p.url, "title": p.title, "kind": p.kind} for i, p in enumerate(self.stack)]
+        }
 
 
 class BrowserTool(Tool):
@@ -146,7 +148,10 @@ class BrowserTool(Tool):
         meta: dict[str, Any] = dict(self.describe_call(call))
         try:
             if fn not in FUNCTIONS:
-                raise ToolUsageError(f"Unknown function `{call.recipient}`: the browser has {', '.join('browser.' + f for f in FUNCTIONS)}")
+                raise ToolUsageError(
+                    f"Unknown function `{call.recipient}`: "
+                    f"the browser has {', '.join('browser.' + f for f in FUNCTIONS)}"
+                )
             args = call.json_arguments()
             if fn == "search":
                 text = await self.search(**_only(args, ("query", "topn", "top_n", "source")))
@@ -155,8 +160,9 @@ class BrowserTool(Tool):
             else:
                 text = await self.find(**_only(args, ("pattern", "cursor")))
         except (ToolUsageError, BackendError) as exc:
-            return ToolResult([tool_message(call.recipient or "browser", str(exc), call.channel)], status="failed",
-                              metadata=meta)
+            return ToolResult(
+                [tool_message(call.recipient or "browser", str(exc), call.channel)], status="failed", metadata=meta
+            )
         page = self.pages.page()
         meta.update(cursor=self.pages.cursor, url=page.citation_url, title=page.title)
         return ToolResult([tool_message(call.recipient, text, call.channel)], metadata=meta)
@@ -183,8 +189,15 @@ class BrowserTool(Tool):
         self.pages.push(page)
         return await self._show(0)
 
-    async def open(self, id: Any = -1, cursor: Any = -1, loc: Any = -1, num_lines: Any = -1, view_source: Any = False,
-                   source: Any = None) -> str:
+    async def open(
+        self,
+        id: Any = -1,
+        cursor: Any = -1,
+        loc: Any = -1,
+        num_lines: Any = -1,
+        view_source: Any = False,
+        source: Any = None,
+    ) -> str:
         loc_n = _int(loc, "loc", -1)
         lines_n = _int(num_lines, "num_lines", -1)
         snippet_line = None
@@ -223,8 +236,11 @@ class BrowserTool(Tool):
         page = self.pages.page(_int(cursor, "cursor", -1))
         if page.kind != "page":
             raise ToolUsageError("Cannot run `find` on search results page or find results page")
-        found = find_page(page, pattern) if len(page.text) <= _WRAP_INLINE else \
-            await asyncio.to_thread(find_page, page, pattern)
+        found = (
+            find_page(page, pattern)
+            if len(page.text) <= _WRAP_INLINE
+            else await asyncio.to_thread(find_page, page, pattern)
+        )
         self.pages.push(found)
         return await self._show(0)
 
@@ -236,14 +252,19 @@ def _only(args: dict, allowed: tuple[str, ...]) -> dict:
     return args
 
 
-def make_backend(corpus: str | None = None, web: bool = True, index_path: str | None = None,
-                 base_url: str | None = None, allow_hosts: str | None = None) -> BrowserBackend:
+def make_backend(
+    corpus: str | None = None,
+    web: bool = True,
+    index_path: str | None = None,
+    base_url: str | None = None,
+    allow_hosts: str | None = None,
+) -> BrowserBackend:
     """The usual setup: a local corpus when a folder is given (searched first), and the web for http(s)
     links and, when a provider is configured, for search. ``allow_hosts``: the egress allow-list
     (comma-separated; None: the ``GPTOSS_BROWSER_ALLOW_HOSTS`` variable)."""
     from gptoss.tools.browser.backend import CombinedBackend
-    from gptoss.tools.browser.local import LocalCorpus
     from gptoss.tools.browser.egress import EgressPolicy
+    from gptoss.tools.browser.local import LocalCorpus
     from gptoss.tools.browser.web import WebBackend
 
     where = "--browser-allow-hosts" if allow_hosts is not None else "GPTOSS_BROWSER_ALLOW_HOSTS"

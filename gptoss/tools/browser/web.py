@@ -53,8 +53,9 @@ def _client(url: str, timeout: float):
     import httpx
 
     # loopback addresses never go through a proxy from the environment
-    return httpx.AsyncClient(timeout=timeout, follow_redirects=True, headers={"User-Agent": USER_AGENT},
-                             trust_env=not _is_loopback(url))
+    return httpx.AsyncClient(
+        timeout=timeout, follow_redirects=True, headers={"User-Agent": USER_AGENT}, trust_env=not _is_loopback(url)
+    )
 
 
 class SearchProvider(ABC):
@@ -91,8 +92,11 @@ class SearxngSearch(SearchProvider):
     async def search(self, query: str, topn: int) -> list[SearchHit]:
         data = await self._get_json(f"{self.base_url}/search", {"q": query, "format": "json"})
         results = data.get("results", []) if isinstance(data, dict) else []
-        return [SearchHit(r.get("title") or r.get("url", ""), r["url"], r.get("content") or "")
-                for r in results if isinstance(r, dict) and r.get("url")][:topn]
+        return [
+            SearchHit(r.get("title") or r.get("url", ""), r["url"], r.get("content") or "")
+            for r in results
+            if isinstance(r, dict) and r.get("url")
+        ][:topn]
 
 
 class ExaSearch(SearchProvider):
@@ -104,12 +108,17 @@ class ExaSearch(SearchProvider):
         self.url = url or self.URL
 
     async def search(self, query: str, topn: int) -> list[SearchHit]:
-        data = await self._post_json(self.url, {"query": query, "numResults": topn,
-                                                "contents": {"text": {"maxCharacters": 400}}},
-                                     headers={"x-api-key": self.api_key})
+        data = await self._post_json(
+            self.url,
+            {"query": query, "numResults": topn, "contents": {"text": {"maxCharacters": 400}}},
+            headers={"x-api-key": self.api_key},
+        )
         results = data.get("results", []) if isinstance(data, dict) else []
-        return [SearchHit(r.get("title") or r["url"], r["url"], (r.get("summary") or r.get("text") or "")[:400])
-                for r in results if isinstance(r, dict) and r.get("url")][:topn]
+        return [
+            SearchHit(r.get("title") or r["url"], r["url"], (r.get("summary") or r.get("text") or "")[:400])
+            for r in results
+            if isinstance(r, dict) and r.get("url")
+        ][:topn]
 
 
 class YouSearch(SearchProvider):
@@ -158,9 +167,17 @@ class WebBackend(BrowserBackend):
     """Pages over HTTP(S) under the egress policy (:mod:`gptoss.tools.browser.egress`), decoded under a byte
     budget (:mod:`gptoss.tools.browser.decode`) and parsed off the event loop under a time budget."""
 
-    def __init__(self, search_provider: SearchProvider | None = None, timeout: float = 20.0, max_bytes: int = 10 * 2**20,
-                 policy: EgressPolicy | None = None, max_redirects: int = 5, max_parse_bytes: int = 2 * 2**20,
-                 parse_timeout: float = 20.0, verify=True):
+    def __init__(
+        self,
+        search_provider: SearchProvider | None = None,
+        timeout: float = 20.0,
+        max_bytes: int = 10 * 2**20,
+        policy: EgressPolicy | None = None,
+        max_redirects: int = 5,
+        max_parse_bytes: int = 2 * 2**20,
+        parse_timeout: float = 20.0,
+        verify=True,
+    ):
         self.provider = search_provider
         self.timeout = timeout
         self.max_bytes = max_bytes
@@ -194,8 +211,9 @@ class WebBackend(BrowserBackend):
             body, final_url, ctype, encoding = await asyncio.wait_for(self._download(url), self.timeout)
         except asyncio.TimeoutError:
             raise BackendError(f"could not open `{url}`: no complete answer within {self.timeout:g} s") from None
-        return await parse_off_loop(body, final_url, ctype, encoding, view_source, self.max_parse_bytes,
-                                    self.parse_timeout)
+        return await parse_off_loop(
+            body, final_url, ctype, encoding, view_source, self.max_parse_bytes, self.parse_timeout
+        )
 
     async def _download(self, url: str) -> tuple[bytes, str, str, str]:
         """The decoded body, final URL, content type and text encoding of ``url``; redirects followed here,
@@ -204,8 +222,13 @@ class WebBackend(BrowserBackend):
 
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING}
         try:
-            async with httpx.AsyncClient(transport=pinned_transport(self.policy, self.tls), timeout=self.timeout,
-                                         follow_redirects=False, headers=headers, trust_env=False) as client:
+            async with httpx.AsyncClient(
+                transport=pinned_transport(self.policy, self.tls),
+                timeout=self.timeout,
+                follow_redirects=False,
+                headers=headers,
+                trust_env=False,
+            ) as client:
                 current = url
                 for _hop in range(self.max_redirects + 1):
                     if urlparse(current).scheme not in ("http", "https"):
@@ -242,10 +265,12 @@ class WebBackend(BrowserBackend):
 _PARSERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gptoss-page")
 
 
-async def parse_off_loop(body: bytes, url: str, ctype: str, encoding: str, view_source: bool, max_parse_bytes: int,
-                         timeout: float) -> Page:
+async def parse_off_loop(
+    body: bytes, url: str, ctype: str, encoding: str, view_source: bool, max_parse_bytes: int, timeout: float
+) -> Page:
     future = asyncio.get_running_loop().run_in_executor(
-        _PARSERS, _parse, body, url, ctype, encoding, view_source, max_parse_bytes)
+        _PARSERS, _parse, body, url, ctype, encoding, view_source, max_parse_bytes
+    )
     try:
         return await asyncio.wait_for(asyncio.shield(future), timeout)
     except asyncio.TimeoutError:
@@ -255,8 +280,9 @@ async def parse_off_loop(body: bytes, url: str, ctype: str, encoding: str, view_
 def _parse(body: bytes, url: str, ctype: str, encoding: str, view_source: bool, max_parse_bytes: int) -> Page:
     if ctype == "application/pdf" or body[:5] == b"%PDF-":
         if len(body) > max_parse_bytes * 4:
-            raise BackendError(f"`{url}` is a PDF of {len(body)} bytes; the browser reads PDFs up to "
-                               f"{max_parse_bytes * 4} bytes")
+            raise BackendError(
+                f"`{url}` is a PDF of {len(body)} bytes; the browser reads PDFs up to {max_parse_bytes * 4} bytes"
+            )
         page = pdf_to_page(body, url)
     else:
         cut = len(body) > max_parse_bytes

@@ -15,6 +15,7 @@ from gptoss.tools.python.processes import host_tag
 
 log = logging.getLogger(__name__)
 
+
 def _cgroup_files(limits: SandboxLimits, controllers: set[str]) -> dict[str, dict[str, str]]:
     """Controller -> {file: value} for the limits that controller enforces; v2 names."""
     out: dict[str, dict[str, str]] = {}
@@ -211,7 +212,7 @@ def _empty_cgroup(path: str, tries: int = 100) -> bool:
     it is empty."""
     for _ in range(tries):
         busy = False
-        for top, dirs, _files in os.walk(path):
+        for top, _dirs, _files in os.walk(path):
             pids = _procs(top)
             if not pids:
                 continue
@@ -234,7 +235,7 @@ def _remove_cgroup(path: str, tries: int = 100) -> bool:
         return True
     _empty_cgroup(path, tries)
     for _ in range(tries):
-        for top, dirs, _files in sorted(os.walk(path), key=lambda w: -len(w[0])):
+        for top, _dirs, _files in sorted(os.walk(path), key=lambda w: -len(w[0])):
             try:
                 os.rmdir(top)
             except OSError:

@@ -31,8 +31,9 @@ class DockerRunner:
         exe = shutil.which("docker")
         if exe is None:
             raise ToolError("python: backend 'docker' needs the docker command, which is not installed")
-        proc = await asyncio.create_subprocess_exec(exe, *args, stdin=asyncio.subprocess.PIPE,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        proc = await asyncio.create_subprocess_exec(
+            exe, *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
         try:
             out, _ = await asyncio.wait_for(proc.communicate(stdin), timeout)
         except asyncio.TimeoutError:
@@ -44,11 +45,27 @@ class DockerRunner:
     async def start(self) -> None:
         code, out = await self._docker("info", "--format", "{{.ServerVersion}}", timeout=20)
         if code != 0:
-            raise ToolError("python: backend 'docker' needs a running Docker engine, but `docker info` failed: "
-                            + (out.strip().splitlines() or ["no answer"])[-1])
+            raise ToolError(
+                "python: backend 'docker' needs a running Docker engine, but `docker info` failed: "
+                + (out.strip().splitlines() or ["no answer"])[-1]
+            )
         lim = self.config.limits
-        args = ["run", "-d", "--rm", "--network", "none", "--cpus", "1", "-v", f"{self.work_dir}:{WORK_MOUNT}",
-                "-w", WORK_MOUNT, "--read-only", "--tmpfs", f"/tmp:size={lim.tmp_size}"]
+        args = [
+            "run",
+            "-d",
+            "--rm",
+            "--network",
+            "none",
+            "--cpus",
+            "1",
+            "-v",
+            f"{self.work_dir}:{WORK_MOUNT}",
+            "-w",
+            WORK_MOUNT,
+            "--read-only",
+            "--tmpfs",
+            f"/tmp:size={lim.tmp_size}",
+        ]
         if lim.memory_bytes:
             args += ["--memory", str(lim.memory_bytes)]
         if lim.processes:
@@ -62,8 +79,19 @@ class DockerRunner:
         async with self.lock:
             if self.container is None:
                 await self.start()
-            rc, out = await self._docker("exec", "-i", self.container, "timeout", "-s", "KILL", str(int(timeout)),
-                                         "python", "-", stdin=code.encode(), timeout=timeout + 30)
+            rc, out = await self._docker(
+                "exec",
+                "-i",
+                self.container,
+                "timeout",
+                "-s",
+                "KILL",
+                str(int(timeout)),
+                "python",
+                "-",
+                stdin=code.encode(),
+                timeout=timeout + 30,
+            )
             status = "ok" if rc == 0 else ("timeout" if rc in (124, 137) else "error")
             text = truncate(ANSI_RE.sub("", out), self.config.max_output_chars).rstrip("\n") or NO_OUTPUT
             if status == "timeout":

@@ -66,8 +66,9 @@ def _sweep_once() -> None:
         if removed:
             import logging
 
-            logging.getLogger(__name__).info("python sandbox: removed %d folders/cgroups left by a host that died",
-                                             len(removed))
+            logging.getLogger(__name__).info(
+                "python sandbox: removed %d folders/cgroups left by a host that died", len(removed)
+            )
 
 
 _REAP = """
@@ -91,7 +92,10 @@ def _gptoss_cap_streams(*_args, _limit={limit}):
             continue
         def capped(text, *args, _write=write, **kwargs):
             if isinstance(text, str) and len(text) > _limit:
-                text = text[:_limit // 2] + f"\\n[... {{len(text) - _limit}} characters truncated ...]\\n" + text[-(_limit // 2):]
+                text = (
+                    text[:_limit // 2] + f"\\n[... {{len(text) - _limit}} characters truncated ...]\\n"
+                    + text[-(_limit // 2):]
+                )
             return _write(text, *args, **kwargs)
         capped._gptoss_capped = True
         try:
@@ -159,19 +163,33 @@ class JupyterRunner:
         sd = self.sandbox.state_dir
         self.sandbox.shared_dir.mkdir(parents=True, exist_ok=True)
         conn = self.sandbox.shared_dir / "kernel.json"  # the host's folder, read-only to the sandbox
-        info = {"transport": "ipc", "ip": str(sd / "k"), "key": uuid.uuid4().hex, "signature_scheme": "hmac-sha256",
-                "kernel_name": "", **{f"{c}_port": i for i, c in enumerate(_CHANNELS, 1)}}
+        info = {
+            "transport": "ipc",
+            "ip": str(sd / "k"),
+            "key": uuid.uuid4().hex,
+            "signature_scheme": "hmac-sha256",
+            "kernel_name": "",
+            **{f"{c}_port": i for i, c in enumerate(_CHANNELS, 1)},
+        }
         conn.unlink(missing_ok=True)
         fd = os.open(conn, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)  # the sandbox's user reads it
         with os.fdopen(fd, "w") as f:
             json.dump(info, f)
-        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", str(conn), "--HistoryManager.hist_file=:memory:",
-                "--IPKernelApp.quiet=True"]
+        argv = [
+            sys.executable,
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            str(conn),
+            "--HistoryManager.hist_file=:memory:",
+            "--IPKernelApp.quiet=True",
+        ]
         try:
             status = await asyncio.to_thread(self.sandbox.launch, argv, self._env())
             # the client reaches the kernel's sockets only through descriptors pinned by the host
-            ip = await asyncio.to_thread(self.sandbox.pin_sockets, "k", list(range(1, len(_CHANNELS) + 1)),
-                                         self.config.startup_timeout)
+            ip = await asyncio.to_thread(
+                self.sandbox.pin_sockets, "k", list(range(1, len(_CHANNELS) + 1)), self.config.startup_timeout
+            )
         except SandboxError as exc:
             await self.stop_kernel()
             raise ToolError(f"python: {exc}") from None
@@ -260,8 +278,11 @@ class JupyterRunner:
                 if not self.sandbox.alive:
                     return False
                 continue
-            if msg.get("parent_header", {}).get("msg_id") == msg_id and msg["msg_type"] == "status" \
-                    and msg["content"].get("execution_state") == "idle":
+            if (
+                msg.get("parent_header", {}).get("msg_id") == msg_id
+                and msg["msg_type"] == "status"
+                and msg["content"].get("execution_state") == "idle"
+            ):
                 return True
         return False
 
@@ -285,8 +306,10 @@ class JupyterRunner:
             notes: list[str] = []
             if self.client is None or not self.sandbox.alive:
                 if self.client is not None:
-                    notes.append(f"[the Python kernel had stopped ({_signal_name(self._exit_code())}) and was restarted: "
-                                 "variables and imports were lost; files are kept]")
+                    notes.append(
+                        f"[the Python kernel had stopped ({_signal_name(self._exit_code())}) and was restarted: "
+                        "variables and imports were lost; files are kept]"
+                    )
                 await self.start()
             self.sandbox.resume()
             oom_before = self.sandbox.oom_kills()
@@ -327,8 +350,9 @@ class JupyterRunner:
                 replied_at = await self._reply_to(msg_id)
             if self._output_dropped():
                 if reopened_at is None:
-                    notes.append(f"[some output was dropped: a message of the code's output was over "
-                                 f"{_size(MAX_MESSAGE_BYTES)}]")
+                    notes.append(
+                        f"[some output was dropped: a message of the code's output was over {_size(MAX_MESSAGE_BYTES)}]"
+                    )
                 self._reopen_iopub()
                 reopened_at = now
             if reopened_at is not None and replied_at is not None and now > max(replied_at, reopened_at) + 0.5:
@@ -371,8 +395,10 @@ class JupyterRunner:
             if done:
                 notes.append(f"[timed out after {timeout:g} s: the code was interrupted; the kernel's state is kept]")
             else:
-                notes.append(f"[timed out after {timeout:g} s: the kernel did not stop when interrupted and was "
-                             "restarted: variables and imports were lost; files are kept]")
+                notes.append(
+                    f"[timed out after {timeout:g} s: the kernel did not stop when interrupted and was "
+                    "restarted: variables and imports were lost; files are kept]"
+                )
                 await self._restart()
         if status == "crashed":
             code_ = await asyncio.to_thread(self._wait_exit)
@@ -383,12 +409,15 @@ class JupyterRunner:
             if oom:
                 reason += f", {self._memory_limits()}"
                 oom = False
-            notes.append(f"[the Python kernel died ({reason}) and was restarted: variables and imports were lost; "
-                         "files are kept]")
+            notes.append(
+                f"[the Python kernel died ({reason}) and was restarted: variables and imports were lost; "
+                "files are kept]"
+            )
             await self._restart()
         if self.sandbox.disk_full():
-            notes.append(f"[/mnt/data is full: the conversation's files may use {_size(self.config.limits.disk_bytes)} "
-                         "in all]")
+            notes.append(
+                f"[/mnt/data is full: the conversation's files may use {_size(self.config.limits.disk_bytes)} in all]"
+            )
         if oom:
             notes.append(f"[{self._memory_limits()} was reached: the system killed a process of the code]")
         if self.client is not None and self.sandbox.alive:
@@ -440,5 +469,3 @@ class JupyterRunner:
             await self.start()
         except ToolError:
             await self.stop_kernel()  # the next call tries again and reports
-
-

@@ -80,7 +80,9 @@ def unshare(flags: int) -> None:
 
 
 def mount(src: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    enc = lambda s: None if s is None else s.encode()
+    def enc(s: str | None) -> bytes | None:
+        return None if s is None else s.encode()
+
     _check(_libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
 
 
@@ -144,8 +146,12 @@ def build_root(cfg: dict, status: dict) -> str:
         if os.path.exists("/dev/" + dev):
             open(root + "/dev/" + dev, "a").close()
             mount("/dev/" + dev, root + "/dev/" + dev, None, MS_BIND)
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
-                         ("stderr", "/proc/self/fd/2")):
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
         os.symlink(target, root + "/dev/" + name)
     _mkdirs(root + "/proc")
     for src, dest in ((cfg["work_dir"], cfg["work_mount"]), (cfg["state_dir"], cfg["state_dir"])):
@@ -164,8 +170,12 @@ SYS_MOUNT_SETATTR = 442  # the same number on every architecture (Linux 5.12)
 
 
 class MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64),
-                ("userns_fd", ctypes.c_uint64)]
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
 
 
 def _unescape(path: str) -> str:
@@ -182,16 +192,30 @@ def readonly_recursive(dest: str) -> str:
     keeping the flags each already had."""
     attr = MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0, 0)
     _libc.syscall.restype = ctypes.c_long
-    ret = _libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(AT_FDCWD), dest.encode(),
-                        ctypes.c_uint(AT_RECURSIVE), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+    ret = _libc.syscall(
+        ctypes.c_long(SYS_MOUNT_SETATTR),
+        ctypes.c_int(AT_FDCWD),
+        dest.encode(),
+        ctypes.c_uint(AT_RECURSIVE),
+        ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+    )
     if ret == 0:
         return "recursive (mount_setattr)"
-    flags_of = {"noexec": MS_NOEXEC, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noatime": 1024, "nodiratime": 2048,
-                "relatime": 1 << 21}
+    flags_of = {
+        "noexec": MS_NOEXEC,
+        "nosuid": MS_NOSUID,
+        "nodev": MS_NODEV,
+        "noatime": 1024,
+        "nodiratime": 2048,
+        "relatime": 1 << 21,
+    }
     with open("/proc/self/mountinfo") as f:
         mounts = [(_unescape(fields[4]), fields[5].split(",")) for fields in (line.split() for line in f)]
     prefix = dest.rstrip("/") + "/"
-    for point, options in sorted((m for m in mounts if m[0] == dest or m[0].startswith(prefix)), key=lambda m: len(m[0])):
+    for point, options in sorted(
+        (m for m in mounts if m[0] == dest or m[0].startswith(prefix)), key=lambda m: len(m[0])
+    ):
         keep = 0
         for option in options:
             keep |= flags_of.get(option, 0)
@@ -286,8 +310,13 @@ def main() -> None:
     os.close(null)
     for fd in (status_fd, lifeline_fd):
         os.set_inheritable(fd, False)  # the command never gets them
-    status: dict = {"launcher_pid": os.getpid(), "filesystem": "host", "network": "host", "pid_namespace": False,
-                    "uid": os.getuid()}
+    status: dict = {
+        "launcher_pid": os.getpid(),
+        "filesystem": "host",
+        "network": "host",
+        "pid_namespace": False,
+        "uid": os.getuid(),
+    }
     # An interrupt aimed at the process group is for the command, not for us.
     signal.signal(signal.SIGINT, lambda *_: None)
     join_cgroups(cfg.get("cgroups"), status)
@@ -358,7 +387,7 @@ def main() -> None:
     out = json.dumps(status).encode()
     try:
         while out:
-            out = out[os.write(status_fd, out):]
+            out = out[os.write(status_fd, out) :]
     except OSError:
         pass
     os.close(status_fd)
@@ -396,8 +425,9 @@ def forward_and_reap(child: int, lifeline: int | None = None) -> int | None:
         while True:
             if lifeline is not None:
                 try:
-                    ready = select.select([lifeline] + ([pidfd] if pidfd is not None else []), [], [],
-                                          1.0 if pidfd is not None else 0.05)[0]
+                    ready = select.select(
+                        [lifeline] + ([pidfd] if pidfd is not None else []), [], [], 1.0 if pidfd is not None else 0.05
+                    )[0]
                 except InterruptedError:
                     ready = []
                 if lifeline in ready:

@@ -37,7 +37,7 @@ class OutputBuffer:
             take = half - len(self.head)
             self.head += text[:take]
             text = text[take:]
-        self.tail = (self.tail + text)[-(self.limit - half):]
+        self.tail = (self.tail + text)[-(self.limit - half) :]
 
     def text(self) -> str:
         shown = len(self.head) + len(self.tail)

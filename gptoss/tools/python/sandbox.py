@@ -54,7 +54,14 @@ import threading
 import time
 from pathlib import Path
 
-from gptoss.tools.python.cgroups import CGROUP_ROOT, _cgroups_for, _empty_cgroup, _oom_kills, _remove_cgroup, _set_frozen
+from gptoss.tools.python.cgroups import (
+    CGROUP_ROOT,
+    _cgroups_for,
+    _empty_cgroup,
+    _oom_kills,
+    _remove_cgroup,
+    _set_frozen,
+)
 from gptoss.tools.python.limits import SandboxLimits, _tmpfs_bytes
 from gptoss.tools.python.mounts import _mounts_under, mount_tmpfs, unmount
 from gptoss.tools.python.processes import (
@@ -75,7 +82,6 @@ LAUNCHER = Path(__file__).with_name("launcher.py")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _STATUS_LIMIT = 1 << 16
 WORK_MOUNT = "/mnt/data"
-
 
 
 class SandboxError(RuntimeError):
@@ -147,8 +153,13 @@ def sweep_stale(tmp: str | None = None) -> list[str]:
             for name in cgroups:
                 m = STALE_RE.match(name)
                 path = os.path.join(parent, name)
-                if m and name.startswith(("gptoss-python-", "gptoss-sandboxes-")) and _host_gone(m) \
-                        and os.path.isdir(path) and _remove_cgroup(path, tries=20):
+                if (
+                    m
+                    and name.startswith(("gptoss-python-", "gptoss-sandboxes-"))
+                    and _host_gone(m)
+                    and os.path.isdir(path)
+                    and _remove_cgroup(path, tries=20)
+                ):
                     removed.append(path)
     for name in names:
         m = STALE_RE.match(name)
@@ -211,7 +222,7 @@ class _OutputTail(threading.Thread):
     def run(self) -> None:
         try:
             while chunk := self.stream.read1(65536):
-                self.tail = (self.tail + chunk)[-self.keep:]
+                self.tail = (self.tail + chunk)[-self.keep :]
         except (OSError, ValueError):
             pass
         finally:
@@ -227,8 +238,12 @@ def bwrap_works() -> bool:
     if not exe:
         return False
     try:
-        r = subprocess.run([exe, "--unshare-net", "--unshare-pid", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                            "true"], capture_output=True, timeout=10, check=False)
+        r = subprocess.run(
+            [exe, "--unshare-net", "--unshare-pid", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "true"],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
         return r.returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
@@ -242,8 +257,15 @@ class Sandbox:
     (bubblewrap for the namespaces), or ``"none"`` (limits and process cleanup only).
     """
 
-    def __init__(self, work_dir: Path, base_dir: Path, limits: SandboxLimits, isolation: str = "auto",
-                 marker: str = "ipykernel_launcher", own_work_dir: bool = False):
+    def __init__(
+        self,
+        work_dir: Path,
+        base_dir: Path,
+        limits: SandboxLimits,
+        isolation: str = "auto",
+        marker: str = "ipykernel_launcher",
+        own_work_dir: bool = False,
+    ):
         if isolation not in ("auto", "bwrap", "none"):
             raise SandboxError(f"isolation: expected auto, bwrap or none, found {isolation!r}")
         self.work_dir = Path(work_dir)
@@ -300,8 +322,13 @@ class Sandbox:
             os.chmod(d, mode)
         (self.host_dir / "root").mkdir(exist_ok=True)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        if self.own_work_dir and self.limits.disk_bytes and os.geteuid() == 0 and not self.disk_mounted \
-                and not any(self.work_dir.iterdir()):
+        if (
+            self.own_work_dir
+            and self.limits.disk_bytes
+            and os.geteuid() == 0
+            and not self.disk_mounted
+            and not any(self.work_dir.iterdir())
+        ):
             try:
                 mount_tmpfs(str(self.work_dir), self.limits.disk_bytes)
                 self.disk_mounted = True
@@ -411,8 +438,11 @@ class Sandbox:
                 # shared with every other process of this user: allow this many more than exist now
                 rl["NPROC"] = tasks_of_uid(os.getuid()) + lim.processes
         base = str(self.base_dir)
-        ro = [p for p in _dedupe(SYSTEM_PATHS + python_paths()) if not p.startswith(base)
-              and not p.startswith(str(self.work_dir))]
+        ro = [
+            p
+            for p in _dedupe(SYSTEM_PATHS + python_paths())
+            if not p.startswith(base) and not p.startswith(str(self.work_dir))
+        ]
         return {
             "argv": argv,
             "env": env,
@@ -431,11 +461,29 @@ class Sandbox:
         }
 
     def _bwrap_prefix(self, cfg: dict) -> list[str]:
-        cmd = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--unshare-net", "--unshare-pid", "--unshare-ipc",
-               "--new-session"]
+        cmd = [
+            shutil.which("bwrap") or "bwrap",
+            "--die-with-parent",
+            "--unshare-net",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--new-session",
+        ]
         # /tmp first: a Python or a venv under /tmp is bound inside it, not hidden by it
-        cmd += ["--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp", "--perms", "1777", "--tmpfs",
-                "/dev/shm"]
+        cmd += [
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--perms",
+            "1777",
+            "--tmpfs",
+            "/tmp",
+            "--perms",
+            "1777",
+            "--tmpfs",
+            "/dev/shm",
+        ]
         made: set[str] = {"/tmp", "/dev", "/proc", "/dev/shm"} | set(cfg["ro_paths"])
 
         def parents(path: str) -> list[str]:
@@ -471,26 +519,39 @@ class Sandbox:
 
     def _launch_locked(self, argv: list[str], env: dict[str, str], timeout: float) -> dict:
         if self.isolation == "bwrap" and not shutil.which("bwrap"):
-            raise SandboxError("isolation 'bwrap' needs bubblewrap, which is not installed (Debian: apt-get install "
-                               "bubblewrap)")
+            raise SandboxError(
+                "isolation 'bwrap' needs bubblewrap, which is not installed (Debian: apt-get install bubblewrap)"
+            )
         status = self._launch(argv, env, timeout, use_bwrap=self.isolation == "bwrap")
         if self.isolation == "auto" and os.geteuid() != 0 and status.get("network") == "host" and bwrap_works():
             self.notes.append("no user namespaces for the launcher: bubblewrap isolates the kernel")
             status = self._launch(argv, env, timeout, use_bwrap=True)
-        if self.uid is not None and not str(status.get("filesystem", "")).startswith("private root") \
-                and not all(_world_accessible(p) for p in (sys.executable, str(self.work_dir.parent),
-                                                           str(self.base_dir.parent))):
+        if (
+            self.uid is not None
+            and not str(status.get("filesystem", "")).startswith("private root")
+            and not all(
+                _world_accessible(p) for p in (sys.executable, str(self.work_dir.parent), str(self.base_dir.parent))
+            )
+        ):
             self.kill()
-            self.notes.append(f"{sys.executable} or the sandbox's folders are not reachable by other users and no "
-                              "private root is possible: the kernel runs as root")
+            self.notes.append(
+                f"{sys.executable} or the sandbox's folders are not reachable by other users and no "
+                "private root is possible: the kernel runs as root"
+            )
             log.warning("python sandbox: %s", self.notes[-1])
             self.drop_uid, self.uid = False, None
             status = self._launch(argv, env, timeout, use_bwrap=self.isolation == "bwrap")
-        if os.geteuid() == 0 and self.uid is None and self.isolation != "none" \
-                and not any("pids" in cg["controllers"] for cg in self.cgroups):
+        if (
+            os.geteuid() == 0
+            and self.uid is None
+            and self.isolation != "none"
+            and not any("pids" in cg["controllers"] for cg in self.cgroups)
+        ):
             self.kill()
-            raise SandboxError("cannot bound the number of processes of the Python sandbox here (running as root, "
-                               "no unprivileged user possible, no pids cgroup); choose isolation='none' to run it anyway")
+            raise SandboxError(
+                "cannot bound the number of processes of the Python sandbox here (running as root, "
+                "no unprivileged user possible, no pids cgroup); choose isolation='none' to run it anyway"
+            )
         return status
 
     def _launch(self, argv: list[str], env: dict[str, str], timeout: float, use_bwrap: bool) -> dict:
@@ -513,8 +574,15 @@ class Sandbox:
         if use_bwrap:
             cmd = self._bwrap_prefix(cfg) + cmd
         try:
-            self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                            pass_fds=(status_w, life_r), start_new_session=True, close_fds=True)
+            self.process = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                pass_fds=(status_w, life_r),
+                start_new_session=True,
+                close_fds=True,
+            )
         except BaseException:
             os.close(life_w)
             os.close(status_r)
@@ -577,8 +645,9 @@ class Sandbox:
                         if not self.alive:
                             raise SandboxError(f"the kernel exited while starting: {self.log_tail()}") from None
                         if time.monotonic() > deadline:
-                            raise SandboxError(f"the kernel did not open its sockets within {timeout:.0f} s: "
-                                               f"{self.log_tail()}") from None
+                            raise SandboxError(
+                                f"the kernel did not open its sockets within {timeout:.0f} s: {self.log_tail()}"
+                            ) from None
                         time.sleep(0.02)
                 st = os.fstat(fd)
                 if not stat.S_ISSOCK(st.st_mode) or st.st_uid != owner:
@@ -802,9 +871,15 @@ class Sandbox:
             "processes": ", ".join(procs) or "no limit",
             "memory": ", ".join(
                 ([f"RLIMIT_AS {lim.memory_bytes} a process"] if lim.memory_bytes else [])
-                + ([f"memory cgroup max {lim.total_memory_bytes} in all"] if "memory" in controllers else [])) or "no limit",
-            "cpu": f"RLIMIT_CPU {lim.cpu_seconds} s a process, and the call's timeout" if lim.cpu_seconds else "the call's timeout",
+                + ([f"memory cgroup max {lim.total_memory_bytes} in all"] if "memory" in controllers else [])
+            )
+            or "no limit",
+            "cpu": f"RLIMIT_CPU {lim.cpu_seconds} s a process, and the call's timeout"
+            if lim.cpu_seconds
+            else "the call's timeout",
             "disk": ", ".join(
                 ([f"RLIMIT_FSIZE {lim.file_size_bytes} a file"] if lim.file_size_bytes else [])
-                + ([f"/mnt/data a tmpfs of {lim.disk_bytes} in all"] if self.disk_mounted else [])) or "no limit",
+                + ([f"/mnt/data a tmpfs of {lim.disk_bytes} in all"] if self.disk_mounted else [])
+            )
+            or "no limit",
         }

@@ -80,7 +80,9 @@ class PythonTool(Tool):
     def namespace(self) -> ToolNamespaceConfig:
         ns = ToolNamespaceConfig.python()
         if self.config.timeout != 120.0:
-            ns.description = ns.description.replace("after 120.0 seconds", f"after {float(self.config.timeout):.1f} seconds")
+            ns.description = ns.description.replace(
+                "after 120.0 seconds", f"after {float(self.config.timeout):.1f} seconds"
+            )
         return ns
 
     def new_conversation(self) -> PythonTool:
@@ -116,14 +118,21 @@ class PythonTool(Tool):
         try:
             result = await self.execute(code)
         except ToolError as exc:
-            return ToolResult([tool_message("python", f"Error: {exc}", call.channel)], status="failed",
-                              metadata={"code": code, "outputs": [{"type": "logs", "logs": str(exc)}]})
+            return ToolResult(
+                [tool_message("python", f"Error: {exc}", call.channel)],
+                status="failed",
+                metadata={"code": code, "outputs": [{"type": "logs", "logs": str(exc)}]},
+            )
         status = {"ok": "completed", "error": "completed", "timeout": "incomplete", "crashed": "failed"}[result.status]
         return ToolResult(
             [tool_message("python", result.output, call.channel)],
             status=status,
-            metadata={"code": code, "outputs": [{"type": "logs", "logs": result.output}], "execution": result.status,
-                      "work_path": self.runner.work_path},
+            metadata={
+                "code": code,
+                "outputs": [{"type": "logs", "logs": result.output}],
+                "execution": result.status,
+                "work_path": self.runner.work_path,
+            },
         )
 
     def sweep_stale(self) -> list[str]:

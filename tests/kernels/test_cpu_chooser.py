@@ -146,7 +146,9 @@ def test_the_candidates_are_variants_this_cpu_builds(monkeypatch):
         for n in (1, 3, 8, 100):
             cands = cpu._candidates(kind, n)
             assert len(set(cands)) == len(cands)
-            assert all(v.isa in ISAS or (v.isa == "torch" and kind == "dense") for v in cands)
+            assert all(v.isa in ISAS or (v.isa == "torch" and kind == "dense") or v.isa == cpu.TORCH_F32 for v in cands)
+            # torch's float32 GEMM is timed on every CPU for many tokens, never for one token
+            assert (Variant(cpu.TORCH_F32) in cands) == (n > (4 if kind == "dense" else cpu.TORCH_BF16_MIN_TOKENS))
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from gptoss.kernels import cpu
+from gptoss.kernels.cpu import chooser
 from gptoss.kernels.cpu.builder import BuildError, runnable_isas
+from gptoss.kernels.cpu.chooser import Variant
 from gptoss.model.moe import experts_reference
 from gptoss.model.mxfp4 import MXFP4Weight, dequantize
 
@@ -228,6 +230,61 @@ def test_experts_with_many_tokens_through_the_bf16_gemm(monkeypatch):
     got = cpu.moe_experts(t, weights, indices, w1, b1, w2, b2, 1.702, 7.0, bf16_inputs=True)
     assert routed and sorted(routed[0]) == (counts >= cpu.GEMM_MIN_TOKENS).nonzero().view(-1).tolist()
     assert rel_err(got, want) < min(5e-3, rel_err(ref16, want))
+
+
+def test_experts_with_many_tokens_through_the_float32_gemm(monkeypatch):
+    # The torch32 variant: experts with >= GEMM_F32_MIN_TOKENS tokens go to torch's float32 GEMM over decoded
+    # float32 slices (smaller than an expert here, so several are joined), the others to our kernel; a float32
+    # model's result equals the reference as closely as the kernel's own.
+    monkeypatch.setattr(cpu, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(cpu, "GEMM_ROWS", 64)
+    monkeypatch.setattr(cpu, "GEMM_F32_MIN_TOKENS", 16)
+    routed = []
+    real = cpu._experts_by_gemm
+    monkeypatch.setattr(cpu, "_experts_by_gemm", lambda *a: routed.append((a[3], a[-1])) or real(*a))
+    n, e, h, inter = 40, 4, 96, 160
+    w1, b1, w2, b2 = experts(e, h, inter, seed=5)
+    t = torch.randn(n, h, generator=torch.Generator().manual_seed(8)) * 3
+    weights, indices = routing(n, e, 2, seed=3)
+    counts = torch.bincount(indices.view(-1), minlength=e)
+    assert bool((counts >= 16).any()) and bool((counts < 16).any())
+    want = experts_reference(t, weights, indices, w1, b1, w2, b2, 1.702, 7.0)
+    with chooser.using(Fixed(Variant(cpu.TORCH_F32))):
+        got = cpu.moe_experts(t, weights, indices, w1, b1, w2, b2, 1.702, 7.0)
+    [(big, dtype)] = routed
+    assert sorted(big) == (counts >= 16).nonzero().view(-1).tolist() and dtype == torch.float32
+    assert rel_err(got, want) < 1e-5
+    bf16 = cpu.moe_experts(t.bfloat16(), weights, indices, w1, b1, w2, b2, 1.702, 7.0, isa=ISAS[0], bf16_inputs=True)
+    with chooser.using(Fixed(Variant(cpu.TORCH_F32))):
+        got16 = cpu.moe_experts(t.bfloat16(), weights, indices, w1, b1, w2, b2, 1.702, 7.0, bf16_inputs=True)
+    assert rel_err(got16, want) < max(5e-3, 2 * rel_err(bf16, want))
+
+
+def test_dense_through_the_float32_gemm_matches_the_kernel(monkeypatch):
+    # The torch32 variant of a bf16 Linear: the weight widened GEMM_ROWS rows at a time, float32 out.
+    monkeypatch.setattr(cpu, "GEMM_ROWS", 48)
+    g = torch.Generator().manual_seed(2)
+    layer = torch.nn.Linear(96, 130, dtype=torch.bfloat16).requires_grad_(False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(130, 96, generator=g))
+        layer.bias.copy_(torch.randn(130, generator=g))
+    x = torch.randn(2, 9, 96, generator=g)
+    want = torch.nn.functional.linear(x, layer.weight.float(), layer.bias.float())
+    with chooser.using(Fixed(Variant(cpu.TORCH_F32))):
+        got = cpu.dense(layer, x)
+    assert got.shape == (2, 9, 130) and got.dtype == torch.float32
+    assert rel_err(got, want) < 1e-6
+
+
+class Fixed:
+    """A chooser that always runs one variant (it must be among the candidates)."""
+
+    def __init__(self, variant: Variant):
+        self.variant = variant
+
+    def run(self, key, weight_bytes, candidates, call, trial=None):
+        assert self.variant in candidates, (key, candidates)
+        return call(self.variant)
 
 
 @pytest.mark.parametrize("isa", ISAS)

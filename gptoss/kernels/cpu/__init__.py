@@ -88,7 +88,7 @@ def library(isa: str | None = None) -> ctypes.CDLL:
             raise BuildError(str(e)) from e
         lib.gptoss_isa.restype = ctypes.c_char_p
         lib.gptoss_max_threads.restype = _INT
-        lib.gptoss_mxfp4_dequantize.argtypes = [_P, _P, _I64, _I64, _P]
+        lib.gptoss_mxfp4_dequantize.argtypes = [_P, _P, _I64, _I64, _P, _INT]
         lib.gptoss_linear.argtypes = [_P, _I64, _I64, _P, _P, _INT, _I64, _P, _INT, _P, _INT, _INT]
         lib.gptoss_moe_experts.argtypes = [
             _P,
@@ -244,8 +244,11 @@ def _check_cpu(what: str, *tensors: torch.Tensor | None) -> None:
             raise ValueError(f"{what}: the native CPU kernels need CPU tensors, got one on {t.device}")
 
 
-def mxfp4_dequantize(blocks: torch.Tensor, scales: torch.Tensor, isa: str | None = None) -> torch.Tensor:
-    """``blocks [rows, G, 16]``, ``scales [rows, G]`` uint8 -> float32 ``[rows, G*32]`` (the kernels' own decode)."""
+def mxfp4_dequantize(
+    blocks: torch.Tensor, scales: torch.Tensor, isa: str | None = None, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``blocks [rows, G, 16]``, ``scales [rows, G]`` uint8 -> float32 ``[rows, G*32]`` (the kernels' own decode),
+    threaded; into ``out`` when given."""
     _check_cpu("mxfp4_dequantize", blocks, scales)
     if (
         blocks.dtype != torch.uint8
@@ -259,8 +262,10 @@ def mxfp4_dequantize(blocks: torch.Tensor, scales: torch.Tensor, isa: str | None
         )
     rows, groups = scales.shape
     blocks, scales = blocks.contiguous(), scales.contiguous()
-    out = torch.empty(rows, groups * 32, dtype=torch.float32)
-    library(isa).gptoss_mxfp4_dequantize(_ptr(blocks), _ptr(scales), rows, groups * 32, _ptr(out))
+    if out is None:
+        out = torch.empty(rows, groups * 32, dtype=torch.float32)
+    if rows:
+        library(isa).gptoss_mxfp4_dequantize(_ptr(blocks), _ptr(scales), rows, groups * 32, _ptr(out), num_threads())
     return out
 
 
@@ -337,9 +342,11 @@ def moe_experts(
     k, i = indices.shape[1], mlp2_weight.blocks.shape[2] * 32
     key = f"experts/{token_class(n)}/{h}x{i}/t{num_threads()}"
 
-    def call(v: Variant) -> torch.Tensor:
+    def call(v: Variant, tt=t, tw=weights, ti=indices) -> torch.Tensor:
+        if v.isa == TORCH_F32:  # experts with many tokens to torch's float32 GEMM, the others in our kernel
+            return _moe_experts(tt, tw, ti, *args, isa=None, bf16_inputs=bf16_inputs, gemm_f32=True)
         _apply(v)
-        return _moe_experts(t, weights, indices, *args, isa=v.isa, bf16_inputs=bf16_inputs)
+        return _moe_experts(tt, tw, ti, *args, isa=v.isa, bf16_inputs=bf16_inputs)
 
     trial = None
     if n > TRIAL_TOKENS:  # prefill: 64 tokens, each to the same k experts (many tokens an expert, as in a prompt)
@@ -348,8 +355,7 @@ def moe_experts(
         tw = weights[:TRIAL_TOKENS]
 
         def trial(v: Variant) -> torch.Tensor:
-            _apply(v)
-            return _moe_experts(tt, tw, ti, *args, isa=v.isa, bf16_inputs=bf16_inputs)
+            return call(v, tt, tw, ti)
 
     expert_bytes = (
         mlp1_weight.blocks[0].numel()
@@ -361,7 +367,7 @@ def moe_experts(
 
 
 def _moe_experts(
-    t, weights, indices, mlp1_weight, mlp1_bias, mlp2_weight, mlp2_bias, alpha, limit, isa, bf16_inputs
+    t, weights, indices, mlp1_weight, mlp1_bias, mlp2_weight, mlp2_bias, alpha, limit, isa, bf16_inputs, gemm_f32=False
 ) -> torch.Tensor:
     b1, s1, b2, s2 = mlp1_weight.blocks, mlp1_weight.scales, mlp2_weight.blocks, mlp2_weight.scales
     _check_cpu("moe_experts", t, weights, indices, b1, s1, b2, s2, mlp1_bias, mlp2_bias)
@@ -382,9 +388,14 @@ def _moe_experts(
     idx = indices.to(torch.int64).contiguous()
     out = torch.empty(n, h, dtype=torch.float32)
     big: list[int] = []
-    if bf16_inputs and idx.numel() >= GEMM_MIN_TOKENS and cpu_has_amx():
+    gemm_dtype, least = None, 0
+    if bf16_inputs and cpu_has_amx():
+        gemm_dtype, least = torch.bfloat16, GEMM_MIN_TOKENS
+    elif gemm_f32:
+        gemm_dtype, least = torch.float32, GEMM_F32_MIN_TOKENS
+    if gemm_dtype is not None and idx.numel() >= least:
         counts = torch.bincount(idx.view(-1).clamp(0, e), minlength=e + 1)[:e]
-        big = (counts >= GEMM_MIN_TOKENS).nonzero().view(-1).tolist()
+        big = (counts >= least).nonzero().view(-1).tolist()
         if big:  # those experts' pairs go to the GEMM below; the kernel skips an expert index of -1
             idx = idx.masked_fill(torch.isin(idx, torch.tensor(big)), -1)
     if n:
@@ -411,9 +422,8 @@ def _moe_experts(
             int(bf16_inputs),
         )
     if big:
-        _experts_by_gemm(
-            t, w32, indices.to(torch.int64), big, mlp1_weight, mlp1_bias, mlp2_weight, mlp2_bias, alpha, limit, out, isa
-        )
+        experts = (mlp1_weight, mlp1_bias, mlp2_weight, mlp2_bias, alpha, limit)
+        _experts_by_gemm(t, w32, indices.to(torch.int64), big, *experts, out, isa, gemm_dtype)
     return out
 
 
@@ -422,6 +432,12 @@ def _moe_experts(
 # decoded GEMM_ROWS at a time into a bf16 slice that stays in cache: never a whole expert.
 GEMM_MIN_TOKENS = 16
 GEMM_ROWS = 512
+# Tokens an expert must have for the TORCH_F32 variant to send it to torch's float32 GEMM (decoded float32 slices):
+# on a Zen 3 (AVX2, 2 threads) torch's SGEMM ran the 2,880-wide products at 66-85 GFLOP/s for 37 tokens, 101-115 for
+# 64 and 132-150 for 300, our kernel at 69-75 for all three.
+GEMM_F32_MIN_TOKENS = 48
+# The variant of torch's float32 GEMM over weights widened (bf16) or decoded (MXFP4) a slice at a time.
+TORCH_F32 = "torch32"
 
 
 @functools.lru_cache(maxsize=1)
@@ -441,15 +457,17 @@ def mxfp4_to_bf16(
     return out
 
 
-def _experts_by_gemm(t, weights, indices, experts, w1, b1, w2, b2, alpha, limit, out, isa) -> None:
-    """Add to ``out`` what ``experts`` (each with many tokens) contribute, through torch's bf16 GEMM: h = t W1^T
-    and y = a W2^T in bf16 (as the bf16 reference computes them), biases, SwiGLU and the weighted sum in float32."""
+def _experts_by_gemm(t, weights, indices, experts, w1, b1, w2, b2, alpha, limit, out, isa, dtype) -> None:
+    """Add to ``out`` what ``experts`` (each with many tokens) contribute, through torch's GEMM in ``dtype``:
+    h = t W1^T and y = a W2^T in bf16 (as the bf16 reference computes them) or float32 (as our float32 kernels
+    do), biases, SwiGLU and the weighted sum in float32."""
     from gptoss.model.moe import swiglu
 
     k = indices.shape[1]
-    tb = t.to(torch.bfloat16)
+    tb = t.to(dtype)
     two_i, h = w1.blocks.shape[1], w2.blocks.shape[1]
-    buf = torch.empty(GEMM_ROWS * max(h, two_i // 2), dtype=torch.bfloat16)
+    buf = torch.empty(GEMM_ROWS * max(h, two_i // 2), dtype=dtype)
+    decode = mxfp4_to_bf16 if dtype == torch.bfloat16 else mxfp4_dequantize
     flat, wflat = indices.view(-1), weights.reshape(-1)
 
     def product(x, weight, e, rows):
@@ -457,7 +475,7 @@ def _experts_by_gemm(t, weights, indices, experts, w1, b1, w2, b2, alpha, limit,
         parts = []
         for r0 in range(0, rows, GEMM_ROWS):
             r1 = min(rows, r0 + GEMM_ROWS)
-            slice_ = mxfp4_to_bf16(
+            slice_ = decode(
                 weight.blocks[e, r0:r1],
                 weight.scales[e, r0:r1],
                 out=buf[: (r1 - r0) * cols].view(r1 - r0, cols),
@@ -470,7 +488,7 @@ def _experts_by_gemm(t, weights, indices, experts, w1, b1, w2, b2, alpha, limit,
         pairs = (flat == e).nonzero().view(-1)
         tokens = pairs // k
         hh = product(tb[tokens], w1, e, two_i).float() + b1[e].float()
-        act = swiglu(hh, alpha, limit).to(torch.bfloat16)
+        act = swiglu(hh, alpha, limit).to(dtype)
         y = product(act, w2, e, h).float() + b2[e].float()
         out.index_add_(0, tokens, y * wflat[pairs, None])
 
@@ -626,6 +644,8 @@ def dense(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     def run(v: Variant, xx: torch.Tensor, ww: torch.Tensor, bb: torch.Tensor | None) -> torch.Tensor:
         if v.isa == "torch":
             return torch.nn.functional.linear(xx.to(torch.bfloat16), ww, bb).float()
+        if v.isa == TORCH_F32:
+            return _linear_by_f32_gemm(xx, ww, bb)
         _apply(v)
         return linear(xx, ww, bb, isa=v.isa, bf16_inputs=bf16_inputs)
 
@@ -644,6 +664,23 @@ def dense(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
             return run(v, tx, tw, tb)
 
     return choice.chooser().run(key, 2 * m * k, cands, lambda v: run(v, x, w, bias), trial)
+
+
+def _linear_by_f32_gemm(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ w^T + bias`` in float32 through torch's SGEMM, the bf16 weight widened GEMM_ROWS rows at a time
+    (a slice that stays in cache; never a float32 copy of the whole weight)."""
+    m, k = w.shape
+    x32 = x.reshape(-1, k).float()
+    buf = torch.empty(min(m, GEMM_ROWS) * k, dtype=torch.float32)
+    out = torch.empty(x32.shape[0], m, dtype=torch.float32)
+    for r0 in range(0, m, GEMM_ROWS):
+        r1 = min(m, r0 + GEMM_ROWS)
+        slice_ = buf[: (r1 - r0) * k].view(r1 - r0, k)
+        slice_.copy_(w[r0:r1])
+        out[:, r0:r1] = torch.mm(x32, slice_.t())
+    if bias is not None:
+        out += bias.float()
+    return out.reshape(*x.shape[:-1], m)
 
 
 # ----------------------------------------------------------------------------- the choice of variant
@@ -701,6 +738,10 @@ def _candidates_for(kind: str, n: int, forced: str, failed: tuple[str, ...]) -> 
         out += [Variant(default, pf) for pf in PREFETCH_CANDIDATES]
     if kind == "dense" and n > 4 and cpu_has_bf16_units():  # torch's GEMM (oneDNN) uses the bf16 units
         out = [Variant("torch")] + out if torch_first else out + [Variant("torch")]
+    # torch's float32 GEMM, timed on every CPU: where there are no bf16 units (AVX2) it is the fastest many-token
+    # product (our kernels' float32 FMAs run at about half its speed there)
+    if (kind == "dense" and n > 4) or (kind == "experts" and n > TORCH_BF16_MIN_TOKENS):
+        out.append(Variant(TORCH_F32))
     return out
 
 

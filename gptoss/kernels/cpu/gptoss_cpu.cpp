@@ -1096,8 +1096,12 @@ int64_t gptoss_set_tuning(int64_t pf_bytes, int64_t chunks_per_thread) {
 }
 
 // out [rows, K] float32 = the MXFP4 rows decoded (for tests: must equal mxfp4.dequantize bit for bit).
-void gptoss_mxfp4_dequantize(const uint8_t* blocks, const uint8_t* scales, int64_t rows, int64_t K, float* out) {
+// out [rows, K] float32 = the MXFP4 rows decoded, rows split across threads (also the slices torch's float32
+// GEMM multiplies for experts with many tokens on CPUs without bf16 units).
+void gptoss_mxfp4_dequantize(const uint8_t* blocks, const uint8_t* scales, int64_t rows, int64_t K, float* out,
+                             int nthreads) {
   MXFP4Rows src{blocks, scales, K};
+#pragma omp parallel for num_threads(nthreads) schedule(static)
   for (int64_t r = 0; r < rows; r++) src.row(r, out + r * K);
 }
 

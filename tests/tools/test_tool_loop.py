@@ -341,6 +341,9 @@ def test_ctrl_c_during_a_call_cancels_it_and_answers_it_as_interrupted():
     session = _ScriptedSession()
     events = loop.stream(session, "Wait")
     seen = []
+    # Python's own Ctrl-C handler, also where the suite was started with SIGINT ignored (a background job):
+    # there a SIGINT would be dropped and the call would wait forever
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
             for event in events:
@@ -348,6 +351,7 @@ def test_ctrl_c_during_a_call_cancels_it_and_answers_it_as_interrupted():
                 if isinstance(event, ToolCallStarted):
                     threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C while the call runs
     finally:
+        signal.signal(signal.SIGINT, previous)
         loop.close()
     assert [type(e).__name__ for e in seen] == ["TurnDelta", "ToolCallStarted"]
     roles = [(m.author.role, m.author.name) for m in session.history]
